@@ -1,0 +1,227 @@
+"""The ``nmlbench`` command line (typer): run, submit, leaderboard, report, datasets, backbones.
+
+Each command is a thin shell over a library function, so everything it does can also be done
+from Python. User errors (``NMLBenchError``) print one message naming the problem and the fix and
+exit with status 2, without a traceback.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import sys
+import tempfile
+import time
+from enum import Enum
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from benchmark.errors import ConfigError, NMLBenchError
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+                  help="nml-bench: label noise in pre-training, frozen features, LP / MLP / NMTune heads.")
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+DEFAULT_SUITE = "quick"
+
+
+class Fmt(str, Enum):
+    table = "table"
+    csv = "csv"
+    markdown = "markdown"
+
+
+def resolve_suite_path(suite: str | None) -> Path:
+    """A path, or the name of a file in suites/ (``quick`` -> suites/quick.yaml)."""
+    name = suite or DEFAULT_SUITE
+    p = Path(name)
+    if p.is_file():
+        return p.resolve()
+    for root in (Path.cwd() / "suites", REPO_ROOT / "suites"):
+        for cand in (root / name, root / f"{name}.yaml"):
+            if cand.is_file():
+                return cand.resolve()
+    known = sorted({q.stem for r in (Path.cwd() / "suites", REPO_ROOT / "suites") if r.is_dir() for q in r.glob("*.yaml")})
+    raise ConfigError(f"suite {name!r} not found: no such file, and no suites/{name}.yaml. "
+                      f"Known suites: {', '.join(known) or '(none)'}; or give a path to a YAML file.")
+
+
+def _load(suite: str | None):
+    from benchmark.config import load_suite
+
+    return load_suite(resolve_suite_path(suite))
+
+
+def _fail(exc: BaseException) -> None:
+    typer.secho(f"error: {exc}", fg=typer.colors.RED, err=True)
+    raise typer.Exit(2)
+
+
+def _tracking(suite_obj, tracking_uri: str | None, work_dir: str | None) -> tuple[str, str]:
+    from benchmark.runner import default_tracking_uri
+
+    work = Path(work_dir or suite_obj.work_dir).resolve()
+    uri = tracking_uri or suite_obj.tracking.uri or default_tracking_uri(work)
+    return uri, suite_obj.tracking.experiment or suite_obj.name
+
+
+def _print_leaderboard(uri: str, experiment: str, fmt: Fmt = Fmt.table) -> None:
+    from benchmark.leaderboard import leaderboard, render
+    from benchmark.tracking import Tracker
+
+    frame = Tracker(uri, experiment).runs_frame("fit")
+    if frame.empty:
+        typer.echo(f"no finished head fits in experiment {experiment!r} at {uri}")
+        return
+    typer.echo(render(leaderboard(frame), fmt.value))
+
+
+# ---------------------------------------------------------------------------------------------
+@app.command()
+def run(
+    suite: Annotated[Optional[str], typer.Argument(help="suite file or name in suites/ (default: quick)")] = None,
+    address: Annotated[Optional[str], typer.Option(help="Ray cluster address (default: start local Ray)")] = None,
+    tracking_uri: Annotated[Optional[str], typer.Option(help="MLflow tracking URI (default: sqlite in the work dir)")] = None,
+    data_root: Annotated[Optional[str], typer.Option(help="root of real data sets (ImageNet, DomainNet, ...)")] = None,
+    work_dir: Annotated[Optional[str], typer.Option(help="caches and checkpoints (default: the suite's work_dir)")] = None,
+) -> None:
+    """Run a suite (resumes: only missing pre-trainings and head fits run), then print the leaderboard."""
+    from benchmark.runner import run_suite
+
+    try:
+        s = _load(suite)
+        t0 = time.perf_counter()
+        summary = run_suite(s, address=address, tracking_uri=tracking_uri, data_root=data_root, work_dir=work_dir)
+    except NMLBenchError as exc:
+        _fail(exc)
+    secs = summary.seconds
+    typer.echo(f"\nsuite {summary.suite!r} done in {time.perf_counter() - t0:.0f} s "
+               f"(pre-training {secs.get('pretrain', 0):.0f} s, features {secs.get('features', 0):.0f} s, "
+               f"heads {secs.get('heads', 0):.0f} s, other {secs.get('other', 0):.0f} s); "
+               f"fits: {summary.fits_run} run, {summary.fits_skipped} reused, {summary.fits_failed} failed")
+    _print_leaderboard(summary.tracking_uri, summary.experiment)
+    typer.echo(f"\nMLflow store: {summary.tracking_uri} (experiment {summary.experiment!r}); "
+               f"browse with: mlflow ui --backend-store-uri {summary.tracking_uri}")
+    typer.echo(f"work dir (features, checkpoints): {summary.work_dir}")
+    if summary.pretrain_failed or summary.fits_failed:
+        typer.secho("some jobs failed (see above); re-run the same command to retry only those", fg=typer.colors.YELLOW)
+        raise typer.Exit(1)
+
+
+@app.command()
+def validate(suite: Annotated[str, typer.Argument(help="suite file or name")]) -> None:
+    """Check a suite file without running anything."""
+    try:
+        s = _load(suite)
+    except NMLBenchError as exc:
+        _fail(exc)
+    typer.echo(f"{suite}: valid; {len(s.pretrain_jobs())} pre-training jobs, "
+               f"{len(s.frozen_backbones())} frozen backbones")
+
+
+@app.command()
+def leaderboard(
+    suite: Annotated[Optional[str], typer.Argument(help="suite file or name (default: quick)")] = None,
+    fmt: Annotated[Fmt, typer.Option("--format", help="table, csv or markdown")] = Fmt.table,
+    tracking_uri: Annotated[Optional[str], typer.Option(help="MLflow tracking URI")] = None,
+    work_dir: Annotated[Optional[str], typer.Option()] = None,
+) -> None:
+    """Rows backbone x noise ratio x method (hyper-parameters picked on validation), mean ± 95 % CI over seeds."""
+    try:
+        uri, exp = _tracking(_load(suite), tracking_uri, work_dir)
+        _print_leaderboard(uri, exp, fmt)
+    except NMLBenchError as exc:
+        _fail(exc)
+
+
+@app.command()
+def report(
+    suite: Annotated[str, typer.Argument(help="suite file or name")],
+    out: Annotated[Optional[Path], typer.Option(help="output folder (default: results/<suite>)")] = None,
+    tracking_uri: Annotated[Optional[str], typer.Option()] = None,
+    work_dir: Annotated[Optional[str], typer.Option()] = None,
+) -> None:
+    """Regenerate the leaderboard tables and figures of a suite from MLflow."""
+    from benchmark.report import make_report_from_tracking
+
+    try:
+        s = _load(suite)
+        uri, exp = _tracking(s, tracking_uri, work_dir)
+        written = make_report_from_tracking(uri, exp, out or Path("results") / s.name, s.name)
+    except NMLBenchError as exc:
+        _fail(exc)
+    for p in written:
+        typer.echo(f"wrote {p}")
+
+
+@app.command()
+def datasets(data_root: Annotated[Optional[str], typer.Option(help="root of real data sets")] = None) -> None:
+    """List data sets: size, classes, and whether each is available here (and how to get it)."""
+    from benchmark.data import format_datasets_table, list_datasets
+
+    typer.echo(format_datasets_table(list_datasets(data_root)))
+
+
+@app.command()
+def backbones() -> None:
+    """List backbone families, built-in and installed plugins (entry points 'nmlbench.backbones')."""
+    from benchmark.backbones import format_backbones_table
+
+    typer.echo(format_backbones_table())
+
+
+@app.command()
+def submit(
+    suite: Annotated[str, typer.Argument(help="suite file or name")],
+    address: Annotated[str, typer.Option(help="Ray dashboard address, e.g. http://HEAD:8265")] = "http://127.0.0.1:8265",
+    wait: Annotated[bool, typer.Option(help="stream the job's logs until it ends")] = False,
+    tracking_uri: Annotated[Optional[str], typer.Option(help="MLflow URI the job logs to (default: this machine's sqlite store)")] = None,
+    work_dir: Annotated[Optional[str], typer.Option(help="work dir on the cluster (shared storage); default: local absolute path")] = None,
+) -> None:
+    """Submit a suite as a Ray job: the package and the suite file are shipped as its working dir."""
+    from ray.job_submission import JobStatus, JobSubmissionClient
+
+    try:
+        s = _load(suite)
+        uri, _ = _tracking(s, tracking_uri, work_dir)
+        work = str(Path(work_dir or s.work_dir).resolve())
+        staging = Path(tempfile.mkdtemp(prefix="nmlbench-job-"))
+        shutil.copytree(REPO_ROOT / "benchmark", staging / "benchmark",
+                        ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+        shutil.copy2(resolve_suite_path(suite), staging / "suite.yaml")
+        entry = (f"python -m benchmark.cli run suite.yaml "
+                 f"--tracking-uri '{uri}' --work-dir '{work}'")
+        client = JobSubmissionClient(address)
+        job_id = client.submit_job(entrypoint=entry, runtime_env={"working_dir": str(staging)})
+    except NMLBenchError as exc:
+        _fail(exc)
+    typer.echo(f"submitted {job_id} to {address}: {entry}")
+    if not wait:
+        typer.echo(f"follow with: ray job logs --address {address} -f {job_id}")
+        return
+    import asyncio
+
+    async def _tail() -> None:
+        async for chunk in client.tail_job_logs(job_id):
+            sys.stdout.write(chunk)
+            sys.stdout.flush()
+
+    asyncio.run(_tail())
+    status = client.get_job_status(job_id)
+    while status not in {JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.STOPPED}:
+        time.sleep(1)
+        status = client.get_job_status(job_id)
+    typer.echo(f"job {job_id}: {status.value}")
+    if status != JobStatus.SUCCEEDED:
+        raise typer.Exit(1)
+
+
+def main() -> None:
+    os.environ.setdefault("RAY_DEDUP_LOGS", "1")
+    app()
+
+
+if __name__ == "__main__":
+    main()
