@@ -1,0 +1,141 @@
+"""End to end through the CLI, with the real things: Ray (a head on 127.0.0.1) and MLflow.
+
+- `nmlbench submit --wait` ships a tiny suite to a Ray head as a job; its rows come back from MLflow.
+- A sweep interrupted with Ctrl-C and re-run does only the missing fits; MLflow holds no duplicates.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+BIN = Path(sys.executable).parent
+pytestmark = pytest.mark.slow
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _tiny_suite(tmp: Path, name: str, *, pretrain: bool, fits_per_trial: int = 4) -> Path:
+    suite = {
+        "name": name,
+        "work_dir": str(tmp / "work"),
+        "backbones": [] if pretrain else [{"family": "timm", "arch": "test_resnet", "image_size": 28, "seed": 0,
+                                           "name": "test_resnet (random init)"}],
+        "downstream": {"id": ["sklearn-digits"], "ood": ["digits-from-fonts"], "methods": ["lp", "mlp", "nmtune"],
+                       "lambdas": [0.01, 0.1], "depths": [1], "seeds": [0, 1], "fractions": [1.0],
+                       "max_train": 300, "epochs": 4, "batch_size": 64},
+        "selection": {"split": "val", "val_fraction": 0.2},
+        "tracking": {"experiment": name},
+        "ray": {"fits_per_trial": fits_per_trial},
+    }
+    if pretrain:
+        suite["pretrain"] = [{"name": "sup", "objective": "supervised", "corpus": "fashion-mnist", "arch": "test_resnet",
+                              "noise": {"kind": "symmetric", "ratios": [0.2]}, "seeds": [0], "epochs": 1,
+                              "batch_size": 64, "image_size": 28, "train_subset": 512}]
+    path = tmp / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(suite))
+    return path
+
+
+def _env() -> dict[str, str]:
+    env = dict(os.environ)
+    env["PATH"] = f"{BIN}{os.pathsep}{env.get('PATH', '')}"
+    env.pop("RAY_ADDRESS", None)
+    return env
+
+
+def _finished_fits(uri: str, experiment: str):
+    from benchmark.tracking import Tracker
+
+    return Tracker(uri, experiment).runs_frame("fit")
+
+
+def test_submit_to_a_real_ray_head_and_read_rows_back(tmp_path: Path) -> None:
+    suite = _tiny_suite(tmp_path, "submitted", pretrain=True)
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    gcs, dash = _free_port(), _free_port()
+    env = _env()
+    start = subprocess.run([str(BIN / "ray"), "start", "--head", "--node-ip-address=127.0.0.1", f"--port={gcs}",
+                            "--dashboard-host=127.0.0.1", f"--dashboard-port={dash}", "--num-cpus=2",
+                            "--disable-usage-stats"], env=env, capture_output=True, text=True, timeout=180)
+    assert start.returncode == 0, start.stderr[-2000:]
+    try:
+        out = subprocess.run([str(BIN / "nmlbench"), "submit", str(suite), "--address", f"http://127.0.0.1:{dash}",
+                              "--wait", "--tracking-uri", uri, "--work-dir", str(tmp_path / "work")],
+                             env=env, capture_output=True, text=True, timeout=900)
+        assert out.returncode == 0, (out.stdout[-4000:], out.stderr[-4000:])
+        assert "SUCCEEDED" in out.stdout
+    finally:
+        subprocess.run([str(BIN / "ray"), "stop", "--force"], env=env, capture_output=True, timeout=120)
+    frame = _finished_fits(uri, "submitted")
+    # 1 pre-trained backbone x 2 tasks x (lp + mlp + 2 nmtune) x 2 seeds
+    assert len(frame) == 16
+    assert set(frame["task"]) == {"sklearn-digits", "digits-from-fonts"}
+    assert set(frame["noise_ratio"].astype(float)) == {0.2}
+    assert frame["test_accuracy"].astype(float).between(0, 1).all()
+    assert frame["key"].is_unique if "key" in frame else frame["nmlbench.key"].is_unique
+
+
+def test_interrupted_sweep_resumes_only_missing_fits(tmp_path: Path) -> None:
+    suite = _tiny_suite(tmp_path, "resumed", pretrain=False, fits_per_trial=1)
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    cmd = [str(BIN / "nmlbench"), "run", str(suite), "--tracking-uri", uri]
+    proc = subprocess.Popen(cmd, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            text=True, start_new_session=True)
+    from benchmark.tracking import Tracker
+
+    tracker = None
+    done_at_interrupt = 0
+    deadline = time.time() + 600
+    try:
+        while time.time() < deadline and proc.poll() is None:
+            time.sleep(0.5)
+            if tracker is None and (tmp_path / "mlflow.db").exists():
+                try:
+                    tracker = Tracker(uri, "resumed")
+                except Exception:
+                    continue
+            if tracker is not None and len(tracker.completed_keys("fit")) >= 3:
+                os.killpg(proc.pid, signal.SIGINT)  # Ctrl-C in the middle of the sweep
+                break
+        proc.wait(timeout=300)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    assert tracker is not None, proc.stdout.read()[-3000:]
+    done_at_interrupt = len(Tracker(uri, "resumed").completed_keys("fit"))
+    total = 2 * (1 + 1 + 2) * 2
+    assert 3 <= done_at_interrupt < total, "the interrupt came too late to test resuming"
+
+    out = subprocess.run(cmd, env=_env(), capture_output=True, text=True, timeout=900)
+    assert out.returncode == 0, out.stdout[-4000:] + out.stderr[-4000:]
+    runs = sorted((tmp_path / "work" / "runs").glob("resumed-*.json"))
+    summary = json.loads(runs[-1].read_text())
+    assert summary["fits_total"] == total
+    assert summary["fits_skipped"] == done_at_interrupt
+    assert summary["fits_run"] == total - done_at_interrupt
+    frame = _finished_fits(uri, "resumed")
+    assert len(frame) == total
+    key_col = "key" if "key" in frame else "nmlbench.key"
+    assert frame[key_col].is_unique
+
+    # a third run does nothing at all
+    out = subprocess.run(cmd, env=_env(), capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0
+    summary = json.loads(sorted((tmp_path / "work" / "runs").glob("resumed-*.json"))[-1].read_text())
+    assert summary["fits_run"] == 0 and summary["fits_skipped"] == total
+    assert len(_finished_fits(uri, "resumed")) == total
