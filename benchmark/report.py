@@ -1,0 +1,170 @@
+"""A study's report: the leaderboard as Markdown and CSV, and the four figures of the paper's story.
+
+- ``id_ood_vs_noise.png``: ID and OOD accuracy against pre-training noise ratio, a line per head
+  (LP / MLP / NMTune) with 95 % error bars, one column of panels per backbone (claims 1, 2, 4).
+- ``sve_vs_id.png`` / ``lsvr_vs_ood.png``: the spectral metric of the *frozen* features against
+  downstream accuracy, points labelled by noise ratio (claim 3).
+- ``spectra.png``: normalised singular value spectra, one line per label (e.g. per noise ratio).
+
+Figures are drawn on ``matplotlib.figure.Figure`` objects with the Agg canvas, never through
+pyplot, so making a report changes no global plotting state and needs no display.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+
+from benchmark.leaderboard import METHOD_LABEL, METHOD_ORDER, leaderboard, render
+
+METHOD_STYLE = {"lp": ("tab:blue", "o"), "mlp": ("tab:orange", "s"), "nmtune": ("tab:green", "^")}
+
+_SELECTION_NOTE = (
+    "Head hyper-parameters (lambda, depth) are chosen per task and seed on a validation split carved "
+    "from the downstream training data; the test set is never used for selection. Accuracy and "
+    "macro-F1 are means over tasks (%), then over seed replicates with a 95 % Student-t interval "
+    "(± half-width, none when n = 1). SVE is of head features on ID tasks, LSVR on OOD tasks; "
+    "'raw' columns are of the frozen features."
+)
+
+
+def _figure(ncols: int = 1, nrows: int = 1, size: tuple[float, float] = (4.2, 3.3)) -> tuple[Figure, np.ndarray]:
+    fig = Figure(figsize=(size[0] * ncols, size[1] * nrows), layout="constrained")
+    FigureCanvasAgg(fig)
+    axes = np.atleast_2d(fig.subplots(nrows, ncols, squeeze=False))
+    return fig, axes
+
+
+def _empty(path: Path, message: str) -> Path:
+    fig, axes = _figure()
+    ax = axes[0, 0]
+    ax.text(0.5, 0.5, message, ha="center", va="center", wrap=True, transform=ax.transAxes)
+    ax.set_axis_off()
+    fig.savefig(path, dpi=110)
+    return path
+
+
+def _full_data(lb: pd.DataFrame) -> pd.DataFrame:
+    """Figures show the full-data rows when the leaderboard also holds few-shot fractions."""
+    if "fraction" in lb.columns:
+        return lb[lb["fraction"] == lb["fraction"].max()]
+    return lb
+
+
+def _methods(df: pd.DataFrame) -> list[str]:
+    return sorted(df["method"].dropna().unique(), key=lambda m: METHOD_ORDER.get(m, 99))
+
+
+def plot_accuracy_vs_noise(lb: pd.DataFrame, path: Path) -> Path:
+    """Rows ID / OOD, one column per backbone, a line per head with 95 % error bars."""
+    lb = _full_data(lb)
+    backbones = list(dict.fromkeys(lb["backbone"]))
+    if not backbones:
+        return _empty(path, "no fit runs yet")
+    fig, axes = _figure(len(backbones), 2)
+    for j, backbone in enumerate(backbones):
+        part = lb[lb["backbone"] == backbone]
+        unknown = part["noise_ratio"].isna().all()
+        for i, (col, label) in enumerate((("id_acc", "ID accuracy (%)"), ("ood_acc", "OOD accuracy (%)"))):
+            ax = axes[i, j]
+            for method in _methods(part):
+                rows = part[part["method"] == method].sort_values("noise_ratio")
+                x = np.zeros(len(rows)) if unknown else rows["noise_ratio"].to_numpy(float) * 100
+                y = rows[col].to_numpy(float) * 100
+                err = np.nan_to_num(rows[f"{col}_ci"].to_numpy(float) * 100)
+                color, marker = METHOD_STYLE.get(method, ("tab:gray", "x"))
+                ax.errorbar(x, y, yerr=err, color=color, marker=marker, capsize=3,
+                            label=METHOD_LABEL.get(method, method))
+            ax.set_ylabel(label)
+            if unknown:  # a frozen third-party backbone: one point per head, no noise axis
+                ax.set_xticks([0.0], ["as released"])
+                ax.set_xlim(-1.0, 1.0)
+                ax.set_xlabel("pre-training noise: unknown")
+            else:
+                ax.set_xlabel("pre-training noise ratio (%)")
+            ax.grid(alpha=0.3)
+            if i == 0:
+                ax.set_title(str(backbone))
+            if i == 0 and j == 0:
+                ax.legend(fontsize=8)
+    fig.savefig(path, dpi=110)
+    return path
+
+
+def plot_spectral_vs_accuracy(lb: pd.DataFrame, path: Path, metric: str, acc: str,
+                              xlabel: str, ylabel: str) -> Path:
+    """Frozen-feature spectral metric (x) against head accuracy (y), labelled by noise ratio."""
+    lb = _full_data(lb)
+    data = lb.dropna(subset=[metric, acc])
+    if data.empty:
+        return _empty(path, f"no runs with both {metric} and {acc}")
+    fig, axes = _figure(size=(5.2, 4.0))
+    ax = axes[0, 0]
+    colors = {b: f"C{k % 10}" for k, b in enumerate(dict.fromkeys(data["backbone"]))}
+    for (backbone, method), part in data.groupby(["backbone", "method"], sort=False):
+        _, marker = METHOD_STYLE.get(method, ("tab:gray", "x"))
+        ax.scatter(part[metric], part[acc] * 100, color=colors[backbone], marker=marker,
+                   label=f"{backbone} · {METHOD_LABEL.get(method, method)}")
+        for _, r in part.iterrows():
+            if pd.notna(r["noise_ratio"]):
+                ax.annotate(f"{r['noise_ratio'] * 100:g}%", (r[metric], r[acc] * 100), fontsize=7,
+                            xytext=(3, 3), textcoords="offset points")
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    fig.savefig(path, dpi=110)
+    return path
+
+
+def plot_spectra(spectra: Mapping[str, np.ndarray] | None, path: Path) -> Path:
+    """Normalised singular values ``s_i / sum_j s_j`` against rank, log scale, one line per label."""
+    if not spectra:
+        return _empty(path, "no spectra logged\n(Tracker.log_spectrum)")
+    fig, axes = _figure(size=(5.2, 4.0))
+    ax = axes[0, 0]
+    for label, values in spectra.items():
+        s = np.sort(np.asarray(values, dtype=np.float64).ravel())[::-1]
+        if s.sum() <= 0:
+            continue
+        ax.plot(np.arange(1, len(s) + 1), s / s.sum(), label=str(label))
+    ax.set_yscale("log")
+    ax.set_xscale("log")
+    ax.set_xlabel("rank i")
+    ax.set_ylabel("s_i / sum_j s_j")
+    ax.grid(alpha=0.3, which="both")
+    ax.legend(fontsize=7)
+    fig.savefig(path, dpi=110)
+    return path
+
+
+def make_report(df: pd.DataFrame, out_dir: str | Path, suite_name: str,
+                spectra: Mapping[str, np.ndarray] | None = None) -> dict[str, Path]:
+    """Write leaderboard.md, leaderboard.csv and the four figures; return their paths by name.
+
+    ``df`` is the fit-runs frame (``Tracker.runs_frame("fit")``); ``spectra`` is optional
+    ``{label: singular values}`` (``Tracker.load_spectra``).
+    """
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    lb = leaderboard(df)
+    paths = {
+        "leaderboard.md": out / "leaderboard.md",
+        "leaderboard.csv": out / "leaderboard.csv",
+    }
+    paths["leaderboard.md"].write_text(
+        f"# Leaderboard: {suite_name}\n\n{_SELECTION_NOTE}\n\n{render(lb, 'markdown')}"
+    )
+    paths["leaderboard.csv"].write_text(render(lb, "csv"))
+    paths["id_ood_vs_noise.png"] = plot_accuracy_vs_noise(lb, out / "id_ood_vs_noise.png")
+    paths["sve_vs_id.png"] = plot_spectral_vs_accuracy(
+        lb, out / "sve_vs_id.png", "sve_raw", "id_acc", "SVE of frozen features (ID tasks)", "ID accuracy (%)")
+    paths["lsvr_vs_ood.png"] = plot_spectral_vs_accuracy(
+        lb, out / "lsvr_vs_ood.png", "lsvr_raw", "ood_acc", "LSVR of frozen features (OOD tasks)", "OOD accuracy (%)")
+    paths["spectra.png"] = plot_spectra(spectra, out / "spectra.png")
+    return paths

@@ -1,0 +1,56 @@
+"""Report: tables equal ``leaderboard()``; every figure is a real PNG with content."""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+import pandas as pd
+from PIL import Image
+
+from benchmark.leaderboard import leaderboard, render
+from benchmark.report import make_report
+from tests.test_leaderboard import synthetic_runs
+
+FIGURES = ("id_ood_vs_noise.png", "sve_vs_id.png", "lsvr_vs_ood.png", "spectra.png")
+
+
+def _check_png(path) -> np.ndarray:
+    data = path.read_bytes()
+    assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 5000
+    img = np.asarray(Image.open(io.BytesIO(data)).convert("L"))
+    assert img.shape[0] > 200 and img.shape[1] > 300
+    assert img.std() > 5  # something was drawn, not a blank canvas
+    return img
+
+
+def test_report_writes_tables_matching_leaderboard_and_valid_figures(tmp_path):
+    df = synthetic_runs()
+    frozen = df[df.noise_ratio == 0.0].assign(backbone="mobilenet", noise_ratio=np.nan)
+    df = pd.concat([df, frozen], ignore_index=True)
+    spectra = {f"noise {r:g}": np.sort(np.random.default_rng(i).random(32))[::-1] ** (1 + r)
+               for i, r in enumerate((0.0, 0.1, 0.3))}
+    paths = make_report(df, tmp_path / "out", "synthetic", spectra=spectra)
+    assert set(paths) == {"leaderboard.md", "leaderboard.csv", *FIGURES}
+    lb = leaderboard(df)
+    csv = pd.read_csv(paths["leaderboard.csv"])
+    pd.testing.assert_frame_equal(csv.drop(columns=["noise_ratio"]), lb.drop(columns=["noise_ratio"]),
+                                  check_dtype=False, rtol=1e-12)
+    np.testing.assert_array_equal(csv.noise_ratio.isna(), lb.noise_ratio.isna())
+    md = paths["leaderboard.md"].read_text()
+    assert md.startswith("# Leaderboard: synthetic") and "never used for selection" in md
+    assert render(lb, "markdown") in md
+    # 2 backbones -> two panel columns: the accuracy figure is wider than a single-panel one.
+    wide = _check_png(paths["id_ood_vs_noise.png"])
+    single = _check_png(paths["sve_vs_id.png"])
+    assert wide.shape[1] > single.shape[1]
+    _check_png(paths["lsvr_vs_ood.png"])
+    _check_png(paths["spectra.png"])
+
+
+def test_report_without_spectra_or_runs_still_writes_every_file(tmp_path):
+    paths = make_report(pd.DataFrame(), tmp_path, "empty")
+    for name in FIGURES:
+        data = paths[name].read_bytes()
+        assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 1000
+    assert "Backbone" in paths["leaderboard.md"].read_text()
