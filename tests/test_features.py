@@ -1,0 +1,170 @@
+"""Feature cache: computed once per key, served from disk after, repaired when corrupt.
+
+The acceptance test of the issue: features of two backbones on an embedded-like split, a linear
+probe on them, and a second cache that answers from disk with zero backbone forwards.
+"""
+
+from __future__ import annotations
+
+import json
+import warnings
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+
+from benchmark.backbones import create_backbone
+from benchmark.data.base import ArraySplit
+from benchmark.features import FeatureCache, Features, extract_features, feature_key
+
+torch.set_num_threads(1)
+CLASSES = ["top-left", "top-right", "bottom-left", "bottom-right"]
+
+
+def _split(n: int, split: str, seed: int) -> ArraySplit:
+    """28x28 grey images like the embedded sets: a bright blob in the quadrant of the class."""
+    rng = np.random.default_rng(seed)
+    labels = np.arange(n) % len(CLASSES)
+    images = rng.integers(0, 60, (n, 28, 28)).astype(np.uint8)
+    for i, k in enumerate(labels):
+        r, c = 2 + 14 * (k // 2) + rng.integers(0, 3), 2 + 14 * (k % 2) + rng.integers(0, 3)
+        images[i, r:r + 9, c:c + 9] = rng.integers(180, 256)
+    return ArraySplit("quadrants", split, CLASSES, images, labels)
+
+
+@pytest.fixture(scope="module")
+def data() -> tuple[ArraySplit, ArraySplit]:
+    return _split(160, "train", 0), _split(80, "test", 1)
+
+
+@pytest.fixture(scope="module")
+def resnet() -> Any:
+    return create_backbone({"family": "timm", "arch": "test_resnet", "seed": 0})
+
+
+class CountingBackbone:
+    """Wraps a backbone and counts ``encode`` calls (same identity, so same cache keys)."""
+
+    def __init__(self, inner: Any) -> None:
+        self.inner, self.calls = inner, 0
+
+    def encode(self, batch: torch.Tensor) -> torch.Tensor:
+        self.calls += 1
+        return self.inner.encode(batch)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.inner, name)
+
+
+def _probe(train: Features, test: Features) -> float:
+    """Linear probe (benchmark.probe does not exist yet: standardised logistic regression)."""
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    clf = make_pipeline(StandardScaler(), LogisticRegression(max_iter=500))
+    clf.fit(train.x.numpy(), train.y.numpy())
+    return float(clf.score(test.x.numpy(), test.y.numpy()))
+
+
+def test_two_backbones_probe_then_second_cache_does_no_forward(
+        tmp_path: Path, data: tuple[ArraySplit, ArraySplit], resnet: Any) -> None:
+    train, test = data
+    backbones = [CountingBackbone(resnet),
+                 CountingBackbone(create_backbone({"family": "open_clip", "arch": "nml-tiny-clip"}))]
+    cache = FeatureCache(tmp_path, batch_size=64, progress=False)
+    first = {}
+    for bb in backbones:
+        tr, te = cache.get_many(bb, [train, test])
+        assert tr.x.shape == (160, bb.feature_dim) and tr.x.dtype == torch.float32
+        assert te.y.dtype == torch.int64 and torch.equal(te.y, torch.from_numpy(test.labels))
+        assert bb.calls == 3 + 2  # ceil(160 / 64) + ceil(80 / 64) batches
+        acc = _probe(tr, te)
+        assert acc >= 0.9, (bb.name, acc)  # frozen random features still separate the quadrants
+        first[bb.identity] = (tr, te)
+    assert (cache.hits, cache.misses, cache.forward_batches) == (0, 4, 10)
+    assert len(list(tmp_path.glob("*/*.npz"))) == 4 and not list(tmp_path.glob("*/.*tmp"))
+
+    again = FeatureCache(tmp_path, progress=False)
+    for bb in backbones:
+        bb.calls = 0
+        tr, te = again.get_many(bb, {"train": train, "test": test}).values()
+        assert bb.calls == 0
+        assert torch.equal(tr.x, first[bb.identity][0].x) and torch.equal(te.y, first[bb.identity][1].y)
+        assert tr.meta["identity"] == bb.identity and tr.meta["shape"] == [160, bb.feature_dim]
+    assert (again.hits, again.misses, again.forward_batches) == (4, 0, 0)
+
+
+def test_key_depends_on_identity_split_and_transform(data: tuple[ArraySplit, ArraySplit],
+                                                     resnet: Any) -> None:
+    train, test = data
+    other_seed = create_backbone({"family": "timm", "arch": "test_resnet", "seed": 1})
+    other_size = create_backbone({"family": "timm", "arch": "test_resnet", "image_size": 40})
+    keys = {feature_key(resnet, train), feature_key(resnet, test), feature_key(other_seed, train),
+            feature_key(other_size, train), feature_key(resnet, train.subset(range(10)))}
+    assert len(keys) == 5
+    assert feature_key(resnet, train) == feature_key(
+        create_backbone({"family": "timm", "arch": "test_resnet", "seed": 0}), _split(160, "train", 0))
+
+
+def _corrupt_truncate(npz: Path, js: Path) -> None:
+    npz.write_bytes(npz.read_bytes()[: npz.stat().st_size // 2])
+
+
+def _corrupt_flip(npz: Path, js: Path) -> None:
+    raw = bytearray(npz.read_bytes())
+    for i in range(len(raw) // 2, len(raw) // 2 + 16):
+        raw[i] ^= 0xFF
+    npz.write_bytes(bytes(raw))
+
+
+def _corrupt_checksum(npz: Path, js: Path) -> None:
+    with np.load(npz) as z:
+        x, y = z["x"].copy(), z["y"]
+    x[0, 0] += 1.0  # a valid file with different numbers: only the checksum can tell
+    np.savez(npz, x=x, y=y)
+
+
+def _corrupt_shape(npz: Path, js: Path) -> None:
+    meta = json.loads(js.read_text())
+    meta["shape"] = [meta["shape"][0], meta["shape"][1] + 1]
+    js.write_text(json.dumps(meta))
+
+
+def _drop_metadata(npz: Path, js: Path) -> None:
+    js.unlink()
+
+
+@pytest.mark.parametrize("damage", [_corrupt_truncate, _corrupt_flip, _corrupt_checksum,
+                                    _corrupt_shape, _drop_metadata])
+def test_corrupt_entry_warns_and_recomputes_identical(tmp_path: Path, damage: Any,
+                                                      resnet: Any) -> None:
+    split = _split(40, "train", 2)
+    cache = FeatureCache(tmp_path, progress=False)
+    good = cache.get(resnet, split)
+    npz, js = cache.paths(good.key)
+    damage(npz, js)
+    with pytest.warns(UserWarning, match=npz.name):
+        again = cache.get(resnet, split)
+    assert (cache.hits, cache.misses) == (0, 2)
+    assert torch.equal(again.x, good.x) and torch.equal(again.y, good.y)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # repaired: the next read is a clean hit
+        assert torch.equal(cache.get(resnet, split).x, good.x)
+    assert cache.hits == 1
+
+
+def test_extract_features_alone_matches_cache_and_direct_encode(tmp_path: Path,
+                                                                resnet: Any) -> None:
+    split = _split(10, "test", 3)
+    alone = extract_features(resnet, split, batch_size=4, device="cpu")
+    assert alone.meta["forward_batches"] == 3 and alone.key == feature_key(resnet, split)
+    direct = resnet.encode(torch.stack([resnet.transform(split[i][0]) for i in range(10)]))
+    assert torch.allclose(alone.x, direct, atol=1e-6)
+    cached = FeatureCache(tmp_path, batch_size=4, progress=False).get(resnet, split)
+    assert torch.equal(cached.x, alone.x)
+    meta = json.loads(FeatureCache(tmp_path).paths(cached.key)[1].read_text())
+    assert meta["fingerprint"] == split.fingerprint and meta["dtype"] == "float32"
+    assert len(meta["sha256"]) == 64 and meta["seconds"] >= 0 and meta["created"]
