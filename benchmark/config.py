@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, model_validator
 
 from benchmark.errors import ConfigError, DatasetUnavailable, UnknownNameError
 from benchmark.jobs import PretrainJob
@@ -148,6 +148,9 @@ class FrozenBackbone(_Model):
     checkpoint: str | None = None
     image_size: PositiveInt | None = None
     target: str | None = None  # blackbox: "module:function"
+    version: str | int | None = None  # blackbox: the identity the user vouches for
+    input: Literal["pil", "array"] | None = None  # blackbox: what the function receives
+    seed: NonNegInt | None = None  # random-init weights
     kwargs: dict[str, Any] = Field(default_factory=dict)
 
     def spec(self) -> dict[str, Any]:
@@ -244,6 +247,7 @@ class Suite(_Model):
     tracking: Tracking = Field(default_factory=Tracking)
     ray: RaySpec = Field(default_factory=RaySpec)
     source: str | None = Field(default=None, exclude=True)
+    _raw: dict[str, Any] = PrivateAttr(default_factory=dict)
 
     @model_validator(mode="after")
     def _resolve(self) -> Suite:
@@ -262,6 +266,19 @@ class Suite(_Model):
         if self.tracking.experiment is None:
             self.tracking.experiment = self.name
         return self
+
+    def override(self, *, work_dir: str | Path | None = None, data_root: str | Path | None = None) -> Suite:
+        """The same suite with another work dir / data root (command-line overrides).
+
+        Defaults derived from them are derived again: a tracking URI that the file did not set
+        follows the new work dir. ``model_copy(update=...)`` would keep the old derived values.
+        """
+        raw = dict(self._raw) or self.model_dump(mode="json")
+        if work_dir is not None:
+            raw["work_dir"] = str(work_dir)
+        if data_root is not None:
+            raw["data_root"] = str(data_root)
+        return validate_suite(raw, source=self.source or "<suite>", check_names=False)
 
     def pretrain_jobs(self) -> list[PretrainJob]:
         """Every pre-training run: blocks x noise ratios x seeds, in file order."""
@@ -435,6 +452,7 @@ def validate_suite(data: Any, source: str | Path = "<suite>", *, check_names: bo
     except ValidationError as e:
         _raise(source, [_describe(err, Suite) for err in e.errors()], "schema")
     suite.source = source
+    suite._raw = dict(data)
     if check_names:
         problems = _check_names(suite)
         if problems:

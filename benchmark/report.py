@@ -168,3 +168,23 @@ def make_report(df: pd.DataFrame, out_dir: str | Path, suite_name: str,
         lb, out / "lsvr_vs_ood.png", "lsvr_raw", "ood_acc", "LSVR of frozen features (OOD tasks)", "OOD accuracy (%)")
     paths["spectra.png"] = plot_spectra(spectra, out / "spectra.png")
     return paths
+
+
+def make_report_from_tracking(uri: str, experiment: str, out_dir: str | Path, suite_name: str, *,
+                              spectra_task: str | None = None) -> list[Path]:
+    """Read a suite's fit runs and spectra from MLflow and write the report; return the paths.
+
+    The spectra figure shows one task (``spectra_task``, default: the first ID task by name
+    that has spectra), pre-training seed 0, one line per backbone and noise ratio.
+    """
+    from benchmark.tracking import Tracker
+
+    tracker = Tracker(uri, experiment)
+    df = tracker.runs_frame("fit")
+    if spectra_task is None and "task_kind" in df.columns:
+        id_tasks = sorted(df.loc[df["task_kind"] == "id", "task"].dropna().unique())
+        spectra_task = id_tasks[0] if id_tasks else None
+    spectra = {}
+    if spectra_task is not None:
+        spectra = tracker.load_spectra(spectra_task, pretrain_seed=0) or tracker.load_spectra(spectra_task)
+    return list(make_report(df, out_dir, suite_name, spectra=spectra).values())

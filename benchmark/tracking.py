@@ -110,6 +110,12 @@ class Tracker:
 
     def __init__(self, uri: str | None = None, experiment: str = "nmlbench",
                  tags: Mapping[str, str] | None = None) -> None:
+        import os
+
+        # Defaults only (an explicit user setting wins): a sweep logs thousands of runs, and
+        # MLflow would print a URL line and a progress bar for each one.
+        os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
+        os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
         from mlflow import MlflowClient
 
         self.uri = uri or default_uri()
@@ -290,8 +296,11 @@ class Tracker:
         in the work dir, they are too large to copy). Other numeric entries become metrics.
         """
         res = dataclasses.asdict(result) if dataclasses.is_dataclass(result) else dict(result)
+        res.pop("job", None)
         params = {k: v for k, v in dataclasses.asdict(job).items()}
         params["name"] = job.name
+        if res.get("error"):
+            return self.log_failure(job.key, params, str(res["error"]), kind="pretrain")
         steps: list[tuple[str, float, int]] = []
         history = next((res.pop(k) for k in ("history", "metrics", "epochs") if isinstance(res.get(k), (list, dict))), None)
         if isinstance(history, dict):  # {"loss": [..], ...} -> per-epoch rows
@@ -307,7 +316,7 @@ class Tracker:
         tags: dict[str, str] = {"backbone": job.display or job.name}
         artifacts: dict[str, Any] = {}
         noise = next((res.pop(k) for k in ("noise_path", "noise_file") if res.get(k)), None)
-        if noise is not None:
+        if noise is not None and Path(noise).is_file():
             artifacts["noise.npz"] = noise
         ckpt = next((res.pop(k) for k in ("checkpoint", "checkpoint_path") if res.get(k)), None)
         if ckpt is not None:
@@ -320,17 +329,22 @@ class Tracker:
         return self._finish_key("pretrain", job.key, params, metrics, tags, artifacts, job.name,
                                 overwrite, steps)
 
-    def log_spectrum(self, backbone: str, task: str, values: Any, *, overwrite: bool = False,
-                     **params: Any) -> str:
-        """Store the singular values of ``backbone``'s features on ``task`` (artifact spectrum.npy).
+    def log_spectrum(self, backbone: str | Mapping[str, Any], task: str, values: Any, *,
+                     overwrite: bool = False, **params: Any) -> str:
+        """Store the singular values of a backbone's features on ``task`` (artifact spectrum.npy).
 
-        Extra ``params`` (e.g. ``noise_ratio``, ``objective``) are recorded and keyed with it.
+        ``backbone`` is a display name, or a mapping of backbone params that holds one under
+        ``"backbone"`` (e.g. the fit params: noise_ratio, pretrain_seed, ...). All params are
+        recorded and keyed, so each (backbone, noise ratio, seed, task) keeps its own spectrum.
         """
         arr = np.asarray(values.detach().cpu().numpy() if hasattr(values, "detach") else values, dtype=np.float64)
-        all_params = {"backbone": backbone, "task": task, **params}
+        base = dict(backbone) if isinstance(backbone, Mapping) else {"backbone": backbone}
+        if "backbone" not in base:
+            raise ConfigError("log_spectrum: the backbone mapping needs a 'backbone' display name")
+        all_params = {**base, **params, "task": task}
         key = config_hash({"kind": "spectrum", **all_params})
         return self._finish_key("spectrum", key, all_params, {}, {}, {"spectrum.npy": arr},
-                                f"{backbone}/{task}/spectrum", overwrite)
+                                f"{base['backbone']}/{task}/spectrum", overwrite)
 
     # -- reading -----------------------------------------------------------------------------
     def _filter(self, kind: str | None, status: str | None = FINISHED) -> str:
@@ -386,21 +400,32 @@ class Tracker:
         ]
         return pd.DataFrame(rows, columns=None if rows else ["run_id", "key", "kind", "error"])
 
-    def load_spectra(self, task: str | None = None) -> dict[str, np.ndarray]:
-        """Logged spectra as ``{label: singular values}``.
+    def load_spectra(self, task: str | None = None, **where: Any) -> dict[str, np.ndarray]:
+        """Logged spectra as ``{label: singular values}``, optionally filtered.
 
-        With ``task`` given, labels are backbone names; otherwise ``"<backbone> / <task>"``.
+        ``task`` and ``where`` (e.g. ``pretrain_seed=0``) keep runs whose params equal the given
+        values. Labels name the backbone, then the noise ratio and pretrain seed when recorded,
+        then the task unless one task was asked for: ``"resnet · noise 10% · s0 / cifar10"``.
         """
+        if task is not None:
+            where["task"] = task
         out: dict[str, np.ndarray] = {}
         for run in self._search(self._filter("spectrum")):
-            b, t = run.data.params.get("backbone"), run.data.params.get("task")
-            if task is not None and t != task:
+            p = {k: _typed(v) for k, v in run.data.params.items()}
+            if any(p.get(k) != v for k, v in where.items()):
                 continue
+            label = str(p.get("backbone"))
+            if isinstance(p.get("noise_ratio"), (int, float)) and "noise_ratio" not in where:
+                label += f" · noise {p['noise_ratio'] * 100:g}%"
+            if p.get("pretrain_seed") is not None and "pretrain_seed" not in where and "noise_ratio" in p:
+                label += f" · s{p['pretrain_seed']}"
+            if "task" not in where:
+                label += f" / {p.get('task')}"
             with tempfile.TemporaryDirectory(prefix="nmlbench-spectrum-") as tmp:
                 try:
                     local = self.client.download_artifacts(run.info.run_id, "spectrum.npy", tmp)
                 except Exception as exc:  # a run whose artifact store is gone: skip, say so
-                    warnings.warn(f"spectrum of {b}/{t} (run {run.info.run_id}) unreadable: {exc}", stacklevel=2)
+                    warnings.warn(f"spectrum {label} (run {run.info.run_id}) unreadable: {exc}", stacklevel=2)
                     continue
-                out[b if task is not None else f"{b} / {t}"] = np.load(local)
+                out[label] = np.load(local)
         return dict(sorted(out.items()))
