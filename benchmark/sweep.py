@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import time
 import traceback
 from collections.abc import Callable, Iterable, Sequence
@@ -126,6 +127,7 @@ def run_fit(payload: FeaturePayload, spec: FitSpec) -> dict[str, Any]:
             test_y,
             seed=head.head_seed,
             class_subsets=payload.class_subsets or None,
+            num_classes=payload.num_classes,
             **head.fit_kwargs(),
         )
     except Exception as exc:  # recorded, not raised: one bad fit must not stop the sweep
@@ -234,31 +236,13 @@ def run_trials_on_ray(plans: Sequence[TrialPlan], payload_refs: dict[str, Any], 
     """
     if not plans:
         return
+    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")  # with verbose=0: no per-trial tables
     from ray import tune
 
     plan_map = {p.trial_id: p for p in plans}
     expected = {p.trial_id: {f.key for f in p.fits} for p in plans}
 
-    class _Sink(tune.Callback):
-        """Runs in the driver: the only place that writes to MLflow."""
-
-        def __init__(self) -> None:
-            self.seen: dict[str, set[str]] = {}
-
-        def on_trial_result(self, iteration, trials, trial, result, **info):  # noqa: D401
-            record = json.loads(result["record"])
-            self.seen.setdefault(trial.config["trial"], set()).add(record["key"])
-            sink(record)
-
-        def on_trial_error(self, iteration, trials, trial, **info):
-            # The whole trial died (worker crash, OOM): every fit it had not reported fails.
-            tid = trial.config["trial"]
-            missing = expected[tid] - self.seen.get(tid, set())
-            err = str(getattr(trial, "error_file", "") or "trial process failed")
-            for spec in plan_map[tid].fits:
-                if spec.key in missing:
-                    sink({"key": spec.key, "params": spec.params, "tags": spec.tags,
-                          "error": f"trial {tid} failed before this fit finished: {err}"})
+    callback = _DriverSink(sink, plan_map, expected)
 
     trainable = tune.with_parameters(_tune_trial, plans=plan_map, payload_refs=payload_refs)
     trainable = tune.with_resources(trainable, {"cpu": 1, "gpu": gpus_per_trial})
@@ -269,9 +253,48 @@ def run_trials_on_ray(plans: Sequence[TrialPlan], payload_refs: dict[str, Any], 
         run_config=tune.RunConfig(
             name=name,
             storage_path=str(Path(storage_path).resolve()),
-            callbacks=[_Sink()],
+            callbacks=[callback],
             verbose=0,
             failure_config=tune.FailureConfig(max_failures=0, fail_fast=False),
         ),
     )
     tuner.fit()
+
+
+def _make_driver_sink_class():
+    from ray import tune
+
+    class DriverSink(tune.Callback):
+        """Runs in the driver: the only place that writes to MLflow.
+
+        Tune pickles its callbacks with the experiment state; the sink (an MLflow client, a
+        progress bar) is process-local, so it is dropped from the pickled state.
+        """
+
+        def __init__(self, sink: RecordSink, plans: dict[str, TrialPlan], expected: dict[str, set[str]]) -> None:
+            self.sink, self.plans, self.expected = sink, plans, expected
+            self.seen: dict[str, set[str]] = {}
+
+        def __getstate__(self) -> dict[str, Any]:
+            return {"seen": self.seen, "sink": None, "plans": {}, "expected": {}}
+
+        def on_trial_result(self, iteration, trials, trial, result, **info):
+            record = json.loads(result["record"])
+            self.seen.setdefault(trial.config["trial"], set()).add(record["key"])
+            self.sink(record)
+
+        def on_trial_error(self, iteration, trials, trial, **info):
+            # The whole trial died (worker crash, OOM): every fit it had not reported fails.
+            tid = trial.config["trial"]
+            missing = self.expected[tid] - self.seen.get(tid, set())
+            err = str(getattr(trial, "error_file", "") or "trial process failed")
+            for spec in self.plans[tid].fits:
+                if spec.key in missing:
+                    self.sink({"key": spec.key, "params": spec.params, "tags": spec.tags,
+                               "error": f"trial {tid} failed before this fit finished: {err}"})
+
+    return DriverSink
+
+
+def _DriverSink(sink: RecordSink, plans: dict[str, TrialPlan], expected: dict[str, set[str]]):
+    return _make_driver_sink_class()(sink, plans, expected)
