@@ -22,7 +22,8 @@ class UnknownNameError(NMLBenchError, KeyError):
 
     def __init__(self, kind: str, name: str, known: Iterable[str], hint: str = "") -> None:
         self.kind, self.name, self.known = kind, name, sorted(known)
-        msg = f"unknown {kind} {name!r}; known {kind}s: {', '.join(self.known) or '(none)'}"
+        plural = kind[:-1] + "ies" if kind.endswith("y") else kind + "s"
+        msg = f"unknown {kind} {name!r}; known {plural}: {', '.join(self.known) or '(none)'}"
         if hint:
             msg += f". {hint}"
         super().__init__(msg)

@@ -95,7 +95,7 @@ def get_factory(family: str) -> Factory:
     plugins = _plugins()
     if family in plugins:
         return plugins[family][0]
-    raise UnknownNameError("backbone family name", family, list(BUILTIN_FAMILIES) + list(plugins),
+    raise UnknownNameError("backbone family", family, list(BUILTIN_FAMILIES) + list(plugins),
                            hint=f"plugins register under the entry-point group {ENTRY_POINT_GROUP!r}")
 
 
