@@ -136,7 +136,7 @@ def plot_spectra(spectra: Mapping[str, np.ndarray] | None, path: Path) -> Path:
     ax.set_yscale("log")
     ax.set_xscale("log")
     ax.set_xlabel("rank i")
-    ax.set_ylabel("s_i / sum_j s_j")
+    ax.set_ylabel(r"normalised singular value $s_i / \sum_j s_j$")
     ax.grid(alpha=0.3, which="both")
     ax.legend(fontsize=7)
     fig.savefig(path, dpi=110)

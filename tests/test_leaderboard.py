@@ -9,7 +9,6 @@ rendered markdown is compared with a golden file (regenerate with NMLBENCH_UPDAT
 from __future__ import annotations
 
 import itertools
-import math
 import os
 from pathlib import Path
 

@@ -54,3 +54,28 @@ def test_report_without_spectra_or_runs_still_writes_every_file(tmp_path):
         data = paths[name].read_bytes()
         assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 1000
     assert "Backbone" in paths["leaderboard.md"].read_text()
+
+
+def test_report_from_mlflow_equals_report_from_the_frame(tmp_path):
+    """Runs written through the Tracker and read back give the same leaderboard (typing survives)."""
+    from benchmark.report import make_report_from_tracking
+    from benchmark.tracking import Tracker
+
+    df = synthetic_runs()
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    tracker = Tracker(uri, "synthetic")
+    params = ["backbone", "noise_ratio", "method", "task", "task_kind", "pretrain_seed", "head_seed",
+              "fraction", "lambda", "depth"]
+    for i, row in df.iterrows():
+        rec = row.to_dict()
+        tracker.log_fit({"key": f"fit{i:03d}", "params": {k: rec[k] for k in params},
+                         "metrics": {k: v for k, v in rec.items() if k not in params}})
+    for ratio in (0.0, 0.1):
+        tracker.log_spectrum({"backbone": "net", "noise_ratio": ratio, "pretrain_seed": 0}, "a",
+                             np.linspace(2.0, 0.1, 16) ** (1 + 3 * ratio))
+    written = make_report_from_tracking(uri, "synthetic", tmp_path / "report", "synthetic")
+    assert sorted(p.name for p in written) == sorted(["leaderboard.md", "leaderboard.csv", *FIGURES])
+    csv = pd.read_csv(tmp_path / "report" / "leaderboard.csv")
+    pd.testing.assert_frame_equal(csv, leaderboard(df), check_dtype=False, rtol=1e-12)
+    assert set(Tracker(uri, "synthetic").load_spectra("a", pretrain_seed=0)) == {"net · noise 0%", "net · noise 10%"}
+    _check_png(tmp_path / "report" / "spectra.png")
