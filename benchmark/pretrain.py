@@ -430,7 +430,9 @@ def train_loop_per_worker(cfg: dict[str, Any]) -> None:
         model.train()
         g = torch.Generator().manual_seed(seed * 100_003 + epoch)
         order = torch.randperm(n_total, generator=g)[rank::world].to(images.device)
-        sums = torch.zeros(4, dtype=torch.float64, device=device)  # loss, n, correct, clean
+        # Running sums stay on the device (no host sync per step): loss, n, correct, clean.
+        sums = torch.zeros(4, dtype=torch.float64, device=device)
+        ones = torch.ones((), dtype=torch.float64, device=device)
         t0 = time.perf_counter()
         for step in range(steps_per_epoch):
             idx = order[step * batch:(step + 1) * batch]
@@ -446,10 +448,6 @@ def train_loop_per_worker(cfg: dict[str, Any]) -> None:
                 else:
                     loss, correct = _clip_loss(model(x, y), rank, world)
                     clean_ok = torch.zeros((), device=device)
-            if not torch.isfinite(loss):
-                raise TrainingDiverged(
-                    f"{cfg['name']}: loss became {loss.item()} at epoch {epoch} step {step} "
-                    f"(lr {cfg['lr']}, batch {cfg['batch_size']}); lower lr or check the data")
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -457,8 +455,7 @@ def train_loop_per_worker(cfg: dict[str, Any]) -> None:
             if not supervised:
                 with torch.no_grad():  # the usual CLIP clamp: temperature at most 100
                     _unwrap(model).logit_scale.clamp_(0, math.log(100.0))
-            sums += torch.stack([loss.detach().double() * len(idx),
-                                 torch.tensor(float(len(idx)), device=device, dtype=torch.float64),
+            sums += torch.stack([loss.detach().double() * len(idx), ones * len(idx),
                                  correct.double(), clean_ok.double()])
         if device.type == "cuda":
             torch.cuda.synchronize()
@@ -468,6 +465,10 @@ def train_loop_per_worker(cfg: dict[str, Any]) -> None:
 
             dist.all_reduce(sums)
         loss_sum, n, correct, clean_ok = sums.tolist()
+        if not math.isfinite(loss_sum):
+            raise TrainingDiverged(
+                f"{cfg['name']}: loss became {loss_sum / n} in epoch {epoch} (lr {cfg['lr']}, "
+                f"batch {cfg['batch_size']}); lower lr or check the data")
         metrics = {"epoch": epoch, "loss": loss_sum / n, "train_accuracy": correct / n,
                    "seconds": seconds, "images_per_s": n / seconds,
                    "lr": float(sched.get_last_lr()[0]), "resumed_from_epoch": resumed_from,
@@ -546,7 +547,8 @@ def load_done(job: PretrainJob, work_dir: str | Path) -> PretrainResult | None:
                           seconds=float(info.get("seconds", 0.0)))
 
 
-def _fault_epoch(explicit: int | None) -> int | None:
+def fault_kill_epoch(explicit: int | None = None) -> int | None:
+    """The epoch after which a worker kills itself: ``explicit``, else ``$NMLBENCH_FAULT_KILL_AFTER_EPOCH``."""
     if explicit is not None:
         return int(explicit)
     raw = os.environ.get(FAULT_ENV, "").strip()
@@ -612,7 +614,7 @@ def run_pretrain(
         "weight_decay": float(job.weight_decay), "mean": PRETRAIN_MEAN, "std": PRETRAIN_STD,
         "torch_threads": max(1, int(cpus_per_worker)), "progress": bool(progress),
         "run_dir": str(storage / job.key),
-        "fault_kill_after_epoch": _fault_epoch(fault_kill_after_epoch),
+        "fault_kill_after_epoch": fault_kill_epoch(fault_kill_after_epoch),
     }
     # Build the model once in the driver: a wrong arch or kwargs fails here, in a second,
     # instead of in every retry of every Ray Train worker.
