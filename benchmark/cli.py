@@ -62,8 +62,9 @@ def _fail(exc: BaseException) -> None:
 def _tracking(suite_obj, tracking_uri: str | None, work_dir: str | None) -> tuple[str, str]:
     from benchmark.runner import default_tracking_uri
 
-    work = Path(work_dir or suite_obj.work_dir).resolve()
-    uri = tracking_uri or suite_obj.tracking.uri or default_tracking_uri(work)
+    if work_dir is not None:
+        suite_obj = suite_obj.override(work_dir=work_dir)
+    uri = tracking_uri or suite_obj.tracking.uri or default_tracking_uri(Path(suite_obj.work_dir).resolve())
     return uri, suite_obj.tracking.experiment or suite_obj.name
 
 

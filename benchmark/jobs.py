@@ -25,6 +25,7 @@ class PretrainJob:
     arch: str                      # timm model name or open_clip config name
     noise_kind: str = "symmetric"  # supervised: flip kind; clip: "swap"
     noise_ratio: float = 0.0
+    class_map: dict[int, int] | None = None  # asymmetric noise: {true class: noisy class}
     seed: int = 0
     epochs: int = 3
     batch_size: int = 128

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 import os
 import time
 from collections.abc import Callable
@@ -99,7 +98,10 @@ def init_ray(address: str | None = None) -> None:
 
     if ray.is_initialized():
         return
-    kw: dict[str, Any] = {"logging_level": logging.WARNING, "log_to_driver": True}
+    # Worker logs (Ray Train's checkpoint chatter) stay in Ray's log files unless asked for;
+    # the driver prints its own progress.
+    kw: dict[str, Any] = {"logging_level": logging.WARNING,
+                          "log_to_driver": os.environ.get("NMLBENCH_RAY_LOGS", "0") == "1"}
     if address:
         ray.init(address=address, **kw)
     elif os.environ.get("RAY_ADDRESS"):
@@ -297,11 +299,11 @@ def run_suite(suite: Any, *, address: str | None = None, tracking_uri: str | Non
     from benchmark.tracking import Tracker
 
     t_start = time.perf_counter()
-    work = Path(work_dir or suite.work_dir).resolve()
+    if work_dir is not None or data_root is not None:
+        suite = suite.override(work_dir=work_dir, data_root=data_root)  # re-derives default paths
+    work = Path(suite.work_dir).resolve()
     work.mkdir(parents=True, exist_ok=True)
-    data_root = data_root or suite.data_root
-    if data_root is not None and data_root != suite.data_root:
-        suite = suite.model_copy(update={"data_root": data_root})
+    data_root = suite.data_root
     check_data_available(suite)
     uri = tracking_uri or suite.tracking.uri or default_tracking_uri(work)
     experiment = suite.tracking.experiment or suite.name
@@ -429,6 +431,3 @@ def _log_spectra(tracker: Any, refs: dict[str, Any], pair_src: dict[str, tuple[B
         for name, values in ray.get(ref).items():
             tracker.log_spectrum(b.params, t.name if name == "test" else f"{t.name}/{name}", values)
 
-
-def _nan_to_none(v: Any) -> Any:
-    return None if isinstance(v, float) and math.isnan(v) else v

@@ -237,6 +237,7 @@ def run_trials_on_ray(plans: Sequence[TrialPlan], payload_refs: dict[str, Any], 
     if not plans:
         return
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")  # with verbose=0: no per-trial tables
+    os.environ.setdefault("TUNE_WARN_THRESHOLD_S", "5")  # MLflow writes in the callback take ~10-100 ms
     from ray import tune
 
     plan_map = {p.trial_id: p for p in plans}
