@@ -225,8 +225,12 @@ def build_training_set(job: PretrainJob, tokenizer: Any = None) -> TrainingSet:
             "seed": int(job.seed), "n": int(len(clean)), "corpus": job.corpus,
             "classes": classes, "key": job.key}
     if job.objective == "supervised":
+        # Instance-dependent noise (Xia et al.) draws flip rates from the samples themselves:
+        # the raw pixels are the features, so the noise does not depend on any model.
+        feats = (images.reshape(len(images), -1).astype(np.float32) / 255.0
+                 if job.noise_kind == "instance" else None)
         nr = flip_labels(clean, len(classes), float(job.noise_ratio), kind=job.noise_kind,
-                         seed=job.seed)
+                         seed=job.seed, class_map=job.class_map, features=feats)
         record = {**_npz_fields(nr.to_npz), "indices": idx, "clean_labels": clean}
         summary = {**base, "realised_ratio": float(nr.realised_ratio),
                    "num_flipped": int(nr.flipped.sum())}
