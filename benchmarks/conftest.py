@@ -1,0 +1,40 @@
+"""Fixtures of the performance benchmarks (``make bench``): fixed thread counts and a local Ray.
+
+Every comparison runs its two sides with the same number of threads (one, unless a test says
+otherwise) so that a ratio compares designs, not how many cores each side happened to grab on
+a shared machine.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+import torch
+from threadpoolctl import threadpool_limits
+
+
+@pytest.fixture()
+def one_thread() -> Iterator[None]:
+    """torch and every BLAS (numpy's and scipy's OpenBLAS) limited to one thread."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        with threadpool_limits(1):
+            yield
+    finally:
+        torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def local_ray() -> Iterator[None]:
+    """A private two-CPU Ray instance, started before any timing and shut down after the module."""
+    import ray
+
+    if ray.is_initialized():
+        ray.shutdown()
+    ray.init(num_cpus=2, include_dashboard=False, logging_level="WARNING", log_to_driver=False)
+    try:
+        yield
+    finally:
+        ray.shutdown()

@@ -1,0 +1,75 @@
+"""The baseline of measurement 1: a head trained the way the paper's reference code does it.
+
+The reference code keeps the backbone in the training loop, so every epoch runs the frozen
+backbone over every training image again (transform + encode, no grad) before the head's
+optimisation steps. Everything else is ``benchmark.probe.train_head``'s recipe step for step:
+the same seeded head initialisation, AdamW, per-step cosine schedule, mini-batch order from the
+same seeded generator, the same loss (NMTune regularisers included) and the same evaluation,
+so the two sides differ only in where the features come from.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch.nn import functional as F
+
+from benchmark.features import extract_features
+from benchmark.heads import NMTunePreset, create_head
+from benchmark.probe import PreparedData, TrainedHead, evaluate_head, resolve_hparams
+
+
+def encode_split(backbone: Any, split: Any, batch_size: int = 256) -> tuple[torch.Tensor, torch.Tensor]:
+    """One pass of the backbone over a split, in order (what a DataLoader epoch does)."""
+    f = extract_features(backbone, split, batch_size=batch_size, device="cpu")
+    return f.x, f.y
+
+
+def fit_reencoding(backbone: Any, train_split: Any, test_split: Any, method: str, *,
+                   num_classes: int, seed: int = 0, encode_batch: int = 256,
+                   **hparams: Any) -> dict[str, Any]:
+    """Train ``method`` re-encoding the training images every epoch; score the test split.
+
+    Returns ``{"train_loss", "eval": {"test": {...}}, "train_x"}`` (``train_x``: the features of
+    the last epoch, to check they equal the cached ones).
+    """
+    hp = resolve_hparams(method, **hparams)
+    y = torch.as_tensor(train_split.labels, dtype=torch.int64)
+    n = int(y.shape[0])
+    bs = min(hp["batch_size"], n)
+    steps = n // bs + (1 if n % bs > 1 else 0)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        arch = {k: hp[k] for k in ("ratio", "depth") if k in hp}
+        head = create_head(method, int(backbone.feature_dim), num_classes, **arch)
+    preset = NMTunePreset.resolve(
+        hp["preset"], lam=hp["lam"], w_mse=hp["w_mse"], w_cov=hp["w_cov"], w_svd=hp["w_svd"],
+        svd_topk=hp["svd_topk"],
+    ) if method == "nmtune" else None  # fmt: skip
+    opt = torch.optim.AdamW(head.parameters(), lr=hp["lr"], weight_decay=hp["weight_decay"])
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=hp["epochs"] * steps)
+    gen = torch.Generator().manual_seed(seed)
+    head.train()
+    x = torch.empty(0)
+    epoch_loss = float("nan")
+    for _ in range(hp["epochs"]):
+        x, _y = encode_split(backbone, train_split, encode_batch)  # the backbone, every epoch
+        perm = torch.randperm(n, generator=gen)
+        total = torch.zeros((), dtype=torch.float64)
+        for step in range(steps):
+            idx = perm[step * bs : (step + 1) * bs]
+            xb, yb = x[idx], y[idx]
+            logits, z = head(xb)
+            loss = F.cross_entropy(logits, yb) if preset is None else preset.loss(logits, yb, z, xb)[0]
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            sched.step()
+            total += loss.detach()
+        epoch_loss = float(total) / steps
+    head.eval()
+    test_x, test_y = encode_split(backbone, test_split, encode_batch)  # once, at evaluation
+    data = PreparedData(x, y, {"test": (test_x, test_y)}, num_classes, {}, torch.device("cpu"), {})
+    trained = TrainedHead(head, method, hp, epoch_loss, hp["epochs"])
+    return {"train_loss": epoch_loss, "eval": evaluate_head(trained, data), "train_x": x}
