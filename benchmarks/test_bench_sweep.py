@@ -1,0 +1,137 @@
+"""Measurement 3: 60 head fits through Ray Tune (batched trials) vs the same fits in a loop.
+
+Grid: 3 methods x 5 lambdas x 2 depths x 2 data sets (LP ignores lambda and depth, MLP ignores
+lambda, but each point is a distinct config and runs). Features as in the quick suite: timm
+``test_resnet`` (random init, 96-d) on MNIST-5k and Animal-MNIST, 2,000 training images split
+1,600 / 400 (train / val) plus the test split, L2-normalised, extracted once through the suite's
+own ``runner.extract_payload``; heads train 15 epochs at batch 128.
+
+Ray (2 CPUs) starts before any timing. Both sides hand records to the same in-memory sink, so
+MLflow is out of this comparison (its cost is in the quick-suite breakdown). Rounds interleave
+loop and Tune at the suite's settings (16 fits per trial, 2 concurrent trials); a single run with
+one trial at a time then shows the pure overhead, and ``NMLBENCH_BENCH_FPT=4,30`` adds runs at
+other ``fits_per_trial``.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+
+import numpy as np
+import pytest
+import torch
+
+import benchutil
+from benchmark.data import get_dataset
+from benchmark.runner import SplitRef, TaskDef, extract_payload
+from benchmark.sweep import (FitSpec, HeadConfig, fit_key, plan_trials, run_trials_locally,
+                             run_trials_on_ray, stratified_fraction)
+
+DATASETS = ("mnist-5k", "animal-mnist")
+METHODS = ("lp", "mlp", "nmtune")
+LAMBDAS = (0.001, 0.01, 0.1, 0.3, 1.0)
+DEPTHS = (1, 2)
+HPARAMS = (("batch_size", 128), ("epochs", 15))
+FITS_PER_TRIAL = 16   # the quick suite's setting
+CONCURRENCY = 2       # = CPUs, the runner's default
+TARGET = 1.5          # Tune time / loop time, at most
+#: Extra single Tune runs at other batch sizes, e.g. NMLBENCH_BENCH_FPT=4,30 (off by default:
+#: each costs a sweep's time and the target is met at the suite's setting).
+EXTRA_FITS_PER_TRIAL = tuple(int(v) for v in os.environ.get("NMLBENCH_BENCH_FPT", "").split(",") if v.strip())
+
+
+def _task(name: str) -> TaskDef:
+    src = get_dataset(name)
+    labels = src.split("train").labels
+    cap = stratified_fraction(labels, 2000 / len(labels), seed=0)[:2000]
+    val = np.sort(cap[stratified_fraction(labels[cap], 0.2, seed=1)])
+    train = np.setdiff1d(cap, val)
+    return TaskDef(name, "id", SplitRef(name, "train", tuple(map(int, train))),
+                   SplitRef(name, "train", tuple(map(int, val))),
+                   (("test", SplitRef(name, "test")),), src.info.num_classes)
+
+
+@pytest.fixture(scope="module")
+def sweep_inputs():
+    spec = {"family": "timm", "arch": "test_resnet", "seed": 0, "image_size": 32}
+    payloads, fits = {}, []
+    with tempfile.TemporaryDirectory(prefix="bench-sweep-feat-") as root:
+        for name in DATASETS:
+            payloads[name] = extract_payload(spec, _task(name), root, None, normalize=True)
+    for name in DATASETS:
+        for method in METHODS:
+            for lam in LAMBDAS:
+                for depth in DEPTHS:
+                    hp = HPARAMS + ((("preset", "paper"),) if method == "nmtune" else ())
+                    head = HeadConfig(method, lam, depth, 0, 1.0, tuple(sorted(hp)))
+                    params = {"task": name, "method": method, "lambda": lam, "depth": depth}
+                    fits.append(FitSpec(fit_key({"pair": name}, head), name, head, params, {}))
+    assert len(fits) == 60
+    return payloads, fits
+
+
+def test_tune_sweep_vs_loop(benchmark, sweep_inputs, local_ray):
+    import ray
+
+    payloads, fits = sweep_inputs
+    refs = {name: ray.put(p) for name, p in payloads.items()}
+    sw = benchutil.Stopwatch()
+    results: dict[str, dict[str, dict]] = {}
+    runs = [0]
+
+    def loop() -> None:
+        before = torch.get_num_threads()
+        torch.set_num_threads(1)  # what each Tune trial uses
+        recs: list[dict] = []
+        try:
+            with sw("loop"):
+                run_trials_locally(plan_trials(fits, FITS_PER_TRIAL), payloads, recs.append)
+        finally:
+            torch.set_num_threads(before)
+        results["loop"] = {r["key"]: r for r in recs}
+
+    def tune(fits_per_trial: int = FITS_PER_TRIAL, concurrency: int = CONCURRENCY) -> None:
+        recs: list[dict] = []
+        runs[0] += 1
+        side = f"tune_fpt{fits_per_trial}_c{concurrency}"
+        with tempfile.TemporaryDirectory(prefix="bench-tune-") as store:
+            with sw(side):
+                run_trials_on_ray(plan_trials(fits, fits_per_trial), refs, recs.append,
+                                  storage_path=store, name=f"bench-{runs[0]}",
+                                  max_concurrent=concurrency)
+        results[side] = {r["key"]: r for r in recs}
+
+    # Interleaved: loop, Tune (timed by pytest-benchmark), loop, Tune.
+    benchmark.pedantic(tune, setup=loop, rounds=2, iterations=1)
+    for fpt in EXTRA_FITS_PER_TRIAL:
+        tune(fits_per_trial=fpt)
+    tune(concurrency=1)
+
+    # Correctness: every fit ran once on each side, with the same outcome.
+    loop_recs = results["loop"]
+    assert len(loop_recs) == 60 and not any("error" in r for r in loop_recs.values())
+    for side, recs in results.items():
+        assert set(recs) == set(loop_recs), side
+        for key, r in recs.items():
+            assert r["metrics"]["test_accuracy"] == pytest.approx(loop_recs[key]["metrics"]["test_accuracy"], abs=1e-9)
+
+    t_loop = sw.median("loop")
+    main = f"tune_fpt{FITS_PER_TRIAL}_c{CONCURRENCY}"
+    fit_s = float(sum(r["metrics"]["fit_seconds"] for r in loop_recs.values()))
+    benchutil.record(
+        benchmark, "tune_sweep_vs_loop", ratio=sw.median(main) / t_loop, target=TARGET,
+        higher_is_better=False, times_s=sw.times,
+        what=f"60 head fits: Ray Tune ({FITS_PER_TRIAL} fits/trial, {CONCURRENCY} concurrent trials) "
+             "/ plain loop (1 thread)",
+        ratio_first_tune_run=sw.times[main][0] / t_loop,
+        ratio_by_fits_per_trial={str(fpt): sw.times[f"tune_fpt{fpt}_c{CONCURRENCY}"][-1] / t_loop
+                                 for fpt in sorted({FITS_PER_TRIAL, *EXTRA_FITS_PER_TRIAL})},
+        ratio_one_trial_at_a_time=sw.times[f"tune_fpt{FITS_PER_TRIAL}_c1"][0] / t_loop,
+        sum_fit_seconds_loop=fit_s,
+        params={"fits": 60, "datasets": list(DATASETS), "methods": list(METHODS), "lambdas": list(LAMBDAS),
+                "depths": list(DEPTHS), "epochs": 15, "batch_size": 128,
+                "n_train_val": {k: [len(p.train[1]), len(p.val[1])] for k, p in payloads.items()},
+                "feature_dim": int(next(iter(payloads.values())).train[0].shape[1]),
+                "fits_per_trial": FITS_PER_TRIAL, "max_concurrent_trials": CONCURRENCY, "ray_cpus": 2},
+    )
