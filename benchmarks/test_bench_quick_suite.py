@@ -1,0 +1,86 @@
+"""Measurement 5: where the quick suite's wall time goes.
+
+``nmlbench run quick`` runs once (rounds=1, about 6-8 minutes) in a fresh work dir, so nothing
+is reused. ``suite_profile.breakdown`` then splits the wall time by phase and, inside each
+phase, into useful work (training steps, feature extraction, head fits, each summed and divided
+by the concurrency) and overhead. The headline is the overhead share: everything that is not
+useful work, with a target of at most 15 %. Afterwards the pieces of the "other" phase (Ray
+start, MLflow store creation, planning) are timed one by one in this process.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import benchutil
+import suite_profile
+
+WORK_DIR = Path(os.environ.get("NMLBENCH_BENCH_QUICK_DIR", "/tmp/bench-quick"))
+CONCURRENCY = 2  # the quick suite's ray.max_concurrent_trials (= CPUs here)
+TARGET = 0.15
+
+
+def _nmlbench() -> str:
+    exe = Path(sys.executable).with_name("nmlbench")
+    return str(exe) if exe.exists() else shutil.which("nmlbench") or "nmlbench"
+
+
+def _other_phase_profile() -> dict[str, float]:
+    """Time the fixed steps that ``run_suite`` counts as "other", one by one."""
+    import ray
+
+    from benchmark.config import load_suite
+    from benchmark.runner import build_tasks, head_grid, init_ray, plan_fits
+    from benchmark.tracking import Tracker
+
+    sw = benchutil.Stopwatch()
+    suite = sw.timed("load_suite", load_suite, benchutil.REPO_ROOT / "suites" / "quick.yaml")
+    with tempfile.TemporaryDirectory(prefix="bench-other-") as d:
+        sw.timed("mlflow_new_sqlite_store", Tracker, f"sqlite:///{d}/mlflow.db", "quick")
+    if ray.is_initialized():
+        ray.shutdown()
+    sw.timed("ray_init", init_ray)
+    ray.shutdown()
+    tasks = sw.timed("build_tasks", build_tasks, suite, None)
+    sw.timed("plan_fits_and_grid", lambda: (head_grid(suite), plan_fits(suite, [], tasks)))
+    return {k: v[0] for k, v in sw.times.items()}
+
+
+def test_quick_suite_breakdown(benchmark):
+    if WORK_DIR.exists():
+        shutil.rmtree(WORK_DIR)
+    WORK_DIR.mkdir(parents=True)
+    log = WORK_DIR.parent / f"{WORK_DIR.name}.log"
+    wall: list[float] = []
+
+    def run_quick() -> None:
+        t0 = time.perf_counter()
+        with open(log, "w") as out:
+            proc = subprocess.run([_nmlbench(), "run", "quick", "--work-dir", str(WORK_DIR)],
+                                  cwd=benchutil.REPO_ROOT, stdout=out, stderr=subprocess.STDOUT)
+        wall.append(time.perf_counter() - t0)
+        assert proc.returncode == 0, f"nmlbench run quick failed; see {log}"
+
+    benchmark.pedantic(run_quick, rounds=1, iterations=1)
+    b = suite_profile.breakdown(WORK_DIR, CONCURRENCY, wall_seconds=wall[0])
+
+    # Correctness: a complete fresh run (nothing reused, every fit ran).
+    run = suite_profile.latest_run(WORK_DIR)
+    assert run["pretrain_reused"] == 0 and not run["pretrain_failed"]
+    assert run["fits_skipped"] == 0 and run["fits_failed"] == 0 and run["fits_run"] == run["fits_total"] > 0
+    assert b["pretrain"]["jobs"] == run["pretrain_total"]
+
+    b["other_phase_profile"] = _other_phase_profile()
+    benchutil.record(
+        benchmark, "quick_suite_breakdown", ratio=b["overhead_share"], target=TARGET,
+        higher_is_better=False, times_s={"cli_wall": wall, **b.pop("phase_seconds")},
+        what="share of the quick suite's wall time that is not training steps, feature extraction "
+             "or head fits (summed / concurrency)",
+        phase_other_share=b["phase_share"]["other"], **b,
+    )
