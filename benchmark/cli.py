@@ -182,6 +182,7 @@ def submit(
     work_dir: Annotated[Optional[str], typer.Option(help="work dir on the cluster (shared storage); default: local absolute path")] = None,
 ) -> None:
     """Submit a suite as a Ray job: the package and the suite file are shipped as its working dir."""
+    _use_ray_token_if_present()  # before Ray is imported: it reads the auth mode once
     from ray.job_submission import JobStatus, JobSubmissionClient
 
     try:
@@ -195,7 +196,7 @@ def submit(
         entry = (f"python -m benchmark.cli run suite.yaml "
                  f"--tracking-uri '{uri}' --work-dir '{work}'")
         client = JobSubmissionClient(address)
-        job_id = client.submit_job(entrypoint=entry, runtime_env={"working_dir": str(staging)})
+        job_id = _submit_with_retry(client, entry, {"working_dir": str(staging)})
     except NMLBenchError as exc:
         _fail(exc)
     typer.echo(f"submitted {job_id} to {address}: {entry}")
@@ -217,6 +218,31 @@ def submit(
     typer.echo(f"job {job_id}: {status.value}")
     if status != JobStatus.SUCCEEDED:
         raise typer.Exit(1)
+
+
+def _submit_with_retry(client, entrypoint: str, runtime_env: dict, timeout_s: float = 90.0) -> str:
+    """Submit, waiting for the head's job agent: right after ``ray start`` it is not up yet."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            return client.submit_job(entrypoint=entrypoint, runtime_env=runtime_env)
+        except RuntimeError as exc:
+            if "No available agent" not in str(exc) or time.monotonic() > deadline:
+                raise
+            time.sleep(2)
+
+
+def _use_ray_token_if_present() -> None:
+    """Ray 2.60 heads started with ``ray start`` require a token; send it when we have one.
+
+    The job client only sends the token when RAY_AUTH_MODE=token, while ``ray start`` writes
+    it to ~/.ray/auth_token; without this a local head answers 'Missing authentication token'.
+    """
+    if "RAY_AUTH_MODE" in os.environ:
+        return
+    token_file = Path(os.environ.get("RAY_AUTH_TOKEN_PATH", Path.home() / ".ray" / "auth_token"))
+    if os.environ.get("RAY_AUTH_TOKEN") or token_file.is_file():
+        os.environ["RAY_AUTH_MODE"] = "token"
 
 
 def main() -> None:

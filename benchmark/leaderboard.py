@@ -85,6 +85,34 @@ def _prepare(df: pd.DataFrame, group: Sequence[str]) -> pd.DataFrame:
     return df
 
 
+def replicate_table(df: pd.DataFrame, *, group: Sequence[str] = DEFAULT_GROUP) -> pd.DataFrame:
+    """Steps 1-2 of the rule: one row per (group, pretrain_seed, head_seed, fraction).
+
+    Hyper-parameters are selected on validation per task and replicate, then test metrics are
+    averaged over ID tasks and over OOD tasks. The claims analysis pairs these rows by seed.
+    """
+    group = list(group)
+    df = _prepare(df, group)
+    base = [c for c in DEFAULT_GROUP if c not in group] + group  # selection never mixes backbones
+    sel_keys = list(dict.fromkeys([*base, "task", *REPLICATE, "fraction"]))
+    best = select_on_validation(df, sel_keys)
+    rep_keys = list(dict.fromkeys([*group, *REPLICATE, "fraction"]))
+    per_rep = None
+    for kind in ("id", "ood"):
+        part = best[best["task_kind"] == kind]
+        if part.empty:  # e.g. a suite without OOD groups: those columns stay NaN
+            continue
+        cols = {out: src for out, src, k, _ in _METRICS if k == kind}
+        agg = part.reindex(columns=[*rep_keys, *cols.values()]).groupby(rep_keys, dropna=False)
+        # test_accuracy feeds one output per kind, so the rename is unambiguous.
+        means = agg.mean().rename(columns={v: k for k, v in cols.items()})
+        means = means.reindex(columns=list(cols)).reset_index()
+        per_rep = means if per_rep is None else per_rep.merge(means, on=rep_keys, how="outer")
+    if per_rep is None:
+        return pd.DataFrame(columns=[*rep_keys, *(m[0] for m in _METRICS)])
+    return per_rep.reindex(columns=[*rep_keys, *(m[0] for m in _METRICS)])
+
+
 def leaderboard(df: pd.DataFrame, *, group: Sequence[str] = DEFAULT_GROUP,
                 confidence: float = 0.95) -> pd.DataFrame:
     """The leaderboard of a fit-runs frame (``Tracker.runs_frame("fit")``); see the module doc.
@@ -98,23 +126,7 @@ def leaderboard(df: pd.DataFrame, *, group: Sequence[str] = DEFAULT_GROUP,
         return pd.DataFrame(columns=[*group, *COLUMNS])
     df = _prepare(df, group)
     several_fractions = df["fraction"].nunique(dropna=False) > 1
-    base = [c for c in DEFAULT_GROUP if c not in group] + group  # selection never mixes backbones
-    sel_keys = list(dict.fromkeys([*base, "task", *REPLICATE, "fraction"]))
-    best = select_on_validation(df, sel_keys)
-
-    rep_keys = list(dict.fromkeys([*group, *REPLICATE, "fraction"]))
-    per_rep = None
-    for kind in ("id", "ood"):
-        part = best[best["task_kind"] == kind]
-        if part.empty:  # e.g. a suite without OOD groups: those columns stay NaN
-            continue
-        cols = {out: src for out, src, k, _ in _METRICS if k == kind}
-        agg = part.reindex(columns=[*rep_keys, *cols.values()]).groupby(rep_keys, dropna=False)
-        # test_accuracy feeds one output per kind, so the rename is unambiguous.
-        means = agg.mean().rename(columns={v: k for k, v in cols.items()})
-        means = means.reindex(columns=list(cols)).reset_index()
-        per_rep = means if per_rep is None else per_rep.merge(means, on=rep_keys, how="outer")
-    per_rep = per_rep.reindex(columns=[*rep_keys, *(m[0] for m in _METRICS)])
+    per_rep = replicate_table(df, group=group)
 
     out_keys = list(dict.fromkeys([*group, "fraction"])) if several_fractions else group
     rows = []

@@ -167,6 +167,10 @@ def make_report(df: pd.DataFrame, out_dir: str | Path, suite_name: str,
     paths["lsvr_vs_ood.png"] = plot_spectral_vs_accuracy(
         lb, out / "lsvr_vs_ood.png", "lsvr_raw", "ood_acc", "LSVR of frozen features (OOD tasks)", "OOD accuracy (%)")
     paths["spectra.png"] = plot_spectra(spectra, out / "spectra.png")
+    from benchmark.claims import claims_markdown
+
+    paths["claims.md"] = out / "claims.md"
+    paths["claims.md"].write_text(claims_markdown(df, suite_name))
     return paths
 
 

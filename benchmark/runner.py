@@ -107,7 +107,9 @@ def init_ray(address: str | None = None) -> None:
     elif os.environ.get("RAY_ADDRESS"):
         ray.init(**kw)
     else:
-        ray.init(include_dashboard=False, **kw)
+        # "local" always starts a private instance: a bare ray.init() would attach to whatever
+        # head `ray start` left registered in /tmp/ray (possibly dead). Use --address auto for that.
+        ray.init(address="local", include_dashboard=False, **kw)
 
 
 # --------------------------------------------------------------------------------------------

@@ -8,10 +8,12 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -58,6 +60,26 @@ def _env() -> dict[str, str]:
     return env
 
 
+def _stop_head(ray_tmp: str, gcs_port: int) -> None:
+    """Stop the processes of the head this test started, and only those."""
+    marks = (ray_tmp, f"--gcs-address=127.0.0.1:{gcs_port}", f"127.0.0.1:{gcs_port}")
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        pids = []
+        for line in subprocess.run(["ps", "-ww", "-eo", "pid=,args="], capture_output=True, text=True).stdout.splitlines():
+            pid, _, args = line.strip().partition(" ")
+            if any(m in args for m in marks) and int(pid) != os.getpid():
+                pids.append(int(pid))
+        for pid in pids:
+            try:
+                os.kill(pid, sig)
+            except ProcessLookupError:
+                pass
+        if not pids:
+            break
+        time.sleep(3)
+    shutil.rmtree(ray_tmp, ignore_errors=True)
+
+
 def _finished_fits(uri: str, experiment: str):
     from benchmark.tracking import Tracker
 
@@ -69,9 +91,20 @@ def test_submit_to_a_real_ray_head_and_read_rows_back(tmp_path: Path) -> None:
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     gcs, dash = _free_port(), _free_port()
     env = _env()
+    # A short private temp dir: Ray's socket paths must stay under 108 bytes, and it lets the
+    # test stop exactly this head (``ray stop`` would stop every Ray on the machine).
+    ray_tmp = tempfile.mkdtemp(prefix="nmlray", dir="/tmp")
     start = subprocess.run([str(BIN / "ray"), "start", "--head", "--node-ip-address=127.0.0.1", f"--port={gcs}",
                             "--dashboard-host=127.0.0.1", f"--dashboard-port={dash}", "--num-cpus=2",
-                            "--disable-usage-stats"], env=env, capture_output=True, text=True, timeout=180)
+                            f"--temp-dir={ray_tmp}", "--disable-usage-stats",
+                            # every listening port explicit: a second Ray on the machine (another
+                            # test, a developer's session) holds the defaults, e.g. the agent's 52365
+                            f"--dashboard-agent-listen-port={_free_port()}",
+                            f"--dashboard-agent-grpc-port={_free_port()}",
+                            f"--ray-client-server-port={_free_port()}",
+                            f"--runtime-env-agent-port={_free_port()}",
+                            f"--metrics-export-port={_free_port()}"],
+                           env=env, capture_output=True, text=True, timeout=180)
     assert start.returncode == 0, start.stderr[-2000:]
     try:
         out = subprocess.run([str(BIN / "nmlbench"), "submit", str(suite), "--address", f"http://127.0.0.1:{dash}",
@@ -80,7 +113,7 @@ def test_submit_to_a_real_ray_head_and_read_rows_back(tmp_path: Path) -> None:
         assert out.returncode == 0, (out.stdout[-4000:], out.stderr[-4000:])
         assert "SUCCEEDED" in out.stdout
     finally:
-        subprocess.run([str(BIN / "ray"), "stop", "--force"], env=env, capture_output=True, timeout=120)
+        _stop_head(ray_tmp, gcs)
     frame = _finished_fits(uri, "submitted")
     # 1 pre-trained backbone x 2 tasks x (lp + mlp + 2 nmtune) x 2 seeds
     assert len(frame) == 16
@@ -116,10 +149,11 @@ def test_interrupted_sweep_resumes_only_missing_fits(tmp_path: Path) -> None:
     finally:
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
-    assert tracker is not None, proc.stdout.read()[-3000:]
+    output = proc.stdout.read()
+    assert tracker is not None, output[-3000:]
     done_at_interrupt = len(Tracker(uri, "resumed").completed_keys("fit"))
     total = 2 * (1 + 1 + 2) * 2
-    assert 3 <= done_at_interrupt < total, "the interrupt came too late to test resuming"
+    assert 3 <= done_at_interrupt < total, f"the interrupt came too late to test resuming:\n{output[-3000:]}"
 
     out = subprocess.run(cmd, env=_env(), capture_output=True, text=True, timeout=900)
     assert out.returncode == 0, out.stdout[-4000:] + out.stderr[-4000:]
