@@ -139,7 +139,13 @@ class PretrainBlock(_Model):
 
 # -- frozen backbones --------------------------------------------------------------------------
 class FrozenBackbone(_Model):
-    """A backbone used as it is: the spec handed to ``benchmark.backbones.create_backbone``."""
+    """A backbone used as it is: the spec handed to ``benchmark.backbones.create_backbone``.
+
+    Built-in families take exactly the keys below; a plugin family may take keys of its own
+    (its factory validates them), so those are passed through unchanged.
+    """
+
+    model_config = ConfigDict(extra="allow", validate_default=True)
 
     name: str | None = None  # display name in tables; defaults to arch (or family)
     family: str
@@ -152,6 +158,18 @@ class FrozenBackbone(_Model):
     input: Literal["pil", "array"] | None = None  # blackbox: what the function receives
     seed: NonNegInt | None = None  # random-init weights
     kwargs: dict[str, Any] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _builtin_keys_only(self) -> "FrozenBackbone":
+        extra = sorted((self.model_extra or {}).keys())
+        if extra:
+            from benchmark.backbones.registry import BUILTIN_FAMILIES
+
+            if self.family in BUILTIN_FAMILIES:
+                allowed = ", ".join(sorted(type(self).model_fields))
+                raise ValueError(f"unknown key(s) {', '.join(map(repr, extra))} for built-in family "
+                                 f"{self.family!r} (allowed: {allowed}; plugin families may take their own keys)")
+        return self
 
     def spec(self) -> dict[str, Any]:
         """The dict for ``create_backbone``: unset keys left out, display ``name`` always set."""

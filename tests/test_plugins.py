@@ -91,3 +91,26 @@ def test_installed_plugin_is_listed_and_builds(plugin_site: Path) -> None:
     assert any("shadow" in w and "timm" in w for w in out["warnings"]), out["warnings"]
     assert out["families"]["timm"].startswith("any timm architecture")
     assert out["unknown"].startswith("UnknownNameError") and "toy" in out["unknown"]
+
+
+@pytest.mark.slow
+def test_installed_plugin_is_used_by_a_suite_through_the_cli(plugin_site: Path, tmp_path: Path) -> None:
+    """The newcomer's path: pip-installed plugin -> `nmlbench backbones` -> a suite that names it."""
+    import yaml
+
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(plugin_site), str(REPO)])}
+    env.pop("RAY_ADDRESS", None)
+    nmlbench = str(Path(sys.executable).parent / "nmlbench")
+    listed = subprocess.run([nmlbench, "backbones"], capture_output=True, text=True, env=env, timeout=120)
+    assert listed.returncode == 0 and "toy" in listed.stdout, listed.stdout + listed.stderr
+
+    suite = {"name": "plugin-suite", "work_dir": str(tmp_path / "work"),
+             "backbones": [{"family": "toy", "name": "toy-proj", "dim": 32, "image_size": 8, "seed": 1}],
+             "downstream": {"id": ["sklearn-digits"], "methods": ["lp"], "epochs": 10, "max_train": 400}}
+    path = tmp_path / "plugin-suite.yaml"
+    path.write_text(yaml.safe_dump(suite))
+    run = subprocess.run([nmlbench, "run", str(path)], capture_output=True, text=True, env=env, timeout=600)
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    row = next(line for line in run.stdout.splitlines() if line.startswith("toy-proj"))
+    id_acc = float(row.split()[3])  # backbone, noise ("–": frozen), method, ID accuracy (%)
+    assert 30.0 < id_acc <= 100.0  # a random projection of 8x8 pixels is far above chance (10 %)
