@@ -39,8 +39,8 @@ import tempfile
 import threading
 import time
 import traceback
-from collections.abc import Sequence
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -687,12 +687,15 @@ def run_pretrain_jobs(
     work_dir: str | Path,
     *,
     max_concurrent: int = 2,
+    on_result: Callable[[PretrainResult], None] | None = None,
     **kw: Any,
 ) -> list[PretrainResult]:
     """Run several jobs, up to ``max_concurrent`` Ray Train fits at once, results in job order.
 
     Finished jobs return at once (reuse). Jobs with equal keys run once. An exception in one job
     becomes a result with ``error`` set (the traceback's last lines), the others go on.
+    ``on_result`` is called in the calling thread as each job finishes (reused ones first), so
+    the driver can log progress and records without waiting for the whole batch.
     """
     if max_concurrent < 1:
         raise ConfigError(f"max_concurrent must be >= 1, got {max_concurrent}")
@@ -706,6 +709,8 @@ def run_pretrain_jobs(
         r = load_done(j, work_dir)
         if r is not None:
             done[key] = r
+            if on_result is not None:
+                on_result(r)
         else:
             pending.append(j)
     if pending:
@@ -723,8 +728,12 @@ def run_pretrain_jobs(
 
     with ThreadPoolExecutor(max_workers=min(max_concurrent, max(1, len(pending))),
                             thread_name_prefix="nmlbench-pretrain") as pool:
-        for j, r in zip(pending, pool.map(_one, pending)):
-            done[j.key] = r
+        futures = {pool.submit(_one, j): j for j in pending}
+        for fut in as_completed(futures):
+            j = futures[fut]
+            done[j.key] = r = fut.result()
+            if on_result is not None:
+                on_result(r)
     return [done[j.key] if j is firsts[j.key] else _as_duplicate(done[j.key], j) for j in jobs]
 
 

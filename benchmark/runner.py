@@ -326,17 +326,23 @@ def run_suite(suite: Any, *, address: str | None = None, tracking_uri: str | Non
     if jobs:
         echo(f"[1/4] pre-training: {len(jobs)} jobs (Ray Train)")
         logged = tracker.completed_keys("pretrain")
-        results = run_pretrain_jobs(jobs, work, max_concurrent=min(concurrency, len(jobs)))
-        for r in results:
+
+        def on_result(r: Any) -> None:  # driver thread, as each job finishes
             if getattr(r, "error", None):
                 summary.pretrain_failed.append(f"{r.job.name}: {r.error}")
                 echo(f"      FAILED {r.job.name}: {r.error}")
-                continue
+                return
             summary.pretrain_reused += int(bool(r.reused))
             if r.key not in logged:
                 tracker.log_pretrain(r.job, r)
-            backbones.append(pretrained_entry(r))
-            echo(f"      {'reused' if r.reused else 'trained'} {r.job.name}")
+                logged.add(r.key)
+            last = r.metrics[-1] if r.metrics else {}
+            detail = "" if r.reused else (f" in {r.seconds:.0f} s, loss {last.get('loss', float('nan')):.3f}"
+                                          f", realised noise {r.realised_ratio:.3f}")
+            echo(f"      {'reused' if r.reused else 'trained'} {r.job.name}{detail}")
+
+        results = run_pretrain_jobs(jobs, work, max_concurrent=min(concurrency, len(jobs)), on_result=on_result)
+        backbones += [pretrained_entry(r) for r in results if not getattr(r, "error", None)]
     backbones += [frozen_entry(s) for s in suite.frozen_backbones()]
     summary.seconds["pretrain"] = time.perf_counter() - t0
 
