@@ -12,9 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import sys
-import tempfile
 import time
 import warnings
 from collections.abc import Mapping, Sequence
@@ -27,6 +25,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from benchmark.atomic import atomic_write
 from benchmark.backbones.base import describe_transform
 from benchmark.data.base import ImageSplit
 from benchmark.errors import CorruptCacheError
@@ -121,16 +120,7 @@ def _digest(x: np.ndarray, y: np.ndarray) -> str:
 
 def _atomic_write(path: Path, write: Any) -> None:
     """Write via a temp file in the same directory, then rename over ``path``."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic_write(path, write)
 
 
 class FeatureCache:

@@ -50,6 +50,7 @@ import torch
 import torch.nn.functional as F
 
 from benchmark.backbones.base import SUITE_MEAN, SUITE_STD
+from benchmark.atomic import atomic_write, atomic_write_json
 from benchmark.errors import ConfigError, NMLBenchError, TrainingDiverged
 from benchmark.jobs import PretrainJob
 
@@ -264,28 +265,12 @@ def build_training_set(job: PretrainJob, tokenizer: Any = None) -> TrainingSet:
                        record, summary)
 
 
-def _atomic_write_bytes(path: Path, write: Any, suffix: str) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=suffix)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def _atomic_write_json(path: Path, obj: Any) -> None:
-    data = json.dumps(obj, indent=2, sort_keys=True, default=str).encode()
-    _atomic_write_bytes(path, lambda f: f.write(data), ".json")
-
-
 def write_noise_record(ts: TrainingSet, out_dir: Path) -> Path:
     """``noise.npz`` (matrix, flipped / mismatched mask, labels, indices) + ``noise.json``."""
     out_dir.mkdir(parents=True, exist_ok=True)
     path = out_dir / "noise.npz"
-    _atomic_write_bytes(path, lambda f: np.savez_compressed(f, **ts.record), ".npz")
-    _atomic_write_json(out_dir / "noise.json", ts.summary)
+    atomic_write(path, lambda f: np.savez_compressed(f, **ts.record))
+    atomic_write_json(out_dir / "noise.json", ts.summary)
     return path
 
 
@@ -669,7 +654,7 @@ def run_pretrain(
                              job={**asdict(job), "name": job.name, "key": job.key})
     metrics = list(state["history"])
     seconds = time.perf_counter() - t_start
-    _atomic_write_json(out / "done.json", {
+    atomic_write_json(out / "done.json", {
         "key": job.key, "name": job.name, "job": asdict(job), "metrics": metrics,
         "realised_ratio": ts.realised_ratio, "noise": ts.summary, "seconds": seconds,
         "ray_run_dir": str(storage / job.key), "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S"),

@@ -9,13 +9,12 @@ another file and therefore another cache key.
 
 from __future__ import annotations
 
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from benchmark.atomic import atomic_write
 from benchmark.backbones.base import TorchBackbone, file_sha256
 from benchmark.backbones.spec import check_spec, existing_file
 from benchmark.errors import ConfigError
@@ -47,16 +46,7 @@ def save_pretrain_checkpoint(path: str | Path, *, family: str, arch: str, model:
     }
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(payload, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic_write(path, lambda f: torch.save(payload, f))
     return path
 
 

@@ -26,7 +26,6 @@ import io
 import json
 import os
 import pickle
-import tempfile
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -34,6 +33,7 @@ from pathlib import Path
 
 import numpy as np
 
+from benchmark.atomic import atomic_write
 from benchmark.data import fonts as font_renderer
 from benchmark.data.base import ArraySplit, DatasetInfo
 from benchmark.data.sampling import stratified_holdout
@@ -213,15 +213,7 @@ def _font_cache_path(name: str, fonts: list[font_renderer.FontSpec]) -> Path:
 
 def _atomic_save_npz(path: Path, **arrays: np.ndarray) -> None:
     """Write to a temporary file in the same folder, then rename: readers never see half a file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=path.name, suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            np.savez(f, **arrays)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic_write(path, lambda f: np.savez(f, **arrays))
 
 
 def cached_font_digits(name: str, fonts: list[font_renderer.FontSpec]) -> tuple[np.ndarray, np.ndarray]:
