@@ -114,7 +114,7 @@ def record(benchmark: Any, name: str, *, ratio: float, target: float, higher_is_
         benchmark.extra_info.update({"ratio": out["ratio"], "target": out["target"], "met": out["met"],
                                      "what": what})
         for k, v in details.items():
-            if isinstance(v, (int, float, str, bool)):
+            if isinstance(v, (int, float, str, bool)) or v is None:
                 benchmark.extra_info[k] = v
     return out
 

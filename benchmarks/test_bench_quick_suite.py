@@ -4,17 +4,17 @@
 is reused. ``suite_profile.breakdown`` then splits the wall time by phase and, inside each
 phase, into useful work (training steps, feature extraction, head fits, each summed and divided
 by the concurrency) and overhead. The headline is the overhead share: everything that is not
-useful work, with a target of at most 15 %. Afterwards the pieces of the "other" phase (Ray
-start, MLflow store creation, planning) are timed one by one in this process.
+useful work, with a target of at most 15 %. Afterwards the pieces of the "other" phase (imports,
+Ray start, MLflow store creation, planning) are timed one by one in a fresh interpreter.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -31,25 +31,37 @@ def _nmlbench() -> str:
     return str(exe) if exe.exists() else shutil.which("nmlbench") or "nmlbench"
 
 
-def _other_phase_profile() -> dict[str, float]:
-    """Time the fixed steps that ``run_suite`` counts as "other", one by one."""
-    import ray
-
-    from benchmark.config import load_suite
-    from benchmark.runner import build_tasks, head_grid, init_ray, plan_fits
+#: The fixed steps that ``run_suite`` counts as "other", in its order, in a fresh interpreter
+#: (so first imports are paid where the real run pays them). Prints seconds per step as JSON.
+_OTHER_PHASE_SCRIPT = r"""
+import json, sys, tempfile, time
+t = {}
+def step(name, fn):
+    t0 = time.perf_counter(); out = fn(); t[name] = time.perf_counter() - t0; return out
+step("import_ray_and_benchmark", lambda: __import__("benchmark.runner") and __import__("ray"))
+from benchmark.config import check_data_available, load_suite
+from benchmark.runner import build_tasks, head_grid, init_ray
+suite = step("load_suite", lambda: load_suite(sys.argv[1]))
+step("check_data_available", lambda: check_data_available(suite))
+d = tempfile.mkdtemp(prefix="bench-other-")
+def tracker():
     from benchmark.tracking import Tracker
+    return Tracker(f"sqlite:///{d}/mlflow.db", "quick")
+tr = step("mlflow_import_and_new_sqlite_store", tracker)
+step("ray_init", init_ray)
+step("build_tasks", lambda: build_tasks(suite, None))
+step("head_grid", lambda: head_grid(suite))
+step("completed_keys", lambda: tr.completed_keys("fit"))
+import ray; ray.shutdown()
+print(json.dumps(t))
+"""
 
-    sw = benchutil.Stopwatch()
-    suite = sw.timed("load_suite", load_suite, benchutil.REPO_ROOT / "suites" / "quick.yaml")
-    with tempfile.TemporaryDirectory(prefix="bench-other-") as d:
-        sw.timed("mlflow_new_sqlite_store", Tracker, f"sqlite:///{d}/mlflow.db", "quick")
-    if ray.is_initialized():
-        ray.shutdown()
-    sw.timed("ray_init", init_ray)
-    ray.shutdown()
-    tasks = sw.timed("build_tasks", build_tasks, suite, None)
-    sw.timed("plan_fits_and_grid", lambda: (head_grid(suite), plan_fits(suite, [], tasks)))
-    return {k: v[0] for k, v in sw.times.items()}
+
+def _other_phase_profile() -> dict[str, float]:
+    """Seconds of each fixed step of ``run_suite``'s "other" phase (see the script above)."""
+    proc = subprocess.run([sys.executable, "-c", _OTHER_PHASE_SCRIPT, str(benchutil.REPO_ROOT / "suites" / "quick.yaml")],
+                          cwd=benchutil.REPO_ROOT, capture_output=True, text=True, check=True)
+    return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
 def test_quick_suite_breakdown(benchmark):

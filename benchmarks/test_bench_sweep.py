@@ -8,9 +8,11 @@ own ``runner.extract_payload``; heads train 15 epochs at batch 128.
 
 Ray (2 CPUs) starts before any timing. Both sides hand records to the same in-memory sink, so
 MLflow is out of this comparison (its cost is in the quick-suite breakdown). Rounds interleave
-loop and Tune at the suite's settings (16 fits per trial, 2 concurrent trials); a single run with
-one trial at a time then shows the pure overhead, and ``NMLBENCH_BENCH_FPT=4,30`` adds runs at
-other ``fits_per_trial``.
+loop and Tune at the suite's settings (16 fits per trial, 2 concurrent trials). Then "null"
+sweeps (the same machinery with trials that hold no fits: 1 and 4 trials) price Tune's own cost
+without any fit work, so it can be told apart from how well two trials share a busy machine;
+``NMLBENCH_BENCH_FPT=4,30`` adds runs at other ``fits_per_trial``, and
+``NMLBENCH_BENCH_ONE_AT_A_TIME=1`` a run with one trial at a time.
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ import torch
 import benchutil
 from benchmark.data import get_dataset
 from benchmark.runner import SplitRef, TaskDef, extract_payload
-from benchmark.sweep import (FitSpec, HeadConfig, fit_key, plan_trials, run_trials_locally,
+from benchmark.sweep import (FitSpec, HeadConfig, TrialPlan, fit_key, plan_trials, run_trials_locally,
                              run_trials_on_ray, stratified_fraction)
 
 DATASETS = ("mnist-5k", "animal-mnist")
@@ -39,6 +41,7 @@ TARGET = 1.5          # Tune time / loop time, at most
 #: Extra single Tune runs at other batch sizes, e.g. NMLBENCH_BENCH_FPT=4,30 (off by default:
 #: each costs a sweep's time and the target is met at the suite's setting).
 EXTRA_FITS_PER_TRIAL = tuple(int(v) for v in os.environ.get("NMLBENCH_BENCH_FPT", "").split(",") if v.strip())
+ONE_AT_A_TIME = os.environ.get("NMLBENCH_BENCH_ONE_AT_A_TIME", "") == "1"
 
 
 def _task(name: str) -> TaskDef:
@@ -91,22 +94,31 @@ def test_tune_sweep_vs_loop(benchmark, sweep_inputs, local_ray):
             torch.set_num_threads(before)
         results["loop"] = {r["key"]: r for r in recs}
 
-    def tune(fits_per_trial: int = FITS_PER_TRIAL, concurrency: int = CONCURRENCY) -> None:
+    def tune(fits_per_trial: int = FITS_PER_TRIAL, concurrency: int = CONCURRENCY,
+             null_trials: int = 0) -> None:
         recs: list[dict] = []
         runs[0] += 1
-        side = f"tune_fpt{fits_per_trial}_c{concurrency}"
+        if null_trials:  # Tune's own cost: trials that fetch the payload and run no fit
+            side = f"tune_null_{null_trials}_trials_c{concurrency}"
+            plans = [TrialPlan(f"null{i}", DATASETS[0], ()) for i in range(null_trials)]
+        else:
+            side = f"tune_fpt{fits_per_trial}_c{concurrency}"
+            plans = plan_trials(fits, fits_per_trial)
         with tempfile.TemporaryDirectory(prefix="bench-tune-") as store:
             with sw(side):
-                run_trials_on_ray(plan_trials(fits, fits_per_trial), refs, recs.append,
-                                  storage_path=store, name=f"bench-{runs[0]}",
-                                  max_concurrent=concurrency)
-        results[side] = {r["key"]: r for r in recs}
+                run_trials_on_ray(plans, refs, recs.append, storage_path=store,
+                                  name=f"bench-{runs[0]}", max_concurrent=concurrency)
+        if not null_trials:
+            results[side] = {r["key"]: r for r in recs}
 
     # Interleaved: loop, Tune (timed by pytest-benchmark), loop, Tune.
     benchmark.pedantic(tune, setup=loop, rounds=2, iterations=1)
+    for n in (1, 4):
+        tune(null_trials=n)
     for fpt in EXTRA_FITS_PER_TRIAL:
         tune(fits_per_trial=fpt)
-    tune(concurrency=1)
+    if ONE_AT_A_TIME:
+        tune(concurrency=1)
 
     # Correctness: every fit ran once on each side, with the same outcome.
     loop_recs = results["loop"]
@@ -119,6 +131,8 @@ def test_tune_sweep_vs_loop(benchmark, sweep_inputs, local_ray):
     t_loop = sw.median("loop")
     main = f"tune_fpt{FITS_PER_TRIAL}_c{CONCURRENCY}"
     fit_s = float(sum(r["metrics"]["fit_seconds"] for r in loop_recs.values()))
+    t_null1 = sw.times[f"tune_null_1_trials_c{CONCURRENCY}"][0]
+    t_null4 = sw.times[f"tune_null_4_trials_c{CONCURRENCY}"][0]
     benchutil.record(
         benchmark, "tune_sweep_vs_loop", ratio=sw.median(main) / t_loop, target=TARGET,
         higher_is_better=False, times_s=sw.times,
@@ -127,8 +141,14 @@ def test_tune_sweep_vs_loop(benchmark, sweep_inputs, local_ray):
         ratio_first_tune_run=sw.times[main][0] / t_loop,
         ratio_by_fits_per_trial={str(fpt): sw.times[f"tune_fpt{fpt}_c{CONCURRENCY}"][-1] / t_loop
                                  for fpt in sorted({FITS_PER_TRIAL, *EXTRA_FITS_PER_TRIAL})},
-        ratio_one_trial_at_a_time=sw.times[f"tune_fpt{FITS_PER_TRIAL}_c1"][0] / t_loop,
+        ratio_one_trial_at_a_time=(sw.times[f"tune_fpt{FITS_PER_TRIAL}_c1"][0] / t_loop) if ONE_AT_A_TIME else None,
+        tune_fixed_seconds_per_sweep=t_null1 - (t_null4 - t_null1) / 3,
+        tune_seconds_per_extra_trial=(t_null4 - t_null1) / 3,
+        trials=len(plan_trials(fits, FITS_PER_TRIAL)),
         sum_fit_seconds_loop=fit_s,
+        # Fit seconds as measured inside the trials: above the loop's when the two concurrent
+        # trials do not get a core each (a shared machine), which no Tune setting can fix.
+        sum_fit_seconds_tune=float(sum(r["metrics"]["fit_seconds"] for r in results[main].values())),
         params={"fits": 60, "datasets": list(DATASETS), "methods": list(METHODS), "lambdas": list(LAMBDAS),
                 "depths": list(DEPTHS), "epochs": 15, "batch_size": 128,
                 "n_train_val": {k: [len(p.train[1]), len(p.val[1])] for k, p in payloads.items()},
