@@ -58,6 +58,47 @@ def machine_info() -> dict[str, Any]:
     }
 
 
+_SCALING_SCRIPT = r"""
+import time, torch
+torch.set_num_threads(1)
+from benchmark.probe import fit_and_evaluate
+g = torch.Generator().manual_seed(0)
+x = torch.randn(1600, 96, generator=g); y = torch.randint(0, 10, (1600,), generator=g)
+fit_and_evaluate("nmtune", x, y, x[:400], y[:400], epochs=1, device="cpu")  # warm-up
+t = time.perf_counter()
+for _ in range(REPEATS):
+    fit_and_evaluate("nmtune", x, y, x[:400], y[:400], epochs=15, batch_size=128, device="cpu")
+print(time.perf_counter() - t)
+"""
+
+
+def parallel_scaling(repeats: int = 3) -> dict[str, float]:
+    """Throughput of two concurrent single-threaded CPU workers relative to one.
+
+    On a dedicated 2-core machine this is about 2; on a shared one it can fall to or below 1,
+    and then no amount of concurrency (Tune trials, overlapped pre-training jobs) can pay off.
+    The workload is the sweep's own (NMTune head fits), each in a fresh interpreter.
+    """
+    import subprocess
+    import sys
+
+    script = _SCALING_SCRIPT.replace("REPEATS", str(int(repeats)))
+
+    def launch() -> subprocess.Popen:
+        return subprocess.Popen([sys.executable, "-c", script], cwd=REPO_ROOT, stdout=subprocess.PIPE, text=True)
+
+    def seconds(p: subprocess.Popen) -> float:
+        out, _ = p.communicate()
+        if p.returncode != 0:
+            raise RuntimeError("parallel-scaling probe failed")
+        return float(out.strip().splitlines()[-1])
+
+    solo = seconds(launch())
+    pair = [launch(), launch()]
+    pair_s = max(seconds(p) for p in pair)
+    return {"solo_seconds": solo, "pair_seconds": pair_s, "aggregate_speedup_of_two": 2 * solo / pair_s}
+
+
 def median(xs: Sequence[float]) -> float:
     return float(statistics.median(xs))
 

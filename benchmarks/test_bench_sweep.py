@@ -10,9 +10,9 @@ Ray (2 CPUs) starts before any timing. Both sides hand records to the same in-me
 MLflow is out of this comparison (its cost is in the quick-suite breakdown). Rounds interleave
 loop and Tune at the suite's settings (16 fits per trial, 2 concurrent trials). Then "null"
 sweeps (the same machinery with trials that hold no fits: 1 and 4 trials) price Tune's own cost
-without any fit work, so it can be told apart from how well two trials share a busy machine;
-``NMLBENCH_BENCH_FPT=4,30`` adds runs at other ``fits_per_trial``, and
-``NMLBENCH_BENCH_ONE_AT_A_TIME=1`` a run with one trial at a time.
+without any fit work, a run with one trial at a time gives the ratio free of core contention,
+and a probe measures how much two concurrent single-threaded workers gain on this machine at
+all. ``NMLBENCH_BENCH_FPT=4,30`` adds runs at other ``fits_per_trial``.
 """
 
 from __future__ import annotations
@@ -41,7 +41,6 @@ TARGET = 1.5          # Tune time / loop time, at most
 #: Extra single Tune runs at other batch sizes, e.g. NMLBENCH_BENCH_FPT=4,30 (off by default:
 #: each costs a sweep's time and the target is met at the suite's setting).
 EXTRA_FITS_PER_TRIAL = tuple(int(v) for v in os.environ.get("NMLBENCH_BENCH_FPT", "").split(",") if v.strip())
-ONE_AT_A_TIME = os.environ.get("NMLBENCH_BENCH_ONE_AT_A_TIME", "") == "1"
 
 
 def _task(name: str) -> TaskDef:
@@ -111,14 +110,16 @@ def test_tune_sweep_vs_loop(benchmark, sweep_inputs, local_ray):
         if not null_trials:
             results[side] = {r["key"]: r for r in recs}
 
-    # Interleaved: loop, Tune (timed by pytest-benchmark), loop, Tune.
-    benchmark.pedantic(tune, setup=loop, rounds=2, iterations=1)
+    # Interleaved: loop, Tune (timed by pytest-benchmark), null sweeps, Tune one trial at a
+    # time, loop again.
+    benchmark.pedantic(tune, setup=loop, rounds=1, iterations=1)
     for n in (1, 4):
         tune(null_trials=n)
+    tune(concurrency=1)
     for fpt in EXTRA_FITS_PER_TRIAL:
         tune(fits_per_trial=fpt)
-    if ONE_AT_A_TIME:
-        tune(concurrency=1)
+    loop()
+    scaling = benchutil.parallel_scaling()
 
     # Correctness: every fit ran once on each side, with the same outcome.
     loop_recs = results["loop"]
@@ -138,10 +139,10 @@ def test_tune_sweep_vs_loop(benchmark, sweep_inputs, local_ray):
         higher_is_better=False, times_s=sw.times,
         what=f"60 head fits: Ray Tune ({FITS_PER_TRIAL} fits/trial, {CONCURRENCY} concurrent trials) "
              "/ plain loop (1 thread)",
-        ratio_first_tune_run=sw.times[main][0] / t_loop,
         ratio_by_fits_per_trial={str(fpt): sw.times[f"tune_fpt{fpt}_c{CONCURRENCY}"][-1] / t_loop
                                  for fpt in sorted({FITS_PER_TRIAL, *EXTRA_FITS_PER_TRIAL})},
-        ratio_one_trial_at_a_time=(sw.times[f"tune_fpt{FITS_PER_TRIAL}_c1"][0] / t_loop) if ONE_AT_A_TIME else None,
+        ratio_one_trial_at_a_time=sw.times[f"tune_fpt{FITS_PER_TRIAL}_c1"][0] / t_loop,
+        parallel_scaling=scaling,
         tune_fixed_seconds_per_sweep=t_null1 - (t_null4 - t_null1) / 3,
         tune_seconds_per_extra_trial=(t_null4 - t_null1) / 3,
         trials=len(plan_trials(fits, FITS_PER_TRIAL)),
