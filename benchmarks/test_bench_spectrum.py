@@ -11,7 +11,6 @@ Gram that would be faster still, and records how far its values drift.
 from __future__ import annotations
 
 import numpy as np
-import pytest
 import torch
 from scipy.linalg.blas import dsyrk, ssyrk
 
