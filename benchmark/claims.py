@@ -141,6 +141,8 @@ CLAIM_TEXT = {
 
 def claims_markdown(runs: pd.DataFrame, suite: str) -> str:
     """The claims section of a suite's results: a table per claim and a one-line verdict."""
+    if runs is None or len(runs) == 0:
+        return f"# Claims of the paper in suite `{suite}`\n\nNo finished head fits yet.\n"
     found = analyse(runs)
     lines = [f"# Claims of the paper in suite `{suite}`", "",
              "Differences in accuracy points (percent), mean [95 % t-interval] over pre-training seeds "

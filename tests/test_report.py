@@ -31,7 +31,8 @@ def test_report_writes_tables_matching_leaderboard_and_valid_figures(tmp_path):
     spectra = {f"noise {r:g}": np.sort(np.random.default_rng(i).random(32))[::-1] ** (1 + r)
                for i, r in enumerate((0.0, 0.1, 0.3))}
     paths = make_report(df, tmp_path / "out", "synthetic", spectra=spectra)
-    assert set(paths) == {"leaderboard.md", "leaderboard.csv", *FIGURES}
+    assert set(paths) == {"leaderboard.md", "leaderboard.csv", "claims.md", *FIGURES}
+    assert "# Claims of the paper" in paths["claims.md"].read_text()
     lb = leaderboard(df)
     csv = pd.read_csv(paths["leaderboard.csv"])
     pd.testing.assert_frame_equal(csv.drop(columns=["noise_ratio"]), lb.drop(columns=["noise_ratio"]),
@@ -75,7 +76,7 @@ def test_report_from_mlflow_equals_report_from_the_frame(tmp_path):
         tracker.log_spectrum({"backbone": "net", "noise_ratio": ratio, "pretrain_seed": 0}, "a",
                              np.linspace(2.0, 0.1, 16) ** (1 + 3 * ratio))
     written = make_report_from_tracking(uri, "synthetic", tmp_path / "report", "synthetic")
-    assert sorted(p.name for p in written) == sorted(["leaderboard.md", "leaderboard.csv", *FIGURES])
+    assert sorted(p.name for p in written) == sorted(["leaderboard.md", "leaderboard.csv", "claims.md", *FIGURES])
     csv = pd.read_csv(tmp_path / "report" / "leaderboard.csv")
     pd.testing.assert_frame_equal(csv, leaderboard(df), check_dtype=False, rtol=1e-12)
     assert set(Tracker(uri, "synthetic").load_spectra("a", pretrain_seed=0)) == {"net · noise 0%", "net · noise 10%"}

@@ -19,8 +19,8 @@ from benchmark.sweep import (
 
 
 def _blobs(n: int, d: int, k: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    centres = np.random.default_rng(123).normal(size=(k, d)) * 3  # one label space for every split
     rng = np.random.default_rng(seed)
-    centres = rng.normal(size=(k, d)) * 3
     y = np.arange(n) % k
     x = centres[y] + rng.normal(size=(n, d))
     return x.astype(np.float32), y.astype(np.int64)
