@@ -262,18 +262,20 @@ def _diverged(method: str, epoch: int, step: int, hp: dict[str, Any], x: torch.T
     )
 
 
-def train_head(data: PreparedData, method: str, *, seed: int = 0, **hparams: Any) -> TrainedHead:
-    """Train ``method``'s head on ``data.train_x`` (see module docstring for the recipe)."""
-    hp = resolve_hparams(method, **hparams)
-    seed = _as_int("seed", seed, 0)
-    x, y = data.train_x, data.train_y
-    n, dim = x.shape
+def training_setup(method: str, hp: dict[str, Any], dim: int, num_classes: int, n: int, seed: int,
+                   device: Any = None) -> tuple[Any, NMTunePreset | None, torch.optim.Optimizer, Any,
+                                                torch.Generator, int, int]:
+    """The seeded head, loss preset, AdamW + cosine schedule, batch generator, batch size and
+    steps per epoch of one fit. Shared with the re-encoding baseline in ``benchmarks/`` so the
+    speed comparison trains exactly the same head."""
     bs = min(hp["batch_size"], n)
     steps = n // bs + (1 if n % bs > 1 else 0)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         arch = {k: hp[k] for k in ("ratio", "depth") if k in hp}
-        head = create_head(method, dim, data.num_classes, **arch).to(data.device)
+        head = create_head(method, dim, num_classes, **arch)
+        if device is not None:
+            head = head.to(device)
     preset = NMTunePreset.resolve(
         hp["preset"], lam=hp["lam"], w_mse=hp["w_mse"], w_cov=hp["w_cov"], w_svd=hp["w_svd"],
         svd_topk=hp["svd_topk"],
@@ -282,6 +284,17 @@ def train_head(data: PreparedData, method: str, *, seed: int = 0, **hparams: Any
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=hp["epochs"] * steps)
     gen = torch.Generator().manual_seed(seed)
     head.train()
+    return head, preset, opt, sched, gen, bs, steps
+
+
+def train_head(data: PreparedData, method: str, *, seed: int = 0, **hparams: Any) -> TrainedHead:
+    """Train ``method``'s head on ``data.train_x`` (see module docstring for the recipe)."""
+    hp = resolve_hparams(method, **hparams)
+    seed = _as_int("seed", seed, 0)
+    x, y = data.train_x, data.train_y
+    n, dim = x.shape
+    head, preset, opt, sched, gen, bs, steps = training_setup(method, hp, dim, data.num_classes, n, seed,
+                                                             data.device)
     epoch_loss = float("nan")
     for epoch in range(hp["epochs"]):
         perm = torch.randperm(n, generator=gen).to(data.device)

@@ -16,8 +16,7 @@ import torch
 from torch.nn import functional as F
 
 from benchmark.features import extract_features
-from benchmark.heads import NMTunePreset, create_head
-from benchmark.probe import PreparedData, TrainedHead, evaluate_head, resolve_hparams
+from benchmark.probe import PreparedData, TrainedHead, evaluate_head, resolve_hparams, training_setup
 
 
 def encode_split(backbone: Any, split: Any, batch_size: int = 256) -> tuple[torch.Tensor, torch.Tensor]:
@@ -37,20 +36,8 @@ def fit_reencoding(backbone: Any, train_split: Any, test_split: Any, method: str
     hp = resolve_hparams(method, **hparams)
     y = torch.as_tensor(train_split.labels, dtype=torch.int64)
     n = int(y.shape[0])
-    bs = min(hp["batch_size"], n)
-    steps = n // bs + (1 if n % bs > 1 else 0)
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        arch = {k: hp[k] for k in ("ratio", "depth") if k in hp}
-        head = create_head(method, int(backbone.feature_dim), num_classes, **arch)
-    preset = NMTunePreset.resolve(
-        hp["preset"], lam=hp["lam"], w_mse=hp["w_mse"], w_cov=hp["w_cov"], w_svd=hp["w_svd"],
-        svd_topk=hp["svd_topk"],
-    ) if method == "nmtune" else None  # fmt: skip
-    opt = torch.optim.AdamW(head.parameters(), lr=hp["lr"], weight_decay=hp["weight_decay"])
-    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=hp["epochs"] * steps)
-    gen = torch.Generator().manual_seed(seed)
-    head.train()
+    head, preset, opt, sched, gen, bs, steps = training_setup(method, hp, int(backbone.feature_dim),
+                                                             num_classes, n, seed)
     x = torch.empty(0)
     epoch_loss = float("nan")
     for _ in range(hp["epochs"]):
