@@ -1,0 +1,56 @@
+"""The one way nml-bench connects to Ray: every stage, test and benchmark starts Ray through here.
+
+Where Ray runs, in order of precedence:
+1. an explicit ``address`` (``--address``, or ``ray.address`` in the suite): a running cluster,
+   e.g. ``auto``, ``127.0.0.1:6379`` or ``ray://head:10001``;
+2. ``RAY_ADDRESS`` in the environment (set by Ray Jobs for a submitted suite);
+3. otherwise a private local instance (``address="local"``). A bare ``ray.init()`` would attach
+   to whatever head ``ray start`` left registered under /tmp/ray, possibly a dead one, so it is
+   never used.
+
+Worker output stays in Ray's log files unless ``NMLBENCH_RAY_LOGS=1``: the driver prints its own
+progress, and Ray Train's per-checkpoint chatter would drown it.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+from typing import Any
+
+LOGS_ENV = "NMLBENCH_RAY_LOGS"
+_lock = threading.Lock()
+
+
+def init_ray(address: str | None = None, *, num_cpus: int | None = None, **kwargs: Any) -> bool:
+    """Connect to (or start) Ray once per process; return True if this call started it.
+
+    ``num_cpus`` and other ``ray.init`` keywords apply only to a private local instance (a
+    cluster has its own resources). Safe to call from several threads: the first call wins.
+    """
+    import ray
+
+    with _lock:
+        if ray.is_initialized():
+            return False
+        kw: dict[str, Any] = {"logging_level": logging.WARNING,
+                              "log_to_driver": os.environ.get(LOGS_ENV, "0") == "1"}
+        if address:
+            ray.init(address=address, **kw)
+        elif os.environ.get("RAY_ADDRESS"):
+            ray.init(**kw)
+        else:
+            local = {"include_dashboard": False, **kwargs}
+            if num_cpus is not None:
+                local["num_cpus"] = int(num_cpus)
+            ray.init(address="local", **kw, **local)
+        return True
+
+
+def cluster_resources() -> dict[str, float]:
+    """CPUs and GPUs of the connected cluster (``init_ray`` first)."""
+    import ray
+
+    res = ray.cluster_resources()
+    return {"CPU": float(res.get("CPU", 0.0)), "GPU": float(res.get("GPU", 0.0))}
