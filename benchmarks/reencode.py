@@ -13,10 +13,10 @@ from __future__ import annotations
 from typing import Any
 
 import torch
-from torch.nn import functional as F
 
 from benchmark.features import extract_features
 from benchmark.probe import PreparedData, TrainedHead, evaluate_head, resolve_hparams, training_setup
+from benchmark.probe.train import train_epoch
 
 
 def encode_split(backbone: Any, split: Any, batch_size: int = 256) -> tuple[torch.Tensor, torch.Tensor]:
@@ -36,27 +36,14 @@ def fit_reencoding(backbone: Any, train_split: Any, test_split: Any, method: str
     hp = resolve_hparams(method, **hparams)
     y = torch.as_tensor(train_split.labels, dtype=torch.int64)
     n = int(y.shape[0])
-    head, preset, opt, sched, gen, bs, steps = training_setup(method, hp, int(backbone.feature_dim),
-                                                             num_classes, n, seed)
+    head, loss_fn, opt, sched, gen, bs, steps = training_setup(hp, int(backbone.feature_dim), num_classes, n, seed)
     x = torch.empty(0)
     epoch_loss = float("nan")
-    for _ in range(hp["epochs"]):
+    for epoch in range(hp.epochs):
         x, _y = encode_split(backbone, train_split, encode_batch)  # the backbone, every epoch
-        perm = torch.randperm(n, generator=gen)
-        total = torch.zeros((), dtype=torch.float64)
-        for step in range(steps):
-            idx = perm[step * bs : (step + 1) * bs]
-            xb, yb = x[idx], y[idx]
-            logits, z = head(xb)
-            loss = F.cross_entropy(logits, yb) if preset is None else preset.loss(logits, yb, z, xb)[0]
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            sched.step()
-            total += loss.detach()
-        epoch_loss = float(total) / steps
+        epoch_loss = train_epoch(head, loss_fn, opt, sched, x, y, gen, bs, steps, hp, epoch)
     head.eval()
     test_x, test_y = encode_split(backbone, test_split, encode_batch)  # once, at evaluation
     data = PreparedData(x, y, {"test": (test_x, test_y)}, num_classes, {}, torch.device("cpu"), {})
-    trained = TrainedHead(head, method, hp, epoch_loss, hp["epochs"])
+    trained = TrainedHead(head, hp, epoch_loss, hp.epochs)
     return {"train_loss": epoch_loss, "eval": evaluate_head(trained, data), "train_x": x}

@@ -140,3 +140,34 @@ def test_create_head():
         create_head("lp", 4, 2, depth=2)
     with pytest.raises(ConfigError, match="depth must be an int"):
         create_head("mlp", 4, 2, depth=0)
+
+
+def test_every_registered_head_builds_resolves_and_fits():
+    """Walk the registry: each head resolves its defaults, builds, trains one epoch and scores."""
+    from benchmark.heads import HEADS, head_names, resolve_hparams
+    from benchmark.probe import fit_and_evaluate
+
+    assert head_names() == ("lp", "mlp", "nmtune") and set(HEADS) == set(head_names())
+    x = torch.randn(64, 6, generator=torch.Generator().manual_seed(0))
+    y = (x[:, 0] > 0).long()
+    for name in head_names():
+        head = HEADS[name]
+        hp = resolve_hparams(name)
+        assert hp.method == name and set(hp.as_dict()) <= set(head.defaults)
+        module = create_head(name, 6, 2, **hp.arch())
+        logits, z = module(x)
+        assert logits.shape == (64, 2) and z.shape == (64, 6)
+        res = fit_and_evaluate(name, x, y, x, y, epochs=1, batch_size=16)
+        assert res["method"] == name and res["eval"]["test"]["n"] == 64
+        assert head.label and head.description
+
+
+def test_registry_rejects_unknown_names_and_duplicates():
+    from benchmark.heads import HeadMethod, get_head, register_head
+
+    with pytest.raises(UnknownNameError, match="unknown head method 'svm'; known head methods: lp, mlp, nmtune"):
+        get_head("svm")
+    with pytest.raises(ConfigError, match="registered twice"):
+        register_head(get_head("lp"))
+    with pytest.raises(ConfigError, match="unknown hyper-parameter"):
+        register_head(HeadMethod("x", "X", 9, "", {"momentum": 0.9}, "benchmark.heads.modules:LinearHead"))
