@@ -12,9 +12,6 @@ so ``nmlbench backbones`` and the CLI start fast.
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
-
 from benchmark.backbones.base import (
     IMAGENET_MEAN,
     IMAGENET_STD,
@@ -34,6 +31,7 @@ from benchmark.backbones.registry import (
     list_backbones,
     refresh_plugins,
 )
+from benchmark.lazy import lazy_getattr
 
 _LAZY = {
     "create_timm_classifier": "benchmark.backbones.timm_family",
@@ -48,10 +46,7 @@ _LAZY = {
 }
 
 
-def __getattr__(name: str) -> Any:
-    if name in _LAZY:
-        return getattr(importlib.import_module(_LAZY[name]), name)
-    raise AttributeError(f"module 'benchmark.backbones' has no attribute {name!r}")
+__getattr__ = lazy_getattr(__name__, _LAZY)
 
 
 __all__ = [
