@@ -69,26 +69,36 @@ def train_val_split(split: ImageSplit, val_fraction: float, seed: int = 0) -> tu
     return split.subset(keep), split.subset(hold, split="val")
 
 
-def few_shot(split: ImageSplit, fraction: float | None = None, per_class: int | None = None,
-             seed: int = 0) -> ImageSplit:
-    """A stratified subset: ``fraction`` of each class (at least one item) or ``per_class`` items.
+def few_shot_indices(labels: np.ndarray, fraction: float | None = None, per_class: int | None = None,
+                     seed: int = 0) -> np.ndarray:
+    """Sorted positions of a stratified subset: ``fraction`` of each class or ``per_class`` items.
 
-    Subsets are nested for a given seed: a smaller fraction (or per_class) yields a subset of a
-    larger one. Items keep their original order. When nothing is dropped the split itself is
-    returned, so its cached features are reused.
+    Per class, round-half-up(fraction * n_c) items but at least one, or min(per_class, n_c).
+    Nested for a given seed: a smaller fraction (or per_class) yields a subset of a larger one.
     """
     if (fraction is None) == (per_class is None):
         raise ConfigError("few_shot needs exactly one of fraction= (in (0, 1]) or per_class= (>= 1)")
-    orders = class_orders(split.labels, seed)
+    orders = class_orders(labels, seed)
     if fraction is not None:
-        if not (isinstance(fraction, (int, float)) and 0.0 < float(fraction) <= 1.0):
+        if isinstance(fraction, bool) or not (isinstance(fraction, (int, float)) and 0.0 < float(fraction) <= 1.0):
             raise ConfigError(f"few_shot fraction must lie in (0, 1], got {fraction!r} (e.g. 0.02 for 2 %)")
         counts = {c: max(1, _round_half_up(float(fraction) * len(o))) for c, o in orders.items()}
     else:
         if isinstance(per_class, bool) or not isinstance(per_class, (int, np.integer)) or per_class < 1:
             raise ConfigError(f"few_shot per_class must be an integer >= 1, got {per_class!r}")
         counts = {c: min(int(per_class), len(o)) for c, o in orders.items()}
-    if all(counts[c] == len(o) for c, o in orders.items()):
+    if not orders:
+        return np.zeros(0, dtype=np.int64)
+    return np.sort(np.concatenate([o[: counts[c]] for c, o in sorted(orders.items())])).astype(np.int64)
+
+
+def few_shot(split: ImageSplit, fraction: float | None = None, per_class: int | None = None,
+             seed: int = 0) -> ImageSplit:
+    """A stratified view of ``split`` chosen by :func:`few_shot_indices` (items keep their order).
+
+    When nothing is dropped the split itself is returned, so its cached features are reused.
+    """
+    chosen = few_shot_indices(split.labels, fraction=fraction, per_class=per_class, seed=seed)
+    if len(chosen) == len(split):
         return split
-    chosen = np.sort(np.concatenate([o[: counts[c]] for c, o in sorted(orders.items())]))
     return split.subset(chosen)
