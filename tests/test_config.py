@@ -3,7 +3,6 @@ naming the file, the key path, the bad value and what is allowed, before anythin
 
 from __future__ import annotations
 
-import dataclasses
 from pathlib import Path
 
 import pytest
@@ -11,7 +10,7 @@ import yaml
 
 from benchmark.config import check_data_available, load_suite, validate_suite
 from benchmark.errors import ConfigError, DatasetUnavailable
-from benchmark.jobs import PretrainJob
+from benchmark.plan import pretrain_jobs
 
 SUITES = Path(__file__).resolve().parents[1] / "suites"
 MINIMAL = {
@@ -51,40 +50,21 @@ def test_every_shipped_suite_validates_with_registry_names(path):
     assert suite.source == str(path) and suite.name == path.stem
     assert suite.selection.split == "val"
     assert suite.tracking.uri.startswith("sqlite:///") and Path(suite.tracking.uri[10:]).is_absolute()
-    assert suite.pretrain_jobs() or suite.frozen_backbones()
-    jobs = suite.pretrain_jobs()
+    jobs = pretrain_jobs(suite)
+    assert jobs or suite.backbones
     assert len({j.key for j in jobs}) == len(jobs)  # every job has its own checkpoint dir
 
 
-def test_quick_suite_expands_to_the_documented_grid():
-    s = load_suite(SUITES / "quick.yaml", check_names=False)
-    jobs = s.pretrain_jobs()
-    sup = [j for j in jobs if j.objective == "supervised"]
-    clip = [j for j in jobs if j.objective == "clip"]
-    assert [j.noise_ratio for j in sup] == [0.0, 0.05, 0.1, 0.2, 0.3]
-    assert {(j.arch, j.corpus, j.noise_kind, j.seed, j.epochs, j.train_subset, j.image_size) for j in sup} == {
-        ("test_resnet", "fashion-mnist", "symmetric", 0, 2, 10000, 32)}
-    assert [(j.arch, j.noise_kind, j.noise_ratio) for j in clip] == [
-        ("nml-tiny-clip", "swap", 0.0), ("nml-tiny-clip", "swap", 0.3)]
-    assert all(j.corpus == "fashion-mnist" for j in clip)
-    d = s.downstream
-    assert d.tasks() == [("fashion-mnist", "id"), ("mnist-5k", "id"), ("animal-mnist", "id"),
-                         ("sklearn-digits", "id"), ("digits-from-mnist", "ood"), ("digits-from-fonts", "ood")]
-    assert [len(d.grid(m)) for m in d.methods] == [1, 2, 4]  # LP; MLP depths; NMTune lambdas x depths
-    assert d.grid("nmtune")[0] == {"lambda": 0.01, "depth": 1}
-    assert (d.max_train, d.epochs, d.batch_size, d.seeds, d.fractions) == (2000, 15, 128, [0], [1.0])
-    assert (s.selection.split, s.selection.val_fraction) == ("val", 0.2)
-    head_fits = len(jobs) * len(d.tasks()) * sum(len(d.grid(m)) for m in d.methods)
-    assert head_fits == 7 * 6 * 7
-
-
-def test_study_and_mobilenet_suites():
-    study = load_suite(SUITES / "embedded-study.yaml", check_names=False)
-    assert len(study.pretrain_jobs()) == 3 * 7 and study.downstream.seeds == [0, 1]
-    mob = load_suite(SUITES / "mobilenet.yaml", check_names=False)
-    assert mob.pretrain_jobs() == []
-    assert mob.frozen_backbones() == [{"name": "mobilenet_v2-in1k", "family": "torchvision",
-                                       "arch": "mobilenet_v2", "weights": "imagenet", "image_size": 64}]
+def test_head_grid_axes_apply_to_the_methods_that_take_them():
+    d = load_suite(SUITES / "quick.yaml", check_names=False).downstream
+    assert d.axes("lp") == {} and d.axes("mlp") == {"depth": [1, 2]}
+    assert d.axes("nmtune") == {"lam": [0.01, 0.1], "depth": [1, 2]}
+    assert d.fixed_hparams("lp") == {"epochs": 15, "batch_size": 128}  # preset is NMTune's alone
+    assert d.fixed_hparams("nmtune") == {"preset": "paper", "epochs": 15, "batch_size": 128}
+    own = validate_suite({**MINIMAL, "downstream": {**MINIMAL["downstream"], "hparams": {"epochs": 5, "lp": {"lr": 0.5,
+                                                                                                          "epochs": 9}}}},
+                         check_names=False).downstream
+    assert own.fixed_hparams("lp") == {"epochs": 9, "lr": 0.5} and own.fixed_hparams("mlp") == {"epochs": 5}
 
 
 def test_defaults_are_resolved_and_override_follows_work_dir(tmp_path, monkeypatch):
@@ -97,10 +77,10 @@ def test_defaults_are_resolved_and_override_follows_work_dir(tmp_path, monkeypat
     moved = s.override(work_dir=tmp_path / "elsewhere", data_root=tmp_path / "data")
     assert moved.tracking.uri == f"sqlite:///{tmp_path / 'elsewhere' / 'mlflow.db'}"
     assert moved.data_root == str(tmp_path / "data")
-    assert all(j.data_root == str(tmp_path / "data") for j in moved.pretrain_jobs())
+    assert all(j.data_root == str(tmp_path / "data") for j in pretrain_jobs(moved))
     clip = validate_suite({**MINIMAL, "pretrain": [{"objective": "clip", "corpus": "fashion-mnist",
                                                     "arch": "nml-tiny-clip"}]}, check_names=False)
-    assert [j.noise_kind for j in clip.pretrain_jobs()] == ["swap"]  # clip's default noise
+    assert [j.noise_kind for j in pretrain_jobs(clip)] == ["swap"]  # clip's default noise
 
 
 def test_schema_errors_name_path_value_and_allowed(tmp_path):
@@ -108,8 +88,7 @@ def test_schema_errors_name_path_value_and_allowed(tmp_path):
         "name": "bad", "colour": "red",
         "pretrain": [{"objective": "supervised", "corpus": "fashion-mnist", "arch": "x",
                       "noise": {"kind": "symmetric", "ratios": [0.1, 1.5]}, "epochs": 0, "lrr": 1}],
-        "downstream": {"id": ["mnist-5k"], "methods": ["lp", "svm"], "lambdas": [0.0],
-                       "depths": [0], "fractions": [0.0], "lr": {"xgb": 1.0}},
+        "downstream": {"id": ["mnist-5k"], "methods": ["lp", "svm"], "fractions": [0.0], "lambdas": [0.1]},
         "selection": {"split": "oracle", "val_fraction": 0.7},
     }
     msg = problems(write(tmp_path, bad))
@@ -118,17 +97,38 @@ def test_schema_errors_name_path_value_and_allowed(tmp_path):
         "pretrain[0].epochs = 0: must be >= 1",
         "pretrain[0]: unknown key 'lrr' (allowed: name, objective, corpus, arch, model_kwargs, noise, seeds,",
         "<top level>: unknown key 'colour' (allowed: name, work_dir, data_root, pretrain, backbones, downstream,",
-        "downstream.methods[1] = 'svm': must be one of 'lp', 'mlp' or 'nmtune'",
-        "downstream.lambdas[0] = 0.0: must be > 0",
-        "downstream.depths[0] = 0: must be >= 1",
+        "downstream.methods = ['lp', 'svm']: unknown head method(s) 'svm' (registered heads: lp, mlp, nmtune)",
         "downstream.fractions[0] = 0.0: must be in (0, 1]",
-        "downstream.lr: unknown key 'xgb'",
+        "downstream: unknown key 'lambdas' (allowed: id, ood, methods, grid, hparams,",
+        "it moved to downstream.grid: {lam: [...]}",
         "selection.split = 'oracle': only 'val' is allowed",
         "the test set is never used for selection",
         "selection.val_fraction = 0.7: must be in (0, 0.5]",
     ]:
         assert expected in msg, (expected, msg)
-    assert "(11 problems, schema)" in msg
+    assert "(9 problems, schema)" in msg
+
+
+def test_head_grid_errors_name_axis_value_and_method(tmp_path):
+    grid = {"lam": [0.1, -1], "depth": [0], "colour": [1]}
+    bad = {**MINIMAL, "downstream": {"id": ["mnist-5k"], "methods": ["lp", "mlp"], "grid": grid,
+                                     "hparams": {"preset": "paper", "batch_size": 1, "nmtune": {"lam": 2}}}}
+    msg = problems(write(tmp_path, bad))
+    for expected in [
+        "downstream.grid.lam: no listed method takes it (it applies to nmtune; methods: lp, mlp)",
+        "downstream.grid.colour: unknown hyper-parameter (known: epochs, batch_size, lr,",
+        "downstream.hparams.preset: no listed method takes it (it applies to nmtune;",
+        "downstream.hparams.nmtune: method 'nmtune' is not in methods (lp, mlp)",
+        "downstream.hparams (lp): batch_size must be >= 2, got 1",
+        "downstream.hparams (mlp): batch_size must be >= 2, got 1",
+    ]:
+        assert expected in msg, (expected, msg)
+    ok = {**MINIMAL, "downstream": {"id": ["mnist-5k"], "grid": {"lam": [0.1, -1], "depth": [1, 0]}}}
+    msg = problems(write(tmp_path, ok))
+    assert "downstream.grid.lam[1] = -1 (nmtune): lam=-1.0 must be a finite number >= 0" in msg
+    assert "downstream.grid.depth[1] = 0 (mlp): depth must be >= 1, got 0" in msg
+    assert "downstream.grid.depth[1] = 0 (nmtune): depth must be >= 1, got 0" in msg
+    assert "(3 problems, schema)" in msg
 
 
 @pytest.mark.parametrize("noise,objective,needle", [
@@ -147,11 +147,12 @@ def test_asymmetric_class_map_is_never_dropped(tmp_path):
     data = {**MINIMAL, "pretrain": [{**MINIMAL["pretrain"][0],
                                      "noise": {"kind": "asymmetric", "ratios": [0.2], "class_map": {3: 5}}}]}
     suite = load_suite(write(tmp_path, data), check_names=False)
-    if "class_map" in {f.name for f in dataclasses.fields(PretrainJob)}:
-        assert suite.pretrain_jobs()[0].class_map == {3: 5}
-    else:
-        with pytest.raises(ConfigError, match=r"pretrain\[0\].noise.class_map cannot be passed on"):
-            suite.pretrain_jobs()
+    [job] = pretrain_jobs(suite)
+    assert job.class_map == {3: 5} and job.noise_kind == "asymmetric"
+    # the map is part of what the model learns, so it is part of the job's key
+    other = load_suite(write(tmp_path, {**data, "pretrain": [{**data["pretrain"][0], "noise": {
+        "kind": "asymmetric", "ratios": [0.2], "class_map": {3: 6}}}]}, "other.yaml"), check_names=False)
+    assert pretrain_jobs(other)[0].key != job.key
 
 
 def test_yaml_syntax_error_names_the_line(tmp_path):

@@ -1,37 +1,30 @@
-"""Suite files: one YAML file describes a whole study, and nothing runs unless all of it is valid.
+"""The suite schema: one YAML file describes a whole study, and nothing runs unless all of it is valid.
 
-A suite names the noisy pre-training runs (blocks expanded over noise ratios and seeds into
-``PretrainJob``s), frozen backbones used as they are, the downstream tasks and heads, the model
-selection rule and where results are tracked. Validation has two stages:
+A suite names the noisy pre-training runs (blocks that the plan expands over noise ratios and
+seeds), frozen backbones used as they are, the downstream tasks and heads, the model selection
+rule, where results are tracked and where Ray runs. Every section rejects unknown keys
+(``extra="forbid"``), so a typo is an error, not a default. Each default lives here, once.
 
-1. the schema (pydantic, ``extra="forbid"`` everywhere, so a typo is an error, not a default);
-2. names (data sets, OOD groups, backbone families) looked up in the plugin registries.
-
-Both stages collect *every* problem and raise one ``ConfigError`` whose lines name the file, the
-key path (``pretrain[0].noise.ratios[1]``), the bad value and what is allowed. Whether a known data
-set's files are present is a separate question, answered by ``check_data_available`` just before
-running: a suite stays valid on a machine that lacks the data.
+Head grids are checked against the head registry (``benchmark.heads``): a ``grid`` axis or a
+fixed ``hparams`` entry must be a hyper-parameter some listed method takes, and every value must
+resolve for every method that takes it. ``benchmark.config.messages`` turns pydantic's errors
+into lines that name the key path, the bad value and what is allowed; ``benchmark.config.load``
+reads files and checks names against the data and backbone registries.
 """
 
 from __future__ import annotations
 
-import dataclasses
-import itertools
-import types
-import typing
-from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, PrivateAttr, model_validator
 
-from benchmark.errors import ConfigError, DatasetUnavailable, UnknownNameError
-from benchmark.jobs import PretrainJob
+from benchmark.config.messages import SectionProblems
+from benchmark.errors import ConfigError
+from benchmark.heads.registry import HPARAM_NAMES, get_head, head_names, methods_taking, resolve_hparams
 
-METHODS = ("lp", "mlp", "nmtune")
 SUPERVISED_NOISE = ("symmetric", "pairflip", "asymmetric", "instance")
-CLIP_NOISE = ("swap",)
 
 
 # -- constrained scalars: custom messages say the allowed range in interval notation -------------
@@ -181,44 +174,93 @@ class FrozenBackbone(_Model):
 
 
 # -- downstream --------------------------------------------------------------------------------
+def _known_methods(values: list[str]) -> list[str]:
+    unknown = [m for m in values if m not in head_names()]
+    if unknown:
+        raise ValueError(f"unknown head method(s) {', '.join(map(repr, unknown))} (registered heads: "
+                         f"{', '.join(head_names())})")
+    return values
+
+
 class Downstream(_Model):
-    """Tasks, heads and their grids. ``epochs``/``batch_size``/``lr`` override the probe defaults."""
+    """Tasks, heads and their hyper-parameters.
+
+    ``grid`` maps a hyper-parameter name to the values swept (chosen per task and seed on the
+    validation split); each axis applies to the methods that take it (``lam``: NMTune; ``depth``:
+    MLP and NMTune; ``epochs``: all). ``hparams`` fixes values for every method that takes them,
+    or, under a method's name, for that method alone (``hparams: {epochs: 15, lp: {lr: 0.1}}``).
+    Anything not given is the head registry's default.
+    """
 
     id: Annotated[list[str], UniqueList] = Field(default_factory=list)
     ood: Annotated[list[str], UniqueList] = Field(default_factory=list)
-    methods: Annotated[list[Literal["lp", "mlp", "nmtune"]], NonEmpty, UniqueList] = Field(
-        default_factory=lambda: list(METHODS)
-    )
-    lambdas: Annotated[list[PositiveFloat], NonEmpty, UniqueList] = Field(default_factory=lambda: [0.01])
-    depths: Annotated[list[PositiveInt], NonEmpty, UniqueList] = Field(default_factory=lambda: [1])
-    preset: Literal["paper", "reference"] = "paper"
+    methods: Annotated[list[str], NonEmpty, UniqueList, AfterValidator(_known_methods)] = Field(
+        default_factory=lambda: list(head_names()))
+    grid: dict[str, Annotated[list[Any], NonEmpty, UniqueList]] = Field(default_factory=dict)
+    hparams: dict[str, Any] = Field(default_factory=dict)
     seeds: Annotated[list[NonNegInt], NonEmpty, UniqueList] = Field(default_factory=lambda: [0])
     fractions: Annotated[list[Fraction], NonEmpty, UniqueList] = Field(default_factory=lambda: [1.0])
     max_train: PositiveInt | None = None
-    epochs: PositiveInt | None = None
-    batch_size: PositiveInt | None = None
-    lr: dict[Literal["lp", "mlp", "nmtune"], PositiveFloat] = Field(default_factory=dict)
     normalize_features: bool = True
 
     @model_validator(mode="after")
-    def _some_task(self) -> Downstream:
+    def _tasks_and_heads(self) -> Downstream:
         if not self.id and not self.ood:
             raise ValueError("downstream needs at least one task in 'id' or 'ood'")
+        problems = [*self._axis_problems(), *self._value_problems()]
+        if problems:
+            raise SectionProblems(problems)
         return self
 
-    def tasks(self) -> list[tuple[str, str]]:
-        """``(name, kind)`` pairs, kind ``"id"`` (a data set) or ``"ood"`` (an OOD group)."""
-        return [(t, "id") for t in self.id] + [(t, "ood") for t in self.ood]
+    def fixed_hparams(self, method: str) -> dict[str, Any]:
+        """The fixed values ``method`` takes: shared entries, then its own section over them."""
+        head = get_head(method)
+        shared = {k: v for k, v in self.hparams.items() if k not in head_names() and head.takes(k)}
+        own = self.hparams.get(method) or {}
+        return {**shared, **own}
 
-    def grid(self, method: str) -> list[dict[str, Any]]:
-        """Hyper-parameter points swept for one method (LP has none; MLP depth; NMTune both)."""
-        if method == "lp":
-            return [{}]
-        if method == "mlp":
-            return [{"depth": d} for d in self.depths]
-        if method == "nmtune":
-            return [{"lambda": lam, "depth": d} for lam, d in itertools.product(self.lambdas, self.depths)]
-        raise ConfigError(f"unknown method {method!r} (allowed: {', '.join(METHODS)})")
+    def axes(self, method: str) -> dict[str, list[Any]]:
+        """The grid axes ``method`` sweeps (in the order the suite lists them)."""
+        head = get_head(method)
+        return {k: list(v) for k, v in self.grid.items() if head.takes(k)}
+
+    def _axis_problems(self) -> list[str]:
+        out = []
+        for where, keys in (("grid", list(self.grid)),
+                            ("hparams", [k for k in self.hparams if k not in head_names()])):
+            for k in keys:
+                if k not in HPARAM_NAMES:
+                    out.append(f"{where}.{k}: unknown hyper-parameter (known: {', '.join(HPARAM_NAMES)})")
+                elif not any(get_head(m).takes(k) for m in self.methods):
+                    out.append(f"{where}.{k}: no listed method takes it (it applies to "
+                               f"{', '.join(methods_taking(k)) or 'none'}; methods: {', '.join(self.methods)})")
+        for k in sorted(set(self.grid) & set(self.hparams)):
+            out.append(f"{k}: given both in grid and in hparams; keep one")
+        for m in (k for k in self.hparams if k in head_names()):
+            section = self.hparams[m]
+            if not isinstance(section, dict):
+                out.append(f"hparams.{m} = {section!r}: must be a mapping of {m}'s hyper-parameters")
+            elif m not in self.methods:
+                out.append(f"hparams.{m}: method {m!r} is not in methods ({', '.join(self.methods)})")
+        return out
+
+    def _value_problems(self) -> list[str]:
+        """Resolve every method with its fixed values and each grid value alone: bad values fail here."""
+        out: list[str] = []
+        for m in self.methods:
+            fixed = self.fixed_hparams(m) if isinstance(self.hparams.get(m, {}), dict) else {}
+            try:
+                resolve_hparams(m, **fixed)
+            except ConfigError as e:
+                out.append(f"hparams ({m}): {e}")
+                continue
+            for axis, values in self.axes(m).items():
+                for i, v in enumerate(values):
+                    try:
+                        resolve_hparams(m, **{**fixed, axis: v})
+                    except ConfigError as e:
+                        out.append(f"grid.{axis}[{i}] = {v!r} ({m}): {e}")
+        return list(dict.fromkeys(out))
 
 
 def _never_test(split: str) -> str:
@@ -237,15 +279,24 @@ class Selection(_Model):
     val_fraction: ValFraction = 0.2
 
 
+def default_tracking_uri(work_dir: str | Path) -> str:
+    """``sqlite:///<absolute work_dir>/mlflow.db``: the one place the default store is named."""
+    return f"sqlite:///{Path(work_dir).expanduser().resolve() / 'mlflow.db'}"
+
+
 class Tracking(_Model):
-    """MLflow location. ``uri`` defaults to ``sqlite:///<work_dir>/mlflow.db`` (absolute)."""
+    """MLflow location. ``uri`` defaults to :func:`default_tracking_uri` of the work dir."""
 
     uri: str | None = None
     experiment: str | None = None
 
 
 class RaySpec(_Model):
-    """Where Ray runs and how head fits are batched into Tune trials."""
+    """Where Ray runs and how head fits are batched into Tune trials.
+
+    ``address``: a running cluster (``auto``, ``HOST:6379``, ``ray://HOST:10001``); empty means
+    a private local Ray. ``--address`` on the command line and ``RAY_ADDRESS`` win over it.
+    """
 
     address: str | None = None
     max_concurrent_trials: PositiveInt = 2
@@ -280,7 +331,7 @@ class Suite(_Model):
             )
         self.work_dir = str(Path(self.work_dir).expanduser().resolve())
         if self.tracking.uri is None:
-            self.tracking.uri = f"sqlite:///{Path(self.work_dir) / 'mlflow.db'}"
+            self.tracking.uri = default_tracking_uri(self.work_dir)
         if self.tracking.experiment is None:
             self.tracking.experiment = self.name
         return self
@@ -291,6 +342,10 @@ class Suite(_Model):
         Defaults derived from them are derived again: a tracking URI that the file did not set
         follows the new work dir. ``model_copy(update=...)`` would keep the old derived values.
         """
+        from benchmark.config.load import validate_suite
+
+        if work_dir is None and data_root is None:
+            return self
         raw = dict(self._raw) or self.model_dump(mode="json")
         if work_dir is not None:
             raw["work_dir"] = str(work_dir)
@@ -298,221 +353,7 @@ class Suite(_Model):
             raw["data_root"] = str(data_root)
         return validate_suite(raw, source=self.source or "<suite>", check_names=False)
 
-    def pretrain_jobs(self) -> list[PretrainJob]:
-        """Every pre-training run: blocks x noise ratios x seeds, in file order."""
-        fields = {f.name for f in dataclasses.fields(PretrainJob)}
-        jobs = []
-        for i, b in enumerate(self.pretrain):
-            extra: dict[str, Any] = {}
-            if b.noise.class_map:
-                if "class_map" not in fields:  # never silently drop a map: the noise would differ
-                    raise ConfigError(
-                        f"{self.source or '<suite>'}: pretrain[{i}].noise.class_map cannot be passed "
-                        "on: this version's PretrainJob has no class_map field"
-                    )
-                extra["class_map"] = dict(b.noise.class_map)
-            for ratio, seed in itertools.product(b.noise.ratios, b.seeds):
-                jobs.append(
-                    PretrainJob(
-                        objective=b.objective, corpus=b.corpus, arch=b.arch,
-                        noise_kind=b.noise.kind, noise_ratio=float(ratio), seed=seed,
-                        epochs=b.epochs, batch_size=b.batch_size, lr=b.lr,
-                        weight_decay=b.weight_decay, image_size=b.image_size,
-                        train_subset=b.train_subset, model_kwargs=dict(b.model_kwargs),
-                        data_root=self.data_root, workers=b.workers,
-                        gpus_per_worker=b.gpus_per_worker, display=b.name, **extra,
-                    )
-                )
-        return jobs
-
-    def frozen_backbones(self) -> list[dict[str, Any]]:
-        """Specs for ``create_backbone``, each with its display ``name``."""
-        return [b.spec() for b in self.backbones]
-
     def dataset_names(self) -> list[str]:
         """Data sets the suite reads directly (pre-training corpora and ID tasks), no repeats."""
         seen = [b.corpus for b in self.pretrain] + list(self.downstream.id)
         return list(dict.fromkeys(seen))
-
-
-# -- error translation -------------------------------------------------------------------------
-def _path(loc: Iterable[Any]) -> str:
-    out = ""
-    for part in loc:
-        if isinstance(part, int):
-            out += f"[{part}]"
-        else:
-            out += ("." if out else "") + str(part)
-    return out or "<top level>"
-
-
-def _unwrap(tp: Any) -> Any:
-    """Strip Annotated / Optional so the model class (or list/dict) underneath shows."""
-    while True:
-        origin = typing.get_origin(tp)
-        if origin is Annotated:
-            tp = typing.get_args(tp)[0]
-        elif origin in (typing.Union, types.UnionType):
-            args = [a for a in typing.get_args(tp) if a is not type(None)]
-            if len(args) != 1:
-                return tp
-            tp = args[0]
-        else:
-            return tp
-
-
-def _model_at(root: type[BaseModel], loc: tuple) -> type[BaseModel] | None:
-    tp: Any = root
-    for part in loc:
-        tp = _unwrap(tp)
-        if isinstance(tp, type) and issubclass(tp, BaseModel) and isinstance(part, str):
-            field = tp.model_fields.get(part)
-            if field is None:
-                return None
-            tp = field.annotation
-        elif typing.get_origin(tp) is list and isinstance(part, int):
-            tp = typing.get_args(tp)[0]
-        elif typing.get_origin(tp) is dict:
-            tp = typing.get_args(tp)[1]
-        else:
-            return None
-    tp = _unwrap(tp)
-    return tp if isinstance(tp, type) and issubclass(tp, BaseModel) else None
-
-
-_TYPE_WORDS = {
-    "float": "a number", "int": "an integer", "bool": "true or false", "string": "a string",
-    "list": "a list", "dict": "a mapping", "model": "a mapping", "int_from_float": "a whole number",
-}
-
-
-def _describe(err: Mapping[str, Any], root: type[BaseModel]) -> str:
-    loc = tuple(err["loc"])
-    kind, value = err["type"], err.get("input")
-    where = _path(loc)
-    if kind == "extra_forbidden":
-        model = _model_at(root, loc[:-1])
-        allowed = ", ".join(n for n, f in model.model_fields.items() if not f.exclude) if model else "?"
-        parent = _path(loc[:-1])
-        return f"{parent}: unknown key {loc[-1]!r} (allowed: {allowed})"
-    if kind == "missing":
-        return f"{where}: required key is missing"
-    if kind == "value_error":
-        msg = str(err["ctx"]["error"]) if "ctx" in err else err["msg"]
-        if isinstance(value, Mapping):  # a whole-section check: the path is the section
-            return f"{where}: {msg}"
-        return f"{where} = {value!r}: {msg}"
-    if kind == "literal_error" and loc and loc[-1] == "[key]":  # a mapping's key, not a value
-        return f"{_path(loc[:-2])}: unknown key {value!r} (allowed: {err['ctx']['expected']})"
-    if kind == "literal_error":
-        return f"{where} = {value!r}: must be one of {err['ctx']['expected']}"
-    if kind.endswith("_type") or kind.endswith("_parsing") or kind == "int_from_float":
-        word = kind if kind == "int_from_float" else kind.rsplit("_", 1)[0]
-        expected = _TYPE_WORDS.get(word, word.replace("_", " "))
-        return f"{where} = {value!r}: must be {expected}"
-    return f"{where} = {value!r}: {err['msg']}"
-
-
-def _raise(source: str, problems: list[str], stage: str) -> typing.NoReturn:
-    n = len(problems)
-    head = f"invalid suite file {source} ({n} problem{'s' if n != 1 else ''}, {stage}); nothing was run:"
-    raise ConfigError("\n".join([head] + [f"  - {p}" for p in problems]))
-
-
-# -- name checks against the registries -------------------------------------------------------
-def _check_names(suite: Suite) -> list[str]:
-    """Registry lookups; imported here so this module loads before the registries exist."""
-    from benchmark.backbones import list_backbones
-    from benchmark.data import get_dataset, get_ood_group
-
-    problems: list[str] = []
-
-    def dataset(where: str, name: str) -> None:
-        try:
-            get_dataset(name, data_root=suite.data_root)
-        except UnknownNameError as e:
-            problems.append(f"{where} = {name!r}: {e}")
-        except DatasetUnavailable:
-            pass  # known but not installed: check_data_available reports it before running
-
-    for i, b in enumerate(suite.pretrain):
-        dataset(f"pretrain[{i}].corpus", b.corpus)
-    for i, name in enumerate(suite.downstream.id):
-        dataset(f"downstream.id[{i}]", name)
-    for i, name in enumerate(suite.downstream.ood):
-        try:
-            get_ood_group(name)
-        except UnknownNameError as e:
-            problems.append(f"downstream.ood[{i}] = {name!r}: {e}")
-    families = list_backbones()
-    for i, b in enumerate(suite.backbones):
-        if b.family not in families:
-            problems.append(
-                f"backbones[{i}].family = {b.family!r}: unknown backbone family "
-                f"(known: {', '.join(sorted(families))}; plugins register under entry-point group "
-                "'nmlbench.backbones')"
-            )
-    return problems
-
-
-def validate_suite(data: Any, source: str | Path = "<suite>", *, check_names: bool = True) -> Suite:
-    """Schema and name checks of a parsed suite; raise one ``ConfigError`` listing every problem.
-
-    ``check_names=False`` skips the registry lookups (for tools that only need the structure).
-    """
-    source = str(source)
-    if not isinstance(data, Mapping):
-        kind = "empty" if data is None else f"a {type(data).__name__}"
-        _raise(source, [f"<top level>: the file is {kind}; a suite is a mapping with keys "
-                        f"{', '.join(n for n, f in Suite.model_fields.items() if not f.exclude)}"], "schema")
-    try:
-        suite = Suite.model_validate(dict(data))
-    except ValidationError as e:
-        _raise(source, [_describe(err, Suite) for err in e.errors()], "schema")
-    suite.source = source
-    suite._raw = dict(data)
-    if check_names:
-        problems = _check_names(suite)
-        if problems:
-            _raise(source, problems, "unknown names")
-    return suite
-
-
-def load_suite(path: str | Path, *, check_names: bool = True) -> Suite:
-    """Read and validate a suite file; YAML syntax errors name the line and column."""
-    p = Path(path)
-    if not p.is_file():
-        raise ConfigError(f"suite file {p} does not exist (suites ship in the repository's suites/ folder)")
-    try:
-        data = yaml.safe_load(p.read_text())
-    except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None) or getattr(e, "context_mark", None)
-        where = f"line {mark.line + 1}, column {mark.column + 1}" if mark else "unknown position"
-        problem = getattr(e, "problem", None) or str(e)
-        raise ConfigError(f"invalid suite file {p}: YAML syntax error at {where}: {problem}; nothing was run") from None
-    return validate_suite(data, source=p, check_names=check_names)
-
-
-def check_data_available(suite: Suite) -> None:
-    """Raise ``DatasetUnavailable`` naming every data set the suite needs whose files are absent.
-
-    Called by the CLI before running, so a long study does not fail an hour in. OOD groups count
-    with their training set and all their test domains.
-    """
-    from benchmark.data import get_ood_group, list_datasets
-
-    needed = suite.dataset_names()
-    for name in suite.downstream.ood:
-        g = get_ood_group(name)
-        needed += [g.train, *g.tests]
-    needed = list(dict.fromkeys(needed))
-    status = {s.name: s for s in list_datasets(data_root=suite.data_root)}
-    missing = [status[n] for n in needed if n in status and not status[n].available]
-    if missing:
-        root = suite.data_root or "(no data_root set in the suite)"
-        lines = [f"  - {s.name}: {s.how_to_get}" for s in missing]
-        raise DatasetUnavailable(
-            f"suite {suite.name!r} needs {len(missing)} data set(s) whose files are absent under "
-            f"data_root {root}:\n" + "\n".join(lines)
-            + "\nInstall them there (or set data_root in the suite), then run again."
-        )
