@@ -60,12 +60,9 @@ def _fail(exc: BaseException) -> None:
 
 
 def _tracking(suite_obj, tracking_uri: str | None, work_dir: str | None) -> tuple[str, str]:
-    from benchmark.runner import default_tracking_uri
-
-    if work_dir is not None:
-        suite_obj = suite_obj.override(work_dir=work_dir)
-    uri = tracking_uri or suite_obj.tracking.uri or default_tracking_uri(Path(suite_obj.work_dir).resolve())
-    return uri, suite_obj.tracking.experiment or suite_obj.name
+    """The MLflow URI and experiment a command reads: the suite's, after the command-line overrides."""
+    suite_obj = suite_obj.override(work_dir=work_dir)
+    return tracking_uri or str(suite_obj.tracking.uri), str(suite_obj.tracking.experiment)
 
 
 def _print_leaderboard(uri: str, experiment: str, fmt: Fmt = Fmt.table) -> None:
@@ -118,8 +115,35 @@ def validate(suite: Annotated[str, typer.Argument(help="suite file or name")]) -
         s = _load(suite)
     except NMLBenchError as exc:
         _fail(exc)
-    typer.echo(f"{suite}: valid; {len(s.pretrain_jobs())} pre-training jobs, "
-               f"{len(s.frozen_backbones())} frozen backbones")
+    from benchmark.plan import pretrain_jobs
+
+    typer.echo(f"{suite}: valid; {len(pretrain_jobs(s))} pre-training jobs, {len(s.backbones)} frozen backbones")
+
+
+@app.command()
+def plan(
+    suite: Annotated[Optional[str], typer.Argument(help="suite file or name (default: quick)")] = None,
+    tracking_uri: Annotated[Optional[str], typer.Option(help="MLflow tracking URI")] = None,
+    data_root: Annotated[Optional[str], typer.Option(help="root of real data sets")] = None,
+    work_dir: Annotated[Optional[str], typer.Option()] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="print the stages as JSON")] = False,
+) -> None:
+    """Print a suite's plan: jobs per stage, what is already done, and the work left. Starts no Ray."""
+    import json
+
+    from benchmark.config import check_data_available
+    from benchmark.plan import make_plan
+    from benchmark.plan_status import plan_status, render_status, status_dict
+
+    try:
+        s = _load(suite).override(work_dir=work_dir, data_root=data_root)
+        check_data_available(s)
+        the_plan = make_plan(s)
+        uri, exp = _tracking(s, tracking_uri, None)
+        stages = plan_status(the_plan, uri, exp)
+    except NMLBenchError as exc:
+        _fail(exc)
+    typer.echo(json.dumps(status_dict(stages), indent=2) if as_json else render_status(the_plan, stages, uri))
 
 
 @app.command()

@@ -1,14 +1,14 @@
-"""Downstream sweeps: many head fits on cached features, run as Ray Tune trials.
+"""The heads stage: many head fits on cached features, run as Ray Tune trials.
 
 Why the shape below:
 - The backbone is frozen, so each (backbone, task) pair's features are computed once and put in
   Ray's object store once (``FeaturePayload``); every trial on that pair reads the same object.
 - One head fit lasts well under a second on small features, while a Tune trial costs about a
-  second of scheduling. So a trial is a *batch* of fits on one pair (``TrialPlan``), and Tune's
-  overhead is paid per batch, not per fit.
-- Each fit carries its full config and is keyed by a hash of it. The driver's callback logs every
-  finished fit to MLflow as it arrives (one writer, nothing lost on interrupt), and a re-run
-  skips keys MLflow already holds.
+  second of scheduling. So a trial is a *batch* of planned fits on one pair
+  (``benchmark.plan.TrialPlan``): Tune's overhead is paid per batch, and the pair's features are
+  validated and moved to the device once per trial (``probe.prepare_data``) for ``probe.fit_many``.
+- Each fit carries its full config and key from the plan. The driver's callback hands every
+  finished fit to the recording sink as it arrives (one writer, nothing lost on interrupt).
 - A fit that raises is recorded as a failure with its error; the sweep goes on.
 """
 
@@ -19,187 +19,89 @@ import math
 import os
 import time
 import traceback
-from collections.abc import Callable, Iterable, Sequence
-from dataclasses import asdict, dataclass, field
+import logging
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from benchmark.hashing import config_hash
+from benchmark.extraction import FeaturePayload
+from benchmark.plan import FitSpec, TrialPlan
 
-#: Evaluation sets inside a payload that are not test sets.
+log = logging.getLogger(__name__)
+#: The evaluation set inside a payload that is not a test set.
 VAL_SET = "val"
+RecordSink = Callable[[dict[str, Any]], None]
 
 
-@dataclass(frozen=True)
-class HeadConfig:
-    """One point of the downstream grid for one (backbone, task) pair."""
+def iter_fits(payload: FeaturePayload, specs: Sequence[FitSpec]) -> Iterator[dict[str, Any]]:
+    """Fit planned heads on one pair's payload, yielding one record per spec as it ends; never raises.
 
-    method: str
-    lam: float | None = None
-    depth: int | None = None
-    head_seed: int = 0
-    fraction: float = 1.0
-    hparams: tuple[tuple[str, Any], ...] = ()  # extra fit hyper-parameters (epochs, lr, ...)
-
-    def fit_kwargs(self) -> dict[str, Any]:
-        kw: dict[str, Any] = dict(self.hparams)
-        if self.method in ("mlp", "nmtune") and self.depth is not None:
-            kw["depth"] = self.depth
-        if self.method == "nmtune" and self.lam is not None:
-            kw["lam"] = self.lam
-        return kw
-
-
-@dataclass(frozen=True)
-class FitSpec:
-    """A head fit with everything needed to run, key and record it."""
-
-    key: str
-    pair: str                    # id of the (backbone, task) payload it reads
-    head: HeadConfig
-    params: dict[str, Any]       # MLflow params (backbone, noise ratio, task, method, ...)
-    tags: dict[str, str] = field(default_factory=dict)
-
-
-@dataclass
-class FeaturePayload:
-    """Features of one (backbone, task) pair: train, val and one or more test sets.
-
-    Arrays are float32 numpy (zero-copy out of Ray's object store) and already L2-normalised
-    when the suite asks for it. ``class_subsets`` restricts the competing logits of a test set
-    (ImageNet-A/-R style label spaces).
+    The payload is validated and moved once for all specs; a fit that fails (diverges) gets an
+    error record and the others go on. A payload the probe rejects fails every spec alike.
     """
-
-    train: tuple[np.ndarray, np.ndarray]
-    val: tuple[np.ndarray, np.ndarray]
-    tests: dict[str, tuple[np.ndarray, np.ndarray]]
-    num_classes: int
-    class_subsets: dict[str, np.ndarray] = field(default_factory=dict)
-
-
-def fit_key(pair_identity: dict[str, Any], head: HeadConfig) -> str:
-    """Key of one fit: what the features are (backbone identity, splits) and how the head is fit."""
-    return config_hash({"kind": "fit", "pair": pair_identity, "head": asdict(head)})
-
-
-def stratified_fraction(labels: np.ndarray, fraction: float, seed: int) -> np.ndarray:
-    """Indices of a seeded, stratified ``fraction`` of ``labels`` (at least one per class).
-
-    Nested by construction: for the same seed, a smaller fraction keeps a prefix of each
-    class's permutation, so the 2 % subset lies inside the 5 % subset.
-    """
-    if not 0.0 < fraction <= 1.0:
-        raise ValueError(f"fraction must be in (0, 1], got {fraction}")
-    if fraction == 1.0:
-        return np.arange(len(labels))
-    rng = np.random.default_rng(seed)
-    keep: list[np.ndarray] = []
-    for c in np.unique(labels):
-        idx = np.flatnonzero(labels == c)
-        idx = idx[rng.permutation(len(idx))]
-        keep.append(idx[: max(1, int(round(fraction * len(idx))))])
-    return np.sort(np.concatenate(keep))
-
-
-def run_fit(payload: FeaturePayload, spec: FitSpec) -> dict[str, Any]:
-    """Fit one head on a payload and turn the result into an MLflow record (never raises)."""
     import torch
 
-    from benchmark.probe import fit_and_evaluate
+    from benchmark.probe import FitRequest, fit_many, prepare_data
 
     started = time.perf_counter()
-    head = spec.head
     try:
-        x, y = payload.train
-        if head.fraction < 1.0:
-            idx = stratified_fraction(y, head.fraction, seed=1000 + head.head_seed)
-            x, y = x[idx], y[idx]
         sets = {VAL_SET: payload.val, **payload.tests}
-        test_x = {k: torch.from_numpy(np.array(v[0], dtype=np.float32)) for k, v in sets.items()}
-        test_y = {k: torch.from_numpy(np.array(v[1], dtype=np.int64)) for k, v in sets.items()}
-        result = fit_and_evaluate(
-            head.method,
-            torch.from_numpy(np.array(x, dtype=np.float32)),
-            torch.from_numpy(np.array(y, dtype=np.int64)),
-            test_x,
-            test_y,
-            seed=head.head_seed,
-            class_subsets=payload.class_subsets or None,
-            num_classes=payload.num_classes,
-            **head.fit_kwargs(),
-        )
-    except Exception as exc:  # recorded, not raised: one bad fit must not stop the sweep
-        return {
-            "key": spec.key,
-            "params": spec.params,
-            "tags": spec.tags,
-            "error": f"{type(exc).__name__}: {exc}",
-            "traceback": traceback.format_exc(),
-        }
-    return make_record(spec, result, list(payload.tests), time.perf_counter() - started)
+        data = prepare_data(
+            torch.from_numpy(np.array(payload.train[0], dtype=np.float32)),
+            torch.from_numpy(np.array(payload.train[1], dtype=np.int64)),
+            {k: torch.from_numpy(np.array(v[0], dtype=np.float32)) for k, v in sets.items()},
+            {k: torch.from_numpy(np.array(v[1], dtype=np.int64)) for k, v in sets.items()},
+            class_subsets=payload.class_subsets or None, num_classes=payload.num_classes)
+    except Exception as exc:  # noqa: BLE001 - recorded for every fit of the pair
+        for spec in specs:
+            yield error_record(spec, f"{type(exc).__name__}: {exc}", traceback.format_exc())
+        return
+    for spec in specs:
+        t0 = time.perf_counter()
+        [result] = fit_many(data, [FitRequest(spec.hparams, spec.head_seed, spec.train_rows)])
+        if "error" in result:
+            yield error_record(spec, result["error"], result["traceback"])
+        else:
+            yield make_record(spec, result, list(payload.tests), time.perf_counter() - t0)
+    log.debug("%d fits in %.2f s", len(specs), time.perf_counter() - started)
+
+
+def run_fits(payload: FeaturePayload, specs: Sequence[FitSpec]) -> list[dict[str, Any]]:
+    """:func:`iter_fits` as a list."""
+    return list(iter_fits(payload, specs))
+
+
+def error_record(spec: FitSpec, error: str, tb: str = "") -> dict[str, Any]:
+    return {"key": spec.key, "params": spec.params, "tags": spec.tags, "error": error, "traceback": tb}
 
 
 def make_record(spec: FitSpec, result: dict[str, Any], test_sets: Sequence[str],
                 seconds: float) -> dict[str, Any]:
-    """Flatten a ``fit_and_evaluate`` result into the fit record of docs/architecture.md."""
+    """Flatten a fit result into the fit record of docs/architecture.md."""
     ev = result["eval"]
     metrics: dict[str, float] = {"val_accuracy": ev[VAL_SET]["accuracy"], "fit_seconds": seconds}
     for name, m in ev.items():
         for k in ("accuracy", "macro_f1", "sve", "lsvr", "sve_raw", "lsvr_raw"):
-            if k in m and m[k] is not None:
+            if m.get(k) is not None:
                 metrics[f"{name}.{k}"] = float(m[k])
-    for k, out in (("accuracy", "test_accuracy"), ("macro_f1", "test_macro_f1"), ("sve", "test_sve"),
-                   ("lsvr", "test_lsvr"), ("sve_raw", "test_sve_raw"), ("lsvr_raw", "test_lsvr_raw")):
+    for k in ("accuracy", "macro_f1", "sve", "lsvr", "sve_raw", "lsvr_raw"):
         vals = [ev[s][k] for s in test_sets if ev[s].get(k) is not None]
         if vals:
-            metrics[out] = float(np.mean(vals))
+            metrics[f"test_{k}"] = float(np.mean(vals))
     if result.get("train_loss") is not None and math.isfinite(result["train_loss"]):
         metrics["train_loss"] = float(result["train_loss"])
-    params = dict(spec.params)
-    params.update({f"hp.{k}": v for k, v in result.get("hparams", {}).items()})
-    return {"key": spec.key, "params": params, "metrics": metrics, "tags": spec.tags}
+    return {"key": spec.key, "params": dict(spec.params), "metrics": metrics, "tags": spec.tags}
 
 
-# --------------------------------------------------------------------------------------------
-# Planning: group missing fits into trials
-# --------------------------------------------------------------------------------------------
-@dataclass(frozen=True)
-class TrialPlan:
-    """A batch of fits on one payload: the unit Ray Tune schedules."""
-
-    trial_id: str
-    pair: str
-    fits: tuple[FitSpec, ...]
-
-
-def plan_trials(fits: Iterable[FitSpec], fits_per_trial: int = 16) -> list[TrialPlan]:
-    """Batch fits by payload, ``fits_per_trial`` at most per trial, in a stable order."""
-    by_pair: dict[str, list[FitSpec]] = {}
-    for f in fits:
-        by_pair.setdefault(f.pair, []).append(f)
-    plans = []
-    for pair in sorted(by_pair):
-        group = sorted(by_pair[pair], key=lambda f: f.key)
-        for i in range(0, len(group), max(1, fits_per_trial)):
-            chunk = tuple(group[i : i + fits_per_trial])
-            plans.append(TrialPlan(config_hash([f.key for f in chunk]), pair, chunk))
-    return plans
-
-
-# --------------------------------------------------------------------------------------------
-# Execution
-# --------------------------------------------------------------------------------------------
-RecordSink = Callable[[dict[str, Any]], None]
-
-
+# -- execution ---------------------------------------------------------------------------------
 def run_trials_locally(plans: Sequence[TrialPlan], payloads: dict[str, FeaturePayload],
                        sink: RecordSink) -> None:
     """The same fits in a plain Python loop (reference for the Tune overhead benchmark)."""
     for plan in plans:
-        for spec in plan.fits:
-            sink(run_fit(payloads[plan.pair], spec))
+        for record in iter_fits(payloads[plan.pair], plan.fits):
+            sink(record)
 
 
 def _tune_trial(config: dict[str, Any], plans: dict[str, TrialPlan], payload_refs: dict[str, Any]) -> None:
@@ -211,8 +113,7 @@ def _tune_trial(config: dict[str, Any], plans: dict[str, TrialPlan], payload_ref
     torch.set_num_threads(1)
     plan = plans[config["trial"]]
     payload = ray.get(payload_refs[plan.pair])
-    for spec in plan.fits:
-        record = run_fit(payload, spec)
+    for record in iter_fits(payload, plan.fits):
         tune.report({"record": json.dumps(record, default=_json_default)})
 
 

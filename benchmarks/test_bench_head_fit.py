@@ -16,9 +16,9 @@ import torch
 
 from benchmark.backbones import create_backbone
 from benchmark.data import get_dataset
+from benchmark.plan import training_rows
 from benchmark.features import FeatureCache
 from benchmark.probe import fit_and_evaluate
-from benchmark.sweep import stratified_fraction
 import benchutil
 import reencode
 
@@ -34,7 +34,7 @@ FITS_PER_PAIR_QUICK = 7
 def setup_data():
     src = get_dataset("mnist-5k")
     train = src.split("train")
-    idx = stratified_fraction(train.labels, N_TRAIN / len(train), seed=0)[:N_TRAIN]
+    idx = training_rows(train.labels, N_TRAIN)  # the stratified cap the suites use (max_train)
     return train.subset(np.asarray(idx)), src.split("test"), src.info.num_classes
 
 

@@ -40,7 +40,8 @@ def step(name, fn):
     t0 = time.perf_counter(); out = fn(); t[name] = time.perf_counter() - t0; return out
 step("import_ray_and_benchmark", lambda: __import__("benchmark.runner") and __import__("ray"))
 from benchmark.config import check_data_available, load_suite
-from benchmark.runner import build_tasks, head_grid, init_ray
+from benchmark.plan import make_plan
+from benchmark.ray_session import init_ray
 suite = step("load_suite", lambda: load_suite(sys.argv[1]))
 step("check_data_available", lambda: check_data_available(suite))
 d = tempfile.mkdtemp(prefix="bench-other-")
@@ -49,8 +50,7 @@ def tracker():
     return Tracker(f"sqlite:///{d}/mlflow.db", "quick")
 tr = step("mlflow_import_and_new_sqlite_store", tracker)
 step("ray_init", init_ray)
-step("build_tasks", lambda: build_tasks(suite, None))
-step("head_grid", lambda: head_grid(suite))
+step("make_plan", lambda: make_plan(suite))
 step("completed_keys", lambda: tr.completed_keys("fit"))
 import ray; ray.shutdown()
 print(json.dumps(t))

@@ -1,10 +1,10 @@
-"""Measurement 3: 60 head fits through Ray Tune (batched trials) vs the same fits in a loop.
+"""Measurement 3: 52 head fits through Ray Tune (batched trials) vs the same fits in a loop.
 
-Grid: 3 methods x 5 lambdas x 2 depths x 2 data sets (LP ignores lambda and depth, MLP ignores
-lambda, but each point is a distinct config and runs). Features as in the quick suite: timm
-``test_resnet`` (random init, 96-d) on MNIST-5k and Animal-MNIST, 2,000 training images split
-1,600 / 400 (train / val) plus the test split, L2-normalised, extracted once through the suite's
-own ``runner.extract_payload``; heads train 15 epochs at batch 128.
+Grid, planned by ``benchmark.plan`` from a suite: LP, MLP x 2 depths, NMTune x 5 lambdas x 2
+depths, 2 head seeds, 2 data sets. Features as in the quick suite: timm ``test_resnet`` (random
+init, 96-d) on MNIST-5k and Animal-MNIST, 2,000 training images split 1,600 / 400 (train / val)
+plus the test split, L2-normalised, extracted once through the features stage's own
+``extraction.extract_payload``; heads train 15 epochs at batch 128.
 
 Ray (2 CPUs) starts before any timing. Both sides hand records to the same in-memory sink, so
 MLflow is out of this comparison (its cost is in the quick-suite breakdown). Rounds interleave
@@ -25,16 +25,15 @@ import pytest
 import torch
 
 import benchutil
-from benchmark.data import get_dataset
-from benchmark.runner import SplitRef, TaskDef, extract_payload
-from benchmark.sweep import (FitSpec, HeadConfig, TrialPlan, fit_key, plan_trials, run_trials_locally,
-                             run_trials_on_ray, stratified_fraction)
+from benchmark.config import validate_suite
+from benchmark.extraction import extract_payload
+from benchmark.plan import TrialPlan, make_plan, plan_trials
+from benchmark.sweep import run_trials_locally, run_trials_on_ray
 
-DATASETS = ("mnist-5k", "animal-mnist")
-METHODS = ("lp", "mlp", "nmtune")
-LAMBDAS = (0.001, 0.01, 0.1, 0.3, 1.0)
-DEPTHS = (1, 2)
-HPARAMS = (("batch_size", 128), ("epochs", 15))
+SUITE = {"name": "bench-sweep", "backbones": [{"family": "timm", "arch": "test_resnet", "seed": 0, "image_size": 32}],
+         "downstream": {"id": ["mnist-5k", "animal-mnist"], "seeds": [0, 1], "max_train": 2000,
+                        "grid": {"lam": [0.001, 0.01, 0.1, 0.3, 1.0], "depth": [1, 2]},
+                        "hparams": {"batch_size": 128, "epochs": 15, "preset": "paper"}}}
 FITS_PER_TRIAL = 16   # the quick suite's setting
 CONCURRENCY = 2       # = CPUs, the runner's default
 TARGET = 1.5          # Tune time / loop time, at most
@@ -43,34 +42,15 @@ TARGET = 1.5          # Tune time / loop time, at most
 EXTRA_FITS_PER_TRIAL = tuple(int(v) for v in os.environ.get("NMLBENCH_BENCH_FPT", "").split(",") if v.strip())
 
 
-def _task(name: str) -> TaskDef:
-    src = get_dataset(name)
-    labels = src.split("train").labels
-    cap = stratified_fraction(labels, 2000 / len(labels), seed=0)[:2000]
-    val = np.sort(cap[stratified_fraction(labels[cap], 0.2, seed=1)])
-    train = np.setdiff1d(cap, val)
-    return TaskDef(name, "id", SplitRef(name, "train", tuple(map(int, train))),
-                   SplitRef(name, "train", tuple(map(int, val))),
-                   (("test", SplitRef(name, "test")),), src.info.num_classes)
-
-
 @pytest.fixture(scope="module")
 def sweep_inputs():
-    spec = {"family": "timm", "arch": "test_resnet", "seed": 0, "image_size": 32}
-    payloads, fits = {}, []
+    payloads = {}
     with tempfile.TemporaryDirectory(prefix="bench-sweep-feat-") as root:
-        for name in DATASETS:
-            payloads[name] = extract_payload(spec, _task(name), root, None, normalize=True)
-    for name in DATASETS:
-        for method in METHODS:
-            for lam in LAMBDAS:
-                for depth in DEPTHS:
-                    hp = HPARAMS + ((("preset", "paper"),) if method == "nmtune" else ())
-                    head = HeadConfig(method, lam, depth, 0, 1.0, tuple(sorted(hp)))
-                    params = {"task": name, "method": method, "lambda": lam, "depth": depth}
-                    fits.append(FitSpec(fit_key({"pair": name}, head), name, head, params, {}))
-    assert len(fits) == 60
-    return payloads, fits
+        plan = make_plan(validate_suite({**SUITE, "work_dir": root}))
+        for pair in plan.pairs:
+            payloads[pair.key] = extract_payload(pair, root, None, normalize=True)
+    assert len(plan.fits) == 52
+    return payloads, plan.fits
 
 
 def test_tune_sweep_vs_loop(benchmark, sweep_inputs, local_ray):
@@ -99,7 +79,7 @@ def test_tune_sweep_vs_loop(benchmark, sweep_inputs, local_ray):
         runs[0] += 1
         if null_trials:  # Tune's own cost: trials that fetch the payload and run no fit
             side = f"tune_null_{null_trials}_trials_c{concurrency}"
-            plans = [TrialPlan(f"null{i}", DATASETS[0], ()) for i in range(null_trials)]
+            plans = [TrialPlan(f"null{i}", next(iter(payloads)), ()) for i in range(null_trials)]
         else:
             side = f"tune_fpt{fits_per_trial}_c{concurrency}"
             plans = plan_trials(fits, fits_per_trial)
@@ -123,7 +103,7 @@ def test_tune_sweep_vs_loop(benchmark, sweep_inputs, local_ray):
 
     # Correctness: every fit ran once on each side, with the same outcome.
     loop_recs = results["loop"]
-    assert len(loop_recs) == 60 and not any("error" in r for r in loop_recs.values())
+    assert len(loop_recs) == len(fits) == 52 and not any("error" in r for r in loop_recs.values())
     for side, recs in results.items():
         assert set(recs) == set(loop_recs), side
         for key, r in recs.items():
@@ -137,7 +117,7 @@ def test_tune_sweep_vs_loop(benchmark, sweep_inputs, local_ray):
     benchutil.record(
         benchmark, "tune_sweep_vs_loop", ratio=sw.median(main) / t_loop, target=TARGET,
         higher_is_better=False, times_s=sw.times,
-        what=f"60 head fits: Ray Tune ({FITS_PER_TRIAL} fits/trial, {CONCURRENCY} concurrent trials) "
+        what=f"{len(fits)} head fits: Ray Tune ({FITS_PER_TRIAL} fits/trial, {CONCURRENCY} concurrent trials) "
              "/ plain loop (1 thread)",
         ratio_by_fits_per_trial={str(fpt): sw.times[f"tune_fpt{fpt}_c{CONCURRENCY}"][-1] / t_loop
                                  for fpt in sorted({FITS_PER_TRIAL, *EXTRA_FITS_PER_TRIAL})},

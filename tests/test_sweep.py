@@ -1,21 +1,14 @@
-"""The sweep: keys, batching, and Ray Tune trials that record failures without stopping."""
+"""The heads stage: planned fits on a payload, and Ray Tune trials that record failures without stopping."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from benchmark.sweep import (
-    FeaturePayload,
-    FitSpec,
-    HeadConfig,
-    fit_key,
-    plan_trials,
-    run_fit,
-    run_trials_locally,
-    run_trials_on_ray,
-    stratified_fraction,
-)
+from benchmark.extraction import FeaturePayload
+from benchmark.heads import resolve_hparams
+from benchmark.plan import FitSpec, fit_key, plan_trials
+from benchmark.sweep import run_fits, run_trials_locally, run_trials_on_ray
 
 
 def _blobs(n: int, d: int, k: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -32,45 +25,14 @@ def payload() -> FeaturePayload:
                           tests={"test": _blobs(120, 16, 4, 2)}, num_classes=4)
 
 
-def _spec(head: HeadConfig, pair: str = "p0") -> FitSpec:
-    return FitSpec(fit_key({"pair": pair}, head), pair, head,
-                   {"method": head.method, "task": "blobs", "backbone": "synthetic"}, {"nmlbench.kind": "fit"})
-
-
-def test_stratified_fraction_is_nested_stratified_and_seeded() -> None:
-    y = np.repeat(np.arange(5), 40)
-    small, big = stratified_fraction(y, 0.05, 3), stratified_fraction(y, 0.25, 3)
-    assert set(small) <= set(big)
-    assert np.bincount(y[big], minlength=5).tolist() == [10] * 5
-    assert np.bincount(y[small], minlength=5).tolist() == [2] * 5
-    assert np.array_equal(small, stratified_fraction(y, 0.05, 3))
-    assert not np.array_equal(big, stratified_fraction(y, 0.25, 4))
-    with pytest.raises(ValueError, match="fraction"):
-        stratified_fraction(y, 1.5, 0)
-
-
-def test_fit_key_depends_on_everything_that_changes_the_result() -> None:
-    base = HeadConfig("nmtune", 0.01, 1, 0, 1.0)
-    keys = {fit_key({"pair": "a"}, base), fit_key({"pair": "b"}, base),
-            fit_key({"pair": "a"}, HeadConfig("nmtune", 0.1, 1, 0, 1.0)),
-            fit_key({"pair": "a"}, HeadConfig("nmtune", 0.01, 2, 0, 1.0)),
-            fit_key({"pair": "a"}, HeadConfig("nmtune", 0.01, 1, 1, 1.0)),
-            fit_key({"pair": "a"}, HeadConfig("nmtune", 0.01, 1, 0, 0.5))}
-    assert len(keys) == 6
-    assert fit_key({"pair": "a"}, base) == fit_key({"pair": "a"}, HeadConfig("nmtune", 0.01, 1, 0, 1.0))
-
-
-def test_plan_trials_batches_per_pair() -> None:
-    fits = [_spec(HeadConfig("lp", head_seed=s), pair=p) for p in ("a", "b") for s in range(5)]
-    plans = plan_trials(fits, fits_per_trial=2)
-    assert [len(p.fits) for p in plans] == [2, 2, 1, 2, 2, 1]
-    assert all(len({f.pair for f in p.fits}) == 1 for p in plans)
-    assert sorted(f.key for p in plans for f in p.fits) == sorted(f.key for f in fits)
-    assert [p.trial_id for p in plans] == [p.trial_id for p in plan_trials(list(reversed(fits)), 2)]
+def _spec(method: str, seed: int = 0, pair: str = "p0", rows=None, **hp) -> FitSpec:
+    h = resolve_hparams(method, **hp)
+    return FitSpec(fit_key(pair, h, seed, 1.0 if rows is None else 0.5), pair, h, seed, 1.0, rows,
+                   {"method": method, "task": "blobs", "backbone": "synthetic"}, {"nmlbench.kind": "fit"})
 
 
 def test_run_fit_makes_a_full_record(payload: FeaturePayload) -> None:
-    rec = run_fit(payload, _spec(HeadConfig("lp", hparams=(("epochs", 10),))))
+    [rec] = run_fits(payload, [_spec("lp", epochs=10)])
     m = rec["metrics"]
     assert m["test_accuracy"] > 0.9 and m["val_accuracy"] > 0.9
     for k in ("test_macro_f1", "test_sve", "test_lsvr", "test_sve_raw", "test_lsvr_raw", "test.accuracy"):
@@ -79,20 +41,38 @@ def test_run_fit_makes_a_full_record(payload: FeaturePayload) -> None:
 
 
 def test_bad_fit_is_recorded_not_raised(payload: FeaturePayload) -> None:
-    rec = run_fit(payload, _spec(HeadConfig("nmtune", 0.01, 1, hparams=(("lr", 1e30), ("epochs", 3)))))
-    assert "error" in rec and rec["key"]
-    rec = run_fit(payload, _spec(HeadConfig("lp", hparams=(("no_such_hparam", 1),))))
-    assert "no_such_hparam" in rec["error"]
+    bad, good = _spec("nmtune", lam=0.01, depth=1, lr=1e30, epochs=3), _spec("lp", epochs=3)
+    recs = run_fits(payload, [bad, good])
+    assert recs[0]["error"].startswith("TrainingDiverged") and recs[0]["key"] == bad.key
+    assert "error" not in recs[1] and recs[1]["key"] == good.key  # the batch went on
+    broken = FeaturePayload(train=(payload.train[0][:, :3], payload.train[1]), val=payload.val, tests=payload.tests,
+                            num_classes=4)
+    recs = run_fits(broken, [good, bad])  # a payload the probe rejects fails every fit alike
+    assert [r["key"] for r in recs] == [good.key, bad.key]
+    assert all("has 16 feature dims but train_x has 3" in r["error"] for r in recs)
+
+
+def test_few_shot_rows_train_on_those_rows_only(payload: FeaturePayload) -> None:
+    rows = tuple(range(0, 300, 3))  # 100 of the 300 training rows
+    small, full = run_fits(payload, [_spec("lp", rows=rows, epochs=5), _spec("lp", epochs=5)])
+    sub = FeaturePayload(train=(payload.train[0][list(rows)], payload.train[1][list(rows)]), val=payload.val,
+                         tests=payload.tests, num_classes=4)
+    [same] = run_fits(sub, [_spec("lp", epochs=5)])
+    assert small["metrics"] == {**same["metrics"], "fit_seconds": small["metrics"]["fit_seconds"]}
+    assert small["metrics"]["train_loss"] != full["metrics"]["train_loss"]
 
 
 @pytest.mark.slow
 def test_tune_trials_record_failures_and_go_on(payload: FeaturePayload, tmp_path) -> None:
-    ray = pytest.importorskip("ray")
-    ray.init(num_cpus=2, include_dashboard=False, logging_level="ERROR")
+    import ray
+
+    from benchmark.ray_session import init_ray
+
+    init_ray(num_cpus=2)
     try:
-        good = [_spec(HeadConfig(m, 0.01 if m == "nmtune" else None, 1 if m != "lp" else None, s,
-                                 hparams=(("epochs", 5),))) for m in ("lp", "mlp", "nmtune") for s in (0, 1)]
-        bad = _spec(HeadConfig("nmtune", 0.01, 1, 7, hparams=(("lr", 1e30), ("epochs", 3))))
+        good = [_spec(m, s, epochs=5, **({"lam": 0.01} if m == "nmtune" else {}))
+                for m in ("lp", "mlp", "nmtune") for s in (0, 1)]
+        bad = _spec("nmtune", 7, lam=0.01, depth=1, lr=1e30, epochs=3)
         plans = plan_trials(good + [bad], fits_per_trial=3)
         records: list[dict] = []
         run_trials_on_ray(plans, {"p0": ray.put(payload)}, records.append,

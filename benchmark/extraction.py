@@ -1,0 +1,88 @@
+"""The features stage: frozen features of each (backbone, task) pair, through the on-disk cache.
+
+One call of ``extract_payload`` builds the backbone once and returns the pair's train, validation
+and test features as a ``FeaturePayload`` (float32 numpy, L2-normalised per row when the suite
+asks), which the runner keeps in Ray's object store for every head-fit trial on that pair. When
+all of a pair's splits are cached it writes a small marker (``pairs/<pair key>.json``), so
+``nmlbench plan`` can say which pairs need no extraction without building any backbone.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from benchmark.atomic import atomic_write_json
+from benchmark.plan import PairPlan, SplitRef
+
+#: Threads one extraction task may use (Ray gives each task one CPU by default).
+THREADS_ENV = "NMLBENCH_THREADS"
+
+
+@dataclass
+class FeaturePayload:
+    """Features of one (backbone, task) pair: train, val and one or more test sets.
+
+    Arrays are float32 numpy (zero-copy out of Ray's object store). ``class_subsets`` restricts
+    the competing logits of a test set (ImageNet-A/-R style label spaces).
+    """
+
+    train: tuple[np.ndarray, np.ndarray]
+    val: tuple[np.ndarray, np.ndarray]
+    tests: dict[str, tuple[np.ndarray, np.ndarray]]
+    num_classes: int
+    class_subsets: dict[str, np.ndarray] = field(default_factory=dict)
+
+
+def pair_marker(cache_root: str | Path, pair_key: str) -> Path:
+    """The file that says a pair's features are all in the cache under ``cache_root``."""
+    return Path(cache_root) / "pairs" / f"{pair_key}.json"
+
+
+def resolve_split(ref: SplitRef, data_root: str | None) -> Any:
+    """The ``ImageSplit`` a ``SplitRef`` names (rows selected)."""
+    from benchmark.data import get_dataset
+
+    split = get_dataset(ref.dataset, data_root).split(ref.split)
+    return split if ref.indices is None else split.subset(np.asarray(ref.indices, dtype=np.int64))
+
+
+def extract_payload(pair: PairPlan, cache_root: str, data_root: str | None, normalize: bool) -> FeaturePayload:
+    """Features of one pair through the on-disk cache (GPU when present)."""
+    import torch
+
+    from benchmark.backbones import create_backbone
+    from benchmark.features import FeatureCache
+
+    torch.set_num_threads(max(1, int(os.environ.get(THREADS_ENV, "1"))))
+    backbone = create_backbone(dict(pair.backbone.spec))
+    cache = FeatureCache(cache_root, progress=False)
+
+    def get(ref: SplitRef) -> tuple[np.ndarray, np.ndarray]:
+        f = cache.get(backbone, resolve_split(ref, data_root))
+        x = f.x.float()
+        if normalize:
+            x = torch.nn.functional.normalize(x, dim=1)
+        return x.numpy().astype(np.float32, copy=False), f.y.numpy().astype(np.int64, copy=False)
+
+    task = pair.task
+    tests = {name: get(ref) for name, ref in task.tests}
+    subsets = {name: cs for name, ref in task.tests
+               if (cs := resolve_split(ref, data_root).class_subset) is not None}
+    payload = FeaturePayload(train=get(task.train), val=get(task.val), tests=tests,
+                             num_classes=task.num_classes, class_subsets=subsets)
+    atomic_write_json(pair_marker(cache_root, pair.key), {
+        "pair": pair.key, "backbone": pair.backbone.display, "backbone_identity": backbone.identity,
+        "task": task.name, "rows": {"train": len(task.train), "val": len(task.val)}})
+    return payload
+
+
+def payload_spectrum(payload: FeaturePayload) -> dict[str, np.ndarray]:
+    """Singular values of the frozen test features of a pair (for the spectra figure)."""
+    from benchmark.spectrum import singular_values
+
+    return {name: singular_values(x) for name, (x, _) in payload.tests.items()}

@@ -1,0 +1,294 @@
+"""The plan of a suite: every job of every stage, keyed, computed once and purely from the suite.
+
+``make_plan(suite)`` turns a validated ``Suite`` into plain data: the pre-training jobs, the
+backbones they make (and the frozen ones), the downstream tasks with their row indices fixed,
+the (backbone, task) pairs, and each pair's head fits with resolved hyper-parameters and keys.
+It imports neither Ray nor MLflow and runs nothing: the runner executes the stages from it,
+``nmlbench plan`` prints it, and tests check it, so what runs is exactly what was planned.
+
+Rows are chosen by the tested samplers of ``benchmark.data.sampling``:
+- ``max_train``: a stratified ``few_shot_indices`` share of each class (cap / n of every class,
+  round half up, at least one), seed 0;
+- validation: ``stratified_holdout`` of those rows (``selection.val_fraction`` of each class),
+  seed 0; the test split is never touched;
+- ``fractions`` (the paper's few-shot curves): ``few_shot_indices`` of a task's training rows,
+  seeded by the head seed, nested across fractions.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from benchmark.config.schema import FrozenBackbone, PretrainBlock, Suite
+from benchmark.data.sampling import few_shot_indices, stratified_holdout
+from benchmark.hashing import array_digest, config_hash
+from benchmark.heads.registry import HParams, resolve_hparams
+from benchmark.jobs import PretrainJob
+
+#: Few-shot subsets are drawn with seed FEW_SHOT_SEED + head seed: never the stream (seed 0)
+#: that carved the validation rows.
+FEW_SHOT_SEED = 1000
+#: Seed of the ``max_train`` cap and of the validation carve.
+SPLIT_SEED = 0
+
+
+# -- plan objects (plain, picklable data) --------------------------------------------------------
+@dataclass(frozen=True)
+class BackbonePlan:
+    """A frozen backbone the downstream stage evaluates, and the pre-training that makes it (if any)."""
+
+    key: str                        # the pre-training job's key, or a hash of the frozen spec
+    spec: dict[str, Any]            # for backbones.create_backbone
+    params: dict[str, Any]          # backbone (display), objective, noise_kind, noise_ratio, pretrain_seed, pretrain_key
+    job: PretrainJob | None = None  # None: a frozen backbone used as released
+
+    @property
+    def display(self) -> str:
+        return str(self.params["backbone"])
+
+
+@dataclass(frozen=True)
+class SplitRef:
+    """A split named by data set, split and row indices: rebuilt cheaply inside a worker."""
+
+    dataset: str
+    split: str
+    indices: tuple[int, ...] | None = None
+
+    def fingerprint(self) -> str:
+        idx = "all" if self.indices is None else config_hash(list(self.indices))
+        return f"{self.dataset}/{self.split}/{idx}"
+
+    def __len__(self) -> int:
+        return -1 if self.indices is None else len(self.indices)
+
+
+@dataclass(frozen=True)
+class TaskPlan:
+    """A downstream task: an ID data set, or an OOD group (train domain + test domains)."""
+
+    name: str
+    kind: str                                # "id" | "ood"
+    train: SplitRef
+    val: SplitRef
+    tests: tuple[tuple[str, SplitRef], ...]  # (set name, split); ID tasks: (("test", ...),)
+    num_classes: int
+    train_labels: tuple[int, ...] = field(repr=False, default=())
+
+    def identity(self) -> dict[str, Any]:
+        return {"name": self.name, "kind": self.kind, "train": self.train.fingerprint(),
+                "val": self.val.fingerprint(), "tests": {k: v.fingerprint() for k, v in self.tests}}
+
+
+@dataclass(frozen=True)
+class FitSpec:
+    """One head fit: what it trains on, how, and everything needed to key and record it."""
+
+    key: str
+    pair: str
+    hparams: HParams
+    head_seed: int
+    fraction: float
+    train_rows: tuple[int, ...] | None  # positions in the task's training rows; None: all of them
+    params: dict[str, Any]              # MLflow params (backbone, noise, task, method, hyper-parameters ...)
+    tags: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def method(self) -> str:
+        return self.hparams.method
+
+
+@dataclass(frozen=True)
+class PairPlan:
+    """A (backbone, task) pair: its features are extracted once and every fit in ``fits`` reads them."""
+
+    key: str
+    backbone: BackbonePlan
+    task: TaskPlan
+    fits: tuple[FitSpec, ...]
+
+
+@dataclass(frozen=True)
+class TrialPlan:
+    """A batch of fits on one pair: the unit Ray Tune schedules (Tune's overhead is paid per batch)."""
+
+    trial_id: str
+    pair: str
+    fits: tuple[FitSpec, ...]
+
+
+@dataclass(frozen=True)
+class Plan:
+    """Everything a suite will do, stage by stage (see the module docstring)."""
+
+    suite: str
+    work_dir: Path
+    data_root: str | None
+    normalize_features: bool
+    pretrain: tuple[PretrainJob, ...]
+    backbones: tuple[BackbonePlan, ...]
+    tasks: tuple[TaskPlan, ...]
+    pairs: tuple[PairPlan, ...]
+
+    @property
+    def fits(self) -> list[FitSpec]:
+        return [f for p in self.pairs for f in p.fits]
+
+    def pair(self, key: str) -> PairPlan:
+        return next(p for p in self.pairs if p.key == key)
+
+    def without_backbones(self, keys: Iterable[str]) -> Plan:
+        """The plan minus the backbones (and their pairs) whose pre-training failed."""
+        drop = set(keys)
+        return Plan(self.suite, self.work_dir, self.data_root, self.normalize_features, self.pretrain,
+                    tuple(b for b in self.backbones if b.key not in drop), self.tasks,
+                    tuple(p for p in self.pairs if p.backbone.key not in drop))
+
+
+# -- stage 1: pre-training jobs and the backbones they make ----------------------------------------
+def pretrain_jobs(suite: Suite) -> list[PretrainJob]:
+    """Every pre-training run: blocks x noise ratios x seeds, in file order."""
+    return [_job(b, ratio, seed, suite.data_root)
+            for b in suite.pretrain for ratio, seed in itertools.product(b.noise.ratios, b.seeds)]
+
+
+def _job(b: PretrainBlock, ratio: float, seed: int, data_root: str | None) -> PretrainJob:
+    return PretrainJob(
+        objective=b.objective, corpus=b.corpus, arch=b.arch, noise_kind=b.noise.kind, noise_ratio=float(ratio),
+        class_map=dict(b.noise.class_map) if b.noise.class_map else None, seed=seed, epochs=b.epochs,
+        batch_size=b.batch_size, lr=b.lr, weight_decay=b.weight_decay, image_size=b.image_size,
+        train_subset=b.train_subset, model_kwargs=dict(b.model_kwargs), data_root=data_root, workers=b.workers,
+        gpus_per_worker=b.gpus_per_worker, display=str(b.name))
+
+
+def checkpoint_path(job: PretrainJob, work_dir: str | Path) -> Path:
+    """Where the pre-training stage writes the job's model (``work_dir/pretrain/<key>/model.pt``)."""
+    return Path(work_dir).resolve() / "pretrain" / job.key / "model.pt"
+
+
+def pretrained_backbone(job: PretrainJob, work_dir: str | Path) -> BackbonePlan:
+    return BackbonePlan(
+        key=job.key, spec={"family": "nmlbench", "checkpoint": str(checkpoint_path(job, work_dir))},
+        params={"backbone": job.display or f"{job.arch} ({job.objective})", "objective": job.objective,
+                "noise_kind": job.noise_kind, "noise_ratio": float(job.noise_ratio),
+                "pretrain_seed": int(job.seed), "pretrain_key": job.key},
+        job=job)
+
+
+def frozen_backbone(entry: FrozenBackbone) -> BackbonePlan:
+    spec = entry.spec()
+    display = spec.pop("name")
+    return BackbonePlan(
+        key=config_hash({"frozen": spec}), spec=spec,
+        params={"backbone": display, "objective": "frozen", "noise_kind": "unknown", "noise_ratio": float("nan"),
+                "pretrain_seed": 0, "pretrain_key": ""})
+
+
+# -- downstream tasks ------------------------------------------------------------------------------
+def training_rows(labels: np.ndarray, max_train: int | None) -> np.ndarray:
+    """The rows of a training split a task may use: all, or a stratified ``max_train`` share."""
+    n = len(labels)
+    if max_train is None or max_train >= n:
+        return np.arange(n, dtype=np.int64)
+    return few_shot_indices(labels, fraction=max_train / n, seed=SPLIT_SEED)
+
+
+def carve_validation(labels: np.ndarray, rows: np.ndarray, val_fraction: float) -> tuple[np.ndarray, np.ndarray]:
+    """(train rows, validation rows) of ``rows``: ``val_fraction`` of each class held out."""
+    keep, hold = stratified_holdout(labels[rows], val_fraction, SPLIT_SEED)
+    return rows[keep], rows[hold]
+
+
+def build_tasks(suite: Suite) -> list[TaskPlan]:
+    """The suite's ID data sets and OOD groups as tasks with fixed row indices."""
+    from benchmark.data import get_dataset, get_ood_group
+
+    ds = suite.downstream
+
+    def task(name: str, kind: str, train_set: str, tests: tuple[tuple[str, SplitRef], ...]) -> TaskPlan:
+        split = get_dataset(train_set, suite.data_root).split("train")
+        labels = np.asarray(split.labels, dtype=np.int64)
+        tr, va = carve_validation(labels, training_rows(labels, ds.max_train), suite.selection.val_fraction)
+        return TaskPlan(name, kind, SplitRef(train_set, "train", tuple(int(i) for i in tr)),
+                        SplitRef(train_set, "train", tuple(int(i) for i in va)), tests, split.num_classes,
+                        tuple(int(v) for v in labels[tr]))
+
+    tasks = [task(n, "id", n, (("test", SplitRef(n, "test")),)) for n in ds.id]
+    for g in map(get_ood_group, ds.ood):
+        tasks.append(task(g.name, "ood", g.train, tuple((d, SplitRef(d, "test")) for d in g.tests)))
+    return tasks
+
+
+# -- heads -----------------------------------------------------------------------------------------
+def head_grid(suite: Suite) -> list[HParams]:
+    """Resolved hyper-parameters of every head configuration: methods x the grid axes each takes."""
+    ds = suite.downstream
+    out: list[HParams] = []
+    for method in ds.methods:
+        fixed, axes = ds.fixed_hparams(method), ds.axes(method)
+        for values in itertools.product(*axes.values()):
+            out.append(resolve_hparams(method, **{**fixed, **dict(zip(axes, values))}))
+    return out
+
+
+def fit_key(pair: str, hp: HParams, head_seed: int, fraction: float) -> str:
+    """Key of one fit: the pair's features and how the head is fit (every resolved value)."""
+    return config_hash({"kind": "fit", "pair": pair, "method": hp.method, "hparams": hp.as_dict(),
+                        "head_seed": int(head_seed), "fraction": float(fraction)})
+
+
+def _few_shot_rows(task: TaskPlan, fraction: float, head_seed: int) -> tuple[int, ...] | None:
+    if fraction >= 1.0:
+        return None
+    rows = few_shot_indices(np.asarray(task.train_labels), fraction=fraction, seed=FEW_SHOT_SEED + head_seed)
+    return tuple(int(r) for r in rows)
+
+
+def _pair(suite: Suite, b: BackbonePlan, t: TaskPlan, grid: Sequence[HParams]) -> PairPlan:
+    ds = suite.downstream
+    key = config_hash({"backbone": b.key, "task": t.identity(), "normalize": ds.normalize_features})
+    fits = []
+    for seed, frac, hp in itertools.product(ds.seeds, ds.fractions, grid):
+        params = {**b.params, "backbone_id": b.key, "task": t.name, "task_kind": t.kind, "method": hp.method,
+                  **hp.as_dict(), "head_seed": int(seed), "fraction": float(frac)}
+        fits.append(FitSpec(fit_key(key, hp, seed, frac), key, hp, int(seed), float(frac),
+                            _few_shot_rows(t, frac, seed), params, {"nmlbench.kind": "fit", "suite": suite.name}))
+    return PairPlan(key, b, t, tuple(fits))
+
+
+def make_plan(suite: Suite) -> Plan:
+    """The whole plan of ``suite`` (loads label vectors to fix rows; decodes no image)."""
+    jobs = list({j.key: j for j in pretrain_jobs(suite)}.values())
+    backbones = [pretrained_backbone(j, suite.work_dir) for j in pretrain_jobs(suite)]
+    backbones += [frozen_backbone(b) for b in suite.backbones]
+    backbones = list({b.key: b for b in reversed(backbones)}.values())[::-1]  # equal keys: the first wins
+    tasks = build_tasks(suite)
+    grid = head_grid(suite)
+    pairs = [_pair(suite, b, t, grid) for b in backbones for t in tasks]
+    return Plan(suite.name, Path(suite.work_dir), suite.data_root, suite.downstream.normalize_features,
+                tuple(jobs), tuple(backbones), tuple(tasks), tuple(pairs))
+
+
+def plan_trials(fits: Iterable[FitSpec], fits_per_trial: int) -> list[TrialPlan]:
+    """Batch fits by pair, at most ``fits_per_trial`` per trial, in a stable order."""
+    by_pair: dict[str, list[FitSpec]] = {}
+    for f in fits:
+        by_pair.setdefault(f.pair, []).append(f)
+    trials = []
+    for pair in sorted(by_pair):
+        group = sorted(by_pair[pair], key=lambda f: f.key)
+        for i in range(0, len(group), max(1, fits_per_trial)):
+            chunk = tuple(group[i : i + fits_per_trial])
+            trials.append(TrialPlan(config_hash([f.key for f in chunk]), pair, chunk))
+    return trials
+
+
+def rows_digest(rows: Sequence[int] | None) -> str:
+    """A short digest of a row selection (``all`` when None), for logs and plan listings."""
+    return "all" if rows is None else array_digest(np.asarray(rows, dtype=np.int64), 8)
