@@ -1,7 +1,7 @@
 """Do the paper's four claims hold in a suite's runs? Paired differences and trends with intervals.
 
-A claim counts as held only where the interval supports it (paper.md, issue: "a claim that did
-not hold is reported as such, not tuned away"). The unit of replication is the pre-training
+A claim counts as held only where the interval supports it: a claim that did not hold is reported
+as such, never tuned away. The unit of replication is the pre-training
 seed: head seeds of the same pre-trained model are averaged first, because they share the
 backbone and are not independent evidence about pre-training noise. Frozen backbones (one model,
 no noise axis) only enter claim 4, with head seeds as units.

@@ -3,8 +3,9 @@
 The rule, in order:
 
 1. **Selection.** For every (backbone, noise_ratio, method, task, pretrain_seed, head_seed,
-   fraction) the head hyper-parameters (``lambda``, ``depth``) with the best ``val_accuracy``
-   win; ties go to the smaller lambda, then the smaller depth (the simpler head). The test
+   fraction) the head hyper-parameters (the suite's grid axes: ``lam``, ``depth`` ...) with the
+   best ``val_accuracy`` win; ties go to the simpler head: the smaller value of each axis in the
+   head registry's order (``TIEBREAK_AXES``: ``lam``, then ``depth``, ...). The test
    metrics never take part: picking on test would report the best of many draws as a result.
 2. **Task means.** Per (group, pretrain_seed, head_seed, fraction): ID tasks give ``id_acc``,
    ``id_f1``, ``sve`` (of the head's features) and ``sve_raw`` (of the frozen features); OOD
@@ -26,11 +27,20 @@ import pandas as pd
 from scipy import stats
 
 from benchmark.errors import ConfigError
+from benchmark.heads.registry import HEADS, TIEBREAK_AXES
 
 DEFAULT_GROUP = ("backbone", "noise_ratio", "method")
 REPLICATE = ("pretrain_seed", "head_seed")
-METHOD_ORDER = {"lp": 0, "mlp": 1, "nmtune": 2}
-METHOD_LABEL = {"lp": "LP", "mlp": "MLP", "nmtune": "NMTune"}
+
+
+def method_order(method: str) -> int:
+    """Display order of a head method (the registry's; unknown names last)."""
+    return HEADS[method].order if method in HEADS else 99
+
+
+def method_label(method: str) -> str:
+    """Display label of a head method (``LP``, ``MLP``, ``NMTune``)."""
+    return HEADS[method].label if method in HEADS else str(method)
 
 #: (output column, source metric, task kind, with interval)
 _METRICS = (
@@ -54,16 +64,14 @@ def _ci_half_width(values: np.ndarray, confidence: float) -> float:
 
 
 def select_on_validation(df: pd.DataFrame, keys: Sequence[str]) -> pd.DataFrame:
-    """One row per ``keys``: the best ``val_accuracy``; ties -> smaller lambda, then depth."""
-    work = df.assign(
-        _val=df["val_accuracy"].astype("float64").fillna(-np.inf),
-        _lam=pd.to_numeric(df["lambda"], errors="coerce").astype("float64").fillna(0.0),
-        _depth=pd.to_numeric(df["depth"], errors="coerce").astype("float64").fillna(0.0),
-    )
-    work = work.sort_values([*keys, "_val", "_lam", "_depth"],
-                            ascending=[True] * len(keys) + [False, True, True], kind="stable")
+    """One row per ``keys``: the best ``val_accuracy``; ties -> the smaller value of each grid axis."""
+    axes = [a for a in TIEBREAK_AXES if a in df.columns]
+    tie = {f"_{a}": pd.to_numeric(df[a], errors="coerce").astype("float64").fillna(0.0) for a in axes}
+    work = df.assign(_val=df["val_accuracy"].astype("float64").fillna(-np.inf), **tie)
+    work = work.sort_values([*keys, "_val", *tie], ascending=[True] * len(keys) + [False] + [True] * len(tie),
+                            kind="stable")
     best = work.drop_duplicates(subset=list(keys), keep="first")
-    return best.drop(columns=["_val", "_lam", "_depth"]).reset_index(drop=True)
+    return best.drop(columns=["_val", *tie]).reset_index(drop=True)
 
 
 def _prepare(df: pd.DataFrame, group: Sequence[str]) -> pd.DataFrame:
@@ -75,8 +83,7 @@ def _prepare(df: pd.DataFrame, group: Sequence[str]) -> pd.DataFrame:
             "as written by Tracker.log_fit (see docs/architecture.md, 'Fit record')"
         )
     df = df.copy()
-    for col, default in (("pretrain_seed", 0), ("head_seed", 0), ("fraction", 1.0),
-                         ("lambda", np.nan), ("depth", np.nan)):
+    for col, default in (("pretrain_seed", 0), ("head_seed", 0), ("fraction", 1.0)):
         if col not in df.columns:
             df[col] = default
     bad = sorted(set(df["task_kind"].dropna()) - {"id", "ood"})
@@ -147,7 +154,7 @@ def leaderboard(df: pd.DataFrame, *, group: Sequence[str] = DEFAULT_GROUP,
 
 def _sorted(df: pd.DataFrame, keys: Sequence[str]) -> pd.DataFrame:
     order = [k for k in keys]
-    tmp = df.assign(**({"_m": df["method"].map(lambda m: METHOD_ORDER.get(m, 99))} if "method" in df else {}))
+    tmp = df.assign(**({"_m": df["method"].map(method_order)} if "method" in df else {}))
     by = [("_m" if k == "method" else k) for k in order]
     tmp = tmp.sort_values(by, kind="stable", na_position="last")
     return tmp.drop(columns=[c for c in ("_m",) if c in tmp]).reset_index(drop=True)
@@ -176,7 +183,7 @@ def _display(df: pd.DataFrame) -> tuple[list[str], list[list[str]]]:
         for k in keys:
             v = r[k]
             if k == "method":
-                row.append(METHOD_LABEL.get(v, str(v)))
+                row.append(method_label(v))
             elif k in ("noise_ratio", "fraction"):
                 row.append("–" if pd.isna(v) else f"{float(v):g}")
             else:

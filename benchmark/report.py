@@ -20,12 +20,12 @@ import pandas as pd
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from benchmark.leaderboard import METHOD_LABEL, METHOD_ORDER, leaderboard, render
+from benchmark.leaderboard import leaderboard, method_label, method_order, render
 
 METHOD_STYLE = {"lp": ("tab:blue", "o"), "mlp": ("tab:orange", "s"), "nmtune": ("tab:green", "^")}
 
 _SELECTION_NOTE = (
-    "Head hyper-parameters (lambda, depth) are chosen per task and seed on a validation split carved "
+    "Head hyper-parameters (the suite's grid: NMTune's lam, the MLP depth ...) are chosen per task and seed on a validation split carved "
     "from the downstream training data; the test set is never used for selection. Accuracy and "
     "macro-F1 are means over tasks (%), then over seed replicates with a 95 % Student-t interval "
     "(± half-width, none when n = 1). SVE is of head features on ID tasks, LSVR on OOD tasks; "
@@ -57,7 +57,7 @@ def _full_data(lb: pd.DataFrame) -> pd.DataFrame:
 
 
 def _methods(df: pd.DataFrame) -> list[str]:
-    return sorted(df["method"].dropna().unique(), key=lambda m: METHOD_ORDER.get(m, 99))
+    return sorted(df["method"].dropna().unique(), key=method_order)
 
 
 def plot_accuracy_vs_noise(lb: pd.DataFrame, path: Path) -> Path:
@@ -79,7 +79,7 @@ def plot_accuracy_vs_noise(lb: pd.DataFrame, path: Path) -> Path:
                 err = np.nan_to_num(rows[f"{col}_ci"].to_numpy(float) * 100)
                 color, marker = METHOD_STYLE.get(method, ("tab:gray", "x"))
                 ax.errorbar(x, y, yerr=err, color=color, marker=marker, capsize=3,
-                            label=METHOD_LABEL.get(method, method))
+                            label=method_label(method))
             ax.set_ylabel(label)
             if unknown:  # a frozen third-party backbone: one point per head, no noise axis
                 ax.set_xticks([0.0], ["as released"])
@@ -109,7 +109,7 @@ def plot_spectral_vs_accuracy(lb: pd.DataFrame, path: Path, metric: str, acc: st
     for (backbone, method), part in data.groupby(["backbone", "method"], sort=False):
         _, marker = METHOD_STYLE.get(method, ("tab:gray", "x"))
         ax.scatter(part[metric], part[acc] * 100, color=colors[backbone], marker=marker,
-                   label=f"{backbone} · {METHOD_LABEL.get(method, method)}")
+                   label=f"{backbone} · {method_label(method)}")
         for _, r in part.iterrows():
             if pd.notna(r["noise_ratio"]):
                 ax.annotate(f"{r['noise_ratio'] * 100:g}%", (r[metric], r[acc] * 100), fontsize=7,

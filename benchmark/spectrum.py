@@ -1,4 +1,4 @@
-"""Singular value spectrum of frozen features: SVE and LSVR (paper.md, "Feature-space metrics").
+"""Singular value spectrum of frozen features: SVE and LSVR (Chen et al., ICLR 2024: singular value entropy and largest singular value ratio).
 
 With singular values ``s_1 >= ... >= s_r`` of the preprocessed feature matrix ``F`` (M samples x
 D dims) and ``p_i = s_i / sum_j s_j``:

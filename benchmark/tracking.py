@@ -41,7 +41,7 @@ ERROR_TAG = "error"
 FINISHED, FAILED = "FINISHED", "FAILED"
 
 #: Fit-record params typed back from MLflow's strings (see docs/architecture.md, "Fit record").
-FLOAT_PARAMS = ("noise_ratio", "lambda", "fraction")
+FLOAT_PARAMS = ("noise_ratio", "lam", "fraction")
 INT_PARAMS = ("pretrain_seed", "head_seed", "depth", "seed")
 
 _MAX_PARAMS_TAGS = 100  # MLflow's per-batch limits
@@ -364,7 +364,7 @@ class Tracker:
         """Finished runs of ``kind`` as a DataFrame: run_id, key, params (typed), metrics, tags.
 
         Params come back as int / float / str (``None`` -> missing); the fit-record params
-        ``noise_ratio``, ``lambda``, ``fraction`` are always float and the seeds and ``depth``
+        ``noise_ratio``, ``lam``, ``fraction`` are always float and the seeds and ``depth``
         nullable integers. Tags whose name clashes with a param or metric get a ``tag.`` prefix.
         """
         rows = []

@@ -20,7 +20,7 @@ def _runs(effect_id: dict[float, float], ood_slope: float, seeds=(0, 1, 2, 3, 4)
                     acc = base + bonus + (effect_id[r] if kind == "id" else ood_slope * r) + rng.normal(0, noise_sd)
                     rows.append({"backbone": "cnn", "noise_ratio": r, "method": method, "task": task,
                                  "task_kind": kind, "pretrain_seed": seed, "head_seed": 0, "fraction": 1.0,
-                                 "lambda": 0.01 if method == "nmtune" else 0.0, "depth": 1 if method != "lp" else 0,
+                                 "lam": 0.01 if method == "nmtune" else 0.0, "depth": 1 if method != "lp" else 0,
                                  "val_accuracy": acc, "test_accuracy": acc, "test_macro_f1": acc,
                                  "test_sve": 3.0 + r, "test_lsvr": 0.2 - 0.1 * r,
                                  "test_sve_raw": 3.0 + 2 * r + rng.normal(0, 0.01),

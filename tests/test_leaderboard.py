@@ -19,42 +19,9 @@ from scipy import stats
 
 from benchmark.errors import ConfigError
 from benchmark.leaderboard import leaderboard, render, select_on_validation
+from support import GRID, ID_TASKS, OOD_TASKS, synthetic_runs  # shared with test_report
 
 GOLDEN = Path(__file__).parent / "golden" / "leaderboard_synthetic.md"
-ID_TASKS, OOD_TASKS = ("a", "b"), ("o",)
-GRID = {"lp": [(None, None)], "nmtune": [(0.01, 1), (0.01, 2), (0.1, 1), (0.1, 2)]}
-
-
-def synthetic_runs() -> pd.DataFrame:
-    rng = np.random.default_rng(7)
-    rows = []
-    for noise, method, task, ps, (lam, depth) in (
-        (n, m, t, s, hp)
-        for n in (0.0, 0.1)
-        for m in GRID
-        for t in ID_TASKS + OOD_TASKS
-        for s in (0, 1, 2)
-        for hp in GRID[m]
-    ):
-        val = round(float(rng.uniform(0.5, 0.9)), 4)
-        test = round(float(rng.uniform(0.5, 0.9)), 4)
-        rows.append({
-            "backbone": "net", "noise_ratio": noise, "method": method, "task": task,
-            "task_kind": "ood" if task in OOD_TASKS else "id", "pretrain_seed": ps,
-            "head_seed": 0, "fraction": 1.0, "lambda": lam, "depth": depth,
-            "val_accuracy": val, "test_accuracy": test,
-            "test_macro_f1": round(test - 0.01, 4),
-            "test_sve": round(float(rng.uniform(3, 5)), 4), "test_lsvr": round(float(rng.uniform(0.05, 0.2)), 4),
-            "test_sve_raw": 4.0 + noise, "test_lsvr_raw": 0.2 - noise,
-        })
-    df = pd.DataFrame(rows)
-    trap = (df.noise_ratio == 0.0) & (df.method == "nmtune") & (df.task == "a") & (df.pretrain_seed == 0)
-    # Best test accuracy, worst validation: must never be chosen.
-    df.loc[trap & (df["lambda"] == 0.1) & (df.depth == 2), ["val_accuracy", "test_accuracy"]] = [0.10, 0.99]
-    # A validation tie between (0.01, 2) and (0.1, 1): the smaller lambda wins.
-    df.loc[trap & (df["lambda"] == 0.01) & (df.depth == 2), ["val_accuracy", "test_accuracy"]] = [0.95, 0.61]
-    df.loc[trap & (df["lambda"] == 0.1) & (df.depth == 1), ["val_accuracy", "test_accuracy"]] = [0.95, 0.77]
-    return df
 
 
 def expected(df: pd.DataFrame) -> dict[tuple, dict[str, list[float]]]:
@@ -69,7 +36,7 @@ def expected(df: pd.DataFrame) -> dict[tuple, dict[str, list[float]]]:
                           & (df.pretrain_seed == seed)]
                 best = None
                 for _, r in cand.iterrows():
-                    lam = 0.0 if pd.isna(r["lambda"]) else r["lambda"]
+                    lam = 0.0 if pd.isna(r["lam"]) else r["lam"]
                     dep = 0 if pd.isna(r.depth) else r.depth
                     score = (r.val_accuracy, -lam, -dep)
                     if best is None or score > best[0]:
@@ -92,7 +59,7 @@ def test_selection_uses_validation_never_test():
     row = best[(best.noise_ratio == 0.0) & (best.method == "nmtune") & (best.task == "a") & (best.pretrain_seed == 0)]
     assert len(row) == 1
     # The 0.99-test config is rejected; of the two 0.95-val configs the smaller lambda wins.
-    assert row.iloc[0]["lambda"] == 0.01 and row.iloc[0]["depth"] == 2
+    assert row.iloc[0]["lam"] == 0.01 and row.iloc[0]["depth"] == 2
     assert row.iloc[0]["test_accuracy"] == pytest.approx(0.61)
 
 

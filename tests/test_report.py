@@ -10,7 +10,7 @@ from PIL import Image
 
 from benchmark.leaderboard import leaderboard, render
 from benchmark.report import make_report
-from tests.test_leaderboard import synthetic_runs
+from support import synthetic_runs
 
 FIGURES = ("id_ood_vs_noise.png", "sve_vs_id.png", "lsvr_vs_ood.png", "spectra.png")
 
@@ -67,7 +67,7 @@ def test_report_from_mlflow_equals_report_from_the_frame(tmp_path):
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     tracker = Tracker(uri, "synthetic")
     params = ["backbone", "noise_ratio", "method", "task", "task_kind", "pretrain_seed", "head_seed",
-              "fraction", "lambda", "depth"]
+              "fraction", "lam", "depth"]
     for i, row in df.iterrows():
         rec = row.to_dict()
         tracker.log_fit({"key": f"fit{i:03d}", "params": {k: rec[k] for k in params},

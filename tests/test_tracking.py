@@ -29,7 +29,7 @@ def fit_record(key: str, ratio: float = 0.1, method: str = "nmtune", val: float 
         "key": key,
         "params": {"backbone": "net", "backbone_id": "abc", "objective": "supervised", "noise_kind": "symmetric",
                    "noise_ratio": ratio, "pretrain_seed": 1, "task": "mnist-5k", "task_kind": "id",
-                   "method": method, "lambda": 0.01 if method == "nmtune" else None,
+                   "method": method, "lam": 0.01 if method == "nmtune" else None,
                    "depth": 2 if method != "lp" else None, "preset": "paper", "head_seed": 0, "fraction": 1.0},
         "metrics": {"val_accuracy": val, "test_accuracy": 0.75, "test_macro_f1": 0.74, "test_sve": 3.5,
                     "test_lsvr": 0.12, "test_sve_raw": 3.9, "test_lsvr_raw": 0.1, "test.accuracy": 0.75},
@@ -55,9 +55,9 @@ def test_fit_roundtrip_types_and_artifacts(tracker):
     df = tracker.runs_frame("fit")
     assert list(df.key) == ["k1", "k2"] and df.run_id[0] == run_id
     r = df.iloc[0]
-    assert r.noise_ratio == 0.1 and r["lambda"] == 0.01 and r.depth == 2 and r.pretrain_seed == 1
+    assert r.noise_ratio == 0.1 and r["lam"] == 0.01 and r.depth == 2 and r.pretrain_seed == 1
     assert df.noise_ratio.dtype == "float64" and str(df.depth.dtype) == "Int64"
-    assert df.loc[1, "noise_ratio"] == 0.0 and np.isnan(df.loc[1, "lambda"]) and df.depth.isna()[1]
+    assert df.loc[1, "noise_ratio"] == 0.0 and np.isnan(df.loc[1, "lam"]) and df.depth.isna()[1]
     assert r.test_accuracy == 0.75 and r["test.accuracy"] == 0.75 and r.suite == "unit"
     assert r.task == "mnist-5k" and r.method == "nmtune"
     run = tracker.client.get_run(run_id)

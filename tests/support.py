@@ -1,0 +1,45 @@
+"""Helpers shared by several test modules (imported as ``support``: pytest puts tests/ on the path).
+
+Kept out of the test modules themselves so that no test module imports another, which breaks
+under a bare ``pytest`` (tests/ is not a package).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+ID_TASKS, OOD_TASKS = ("a", "b"), ("o",)
+GRID = {"lp": [(None, None)], "nmtune": [(0.01, 1), (0.01, 2), (0.1, 1), (0.1, 2)]}
+
+
+def synthetic_runs() -> pd.DataFrame:
+    rng = np.random.default_rng(7)
+    rows = []
+    for noise, method, task, ps, (lam, depth) in (
+        (n, m, t, s, hp)
+        for n in (0.0, 0.1)
+        for m in GRID
+        for t in ID_TASKS + OOD_TASKS
+        for s in (0, 1, 2)
+        for hp in GRID[m]
+    ):
+        val = round(float(rng.uniform(0.5, 0.9)), 4)
+        test = round(float(rng.uniform(0.5, 0.9)), 4)
+        rows.append({
+            "backbone": "net", "noise_ratio": noise, "method": method, "task": task,
+            "task_kind": "ood" if task in OOD_TASKS else "id", "pretrain_seed": ps,
+            "head_seed": 0, "fraction": 1.0, "lam": lam, "depth": depth,
+            "val_accuracy": val, "test_accuracy": test,
+            "test_macro_f1": round(test - 0.01, 4),
+            "test_sve": round(float(rng.uniform(3, 5)), 4), "test_lsvr": round(float(rng.uniform(0.05, 0.2)), 4),
+            "test_sve_raw": 4.0 + noise, "test_lsvr_raw": 0.2 - noise,
+        })
+    df = pd.DataFrame(rows)
+    trap = (df.noise_ratio == 0.0) & (df.method == "nmtune") & (df.task == "a") & (df.pretrain_seed == 0)
+    # Best test accuracy, worst validation: must never be chosen.
+    df.loc[trap & (df["lam"] == 0.1) & (df.depth == 2), ["val_accuracy", "test_accuracy"]] = [0.10, 0.99]
+    # A validation tie between (0.01, 2) and (0.1, 1): the smaller lambda wins.
+    df.loc[trap & (df["lam"] == 0.01) & (df.depth == 2), ["val_accuracy", "test_accuracy"]] = [0.95, 0.61]
+    df.loc[trap & (df["lam"] == 0.1) & (df.depth == 1), ["val_accuracy", "test_accuracy"]] = [0.95, 0.77]
+    return df
