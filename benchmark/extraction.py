@@ -1,15 +1,20 @@
 """The features stage: frozen features of each (backbone, task) pair, through the on-disk cache.
 
-One call of ``extract_payload`` builds the backbone once and returns the pair's train, validation
-and test features as a ``FeaturePayload`` (float32 numpy, L2-normalised per row when the suite
-asks), which the runner keeps in Ray's object store for every head-fit trial on that pair. When
-all of a pair's splits are cached it writes a small marker (``pairs/<pair key>.json``), so
-``nmlbench plan`` can say which pairs need no extraction without building any backbone.
+One call of ``extract_backbone`` builds a backbone once and returns, for each of its pairs, the
+train, validation and test features as a ``FeaturePayload`` (float32 numpy, L2-normalised per row
+when the suite asks); the runner makes it one Ray task per backbone with one returned object per
+pair, so every head-fit trial fetches only its own pair. Grouping by backbone matters: a Ray
+task pays for a worker, the torch import, the data sets and the model, and the quick suite's 42
+pairs share 7 backbones. A split several tasks read (a test domain of two OOD groups) is
+encoded once per task call. When all of a pair's splits are cached it writes a small marker
+(``pairs/<pair key>.json``), so ``nmlbench plan`` can say which pairs need no extraction without
+building any backbone.
 """
 
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -51,34 +56,48 @@ def resolve_split(ref: SplitRef, data_root: str | None) -> Any:
     return split if ref.indices is None else split.subset(np.asarray(ref.indices, dtype=np.int64))
 
 
-def extract_payload(pair: PairPlan, cache_root: str, data_root: str | None, normalize: bool) -> FeaturePayload:
-    """Features of one pair through the on-disk cache (GPU when present)."""
+def extract_backbone(pairs: Sequence[PairPlan], cache_root: str, data_root: str | None,
+                     normalize: bool) -> tuple[FeaturePayload, ...]:
+    """Payloads of pairs that share one backbone, in order, building the backbone once (GPU when present)."""
     import torch
 
     from benchmark.backbones import create_backbone
     from benchmark.features import FeatureCache
 
+    if len({p.backbone.key for p in pairs}) > 1:
+        raise ValueError("extract_backbone takes pairs of one backbone; group them by backbone key")
     torch.set_num_threads(max(1, int(os.environ.get(THREADS_ENV, "1"))))
-    backbone = create_backbone(dict(pair.backbone.spec))
+    backbone = create_backbone(dict(pairs[0].backbone.spec))
     cache = FeatureCache(cache_root, progress=False)
+    seen: dict[str, tuple[np.ndarray, np.ndarray]] = {}
 
     def get(ref: SplitRef) -> tuple[np.ndarray, np.ndarray]:
-        f = cache.get(backbone, resolve_split(ref, data_root))
-        x = f.x.float()
-        if normalize:
-            x = torch.nn.functional.normalize(x, dim=1)
-        return x.numpy().astype(np.float32, copy=False), f.y.numpy().astype(np.int64, copy=False)
+        key = ref.fingerprint()
+        if key not in seen:
+            f = cache.get(backbone, resolve_split(ref, data_root))
+            x = f.x.float()
+            if normalize:
+                x = torch.nn.functional.normalize(x, dim=1)
+            seen[key] = (x.numpy().astype(np.float32, copy=False), f.y.numpy().astype(np.int64, copy=False))
+        return seen[key]
 
-    task = pair.task
-    tests = {name: get(ref) for name, ref in task.tests}
-    subsets = {name: cs for name, ref in task.tests
-               if (cs := resolve_split(ref, data_root).class_subset) is not None}
-    payload = FeaturePayload(train=get(task.train), val=get(task.val), tests=tests,
-                             num_classes=task.num_classes, class_subsets=subsets)
-    atomic_write_json(pair_marker(cache_root, pair.key), {
-        "pair": pair.key, "backbone": pair.backbone.display, "backbone_identity": backbone.identity,
-        "task": task.name, "rows": {"train": len(task.train), "val": len(task.val)}})
-    return payload
+    payloads = []
+    for pair in pairs:
+        task = pair.task
+        tests = {name: get(ref) for name, ref in task.tests}
+        subsets = {name: cs for name, ref in task.tests
+                   if (cs := resolve_split(ref, data_root).class_subset) is not None}
+        payloads.append(FeaturePayload(train=get(task.train), val=get(task.val), tests=tests,
+                                       num_classes=task.num_classes, class_subsets=subsets))
+        atomic_write_json(pair_marker(cache_root, pair.key), {
+            "pair": pair.key, "backbone": pair.backbone.display, "backbone_identity": backbone.identity,
+            "task": task.name, "rows": {"train": len(task.train), "val": len(task.val)}})
+    return tuple(payloads)
+
+
+def extract_payload(pair: PairPlan, cache_root: str, data_root: str | None, normalize: bool) -> FeaturePayload:
+    """The payload of a single pair (``extract_backbone`` of one)."""
+    return extract_backbone([pair], cache_root, data_root, normalize)[0]
 
 
 def payload_spectrum(payload: FeaturePayload) -> dict[str, np.ndarray]:

@@ -133,17 +133,27 @@ def _pretrain_stage(plan: Plan, tracker: Any, run: SuiteRun, concurrency: int, e
 # -- stage 2 -----------------------------------------------------------------------------------
 def _features_stage(plan: Plan, pairs: list[PairPlan], tracker: Any, *, use_gpu: bool,
                     echo: Echo) -> dict[str, Any]:
-    """One Ray task per pair extracts (or reads back) its features; pair key -> ObjectRef."""
+    """One Ray task per backbone extracts (or reads back) the features of its pairs; pair key -> ObjectRef."""
     if not pairs:
         return {}
     import ray
 
-    from benchmark.extraction import extract_payload
+    from benchmark.extraction import extract_backbone, extract_payload
 
     cache = str(plan.work_dir / "features")
-    remote = ray.remote(num_cpus=1, num_gpus=1 if use_gpu else 0, max_retries=1)(extract_payload)
-    refs = {p.key: remote.remote(p, cache, plan.data_root, plan.normalize_features) for p in pairs}
-    echo(f"[3/4] features: {len(refs)} (backbone, task) pairs, cached under {cache}")
+    groups: dict[str, list[PairPlan]] = {}
+    for p in pairs:
+        groups.setdefault(p.backbone.key, []).append(p)
+    opts = {"num_cpus": 1, "num_gpus": 1 if use_gpu else 0, "max_retries": 1}
+    many, one = ray.remote(**opts)(extract_backbone), ray.remote(**opts)(extract_payload)
+    refs: dict[str, Any] = {}
+    for group in groups.values():
+        args = (cache, plan.data_root, plan.normalize_features)
+        if len(group) == 1:  # with one return Ray would store the 1-tuple itself
+            refs[group[0].key] = one.remote(group[0], *args)
+        else:
+            refs.update(zip((p.key for p in group), many.options(num_returns=len(group)).remote(group, *args)))
+    echo(f"[3/4] features: {len(refs)} (backbone, task) pairs of {len(groups)} backbones, cached under {cache}")
     _wait_all(refs)
     _log_spectra(tracker, refs, {p.key: p for p in pairs})
     return refs
