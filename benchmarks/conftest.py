@@ -31,9 +31,11 @@ def local_ray() -> Iterator[None]:
     """A private two-CPU Ray instance, started before any timing and shut down after the module."""
     import ray
 
+    from benchmark.ray_session import init_ray
+
     if ray.is_initialized():
         ray.shutdown()
-    ray.init(num_cpus=2, include_dashboard=False, logging_level="WARNING", log_to_driver=False)
+    init_ray(num_cpus=2)
     try:
         yield
     finally:
