@@ -102,6 +102,23 @@ class CaptionSwapResult:
     realised_ratio: float
 
 
+def transition_matrix(true_labels: Any, noisy_labels: Any, num_classes: int) -> np.ndarray:
+    """Empirical noise matrix ``T[i, j] = P(noisy = j | true = i)`` (float64 ``[K, K]``).
+
+    Row ``i`` is the share of samples of true class ``i`` that carry label ``j`` after the
+    noise: what was actually applied, not what was asked for, so reports show the real noise.
+    A class with no samples gets the identity row, which keeps ``T`` row-stochastic. Used for
+    label flips and for caption swaps (true = the image's class, noisy = the class named by the
+    caption it ended up with).
+    """
+    k = int(num_classes)
+    counts = np.zeros((k, k), dtype=np.float64)
+    np.add.at(counts, (np.asarray(true_labels, dtype=np.int64),
+                       np.asarray(noisy_labels, dtype=np.int64)), 1.0)
+    rows = counts.sum(axis=1, keepdims=True)
+    return np.where(rows > 0, counts / np.maximum(rows, 1.0), np.eye(k))
+
+
 def _check_ratio(ratio: float) -> float:
     try:
         r = float(ratio)
@@ -291,10 +308,7 @@ def flip_labels(
             noisy[chosen] = _instance_targets(rng, feats[chosen], y[chosen], k)
         flipped[chosen] = True
 
-    counts = np.zeros((k, k), dtype=np.float64)
-    np.add.at(counts, (y, noisy), 1.0)
-    class_n = counts.sum(axis=1, keepdims=True)
-    transition = np.where(class_n > 0, counts / np.maximum(class_n, 1.0), np.eye(k))
+    transition = transition_matrix(y, noisy, k)
     realised = float(flipped.sum() / n_eligible) if n_eligible else 0.0
     return NoiseResult(
         noisy_labels=noisy,
