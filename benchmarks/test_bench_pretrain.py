@@ -20,7 +20,7 @@ from pathlib import Path
 
 import benchutil
 import plainloop
-from benchmark.jobs import PretrainJob
+from benchmark.pretrain import PretrainJob
 from benchmark.pretrain import run_pretrain
 
 JOB = PretrainJob(objective="supervised", corpus="fashion-mnist", arch="test_resnet",

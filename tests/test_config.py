@@ -11,7 +11,7 @@ import yaml
 
 from benchmark.config import check_data_available, load_suite, validate_suite
 from benchmark.errors import ConfigError, DatasetUnavailable
-from benchmark.jobs import PretrainJob
+from benchmark.pretrain import PretrainJob
 
 SUITES = Path(__file__).resolve().parents[1] / "suites"
 MINIMAL = {
