@@ -21,7 +21,7 @@ _LAZY = {
     "TrainingSet": "corpus", "build_training_set": "corpus", "write_noise_record": "corpus",
     "subset_indices": "corpus", "split_to_uint8": "corpus",
     "preprocess": "worker", "build_model": "worker", "train_loop_per_worker": "worker",
-    "epoch_shard": "worker",
+    "epoch_shard": "worker", "index_digest": "worker", "param_digest": "worker",
     "PRETRAIN_MEAN": "worker", "PRETRAIN_STD": "worker",
     "PretrainResult": "launch", "job_dir": "launch", "load_done": "launch",
     "run_pretrain": "launch", "run_pretrain_jobs": "launch", "FAULT_ENV": "launch",

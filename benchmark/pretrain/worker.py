@@ -6,12 +6,20 @@ Why it is shaped this way:
   re-pickled per worker) and each epoch takes its own shard: a seeded permutation of the
   equal-sharded corpus, every ``world``-th index from its rank (:func:`epoch_shard`). The shards of
   one epoch are disjoint and together cover the corpus; all ranks take the same number of steps.
+- ``batch_size`` is per worker. One optimiser step averages (DDP all-reduce) the gradients of
+  ``world`` batches, so the global batch is ``batch_size * world`` and an epoch has
+  ``ceil((N // world) / batch_size)`` steps.
 - Images are resized, repeated grey to RGB and normalised on the worker's device (GPU when
   present) with the mean/std that the checkpoint stores and that the ``nmlbench`` backbone family
   uses when it extracts features later (:func:`preprocess`).
 - Every epoch reports its metrics; rank 0 alone attaches a checkpoint (model, optimiser,
   scheduler, epoch, metric history). A restarted worker group resumes from
   ``ray.train.get_checkpoint()``, so the epoch counter continues instead of starting again.
+- The metrics make the run auditable: ``batch_per_worker``, ``global_batch``,
+  ``steps_per_epoch`` and, per rank, the images of its shard, an order-free digest of the shard's
+  indices (:func:`index_digest`: the ranks' digests add up to the digest of the whole corpus) and
+  a digest of its parameters (:func:`param_digest`: equal on all ranks while DDP keeps the
+  replicas in step).
 
 Fault injection (for tests and drills): when the train config holds ``fault_kill_after_epoch=k``,
 rank 0 SIGKILLs its own process right after the checkpoint of epoch ``k`` has been registered,
@@ -20,6 +28,7 @@ once per run (a marker file in the Ray run directory prevents a repeat after the
 
 from __future__ import annotations
 
+import hashlib
 import math
 import os
 import signal
@@ -44,6 +53,7 @@ PRETRAIN_STD: tuple[float, float, float] = SUITE_STD
 STATE_FILE = "state.pt"  # the one file of each Ray Train checkpoint
 _SNAPSHOT_FILE = "checkpoint_manager_snapshot.json"  # written by Ray Train V2 per registration
 _GPU_RESIDENT_BYTES = 2 << 30  # corpora up to 2 GiB live on the device; larger stay on the host
+_MASK64 = (1 << 64) - 1
 
 
 def preprocess(images: torch.Tensor, image_size: int, mean: Sequence[float],
@@ -92,8 +102,59 @@ def epoch_shard(n: int, world: int, rank: int, seed: int, epoch: int) -> torch.T
     return torch.randperm(n_total, generator=g)[rank::world]
 
 
+def index_digest(indices: Any) -> int:
+    """Order-free 64-bit digest of a set of sample indices, additive over disjoint sets.
+
+    The sum (mod 2**64) of a splitmix64 hash of each index. Shards that are disjoint and cover
+    ``range(n)`` have digests that add up to ``index_digest(range(n))``; an overlap or a gap
+    breaks the sum except with probability about 2**-64.
+    """
+    if isinstance(indices, torch.Tensor):
+        indices = indices.detach().cpu().numpy()
+    x = np.asarray(indices, dtype=np.int64).astype(np.uint64)
+    x = x + np.uint64(0x9E3779B97F4A7C15)
+    x = (x ^ (x >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+    x = (x ^ (x >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+    x = x ^ (x >> np.uint64(31))
+    return int(x.sum(dtype=np.uint64))
+
+
+def param_digest(model: torch.nn.Module) -> str:
+    """sha256 (first 16 hex digits) of a model's parameters, in ``named_parameters`` order.
+
+    Buffers are left out: BatchNorm running statistics are updated by each rank's own forward
+    pass, so they legitimately differ across ranks after a step; parameters must not.
+    """
+    h = hashlib.sha256()
+    for name, p in _unwrap(model).named_parameters():
+        h.update(name.encode())
+        h.update(p.detach().reshape(-1).cpu().contiguous().view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()[:16]
+
+
 def _unwrap(model: torch.nn.Module) -> torch.nn.Module:
     return model.module if hasattr(model, "module") else model
+
+
+def _as_int64(value: int) -> int:
+    """A 64-bit unsigned value as the signed int64 with the same bits (for a torch tensor)."""
+    return value - (1 << 64) if value >= (1 << 63) else value
+
+
+def _rank_records(shard: torch.Tensor, model: torch.nn.Module, device: torch.device,
+                  world: int) -> list[dict[str, Any]]:
+    """Per rank: images in its shard, the shard's index digest, its parameter digest."""
+    local = torch.tensor([shard.numel(), _as_int64(index_digest(shard)),
+                          _as_int64(int(param_digest(model), 16))],
+                         dtype=torch.int64, device=device)
+    parts = [local]
+    if world > 1:
+        import torch.distributed as dist
+
+        parts = [torch.empty_like(local) for _ in range(world)]
+        dist.all_gather(parts, local)
+    return [{"rank": r, "images": int(p[0]), "index_digest": f"{int(p[1]) & _MASK64:016x}",
+             "param_digest": f"{int(p[2]) & _MASK64:016x}"} for r, p in enumerate(parts)]
 
 
 def _clip_loss(out: Any, rank: int, world: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -194,7 +255,7 @@ def train_loop_per_worker(cfg: dict[str, Any]) -> None:
     images, targets, clean = _load_data(cfg["data"], device)
     model, _ = build_model(cfg)
     model.to(device)
-    batch = max(1, int(cfg["batch_size"]) // world)
+    batch = int(cfg["batch_size"])  # per worker: one optimiser step sees batch * world images
     steps_per_epoch = math.ceil((images.shape[0] // world) / batch)
     epochs = int(cfg["epochs"])
     opt = torch.optim.AdamW(model.parameters(), lr=float(cfg["lr"]),
@@ -227,7 +288,7 @@ def train_loop_per_worker(cfg: dict[str, Any]) -> None:
                     loss, correct = _clip_loss(model(x, y), rank, world)
                     clean_ok = torch.zeros((), device=device)
             opt.zero_grad(set_to_none=True)
-            loss.backward()
+            loss.backward()  # DDP averages the gradients of all ranks here
             opt.step()
             sched.step()
             if not supervised:
@@ -246,11 +307,13 @@ def train_loop_per_worker(cfg: dict[str, Any]) -> None:
         if not math.isfinite(loss_sum):
             raise TrainingDiverged(
                 f"{cfg['name']}: loss became {loss_sum / n} in epoch {epoch} (lr {cfg['lr']}, "
-                f"batch {cfg['batch_size']}); lower lr or check the data")
+                f"batch {batch} per worker x {world}); lower lr or check the data")
         metrics = {"epoch": epoch, "loss": loss_sum / n, "train_accuracy": correct / n,
                    "seconds": seconds, "images_per_s": n / seconds,
                    "lr": float(sched.get_last_lr()[0]), "resumed_from_epoch": resumed_from,
-                   "world_size": world}
+                   "world_size": world, "batch_per_worker": batch, "global_batch": batch * world,
+                   "steps_per_epoch": steps_per_epoch,
+                   "ranks": _rank_records(shard, model, device, world)}
         if supervised:
             metrics["clean_accuracy"] = clean_ok / n
         history.append(metrics)
