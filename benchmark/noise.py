@@ -27,7 +27,7 @@ import numpy as np
 
 from benchmark.errors import ConfigError
 
-NOISE_KINDS: tuple[str, ...] = ("symmetric", "pairflip", "asymmetric", "instance")
+FLIP_KINDS: tuple[str, ...] = ("symmetric", "pairflip", "asymmetric", "instance")
 
 #: CIFAR-10 class-conditional map: truck->automobile, bird->airplane, deer->horse, cat<->dog.
 CIFAR10_ASYMMETRIC_MAP: dict[int, int] = {9: 1, 2: 0, 4: 7, 3: 5, 5: 3}
@@ -100,6 +100,23 @@ class CaptionSwapResult:
     captions: list[str]
     mismatched: np.ndarray
     realised_ratio: float
+
+
+def transition_matrix(true_labels: Any, noisy_labels: Any, num_classes: int) -> np.ndarray:
+    """Empirical noise matrix ``T[i, j] = P(noisy = j | true = i)`` (float64 ``[K, K]``).
+
+    Row ``i`` is the share of samples of true class ``i`` that carry label ``j`` after the
+    noise: what was actually applied, not what was asked for, so reports show the real noise.
+    A class with no samples gets the identity row, which keeps ``T`` row-stochastic. Used for
+    label flips and for caption swaps (true = the image's class, noisy = the class named by the
+    caption it ended up with).
+    """
+    k = int(num_classes)
+    counts = np.zeros((k, k), dtype=np.float64)
+    np.add.at(counts, (np.asarray(true_labels, dtype=np.int64),
+                       np.asarray(noisy_labels, dtype=np.int64)), 1.0)
+    rows = counts.sum(axis=1, keepdims=True)
+    return np.where(rows > 0, counts / np.maximum(rows, 1.0), np.eye(k))
 
 
 def _check_ratio(ratio: float) -> float:
@@ -216,8 +233,8 @@ def flip_labels(
 
     Ratios are of each class's count, rounded half up; a flipped label never equals the true one.
     """
-    if kind not in NOISE_KINDS:
-        raise ConfigError(f"unknown noise kind {kind!r}; allowed kinds: {', '.join(NOISE_KINDS)}")
+    if kind not in FLIP_KINDS:
+        raise ConfigError(f"unknown noise kind {kind!r}; allowed kinds: {', '.join(FLIP_KINDS)}")
     y = _check_labels(labels, num_classes)
     r = _check_ratio(ratio)
     if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)):
@@ -291,10 +308,7 @@ def flip_labels(
             noisy[chosen] = _instance_targets(rng, feats[chosen], y[chosen], k)
         flipped[chosen] = True
 
-    counts = np.zeros((k, k), dtype=np.float64)
-    np.add.at(counts, (y, noisy), 1.0)
-    class_n = counts.sum(axis=1, keepdims=True)
-    transition = np.where(class_n > 0, counts / np.maximum(class_n, 1.0), np.eye(k))
+    transition = transition_matrix(y, noisy, k)
     realised = float(flipped.sum() / n_eligible) if n_eligible else 0.0
     return NoiseResult(
         noisy_labels=noisy,

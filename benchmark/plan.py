@@ -29,7 +29,7 @@ from benchmark.config.schema import FrozenBackbone, PretrainBlock, Suite
 from benchmark.data.sampling import few_shot_indices, stratified_holdout
 from benchmark.hashing import array_digest, config_hash
 from benchmark.heads.registry import HParams, resolve_hparams
-from benchmark.jobs import PretrainJob
+from benchmark.pretrain.job import PretrainJob, job_dir
 
 #: Few-shot subsets are drawn with seed FEW_SHOT_SEED + head seed: never the stream (seed 0)
 #: that carved the validation rows.
@@ -167,14 +167,9 @@ def _job(b: PretrainBlock, ratio: float, seed: int, data_root: str | None) -> Pr
         gpus_per_worker=b.gpus_per_worker, display=str(b.name))
 
 
-def checkpoint_path(job: PretrainJob, work_dir: str | Path) -> Path:
-    """Where the pre-training stage writes the job's model (``work_dir/pretrain/<key>/model.pt``)."""
-    return Path(work_dir).resolve() / "pretrain" / job.key / "model.pt"
-
-
 def pretrained_backbone(job: PretrainJob, work_dir: str | Path) -> BackbonePlan:
     return BackbonePlan(
-        key=job.key, spec={"family": "nmlbench", "checkpoint": str(checkpoint_path(job, work_dir))},
+        key=job.key, spec={"family": "nmlbench", "checkpoint": str(job_dir(job, work_dir) / "model.pt")},
         params={"backbone": job.display or f"{job.arch} ({job.objective})", "objective": job.objective,
                 "noise_kind": job.noise_kind, "noise_ratio": float(job.noise_ratio),
                 "pretrain_seed": int(job.seed), "pretrain_key": job.key},

@@ -18,6 +18,7 @@ from typing import Any
 
 from benchmark.extraction import pair_marker
 from benchmark.plan import Plan
+from benchmark.pretrain.job import job_dir
 
 
 @dataclass
@@ -88,7 +89,7 @@ def _last_run_rates(work_dir: Path, suite: str) -> dict[str, float]:
 def plan_status(plan: Plan, tracking_uri: str, experiment: str) -> list[StageStatus]:
     """The three stages of ``plan`` with what is done and what is left (see the module docstring)."""
     rates = _last_run_rates(plan.work_dir, plan.suite)
-    done_jobs = [j for j in plan.pretrain if (plan.work_dir / "pretrain" / j.key / "done.json").is_file()]
+    done_jobs = [j for j in plan.pretrain if (job_dir(j, plan.work_dir) / "done.json").is_file()]
     image_epochs = sum((j.train_subset or _split_len(j.corpus, "train", plan.data_root)) * j.epochs
                        for j in plan.pretrain if j not in done_jobs)
     cache = plan.work_dir / "features"

@@ -19,8 +19,15 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from benchmark.jobs import PretrainJob
-from benchmark.pretrain import PRETRAIN_MEAN, PRETRAIN_STD, build_model, build_training_set, preprocess
+from benchmark.pretrain import (
+    PRETRAIN_MEAN,
+    PRETRAIN_STD,
+    PretrainJob,
+    build_model,
+    build_training_set,
+    epoch_shard,
+    preprocess,
+)
 
 
 def train_plain(job: PretrainJob, threads: int = 1) -> dict[str, Any]:
@@ -48,7 +55,7 @@ def train_plain(job: PretrainJob, threads: int = 1) -> dict[str, Any]:
         history = []
         for epoch in range(int(job.epochs)):
             model.train()
-            order = torch.randperm(n, generator=torch.Generator().manual_seed(int(job.seed) * 100_003 + epoch))
+            order = epoch_shard(n, 1, 0, int(job.seed), epoch)  # the worker's order at world size 1
             sums = torch.zeros(3, dtype=torch.float64)
             t0 = time.perf_counter()
             for step in range(steps):

@@ -20,8 +20,7 @@ from pathlib import Path
 
 import benchutil
 import plainloop
-from benchmark.jobs import PretrainJob
-from benchmark.pretrain import run_pretrain
+from benchmark.pretrain import PretrainJob, run_pretrain
 
 JOB = PretrainJob(objective="supervised", corpus="fashion-mnist", arch="test_resnet",
                   noise_kind="symmetric", noise_ratio=0.2, seed=0, epochs=2, batch_size=128,

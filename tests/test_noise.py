@@ -11,6 +11,7 @@ from benchmark.noise import (
     NoiseResult,
     flip_labels,
     swap_captions,
+    transition_matrix,
 )
 
 
@@ -230,3 +231,14 @@ def test_swap_captions_impossible_cases():
     with pytest.raises(ValueError, match="not str"):
         swap_captions(["a", 3], 0.5)
     assert swap_captions(["same"] * 10, 0.0).mismatched.sum() == 0
+
+
+def test_transition_matrix_by_hand():
+    """Caption swaps: images of class 0 got captions naming classes 0, 0, 1, 2; class 1's two
+    images kept theirs; class 2 had no images (identity row keeps T row-stochastic)."""
+    image = np.array([0, 0, 0, 0, 1, 1])
+    caption = np.array([0, 2, 0, 1, 1, 1])
+    expect = np.array([[0.5, 0.25, 0.25],
+                       [0.0, 1.0, 0.0],
+                       [0.0, 0.0, 1.0]])
+    np.testing.assert_array_equal(transition_matrix(image, caption, 3), expect)

@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from benchmark.jobs import PretrainJob
+from benchmark.pretrain import PretrainJob
 from benchmark.tracking import Tracker, default_uri
 
 

@@ -1,4 +1,4 @@
-"""Family ``nmlbench``: backbones pre-trained by the suite itself (``pretrain.py``).
+"""Family ``nmlbench``: backbones pre-trained by the suite itself (``benchmark.pretrain``).
 
 A checkpoint ``model.pt`` is self-describing: it holds the family (``timm`` | ``open_clip``), the
 architecture and its constructor kwargs, the weights, and the exact preprocessing (image size,

@@ -17,14 +17,13 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-import yaml
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, PrivateAttr, model_validator
 
 from benchmark.config.messages import SectionProblems
 from benchmark.errors import ConfigError
 from benchmark.heads.registry import HPARAM_NAMES, get_head, head_names, methods_taking, resolve_hparams
+from benchmark.pretrain.job import default_noise_kind, noise_problem
 
-SUPERVISED_NOISE = ("symmetric", "pairflip", "asymmetric", "instance")
 
 
 # -- constrained scalars: custom messages say the allowed range in interval notation -------------
@@ -87,7 +86,9 @@ class NoiseSpec(_Model):
 class PretrainBlock(_Model):
     """One recipe expanded over ``noise.ratios`` x ``seeds`` into pre-training jobs.
 
-    ``batch_size`` is per worker; the global batch is ``batch_size * workers``.
+    ``batch_size`` is per worker: each of the ``workers`` data-parallel workers takes
+    ``batch_size`` images per step, so one optimiser step sees ``batch_size * workers``
+    (gradients are averaged across workers). The noise rules live in ``benchmark.pretrain.job``.
     """
 
     name: str | None = None
@@ -108,23 +109,11 @@ class PretrainBlock(_Model):
 
     @model_validator(mode="after")
     def _noise_matches_objective(self) -> PretrainBlock:
-        kind = self.noise.kind
-        if kind is None:  # the only sensible default differs by objective
-            self.noise.kind = "swap" if self.objective == "clip" else "symmetric"
-        elif self.objective == "clip" and kind != "swap":
-            raise ValueError(
-                f"noise.kind {kind!r} does not apply to objective 'clip': image-text pre-training "
-                "corrupts pairs by swapping captions (use noise.kind: swap)"
-            )
-        elif self.objective == "supervised" and kind == "swap":
-            raise ValueError(
-                "noise.kind 'swap' applies only to objective 'clip'; supervised noise is one of "
-                + ", ".join(SUPERVISED_NOISE)
-            )
-        if self.noise.kind == "asymmetric" and not self.noise.class_map:
-            raise ValueError("noise.kind 'asymmetric' needs noise.class_map ({source class: target class})")
-        if self.noise.class_map and self.noise.kind != "asymmetric":
-            raise ValueError(f"noise.class_map is used only by noise.kind 'asymmetric', not {self.noise.kind!r}")
+        if self.noise.kind is None:  # the only sensible default differs by objective
+            self.noise.kind = default_noise_kind(self.objective)
+        problem = noise_problem(self.objective, self.noise.kind, self.noise.class_map)
+        if problem is not None:
+            raise ValueError(problem)
         if self.name is None:
             self.name = f"{self.arch}-{self.objective}"
         return self

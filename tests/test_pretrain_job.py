@@ -1,0 +1,102 @@
+"""Pre-training job rules: one set, shared by the suite loader and the launcher, importable
+without torch or Ray."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+
+from benchmark.config import validate_suite
+from benchmark.errors import ConfigError
+from benchmark.pretrain import (
+    NOISE_KINDS,
+    OBJECTIVES,
+    PretrainJob,
+    check_job,
+    default_noise_kind,
+    noise_problem,
+)
+
+SUP = PretrainJob(objective="supervised", corpus="fashion-mnist", arch="test_resnet",
+                  noise_kind="symmetric", noise_ratio=0.2, batch_size=64, train_subset=1000)
+CLIP = PretrainJob(objective="clip", corpus="fashion-mnist", arch="nml-tiny-clip",
+                   noise_kind="swap", noise_ratio=0.3, batch_size=100, train_subset=1000)
+
+
+def test_bad_jobs_are_rejected_before_anything_runs() -> None:
+    with pytest.raises(ConfigError, match="does not apply to objective 'clip'"):
+        check_job(replace(CLIP, noise_kind="symmetric"))
+    with pytest.raises(ConfigError, match="objective"):
+        check_job(replace(SUP, objective="mae"))
+    with pytest.raises(ConfigError, match="noise_ratio"):
+        check_job(replace(SUP, noise_ratio=1.5))
+    with pytest.raises(ConfigError, match="needs noise.class_map"):
+        check_job(replace(SUP, noise_kind="asymmetric"))
+    with pytest.raises(ConfigError, match="used only by noise.kind 'asymmetric'"):
+        check_job(replace(SUP, class_map={3: 5}))
+    with pytest.raises(ConfigError, match="'random' is unknown; supervised noise is one of"):
+        check_job(replace(SUP, noise_kind="random"))
+    with pytest.raises(ConfigError, match="workers must be >= 1"):
+        check_job(replace(SUP, workers=0))
+    with pytest.raises(ConfigError, match="train_subset must be >= 2"):
+        check_job(replace(SUP, train_subset=1))
+    check_job(replace(SUP, noise_kind="asymmetric", class_map={3: 5}))  # a valid one passes
+
+
+@pytest.mark.parametrize("objective,kind,class_map", [
+    ("clip", "symmetric", None),
+    ("supervised", "swap", None),
+    ("supervised", "asymmetric", None),
+    ("supervised", "pairflip", {3: 5}),
+])
+def test_suite_loader_and_launcher_say_the_same(objective, kind, class_map) -> None:
+    """The suite file and a hand-built job fail with the one message of ``noise_problem``."""
+    problem = noise_problem(objective, kind, class_map)
+    assert problem
+    block = {"objective": objective, "corpus": "fashion-mnist", "arch": "a",
+             "noise": {"kind": kind, **({"class_map": class_map} if class_map else {})}}
+    with pytest.raises(ConfigError) as suite_err:
+        validate_suite({"name": "t", "pretrain": [block], "downstream": {"id": ["mnist-5k"]}},
+                       check_names=False)
+    assert f"pretrain[0]: {problem}" in str(suite_err.value)
+    job = replace(SUP, objective=objective, noise_kind=kind, class_map=class_map)
+    with pytest.raises(ConfigError) as job_err:
+        check_job(job)
+    assert str(job_err.value) == f"pretrain job {job.name}: {problem}"
+
+
+def test_defaults_and_kinds_per_objective() -> None:
+    assert OBJECTIVES == ("supervised", "clip") and set(NOISE_KINDS) == set(OBJECTIVES)
+    assert default_noise_kind("supervised") == "symmetric"
+    assert default_noise_kind("clip") == "swap"
+    assert NOISE_KINDS["clip"] == ("swap",)
+    for objective, kinds in NOISE_KINDS.items():
+        for kind in kinds:
+            cmap = {0: 1} if kind == "asymmetric" else None
+            assert noise_problem(objective, kind, cmap) is None, (objective, kind)
+    with pytest.raises(ConfigError, match="objective 'mae' is unknown"):
+        default_noise_kind("mae")
+
+
+def test_key_holds_what_changes_the_weights() -> None:
+    """The worker count changes the global batch (batch_size is per worker), so it is in the key;
+    where a job runs and what it is called are not."""
+    assert replace(SUP, gpus_per_worker=1.0, display="x", data_root="/elsewhere").key == SUP.key
+    assert replace(SUP, workers=4).key != SUP.key
+    assert replace(SUP, batch_size=32).key != SUP.key
+
+
+def test_job_rules_import_without_torch_or_ray() -> None:
+    """``nmlbench validate`` and the suite loader stay light: no torch, no Ray."""
+    code = ("import sys; import benchmark.pretrain.job; import benchmark.config; "
+            "from benchmark.pretrain import PretrainJob, check_job, noise_problem; "
+            "heavy = sorted(m for m in ('torch', 'ray') if m in sys.modules); "
+            "print(','.join(heavy) or 'light')")
+    root = Path(__file__).resolve().parents[1]
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         cwd=root, env={"PYTHONPATH": str(root), "PATH": ""}, check=True)
+    assert out.stdout.strip() == "light", out.stdout + out.stderr
