@@ -18,7 +18,7 @@ import numpy as np
 from PIL import Image
 
 from benchmark.data.base import ImageSplit
-
+from benchmark.data.own_readers import BUILDERS
 from benchmark.data.sampling import stratified_holdout
 from benchmark.data.spec import RealSpec, download_command, require
 from benchmark.errors import ConfigError, DatasetUnavailable
@@ -96,7 +96,7 @@ def _tv(name: str, num_classes: int, domain: str, tv_class: str, marker: str, la
                     source=f"torchvision.datasets.{tv_class}", marker=marker, layout=layout, sizes=sizes,
                     how_to_get=download_command(name) + (f" ({note})" if note else ""),
                     tv_class=tv_class, tv_args=tv_args or {}, holdout=holdout,
-                    fixed_classes=fixed_classes, needs=needs)
+                    fixed_classes=fixed_classes, needs=needs, builder=BUILDERS.get(name))
 
 
 def _splits(train: list[dict[str, Any]], test: list[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
