@@ -1,7 +1,8 @@
 """Real data sets read from a user-given data root: one table of registry entries, one loader.
 
 The entries live with their formats: ``torchvision_sets`` (the paper's 14 ID tasks, some read by
-``own_readers``), ``imagenet`` (ImageNet and its variants), ``domainnet``. Each module's
+``own_readers``), ``imagenet`` (ImageNet and its variants), ``domainnet``, ``image_text`` (the
+CLIP pre-training corpora, as webdataset shards or a caption table). Each module's
 docstring and each entry's ``layout`` give the expected files under ``<root>``. Nothing here
 downloads unless ``download_dataset`` is called explicitly.
 
@@ -17,6 +18,7 @@ from pathlib import Path
 from benchmark.data.base import ImageSplit
 from benchmark.data.domainnet import DOMAINNET_DOMAINS, DOMAINNET_SPECS, domainnet_classes
 from benchmark.data.files import IMAGE_EXTENSIONS, FileListSplit
+from benchmark.data.image_text import IMAGE_TEXT_SPECS
 from benchmark.data.imagenet import IMAGENET_SPECS, IMAGENET_VARIANTS, imagenet_wnids
 from benchmark.data.spec import FolderSpec, RealSpec, download_command, is_present
 from benchmark.data.torchvision_sets import (
@@ -29,7 +31,7 @@ from benchmark.data.torchvision_sets import (
 )
 
 FOLDER_SPECS: dict[str, RealSpec] = {**IMAGENET_SPECS, **DOMAINNET_SPECS}
-REAL_SPECS: dict[str, RealSpec] = {**TV_SPECS, **FOLDER_SPECS}
+REAL_SPECS: dict[str, RealSpec] = {**TV_SPECS, **FOLDER_SPECS, **IMAGE_TEXT_SPECS}
 
 
 def load_real_splits(spec: RealSpec, root: Path) -> dict[str, ImageSplit]:
@@ -40,7 +42,7 @@ def load_real_splits(spec: RealSpec, root: Path) -> dict[str, ImageSplit]:
 
 
 __all__ = [
-    "DOMAINNET_DOMAINS", "FOLDER_SPECS", "IMAGENET_VARIANTS", "IMAGE_EXTENSIONS", "REAL_SPECS", "SPLIT_SEED",
+    "DOMAINNET_DOMAINS", "FOLDER_SPECS", "IMAGE_TEXT_SPECS", "IMAGENET_VARIANTS", "IMAGE_EXTENSIONS", "REAL_SPECS", "SPLIT_SEED",
     "TEST_FRACTION", "TV_SPECS", "FileListSplit", "FolderSpec", "RealSpec", "TorchvisionSplit",
     "domainnet_classes", "download_command", "download_dataset", "imagenet_wnids", "is_present",
     "load_real_splits", "load_torchvision_splits",
