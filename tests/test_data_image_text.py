@@ -234,3 +234,21 @@ def test_empty_corpus_folder_and_listing(tmp_path):
     assert rows["cc12m"].available and not rows["yfcc15m"].available
     assert "yfcc15m/shards/{00000..N}.tar" in rows["yfcc15m"].how_to_get
     assert rows["yfcc15m"].sizes == {"train": 14829396}
+
+
+def test_other_separators_and_column_names_through_an_entry_of_their_own(tmp_path):
+    from benchmark.data.image_text import TableFormat, image_text_spec
+    from benchmark.data.real import load_real_splits
+
+    folder = tmp_path / "mine"
+    _write_table(folder, "unused")
+    rows = [f"{folder}/img/{i}.{_ext(i)};{CAPTIONS[i].replace(';', ',')};{LABELS[i]}" for i in range(N)
+            if "\t" not in CAPTIONS[i]]
+    (folder / "mine.csv").write_text("image;caption;cls\n" + "\n".join(rows) + "\n")
+    spec = image_text_spec("mine", 0, "a private corpus", "by hand",
+                           TableFormat(separator=";", image_column="image", caption_column="caption",
+                                       label_column="cls"))
+    assert "columns image, caption[, cls]" in spec.layout
+    split = load_real_splits(spec, tmp_path)["train"]
+    assert len(split) == N - 1 and split.labels.tolist() == [y for i, y in enumerate(LABELS) if i != 3]
+    assert split.image_bytes(3) == FILES[4] and split.classes == ["class-0", "class-1", "class-2"]

@@ -8,7 +8,8 @@ An entry ``<name>`` reads ``<root>/<name>/`` in whichever format is there (shard
 - caption table: ``<root>/<name>/<name>.tsv`` (tab-separated) or ``<name>.csv`` (comma) with a
   header row, an image-path column (default ``filepath``, relative to the table's folder unless
   absolute) and a caption column (default ``title``): open_clip's ``--csv-img-key`` /
-  ``--csv-caption-key`` defaults. An optional ``label`` column holds integer labels.
+  ``--csv-caption-key`` defaults. An optional ``label`` column holds integer labels. Another
+  separator or other column names: an entry made with ``image_text_spec(..., table=TableFormat(...))``.
 
 Splits are ``ImageSplit``s (so the feature cache and samplers work on them) with one extra
 attribute, ``captions: list[str]`` (this view's captions, read without decoding any image), and
@@ -26,8 +27,10 @@ Splits pickle as paths, offsets and captions, never as pixels, so a loader in an
 
 from __future__ import annotations
 
+import functools
 import io
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -41,6 +44,17 @@ from benchmark.hashing import config_hash
 
 UNLABELLED = -1
 IMAGE_COLUMN, CAPTION_COLUMN, LABEL_COLUMN = "filepath", "title", "label"
+
+
+@dataclass(frozen=True)
+class TableFormat:
+    """How a corpus's caption table is laid out (open_clip's defaults); ``separator`` None: a tab
+    for ``.tsv``, a comma otherwise."""
+
+    separator: str | None = None
+    image_column: str = IMAGE_COLUMN
+    caption_column: str = CAPTION_COLUMN
+    label_column: str = LABEL_COLUMN
 
 
 class ImageTextSplit(ImageSplit):
@@ -151,8 +165,9 @@ def read_caption_table(path: Path, separator: str | None = None, image_column: s
     return files, table[caption_column].tolist(), labels
 
 
-def _load_table(spec: RealSpec, table: Path) -> ImageTextSplit:
-    files, captions, labels = read_caption_table(table)
+def _load_table(spec: RealSpec, table: Path, fmt: TableFormat) -> ImageTextSplit:
+    files, captions, labels = read_caption_table(table, fmt.separator, fmt.image_column, fmt.caption_column,
+                                                 fmt.label_column)
     # The first and last rows only: a wrong base folder shows there, and a corpus of millions of
     # files is not stat-ed one by one on every load.
     absent = next((f for f in files[:1] + files[-1:] if not f.is_file()), None)
@@ -195,7 +210,7 @@ def corpus_format(folder: Path, name: str) -> tuple[str, Path | list[Path]] | No
     return None
 
 
-def _build_image_text(root: Path, spec: RealSpec) -> dict[str, ImageSplit]:
+def _build_image_text(root: Path, spec: RealSpec, table: TableFormat = TableFormat()) -> dict[str, ImageSplit]:
     require(spec, root)
     found = corpus_format(root / spec.marker, spec.name)
     if found is None:
@@ -203,19 +218,21 @@ def _build_image_text(root: Path, spec: RealSpec) -> dict[str, ImageSplit]:
                                  f"{spec.name}.tsv / .csv. Expected layout: {spec.layout_text(root)}. "
                                  f"To get it: {spec.how_to_get_text(root)}")
     kind, where = found
-    split = _load_shards(spec, where) if kind == "webdataset" else _load_table(spec, where)
+    split = _load_shards(spec, where) if kind == "webdataset" else _load_table(spec, where, table)
     return {"train": split}
 
 
-def image_text_spec(name: str, size: int, description: str, how_to_get: str) -> RealSpec:
-    """A registry entry for an image-text corpus read from ``<root>/<name>/`` in either format."""
+def image_text_spec(name: str, size: int, description: str, how_to_get: str,
+                    table: TableFormat = TableFormat()) -> RealSpec:
+    """A registry entry for an image-text corpus read from ``<root>/<name>/`` in either format;
+    ``table`` names the separator and columns of its caption table."""
     layout = (f"<root>/{name}/shards/{{00000..N}}.tar (webdataset: per sample <key>.jpg|png + <key>.txt, "
               f"optionally <key>.cls) or <root>/{name}/{name}.tsv|.csv (header with columns "
-              f"{IMAGE_COLUMN}, {CAPTION_COLUMN}[, {LABEL_COLUMN}]; image paths relative to the table) "
-              f"plus the image files; optional <root>/{name}/classes.txt")
+              f"{table.image_column}, {table.caption_column}[, {table.label_column}]; image paths relative to "
+              f"the table) plus the image files; optional <root>/{name}/classes.txt")
     return RealSpec(name=name, num_classes=0, domain="web image-text", source="image-text", marker=name,
                     layout=layout, sizes={"train": size}, splits=("train",), how_to_get=how_to_get,
-                    description=description, builder=_build_image_text)
+                    description=description, builder=functools.partial(_build_image_text, table=table))
 
 
 IMAGE_TEXT_SPECS: dict[str, RealSpec] = {s.name: s for s in (
