@@ -12,7 +12,8 @@ shards (``<shards>/.nmlbench-index/<shard>.json``) or, where that folder is read
 rebuilt when either changes. One image is then one seek and one read of its own bytes.
 
 A shard that is truncated (a member running past the end of the file, which tarfile reports, or
-no end-of-archive blocks after the last member, which it does not) or not a tar raises ``CorruptShardError`` naming the shard and the fix.
+no end-of-archive blocks after the last member, which it does not) or not a tar raises
+``CorruptShardError`` naming the shard and the fix.
 """
 
 from __future__ import annotations
