@@ -70,7 +70,7 @@ def write_imagenet(ctx: Ctx) -> dict[str, Path]:
     """ImageNet (train, val) and V2 / Sketch / A / R in their layouts, from Fashion-MNIST."""
     pics = ctx.pictures("fashion-mnist")
     out = {}
-    for split, folder, n, name_of in (("train", "train", ctx.per_class, lambda w, i: f"{w}_{i + 1}.JPEG"),
+    for split, folder, n, name_of in (("train", "train", ctx.per_class, lambda w, i: f"{w}_{i}.JPEG"),
                                       ("test", "val", ctx.n_test, lambda w, i: f"ILSVRC2012_val_{i:08d}.JPEG")):
         for c, wnid in enumerate(IMAGENET_WNIDS):
             for i, image in enumerate(pics.draw(c, n, split)):

@@ -10,6 +10,7 @@ partitions 2-10, Oxford-Pets' trimaps, the ``valid`` splits of PCAM, SST-2 and C
 
 from __future__ import annotations
 
+import io
 import json
 import pickle
 from collections.abc import Callable
@@ -96,11 +97,19 @@ def per_split(ctx: Ctx, k: int, source: str, size: int = 32, shuffle: str = "", 
     return out
 
 
+#: MAT-file v5 header text (116 bytes, free text that no reader parses). scipy writes the
+#: current time there; a fixed text keeps the same seed writing the same bytes.
+MAT_HEADER = b"MATLAB 5.0 MAT-file, written by nml-bench's rehearsal root".ljust(116)
+
+
 def _savemat(path: Path, arrays: dict[str, np.ndarray]) -> None:
     from scipy.io import savemat
 
     path.parent.mkdir(parents=True, exist_ok=True)
-    savemat(path, arrays)
+    buf = io.BytesIO()
+    savemat(buf, arrays)
+    raw = buf.getvalue()
+    write_bytes(path, MAT_HEADER + raw[len(MAT_HEADER):])
 
 
 def _pickle(path: Path, obj: dict) -> None:
