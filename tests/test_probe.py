@@ -58,8 +58,8 @@ def test_lp_separable_blobs_high_accuracy_and_record_shape():
     x, y = blobs(1000, 6, 16, spread=0.3, seed=1)
     tx, ty = blobs(600, 6, 16, spread=0.3, seed=2)
     rec = fit_and_evaluate("lp", x, y, tx, ty, epochs=10)
-    assert set(rec) == {"method", "hparams", "train_loss", "epochs_run", "eval"}
-    assert rec["method"] == "lp" and rec["epochs_run"] == 10
+    assert set(rec) == {"method", "hparams", "train_loss", "epochs_run", "train_rows", "eval"}
+    assert rec["method"] == "lp" and rec["epochs_run"] == 10 and rec["train_rows"] == 1000
     assert rec["hparams"] == {"epochs": 10, "batch_size": 64, "lr": 0.1, "weight_decay": 0.0}
     ev = rec["eval"]["test"]
     assert set(ev) == EVAL_KEYS and ev["n"] == 600
