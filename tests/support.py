@@ -168,7 +168,7 @@ def pipeline_suite(root: Path) -> dict:
         "downstream": {"id": ["imagenet"], "ood": ["imagenet-variants"], "methods": ["lp", "mlp", "nmtune"],
                        "grid": {"lam": [0.01, 0.1]}, "seeds": [0, 1], "fractions": [PIPELINE_FEW_SHOT, 1.0],
                        "max_train": PIPELINE_MAX_TRAIN,
-                       "hparams": {"epochs": 30, "batch_size": 16, "preset": "paper"}},
+                       "hparams": {"epochs": 15, "batch_size": 16, "preset": "paper"}},
         "selection": {"split": "val", "val_fraction": PIPELINE_VAL_FRACTION},
         "tracking": {"uri": f"sqlite:///{root / 'mlflow.db'}", "experiment": "pipeline"},
         "ray": {"fits_per_trial": 16, "max_concurrent_trials": 2},
