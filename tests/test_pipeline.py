@@ -196,7 +196,7 @@ def test_leaderboard_command_prints_the_leaderboard_of_the_store(pipeline_run, f
     res = CliRunner().invoke(app, ["leaderboard", str(pipeline_run.suite_path), "--format", fmt])
     assert res.exit_code == 0, res.output
     expected = leaderboard(fits)
-    assert res.stdout.strip("\n") == render(expected, fmt).strip("\n")
+    assert res.stdout.startswith(render(expected, fmt))  # the table first (a pointer to it may follow)
     if fmt == "csv":
         printed = pd.read_csv(io.StringIO(res.stdout))
         pd.testing.assert_frame_equal(printed, expected, check_dtype=False, rtol=1e-12)
