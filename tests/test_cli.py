@@ -68,7 +68,7 @@ def test_malformed_suites_fail_before_anything_runs(tmp_path: Path, mutate, need
     path = _write(tmp_path, suite)
     res = runner.invoke(app, ["run", str(path), "--work-dir", str(tmp_path / "work")])
     assert res.exit_code == 2, res.output
-    assert str(path) in res.output or "bad.yaml" in res.output
+    assert str(path) in res.output  # the full path of the file at fault
     for n in needles:
         assert n in res.output, (n, res.output)
     assert not (tmp_path / "work").exists(), "a bad suite must not start anything"

@@ -17,6 +17,7 @@ import tempfile
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 import yaml
 
@@ -119,8 +120,20 @@ def test_submit_to_a_real_ray_head_and_read_rows_back(tmp_path: Path) -> None:
     assert len(frame) == 16
     assert set(frame["task"]) == {"sklearn-digits", "digits-from-fonts"}
     assert set(frame["noise_ratio"].astype(float)) == {0.2}
-    assert frame["test_accuracy"].astype(float).between(0, 1).all()
-    assert frame["key"].is_unique if "key" in frame else frame["nmlbench.key"].is_unique
+    assert frame["key"].is_unique
+    # The job ran the plan of the suite file: every planned fit, on its task's planned rows.
+    from benchmark.config import load_suite
+    from benchmark.plan import make_plan
+
+    plan = make_plan(load_suite(suite).override(work_dir=tmp_path / "work"))
+    assert set(frame["key"]) == {f.key for f in plan.fits}
+    rows = {t.name: len(t.train.indices) for t in plan.tasks}
+    assert (frame["train_rows"] == frame["task"].map(rows)).all()
+    ident = frame[frame["task"] == "sklearn-digits"]
+    assert (ident["test_accuracy"] == ident["test.accuracy"]).all()
+    ood = frame[frame["task"] == "digits-from-fonts"]  # tested on mnist-5k and sklearn-digits
+    np.testing.assert_allclose(ood["test_accuracy"], (ood["mnist-5k.accuracy"] + ood["sklearn-digits.accuracy"]) / 2,
+                               rtol=1e-12)
 
 
 def test_interrupted_sweep_resumes_only_missing_fits(tmp_path: Path) -> None:
@@ -164,8 +177,7 @@ def test_interrupted_sweep_resumes_only_missing_fits(tmp_path: Path) -> None:
     assert summary["fits_run"] == total - done_at_interrupt
     frame = _finished_fits(uri, "resumed")
     assert len(frame) == total
-    key_col = "key" if "key" in frame else "nmlbench.key"
-    assert frame[key_col].is_unique
+    assert frame["key"].is_unique
 
     # a third run does nothing at all
     out = subprocess.run(cmd, env=_env(), capture_output=True, text=True, timeout=600)
