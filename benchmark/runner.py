@@ -298,7 +298,7 @@ def run_suite(suite: Any, *, address: str | None = None, tracking_uri: str | Non
     from benchmark.config import check_data_available
     from benchmark.pretrain import run_pretrain_jobs
     from benchmark.sweep import run_trials_on_ray
-    from benchmark.tracking import Tracker
+    from benchmark.tracking import Tracker, journal_path
 
     t_start = time.perf_counter()
     if work_dir is not None or data_root is not None:
@@ -309,7 +309,8 @@ def run_suite(suite: Any, *, address: str | None = None, tracking_uri: str | Non
     check_data_available(suite)
     uri = tracking_uri or suite.tracking.uri or default_tracking_uri(work)
     experiment = suite.tracking.experiment or suite.name
-    tracker = Tracker(uri, experiment)
+    # Records go to a journal in the work dir first: an MLflow outage never loses or stops them.
+    tracker = Tracker(uri, experiment, suite=suite.name, journal=journal_path(work, experiment), echo=echo)
     summary = SuiteRun(suite.name, uri, experiment, str(work))
     echo(f"nmlbench: suite {suite.name!r}; MLflow {uri} (experiment {experiment!r}); work dir {work}")
 
@@ -385,6 +386,9 @@ def run_suite(suite: Any, *, address: str | None = None, tracking_uri: str | Non
                           max_concurrent=concurrency, gpus_per_trial=(1.0 / concurrency) if gpus else 0.0)
         summary.fits_run, summary.fits_failed, summary.fit_seconds = sink.ok, sink.failed, sink.fit_seconds
     summary.seconds["heads"] = time.perf_counter() - t0
+    # Deliver anything queued during an outage, then publish the leaderboard runs and the suite
+    # run's table, figures and report (left for `nmlbench sync` if MLflow is still away).
+    tracker.finish()
     summary.seconds["total"] = time.perf_counter() - t_start
     summary.seconds["other"] = summary.seconds["total"] - sum(summary.seconds[k] for k in ("pretrain", "features", "heads"))
     (work / "runs").mkdir(exist_ok=True)
