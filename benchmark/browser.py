@@ -110,19 +110,21 @@ class Chromium:
         shutil.rmtree(self._profile, ignore_errors=True)
 
     def visit(self, url: str, *, wait_for: str | None = None, extract: str | None = None,
-              timeout_s: float = 60.0, settle_s: float = 1.0, before_screenshot: str | None = None) -> Visit:
+              timeout_s: float = 60.0, settle_s: float = 1.0, before_screenshot: str | None = None,
+              full_page: bool = False) -> Visit:
         """Open ``url`` in a fresh tab; wait for ``wait_for`` (a JS expression) to be truthy.
 
         ``extract`` is a JS expression whose JSON value comes back as ``Visit.value``. After the
         condition holds, ``settle_s`` more seconds let late renders and errors arrive.
         ``before_screenshot`` (JS) runs after the extraction, e.g. to close a side panel.
+        ``full_page`` captures the whole document instead of the viewport.
         """
         if self._proc is None:
             raise RuntimeError("use Chromium as a context manager")
-        return asyncio.run(self._visit(url, wait_for, extract, timeout_s, settle_s, before_screenshot))
+        return asyncio.run(self._visit(url, wait_for, extract, timeout_s, settle_s, before_screenshot, full_page))
 
     async def _visit(self, url: str, wait_for: str | None, extract: str | None, timeout_s: float,
-                     settle_s: float, before_screenshot: str | None) -> Visit:
+                     settle_s: float, before_screenshot: str | None, full_page: bool) -> Visit:
         import aiohttp
 
         base = f"http://127.0.0.1:{self.port}"
@@ -132,7 +134,7 @@ class Chromium:
             try:
                 async with http.ws_connect(target["webSocketDebuggerUrl"], max_msg_size=0) as ws:
                     return await _Session(ws, self.width, self.height).run(url, wait_for, extract, timeout_s,
-                                                                           settle_s, before_screenshot)
+                                                                           settle_s, before_screenshot, full_page)
             finally:
                 async with http.get(f"{base}/json/close/{target['id']}") as resp:
                     await resp.read()
@@ -189,7 +191,7 @@ class _Session:
         return res.get("result", {}).get("value")
 
     async def run(self, url: str, wait_for: str | None, extract: str | None, timeout_s: float,
-                  settle_s: float, before_screenshot: str | None = None) -> Visit:
+                  settle_s: float, before_screenshot: str | None = None, full_page: bool = False) -> Visit:
         reader = asyncio.create_task(self._reader())
         try:
             for domain in ("Page", "Runtime", "Log"):
@@ -218,7 +220,12 @@ class _Session:
             if before_screenshot:
                 await self.evaluate(before_screenshot)
                 await asyncio.sleep(0.5)
-            shot = await self.send("Page.captureScreenshot", {"format": "png"})
+            params: dict[str, Any] = {"format": "png"}
+            if full_page:
+                size = (await self.send("Page.getLayoutMetrics"))["cssContentSize"]
+                params.update(captureBeyondViewport=True, clip={"x": 0, "y": 0, "width": size["width"],
+                                                                "height": size["height"], "scale": 1})
+            shot = await self.send("Page.captureScreenshot", params)
             return Visit(url, ready, text, base64.b64decode(shot.get("data", "")), list(self.errors),
                          json.loads(value) if value else None)
         finally:

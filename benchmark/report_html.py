@@ -61,7 +61,8 @@ th{background:#eef1f6;position:sticky;top:0}td.t,th.t{text-align:left}
 table.sortable th{cursor:pointer;user-select:none}table.sortable th:hover{background:#dfe5ef}
 th[data-dir=asc]::after{content:" ▲"}th[data-dir=desc]::after{content:" ▼"}
 tr:nth-child(even) td{background:#f8f9fb}figure{margin:1em 0}figure img{max-width:100%;border:1px solid #e4e7ee}
-figcaption{color:#5b6475;font-size:.88em}.claims table td{white-space:normal}.wrap{overflow-x:auto}
+figcaption{color:#5b6475;font-size:.88em}.claims td,.claims th{white-space:normal;text-align:left}
+.wrap{overflow-x:auto}
 """
 
 # Click a header: sort rows by that column (numbers by value, text alphabetically); missing
@@ -159,19 +160,24 @@ def noise_table(records: Sequence[Any]) -> str:
     return "\n".join(out)
 
 
-def _figure_html(name: str, png: bytes) -> str:
+def _figure_html(name: str, png: bytes, caption: str | None = None) -> str:
     data = base64.b64encode(png).decode("ascii")
-    caption = html.escape(FIGURE_CAPTIONS.get(name, name))
+    caption = html.escape(caption or FIGURE_CAPTIONS.get(name, name))
     return (f'<figure><img alt="{html.escape(name)}" src="data:image/png;base64,{data}">'
             f"<figcaption>{caption}</figcaption></figure>")
 
 
 def render_html(suite: str, rows: pd.DataFrame, figures: Mapping[str, bytes], claims_md: str,
-                pretrains: Sequence[Any], *, source: str = "", note: str = "") -> str:
-    """The report page (a string); ``figures`` maps file names to PNG bytes."""
+                pretrains: Sequence[Any], *, source: str = "", note: str = "",
+                captions: Mapping[str, str] | None = None) -> str:
+    """The report page (a string); ``figures`` maps file names to PNG bytes (``captions`` overrides
+    ``FIGURE_CAPTIONS`` per name)."""
+    captions = captions or {}
     from markdown_it import MarkdownIt
 
-    claims = MarkdownIt("commonmark", {"html": False}).enable("table").render(claims_md)
+    # claims.md is a document of its own (# title, ## per claim): nest it under this page's heading.
+    lines = [("#" + ln) if ln.startswith("## ") else ln for ln in claims_md.splitlines() if not ln.startswith("# ")]
+    claims = MarkdownIt("commonmark", {"html": False}).enable("table").render("\n".join(lines))
     stamp = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     curves = {k: v for k, v in figures.items() if k == "pretrain_curves.png"}
     main = {k: v for k, v in figures.items() if k not in curves}
@@ -185,10 +191,10 @@ def render_html(suite: str, rows: pd.DataFrame, figures: Mapping[str, bytes], cl
         "<p>One row per backbone x pre-training noise ratio x head; click a column header to sort. "
         "Accuracies in %, ± the 95 % interval half-width over seed replicates (n).</p>",
         leaderboard_table(rows) if len(rows) else "<p>No finished head fits yet.</p>",
-        '<h2 id="figures">Figures</h2>', *[_figure_html(k, v) for k, v in main.items()],
+        '<h2 id="figures">Figures</h2>', *[_figure_html(k, v, captions.get(k)) for k, v in main.items()],
         '<h2 id="claims">Claims</h2>', f'<div class="claims">{claims}</div>',
         '<h2 id="pretraining">Pre-training: noise records and curves</h2>', noise_table(pretrains),
-        *[_figure_html(k, v) for k, v in curves.items()],
+        *[_figure_html(k, v, captions.get(k)) for k, v in curves.items()],
         '<h2 id="how">How the numbers were chosen</h2>', *[f"<p>{p}</p>" for p in HOW_CHOSEN],
         f"<script>{_SCRIPT}</script></body></html>",
     ]
@@ -203,7 +209,7 @@ def write_html_report(reader: Any, suite: str, out_path: str | Path, *, fits: pd
     given, else computed. Returns the path.
     """
     from benchmark.claims import claims_markdown
-    from benchmark.report import make_report, plot_pretrain_curves, spectra_for
+    from benchmark.report import CURVE_LABELS, make_report, plot_pretrain_curves, spectra_for
     from benchmark.tracking.publish import leaderboard_rows, suite_fits
 
     fits = suite_fits(reader, suite) if fits is None else fits
@@ -216,6 +222,10 @@ def write_html_report(reader: Any, suite: str, out_path: str | Path, *, fits: pd
         if pretrains:
             pngs["pretrain_curves.png"] = plot_pretrain_curves(pretrains, Path(tmp) / "curves.png").read_bytes()
     claims = claims_markdown(fits, suite)
-    page = render_html(suite, rows, pngs, claims, pretrains, source=f"MLflow {reader.uri} (experiment {reader.experiment!r})")
+    present = sorted({m for r in pretrains for m, pts in r.curves.items() if pts})
+    captions = {"pretrain_curves.png": FIGURE_CAPTIONS["pretrain_curves.png"] + " Panels: " + "; ".join(
+        f"{m}: {CURVE_LABELS.get(m, m)}" for m in present) + "."} if present else {}
+    page = render_html(suite, rows, pngs, claims, pretrains, captions=captions,
+                       source=f"MLflow {reader.uri} (experiment {reader.experiment!r})")
     data = page.encode("utf-8")
     return atomic_write(out_path, lambda f: f.write(data))
