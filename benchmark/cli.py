@@ -100,6 +100,13 @@ def _print_leaderboard(uri: str, experiment: str, fmt: Fmt = Fmt.table, suite: s
     typer.echo(render(board[keys + list(COLUMNS)], fmt.value))
     if note:
         typer.echo(note, err=True)
+    if fmt is Fmt.table:
+        from benchmark.tracking.layout import leaderboard_path
+
+        where = (reader.leaderboard_url(uri) if uri.startswith(("http://", "https://")) else
+                 f"`mlflow ui --backend-store-uri {uri}`, then http://127.0.0.1:5000/"
+                 f"{leaderboard_path(str(reader.experiment_id))}")
+        typer.echo(f"leaderboard in the MLflow UI: {where}")
 
 
 # ---------------------------------------------------------------------------------------------

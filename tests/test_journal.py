@@ -4,19 +4,31 @@
 - Against a real ``mlflow server`` (SQLite behind it): records logged while it is down are
   queued (the caller goes on), delivered once when it answers again, and a process that ended
   before delivering leaves them in the journal for the next one (``Tracker`` / ``nmlbench sync``).
+- Through the CLI with real Ray: ``nmlbench run`` keeps sweeping while the server is killed and
+  restarted on the same port and store; after the run (and ``nmlbench sync``) every fit is in
+  the store exactly once.
 """
 
 from __future__ import annotations
 
 import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
 
 import numpy as np
 import pytest
+import yaml
 
 from benchmark.tracking import Journal, Tracker, TrackingReader
 from benchmark.tracking.store import search_all
 from benchmark.ui_check import MlflowServer, free_port
 from tests.conftest import fit_records, synthetic_fits
+
+BIN = Path(sys.executable).parent
 
 
 def test_journal_round_trips_entries_and_survives_a_torn_line(tmp_path):
@@ -83,5 +95,83 @@ def test_records_logged_while_the_server_is_away_arrive_exactly_once(tmp_path):
         reader = TrackingReader(server.url, "outage")
         groups = search_all(reader.client, reader.experiment_id, "tags.`nmlbench.kind` = 'group'")
         assert [g.info.run_name for g in groups] == ["net @ 0%"]
+    finally:
+        server.stop()
+
+
+def outage_suite(tmp: Path, name: str) -> Path:
+    """A tiny suite for a sweep through the CLI: a frozen random-init timm test_resnet on
+    sklearn-digits, LP / MLP / NMTune (2 lambdas) x 2 seeds, one fit per Ray Tune trial (8 fits).
+    The downstream keys are the only thing to update when the suite schema moves."""
+    suite = {
+        "name": name,
+        "work_dir": str(tmp / "work"),
+        "backbones": [{"family": "timm", "arch": "test_resnet", "image_size": 28, "seed": 0,
+                       "name": "test_resnet (random init)"}],
+        "downstream": {"id": ["sklearn-digits"], "ood": [], "methods": ["lp", "mlp", "nmtune"],
+                       "lambdas": [0.01, 0.1], "depths": [1], "seeds": [0, 1], "fractions": [1.0],
+                       "max_train": 300, "epochs": 4, "batch_size": 64},
+        "selection": {"split": "val", "val_fraction": 0.2},
+        "tracking": {"experiment": name},
+        "ray": {"fits_per_trial": 1, "max_concurrent_trials": 1},
+    }
+    path = tmp / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(suite))
+    return path
+
+
+def _count_fits(url: str, experiment: str) -> int:
+    try:
+        return len(_fit_keys(url, experiment))
+    except Exception:  # not created yet, or the server is starting
+        return 0
+
+
+@pytest.mark.slow
+def test_a_cli_sweep_goes_on_while_the_server_restarts_and_every_fit_lands_once(tmp_path):
+    suite = outage_suite(tmp_path, "restart")
+    total = (1 + 1 + 2) * 2  # (lp + mlp + 2 nmtune) x seeds
+    journal = tmp_path / "work" / "journal" / "restart.jsonl"
+    server = MlflowServer(f"sqlite:///{tmp_path / 'server.db'}", artifacts=tmp_path / "artifacts",
+                          log=tmp_path / "server.log").start()
+    env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}"}
+    env.pop("RAY_ADDRESS", None)
+    cmd = [str(BIN / "nmlbench"), "run", str(suite), "--tracking-uri", server.url]
+    log = open(tmp_path / "run.log", "w")
+    proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 600
+        while _count_fits(server.url, "restart") < 2 and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.5)
+        killed_at = _count_fits(server.url, "restart")
+        server.stop()  # mid-sweep
+        # The sweep goes on: fits keep landing in the journal while nothing answers.
+        def journaled() -> int:
+            return sum(e["kind"] == "fit" for e in Journal(journal).read())
+        while journaled() < killed_at + 2 and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.5)
+        down_while = journaled()
+        server.start()  # same port, same store
+        proc.wait(timeout=max(1.0, deadline - time.monotonic()))
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+        log.close()
+    output = (tmp_path / "run.log").read_text()
+    try:
+        assert proc.returncode == 0, output[-4000:]
+        assert 2 <= killed_at < total and down_while >= killed_at + 2, (killed_at, down_while, output[-3000:])
+        assert "is not answering" in output
+        # Whatever the run could not deliver itself, sync delivers; a second sync sends nothing.
+        for _ in range(2):
+            sync = subprocess.run([str(BIN / "nmlbench"), "sync", str(suite), "--tracking-uri", server.url],
+                                  env=env, capture_output=True, text=True, timeout=600)
+            assert sync.returncode == 0, sync.stdout[-3000:] + sync.stderr[-3000:]
+        assert "0 records delivered, 0 still pending" in sync.stdout
+        keys = _fit_keys(server.url, "restart")
+        assert len(keys) == len(set(keys)) == total
+        assert set(keys) == {e["key"] for e in Journal(journal).read() if e["kind"] == "fit"}
+        board = TrackingReader(server.url, "restart").leaderboard_frame("restart")
+        assert list(board.method) == ["lp", "mlp", "nmtune"] and (board.n == 2).all()
     finally:
         server.stop()

@@ -21,7 +21,7 @@ import pandas as pd
 from benchmark.tracking.layout import LEADERBOARD_METRICS, leaderboard_url, suite_spec
 from benchmark.tracking.store import (
     EPOCH_TAG, ERROR_TAG, FAILED, KEY_TAG, KIND_TAG, ROW_TAG, STRUCTURE_KINDS, SUITE_TAG, NothingTracked, TrackingUnavailable,
-    is_transient, make_client, run_filter, runs_to_frame, search_all, sqlite_path, typed,
+    brief, is_transient, make_client, run_filter, runs_to_frame, search_all, sqlite_path, typed,
 )
 
 #: Columns a leaderboard row carries besides its metrics (group and selection).
@@ -57,7 +57,7 @@ class TrackingReader:
             exp = self.client.get_experiment_by_name(experiment)
         except Exception as exc:
             if is_transient(exc):
-                raise TrackingUnavailable(f"MLflow at {uri} did not answer ({exc}); start the tracking "
+                raise TrackingUnavailable(f"MLflow at {uri} did not answer ({brief(exc)}); start the tracking "
                                           "server or pass another --tracking-uri") from exc
             raise
         if exp is None:

@@ -119,6 +119,15 @@ def is_transient(exc: BaseException) -> bool:
     return False
 
 
+def brief(exc: BaseException) -> str:
+    """One short line for an error message (MLflow's connection errors run to several hundred chars)."""
+    text = " ".join(str(exc).split())
+    for marker in ("Connection refused", "Read timed out", "timed out", "Connection reset"):
+        if marker in text:
+            return f"{type(exc).__name__}: {marker}"
+    return text if len(text) <= 160 else text[:157] + "..."
+
+
 def param_str(value: Any) -> str:
     """MLflow params are strings; floats round-trip through ``repr``, containers through JSON."""
     if isinstance(value, (dict, list, tuple)):

@@ -34,7 +34,8 @@ from benchmark.tracking import layout
 from benchmark.tracking.journal import Journal, decode, encode
 from benchmark.tracking.reader import TrackingReader
 from benchmark.tracking.store import (
-    EPOCH_TAG, ERROR_TAG, FAILED, FINISHED, TrackingUnavailable, default_uri, is_transient, make_client, sqlite_path,
+    EPOCH_TAG, ERROR_TAG, FAILED, FINISHED, TrackingUnavailable, brief, default_uri, is_transient, make_client,
+    sqlite_path,
 )
 from benchmark.tracking.writer import RunWriter
 
@@ -83,7 +84,7 @@ class Tracker(TrackingReader):
         except Exception as exc:
             if not is_transient(exc) or self.journal is None:
                 if is_transient(exc):
-                    raise TrackingUnavailable(f"MLflow at {self.uri} did not answer ({exc}); start the "
+                    raise TrackingUnavailable(f"MLflow at {self.uri} did not answer ({brief(exc)}); start the "
                                               "tracking server, or use a sqlite:/// URI") from exc
                 raise
             self._went_down(exc)
@@ -126,7 +127,7 @@ class Tracker(TrackingReader):
             self._writer.reset()  # what landed before the outage is re-read when it is back
         if self._failures == 1:
             where = f"kept in {self.journal.path}" if self.journal else "queued in memory"
-            self.echo(f"MLflow at {self.uri} is not answering ({type(exc).__name__}); records are {where} "
+            self.echo(f"MLflow at {self.uri} is not answering ({brief(exc)}); records are {where} "
                       f"and will be sent when it is back (next try in {delay:.0f} s)")
 
     @property
@@ -234,7 +235,7 @@ class Tracker(TrackingReader):
                 if not is_transient(exc):
                     raise
                 self._went_down(exc)
-                raise TrackingUnavailable(f"MLflow at {self.uri} does not answer ({exc})") from exc
+                raise TrackingUnavailable(f"MLflow at {self.uri} does not answer ({brief(exc)})") from exc
         return super()._search(filter_string)
 
     def completed_keys(self, kind: str | None = None) -> set[str]:
