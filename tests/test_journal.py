@@ -49,6 +49,29 @@ def test_journal_round_trips_entries_and_survives_a_torn_line(tmp_path):
     assert all(json.loads(line) for line in j.path.read_text().splitlines()[:3])  # plain JSON lines
 
 
+def test_records_of_a_process_that_never_reached_the_store_are_delivered_by_the_next(tmp_path):
+    """No server at all (a closed port): the sweep's records are journaled and queued; the next
+    process, pointed at a store that answers, sends exactly those, once."""
+    records = fit_records(synthetic_fits().head(6), "j")
+    journal = tmp_path / "journal" / "j.jsonl"
+    notes: list[str] = []
+    away = Tracker(f"http://127.0.0.1:{free_port()}", "j", suite="j", journal=journal, echo=notes.append)
+    assert [away.log_fit(r) for r in records[:4]] == [None] * 4
+    assert away.completed_keys("fit") == {r["key"] for r in records[:4]}  # a resume skips them
+    assert len(away.pending) == 4 and "not answering" in notes[0] and str(journal) in notes[0]
+    report = away.finish(wait_s=0)
+    assert report.pending == 4 and report.leaderboard_rows is None and "nmlbench sync j" in notes[-1]
+    del away
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    here = Tracker(uri, "j", suite="j", journal=journal)
+    assert sorted(e["key"] for e in here.pending) == sorted(r["key"] for r in records[:4])
+    for r in records[4:]:
+        here.log_fit(r)
+    assert here.pending == []
+    assert sorted(_fit_keys(uri, "j")) == sorted(r["key"] for r in records)
+    assert Tracker(uri, "j", suite="j", journal=journal).pending == []  # replaying sends nothing new
+
+
 def _fit_keys(uri: str, experiment: str) -> list[str]:
     reader = TrackingReader(uri, experiment)
     return [r.data.tags["nmlbench.key"] for r in search_all(reader.client, reader.experiment_id,
