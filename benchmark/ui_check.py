@@ -3,9 +3,10 @@
     python -m benchmark.ui_check SUITE [--tracking-uri URI] [--work-dir DIR] [--out results/ui]
 
 starts ``mlflow server`` on a free 127.0.0.1 port over the suite's store, opens the experiment's
-leaderboard view (runs of kind ``leaderboard``, best ID accuracy first) and the suite's HTML
-report in headless Chromium, checks that every leaderboard row is shown in the right order and
-that neither page logged an error, saves screenshots, and stops the server it started.
+leaderboard view (runs of kind ``leaderboard``, best ID accuracy first), its study view (the run
+tree, expanded) and the suite's HTML report in headless Chromium, checks that every leaderboard
+row is shown in the right order, that the tree shows its groups and runs, and that no page logged
+an error, saves screenshots, and stops the server it started.
 Exit status 0 when every check passed.
 """
 
@@ -154,6 +155,37 @@ def check_leaderboard_view(browser: Chromium, base_url: str, reader: Any, suite:
 
 # Table size, figures decoded, external resources; then click "ID acc" twice (ascending, then
 # descending: the page is left sorted best-first) and read the first value after each click.
+# Click every row's expander once (the suite run, then each group as it appears).
+_EXPAND_ALL = """(() => { window.__nmlOpened = window.__nmlOpened || {};
+  document.querySelectorAll('.ag-row [data-component-id*="runnamecellrenderer"]').forEach(b => {
+    const row = b.closest('.ag-row'), id = row && row.getAttribute('row-id');
+    if (id && !window.__nmlOpened[id]) { window.__nmlOpened[id] = 1; b.click(); } });
+  return true; })()"""
+
+
+def check_study_view(browser: Chromium, base_url: str, reader: Any, suite: str,
+                     screenshot: str | Path | None = None, timeout_s: float = 90.0) -> Check:
+    """Open the study view and expand the tree: suite run > backbone x noise ratio groups > runs."""
+    from benchmark.tracking.layout import STUDY_VIEW, leaderboard_path
+    from benchmark.tracking.store import run_filter, search_all
+
+    groups = sorted(r.info.run_name for r in search_all(reader.client, reader.experiment_id, run_filter("group")))
+    fits = search_all(reader.client, reader.experiment_id, run_filter("fit"))
+    first_fit = min((r.info.run_name for r in fits), default="")
+    wanted = [suite, *groups, first_fit]
+    wait = f"{_EXPAND_ALL} && " + " && ".join(f"document.body.innerText.includes({n!r})" for n in wanted)
+    url = base_url.rstrip("/") + "/" + leaderboard_path(str(reader.experiment_id), STUDY_VIEW)
+    visit = browser.visit(url, wait_for=wait, timeout_s=timeout_s, settle_s=2.0, before_screenshot=_CLOSE_ASSISTANT)
+    problems = [f"not shown: {n}" for n in wanted if n not in visit.text]
+    if not groups:
+        problems.append("the store holds no group runs")
+    errors, ignored = _split_errors(visit.errors)
+    problems += [f"page error: {e}" for e in errors]
+    if screenshot:
+        visit.save_screenshot(screenshot)
+    return Check("mlflow study view", not problems, problems, errors, ignored, visit)
+
+
 _REPORT_STATE = """(() => {
   const t = document.querySelector('#leaderboard');
   const COL = t ? [...t.tHead.rows[0].children].findIndex(h => h.textContent.startsWith('ID acc')) : -1;
@@ -216,8 +248,10 @@ def main(argv: list[str] | None = None) -> int:
         if server is not None:
             with server:
                 checks.append(check_leaderboard_view(browser, server.url, reader, s.name, out / f"mlflow-leaderboard-{s.name}.png"))
+                checks.append(check_study_view(browser, server.url, reader, s.name, out / f"mlflow-study-{s.name}.png"))
         else:
             checks.append(check_leaderboard_view(browser, uri, reader, s.name, out / f"mlflow-leaderboard-{s.name}.png"))
+            checks.append(check_study_view(browser, uri, reader, s.name, out / f"mlflow-study-{s.name}.png"))
         checks.append(check_html_report(browser, html, out / f"report-{s.name}.png", expected_rows=rows or None))
     for c in checks:
         print(f"{'ok  ' if c.ok else 'FAIL'} {c.page}: {c.visit.url}")

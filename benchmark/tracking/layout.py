@@ -31,7 +31,8 @@ from benchmark.hashing import config_hash
 from benchmark.leaderboard import COLUMNS, METHOD_LABEL
 from benchmark.tracking.store import EXPERIMENT_KIND_TAG, KIND_TAG, TRAINING_KIND
 
-LEADERBOARD_VIEW = "leaderboard"   # share key of the experiment's saved runs view
+LEADERBOARD_VIEW = "leaderboard"   # share keys of the experiment's saved runs views
+STUDY_VIEW = "study"
 VIEW_TAG_PREFIX = "mlflow.sharedViewState."  # MLflow 3.x: experiment tag holding a shared view
 NOTE_TAG = "mlflow.note.content"   # the experiment's description in the UI
 #: Metric columns of a leaderboard run: the leaderboard's own columns (fractions / raw numbers).
@@ -145,22 +146,32 @@ def leaderboard_view() -> dict[str, Any]:
             "columnWidths": {"attributes.`Run Name`": 330, "params.`selected`": 260}}
 
 
+def study_view() -> dict[str, Any]:
+    """The whole tree (suite > backbone x noise ratio > runs) with the columns a fit is judged by."""
+    columns = [f"params.`{p}`" for p in ("method", "task")] + [
+        f"metrics.`{m}`" for m in ("val_accuracy", "test_accuracy", "test_macro_f1")]
+    return {"searchFilter": f"tags.`{KIND_TAG}` != 'leaderboard'", "orderByKey": "tags.`mlflow.runName`",
+            "orderByAsc": True, "selectedColumns": columns,
+            "columnOrder": ["attributes.`Run Name`", *columns], "columnWidths": {"attributes.`Run Name`": 360}}
+
+
 def experiment_tags(experiment_id: str) -> dict[str, str]:
-    """Tags that make the UI open on training runs and offer the leaderboard view."""
+    """Tags that make the UI open on training runs and offer the leaderboard and study views."""
     return {
         EXPERIMENT_KIND_TAG: TRAINING_KIND,
         VIEW_TAG_PREFIX + LEADERBOARD_VIEW: json.dumps(leaderboard_view(), sort_keys=True),
+        VIEW_TAG_PREFIX + STUDY_VIEW: json.dumps(study_view(), sort_keys=True),
         NOTE_TAG: ("nml-bench study. **Leaderboard**: open "
                    f"[the leaderboard view]({leaderboard_path(experiment_id)}) "
                    "(one run per backbone x noise ratio x head; sort by any metric). "
-                   "Pre-training and head-fit runs are nested under the suite run, one group per "
-                   "backbone x noise ratio."),
+                   f"[The study view]({leaderboard_path(experiment_id, STUDY_VIEW)}): pre-training and "
+                   "head-fit runs nested under the suite run, one group per backbone x noise ratio."),
     }
 
 
-def leaderboard_path(experiment_id: str) -> str:
-    """The UI route (after ``#``) of the leaderboard view of an experiment."""
-    return f"#/experiments/{experiment_id}/runs?viewStateShareKey={LEADERBOARD_VIEW}&workflowType=machine_learning"
+def leaderboard_path(experiment_id: str, view: str = LEADERBOARD_VIEW) -> str:
+    """The UI route (from ``#``) of a saved view of an experiment (default: the leaderboard)."""
+    return f"#/experiments/{experiment_id}/runs?viewStateShareKey={view}&workflowType=machine_learning"
 
 
 def leaderboard_url(base_url: str, experiment_id: str) -> str:
