@@ -21,6 +21,7 @@ import numpy as np
 import pandas as pd
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
 
 from benchmark.leaderboard import METHOD_LABEL, METHOD_ORDER, leaderboard, render
 
@@ -214,11 +215,22 @@ CURVE_LABELS = {
     "clean_accuracy": "accuracy on the true labels (%)",
     "noisy_fit": "flipped samples fitted to their noisy label (%)",
     "true_fit": "flipped samples fitted to their true label (%)",
+    "lr": "learning rate",
+    "images_per_s": "training throughput (images / s)",
+    "seconds": "epoch wall time (s)",
 }
+#: Per-epoch bookkeeping that is not a curve worth a panel.
+CURVE_SKIP = {"world_size", "resumed_from_epoch", "epoch"}
 
 
 def _is_fraction(metric: str) -> bool:
     return metric.endswith(("accuracy", "_fit", "_acc"))
+
+
+def curve_metrics(records: list[Any]) -> list[str]:
+    """The per-epoch metrics worth a panel, learning curves first (``CURVE_LABELS`` order)."""
+    return sorted({m for r in records for m, pts in r.curves.items() if pts and m not in CURVE_SKIP},
+                  key=lambda m: (list(CURVE_LABELS).index(m) if m in CURVE_LABELS else 99, m))
 
 
 def plot_pretrain_curves(records: list[Any], path: Path) -> Path:
@@ -227,8 +239,7 @@ def plot_pretrain_curves(records: list[Any], path: Path) -> Path:
     ``records`` are ``tracking.PretrainRecord`` (name, group, curves {metric: [(epoch, value)]}).
     Accuracies and fitted fractions are drawn in percent.
     """
-    metrics = sorted({m for r in records for m, pts in r.curves.items() if pts},
-                     key=lambda m: (list(CURVE_LABELS).index(m) if m in CURVE_LABELS else 99, m))
+    metrics = curve_metrics(records)
     if not metrics:
         return _empty(path, "no per-epoch pre-training metrics logged")
     ncols = min(3, len(metrics))
@@ -244,6 +255,7 @@ def plot_pretrain_curves(records: list[Any], path: Path) -> Path:
                 label = f"{r.group} · p{r.params.get('seed', '?')}" if r.group else r.name
                 ax.plot(x, np.asarray(y) * scale, marker="o", markersize=3, label=label)
         ax.set_xlabel("epoch")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set_ylabel(CURVE_LABELS.get(metric, metric + (" (%)" if scale == 100 else "")))
         ax.set_title(metric, fontsize=9)
         ax.grid(alpha=0.3)

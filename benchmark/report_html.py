@@ -209,7 +209,7 @@ def write_html_report(reader: Any, suite: str, out_path: str | Path, *, fits: pd
     given, else computed. Returns the path.
     """
     from benchmark.claims import claims_markdown
-    from benchmark.report import CURVE_LABELS, make_report, plot_pretrain_curves, spectra_for
+    from benchmark.report import CURVE_LABELS, curve_metrics, make_report, plot_pretrain_curves, spectra_for
     from benchmark.tracking.publish import leaderboard_rows, suite_fits
 
     fits = suite_fits(reader, suite) if fits is None else fits
@@ -222,7 +222,7 @@ def write_html_report(reader: Any, suite: str, out_path: str | Path, *, fits: pd
         if pretrains:
             pngs["pretrain_curves.png"] = plot_pretrain_curves(pretrains, Path(tmp) / "curves.png").read_bytes()
     claims = claims_markdown(fits, suite)
-    present = sorted({m for r in pretrains for m, pts in r.curves.items() if pts})
+    present = curve_metrics(pretrains)
     captions = {"pretrain_curves.png": FIGURE_CAPTIONS["pretrain_curves.png"] + " Panels: " + "; ".join(
         f"{m}: {CURVE_LABELS.get(m, m)}" for m in present) + "."} if present else {}
     page = render_html(suite, rows, pngs, claims, pretrains, captions=captions,
