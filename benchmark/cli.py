@@ -208,7 +208,7 @@ def sync(
         path = journal_path(Path(work_dir or s.work_dir), exp)
         tracker = Tracker(uri, exp, suite=s.name, journal=path, echo=typer.echo)
         queued = len(tracker.pending)
-        done = tracker.finish(wait_s=wait)
+        done = tracker.finish(wait_s=wait, strict=True)
     except NMLBenchError as exc:
         _fail(exc)
     typer.echo(f"journal {path}: {queued - done.pending} records delivered, {done.pending} still pending; "

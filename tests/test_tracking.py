@@ -182,6 +182,15 @@ def test_experiment_opens_on_training_runs_and_offers_the_leaderboard_view(track
     assert link.split("5000/")[1] in exp.tags["mlflow.note.content"]
 
 
+def test_a_record_the_store_rejects_raises_and_does_not_block_the_next(tracker):
+    bad = {**fit_record("bad"), "params": {**fit_record("bad")["params"], "bad*name": 1}}
+    with pytest.raises(Exception, match="bad\\*name|Invalid"):
+        tracker.log_fit(bad)
+    assert tracker.pending == []  # dropped from the queue (it stays in the journal, if any)
+    assert tracker.log_fit(fit_record("good")) is not None
+    assert tracker.completed_keys("fit") == {"good"}
+
+
 def test_default_uri_is_absolute(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     assert default_uri() == f"sqlite:///{tmp_path / '.nmlbench' / 'mlflow.db'}"

@@ -167,7 +167,14 @@ class Tracker(TrackingReader):
             assert self._writer is not None
             while self._queue:
                 ident, entry = next(iter(self._queue.items()))
-                self._delivered[ident] = self._writer.write(entry)
+                try:
+                    self._delivered[ident] = self._writer.write(entry)
+                except Exception as exc:
+                    if not is_transient(exc):
+                        # A record the store rejects: it must not block the ones behind it.
+                        # It stays in the journal; the error goes to the caller.
+                        self._queue.pop(ident)
+                    raise
                 self._queue.pop(ident)
                 sent += 1
         except Exception as exc:
@@ -201,12 +208,14 @@ class Tracker(TrackingReader):
             self._drain(force=True)
         return len(self._queue)
 
-    def finish(self, *, wait_s: float = 15.0, publish: bool = True) -> FinishReport:
+    def finish(self, *, wait_s: float = 15.0, publish: bool = True, strict: bool = False) -> FinishReport:
         """End of a run (or ``nmlbench sync``): deliver the queue, then publish the leaderboard.
 
         Publishing writes one run per leaderboard row and logs the table, figures, claims and the
         HTML report on the suite run (``publish.publish_suite``); it needs every record in the
-        store, so it waits for the next ``finish`` when some are still queued.
+        store, so it waits for the next ``finish`` when some are still queued. A publishing error
+        other than an outage is raised when ``strict``, else reported through ``echo`` (the
+        records themselves are safe; ``nmlbench sync`` publishes again).
         """
         rows = None
         left = self.flush(wait_s)
@@ -216,9 +225,13 @@ class Tracker(TrackingReader):
             try:
                 rows = publish_suite(self)
             except Exception as exc:
-                if not is_transient(exc):
+                if is_transient(exc):
+                    self._went_down(exc)
+                elif strict:
                     raise
-                self._went_down(exc)
+                else:
+                    self.echo(f"publishing the leaderboard of {self.suite!r} failed ({type(exc).__name__}: "
+                              f"{exc}); the records are in MLflow, `nmlbench sync {self.suite}` publishes again")
             left = self.flush(0.0)
         if left:
             where = f" (kept in {self.journal.path})" if self.journal else " (in memory only: no journal)"
