@@ -49,6 +49,12 @@ def test_missing_store_says_nothing_ran_and_creates_no_file(tmp_path):
     assert res.exit_code == 2 and "nothing has been run yet" in res.output
     assert not db.exists() and not db.parent.exists() and not (tmp_path / "out").exists()
     assert not (tmp_path / "work").exists()
+    # A file a run has only just created (no tables yet): reported, never migrated by the reader.
+    db.parent.mkdir()
+    db.touch()
+    with pytest.raises(NothingTracked, match="not complete"):
+        TrackingReader(uri, "quick")
+    assert db.stat().st_size == 0
 
 
 def test_reading_the_study_changes_no_byte_of_the_store(study, tmp_path):

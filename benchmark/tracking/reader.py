@@ -14,6 +14,7 @@ import math
 import tempfile
 import warnings
 from typing import Any
+from urllib.parse import quote
 
 import numpy as np
 import pandas as pd
@@ -52,13 +53,18 @@ class TrackingReader:
             raise NothingTracked(
                 f"no MLflow store at {uri} (the file {db} does not exist): nothing has been run yet "
                 "for this suite. Run it first (`nmlbench run SUITE`), or pass the --tracking-uri it logged to.")
-        self.client = make_client(uri)
+        # SQLite is opened read-only: MLflow would otherwise create or migrate tables (and race a
+        # sweep that is creating the same file); a store that is not complete yet fails instead.
+        self.client = make_client(f"sqlite:///file:{quote(str(db))}?mode=ro&uri=true" if db is not None else uri)
         try:
             exp = self.client.get_experiment_by_name(experiment)
         except Exception as exc:
             if is_transient(exc):
                 raise TrackingUnavailable(f"MLflow at {uri} did not answer ({brief(exc)}); start the tracking "
                                           "server or pass another --tracking-uri") from exc
+            if "readonly database" in str(exc):
+                raise NothingTracked(f"the MLflow store at {uri} is not complete (empty, or a run that just "
+                                     "started is still creating it); nothing to read yet") from exc
             raise
         if exp is None:
             raise NothingTracked(f"no experiment {experiment!r} in the MLflow store at {uri}: nothing has been "
