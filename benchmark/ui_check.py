@@ -223,43 +223,56 @@ def check_html_report(browser: Chromium, path: str | Path, screenshot: str | Pat
     return Check("html report", not problems, problems, errors, ignored, visit)
 
 
-def main(argv: list[str] | None = None) -> int:
-    from benchmark.cli import _load, _tracking
-    from benchmark.report import make_report_from_tracking
+def run_checks(uri: str, experiment: str, suite: str, out: Path, work: Path) -> list[Check]:
+    """Serve the store (a SQLite store gets its own ``mlflow server``; an HTTP URI is used as is),
+    check the leaderboard and study views and a freshly written HTML report; screenshots to ``out``."""
+    from benchmark.report_html import write_html_report
     from benchmark.tracking import TrackingReader
     from benchmark.tracking.store import sqlite_path
+
+    reader = TrackingReader(uri, experiment)
+    html = write_html_report(reader, suite, work / "report.html")
+    rows = len(reader.leaderboard_frame(suite))
+    checks = []
+    with Chromium(width=1600, height=1000) as browser:
+        server = MlflowServer(uri, artifacts=work / "artifacts", log=work / "mlflow-server.log") \
+            if sqlite_path(uri) is not None else None
+        try:
+            base = server.start().url if server is not None else uri
+            checks.append(check_leaderboard_view(browser, base, reader, suite, out / f"mlflow-leaderboard-{suite}.png"))
+            checks.append(check_study_view(browser, base, reader, suite, out / f"mlflow-study-{suite}.png"))
+        finally:
+            if server is not None:
+                server.stop()
+        checks.append(check_html_report(browser, html, out / f"report-{suite}.png", expected_rows=rows or None))
+    return checks
+
+
+def main(argv: list[str] | None = None) -> int:
+    from benchmark.cli import _load, _tracking
 
     ap = argparse.ArgumentParser(prog="python -m benchmark.ui_check", description=__doc__.split("\n\n")[0])
     ap.add_argument("suite", help="suite file or name in suites/")
     ap.add_argument("--tracking-uri"), ap.add_argument("--work-dir")
-    ap.add_argument("--out", default="results/ui", help="folder for the screenshots (and report.html)")
+    ap.add_argument("--out", default="results/ui", help="folder for the screenshots")
     args = ap.parse_args(argv)
-    s = _load(args.suite)
-    uri, exp = _tracking(s, args.tracking_uri, args.work_dir)
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    reader = TrackingReader(uri, exp)
-    html = [p for p in make_report_from_tracking(uri, exp, out / "report", s.name, html=True) if p.name == "report.html"][0]
-    rows = len(reader.leaderboard_frame(s.name))
-    checks = []
-    server = MlflowServer(uri, artifacts=out / "server-artifacts", log=out / "mlflow-server.log") \
-        if sqlite_path(uri) is not None else None
-    with Chromium(width=1600, height=1000) as browser:
-        if server is not None:
-            with server:
-                checks.append(check_leaderboard_view(browser, server.url, reader, s.name, out / f"mlflow-leaderboard-{s.name}.png"))
-                checks.append(check_study_view(browser, server.url, reader, s.name, out / f"mlflow-study-{s.name}.png"))
-        else:
-            checks.append(check_leaderboard_view(browser, uri, reader, s.name, out / f"mlflow-leaderboard-{s.name}.png"))
-            checks.append(check_study_view(browser, uri, reader, s.name, out / f"mlflow-study-{s.name}.png"))
-        checks.append(check_html_report(browser, html, out / f"report-{s.name}.png", expected_rows=rows or None))
+    try:
+        s = _load(args.suite)
+        uri, exp = _tracking(s, args.tracking_uri, args.work_dir)
+        out = Path(args.out)
+        out.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryDirectory(prefix="nmlbench-ui-check-") as tmp:
+            checks = run_checks(uri, exp, s.name, out, Path(tmp))
+    except NMLBenchError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     for c in checks:
         print(f"{'ok  ' if c.ok else 'FAIL'} {c.page}: {c.visit.url}")
         for p in c.problems:
             print(f"     {p}")
         if c.ignored:
             print(f"     ({len(c.ignored)} known MLflow UI console errors ignored: {c.ignored[0]})")
-    print(f"screenshots in {out}")
+    print(f"screenshots in {out}: " + ", ".join(sorted(p.name for p in out.glob(f"*-{s.name}.png"))))
     return 0 if all(c.ok for c in checks) else 1
 
 

@@ -150,8 +150,9 @@ def study_view() -> dict[str, Any]:
     """The whole tree (suite > backbone x noise ratio > runs) with the columns a fit is judged by."""
     columns = [f"params.`{p}`" for p in ("method", "task")] + [
         f"metrics.`{m}`" for m in ("val_accuracy", "test_accuracy", "test_macro_f1")]
-    return {"searchFilter": f"tags.`{KIND_TAG}` != 'leaderboard'", "orderByKey": "tags.`mlflow.runName`",
-            "orderByAsc": True, "selectedColumns": columns,
+    # No sort key: MLflow 3.17 shows nesting only in its default order (by start time); sorting
+    # by run name flattens the tree.
+    return {"searchFilter": f"tags.`{KIND_TAG}` != 'leaderboard'", "selectedColumns": columns,
             "columnOrder": ["attributes.`Run Name`", *columns], "columnWidths": {"attributes.`Run Name`": 360}}
 
 
