@@ -175,8 +175,12 @@ def check_study_view(browser: Chromium, base_url: str, reader: Any, suite: str,
     wanted = [suite, *groups, first_fit]
     wait = f"{_EXPAND_ALL} && " + " && ".join(f"document.body.innerText.includes({n!r})" for n in wanted)
     url = base_url.rstrip("/") + "/" + leaderboard_path(str(reader.experiment_id), STUDY_VIEW)
-    visit = browser.visit(url, wait_for=wait, timeout_s=timeout_s, settle_s=2.0, before_screenshot=_CLOSE_ASSISTANT)
+    expanders = "document.querySelectorAll('.ag-row [data-component-id*=\"runnamecellrenderer\"]').length"
+    visit = browser.visit(url, wait_for=wait, extract=expanders, timeout_s=timeout_s, settle_s=2.0,
+                          before_screenshot=_CLOSE_ASSISTANT)
     problems = [f"not shown: {n}" for n in wanted if n not in visit.text]
+    if (visit.value or 0) < 1 + len(groups):  # the suite run and every group can be expanded: a tree
+        problems.append(f"runs are not nested: {visit.value} expandable rows for 1 suite + {len(groups)} groups")
     if not groups:
         problems.append("the store holds no group runs")
     errors, ignored = _split_errors(visit.errors)
