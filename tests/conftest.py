@@ -7,6 +7,11 @@ real layouts (``support.write_imagenet_root``); the backbone is a frozen random-
 so nothing is pre-trained. Tests read what the run left: the store, the feature cache, the work
 dir, and the plan it executed. Ray is shut down before the first test runs, so tests that need
 Ray start their own through ``benchmark.ray_session.init_ray``.
+
+``published_study``: one real MLflow store holding a small published synthetic study. The store is
+written through ``Tracker`` exactly as a sweep writes it (fits, pre-trainings with per-epoch
+curves and noise records, spectra), then ``finish()`` publishes the leaderboard runs and the
+suite run's artifacts. Tests that only read it share it; tests that change a store build their own.
 """
 
 from __future__ import annotations
@@ -18,7 +23,15 @@ from typing import Any
 import pytest
 import yaml
 
-from support import PIPELINE_COUNTS, PIPELINE_WNIDS, pipeline_pixels, pipeline_suite, write_imagenet_root
+from support import (
+    Study,
+    build_study,
+    PIPELINE_COUNTS,
+    PIPELINE_WNIDS,
+    pipeline_pixels,
+    pipeline_suite,
+    write_imagenet_root,
+)
 
 
 @dataclass(frozen=True)
@@ -36,10 +49,10 @@ class PipelineRun:
     log: list[str] = field(default_factory=list)  # the runner's progress lines
 
     def frame(self, kind: str = "fit") -> Any:
-        """Finished runs of ``kind`` read back from the store (``Tracker.runs_frame``)."""
-        from benchmark.tracking import Tracker
+        """Finished runs of ``kind`` read back from the store, read-only (``TrackingReader.runs_frame``)."""
+        from benchmark.tracking import TrackingReader
 
-        return Tracker(self.uri, self.experiment).runs_frame(kind)
+        return TrackingReader(self.uri, self.experiment).runs_frame(kind)
 
     def task(self, name: str) -> Any:
         return next(t for t in self.plan.tasks if t.name == name)
@@ -80,3 +93,10 @@ def pipeline_run(tmp_path_factory: pytest.TempPathFactory) -> PipelineRun:
             ray.shutdown()
     return PipelineRun(path, suite, make_plan(suite), Path(data["data_root"]), Path(data["work_dir"]),
                        data["tracking"]["uri"], data["tracking"]["experiment"], summary, log)
+
+
+# -- a published synthetic study ------------------------------------------------------------
+@pytest.fixture(scope="session")
+def study(tmp_path_factory) -> Study:
+    """A published study shared by tests that only read it (do not write to it)."""
+    return build_study(tmp_path_factory.mktemp("study"))

@@ -86,4 +86,5 @@ def test_paper_suite_without_its_data_root_names_the_layout(tmp_path: Path) -> N
 def test_leaderboard_of_a_suite_without_runs_says_so(tmp_path: Path) -> None:
     res = runner.invoke(app, ["leaderboard", "quick", "--tracking-uri", f"sqlite:///{tmp_path / 'empty.db'}"])
     assert res.exit_code == 0
-    assert "no finished head fits" in res.output
+    assert "nothing has been run yet" in res.output and str(tmp_path / "empty.db") in res.output
+    assert not (tmp_path / "empty.db").exists()  # reading never creates a store

@@ -82,9 +82,9 @@ def _stop_head(ray_tmp: str, gcs_port: int) -> None:
 
 
 def _finished_fits(uri: str, experiment: str):
-    from benchmark.tracking import Tracker
+    from benchmark.tracking import TrackingReader
 
-    return Tracker(uri, experiment).runs_frame("fit")
+    return TrackingReader(uri, experiment).runs_frame("fit")
 
 
 def test_submit_to_a_real_ray_head_and_read_rows_back(tmp_path: Path) -> None:
@@ -142,7 +142,7 @@ def test_interrupted_sweep_resumes_only_missing_fits(tmp_path: Path) -> None:
     cmd = [str(BIN / "nmlbench"), "run", str(suite), "--tracking-uri", uri]
     proc = subprocess.Popen(cmd, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                             text=True, start_new_session=True)
-    from benchmark.tracking import Tracker
+    from benchmark.tracking import TrackingReader
 
     tracker = None
     done_at_interrupt = 0
@@ -152,7 +152,7 @@ def test_interrupted_sweep_resumes_only_missing_fits(tmp_path: Path) -> None:
             time.sleep(0.5)
             if tracker is None and (tmp_path / "mlflow.db").exists():
                 try:
-                    tracker = Tracker(uri, "resumed")
+                    tracker = TrackingReader(uri, "resumed")  # read-only: never races the run creating the store
                 except Exception:
                     continue
             if tracker is not None and len(tracker.completed_keys("fit")) >= 3:
@@ -164,7 +164,7 @@ def test_interrupted_sweep_resumes_only_missing_fits(tmp_path: Path) -> None:
             os.killpg(proc.pid, signal.SIGKILL)
     output = proc.stdout.read()
     assert tracker is not None, output[-3000:]
-    done_at_interrupt = len(Tracker(uri, "resumed").completed_keys("fit"))
+    done_at_interrupt = len(TrackingReader(uri, "resumed").completed_keys("fit"))
     total = 2 * (1 + 1 + 2) * 2
     assert 3 <= done_at_interrupt < total, f"the interrupt came too late to test resuming:\n{output[-3000:]}"
 

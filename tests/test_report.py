@@ -62,8 +62,13 @@ def test_report_from_mlflow_equals_report_from_the_frame(tmp_path):
     for ratio in (0.0, 0.1):
         tracker.log_spectrum({"backbone": "net", "noise_ratio": ratio, "pretrain_seed": 0}, "a",
                              np.linspace(2.0, 0.1, 16) ** (1 + 3 * ratio))
-    written = make_report_from_tracking(uri, "synthetic", tmp_path / "report", "synthetic")
-    assert sorted(p.name for p in written) == sorted(["leaderboard.md", "leaderboard.csv", "claims.md", *FIGURES])
+    written = make_report_from_tracking(uri, "synthetic", tmp_path / "report", "synthetic", html=True)
+    assert sorted(p.name for p in written) == sorted(["leaderboard.md", "leaderboard.csv", "claims.md", "report.html",
+                                                      *FIGURES])
+    page = (tmp_path / "report" / "report.html").read_text()
+    table = page.split('id="leaderboard">')[1].split("</table>")[0]
+    assert table.count("<tr>") == len(leaderboard(df)) + 1  # header + one row per leaderboard row
+    assert page.count('src="data:image/png;base64,') == len(FIGURES) and 'src="http' not in page
     csv = pd.read_csv(tmp_path / "report" / "leaderboard.csv")
     pd.testing.assert_frame_equal(csv, leaderboard(df), check_dtype=False, rtol=1e-12)
     assert set(Tracker(uri, "synthetic").load_spectra("a", pretrain_seed=0)) == {"net · noise 0%", "net · noise 10%"}
