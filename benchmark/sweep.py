@@ -6,7 +6,11 @@ Why the shape below:
 - One head fit lasts well under a second on small features, while a Tune trial costs about a
   second of scheduling. So a trial is a *batch* of planned fits on one pair
   (``benchmark.plan.TrialPlan``): Tune's overhead is paid per batch, and the pair's features are
-  validated and moved to the device once per trial (``probe.prepare_data``) for ``probe.fit_many``.
+  validated and moved to the device once per trial (``prepare_payload``) for the probe.
+- Inside a trial the fits that can share a computation (``HParams.batch_key`` and training rows:
+  the seeds, learning rates and NMTune weights of one architecture) train as one batch
+  (``probe.iter_fit_many``), and each batch group's records go to the driver in one Tune report:
+  Tune's cost per report is paid per group, not per fit. ``plan_trials`` keeps groups whole.
 - Each fit carries its full config and key from the plan. The driver's callback hands every
   finished fit to the recording sink as it arrives (one writer, nothing lost on interrupt).
 - A fit that raises is recorded as a failure with its error; the sweep goes on.

@@ -71,6 +71,19 @@ def test_few_shot_rows_train_on_those_rows_only(payload: FeaturePayload) -> None
     assert small["metrics"]["train_loss"] != full["metrics"]["train_loss"]
 
 
+def test_plan_trials_keep_batch_groups_whole() -> None:
+    grad = [_spec("nmtune", s, lam=lam, epochs=2) for s in range(3) for lam in (0.01, 0.1)]  # one group of 6
+    deep = [_spec("mlp", s, depth=2, epochs=2) for s in range(3)]                          # another group of 3
+    lps = [_spec("lp", s) for s in range(2)]                                               # a third, of 2
+    trials = plan_trials(grad + deep + lps, fits_per_trial=8)
+    assert sorted(len(t.fits) for t in trials) == [5, 6]  # 6 | 3 + 2: no group split across trials
+    for t in trials:
+        assert len({(f.hparams.batch_key(), f.train_rows) for f in t.fits}) <= 2
+    assert {f.key for t in trials for f in t.fits} == {f.key for f in grad + deep + lps}
+    big = plan_trials(grad, fits_per_trial=4)  # a group larger than a trial is split, not merged
+    assert [len(t.fits) for t in big] == [4, 2]
+
+
 def test_records_arrive_one_batch_group_at_a_time(payload: FeaturePayload) -> None:
     specs = [_spec("mlp", 0, epochs=2), _spec("lp", 0, l2_steps=2), _spec("nmtune", 1, epochs=2, lam=0.1),
              _spec("mlp", 2, epochs=2, lr=3e-3), _spec("lp", 3, l2_steps=2)]

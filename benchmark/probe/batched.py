@@ -140,23 +140,23 @@ class StackedAdamW:
         self.m = {n: t[idx] for n, t in self.m.items()}
         self.v = {n: t[idx] for n, t in self.v.items()}
 
-    def _per_member(self, values: Sequence[float], like: torch.Tensor) -> torch.Tensor:
-        return torch.tensor(values, dtype=like.dtype, device=like.device).view(-1, *([1] * (like.ndim - 1)))
-
     @torch.no_grad()
     def step(self) -> None:
         self.step_count += 1
         bc1 = 1 - BETAS[0] ** float(self.step_count)
         bc2_sqrt = (1 - BETAS[1] ** float(self.step_count)) ** 0.5
-        neg_step = [-(lr / bc1) for lr in self.lrs]
-        decay = [1 - lr * wd for lr, wd in zip(self.lrs, self.wds)]
+        # The scalars AdamW computes in Python per head, cast to float32 as its kernels do.
+        first = next(iter(self.heads.params.values()))
+        both = torch.tensor([[1 - lr * wd for lr, wd in zip(self.lrs, self.wds)], [-(lr / bc1) for lr in self.lrs]],
+                            dtype=first.dtype, device=first.device)
         for n, p in self.heads.params.items():
+            shape = (-1, *([1] * (p.ndim - 1)))
             grad = p.grad
-            p.mul_(self._per_member(decay, p))
+            p.mul_(both[0].view(shape))
             self.m[n].lerp_(grad, 1 - BETAS[0])
             self.v[n].mul_(BETAS[1]).addcmul_(grad, grad, value=1 - BETAS[1])
             denom = (self.v[n].sqrt() / bc2_sqrt).add_(EPS)
-            p.add_(self._per_member(neg_step, p) * self.m[n] / denom)
+            p.add_(both[1].view(shape) * self.m[n] / denom)  # addcdiv's (value * m) / denom, per member
             p.grad = None
         self.t += 1
         t, total = self.t, self.total
