@@ -121,6 +121,7 @@ class HeadMethod:
     builder: str                 # "module:function"(dim, num_classes, **arch) -> nn.Module
     loss: str | None = None      # "module:function"(HParams) -> loss object; None: cross-entropy
     fitter: str | None = None    # "module:function"(data, requests) -> results; None: gradient training
+    default: bool = True         # run by a suite that lists no methods
     _cache: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
 
     def takes(self, hparam: str) -> bool:
@@ -163,6 +164,11 @@ def get_head(name: str) -> HeadMethod:
 def head_names() -> tuple[str, ...]:
     """Registered head names in display order (LP, MLP, NMTune)."""
     return tuple(sorted(HEADS, key=lambda n: (HEADS[n].order, n)))
+
+
+def default_methods() -> tuple[str, ...]:
+    """The heads a suite runs when it lists none (display order): all but reproduction variants."""
+    return tuple(n for n in head_names() if HEADS[n].default)
 
 
 def methods_taking(hparam: str) -> list[str]:
@@ -264,7 +270,7 @@ register_head(HeadMethod(
     name="lp_adamw", label="LP (AdamW)", order=1,
     description="the paper's linear probe: AdamW, lr 0.1, no weight decay, 30 epochs, cosine schedule, last epoch",
     defaults={"epochs": 30, "batch_size": 64, "lr": 0.1, "weight_decay": 0.0, "epoch_selection": "last"},
-    builder="benchmark.heads.modules:LinearHead"))
+    builder="benchmark.heads.modules:LinearHead", default=False))
 register_head(HeadMethod(
     name="mlp", label="MLP", order=2,
     description="NMTune's residual MLP trained with cross-entropy only (the MLP baseline)",

@@ -138,56 +138,60 @@ class LbfgsResult:
 
 
 def lbfgs(problem: _Problem, l2: torch.Tensor, theta0: torch.Tensor, *, max_iter: int, tol: float) -> LbfgsResult:
-    """Minimise every member's objective at once: per-member L-BFGS memory, step and stop."""
-    g_count = theta0.shape[0]
-    shape = theta0.shape
+    """Minimise every member's objective at once: per-member L-BFGS memory, step and stop.
+
+    Members that converge leave the batch (its state is compacted to the members still
+    running), so a slow member costs only its own iterations.
+    """
+    g_count, shape = theta0.shape[0], theta0.shape
     theta = theta0.clone().reshape(g_count, -1)
     value, grad = problem.value_and_grad(theta.view(shape), l2)
     grad = grad.reshape(g_count, -1)
-    size = theta.shape[1]
-    s_mem = torch.zeros(g_count, MEMORY, size, dtype=theta.dtype, device=theta.device)
-    y_mem = torch.zeros_like(s_mem)
-    rho = torch.zeros(g_count, MEMORY, dtype=theta.dtype, device=theta.device)
-    gamma = torch.ones(g_count, dtype=theta.dtype, device=theta.device)
-    active = grad.abs().amax(1) > tol
+    final_theta, final_value, final_grad = theta.clone(), value.clone(), grad.clone()
     trace = [[float(v)] for v in value]
     iterations = [0] * g_count
+    # State of the running members only; ``ids`` maps their rows to member numbers.
+    ids = torch.nonzero(grad.abs().amax(1) > tol).squeeze(1)
+    theta, value, grad, lam = theta[ids], value[ids], grad[ids], l2[ids]
+    s_mem = torch.zeros(len(ids), MEMORY, theta.shape[1], dtype=theta.dtype, device=theta.device)
+    y_mem = torch.zeros_like(s_mem)
+    rho = torch.zeros(len(ids), MEMORY, dtype=theta.dtype, device=theta.device)
+    gamma = torch.ones(len(ids), dtype=theta.dtype, device=theta.device)
     stored = 0
     for it in range(max_iter):
-        idx = torch.nonzero(active).squeeze(1)
-        if idx.numel() == 0:
+        if ids.numel() == 0:
             break
-        th, gr, fv = theta[idx], grad[idx], value[idx]
         # Two-loop recursion over the (synchronous, circular) memory, newest pair first.
-        q = gr.clone()
+        q = grad.clone()
         order = [(it - 1 - j) % MEMORY for j in range(stored)]
         alphas = []
         for j in order:
-            a = rho[idx, j] * (s_mem[idx, j] * q).sum(1)
-            q -= a.unsqueeze(1) * y_mem[idx, j]
+            a = rho[:, j] * (s_mem[:, j] * q).sum(1)
+            q -= a.unsqueeze(1) * y_mem[:, j]
             alphas.append(a)
         if stored:
-            r = gamma[idx].unsqueeze(1) * q
+            r = gamma.unsqueeze(1) * q
         else:  # first step: a gradient step of length at most 1 in the l1 sense (as torch's LBFGS)
-            r = q * torch.clamp(1.0 / gr.abs().sum(1), max=1.0).unsqueeze(1)
+            r = q * torch.clamp(1.0 / grad.abs().sum(1), max=1.0).unsqueeze(1)
         for j, a in zip(reversed(order), reversed(alphas)):
-            b = rho[idx, j] * (y_mem[idx, j] * r).sum(1)
-            r += (a - b).unsqueeze(1) * s_mem[idx, j]
+            b = rho[:, j] * (y_mem[:, j] * r).sum(1)
+            r += (a - b).unsqueeze(1) * s_mem[:, j]
         d = -r
-        slope = (gr * d).sum(1)
+        slope = (grad * d).sum(1)
         uphill = ~(slope < 0)
         if bool(uphill.any()):  # a stale memory: fall back to steepest descent for those members
-            d[uphill] = -gr[uphill]
-            slope[uphill] = -(gr[uphill] ** 2).sum(1)
+            d[uphill] = -grad[uphill]
+            slope[uphill] = -(grad[uphill] ** 2).sum(1)
         # Armijo backtracking, every member with its own step.
-        step = torch.ones_like(fv)
-        new_th, new_f, new_g = th.clone(), fv.clone(), gr.clone()
-        need = torch.ones_like(fv, dtype=torch.bool)
+        step = torch.ones_like(value)
+        new_th, new_f, new_g = theta.clone(), value.clone(), grad.clone()
+        need = torch.ones_like(value, dtype=torch.bool)
         for _ in range(MAX_HALVINGS):
             w = torch.nonzero(need).squeeze(1)
-            trial = th[w] + step[w].unsqueeze(1) * d[w]
-            f_t, g_t = problem.value_and_grad(trial.view(-1, *shape[1:]), l2[idx[w]])
-            ok = torch.isfinite(f_t) & (f_t <= fv[w] + ARMIJO_C1 * step[w] * slope[w])
+            everyone = w.numel() == need.numel()
+            trial = theta + step.unsqueeze(1) * d if everyone else theta[w] + step[w].unsqueeze(1) * d[w]
+            f_t, g_t = problem.value_and_grad(trial.view(-1, *shape[1:]), lam if everyone else lam[w])
+            ok = torch.isfinite(f_t) & (f_t <= (value[w] + ARMIJO_C1 * step[w] * slope[w]))
             acc = w[ok]
             new_th[acc], new_f[acc], new_g[acc] = trial[ok], f_t[ok], g_t.reshape(len(w), -1)[ok]
             need[acc] = False
@@ -195,24 +199,31 @@ def lbfgs(problem: _Problem, l2: torch.Tensor, theta0: torch.Tensor, *, max_iter
                 break
             step[need] *= 0.5
         stalled = need  # no decrease found within MAX_HALVINGS: at the optimum up to rounding
-        s = new_th - th
-        yv = new_g - gr
+        s = new_th - theta
+        yv = new_g - grad
         sy = (s * yv).sum(1)
         good = sy > 1e-10 * s.norm(dim=1) * yv.norm(dim=1)
         slot = it % MEMORY
-        s_mem[idx, slot] = torch.where(good.unsqueeze(1), s, torch.zeros_like(s))
-        y_mem[idx, slot] = torch.where(good.unsqueeze(1), yv, torch.zeros_like(yv))
-        rho[idx, slot] = torch.where(good, 1.0 / torch.where(good, sy, torch.ones_like(sy)), torch.zeros_like(sy))
-        gamma[idx] = torch.where(good, sy / (yv * yv).sum(1).clamp_min(1e-300), gamma[idx])
+        s_mem[:, slot] = torch.where(good.unsqueeze(1), s, torch.zeros_like(s))
+        y_mem[:, slot] = torch.where(good.unsqueeze(1), yv, torch.zeros_like(yv))
+        rho[:, slot] = torch.where(good, 1.0 / torch.where(good, sy, torch.ones_like(sy)), torch.zeros_like(sy))
+        gamma = torch.where(good, sy / (yv * yv).sum(1).clamp_min(1e-300), gamma)
         stored = min(stored + 1, MEMORY)
-        theta[idx], value[idx], grad[idx] = new_th, new_f, new_g
-        for pos, member in enumerate(idx.tolist()):
+        theta, value, grad = new_th, new_f, new_g
+        for pos, member in enumerate(ids.tolist()):
             iterations[member] += 1
             trace[member].append(float(new_f[pos]))
-        still = (new_g.abs().amax(1) > tol) & ~stalled
-        active[idx] = still
-    converged = (grad.abs().amax(1) <= tol).tolist()
-    return LbfgsResult(theta.view(shape), value, iterations, [bool(c) for c in converged], trace)
+        done = ~((grad.abs().amax(1) > tol) & ~stalled)
+        if bool(done.any()):  # write finished members out and drop them from the batch
+            fin = ids[done]
+            final_theta[fin], final_value[fin], final_grad[fin] = theta[done], value[done], grad[done]
+            keep = ~done
+            ids, theta, value, grad, lam = ids[keep], theta[keep], value[keep], grad[keep], lam[keep]
+            s_mem, y_mem, rho, gamma = s_mem[keep], y_mem[keep], rho[keep], gamma[keep]
+    if ids.numel():  # members still running at max_iter
+        final_theta[ids], final_value[ids], final_grad[ids] = theta, value, grad
+    converged = (final_grad.abs().amax(1) <= tol).tolist()
+    return LbfgsResult(final_theta.view(shape), final_value, iterations, [bool(c) for c in converged], trace)
 
 
 def l2_grid(hp: HParams) -> np.ndarray:
