@@ -92,7 +92,7 @@ def markdown(rows: list[dict[str, Any]], skipped: list[str], suite: str, standar
              "Same features (the suite's cache), same train / validation / test rows (the plan's). "
              "`lp`: the converged probe, L2 chosen on validation. `lp_adamw`: the paper's LP (AdamW, lr 0.1, "
              "30 epochs). sklearn: `LogisticRegression` on the features as given, C chosen on the same "
-             "validation rows from 10^-4..10^5 (two per decade). Test accuracy in %, mean over test domains "
+             "validation rows from 10^-4..10^6 (two per decade). Test accuracy in %, mean over test domains "
              "for OOD tasks. Written by `benchmarks/lp_vs_sklearn.py`.", ""]
     if rows:
         lines += [f"**{ok} of {len(rows)} pairs** have `lp` at most {100 * MAX_GAP:.0f} point below sklearn "

@@ -67,8 +67,10 @@ def test_lp_record_shape_curves_and_selection():
     # For LP z = f: head spectrum equals the raw one.
     assert (ev["sve"], ev["lsvr"]) == (ev["sve_raw"], ev["lsvr_raw"])
     c, summ = rec["curves"], rec["summary"]
-    # 15 coarse values plus at most 4 between the winner's neighbours, sorted, every one solved.
-    assert 15 < len(c["l2"]) <= 19 and c["l2"] == sorted(c["l2"])
+    # 15 coarse values, at most 2 x 2 past an edge the winner sits on, at most 4 between the
+    # winner's neighbours; sorted, every one solved.
+    assert 15 < len(c["l2"]) <= 23 and c["l2"] == sorted(c["l2"])
+    assert summ["chosen_l2_at_edge"] == 0.0
     assert {len(v) for k, v in c.items() if k != "train_loss"} == {len(c["l2"])}
     assert set(np.round(np.log10(c["l2"][::1]), 6)) >= set(np.round(np.linspace(-6, 1, 15), 6))
     # the chosen value has the best validation accuracy of the whole curve, and is what the eval saw
@@ -108,6 +110,20 @@ def test_lp_reaches_the_same_optimum_as_sklearn(standardize):
     ours /= ours.sum(1, keepdims=True)
     np.testing.assert_allclose(ours, clf.predict_proba(scaled), atol=1e-5)  # 8e-5 at the default tol 1e-6
     assert res["eval"]["test"]["accuracy"] == pytest.approx(clf.score(scaled, y), abs=1e-12)
+
+
+def test_lp_grid_extends_past_an_edge_that_validation_picks():
+    # Well separated classes: the weakest regularisation fits validation best (lower val loss),
+    # so a grid that stops at 0.1 is extended downwards, two values at a time, at most twice.
+    x, y = blobs(900, 4, 8, spread=0.25, seed=2)
+    tx, ty, sx, sy = split3(x, y)
+    rec = fit_and_evaluate("lp", tx, ty, sx, sy, l2_min=0.1, l2_max=10.0, l2_steps=5, l2_refine=0)
+    l2 = rec["curves"]["l2"]
+    np.testing.assert_allclose(l2, np.logspace(-3, 1, 9))  # 5 grid values + 2 x 2 past the lower edge
+    assert rec["summary"]["chosen_l2"] == pytest.approx(1e-3) and rec["summary"]["chosen_l2_at_edge"] == 1.0
+    ox, oy = blobs(900, 4, 8, spread=2.0, seed=2)  # overlapping classes: the winner is inside the grid
+    inner = fit_and_evaluate("lp", *split3(ox, oy), l2_min=1e-6, l2_max=10.0, l2_steps=8, l2_refine=0)
+    assert len(inner["curves"]["l2"]) == 8 and inner["summary"]["chosen_l2_at_edge"] == 0.0  # nothing extended
 
 
 def test_lp_without_validation_set_selects_on_a_holdout_and_refits():

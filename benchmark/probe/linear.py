@@ -26,8 +26,11 @@ harnesses do (CLIP_benchmark: a coarse-then-fine search of the regularisation on
   tiny CLIP's, whose best L2 is small) then converge in hundreds of iterations, not thousands.
 - **Selection on validation.** ``l2_steps`` values log-spaced over ``[l2_min, l2_max]``; the
   best validation accuracy wins (ties: the lower validation cross-entropy, then the larger L2);
-  then ``l2_refine`` values log-spaced strictly between the winner's grid neighbours are solved,
-  warm-started from the winner, and the best of all values is kept. Without a validation set
+  when that is the grid's lowest (highest) value, the grid is extended past it (``EDGE_VALUES``
+  more values at the same spacing, at most ``EDGE_EXTENSIONS`` times); then ``l2_refine`` values
+  log-spaced strictly between the winner's grid neighbours are solved, warm-started from the
+  winner, and the best of all values is kept. ``chosen_l2_at_edge`` flags a winner still at an
+  edge of the extended grid. Without a validation set
   (``fit_and_evaluate`` on bare tensors), selection uses a stratified 20 % holdout of the
   training rows and the chosen value is solved again on all of them.
 
@@ -54,6 +57,9 @@ from benchmark.probe.train import TrainedHead
 ARMIJO_C1, MEMORY, MAX_HALVINGS = 1e-4, 10, 40
 #: Share of the training rows held out for selection when the data has no validation set.
 HOLDOUT_FRACTION = 0.2
+#: When validation picks the grid's lowest (highest) L2, this many more values past it, at most this
+#: many times: the tiny CLIP's features want weaker regularisation than any fixed grid foresees.
+EDGE_VALUES, EDGE_EXTENSIONS = 2, 2
 #: The softmax curvature assumed by the preconditioner: the Hessian is about
 #: ``c * Cov(x) (x) (diag p - p p^T) + l2``; 0.05 was fastest over 0.01 .. 1 on the quick suite's features.
 PRECONDITION_CURVATURE = 0.05
@@ -289,6 +295,7 @@ class _Search:
     converged: list[bool] = field(default_factory=list)
     trace: list[list[float]] = field(default_factory=list)
     theta: list[torch.Tensor] = field(default_factory=list)
+    lattice: list[float] = field(default_factory=list)  # the log-spaced values (grid and edge extensions)
 
     def add(self, l2: float, acc: float, loss: float, res: LbfgsResult, i: int) -> None:
         self.l2.append(float(l2))
@@ -306,25 +313,43 @@ class _Search:
 
 def _search(problem: _Problem, val_xa: torch.Tensor, val_y: torch.Tensor, subset: torch.Tensor | None,
             hp: HParams) -> _Search:
-    """Coarse grid, then refinement around the winner, every stage one batched solve."""
+    """The coarse grid; while validation picks its lowest or highest value, :data:`EDGE_VALUES`
+    more values past that edge at the same spacing (at most :data:`EDGE_EXTENSIONS` times); then
+    ``l2_refine`` values around the winner. Each stage is one batched solve; later stages start
+    from the winner so far."""
     p, k = problem.shape
     dtype, dev = torch.float64, problem.xa.device
     out = _Search()
-    coarse = l2_grid(hp)
-    stages = [(coarse, torch.zeros(len(coarse), p, k, dtype=dtype, device=dev))]
-    for stage in range(2):
-        values, theta0 = stages[stage]
-        if len(values):
-            l2 = torch.as_tensor(values, dtype=dtype, device=dev)
-            res = lbfgs(problem, l2, theta0, max_iter=int(hp.max_iter), tol=float(hp.tol),
-                        h0=problem.preconditioner(l2))
-            acc, loss = problem.scores(val_xa, val_y, res.theta, subset)
-            for i, v in enumerate(values):
-                out.add(v, float(acc[i]), float(loss[i]), res, i)
-        if stage == 0:
-            best = _best(np.array(out.acc), np.array(out.loss), np.array(out.l2))
-            fine = refine_grid(coarse, best, int(hp.l2_refine or 0))
-            stages.append((fine, out.theta[best].expand(len(fine), p, k).clone()))
+
+    def solve(values: list[float], theta0: torch.Tensor) -> None:
+        if not values:
+            return
+        l2 = torch.as_tensor(values, dtype=dtype, device=dev)
+        res = lbfgs(problem, l2, theta0, max_iter=int(hp.max_iter), tol=float(hp.tol), h0=problem.preconditioner(l2))
+        acc, loss = problem.scores(val_xa, val_y, res.theta, subset)
+        for i, v in enumerate(values):
+            out.add(v, float(acc[i]), float(loss[i]), res, i)
+
+    def from_best(count: int) -> torch.Tensor:
+        return out.theta[out.best()].expand(count, p, k).clone()
+
+    coarse = [float(v) for v in l2_grid(hp)]
+    solve(coarse, torch.zeros(len(coarse), p, k, dtype=dtype, device=dev))
+    lattice = list(coarse)
+    factor = coarse[1] / coarse[0] if len(coarse) > 1 else None
+    for _ in range(EDGE_EXTENSIONS if factor else 0):
+        chosen = out.l2[out.best()]
+        if chosen == lattice[0]:
+            new = [chosen / factor ** (i + 1) for i in range(EDGE_VALUES)]
+        elif chosen == lattice[-1]:
+            new = [chosen * factor ** (i + 1) for i in range(EDGE_VALUES)]
+        else:
+            break
+        solve(new, from_best(len(new)))
+        lattice = sorted(lattice + new)
+    out.lattice = lattice
+    fine = refine_grid(np.array(lattice), lattice.index(out.l2[out.best()]), int(hp.l2_refine or 0))
+    solve([float(v) for v in fine], from_best(len(fine)))
     return out
 
 
@@ -360,7 +385,7 @@ def _solve_problem(data: PreparedData, x: torch.Tensor, y: torch.Tensor, hp: HPa
         theta, trace, iters, conv, objective = res.theta[0], res.trace[0], res.iterations[0], res.converged[0], float(res.value[0])
     order = np.argsort(search.l2)
     chosen = search.l2[best]
-    grid = l2_grid(hp)
+    grid = search.lattice
     head = StandardizedLinear(problem.mean, problem.scale, *problem.to_features(theta))
     curves = {
         "l2": [search.l2[i] for i in order],

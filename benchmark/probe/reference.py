@@ -17,8 +17,8 @@ from typing import Any
 
 import numpy as np
 
-#: sklearn's C values tried: 10^-4 .. 10^5, two per decade.
-C_GRID: tuple[float, ...] = tuple(float(c) for c in np.logspace(-4, 5, 19))
+#: sklearn's C values tried: 10^-4 .. 10^6, two per decade (the tiny CLIP's features want C ~ 10^5).
+C_GRID: tuple[float, ...] = tuple(float(c) for c in np.logspace(-4, 6, 21))
 
 Split = tuple[np.ndarray, np.ndarray]
 
