@@ -263,7 +263,7 @@ register_head(HeadMethod(
     description="linear probe solved to convergence: multinomial logistic regression (L-BFGS, float64) on "
                 "centred, scaled features, its L2 strength chosen on the validation split from a log-spaced grid",
     defaults={"l2_min": 1e-6, "l2_max": 10.0, "l2_steps": 15, "l2_refine": 4, "standardize": False,
-              "max_iter": 500, "tol": 1e-6},
+              "max_iter": 1000, "tol": 1e-6},
     builder="benchmark.heads.modules:LinearHead",
     fitter="benchmark.probe.linear:fit_linear_probes"))
 register_head(HeadMethod(
