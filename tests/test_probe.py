@@ -61,7 +61,7 @@ def test_lp_record_shape_curves_and_selection():
     assert set(rec) == {"method", "hparams", "train_loss", "epochs_run", "eval", "curves", "summary"}
     assert rec["method"] == "lp"
     assert rec["hparams"] == {"l2_min": 1e-6, "l2_max": 10.0, "l2_steps": 15, "l2_refine": 4, "standardize": False,
-                              "max_iter": 500, "tol": 1e-6}
+                              "max_iter": 1000, "tol": 1e-6}
     ev = rec["eval"]["test"]
     assert set(ev) == EVAL_KEYS and ev["n"] == 400 and ev["accuracy"] >= 0.75
     # For LP z = f: head spectrum equals the raw one.
