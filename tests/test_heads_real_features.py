@@ -5,6 +5,8 @@ Features: torchvision's ImageNet MobileNetV2 at 64 px (offline weights) and a sm
 ``test_resnet``) pre-trained here, in-process, on 3,000 Fashion-MNIST images; on the quick
 suite's tasks with the rows its plan chooses (``make_plan``: ``max_train``, the validation
 carve), extracted through the features stage (``extraction.extract_payload``) once per module.
+``NMLBENCH_REAL_FEATURES_DIR=DIR`` keeps the pre-trained CNN and the feature cache in ``DIR``
+across runs (a fresh temporary directory otherwise).
 """
 
 from __future__ import annotations
@@ -68,11 +70,14 @@ def _pretrain_cnn(path: Path) -> Path:
 @pytest.fixture(scope="module")
 def payloads(tmp_path_factory) -> dict[tuple[str, str], FeaturePayload]:
     """(backbone, task) -> features of the quick suite's tasks, plan rows, both backbones."""
-    work = tmp_path_factory.mktemp("real-features")
+    keep = os.environ.get("NMLBENCH_REAL_FEATURES_DIR")
+    work = Path(keep) if keep else tmp_path_factory.mktemp("real-features")
     threads, env = torch.get_num_threads(), os.environ.get("NMLBENCH_THREADS")
     os.environ["NMLBENCH_THREADS"] = str(max(1, min(2, os.cpu_count() or 1)))
     try:
-        cnn = _pretrain_cnn(work / "cnn" / "model.pt")
+        cnn = work / "cnn" / "model.pt"
+        if not cnn.is_file():
+            _pretrain_cnn(cnn)
         quick = load_suite(SUITES / "quick.yaml", check_names=False)
         suite = validate_suite({
             "name": "real-features", "work_dir": str(work),
