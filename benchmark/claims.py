@@ -34,6 +34,7 @@ class Estimate:
     low: float
     high: float
     n: int
+    kind: str = "mean"  # "mean" (n paired differences) or "slope" (n points of a regression)
 
     @property
     def verdict(self) -> str:
@@ -44,6 +45,19 @@ class Estimate:
         if self.high < 0:
             return "negative"
         return "interval includes 0"
+
+    def seeds_needed(self, power: float = 0.8, confidence: float = 0.95) -> int | None:
+        """Replicates for this interval to exclude 0 with probability ``power`` if the observed
+        effect and spread are the truth (normal approximation: n = n_now * ((z_a + z_b) * se / |value|)^2).
+
+        Only meaningful where the verdict is undecided; None where there is no spread to scale.
+        """
+        if self.n < 2 or not (math.isfinite(self.low) and math.isfinite(self.value)) or self.value == 0:
+            return None
+        dof = self.n - 1 if self.kind == "mean" else self.n - 2
+        se = (self.high - self.low) / 2 / stats.t.ppf(0.5 + confidence / 2, max(dof, 1))
+        z = stats.norm.ppf(0.5 + confidence / 2) + stats.norm.ppf(power)
+        return max(self.n, math.ceil(self.n * (z * se / abs(self.value)) ** 2))
 
     def fmt(self, scale: float = 100.0, digits: int = 2) -> str:
         if not math.isfinite(self.low):
@@ -72,7 +86,7 @@ def slope_ci(x: np.ndarray, y: np.ndarray, confidence: float = 0.95) -> Estimate
         return Estimate(math.nan, math.nan, math.nan, len(x))
     res = stats.linregress(x, y)
     half = stats.t.ppf(0.5 + confidence / 2, len(x) - 2) * res.stderr
-    return Estimate(float(res.slope), float(res.slope - half), float(res.slope + half), len(x))
+    return Estimate(float(res.slope), float(res.slope - half), float(res.slope + half), len(x), "slope")
 
 
 def _per_pretrain_seed(rep: pd.DataFrame) -> pd.DataFrame:
@@ -148,7 +162,9 @@ def claims_markdown(runs: pd.DataFrame, suite: str) -> str:
              "Differences in accuracy points (percent), mean [95 % t-interval] over pre-training seeds "
              "(head seeds averaged first; claim 4: over every backbone x noise ratio x seed unit). "
              "Slopes: change per unit of noise ratio (x100 for accuracies). A finding holds only if "
-             "its interval excludes 0 in the claimed direction.", ""]
+             "its interval excludes 0 in the claimed direction. Where an interval includes 0, the last "
+             "column says how many replicates (pre-training seeds; for slopes, pre-training runs) "
+             "would exclude 0 with 80 % probability if the observed effect and spread were the truth.", ""]
     for c in ("1", "2", "3", "4"):
         rows = found[c]
         lines += [f"## Claim {c}: {CLAIM_TEXT[c]}", ""]
@@ -156,11 +172,15 @@ def claims_markdown(runs: pd.DataFrame, suite: str) -> str:
             lines += ["Not testable in this suite (it needs pre-training noise ratios including 0 %, "
                       "or several heads).", ""]
             continue
-        lines += ["| backbone | quantity | estimate | supports the claim |", "|---|---|---|---|"]
+        lines += ["| backbone | quantity | estimate | supports the claim | n to decide (80 % power) |",
+                  "|---|---|---|---|---|"]
         for r in rows:
             scale = r.get("scale", 100.0)
-            lines.append(f"| {r['backbone']} | {r['what']} | {r['estimate'].fmt(scale, 2 if scale == 100 else 4)} | "
-                         f"{'yes' if r['held'] else 'no (' + r['estimate'].verdict + ')'} |")
+            e = r["estimate"]
+            need = e.seeds_needed() if e.verdict == "interval includes 0" else None
+            power = f"{need} ({'seeds' if e.kind == 'mean' else 'pre-training runs'})" if need else ""
+            lines.append(f"| {r['backbone']} | {r['what']} | {e.fmt(scale, 2 if scale == 100 else 4)} | "
+                         f"{'yes' if r['held'] else 'no (' + e.verdict + ')'} | {power} |")
         held = sum(r["held"] for r in rows)
         testable = sum(r["estimate"].verdict != "too few replicates" for r in rows)
         if testable == 0:

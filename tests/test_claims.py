@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pandas as pd
 import pytest
+from scipy import stats
 
 from benchmark.claims import analyse, claims_markdown, mean_ci, slope_ci
 
@@ -66,3 +69,24 @@ def test_interval_helpers_match_scipy() -> None:
     y = 2 - 3 * x + np.array([0.01, -0.02, 0.0, 0.01, -0.01, 0.02, 0.0, -0.01])
     s = slope_ci(x, y)
     assert s.value == pytest.approx(-3, abs=0.1) and s.high < 0
+
+
+def test_seeds_needed_by_hand() -> None:
+    """Undecided mean difference: n = ceil(((z_.975 + z_.8) * sd / |mean|)^2), worked out by hand."""
+    d = np.array([0.010, -0.004, 0.006, 0.002, -0.001])
+    e = mean_ci(d)
+    assert e.verdict == "interval includes 0"
+    mean, sd = d.mean(), d.std(ddof=1)  # 0.0026, 0.00555
+    by_hand = math.ceil(((1.959964 + 0.841621) * sd / abs(mean)) ** 2)
+    assert e.seeds_needed() == by_hand == 36
+    # a slope's standard error shrinks as 1/sqrt(points): same rule in points of the regression
+    x = np.repeat([0.0, 0.1, 0.3], 5)
+    y = 0.01 * x + np.tile([0.004, -0.003, 0.001, -0.002, 0.0], 3)
+    s = slope_ci(x, y)
+    assert s.kind == "slope" and s.verdict == "interval includes 0"
+    se = (s.high - s.low) / 2 / stats.t.ppf(0.975, len(x) - 2)
+    assert s.seeds_needed() == math.ceil(len(x) * ((1.959964 + 0.841621) * se / abs(s.value)) ** 2)
+    assert s.seeds_needed() > len(x)
+    # decided or degenerate estimates need no power estimate beyond what they have
+    assert mean_ci(np.array([0.01, 0.012, 0.011])).seeds_needed() == 3
+    assert mean_ci(np.array([0.01])).seeds_needed() is None
