@@ -43,3 +43,24 @@ def synthetic_runs() -> pd.DataFrame:
     df.loc[trap & (df["lam"] == 0.01) & (df.depth == 2), ["val_accuracy", "test_accuracy"]] = [0.95, 0.61]
     df.loc[trap & (df["lam"] == 0.1) & (df.depth == 1), ["val_accuracy", "test_accuracy"]] = [0.95, 0.77]
     return df
+
+
+def write_imagenet_folder(root, images: np.ndarray, labels: np.ndarray, *, size: int | None = None,
+                          quality: int = 90) -> list[str]:
+    """Write ``images`` (uint8 [N, H, W] or [N, H, W, 3]) as JPEG files in ImageNet's training
+    layout, ``<root>/imagenet/train/<wnid>/<i>.JPEG`` (wnid ``n%08d`` of the label), optionally
+    resized to ``size`` pixels a side; returns the wnids (sorted = class order)."""
+    from pathlib import Path
+
+    from PIL import Image
+
+    top = Path(root) / "imagenet" / "train"
+    wnids = [f"n{c:08d}" for c in range(int(labels.max()) + 1)]
+    for w in wnids:
+        (top / w).mkdir(parents=True, exist_ok=True)
+    for i, (im, y) in enumerate(zip(images, labels)):
+        img = Image.fromarray(np.asarray(im, dtype=np.uint8)).convert("RGB")
+        if size is not None:
+            img = img.resize((size, size), Image.Resampling.BILINEAR)
+        img.save(top / wnids[int(y)] / f"{i:07d}.JPEG", quality=quality)
+    return wnids
