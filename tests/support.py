@@ -6,6 +6,14 @@ under a bare ``pytest`` (tests/ is not a package).
 
 from __future__ import annotations
 
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import time
+from collections.abc import Sequence
+
 import numpy as np
 import pandas as pd
 
@@ -64,3 +72,42 @@ def write_imagenet_folder(root, images: np.ndarray, labels: np.ndarray, *, size:
             img = img.resize((size, size), Image.Resampling.BILINEAR)
         img.save(top / wnids[int(y)] / f"{i:07d}.JPEG", quality=quality)
     return wnids
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on right now."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def ray_port_flags(*, head: bool) -> list[str]:
+    """Every listening port of a ``ray start`` node, explicit and free: a second Ray on the
+    machine (another test, a developer's session) holds the defaults, e.g. the agent's 52365."""
+    flags = [f"--dashboard-agent-listen-port={free_port()}", f"--dashboard-agent-grpc-port={free_port()}",
+             f"--runtime-env-agent-port={free_port()}", f"--metrics-export-port={free_port()}",
+             f"--node-manager-port={free_port()}", f"--object-manager-port={free_port()}"]
+    if head:
+        flags.append(f"--ray-client-server-port={free_port()}")
+    return flags
+
+
+def stop_ray_processes(marks: Sequence[str], temp_dir: str | None = None) -> None:
+    """Stop the Ray processes whose command line holds one of ``marks`` (a private temp dir, a
+    GCS address), and only those; then remove ``temp_dir``."""
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        pids = []
+        for line in subprocess.run(["ps", "-ww", "-eo", "pid=,args="], capture_output=True, text=True).stdout.splitlines():
+            pid, _, args = line.strip().partition(" ")
+            if any(m in args for m in marks) and int(pid) != os.getpid():
+                pids.append(int(pid))
+        for pid in pids:
+            try:
+                os.kill(pid, sig)
+            except ProcessLookupError:
+                pass
+        if not pids:
+            break
+        time.sleep(3)
+    if temp_dir is not None:
+        shutil.rmtree(temp_dir, ignore_errors=True)
