@@ -189,6 +189,26 @@ def datasets(data_root: Annotated[Optional[str], typer.Option(help="root of real
     typer.echo(format_datasets_table(list_datasets(data_root)))
 
 
+@app.command("rehearsal-root")
+def rehearsal_root(
+    root: Annotated[Path, typer.Argument(help="folder to write (new, empty, or an earlier rehearsal root)")],
+    per_class: Annotated[int, typer.Option(help="training images per class")] = 6,
+    seed: Annotated[int, typer.Option()] = 0,
+) -> None:
+    """Write a miniature data root in the real on-disk layouts (ImageNet, the 14 ID sets, DomainNet,
+    ImageNet variants, image-text shards and tables) from the embedded data, for rehearsing the
+    paper suites on CPU: `nmlbench run paper-rehearsal --data-root DIR`."""
+    from benchmark.data.rehearsal import not_reproducible, write_rehearsal_root
+
+    try:
+        written = write_rehearsal_root(root, per_class=per_class, seed=seed)
+    except NMLBenchError as exc:
+        _fail(exc)
+    typer.echo(f"wrote {len(written)} data sets under {root}")
+    for name, why in not_reproducible().items():
+        typer.echo(f"  not written: {name} ({why})")
+
+
 @app.command()
 def backbones() -> None:
     """List backbone families, built-in and installed plugins (entry points 'nmlbench.backbones')."""

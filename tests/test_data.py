@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from data_support import isolated_data_home, write_png
 from PIL import Image
 
 from benchmark.data import (
@@ -46,17 +47,7 @@ EXPECTED_COUNTS = {
 }
 
 
-@pytest.fixture(scope="module", autouse=True)
-def data_home(tmp_path_factory):
-    """A private render cache and data root for this module; in-process caches start empty."""
-    home = tmp_path_factory.mktemp("nmlbench-home")
-    mp = pytest.MonkeyPatch()
-    mp.setenv("NMLBENCH_DATA_HOME", str(home))
-    mp.delenv("NMLBENCH_DATA_ROOT", raising=False)
-    clear_cache()
-    yield home
-    clear_cache()
-    mp.undo()
+data_home = pytest.fixture(scope="module", autouse=True)(isolated_data_home)
 
 
 def _arrays(name: str, split: str) -> tuple[np.ndarray, np.ndarray]:
@@ -280,7 +271,7 @@ def test_missing_root_names_set_path_layout_and_command(tmp_path):
 
 def test_list_datasets_and_table(tmp_path):
     rows = {s.name: s for s in list_datasets(tmp_path)}
-    assert list(rows) == dataset_names() and len(rows) == 6 + 14 + 5 + 6
+    assert list(rows) == dataset_names() and len(rows) == 6 + 14 + 5 + 6 + 2
     assert all(rows[n].available and rows[n].embedded for n in EMBEDDED_NAMES)
     assert rows["pcam"].num_classes == 2 and rows["imagenet-a"].sizes == {"test": 7500}
     assert not rows["cifar10"].available and "--download cifar10" in rows["cifar10"].how_to_get
@@ -291,11 +282,6 @@ def test_list_datasets_and_table(tmp_path):
 
 # -- real layouts, faked in tmp_path -----------------------------------------------------------
 
-def _png(path: Path, value: int) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(np.full((6, 5, 3), value, np.uint8)).save(path)
-
-
 WNIDS = ["n01440764", "n01443537", "n01484850"]
 
 
@@ -303,13 +289,13 @@ WNIDS = ["n01440764", "n01443537", "n01484850"]
 def imagenet_root(tmp_path):
     for i, w in enumerate(WNIDS):
         for k in range(2):
-            _png(tmp_path / "imagenet" / "train" / w / f"{w}_{k}.JPEG", 10 * i + k)
-        _png(tmp_path / "imagenet" / "val" / w / f"val_{i}.JPEG", 10 * i)
-        _png(tmp_path / "imagenet-v2" / str(i) / f"{i}.jpeg", 10 * i)
-        _png(tmp_path / "imagenet-sketch" / w / "s.JPEG", 10 * i)
+            write_png(tmp_path / "imagenet" / "train" / w / f"{w}_{k}.JPEG", 10 * i + k)
+        write_png(tmp_path / "imagenet" / "val" / w / f"val_{i}.JPEG", 10 * i)
+        write_png(tmp_path / "imagenet-v2" / str(i) / f"{i}.jpeg", 10 * i)
+        write_png(tmp_path / "imagenet-sketch" / w / "s.JPEG", 10 * i)
     for w in WNIDS[1:]:  # A and R hold a subset of the classes
-        _png(tmp_path / "imagenet-r" / w / "r.png", 1)
-        _png(tmp_path / "imagenet-a" / w / "a.jpg", 2)
+        write_png(tmp_path / "imagenet-r" / w / "r.png", 1)
+        write_png(tmp_path / "imagenet-a" / w / "a.jpg", 2)
     (tmp_path / "imagenet-r" / WNIDS[1] / "notes.txt").write_text("not an image")
     return tmp_path
 
@@ -349,7 +335,7 @@ def domainnet_root(tmp_path):
             for label, cls in enumerate(classes):
                 for k in range(n):
                     rel = f"{domain}/{cls}/{domain}_{split}_{k}.jpg"
-                    _png(tmp_path / "domainnet" / rel, label)
+                    write_png(tmp_path / "domainnet" / rel, label)
                     lines.append(f"{rel} {label}")
             (tmp_path / "domainnet" / f"{domain}_{split}.txt").write_text("\n".join(lines) + "\n")
     return tmp_path
@@ -373,10 +359,10 @@ def test_domainnet_reads_official_split_files(domainnet_root):
 def test_torchvision_sets_wrap_without_decoding(tmp_path):
     for cls, value in (("AnnualCrop", 0), ("Forest", 50)):
         for k in range(5):
-            _png(tmp_path / "eurosat" / "2750" / cls / f"{cls}_{k}.jpg", value + k)
+            write_png(tmp_path / "eurosat" / "2750" / cls / f"{cls}_{k}.jpg", value + k)
     for split in ("train", "test"):
         for cls in ("negative", "positive"):
-            _png(tmp_path / "rendered-sst2" / split / cls / f"{split}_{cls}.png", 7)
+            write_png(tmp_path / "rendered-sst2" / split / cls / f"{split}_{cls}.png", 7)
     euro = get_dataset("eurosat", tmp_path)
     train, test = euro.split("train"), euro.split("test")
     assert euro.info.classes == ("AnnualCrop", "Forest")

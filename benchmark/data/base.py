@@ -7,7 +7,7 @@ with equal fingerprints must yield identical images in identical order.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -113,17 +113,42 @@ class ImageSplit(torch.utils.data.Dataset):
 
 
 class ArraySplit(ImageSplit):
-    """A split held in memory as uint8 arrays (N, H, W) grey or (N, H, W, 3) colour."""
+    """A split held in memory as uint8 arrays (N, H, W) grey or (N, H, W, 3) colour.
+
+    ``reload`` (optional, picklable, e.g. a ``functools.partial`` of a module-level reader)
+    re-reads the images from their files: a split that has one pickles without its pixels, so
+    sending it to a DataLoader worker or a Ray task costs a file path, and the receiving
+    process reads the files once on first use.
+    """
 
     def __init__(self, dataset: str, split: str, classes: Sequence[str], images: np.ndarray,
-                 labels: np.ndarray, version: str = "1", **kw) -> None:
+                 labels: np.ndarray, version: str = "1", reload: Callable[[], np.ndarray] | None = None,
+                 **kw) -> None:
+        super().__init__(dataset, split, classes, labels, version=version, **kw)
+        self.reload = reload
+        self._images = self._checked(images)
+
+    def _checked(self, images: np.ndarray) -> np.ndarray:
         images = np.asarray(images)
         if images.dtype != np.uint8:
-            raise TypeError(f"{dataset}/{split}: images must be uint8, got {images.dtype}")
-        if len(images) != len(labels):
-            raise ValueError(f"{dataset}/{split}: {len(images)} images but {len(labels)} labels")
-        super().__init__(dataset, split, classes, labels, version=version, **kw)
-        self.images = images
+            raise TypeError(f"{self.dataset}/{self.split}: images must be uint8, got {images.dtype}")
+        if len(images) != len(self._all_labels):
+            raise ValueError(f"{self.dataset}/{self.split}: {len(images)} images but "
+                             f"{len(self._all_labels)} labels")
+        return images
+
+    @property
+    def images(self) -> np.ndarray:
+        """All images of the underlying split (not only this view's), read again if dropped."""
+        if self._images is None:
+            self._images = self._checked(self.reload())
+        return self._images
+
+    def __getstate__(self) -> dict:
+        state = dict(self.__dict__)
+        if self.reload is not None:
+            state["_images"] = None
+        return state
 
     def _load(self, raw_index: int) -> Image.Image:
         return Image.fromarray(self.images[raw_index])

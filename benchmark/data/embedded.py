@@ -22,10 +22,8 @@ import gzip
 import hashlib
 import importlib.resources
 import importlib.util
-import io
 import json
 import os
-import pickle
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -36,6 +34,8 @@ import numpy as np
 from benchmark.atomic import atomic_write
 from benchmark.data import fonts as font_renderer
 from benchmark.data.base import ArraySplit, DatasetInfo
+from benchmark.data.safe_pickle import NumpyOnlyUnpickler as _NumpyOnlyUnpickler  # noqa: F401 (old name)
+from benchmark.data.safe_pickle import load_data_pickle
 from benchmark.data.sampling import stratified_holdout
 from benchmark.errors import DatasetUnavailable
 
@@ -141,20 +141,6 @@ def load_mnist5k() -> Arrays:
     return _holdout(images, table[:, -1])
 
 
-class _NumpyOnlyUnpickler(pickle.Unpickler):
-    """Unpickles plain numpy arrays and nothing else (a pickle can run arbitrary code).
-
-    The files were written by numpy 1.x, whose module ``numpy.core`` is ``numpy._core`` in 2.x.
-    """
-
-    def find_class(self, module: str, name: str):
-        if module == "numpy.core" or module.startswith("numpy.core."):
-            module = "numpy._core" + module[len("numpy.core"):]
-        if module != "numpy" and not module.startswith("numpy."):
-            raise pickle.UnpicklingError(f"refusing to load {module}.{name}: only numpy objects are allowed")
-        return super().find_class(module, name)
-
-
 def animal_mnist_dir() -> Path:
     if importlib.util.find_spec("animal_mnist") is None:
         raise DatasetUnavailable("animal-mnist: Python package animal_mnist is not installed. Install with: "
@@ -175,7 +161,7 @@ def load_animal_mnist() -> Arrays:
             raise DatasetUnavailable(f"animal-mnist: {folder / name} not found. Reinstall with: "
                                      f"pip install --no-deps --force-reinstall animal-mnist==0.4")
         with gzip.open(folder / name, "rb") as f:
-            arrays.append(_NumpyOnlyUnpickler(io.BytesIO(f.read())).load())
+            arrays.append(load_data_pickle(f.read(), encoding="ASCII"))
     images, labels = np.asarray(arrays[0], dtype=np.uint8), np.asarray(arrays[1], dtype=np.int64)
     # 284 images appear twice (same label each time); a split that puts the two copies on either
     # side leaks test images into training, so only the first copy of each is kept (9,716 remain).

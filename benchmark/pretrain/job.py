@@ -133,7 +133,7 @@ def noise_problem(objective: str, kind: str, class_map: Mapping[int, int] | None
     """What is wrong with this (objective, noise kind, class map), or None when it is fine.
 
     The text names suite keys (``noise.kind``, ``noise.class_map``), where users set them;
-    ``config.py`` reports it under the block's path and :func:`check_job` under the job's name.
+    the suite schema reports it under the block's path and :func:`check_job` under the job's name.
     """
     if objective not in NOISE_KINDS:
         return _unknown_objective(objective)
