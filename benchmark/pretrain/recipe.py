@@ -122,7 +122,9 @@ def supervised_step(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, cl
 
 
 def _count(n: int, like: torch.Tensor) -> torch.Tensor:
-    return torch.tensor(float(n), dtype=torch.float64, device=like.device)
+    # torch.full launches a fill on the device; torch.tensor(n, device=cuda) would copy from the
+    # host and wait for the queued kernels every step.
+    return torch.full((), float(n), dtype=torch.float64, device=like.device)
 
 
 def _stack(values: Sequence[torch.Tensor]) -> torch.Tensor:
@@ -156,8 +158,9 @@ def clip_step(out: Any, mismatched: torch.Tensor, rank: int, world: int
         # Normalised rank of the paired caption: 0 = ranked first, 1 = last, 0.5 = chance.
         rel = (li > own).sum(1).double() / max(1, li.shape[1] - 1)
         m = mismatched.to(torch.bool)
+        # Masks multiply instead of indexing: a boolean index would wait for the device.
         sums = _stack([loss.detach() * b, _count(b, img), (li.argmax(1) == target).sum(),
-                       (~m).sum(), rel[~m].sum(), m.sum(), rel[m].sum()])
+                       (~m).sum(), (rel * ~m).sum(), m.sum(), (rel * m).sum()])
     return loss, sums
 
 
