@@ -179,6 +179,37 @@ def test_crops_are_seeded_per_sample_not_per_loader(image_root) -> None:
     assert not torch.equal(inline[0][0], whole)
 
 
+def test_memorisation_metrics_count_what_they_say() -> None:
+    """Hand-made predictions: which flipped samples the model fits to the noisy label, which to
+    the true one; for CLIP, where each image ranks its paired caption."""
+    from benchmark.pretrain import epoch_metrics
+    from benchmark.pretrain.recipe import clip_step, supervised_step
+
+    pred = torch.tensor([0, 1, 1, 2, 0, 2, 2])
+    clean = torch.tensor([0, 1, 2, 0, 1, 2, 0])
+    noisy = torch.tensor([0, 1, 2, 2, 0, 1, 1])  # samples 3 to 6 flipped
+    flipped = noisy != clean
+    logits = torch.nn.functional.one_hot(pred, 3).float() * 5
+    _, sums = supervised_step(lambda x: logits, torch.zeros(7, 1), noisy, clean, flipped)
+    m = epoch_metrics("supervised", sums.tolist())
+    assert m["train_accuracy"] == pytest.approx(4 / 7)      # 0, 1, 3 and 4 agree with their label
+    assert m["clean_accuracy"] == pytest.approx(3 / 7)      # 0, 1 and 5 are right
+    assert m["unflipped_accuracy"] == pytest.approx(2 / 3)  # sample 2 is wrong
+    assert m["noisy_fit"] == pytest.approx(2 / 4)           # 3 and 4 memorised their wrong label
+    assert m["true_fit"] == pytest.approx(1 / 4)            # 5 kept its true class (6: neither)
+    assert "noisy_fit" not in epoch_metrics("supervised", supervised_step(
+        lambda x: logits, torch.zeros(7, 1), clean, clean, torch.zeros(7, dtype=torch.bool))[1].tolist())
+
+    img = torch.eye(4)
+    txt = torch.tensor([[1.0, 0, 0, 0], [0, 0, 1, 0], [0, 1, 0, 0], [0, 0, 0, 1]])
+    mismatched = torch.tensor([False, True, True, False])
+    loss, sums = clip_step((img, txt, torch.tensor(1.0)), mismatched, rank=0, world=1)
+    c = epoch_metrics("clip", sums.tolist())
+    # images 0 and 3 rank their own caption first; 1 and 2 second of four (rank 1 / 3)
+    assert c["matched_rank"] == 0.0 and c["mismatched_rank"] == pytest.approx(1 / 3)
+    assert c["train_accuracy"] == 0.5 and c["loss"] == pytest.approx(loss.item())
+
+
 def test_schedule_warms_up_then_follows_the_cosine() -> None:
     from benchmark.pretrain import lr_factor
 
