@@ -80,7 +80,8 @@ def train_plain(job: PretrainJob, threads: int = 1) -> dict[str, Any]:
                 opt.step()
                 sched.step()
                 opt.zero_grad(set_to_none=True)
-                sums += torch.stack([loss.detach().double() * len(idx), torch.tensor(float(len(idx)), dtype=torch.float64),
+                sums += torch.stack([loss.detach().double() * len(idx),
+                                     torch.tensor(float(len(idx)), dtype=torch.float64),
                                      (logits.argmax(1) == y).sum().double()])
             seconds = time.perf_counter() - t0
             loss_sum, seen, correct = sums.tolist()

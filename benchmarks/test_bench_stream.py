@@ -214,8 +214,9 @@ _DRIVER = textwrap.dedent('''
     with tempfile.TemporaryDirectory() as work:
         r = run_pretrain(job, work, progress=False, cpus_per_worker=1.0)
     assert r.ok, r.error
+    ranks = r.metrics[-1]["ranks"]
     print("RESULT " + json.dumps({"driver_peak_mb": peak_rss_mb(), "driver_before_mb": before,
-                                  "ranks": r.metrics[-1]["ranks"], "images": len(r.metrics) and r.metrics[-1]["ranks"][0]["images"]}))
+                                  "ranks": ranks, "images": ranks[0]["images"]}))
 ''')
 
 

@@ -97,7 +97,8 @@ def stop_ray_processes(marks: Sequence[str], temp_dir: str | None = None) -> Non
     GCS address), and only those; then remove ``temp_dir``."""
     for sig in (signal.SIGTERM, signal.SIGKILL):
         pids = []
-        for line in subprocess.run(["ps", "-ww", "-eo", "pid=,args="], capture_output=True, text=True).stdout.splitlines():
+        ps = subprocess.run(["ps", "-ww", "-eo", "pid=,args="], capture_output=True, text=True)
+        for line in ps.stdout.splitlines():
             pid, _, args = line.strip().partition(" ")
             if any(m in args for m in marks) and int(pid) != os.getpid():
                 pids.append(int(pid))

@@ -261,6 +261,8 @@ def _train_job(cfg: dict[str, Any], j: int, n_jobs: int, run: dict[str, Any],
     data = ray.get(cfg["data"])
     split, table = data["corpus"].open(), data["labels"]
     inp = make_input(split, cfg, device)
+    loaders = int(cfg.get("loader_workers", 0)) if inp.kind == "stream" else 0
+    torch.set_num_threads(max(1, int(run["torch_threads"]) - loaders))  # loaders take their share
     model, tokenizer = build_model(cfg)
     model.to(device)
     channels_last = bool(cfg.get("channels_last")) and device.type == "cuda"
