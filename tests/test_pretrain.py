@@ -152,6 +152,29 @@ def test_decoded_files_match_the_feature_transform(image_root) -> None:
         assert torch.allclose(ours, tf(split[i][0]), atol=1e-6)
 
 
+def test_instance_noise_on_files_streams_thumbnails(image_root) -> None:
+    """Instance-dependent noise needs per-sample features: on a corpus of files they are 8 px
+    thumbnails decoded in a streaming pass (the driver never holds the images), whatever the
+    number of loader processes."""
+    from benchmark.data import get_dataset
+    from benchmark.noise import flip_labels
+    from benchmark.pretrain import decode_item, instance_features
+
+    split = get_dataset("imagenet", image_root).split("train")
+    feats = instance_features(split, 8, loader_workers=2)
+    assert feats.shape == (N, 8 * 8 * 3) and feats.dtype == np.float32
+    assert np.array_equal(feats, instance_features(split, 8, loader_workers=0))
+    assert np.allclose(feats[517], decode_item(split, 517, 8).reshape(-1) / 255.0)
+    job = replace(SUP, corpus="imagenet", data_root=str(image_root), train_subset=None,
+                  noise_kind="instance")
+    ts = build_training_set(job)
+    expect = flip_labels(split.labels, 10, 0.2, kind="instance", seed=0, features=feats)
+    assert np.array_equal(ts.labels.targets, expect.noisy_labels)
+    assert int(ts.labels.noisy.sum()) == 200
+    symmetric = build_training_set(replace(job, noise_kind="symmetric"))
+    assert not np.array_equal(ts.labels.noisy, symmetric.labels.noisy)
+
+
 def test_crops_are_seeded_per_sample_not_per_loader(image_root) -> None:
     """crop_flip draws from (seed, epoch, sample): the same batches whatever the number of
     loader processes, new crops every epoch, and real crops (not the resized whole image)."""
