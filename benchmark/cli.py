@@ -1,4 +1,4 @@
-"""The ``nmlbench`` command line (typer): run, submit, leaderboard, report, datasets, backbones.
+"""The ``nmlbench`` command line (typer): run, submit, leaderboard, report, sync, datasets, backbones.
 
 Each command is a thin shell over a library function, so everything it does can also be done
 from Python. User errors (``NMLBenchError``) print one message naming the problem and the fix and
@@ -65,15 +65,45 @@ def _tracking(suite_obj, tracking_uri: str | None, work_dir: str | None) -> tupl
     return tracking_uri or str(suite_obj.tracking.uri), str(suite_obj.tracking.experiment)
 
 
-def _print_leaderboard(uri: str, experiment: str, fmt: Fmt = Fmt.table) -> None:
-    from benchmark.leaderboard import leaderboard, render
-    from benchmark.tracking import Tracker
+def _print_leaderboard(uri: str, experiment: str, fmt: Fmt = Fmt.table, suite: str | None = None) -> None:
+    """Print the published leaderboard runs (read-only: nothing is created in the store).
 
-    frame = Tracker(uri, experiment).runs_frame("fit")
-    if frame.empty:
+    Before the leaderboard is published (a run interrupted before its end, or a store written by
+    an older nml-bench) it is computed from the fit runs, and a note says how to publish it.
+    """
+    from benchmark.leaderboard import COLUMNS, leaderboard, render
+    from benchmark.tracking import NothingTracked, TrackingReader, TrackingUnavailable
+    from benchmark.tracking.publish import suite_fits
+
+    try:
+        reader = TrackingReader(uri, experiment)
+        board = reader.leaderboard_frame(suite)
+        note = ""
+        fits = suite_fits(reader, suite or experiment) if suite else reader.runs_frame("fit")
+    except (NothingTracked, TrackingUnavailable) as exc:
+        typer.echo(str(exc))
+        return
+    if fits.empty and board.empty:
         typer.echo(f"no finished head fits in experiment {experiment!r} at {uri}")
         return
-    typer.echo(render(leaderboard(frame), fmt.value))
+    again = f"`nmlbench sync {suite or experiment}`"
+    if board.empty:
+        board = leaderboard(fits)
+        note = f"(computed from the fit runs: the leaderboard runs are not published yet; {again} publishes them)"
+    elif suite is not None and reader.published_fits(suite) not in (None, len(fits)):
+        note = (f"(the published leaderboard summarises {reader.published_fits(suite)} fits, the store now holds "
+                f"{len(fits)}; {again} refreshes it)")
+    keys = [c for c in ("backbone", "noise_ratio", "method", "fraction") if c in board.columns]
+    typer.echo(render(board[keys + list(COLUMNS)], fmt.value))
+    if note:
+        typer.echo(note, err=True)
+    if fmt is Fmt.table:
+        from benchmark.tracking.layout import leaderboard_path
+
+        where = (reader.leaderboard_url(uri) if uri.startswith(("http://", "https://")) else
+                 f"`mlflow ui --backend-store-uri {uri}`, then http://127.0.0.1:5000/"
+                 f"{leaderboard_path(str(reader.experiment_id))}")
+        typer.echo(f"leaderboard in the MLflow UI: {where}")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -97,11 +127,14 @@ def run(
     secs = summary.seconds
     typer.echo(f"\nsuite {summary.suite!r} done in {time.perf_counter() - t0:.0f} s "
                f"(pre-training {secs.get('pretrain', 0):.0f} s, features {secs.get('features', 0):.0f} s, "
-               f"heads {secs.get('heads', 0):.0f} s, other {secs.get('other', 0):.0f} s); "
+               f"heads {secs.get('heads', 0):.0f} s, publish {secs.get('publish', 0):.0f} s, "
+               f"other {secs.get('other', 0):.0f} s); "
                f"fits: {summary.fits_run} run, {summary.fits_skipped} reused, {summary.fits_failed} failed")
-    _print_leaderboard(summary.tracking_uri, summary.experiment)
-    typer.echo(f"\nMLflow store: {summary.tracking_uri} (experiment {summary.experiment!r}); "
-               f"browse with: mlflow ui --backend-store-uri {summary.tracking_uri}")
+    _print_leaderboard(summary.tracking_uri, summary.experiment, suite=summary.suite)
+    typer.echo(f"\nMLflow store: {summary.tracking_uri} (experiment {summary.experiment!r})")
+    if summary.records_pending:
+        typer.secho(f"{summary.records_pending} record(s) wait in the journal: MLflow did not answer; "
+                    f"run `nmlbench sync {summary.suite}` when it is back", fg=typer.colors.YELLOW)
     typer.echo(f"work dir (features, checkpoints): {summary.work_dir}")
     if summary.pretrain_failed or summary.fits_failed:
         typer.secho("some jobs failed (see above); re-run the same command to retry only those", fg=typer.colors.YELLOW)
@@ -153,10 +186,14 @@ def leaderboard(
     tracking_uri: Annotated[Optional[str], typer.Option(help="MLflow tracking URI")] = None,
     work_dir: Annotated[Optional[str], typer.Option()] = None,
 ) -> None:
-    """Rows backbone x noise ratio x method (hyper-parameters picked on validation), mean ± 95 % CI over seeds."""
+    """Rows backbone x noise ratio x method (hyper-parameters picked on validation), mean ± 95 % CI over seeds.
+
+    Reads the suite's leaderboard runs from MLflow; writes nothing.
+    """
     try:
-        uri, exp = _tracking(_load(suite), tracking_uri, work_dir)
-        _print_leaderboard(uri, exp, fmt)
+        s = _load(suite)
+        uri, exp = _tracking(s, tracking_uri, work_dir)
+        _print_leaderboard(uri, exp, fmt, suite=s.name)
     except NMLBenchError as exc:
         _fail(exc)
 
@@ -165,20 +202,47 @@ def leaderboard(
 def report(
     suite: Annotated[str, typer.Argument(help="suite file or name")],
     out: Annotated[Optional[Path], typer.Option(help="output folder (default: results/<suite>)")] = None,
+    html: Annotated[bool, typer.Option("--html", help="also write report.html: one self-contained page")] = False,
     tracking_uri: Annotated[Optional[str], typer.Option()] = None,
     work_dir: Annotated[Optional[str], typer.Option()] = None,
 ) -> None:
-    """Regenerate the leaderboard tables and figures of a suite from MLflow."""
+    """Regenerate the leaderboard tables and figures of a suite from MLflow (read-only)."""
     from benchmark.report import make_report_from_tracking
 
     try:
         s = _load(suite)
         uri, exp = _tracking(s, tracking_uri, work_dir)
-        written = make_report_from_tracking(uri, exp, out or Path("results") / s.name, s.name)
+        written = make_report_from_tracking(uri, exp, out or Path("results") / s.name, s.name, html=html)
     except NMLBenchError as exc:
         _fail(exc)
     for p in written:
         typer.echo(f"wrote {p}")
+
+
+@app.command()
+def sync(
+    suite: Annotated[str, typer.Argument(help="suite file or name")],
+    tracking_uri: Annotated[Optional[str], typer.Option(help="MLflow tracking URI")] = None,
+    work_dir: Annotated[Optional[str], typer.Option(help="work dir holding the journal")] = None,
+    wait: Annotated[float, typer.Option(help="seconds to keep retrying a server that does not answer")] = 30.0,
+) -> None:
+    """Send MLflow the records its journal holds and the store lacks (after an outage), then publish the leaderboard runs."""
+    from benchmark.tracking import Tracker, journal_path
+
+    try:
+        s = _load(suite)
+        uri, exp = _tracking(s, tracking_uri, work_dir)
+        path = journal_path(Path(work_dir or s.work_dir), exp)
+        tracker = Tracker(uri, exp, suite=s.name, journal=path, echo=typer.echo)
+        queued = len(tracker.pending)
+        done = tracker.finish(wait_s=wait, strict=True)
+    except NMLBenchError as exc:
+        _fail(exc)
+    typer.echo(f"journal {path}: {queued - done.pending} records delivered, {done.pending} still pending; "
+               f"leaderboard: {done.leaderboard_rows if done.leaderboard_rows is not None else 'not'} rows published "
+               f"to {uri} (experiment {exp!r})")
+    if done.pending:
+        raise typer.Exit(1)
 
 
 @app.command()

@@ -92,6 +92,19 @@ def _prepare(df: pd.DataFrame, group: Sequence[str]) -> pd.DataFrame:
     return df
 
 
+def selected_fits(df: pd.DataFrame, *, group: Sequence[str] = DEFAULT_GROUP) -> pd.DataFrame:
+    """Step 1 of the rule: the fit validation chose per (group, task, pretrain_seed, head_seed, fraction).
+
+    These are the rows the leaderboard averages; their grid values (``lam``, ``depth`` ...) say which
+    hyper-parameters won (the published leaderboard runs summarise them).
+    """
+    group = list(group)
+    df = _prepare(df, group)
+    base = [c for c in DEFAULT_GROUP if c not in group] + group  # selection never mixes backbones
+    sel_keys = list(dict.fromkeys([*base, "task", *REPLICATE, "fraction"]))
+    return select_on_validation(df, sel_keys)
+
+
 def replicate_table(df: pd.DataFrame, *, group: Sequence[str] = DEFAULT_GROUP) -> pd.DataFrame:
     """Steps 1-2 of the rule: one row per (group, pretrain_seed, head_seed, fraction).
 
@@ -99,10 +112,7 @@ def replicate_table(df: pd.DataFrame, *, group: Sequence[str] = DEFAULT_GROUP) -
     averaged over ID tasks and over OOD tasks. The claims analysis pairs these rows by seed.
     """
     group = list(group)
-    df = _prepare(df, group)
-    base = [c for c in DEFAULT_GROUP if c not in group] + group  # selection never mixes backbones
-    sel_keys = list(dict.fromkeys([*base, "task", *REPLICATE, "fraction"]))
-    best = select_on_validation(df, sel_keys)
+    best = selected_fits(df, group=group)
     rep_keys = list(dict.fromkeys([*group, *REPLICATE, "fraction"]))
     per_rep = None
     for kind in ("id", "ood"):

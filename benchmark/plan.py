@@ -173,7 +173,7 @@ def _job(b: PretrainBlock, ratio: float, seed: int, data_root: str | None) -> Pr
 def pretrained_backbone(job: PretrainJob, work_dir: str | Path) -> BackbonePlan:
     return BackbonePlan(
         key=job.key, spec={"family": "nmlbench", "checkpoint": str(job_dir(job, work_dir) / "model.pt")},
-        params={"backbone": job.display or f"{job.arch} ({job.objective})", "objective": job.objective,
+        params={"backbone": job.backbone_name, "objective": job.objective,
                 "noise_kind": job.noise_kind, "noise_ratio": float(job.noise_ratio),
                 "pretrain_seed": int(job.seed), "pretrain_key": job.key},
         job=job)

@@ -5,6 +5,7 @@
 - ``sve_vs_id.png`` / ``lsvr_vs_ood.png``: the spectral metric of the *frozen* features against
   downstream accuracy, points labelled by noise ratio (claim 3).
 - ``spectra.png``: normalised singular value spectra, one line per label (e.g. per noise ratio).
+- ``pretrain_curves.png`` (HTML report): per-epoch pre-training metrics, one line per job.
 
 Figures are drawn on ``matplotlib.figure.Figure`` objects with the Agg canvas, never through
 pyplot, so making a report changes no global plotting state and needs no display.
@@ -14,18 +15,21 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
 
 from benchmark.leaderboard import leaderboard, method_label, method_order, render
 
 METHOD_STYLE = {"lp": ("tab:blue", "o"), "mlp": ("tab:orange", "s"), "nmtune": ("tab:green", "^")}
 
-_SELECTION_NOTE = (
-    "Head hyper-parameters (the suite's grid: NMTune's lam, the MLP depth ...) are chosen per task and seed on a validation split carved "
+SELECTION_NOTE = (
+    "Head hyper-parameters (the suite's grid: NMTune's lam, the MLP depth ...) are chosen per task and seed "
+    "on a validation split carved "
     "from the downstream training data; the test set is never used for selection. Accuracy and "
     "macro-F1 are means over tasks (%), then over seed replicates with a 95 % Student-t interval "
     "(± half-width, none when n = 1). SVE is of head features on ID tasks, LSVR on OOD tasks; "
@@ -158,7 +162,7 @@ def make_report(df: pd.DataFrame, out_dir: str | Path, suite_name: str,
         "leaderboard.csv": out / "leaderboard.csv",
     }
     paths["leaderboard.md"].write_text(
-        f"# Leaderboard: {suite_name}\n\n{_SELECTION_NOTE}\n\n{render(lb, 'markdown')}"
+        f"# Leaderboard: {suite_name}\n\n{SELECTION_NOTE}\n\n{render(lb, 'markdown')}"
     )
     paths["leaderboard.csv"].write_text(render(lb, "csv"))
     paths["id_ood_vs_noise.png"] = plot_accuracy_vs_noise(lb, out / "id_ood_vs_noise.png")
@@ -174,21 +178,91 @@ def make_report(df: pd.DataFrame, out_dir: str | Path, suite_name: str,
     return paths
 
 
-def make_report_from_tracking(uri: str, experiment: str, out_dir: str | Path, suite_name: str, *,
-                              spectra_task: str | None = None) -> list[Path]:
-    """Read a suite's fit runs and spectra from MLflow and write the report; return the paths.
-
-    The spectra figure shows one task (``spectra_task``, default: the first ID task by name
-    that has spectra), pre-training seed 0, one line per backbone and noise ratio.
-    """
-    from benchmark.tracking import Tracker
-
-    tracker = Tracker(uri, experiment)
-    df = tracker.runs_frame("fit")
-    if spectra_task is None and "task_kind" in df.columns:
-        id_tasks = sorted(df.loc[df["task_kind"] == "id", "task"].dropna().unique())
+def spectra_for(reader: Any, fits: pd.DataFrame, spectra_task: str | None = None) -> dict[str, np.ndarray]:
+    """The spectra the report shows: one task (default: the first ID task by name that has
+    spectra), pre-training seed 0 when recorded, one line per backbone and noise ratio."""
+    if spectra_task is None and "task_kind" in fits.columns:
+        id_tasks = sorted(fits.loc[fits["task_kind"] == "id", "task"].dropna().unique())
         spectra_task = id_tasks[0] if id_tasks else None
-    spectra = {}
-    if spectra_task is not None:
-        spectra = tracker.load_spectra(spectra_task, pretrain_seed=0) or tracker.load_spectra(spectra_task)
-    return list(make_report(df, out_dir, suite_name, spectra=spectra).values())
+    if spectra_task is None:
+        return {}
+    return reader.load_spectra(spectra_task, pretrain_seed=0) or reader.load_spectra(spectra_task)
+
+
+def make_report_from_tracking(uri: str, experiment: str, out_dir: str | Path, suite_name: str, *,
+                              spectra_task: str | None = None, html: bool = False) -> list[Path]:
+    """Read a suite's runs from MLflow (read-only) and write the report; return the paths.
+
+    ``html`` also writes ``report.html``: one self-contained file (see ``report_html``).
+    """
+    from benchmark.tracking import TrackingReader
+    from benchmark.tracking.publish import suite_fits
+
+    reader = TrackingReader(uri, experiment)
+    df = suite_fits(reader, suite_name)
+    paths = make_report(df, out_dir, suite_name, spectra=spectra_for(reader, df, spectra_task))
+    if html:
+        from benchmark.report_html import write_html_report
+
+        paths["report.html"] = write_html_report(reader, suite_name, Path(out_dir) / "report.html", fits=df,
+                                                 figures=paths)
+    return list(paths.values())
+
+
+#: Axis labels of per-epoch pre-training metrics; others are shown under their own name.
+CURVE_LABELS = {
+    "loss": "training loss",
+    "train_accuracy": "accuracy on the noisy training labels (%)",
+    "clean_accuracy": "accuracy on the true labels (%)",
+    "noisy_fit": "flipped samples fitted to their noisy label (%)",
+    "true_fit": "flipped samples fitted to their true label (%)",
+    "lr": "learning rate",
+    "images_per_s": "training throughput (images / s)",
+    "seconds": "epoch wall time (s)",
+}
+#: Per-epoch bookkeeping that is not a curve worth a panel.
+CURVE_SKIP = {"world_size", "resumed_from_epoch", "epoch"}
+
+
+def _is_fraction(metric: str) -> bool:
+    return metric.endswith(("accuracy", "_fit", "_acc"))
+
+
+def curve_metrics(records: list[Any]) -> list[str]:
+    """The per-epoch metrics worth a panel, learning curves first (``CURVE_LABELS`` order)."""
+    return sorted({m for r in records for m, pts in r.curves.items() if pts and m not in CURVE_SKIP},
+                  key=lambda m: (list(CURVE_LABELS).index(m) if m in CURVE_LABELS else 99, m))
+
+
+def plot_pretrain_curves(records: list[Any], path: Path) -> Path:
+    """One panel per per-epoch metric the pre-training runs carry, one line per run.
+
+    ``records`` are ``tracking.PretrainRecord`` (name, group, curves {metric: [(epoch, value)]}).
+    Accuracies and fitted fractions are drawn in percent.
+    """
+    metrics = curve_metrics(records)
+    if not metrics:
+        return _empty(path, "no per-epoch pre-training metrics logged")
+    ncols = min(3, len(metrics))
+    nrows = -(-len(metrics) // ncols)
+    fig, axes = _figure(ncols, nrows, size=(4.4, 3.2))
+    for i, metric in enumerate(metrics):
+        ax = axes[i // ncols, i % ncols]
+        scale = 100.0 if _is_fraction(metric) else 1.0
+        for r in records:
+            pts = r.curves.get(metric) or []
+            if pts:
+                x, y = zip(*pts)
+                label = f"{r.group} · p{r.params.get('seed', '?')}" if r.group else r.name
+                ax.plot(x, np.asarray(y) * scale, marker="o", markersize=3, label=label)
+        ax.set_xlabel("epoch")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.set_ylabel(CURVE_LABELS.get(metric, metric + (" (%)" if scale == 100 else "")))
+        ax.set_title(metric, fontsize=9)
+        ax.grid(alpha=0.3)
+        if i == 0:
+            ax.legend(fontsize=7)
+    for j in range(len(metrics), nrows * ncols):
+        axes[j // ncols, j % ncols].set_axis_off()
+    fig.savefig(path, dpi=110)
+    return path

@@ -92,6 +92,8 @@ def make_record(spec: FitSpec, result: dict[str, Any], test_sets: Sequence[str],
             metrics[f"test_{k}"] = float(np.mean(vals))
     if result.get("train_loss") is not None and math.isfinite(result["train_loss"]):
         metrics["train_loss"] = float(result["train_loss"])
+    if result.get("train_rows") is not None:  # what the head saw: the few-shot share, after max_train and validation
+        metrics["train_rows"] = float(result["train_rows"])
     return {"key": spec.key, "params": dict(spec.params), "metrics": metrics, "tags": spec.tags}
 
 

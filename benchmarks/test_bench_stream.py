@@ -35,7 +35,7 @@ import pytest
 import benchutil
 import plainloop
 from benchmark.pretrain import PretrainJob, run_pretrain
-from support import write_imagenet_folder
+from support import imagenet_root_from_arrays
 
 SIZE, TRAIN_SIZE, BATCH = 128, 64, 64
 JOB = PretrainJob(objective="supervised", corpus="imagenet", arch="test_resnet", noise_ratio=0.2, seed=0,
@@ -50,7 +50,7 @@ def _corpus(root: Path, n: int) -> Path:
     images, labels = get_dataset("fashion-mnist").split("train").arrays()
     tint = np.random.default_rng(0).uniform(0.4, 1.0, size=(10, 3))
     rgb = (images[:n, :, :, None] * tint[labels[:n]][:, None, None, :]).astype(np.uint8)
-    write_imagenet_folder(root, rgb, labels[:n], size=SIZE)
+    imagenet_root_from_arrays(root, rgb, labels[:n], size=SIZE)
     return root
 
 

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from data_support import isolated_data_home
+from support import isolated_data_home
 from PIL import Image
 
 from benchmark.data import clear_cache, get_dataset, list_datasets, train_val_split

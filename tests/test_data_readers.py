@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torchvision.datasets as tvd
-from data_support import isolated_data_home, python2_pickle, write_png
+from support import isolated_data_home, python2_pickle, write_image
 
 from benchmark.data import get_dataset
 from benchmark.data.base import ArraySplit
@@ -154,7 +154,7 @@ def test_flowers102_mat_files_read_like_torchvision(tmp_path, no_md5):
     base = tmp_path / "flowers-102"
     labels = np.array([3, 1, 102, 3, 1, 2, 2])  # 1-based, image_00001 .. image_00007
     for i, _ in enumerate(labels, 1):
-        write_png(base / "jpg" / f"image_{i:05d}.jpg", i * 20)
+        write_image(base / "jpg" / f"image_{i:05d}.jpg", i * 20)
     savemat(base / "imagelabels.mat", {"labels": labels[None]})
     savemat(base / "setid.mat", {"trnid": np.array([[2, 5]]), "valid": np.array([[1, 6]]),
                                  "tstid": np.array([[7, 3, 4]])})

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import yaml
-from data_support import isolated_data_home
+from support import isolated_data_home
 
 from benchmark.data import check_label_space, clear_cache, get_dataset, get_ood_group, list_datasets
 from benchmark.data import rehearsal

@@ -6,8 +6,10 @@ probe on them, and a second cache that answers from disk with zero backbone forw
 
 from __future__ import annotations
 
+import hashlib
 import json
 import warnings
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -161,8 +163,14 @@ def test_extract_features_alone_matches_cache_and_direct_encode(tmp_path: Path,
     assert alone.meta["forward_batches"] == 3 and alone.key == feature_key(resnet, split)
     direct = resnet.encode(torch.stack([resnet.transform(split[i][0]) for i in range(10)]))
     assert torch.allclose(alone.x, direct, atol=1e-6)
+    before = datetime.now(timezone.utc).replace(microsecond=0)
     cached = FeatureCache(tmp_path, batch_size=4, progress=False).get(resnet, split)
+    after = datetime.now(timezone.utc)
     assert torch.equal(cached.x, alone.x)
     meta = json.loads(FeatureCache(tmp_path).paths(cached.key)[1].read_text())
     assert meta["fingerprint"] == split.fingerprint and meta["dtype"] == "float32"
-    assert len(meta["sha256"]) == 64 and meta["seconds"] >= 0 and meta["created"]
+    assert (meta["identity"], meta["key"], meta["shape"]) == (resnet.identity, cached.key, [10, resnet.feature_dim])
+    # The checksum is of the stored arrays, features then labels, as written.
+    digest = hashlib.sha256(alone.x.numpy().tobytes() + split.labels.astype(np.int64).tobytes()).hexdigest()
+    assert meta["sha256"] == digest
+    assert before <= datetime.fromisoformat(meta["created"]) <= after

@@ -24,7 +24,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from support import free_port, ray_port_flags, stop_ray_processes, write_imagenet_folder
+from support import free_port, imagenet_root_from_arrays, ray_port_flags, stop_ray_processes
 
 BIN = Path(sys.executable).parent
 REPO = Path(__file__).resolve().parents[1]
@@ -94,7 +94,7 @@ def image_root(tmp_path: Path) -> Path:
     from benchmark.data import get_dataset
 
     images, labels = get_dataset("fashion-mnist").split("train").arrays()
-    write_imagenet_folder(tmp_path / "data", images[:2000], labels[:2000])
+    imagenet_root_from_arrays(tmp_path / "data", images[:2000], labels[:2000])
     return tmp_path / "data"
 
 

@@ -15,6 +15,7 @@ import tempfile
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 import yaml
 from support import free_port, stop_ray_processes
@@ -59,9 +60,9 @@ def _stop_head(ray_tmp: str, gcs_port: int) -> None:
 
 
 def _finished_fits(uri: str, experiment: str):
-    from benchmark.tracking import Tracker
+    from benchmark.tracking import TrackingReader
 
-    return Tracker(uri, experiment).runs_frame("fit")
+    return TrackingReader(uri, experiment).runs_frame("fit")
 
 
 def test_submit_to_a_real_ray_head_and_read_rows_back(tmp_path: Path) -> None:
@@ -97,8 +98,20 @@ def test_submit_to_a_real_ray_head_and_read_rows_back(tmp_path: Path) -> None:
     assert len(frame) == 16
     assert set(frame["task"]) == {"sklearn-digits", "digits-from-fonts"}
     assert set(frame["noise_ratio"].astype(float)) == {0.2}
-    assert frame["test_accuracy"].astype(float).between(0, 1).all()
-    assert frame["key"].is_unique if "key" in frame else frame["nmlbench.key"].is_unique
+    assert frame["key"].is_unique
+    # The job ran the plan of the suite file: every planned fit, on its task's planned rows.
+    from benchmark.config import load_suite
+    from benchmark.plan import make_plan
+
+    plan = make_plan(load_suite(suite).override(work_dir=tmp_path / "work"))
+    assert set(frame["key"]) == {f.key for f in plan.fits}
+    rows = {t.name: len(t.train.indices) for t in plan.tasks}
+    assert (frame["train_rows"] == frame["task"].map(rows)).all()
+    ident = frame[frame["task"] == "sklearn-digits"]
+    assert (ident["test_accuracy"] == ident["test.accuracy"]).all()
+    ood = frame[frame["task"] == "digits-from-fonts"]  # tested on mnist-5k and sklearn-digits
+    np.testing.assert_allclose(ood["test_accuracy"], (ood["mnist-5k.accuracy"] + ood["sklearn-digits.accuracy"]) / 2,
+                               rtol=1e-12)
 
 
 def test_interrupted_sweep_resumes_only_missing_fits(tmp_path: Path) -> None:
@@ -107,7 +120,7 @@ def test_interrupted_sweep_resumes_only_missing_fits(tmp_path: Path) -> None:
     cmd = [str(BIN / "nmlbench"), "run", str(suite), "--tracking-uri", uri]
     proc = subprocess.Popen(cmd, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                             text=True, start_new_session=True)
-    from benchmark.tracking import Tracker
+    from benchmark.tracking import TrackingReader
 
     tracker = None
     done_at_interrupt = 0
@@ -117,7 +130,7 @@ def test_interrupted_sweep_resumes_only_missing_fits(tmp_path: Path) -> None:
             time.sleep(0.5)
             if tracker is None and (tmp_path / "mlflow.db").exists():
                 try:
-                    tracker = Tracker(uri, "resumed")
+                    tracker = TrackingReader(uri, "resumed")  # read-only: never races the run creating the store
                 except Exception:
                     continue
             if tracker is not None and len(tracker.completed_keys("fit")) >= 3:
@@ -129,7 +142,7 @@ def test_interrupted_sweep_resumes_only_missing_fits(tmp_path: Path) -> None:
             os.killpg(proc.pid, signal.SIGKILL)
     output = proc.stdout.read()
     assert tracker is not None, output[-3000:]
-    done_at_interrupt = len(Tracker(uri, "resumed").completed_keys("fit"))
+    done_at_interrupt = len(TrackingReader(uri, "resumed").completed_keys("fit"))
     total = 2 * (1 + 1 + 2) * 2
     assert 3 <= done_at_interrupt < total, f"the interrupt came too late to test resuming:\n{output[-3000:]}"
 
@@ -142,8 +155,7 @@ def test_interrupted_sweep_resumes_only_missing_fits(tmp_path: Path) -> None:
     assert summary["fits_run"] == total - done_at_interrupt
     frame = _finished_fits(uri, "resumed")
     assert len(frame) == total
-    key_col = "key" if "key" in frame else "nmlbench.key"
-    assert frame[key_col].is_unique
+    assert frame["key"].is_unique
 
     # a third run does nothing at all
     out = subprocess.run(cmd, env=_env(), capture_output=True, text=True, timeout=600)

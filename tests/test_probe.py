@@ -25,7 +25,7 @@ from benchmark.probe import (
     resolve_hparams,
     train_head,
 )
-from benchmark.spectrum import lsvr
+from benchmark.spectrum import lsvr, spectrum_summary
 
 EVAL_KEYS = {"accuracy", "macro_f1", "sve", "lsvr", "sve_raw", "lsvr_raw", "n"}
 
@@ -58,15 +58,15 @@ def test_lp_separable_blobs_high_accuracy_and_record_shape():
     x, y = blobs(1000, 6, 16, spread=0.3, seed=1)
     tx, ty = blobs(600, 6, 16, spread=0.3, seed=2)
     rec = fit_and_evaluate("lp", x, y, tx, ty, epochs=10)
-    assert set(rec) == {"method", "hparams", "train_loss", "epochs_run", "eval"}
-    assert rec["method"] == "lp" and rec["epochs_run"] == 10
+    assert set(rec) == {"method", "hparams", "train_loss", "epochs_run", "train_rows", "eval"}
+    assert rec["method"] == "lp" and rec["epochs_run"] == 10 and rec["train_rows"] == 1000
     assert rec["hparams"] == {"epochs": 10, "batch_size": 64, "lr": 0.1, "weight_decay": 0.0}
     ev = rec["eval"]["test"]
     assert set(ev) == EVAL_KEYS and ev["n"] == 600
     assert ev["accuracy"] >= 0.95
     # For LP z = f: head spectrum equals the raw one.
     assert (ev["sve"], ev["lsvr"]) == (ev["sve_raw"], ev["lsvr_raw"])
-    assert 0 < ev["lsvr"] < 1 and 0 < ev["sve"] <= math.log(16)
+    assert {k: ev[k] for k in ("sve", "lsvr")} == pytest.approx(spectrum_summary(tx), rel=1e-9)  # of the test features
 
 
 def test_lp_matches_sklearn_on_overlapping_blobs():

@@ -1,27 +1,15 @@
-"""Report: tables equal ``leaderboard()``; every figure is a real PNG with content."""
+"""Report: tables equal ``leaderboard()``; every figure is a real PNG with content (``support.check_figure``)."""
 
 from __future__ import annotations
 
-import io
-
 import numpy as np
 import pandas as pd
-from PIL import Image
 
 from benchmark.leaderboard import leaderboard, render
 from benchmark.report import make_report
-from support import synthetic_runs
+from support import check_figure, synthetic_runs
 
 FIGURES = ("id_ood_vs_noise.png", "sve_vs_id.png", "lsvr_vs_ood.png", "spectra.png")
-
-
-def _check_png(path) -> np.ndarray:
-    data = path.read_bytes()
-    assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 5000
-    img = np.asarray(Image.open(io.BytesIO(data)).convert("L"))
-    assert img.shape[0] > 200 and img.shape[1] > 300
-    assert img.std() > 5  # something was drawn, not a blank canvas
-    return img
 
 
 def test_report_writes_tables_matching_leaderboard_and_valid_figures(tmp_path):
@@ -42,18 +30,17 @@ def test_report_writes_tables_matching_leaderboard_and_valid_figures(tmp_path):
     assert md.startswith("# Leaderboard: synthetic") and "never used for selection" in md
     assert render(lb, "markdown") in md
     # 2 backbones -> two panel columns: the accuracy figure is wider than a single-panel one.
-    wide = _check_png(paths["id_ood_vs_noise.png"])
-    single = _check_png(paths["sve_vs_id.png"])
+    wide = check_figure(paths["id_ood_vs_noise.png"])
+    single = check_figure(paths["sve_vs_id.png"])
     assert wide.shape[1] > single.shape[1]
-    _check_png(paths["lsvr_vs_ood.png"])
-    _check_png(paths["spectra.png"])
+    check_figure(paths["lsvr_vs_ood.png"])
+    check_figure(paths["spectra.png"])
 
 
 def test_report_without_spectra_or_runs_still_writes_every_file(tmp_path):
     paths = make_report(pd.DataFrame(), tmp_path, "empty")
     for name in FIGURES:
-        data = paths[name].read_bytes()
-        assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 1000
+        check_figure(paths[name], data=False)  # a placeholder that says why, not a blank or broken file
     assert "Backbone" in paths["leaderboard.md"].read_text()
 
 
@@ -75,9 +62,14 @@ def test_report_from_mlflow_equals_report_from_the_frame(tmp_path):
     for ratio in (0.0, 0.1):
         tracker.log_spectrum({"backbone": "net", "noise_ratio": ratio, "pretrain_seed": 0}, "a",
                              np.linspace(2.0, 0.1, 16) ** (1 + 3 * ratio))
-    written = make_report_from_tracking(uri, "synthetic", tmp_path / "report", "synthetic")
-    assert sorted(p.name for p in written) == sorted(["leaderboard.md", "leaderboard.csv", "claims.md", *FIGURES])
+    written = make_report_from_tracking(uri, "synthetic", tmp_path / "report", "synthetic", html=True)
+    assert sorted(p.name for p in written) == sorted(["leaderboard.md", "leaderboard.csv", "claims.md", "report.html",
+                                                      *FIGURES])
+    page = (tmp_path / "report" / "report.html").read_text()
+    table = page.split('id="leaderboard">')[1].split("</table>")[0]
+    assert table.count("<tr>") == len(leaderboard(df)) + 1  # header + one row per leaderboard row
+    assert page.count('src="data:image/png;base64,') == len(FIGURES) and 'src="http' not in page
     csv = pd.read_csv(tmp_path / "report" / "leaderboard.csv")
     pd.testing.assert_frame_equal(csv, leaderboard(df), check_dtype=False, rtol=1e-12)
     assert set(Tracker(uri, "synthetic").load_spectra("a", pretrain_seed=0)) == {"net · noise 0%", "net · noise 10%"}
-    _check_png(tmp_path / "report" / "spectra.png")
+    check_figure(tmp_path / "report" / "spectra.png")

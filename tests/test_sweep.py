@@ -8,7 +8,8 @@ import pytest
 from benchmark.extraction import FeaturePayload
 from benchmark.heads import resolve_hparams
 from benchmark.plan import FitSpec, fit_key, plan_trials
-from benchmark.sweep import run_fits, run_trials_locally, run_trials_on_ray
+from benchmark.spectrum import spectrum_summary
+from benchmark.sweep import make_record, run_fits, run_trials_locally, run_trials_on_ray
 
 
 def _blobs(n: int, d: int, k: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -35,9 +36,49 @@ def test_run_fit_makes_a_full_record(payload: FeaturePayload) -> None:
     [rec] = run_fits(payload, [_spec("lp", epochs=10)])
     m = rec["metrics"]
     assert m["test_accuracy"] > 0.9 and m["val_accuracy"] > 0.9
-    for k in ("test_macro_f1", "test_sve", "test_lsvr", "test_sve_raw", "test_lsvr_raw", "test.accuracy"):
-        assert k in m
-    assert 0.0 < m["test_lsvr"] < 1.0
+    assert m["test.accuracy"] == m["test_accuracy"] and m["train_rows"] == 300
+    # LP passes the features through as z: its spectra are the frozen test features' own.
+    raw = spectrum_summary(payload.tests["test"][0])
+    for k in ("sve", "lsvr"):
+        assert m[f"test_{k}"] == m[f"test_{k}_raw"] == m[f"test.{k}"] == pytest.approx(raw[k], rel=1e-9)
+
+
+def _domain(acc: float, f1: float, sve: float, lsvr: float, n: int) -> dict:
+    return {"accuracy": acc, "macro_f1": f1, "sve": sve, "lsvr": lsvr, "sve_raw": sve + 1, "lsvr_raw": lsvr / 2,
+            "n": n}
+
+
+def test_ood_record_is_the_unweighted_mean_of_its_domains_by_hand() -> None:
+    """Two test domains of 2 and 6 items: each counts once, whatever its size."""
+    result = {"train_loss": 0.3, "train_rows": 40,
+              "eval": {"val": _domain(0.9, 0.8, 2.0, 0.4, 10), "small": _domain(1.0, 1.0, 3.0, 0.2, 2),
+                       "large": _domain(0.5, 0.25, 1.0, 0.6, 6)}}
+    m = make_record(_spec("lp"), result, ["small", "large"], 1.5)["metrics"]
+    # Weighted by size the accuracy would be (2 x 1.0 + 6 x 0.5) / 8 = 0.625.
+    assert m["test_accuracy"] == 0.75 and m["test_macro_f1"] == 0.625
+    assert (m["test_sve"], m["test_sve_raw"]) == (2.0, 3.0)
+    assert (m["test_lsvr"], m["test_lsvr_raw"]) == pytest.approx((0.4, 0.2), abs=1e-15)
+    assert (m["small.accuracy"], m["large.accuracy"], m["val_accuracy"]) == (1.0, 0.5, 0.9)
+    assert "val.accuracy" in m and "test.accuracy" not in m  # validation never enters the test means
+    assert (m["train_rows"], m["train_loss"], m["fit_seconds"]) == (40, 0.3, 1.5)
+
+
+def test_ood_fit_through_iter_fits_counts_each_domain_once() -> None:
+    """Domain "clean" (2 rows) is one clear row per class: a trained head gets both. Domain
+    "ambiguous" (4 rows) holds each class centre twice, labelled 0 once and 1 once: exactly half
+    right, whatever the head. Mean 0.75; weighted by size it would be (2 + 2) / 6."""
+    centre = np.zeros((2, 4), np.float32)
+    centre[0, 0], centre[1, 0] = 3.0, -3.0
+    rng = np.random.default_rng(0)
+    y = np.arange(60) % 2
+    x = (centre[y] + 0.3 * rng.standard_normal((60, 4))).astype(np.float32)
+    payload = FeaturePayload(train=(x[:40], y[:40]), val=(x[40:], y[40:]),
+                             tests={"clean": (centre, np.array([0, 1])),
+                                    "ambiguous": (centre[[0, 0, 1, 1]], np.array([0, 1, 0, 1]))}, num_classes=2)
+    [rec] = run_fits(payload, [_spec("lp", epochs=10)])
+    m = rec["metrics"]
+    assert (m["clean.accuracy"], m["ambiguous.accuracy"]) == (1.0, 0.5)
+    assert m["test_accuracy"] == 0.75 and m["train_rows"] == 40
 
 
 def test_bad_fit_is_recorded_not_raised(payload: FeaturePayload) -> None:

@@ -8,13 +8,6 @@ spectra, and the same behaviour through a tracking server.
 from __future__ import annotations
 
 import json
-import os
-import signal
-import socket
-import subprocess
-import sys
-import time
-import urllib.request
 from pathlib import Path
 
 import numpy as np
@@ -146,41 +139,70 @@ def test_spectra_roundtrip_with_labels(tracker):
     np.testing.assert_array_equal(everything["frozen / animal-mnist"], [5.0, 1.0])
 
 
+def test_runs_form_the_study_tree_with_short_readable_names(tracker, tmp_path):
+    """suite run > backbone x noise ratio group > fit / pre-training / spectrum runs."""
+    fit = tracker.log_fit(fit_record("tree-fit"))
+    job = PretrainJob(objective="supervised", corpus="fashion-mnist", arch="test_resnet", noise_ratio=0.1,
+                      epochs=1, display="net", seed=3)
+    pre = tracker.log_pretrain(job, {"metrics": [{"epoch": 0, "loss": 1.0}]})
+    spec = tracker.log_spectrum({"backbone": "net", "noise_ratio": 0.1, "pretrain_seed": 1}, "mnist-5k", np.ones(3))
+    frozen = tracker.log_fit({**fit_record("tree-frozen", method="lp"),
+                              "params": {**fit_record("x", method="lp")["params"], "backbone": "mobilenet",
+                                         "noise_ratio": float("nan"), "objective": "frozen"}})
+    get = tracker.client.get_run
+    names = {k: get(r).info.run_name for k, r in (("fit", fit), ("pre", pre), ("spec", spec), ("frozen", frozen))}
+    assert names == {"fit": "nmtune λ0.01 d2 · mnist-5k · p1 s0", "pre": "pretrain p3 · fashion-mnist",
+                     "spec": "spectrum p1 · mnist-5k", "frozen": "lp · mnist-5k · s0"}
+    group = get(get(fit).data.tags["mlflow.parentRunId"])
+    assert group.info.run_name == "net @ 10%" and group.data.tags["nmlbench.kind"] == "group"
+    assert get(pre).data.tags["mlflow.parentRunId"] == group.info.run_id  # same model, same group
+    assert get(spec).data.tags["mlflow.parentRunId"] == group.info.run_id
+    other = get(get(frozen).data.tags["mlflow.parentRunId"])
+    assert other.info.run_name == "mobilenet (frozen)"
+    suite = get(group.data.tags["mlflow.parentRunId"])
+    assert suite.info.run_name == tracker.suite and suite.data.tags["nmlbench.kind"] == "suite"
+    assert other.data.tags["mlflow.parentRunId"] == suite.info.run_id
+    # Groups and the suite run are found again, never duplicated.
+    tracker.log_fit(fit_record("tree-fit-2", ratio=0.1, method="mlp"))
+    groups = tracker.client.search_runs([tracker.experiment_id], "tags.`nmlbench.kind` = 'group'")
+    assert sorted(g.info.run_name for g in groups) == ["mobilenet (frozen)", "net @ 10%"]
+    assert tracker.completed_keys() == {"tree-fit", "tree-fit-2", "tree-frozen", job.key, get(spec).data.tags["nmlbench.key"]}
+
+
+def test_experiment_opens_on_training_runs_and_offers_the_leaderboard_view(tracker):
+    exp = tracker.client.get_experiment(tracker.experiment_id)
+    assert exp.tags["mlflow.experimentKind"] == "custom_model_development"
+    view = json.loads(exp.tags["mlflow.sharedViewState.leaderboard"])
+    assert view["searchFilter"] == "tags.`nmlbench.kind` = 'leaderboard'"
+    assert view["orderByKey"] == "metrics.`id_acc`" and view["orderByAsc"] is False
+    assert "metrics.`id_acc_ci`" in view["selectedColumns"]
+    link = tracker.leaderboard_url("http://127.0.0.1:5000")
+    assert link == (f"http://127.0.0.1:5000/#/experiments/{tracker.experiment_id}/runs"
+                    "?viewStateShareKey=leaderboard&workflowType=machine_learning")
+    assert link.split("5000/")[1] in exp.tags["mlflow.note.content"]
+
+
+def test_a_record_the_store_rejects_raises_and_does_not_block_the_next(tracker):
+    bad = {**fit_record("bad"), "params": {**fit_record("bad")["params"], "bad*name": 1}}
+    with pytest.raises(Exception, match="bad\\*name|Invalid"):
+        tracker.log_fit(bad)
+    assert tracker.pending == []  # dropped from the queue (it stays in the journal, if any)
+    assert tracker.log_fit(fit_record("good")) is not None
+    assert tracker.completed_keys("fit") == {"good"}
+
+
 def test_default_uri_is_absolute(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     assert default_uri() == f"sqlite:///{tmp_path / '.nmlbench' / 'mlflow.db'}"
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.mark.slow
 def test_through_an_mlflow_server(tmp_path):
-    port = _free_port()
-    mlflow_bin = Path(sys.executable).with_name("mlflow")
-    log = open(tmp_path / "server.log", "w")
-    proc = subprocess.Popen(
-        [str(mlflow_bin), "server", "--backend-store-uri", f"sqlite:///{tmp_path / 'server.db'}",
-         "--artifacts-destination", str(tmp_path / "artifacts"), "--host", "127.0.0.1",
-         "--port", str(port), "--workers", "1"],
-        stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-    )
-    try:
-        deadline = time.time() + 90
-        while True:
-            try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2) as r:
-                    if r.status == 200:
-                        break
-            except OSError:
-                pass
-            assert proc.poll() is None, (tmp_path / "server.log").read_text()[-2000:]
-            assert time.time() < deadline, "mlflow server did not answer /health in 90 s"
-            time.sleep(0.5)
-        uri = f"http://127.0.0.1:{port}"
+    from benchmark.ui_check import MlflowServer
+
+    with MlflowServer(f"sqlite:///{tmp_path / 'server.db'}", artifacts=tmp_path / "artifacts",
+                      log=tmp_path / "server.log") as server:
+        uri = server.url
         tracker = Tracker(uri, "served")
         tracker.log_failure("a", fit_record("a")["params"], "boom")
         first = tracker.log_fit({**fit_record("a"), "artifacts": {"s": np.arange(3.0)}})
@@ -192,11 +214,3 @@ def test_through_an_mlflow_server(tmp_path):
         assert reader.completed_keys("fit") == {"a", "b"} and reader.failures_frame().empty
         tracker.log_spectrum("net", "t", np.array([2.0, 1.0]))
         np.testing.assert_array_equal(reader.load_spectra("t")["net"], [2.0, 1.0])
-    finally:
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(20)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait(10)
-        log.close()

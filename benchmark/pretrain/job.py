@@ -106,10 +106,14 @@ class PretrainJob:
         return max(1, int(self.cpus_per_worker) - 1)
 
     @property
+    def backbone_name(self) -> str:
+        """The display name the model's features carry downstream (the suite block's ``name``)."""
+        return self.display or f"{self.arch}-{self.objective}"
+
+    @property
     def name(self) -> str:
         """Human-readable label: arch, objective, noise, seed."""
-        base = self.display or f"{self.arch}-{self.objective}"
-        return f"{base}@{self.noise_kind}{self.noise_ratio:g}-s{self.seed}"
+        return f"{self.backbone_name}@{self.noise_kind}{self.noise_ratio:g}-s{self.seed}"
 
 
 def _same(value: Any, default: Any) -> bool:

@@ -5,7 +5,7 @@ pair's features once (``prepare_data``) and calls ``fit_many`` with the resolved
 of many fits, so validation, the device move and the frozen features' spectra are paid per pair.
 
 Result of one fit: ``{"method", "hparams" (resolved, a dict), "train_loss" (mean over the last
-epoch), "epochs_run", "eval": {set: {"accuracy", "macro_f1", "sve", "lsvr", "sve_raw",
+epoch), "epochs_run", "train_rows" (rows the head trained on), "eval": {set: {"accuracy", "macro_f1", "sve", "lsvr", "sve_raw",
 "lsvr_raw", "n"}}}``; ``sve``/``lsvr`` are of the head output z (z = f for LP), LSVR on a
 linear scale, NaN if z collapsed to a point.
 """
@@ -45,6 +45,7 @@ def fit_prepared(data: PreparedData, request: FitRequest) -> dict[str, Any]:
         "hparams": request.hparams.as_dict(),
         "train_loss": trained.train_loss,
         "epochs_run": trained.epochs_run,
+        "train_rows": trained.train_rows,
         "eval": evaluate_head(trained, data),
     }
 

@@ -37,6 +37,7 @@ class TrainedHead:
     hparams: HParams
     train_loss: float
     epochs_run: int
+    train_rows: int | None = None  # rows it was trained on (None: built by hand, not by train_head)
 
     @property
     def method(self) -> str:
@@ -122,4 +123,4 @@ def train_head(data: PreparedData, hp: HParams, *, seed: int = 0,
     if not all(bool(torch.isfinite(p).all()) for p in head.parameters()):
         raise _diverged(hp, hp.epochs - 1, steps - 1, x)
     head.eval()
-    return TrainedHead(head, hp, epoch_loss, hp.epochs)
+    return TrainedHead(head, hp, epoch_loss, hp.epochs, n)

@@ -1,0 +1,382 @@
+"""The driver's writer: journal first, then MLflow; a store that is away never stops a sweep.
+
+All writes happen in the calling (driver) process. Ray workers return records; the driver hands
+them to ``Tracker``. That is deliberate: SQLite answers "database is locked" to concurrent writers
+and an MLflow setup inside each worker silently falls back to a local store, so a single writer is
+the only arrangement that is both correct and fast.
+
+Every ``log_*`` call turns its record into an *entry* (kind, key, status, name, params, metrics,
+per-epoch steps, tags, artifacts, parent), appends it to the journal (``journal.py``) and then
+sends it (``writer.py``). When the store does not answer (connection refused, timeout, 5xx),
+the entry stays queued and the sweep goes on: MLflow's HTTP client is limited to 2 quick
+retries (``store.HTTP_DEFAULTS``), and the Tracker itself tries again only after a back-off
+(2, 4, 8 ... at most 60 s), at the next ``log_*`` call, at ``flush`` / ``finish``, or in a later
+process (``nmlbench sync`` reads the journal). Delivery is idempotent by key and content digest.
+"""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+import json
+import math
+import sys
+import time
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from benchmark.errors import ConfigError
+from benchmark.hashing import config_hash
+from benchmark.tracking import layout
+from benchmark.tracking.journal import Journal, decode, encode
+from benchmark.tracking.reader import TrackingReader
+from benchmark.tracking.store import (
+    EPOCH_TAG, ERROR_TAG, FAILED, FINISHED, TrackingUnavailable, brief, default_uri, is_transient, make_client,
+    sqlite_path,
+)
+from benchmark.tracking.writer import RunWriter
+
+
+@dataclasses.dataclass
+class FinishReport:
+    """What ``Tracker.finish`` achieved: records still undelivered, leaderboard rows published."""
+
+    pending: int
+    leaderboard_rows: int | None
+    journal: Path | None
+
+
+class Tracker(TrackingReader):
+    """Writes fit, pre-training, spectrum and leaderboard runs to one MLflow experiment.
+
+    ``uri``: ``sqlite:///abs/path.db`` (the default, created with its folder) or the
+    ``http://host:port`` of an ``mlflow server``. ``tags`` go on every run. ``suite`` names the
+    parent run of the study's tree (default: the experiment name). ``journal``: path of the
+    append-only journal file (``journal.journal_path(work_dir, experiment)``); without one,
+    undelivered records are queued in memory only. ``echo`` receives progress and outage notes.
+    Reading methods are those of ``TrackingReader``.
+    """
+
+    def __init__(self, uri: str | None = None, experiment: str = "nmlbench", tags: Mapping[str, str] | None = None,
+                 *, suite: str | None = None, journal: str | Path | None = None,
+                 echo: Callable[[str], None] | None = None, max_backoff_s: float = 60.0) -> None:
+        self.uri = uri or default_uri()
+        self.experiment = experiment
+        self.suite = suite or experiment
+        self.default_tags = {k: str(v) for k, v in (tags or {}).items()}
+        self.journal = Journal(journal) if journal is not None else None
+        self.echo = echo or (lambda msg: print(msg, file=sys.stderr, flush=True))
+        self.max_backoff_s = max_backoff_s
+        db = sqlite_path(self.uri)
+        if db is not None:
+            db.parent.mkdir(parents=True, exist_ok=True)
+        self.client = make_client(self.uri)
+        self.experiment_id: str | None = None
+        self._writer: RunWriter | None = None
+        self._queue: collections.OrderedDict[tuple[str, str], dict[str, Any]] = collections.OrderedDict()
+        self._delivered: dict[tuple[str, str], str] = {}
+        self._failures, self._retry_at = 0, 0.0
+        try:
+            self._connect()
+        except Exception as exc:
+            if not is_transient(exc) or self.journal is None:
+                if is_transient(exc):
+                    raise TrackingUnavailable(f"MLflow at {self.uri} did not answer ({brief(exc)}); start the "
+                                              "tracking server, or use a sqlite:/// URI") from exc
+                raise
+            self._went_down(exc)
+        if self.journal is not None:
+            self._queue_from_journal()
+
+    # -- connection --------------------------------------------------------------------------
+    def _connect(self) -> None:
+        """Find or create the experiment (tagged for the training UI) and the run writer."""
+        from mlflow.exceptions import MlflowException
+
+        exp = self.client.get_experiment_by_name(self.experiment)
+        if exp is None:
+            db = sqlite_path(self.uri)
+            # Next to a local database, artifacts go beside it instead of into ./mlruns of the cwd.
+            location = (db.parent / "mlartifacts").resolve().as_uri() if db is not None else None
+            try:
+                exp_id = self.client.create_experiment(self.experiment, artifact_location=location)
+            except MlflowException:
+                exp = self.client.get_experiment_by_name(self.experiment)
+                if exp is None:
+                    raise
+                exp_id = exp.experiment_id
+        else:
+            exp_id = exp.experiment_id
+            if exp.lifecycle_stage == "deleted":
+                self.client.restore_experiment(exp_id)
+        have = dict(exp.tags) if exp is not None else {}
+        for k, v in layout.experiment_tags(exp_id).items():
+            if have.get(k) != v:
+                self.client.set_experiment_tag(exp_id, k, v)
+        self.experiment_id = exp_id
+        self._writer = RunWriter(self.client, exp_id, self.default_tags)
+
+    def _went_down(self, exc: BaseException) -> None:
+        self._failures += 1
+        delay = min(self.max_backoff_s, 2.0 ** self._failures)
+        self._retry_at = time.monotonic() + delay
+        if self._writer is not None:
+            self._writer.reset()  # what landed before the outage is re-read when it is back
+        if self._failures == 1:
+            where = f"kept in {self.journal.path}" if self.journal else "queued in memory"
+            self.echo(f"MLflow at {self.uri} is not answering ({brief(exc)}); records are {where} "
+                      f"and will be sent when it is back (next try in {delay:.0f} s)")
+
+    @property
+    def down(self) -> bool:
+        return self._failures > 0
+
+    # -- the queue ---------------------------------------------------------------------------
+    def _queue_from_journal(self) -> None:
+        """Queue journal entries the store lacks (all of them while it does not answer)."""
+        assert self.journal is not None
+        for ident, entry in self.journal.latest().items():
+            if self._writer is not None and not self.down:
+                try:
+                    held = self._writer.holder(entry)
+                except Exception as exc:
+                    if not is_transient(exc):
+                        raise
+                    self._went_down(exc)
+                    held = None
+                if held is not None:
+                    self._delivered[ident] = held
+                    continue
+            self._queue[ident] = entry
+
+    @property
+    def pending(self) -> list[dict[str, Any]]:
+        """Entries not yet delivered (in the order they will be sent)."""
+        return list(self._queue.values())
+
+    def _drain(self, force: bool = False) -> None:
+        if not self._queue or (self.down and not force and time.monotonic() < self._retry_at):
+            return
+        was_down, sent = self.down, 0
+        try:
+            if self._writer is None:
+                self._connect()
+            assert self._writer is not None
+            while self._queue:
+                ident, entry = next(iter(self._queue.items()))
+                try:
+                    self._delivered[ident] = self._writer.write(entry)
+                except Exception as exc:
+                    if not is_transient(exc):
+                        # A record the store rejects: it must not block the ones behind it.
+                        # It stays in the journal; the error goes to the caller.
+                        self._queue.pop(ident)
+                    raise
+                self._queue.pop(ident)
+                sent += 1
+        except Exception as exc:
+            if not is_transient(exc):
+                raise
+            self._went_down(exc)
+            return
+        self._failures = 0
+        if was_down:
+            self.echo(f"MLflow at {self.uri} answers again: {sent} queued records delivered")
+
+    def log_entry(self, entry: dict[str, Any]) -> str | None:
+        """Journal ``entry``, then send it (with anything queued before it); the run id, or None if queued."""
+        entry = encode({**entry, "t": time.time()})
+        entry["digest"] = config_hash({k: v for k, v in entry.items() if k not in ("t", "digest")})
+        if self.journal is not None:
+            self.journal.append(entry)
+        entry = decode(entry)  # arrays back from their journal form
+        ident = (entry["kind"], entry["key"])
+        self._queue.pop(ident, None)
+        self._queue[ident] = entry
+        self._drain()
+        return None if ident in self._queue else self._delivered.get(ident)
+
+    def flush(self, wait_s: float = 0.0) -> int:
+        """Try to deliver everything queued now, retrying for up to ``wait_s``; return how many are left."""
+        deadline = time.monotonic() + wait_s
+        self._drain(force=True)
+        while self._queue and time.monotonic() < deadline:
+            time.sleep(max(0.0, min(self._retry_at, deadline) - time.monotonic()))
+            self._drain(force=True)
+        return len(self._queue)
+
+    def finish(self, *, wait_s: float = 15.0, publish: bool = True, strict: bool = False) -> FinishReport:
+        """End of a run (or ``nmlbench sync``): deliver the queue, then publish the leaderboard.
+
+        Publishing writes one run per leaderboard row and logs the table, figures, claims and the
+        HTML report on the suite run (``publish.publish_suite``); it needs every record in the
+        store, so it waits for the next ``finish`` when some are still queued. A publishing error
+        other than an outage is raised when ``strict``, else reported through ``echo`` (the
+        records themselves are safe; ``nmlbench sync`` publishes again).
+        """
+        rows = None
+        left = self.flush(wait_s)
+        if left == 0 and publish:
+            from benchmark.tracking.publish import publish_suite
+
+            try:
+                rows = publish_suite(self)
+            except Exception as exc:
+                if is_transient(exc):
+                    self._went_down(exc)
+                elif strict:
+                    raise
+                else:
+                    self.echo(f"publishing the leaderboard of {self.suite!r} failed ({type(exc).__name__}: "
+                              f"{exc}); the records are in MLflow, `nmlbench sync {self.suite}` publishes again")
+            left = self.flush(0.0)
+        if left:
+            where = f" (kept in {self.journal.path})" if self.journal else " (in memory only: no journal)"
+            self.echo(f"{left} records are not in MLflow at {self.uri} yet{where}; "
+                      f"deliver them with `nmlbench sync {self.suite}` once the server answers")
+        return FinishReport(left, rows, self.journal.path if self.journal else None)
+
+    # -- reading -----------------------------------------------------------------------------
+    def _search(self, filter_string: str = "") -> list[Any]:
+        if self._writer is None:  # the store did not answer at start: try again now
+            try:
+                self._connect()
+            except Exception as exc:
+                if not is_transient(exc):
+                    raise
+                self._went_down(exc)
+                raise TrackingUnavailable(f"MLflow at {self.uri} does not answer ({brief(exc)})") from exc
+        return super()._search(filter_string)
+
+    def completed_keys(self, kind: str | None = None) -> set[str]:
+        """Finished keys in the store plus finished records still queued (they will be delivered)."""
+        queued = {e["key"] for e in self._queue.values()
+                  if e.get("status", FINISHED) == FINISHED and (kind is None or e["kind"] == kind)}
+        try:
+            stored = super().completed_keys(kind)
+        except Exception as exc:
+            if not (is_transient(exc) or isinstance(exc, TrackingUnavailable)) or self.journal is None:
+                raise
+            self._went_down(exc)
+            stored = set()
+        return stored | queued
+
+    # -- records -----------------------------------------------------------------------------
+    def _parent(self, params: Mapping[str, Any]) -> dict[str, Any] | None:
+        return layout.group_spec(self.suite, params) or layout.suite_spec(self.suite)
+
+    def log_fit(self, record: Mapping[str, Any], *, overwrite: bool = False) -> str | None:
+        """Log one head fit ``{"key", "params", "metrics", "tags", "artifacts"}``.
+
+        Returns the run id, or None when the store is away (the record is queued). A record with
+        an ``"error"`` entry (a fit that raised in a worker) is logged as a failure. A key that
+        already finished is not logged again (its run id is returned) unless ``overwrite`` and
+        the content differs.
+        """
+        params, tags = dict(record.get("params", {})), dict(record.get("tags", {}))
+        if record.get("error"):
+            text = str(record["error"])
+            if record.get("traceback"):
+                text += "\n" + str(record["traceback"])
+            return self.log_failure(record["key"], params, text, tags=tags)
+        return self.log_entry({"kind": "fit", "key": record["key"], "status": FINISHED, "name": layout.fit_name(params),
+                               "params": params, "metrics": dict(record.get("metrics", {})), "tags": tags,
+                               "artifacts": dict(record.get("artifacts", {})), "parent": self._parent(params),
+                               "overwrite": overwrite})
+
+    def log_failure(self, key: str, params: Mapping[str, Any], error_text: str, *, kind: str = "fit",
+                    tags: Mapping[str, Any] | None = None) -> str | None:
+        """Record a failed attempt (status FAILED, tag ``error``); earlier failures of the key go.
+
+        The key stays out of ``completed_keys`` so the next run retries it.
+        """
+        text = error_text if len(error_text) <= 7900 else error_text[:3900] + "\n...\n" + error_text[-3900:]
+        params = dict(params)
+        name = layout.fit_name(params) if kind == "fit" else layout.pretrain_name(params) if kind == "pretrain" else key
+        return self.log_entry({"kind": kind, "key": key, "status": FAILED, "name": name, "params": params,
+                               "tags": {**(tags or {}), ERROR_TAG: text}, "parent": self._parent(params)})
+
+    def log_pretrain(self, job: Any, result: Any, *, overwrite: bool = False, backbone: str | None = None) -> str | None:
+        """Log a pre-training job (``PretrainJob``) and its result.
+
+        ``result`` is a mapping or dataclass. Recognised entries: ``history`` / ``metrics`` /
+        ``epochs`` (a list of per-epoch dicts, or a dict of per-epoch lists; logged with
+        ``step`` = epoch), ``noise_path`` / ``noise_file`` (artifact ``noise.npz``; its sibling
+        ``noise.json`` is logged too and gives the metrics ``noise_n`` / ``noise_changed``),
+        ``checkpoint`` / ``checkpoint_path`` (tag ``checkpoint``: checkpoints stay in the work
+        dir). Other numeric entries become metrics. ``backbone`` is the display name the fits
+        of this model carry (default ``job.backbone_name``): it places the run in
+        the same backbone x noise ratio group as those fits.
+        """
+        res = dataclasses.asdict(result) if dataclasses.is_dataclass(result) else dict(result)
+        res.pop("job", None)
+        params = dataclasses.asdict(job)
+        params["name"] = job.name
+        group = {"backbone": backbone or job.backbone_name,
+                 "noise_ratio": job.noise_ratio, "objective": job.objective, "noise_kind": job.noise_kind}
+        if res.get("error"):
+            return self.log_entry({"kind": "pretrain", "key": job.key, "status": FAILED, "name": layout.pretrain_name(params),
+                                   "params": params, "tags": {ERROR_TAG: str(res["error"])},
+                                   "parent": self._parent(group)})
+        steps, last = _epoch_steps(next((res.pop(k) for k in ("history", "metrics", "epochs")
+                                         if isinstance(res.get(k), (list, dict))), None))
+        tags: dict[str, str] = {"backbone": group["backbone"], EPOCH_TAG: ",".join(sorted(last))}
+        artifacts: dict[str, Any] = {}
+        metrics: dict[str, float] = {}
+        noise = next((res.pop(k) for k in ("noise_path", "noise_file") if res.get(k)), None)
+        if noise is not None and Path(noise).is_file():
+            artifacts["noise.npz"] = str(noise)
+            summary = Path(noise).with_suffix(".json")
+            if summary.is_file():
+                artifacts["noise.json"] = str(summary)
+                info = json.loads(summary.read_text())
+                metrics["noise_n"] = info.get("n")
+                metrics["noise_changed"] = info.get("num_flipped", info.get("num_mismatched"))
+        ckpt = next((res.pop(k) for k in ("checkpoint", "checkpoint_path") if res.get(k)), None)
+        if ckpt is not None:
+            tags["checkpoint"] = str(ckpt)
+        metrics.update({k: float(v) for k, v in res.items()
+                        if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(float(v))})
+        # Per-epoch values are logged with their steps; MLflow keeps the latest as the run's value.
+        for k in last:
+            metrics.pop(k, None)
+        return self.log_entry({"kind": "pretrain", "key": job.key, "status": FINISHED, "name": layout.pretrain_name(params),
+                               "params": params, "metrics": metrics, "steps": steps, "tags": tags,
+                               "artifacts": artifacts, "parent": self._parent(group), "overwrite": overwrite})
+
+    def log_spectrum(self, backbone: str | Mapping[str, Any], task: str, values: Any, *,
+                     overwrite: bool = False, **params: Any) -> str | None:
+        """Store the singular values of a backbone's features on ``task`` (artifact spectrum.npy).
+
+        ``backbone`` is a display name, or a mapping of backbone params that holds one under
+        ``"backbone"`` (e.g. the fit params: noise_ratio, pretrain_seed, ...). All params are
+        recorded and keyed, so each (backbone, noise ratio, seed, task) keeps its own spectrum.
+        """
+        arr = np.asarray(values.detach().cpu().numpy() if hasattr(values, "detach") else values, dtype=np.float64)
+        base = dict(backbone) if isinstance(backbone, Mapping) else {"backbone": backbone}
+        if "backbone" not in base:
+            raise ConfigError("log_spectrum: the backbone mapping needs a 'backbone' display name")
+        all_params = {**base, **params, "task": task}
+        key = config_hash({"kind": "spectrum", **all_params})
+        return self.log_entry({"kind": "spectrum", "key": key, "status": FINISHED, "name": layout.spectrum_name(all_params),
+                               "params": all_params, "artifacts": {"spectrum.npy": arr},
+                               "parent": self._parent(all_params), "overwrite": overwrite})
+
+
+def _epoch_steps(history: Any) -> tuple[list[tuple[str, float, int]], dict[str, float]]:
+    """Per-epoch rows (a list of dicts, or a dict of lists) -> (name, value, epoch) steps and last values."""
+    if isinstance(history, dict):  # {"loss": [..], ...} -> per-epoch rows
+        n = max((len(v) for v in history.values() if isinstance(v, list)), default=0)
+        history = [{k: v[i] for k, v in history.items() if isinstance(v, list) and i < len(v)} for i in range(n)]
+    steps: list[tuple[str, float, int]] = []
+    last: dict[str, float] = {}
+    for i, row in enumerate(history or []):
+        epoch = int(row.get("epoch", i))
+        for k, v in row.items():
+            if k != "epoch" and isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(float(v)):
+                steps.append((str(k), float(v), epoch))
+                last[str(k)] = float(v)
+    return steps, last

@@ -1,0 +1,141 @@
+"""The leaderboard lives in MLflow: one run per row, sortable by metric, replaced never duplicated.
+
+Against real SQLite MLflow stores: the shared published study (read only) and a store of this
+module's own that is changed and re-published.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from typer.testing import CliRunner
+
+from benchmark.leaderboard import COLUMNS, leaderboard, render, selected_fits
+from benchmark.tracking import Tracker, TrackingReader
+from benchmark.tracking.layout import leaderboard_name, suite_spec
+from benchmark.tracking.publish import leaderboard_rows
+from benchmark.tracking.store import search_all
+from support import fit_records, synthetic_fits
+
+
+def _board_runs(reader) -> list:
+    return search_all(reader.client, reader.experiment_id, "tags.`nmlbench.kind` = 'leaderboard'")
+
+
+def test_each_row_is_a_run_with_the_rows_numbers_and_its_selection(study):
+    reader = TrackingReader(study.uri, study.experiment)
+    expected = leaderboard(study.fits)
+    runs = _board_runs(reader)
+    assert len(runs) == len(expected) == 6
+    by_name = {r.info.run_name: r for r in runs}
+    for row in expected.to_dict("records"):
+        run = by_name[leaderboard_name(row)]  # e.g. "NMTune · net @ 10%", "LP · mobilenet (frozen)"
+        assert "mlflow.parentRunId" not in run.data.tags  # top level: the table sorts rows, not trees
+        for m in COLUMNS:
+            if pd.isna(row[m]):
+                assert m not in run.data.metrics  # e.g. OOD columns of the frozen backbone
+            else:
+                assert run.data.metrics[m] == pytest.approx(row[m], abs=1e-6)
+        p = run.data.params
+        assert p["method"] == row["method"] and p["backbone"] == row["backbone"]
+    # What validation chose: counts over the (task x seed) selections; LP has no grid.
+    chosen = selected_fits(study.fits)
+    nm = by_name["NMTune · net @ 0%"].data.params
+    part = chosen[(chosen.backbone == "net") & (chosen.noise_ratio == 0.0) & (chosen.method == "nmtune")]
+    assert int(nm["selections"]) == len(part) == 6 and int(nm["fits"]) == 24
+    counts = {label: int(n) for label, n in (s.rsplit(" ×", 1) for s in nm["selected"].split(", "))}
+    assert sum(counts.values()) == 6
+    want = part.apply(lambda r: f"λ{r['lam']:g} d{int(r['depth'])}", axis=1).value_counts().to_dict()
+    assert counts == want
+    assert by_name["LP · net @ 0%"].data.params["selected"] == "no grid ×6"
+
+
+def test_sorting_runs_by_a_metric_is_the_leaderboard(study):
+    reader = TrackingReader(study.uri, study.experiment)
+    ordered = reader.client.search_runs([reader.experiment_id], "tags.`nmlbench.kind` = 'leaderboard'",
+                                        order_by=["metrics.id_acc DESC"])
+    expected = leaderboard(study.fits).sort_values("id_acc", ascending=False)
+    assert [r.info.run_name for r in ordered] == [leaderboard_name(r) for r in expected.to_dict("records")]
+
+
+def test_published_frame_and_cli_equal_the_computed_leaderboard(study):
+    from benchmark.cli import app
+
+    reader = TrackingReader(study.uri, study.experiment)
+    board = reader.leaderboard_frame(study.experiment)
+    expected = leaderboard(study.fits)
+    pd.testing.assert_frame_equal(board, expected, check_dtype=False, atol=1e-6)
+    res = CliRunner().invoke(app, ["leaderboard", str(_suite_file(study)), "--tracking-uri", study.uri, "--format", "csv"])
+    assert res.exit_code == 0, res.output
+    back = pd.read_csv(__import__("io").StringIO(res.stdout))
+    pd.testing.assert_frame_equal(back, expected, check_dtype=False, atol=1e-6)
+    table = CliRunner().invoke(app, ["leaderboard", str(_suite_file(study)), "--tracking-uri", study.uri])
+    assert table.exit_code == 0 and render(expected, "table").splitlines()[2] in table.stdout
+
+
+def test_suite_run_holds_table_figures_claims_and_report(study, tmp_path):
+    reader = TrackingReader(study.uri, study.experiment)
+    suite = search_all(reader.client, reader.experiment_id, f"tags.`nmlbench.key` = '{suite_spec(study.experiment)['key']}'")
+    assert len(suite) == 1 and suite[0].info.run_name == study.experiment
+    run_id = suite[0].info.run_id
+    top = {a.path for a in reader.client.list_artifacts(run_id)}
+    assert {"leaderboard.json", "leaderboard.csv", "leaderboard.md", "claims.md", "report.html", "figures"} <= top
+    figures = {a.path for a in reader.client.list_artifacts(run_id, "figures")}
+    assert {"figures/id_ood_vs_noise.png", "figures/spectra.png"} <= figures
+    table = json.loads(Path(reader.client.download_artifacts(run_id, "leaderboard.json", str(tmp_path))).read_text())
+    assert table["columns"][:3] == ["backbone", "noise_ratio", "method"] and len(table["data"]) == 6
+    assert json.loads(suite[0].data.tags["mlflow.loggedArtifacts"]) == [{"path": "leaderboard.json", "type": "table"}]
+    assert suite[0].data.metrics["fits"] == len(study.fits)
+
+
+def _suite_file(study) -> Path:
+    """A suite file naming the study's experiment (the CLI resolves store and experiment from it)."""
+    import yaml
+
+    path = study.root / "suite.yaml"
+    if not path.exists():
+        base = yaml.safe_load((Path(__file__).resolve().parents[1] / "suites" / "quick.yaml").read_text())
+        base.update(name=study.experiment, work_dir=str(study.root))
+        base["tracking"] = {"experiment": study.experiment}
+        path.write_text(yaml.safe_dump(base))
+    return path
+
+
+def test_republishing_replaces_changed_rows_and_drops_stale_ones(tmp_path):
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    df = synthetic_fits()
+    df = df[df.backbone == "net"].reset_index(drop=True)
+    tracker = Tracker(uri, "mutable", suite="mutable")
+    records = fit_records(df, "mutable")
+    for rec in records:
+        tracker.log_fit(rec)
+    assert tracker.finish().leaderboard_rows == 4
+    first = {r.info.run_name: r.info.run_id for r in _board_runs(tracker)}
+    # Nothing changed: publishing again keeps every run (no churn, no duplicates).
+    from benchmark.tracking.publish import publish_suite
+
+    assert publish_suite(tracker, force=True) == 4
+    assert {r.info.run_name: r.info.run_id for r in _board_runs(tracker)} == first
+    # A better LP fit at 10 % noise changes one row only.
+    extra = dict(records[[i for i, r in enumerate(records) if r["params"]["method"] == "lp"
+                          and r["params"]["noise_ratio"] == 0.1 and r["params"]["task"] == "a"][0]])
+    extra = {**extra, "key": "extra", "params": {**extra["params"], "head_seed": 1},
+             "metrics": {**extra["metrics"], "test_accuracy": 0.999}}
+    tracker.log_fit(extra)
+    tracker.finish()
+    now = {r.info.run_name: r.info.run_id for r in _board_runs(tracker)}
+    assert set(now) == set(first)
+    assert [n for n in now if now[n] != first[n]] == ["LP · net @ 10%"]
+    assert TrackingReader(uri, "mutable").leaderboard_frame("mutable").n.tolist() == [2, 2, 3, 2]
+    # The fits of one head disappear: its rows go too.
+    for run in search_all(tracker.client, tracker.experiment_id, "params.method = 'nmtune'"):
+        tracker.client.delete_run(run.info.run_id)
+    tracker.finish()
+    assert sorted(r.info.run_name for r in _board_runs(tracker)) == ["LP · net @ 0%", "LP · net @ 10%"]
+    rows = leaderboard_rows(TrackingReader(uri, "mutable").runs_frame("fit"))
+    assert list(rows.method) == ["lp", "lp"] and (rows.fits == [6, 7]).all()
+    assert np.isfinite(rows.id_acc).all()
