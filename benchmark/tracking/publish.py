@@ -30,6 +30,9 @@ if TYPE_CHECKING:
     from benchmark.tracking.reader import TrackingReader
     from benchmark.tracking.tracker import Tracker
 
+#: Leaderboard metrics are stored rounded: the UI prints floats raw, and 6 decimals keep its table
+#: readable while staying far below any difference the intervals can resolve.
+METRIC_DECIMALS = 6
 SELECTION_RULE = ("best val_accuracy per task and seed; ties: the smaller value of "
                   + ", then ".join(TIEBREAK_AXES))
 PUBLISHED_TAG = "nmlbench.published"  # suite run: digest of the fit runs the published board summarises
@@ -82,7 +85,7 @@ def _row_entry(suite: str, i: int, row: dict[str, Any], several_fractions: bool)
     for m in layout.LEADERBOARD_METRICS:
         v = row.get(m)
         if v is not None and not pd.isna(v):
-            metrics[m] = round(float(v), 6)  # the UI prints floats raw; 6 decimals keep it readable
+            metrics[m] = round(float(v), METRIC_DECIMALS)
     return {"kind": "leaderboard", "key": layout.leaderboard_key(suite, row), "status": FINISHED,
             "name": layout.leaderboard_name(row, several_fractions), "params": params, "metrics": metrics,
             "tags": {SUITE_TAG: suite, ROW_TAG: i}, "parent": None, "overwrite": True}
