@@ -274,16 +274,30 @@ def make_plan(suite: Suite) -> Plan:
 
 
 def plan_trials(fits: Iterable[FitSpec], fits_per_trial: int) -> list[TrialPlan]:
-    """Batch fits by pair, at most ``fits_per_trial`` per trial, in a stable order."""
-    by_pair: dict[str, list[FitSpec]] = {}
+    """Batch fits by pair, at most ``fits_per_trial`` per trial, in a stable order.
+
+    Fits that the probe can train as one computation (same ``HParams.batch_key`` and training
+    rows) are kept in the same trial: whole groups are packed into trials, and only a group
+    larger than ``fits_per_trial`` is split.
+    """
+    cap = max(1, fits_per_trial)
+    by_pair: dict[str, dict[tuple, list[FitSpec]]] = {}
     for f in fits:
-        by_pair.setdefault(f.pair, []).append(f)
+        groups = by_pair.setdefault(f.pair, {})
+        groups.setdefault((repr(f.hparams.batch_key()), rows_digest(f.train_rows)), []).append(f)
     trials = []
     for pair in sorted(by_pair):
-        group = sorted(by_pair[pair], key=lambda f: f.key)
-        for i in range(0, len(group), max(1, fits_per_trial)):
-            chunk = tuple(group[i : i + fits_per_trial])
-            trials.append(TrialPlan(config_hash([f.key for f in chunk]), pair, chunk))
+        chunks: list[list[FitSpec]] = [[]]
+        for _, group in sorted(by_pair[pair].items()):
+            group = sorted(group, key=lambda f: f.key)
+            parts = [group[i : i + cap] for i in range(0, len(group), cap)]
+            for part in parts:
+                if len(chunks[-1]) + len(part) > cap:
+                    chunks.append([])
+                chunks[-1].extend(part)
+        for chunk in chunks:
+            if chunk:
+                trials.append(TrialPlan(config_hash([f.key for f in chunk]), pair, tuple(chunk)))
     return trials
 
 

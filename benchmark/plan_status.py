@@ -102,7 +102,7 @@ def plan_status(plan: Plan, tracking_uri: str, experiment: str) -> list[StageSta
     todo = [f for f in plan.fits if f.key not in finished]
     tasks = {p.key: p.task for p in plan.pairs}
     sample_epochs = sum((len(f.train_rows) if f.train_rows is not None else len(tasks[f.pair].train))
-                        * f.hparams.epochs for f in todo)
+                        * (f.hparams.epochs or 1) for f in todo)  # the converged LP: one pass-equivalent
     return [
         StageStatus("pre-training", "job", len(plan.pretrain), len(done_jobs), image_epochs, "image-epochs",
                     rates.get("pretrain")),

@@ -6,7 +6,11 @@ Why the shape below:
 - One head fit lasts well under a second on small features, while a Tune trial costs about a
   second of scheduling. So a trial is a *batch* of planned fits on one pair
   (``benchmark.plan.TrialPlan``): Tune's overhead is paid per batch, and the pair's features are
-  validated and moved to the device once per trial (``probe.prepare_data``) for ``probe.fit_many``.
+  validated and moved to the device once per trial (``prepare_payload``) for the probe.
+- Inside a trial the fits that can share a computation (``HParams.batch_key`` and training rows:
+  the seeds, learning rates and NMTune weights of one architecture) train as one batch
+  (``probe.iter_fit_many``), and each batch group's records go to the driver in one Tune report:
+  Tune's cost per report is paid per group, not per fit. ``plan_trials`` keeps groups whole.
 - Each fit carries its full config and key from the plan. The driver's callback hands every
   finished fit to the recording sink as it arrives (one writer, nothing lost on interrupt).
 - A fit that raises is recorded as a failure with its error; the sweep goes on.
@@ -35,37 +39,60 @@ VAL_SET = "val"
 RecordSink = Callable[[dict[str, Any]], None]
 
 
-def iter_fits(payload: FeaturePayload, specs: Sequence[FitSpec]) -> Iterator[dict[str, Any]]:
-    """Fit planned heads on one pair's payload, yielding one record per spec as it ends; never raises.
-
-    The payload is validated and moved once for all specs; a fit that fails (diverges) gets an
-    error record and the others go on. A payload the probe rejects fails every spec alike.
-    """
+def prepare_payload(payload: FeaturePayload) -> Any:
+    """The payload as the probe's ``PreparedData``: validation set ``val`` (selection), then the tests."""
     import torch
 
-    from benchmark.probe import FitRequest, fit_many, prepare_data
+    from benchmark.probe import prepare_data
+
+    sets = {VAL_SET: payload.val, **payload.tests}
+    return prepare_data(
+        torch.from_numpy(np.array(payload.train[0], dtype=np.float32)),
+        torch.from_numpy(np.array(payload.train[1], dtype=np.int64)),
+        {k: torch.from_numpy(np.array(v[0], dtype=np.float32)) for k, v in sets.items()},
+        {k: torch.from_numpy(np.array(v[1], dtype=np.int64)) for k, v in sets.items()},
+        class_subsets=payload.class_subsets or None, num_classes=payload.num_classes, selection_set=VAL_SET)
+
+
+def iter_fit_batches(payload: FeaturePayload, specs: Sequence[FitSpec]) -> Iterator[list[dict[str, Any]]]:
+    """Fit planned heads on one pair's payload; yield the records of each batch group as it ends.
+
+    The payload is validated and moved once for all specs; the fits that can share a computation
+    are trained as one batch (``probe.iter_fit_many``), each with its own record; a fit that fails
+    (diverges) gets an error record and the others go on. A payload the probe rejects fails every
+    spec alike. Never raises.
+    """
+    from benchmark.probe import FitRequest, iter_fit_many
 
     started = time.perf_counter()
     try:
-        sets = {VAL_SET: payload.val, **payload.tests}
-        data = prepare_data(
-            torch.from_numpy(np.array(payload.train[0], dtype=np.float32)),
-            torch.from_numpy(np.array(payload.train[1], dtype=np.int64)),
-            {k: torch.from_numpy(np.array(v[0], dtype=np.float32)) for k, v in sets.items()},
-            {k: torch.from_numpy(np.array(v[1], dtype=np.int64)) for k, v in sets.items()},
-            class_subsets=payload.class_subsets or None, num_classes=payload.num_classes)
+        data = prepare_payload(payload)
     except Exception as exc:  # noqa: BLE001 - recorded for every fit of the pair
-        for spec in specs:
-            yield error_record(spec, f"{type(exc).__name__}: {exc}", traceback.format_exc())
+        yield [error_record(spec, f"{type(exc).__name__}: {exc}", traceback.format_exc()) for spec in specs]
         return
-    for spec in specs:
-        t0 = time.perf_counter()
-        [result] = fit_many(data, [FitRequest(spec.hparams, spec.head_seed, spec.train_rows)])
+    requests = [FitRequest(spec.hparams, spec.head_seed, spec.train_rows) for spec in specs]
+    batch: list[dict[str, Any]] = []
+    pending = None
+    for pos, result in iter_fit_many(data, requests):
+        group = result.get("batch_members", 1)
+        spec = specs[pos]
         if "error" in result:
-            yield error_record(spec, result["error"], result["traceback"])
+            batch.append(error_record(spec, result["error"], result["traceback"]))
         else:
-            yield make_record(spec, result, list(payload.tests), time.perf_counter() - t0)
+            batch.append(make_record(spec, result, list(payload.tests), result["seconds"]))
+        pending = group if pending is None else pending
+        if len(batch) >= pending:
+            yield batch
+            batch, pending = [], None
+    if batch:
+        yield batch
     log.debug("%d fits in %.2f s", len(specs), time.perf_counter() - started)
+
+
+def iter_fits(payload: FeaturePayload, specs: Sequence[FitSpec]) -> Iterator[dict[str, Any]]:
+    """:func:`iter_fit_batches`, one record at a time."""
+    for batch in iter_fit_batches(payload, specs):
+        yield from batch
 
 
 def run_fits(payload: FeaturePayload, specs: Sequence[FitSpec]) -> list[dict[str, Any]]:
@@ -79,7 +106,12 @@ def error_record(spec: FitSpec, error: str, tb: str = "") -> dict[str, Any]:
 
 def make_record(spec: FitSpec, result: dict[str, Any], test_sets: Sequence[str],
                 seconds: float) -> dict[str, Any]:
-    """Flatten a fit result into the fit record of docs/architecture.md."""
+    """Flatten a fit result into the fit record of docs/architecture.md.
+
+    Besides params, metrics and tags the record carries ``curves`` (lists per epoch, or per L2
+    value for ``lp``; see ``benchmark.probe``) for the tracker to log as step metrics; the fit's
+    ``summary`` scalars (``best_epoch``; ``chosen_l2``, ``converged`` ...) become metrics.
+    """
     ev = result["eval"]
     metrics: dict[str, float] = {"val_accuracy": ev[VAL_SET]["accuracy"], "fit_seconds": seconds}
     for name, m in ev.items():
@@ -94,7 +126,12 @@ def make_record(spec: FitSpec, result: dict[str, Any], test_sets: Sequence[str],
         metrics["train_loss"] = float(result["train_loss"])
     if result.get("train_rows") is not None:  # what the head saw: the few-shot share, after max_train and validation
         metrics["train_rows"] = float(result["train_rows"])
-    return {"key": spec.key, "params": dict(spec.params), "metrics": metrics, "tags": spec.tags}
+    for k, v in (result.get("summary") or {}).items():
+        metrics[k] = float(v)
+    if result.get("batch_members") is not None:
+        metrics["batch_members"] = float(result["batch_members"])
+    return {"key": spec.key, "params": dict(spec.params), "metrics": metrics, "tags": spec.tags,
+            "curves": {k: [float(v) for v in vals] for k, vals in (result.get("curves") or {}).items()}}
 
 
 # -- execution ---------------------------------------------------------------------------------
@@ -115,8 +152,8 @@ def _tune_trial(config: dict[str, Any], plans: dict[str, TrialPlan], payload_ref
     torch.set_num_threads(1)
     plan = plans[config["trial"]]
     payload = ray.get(payload_refs[plan.pair])
-    for record in iter_fits(payload, plan.fits):
-        tune.report({"record": json.dumps(record, default=_json_default)})
+    for batch in iter_fit_batches(payload, plan.fits):  # one report per batch group: Tune's cost is per report
+        tune.report({"records": json.dumps(batch, default=_json_default)})
 
 
 def _json_default(o: Any) -> Any:
@@ -183,9 +220,9 @@ def _make_driver_sink_class():
             return {"seen": self.seen, "sink": None, "plans": {}, "expected": {}}
 
         def on_trial_result(self, iteration, trials, trial, result, **info):
-            record = json.loads(result["record"])
-            self.seen.setdefault(trial.config["trial"], set()).add(record["key"])
-            self.sink(record)
+            for record in json.loads(result["records"]):
+                self.seen.setdefault(trial.config["trial"], set()).add(record["key"])
+                self.sink(record)
 
         def on_trial_error(self, iteration, trials, trial, **info):
             # The whole trial died (worker crash, OOM): every fit it had not reported fails.

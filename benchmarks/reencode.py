@@ -6,6 +6,10 @@ optimisation steps. Everything else is ``benchmark.probe.train_head``'s recipe s
 the same seeded head initialisation, AdamW, per-step cosine schedule, mini-batch order from the
 same seeded generator, the same loss (NMTune regularisers included) and the same evaluation,
 so the two sides differ only in where the features come from.
+
+The images are encoded here directly (``backbone.transform`` per image, ``backbone.encode`` per
+batch), not through ``benchmark.features``: the benchmark compares the cache's features with
+this independent encoding, so a cache that stored the wrong features would be caught.
 """
 
 from __future__ import annotations
@@ -14,15 +18,18 @@ from typing import Any
 
 import torch
 
-from benchmark.features import extract_features
 from benchmark.probe import PreparedData, TrainedHead, evaluate_head, resolve_hparams, training_setup
 from benchmark.probe.train import train_epoch
 
 
 def encode_split(backbone: Any, split: Any, batch_size: int = 256) -> tuple[torch.Tensor, torch.Tensor]:
-    """One pass of the backbone over a split, in order (what a DataLoader epoch does)."""
-    f = extract_features(backbone, split, batch_size=batch_size, device="cpu")
-    return f.x, f.y
+    """One pass of the backbone over a split, in order: transform each image, encode each batch."""
+    xs = []
+    with torch.no_grad():
+        for start in range(0, len(split), batch_size):
+            images = [backbone.transform(split[i][0]) for i in range(start, min(start + batch_size, len(split)))]
+            xs.append(backbone.encode(torch.stack(images)).float())
+    return torch.cat(xs), torch.as_tensor(split.labels, dtype=torch.int64)
 
 
 def fit_reencoding(backbone: Any, train_split: Any, test_split: Any, method: str, *,
@@ -34,6 +41,8 @@ def fit_reencoding(backbone: Any, train_split: Any, test_split: Any, method: str
     the last epoch, to check they equal the cached ones).
     """
     hp = resolve_hparams(method, **hparams)
+    if hp.epoch_selection == "best_val":
+        raise ValueError("the re-encoding baseline trains with epoch_selection 'last' (it holds no validation set)")
     y = torch.as_tensor(train_split.labels, dtype=torch.int64)
     n = int(y.shape[0])
     head, loss_fn, opt, sched, gen, bs, steps = training_setup(hp, int(backbone.feature_dim), num_classes, n, seed)

@@ -1,7 +1,7 @@
 """Measurement 3: 52 head fits through Ray Tune (batched trials) vs the same fits in a loop.
 
-Grid, planned by ``benchmark.plan`` from a suite: LP, MLP x 2 depths, NMTune x 5 lambdas x 2
-depths, 2 head seeds, 2 data sets. Features as in the quick suite: timm ``test_resnet`` (random
+Grid, planned by ``benchmark.plan`` from a suite: LP (converged), MLP x 2 depths, NMTune x 5
+lambdas x 2 depths, 2 head seeds, 2 data sets (MLP and NMTune fits of a depth train as one batch). Features as in the quick suite: timm ``test_resnet`` (random
 init, 96-d) on MNIST-5k and Animal-MNIST, 2,000 training images split 1,600 / 400 (train / val)
 plus the test split, L2-normalised, extracted once through the features stage's own
 ``extraction.extract_payload``; heads train 15 epochs at batch 128.
@@ -31,7 +31,8 @@ from benchmark.plan import TrialPlan, make_plan, plan_trials
 from benchmark.sweep import run_trials_locally, run_trials_on_ray
 
 SUITE = {"name": "bench-sweep", "backbones": [{"family": "timm", "arch": "test_resnet", "seed": 0, "image_size": 32}],
-         "downstream": {"id": ["mnist-5k", "animal-mnist"], "seeds": [0, 1], "max_train": 2000,
+         "downstream": {"id": ["mnist-5k", "animal-mnist"], "methods": ["lp", "mlp", "nmtune"], "seeds": [0, 1],
+                        "max_train": 2000,
                         "grid": {"lam": [0.001, 0.01, 0.1, 0.3, 1.0], "depth": [1, 2]},
                         "hparams": {"batch_size": 128, "epochs": 15, "preset": "paper"}}}
 FITS_PER_TRIAL = 16   # the quick suite's setting
@@ -130,8 +131,7 @@ def test_tune_sweep_vs_loop(benchmark, sweep_inputs, local_ray):
         # Fit seconds as measured inside the trials: above the loop's when the two concurrent
         # trials do not get a core each (a shared machine), which no Tune setting can fix.
         sum_fit_seconds_tune=float(sum(r["metrics"]["fit_seconds"] for r in results[main].values())),
-        params={"fits": 60, "datasets": list(DATASETS), "methods": list(METHODS), "lambdas": list(LAMBDAS),
-                "depths": list(DEPTHS), "epochs": 15, "batch_size": 128,
+        params={"fits": len(fits), "suite": SUITE, "epochs": 15, "batch_size": 128,
                 "n_train_val": {k: [len(p.train[1]), len(p.val[1])] for k, p in payloads.items()},
                 "feature_dim": int(next(iter(payloads.values())).train[0].shape[1]),
                 "fits_per_trial": FITS_PER_TRIAL, "max_concurrent_trials": CONCURRENCY, "ray_cpus": 2},

@@ -48,14 +48,15 @@ def test_every_shipped_suite_validates_with_registry_names(path):
 
 def test_head_grid_axes_apply_to_the_methods_that_take_them():
     d = load_suite(SUITES / "quick.yaml", check_names=False).downstream
-    assert d.axes("lp") == {} and d.axes("mlp") == {"depth": [1, 2]}
-    assert d.axes("nmtune") == {"lam": [0.01, 0.1], "depth": [1, 2]}
-    assert d.fixed_hparams("lp") == {"epochs": 15, "batch_size": 128}  # preset is NMTune's alone
-    assert d.fixed_hparams("nmtune") == {"preset": "paper", "epochs": 15, "batch_size": 128}
-    own = validate_suite({**MINIMAL, "downstream": {**MINIMAL["downstream"], "hparams": {"epochs": 5, "lp": {"lr": 0.5,
-                                                                                                          "epochs": 9}}}},
+    assert d.axes("lp") == {} and d.axes("mlp") == {"lr": [0.001, 0.003, 0.01]}
+    assert d.axes("nmtune") == {"lam": [0.01, 0.1], "lr": [0.001, 0.003, 0.01]}
+    assert d.fixed_hparams("lp") == {}  # the converged LP takes none of them (its L2 grid is its own)
+    shared = {"depth": 1, "epochs": 30, "batch_size": 128, "epoch_selection": "best_val"}
+    assert d.fixed_hparams("mlp") == shared  # preset is NMTune's alone
+    assert d.fixed_hparams("nmtune") == {"preset": "paper", **shared}
+    own = validate_suite({**MINIMAL, "downstream": {**MINIMAL["downstream"], "hparams": {"epochs": 5, "lp": {"l2_steps": 9}}}},
                          check_names=False).downstream
-    assert own.fixed_hparams("lp") == {"epochs": 9, "lr": 0.5} and own.fixed_hparams("mlp") == {"epochs": 5}
+    assert own.fixed_hparams("lp") == {"l2_steps": 9} and own.fixed_hparams("mlp") == {"epochs": 5}
 
 
 def test_defaults_are_resolved_and_override_follows_work_dir(tmp_path, monkeypatch):
@@ -88,7 +89,7 @@ def test_schema_errors_name_path_value_and_allowed(tmp_path):
         "pretrain[0].epochs = 0: must be >= 1",
         "pretrain[0]: unknown key 'lrr' (allowed: name, objective, corpus, arch, model_kwargs, noise, seeds,",
         "<top level>: unknown key 'colour' (allowed: name, work_dir, data_root, pretrain, backbones, downstream,",
-        "downstream.methods = ['lp', 'svm']: unknown head method(s) 'svm' (registered heads: lp, mlp, nmtune)",
+        "downstream.methods = ['lp', 'svm']: unknown head method(s) 'svm' (registered heads: lp, lp_adamw, mlp, nmtune)",
         "downstream.fractions[0] = 0.0: must be in (0, 1]",
         "downstream: unknown key 'lambdas' (allowed: id, ood, methods, grid, hparams,",
         "it moved to downstream.grid: {lam: [...]}",
@@ -110,7 +111,6 @@ def test_head_grid_errors_name_axis_value_and_method(tmp_path):
         "downstream.grid.colour: unknown hyper-parameter (known: epochs, batch_size, lr,",
         "downstream.hparams.preset: no listed method takes it (it applies to nmtune;",
         "downstream.hparams.nmtune: method 'nmtune' is not in methods (lp, mlp)",
-        "downstream.hparams (lp): batch_size must be >= 2, got 1",
         "downstream.hparams (mlp): batch_size must be >= 2, got 1",
     ]:
         assert expected in msg, (expected, msg)

@@ -75,6 +75,20 @@ def test_regularisers_match_formulas(k):
         assert float(got[name]) == pytest.approx(ref[name], rel=1e-10), name
 
 
+def test_batched_regularisers_equal_each_member_alone():
+    """G x B x D in, one value per member out, each member with its own top-k."""
+    g = torch.Generator().manual_seed(3)
+    z, f = torch.randn(4, 16, 6, generator=g, dtype=torch.float64), torch.randn(4, 16, 6, generator=g, dtype=torch.float64)
+    ks = torch.tensor([1, 5, 2, 9])  # 9 > min(B, D): all six singular values
+    got = nmtune_regularisers(z, f, svd_topk=ks)
+    for i, k in enumerate(ks.tolist()):
+        ref = _reference_regularisers(z[i].numpy(), f[i].numpy(), k)
+        for name in ("mse", "cov", "svd"):
+            assert float(got[name][i]) == pytest.approx(ref[name], rel=1e-10), (name, i)
+    with pytest.raises(ConfigError, match="svd_topk"):
+        nmtune_regularisers(z, f, svd_topk=torch.tensor([1, 0, 1, 1]))
+
+
 def test_regulariser_extremes_and_gradients():
     f = torch.randn(16, 4)
     # z parallel to f: mse 0. Rank one z: svd term -1 (k=1). Isotropic uncorrelated z: cov ~ 0.
@@ -134,7 +148,8 @@ def test_create_head():
     mlp = create_head("nmtune", 4, 2, ratio=2, depth=2)
     assert isinstance(mlp, ResidualMLPHead) and mlp.mlp[0].out_features == 8
     assert isinstance(create_head("mlp", 4, 2), ResidualMLPHead)
-    with pytest.raises(UnknownNameError, match="unknown head method 'svm'.*lp, mlp, nmtune"):
+    assert isinstance(create_head("lp_adamw", 4, 2), LinearHead)
+    with pytest.raises(UnknownNameError, match="unknown head method 'svm'.*lp, lp_adamw, mlp, nmtune"):
         create_head("svm", 4, 2)
     with pytest.raises(ConfigError, match="'lp' does not take depth"):
         create_head("lp", 4, 2, depth=2)
@@ -143,13 +158,14 @@ def test_create_head():
 
 
 def test_every_registered_head_builds_resolves_and_fits():
-    """Walk the registry: each head resolves its defaults, builds, trains one epoch and scores."""
+    """Walk the registry: each head resolves its defaults, builds, trains briefly and scores."""
     from benchmark.heads import HEADS, head_names, resolve_hparams
     from benchmark.probe import fit_and_evaluate
 
-    assert head_names() == ("lp", "mlp", "nmtune") and set(HEADS) == set(head_names())
+    assert head_names() == ("lp", "lp_adamw", "mlp", "nmtune") and set(HEADS) == set(head_names())
     x = torch.randn(64, 6, generator=torch.Generator().manual_seed(0))
     y = (x[:, 0] > 0).long()
+    short = {"lp": {"l2_steps": 2}}
     for name in head_names():
         head = HEADS[name]
         hp = resolve_hparams(name)
@@ -157,15 +173,29 @@ def test_every_registered_head_builds_resolves_and_fits():
         module = create_head(name, 6, 2, **hp.arch())
         logits, z = module(x)
         assert logits.shape == (64, 2) and z.shape == (64, 6)
-        res = fit_and_evaluate(name, x, y, x, y, epochs=1, batch_size=16)
+        quick = short.get(name, {"epochs": 1, "batch_size": 16})
+        res = fit_and_evaluate(name, x, y, {"val": x, "test": x}, {"val": y, "test": y}, **quick)
         assert res["method"] == name and res["eval"]["test"]["n"] == 64
         assert head.label and head.description
+
+
+def test_batch_key_groups_what_can_share_a_computation():
+    from benchmark.heads import resolve_hparams
+
+    mlp = resolve_hparams("mlp", lr=1e-3)
+    # MLP and NMTune are one module with or without regularisers: lr, weight decay and the loss
+    # weights may differ inside a batch, the architecture and schedule may not.
+    assert mlp.batch_key() == resolve_hparams("nmtune", lr=3e-3, lam=0.1, weight_decay=0.0).batch_key()
+    for other in ({"depth": 2}, {"epochs": 5}, {"batch_size": 32}, {"epoch_selection": "last"}, {"ratio": 2}):
+        assert mlp.batch_key() != resolve_hparams("mlp", **other).batch_key(), other
+    assert resolve_hparams("lp").batch_key() != resolve_hparams("lp_adamw").batch_key()
+    assert resolve_hparams("lp").batch_key() != resolve_hparams("lp", l2_steps=3).batch_key()
 
 
 def test_registry_rejects_unknown_names_and_duplicates():
     from benchmark.heads import HeadMethod, get_head, register_head
 
-    with pytest.raises(UnknownNameError, match="unknown head method 'svm'; known head methods: lp, mlp, nmtune"):
+    with pytest.raises(UnknownNameError, match="unknown head method 'svm'; known head methods: lp, lp_adamw, mlp, nmtune"):
         get_head("svm")
     with pytest.raises(ConfigError, match="registered twice"):
         register_head(get_head("lp"))

@@ -234,3 +234,29 @@ def test_report_command_writes_every_file_with_content(pipeline_run, fits, tmp_p
         assert any(line.startswith(f"| all | {what} |") and "(n=2)" in line for line in claims.splitlines()), what
     for name in names[3:]:
         check_figure(out / name)
+
+
+# -- training curves -------------------------------------------------------------------------
+
+def test_fit_runs_carry_their_training_curves_as_step_metrics(pipeline_run, fits) -> None:
+    """A reader sees in MLflow that each head converged: gradient heads log train loss and
+    validation accuracy per epoch (the kept epoch's accuracy is the fit's val_accuracy), the
+    converged LP its validation accuracy per L2 value (the best is the one it kept)."""
+    from mlflow import MlflowClient
+
+    client = MlflowClient(pipeline_run.uri)
+    for method in ("mlp", "lp"):
+        row = fits[(fits["method"] == method) & (fits["task"] == ID)].iloc[0]
+        run_id = row["run_id"]
+        if method == "mlp":
+            acc = [m.value for m in sorted(client.get_metric_history(run_id, "curve.val_accuracy"), key=lambda m: m.step)]
+            loss = client.get_metric_history(run_id, "curve.train_loss")
+            assert len(acc) == len(loss) == int(row["epochs"]) >= 2
+            assert acc[int(row["best_epoch"]) - 1] == pytest.approx(row["val_accuracy"], abs=1e-9)
+            assert max(acc) == pytest.approx(row["val_accuracy"], abs=1e-9)
+        else:
+            by_l2 = client.get_metric_history(run_id, "curve.val_accuracy_by_l2")
+            l2 = sorted(client.get_metric_history(run_id, "curve.l2"), key=lambda m: m.step)
+            assert len(by_l2) == len(l2) >= 15
+            assert max(m.value for m in by_l2) == pytest.approx(row["val_accuracy"], abs=1e-9)
+            assert min(abs(m.value / row["chosen_l2"] - 1) for m in l2) < 1e-9

@@ -58,15 +58,18 @@ def test_quick_suite_expands_to_the_documented_grid(quick):
         ("fashion-mnist", "id"), ("mnist-5k", "id"), ("animal-mnist", "id"), ("sklearn-digits", "id"),
         ("digits-from-mnist", "ood"), ("digits-from-fonts", "ood")]
     grid = head_grid(s)
-    assert [sum(h.method == m for h in grid) for m in ("lp", "mlp", "nmtune")] == [1, 2, 4]
+    assert [sum(h.method == m for h in grid) for m in ("lp", "mlp", "nmtune")] == [1, 3, 6]
     nm = [h for h in grid if h.method == "nmtune"][0]
-    assert (nm.lam, nm.depth, nm.preset, nm.w_cov, nm.epochs, nm.batch_size) == (0.01, 1, "paper", 1.0, 15, 128)
-    assert all(h.epochs == 15 and h.batch_size == 128 for h in grid)
+    assert (nm.lam, nm.lr, nm.depth, nm.preset, nm.w_cov, nm.epochs, nm.batch_size) == (
+        0.01, 0.001, 1, "paper", 1.0, 30, 128)
+    assert all(h.epochs == 30 and h.batch_size == 128 and h.epoch_selection == "best_val"
+               for h in grid if h.method != "lp")
+    assert len({h.batch_key() for h in grid if h.method != "lp"}) == 1  # MLP and NMTune: one batch per pair
     d = s.downstream
     assert (d.max_train, d.seeds, d.fractions) == (2000, [0], [1.0])
     assert (s.selection.split, s.selection.val_fraction) == ("val", 0.2)
     assert len(quick.pretrain) == 7 and len(quick.pairs) == 7 * 6
-    assert len(quick.fits) == 7 * 6 * 7
+    assert len(quick.fits) == 7 * 6 * 10
     assert len({f.key for f in quick.fits}) == len(quick.fits)
 
 
@@ -76,7 +79,7 @@ def test_planning_imports_neither_ray_nor_mlflow():
             "print(len(p.fits), 'ray' in sys.modules, 'mlflow' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr[-2000:]
-    assert out.stdout.split() == ["294", "False", "False"]
+    assert out.stdout.split() == ["420", "False", "False"]
 
 
 def test_rows_come_from_the_tested_samplers(quick):
@@ -148,7 +151,7 @@ def test_plan_status_counts_what_earlier_runs_left(tmp_path, quick):
     plan = make_plan(load_suite(SUITES / "quick.yaml").override(work_dir=tmp_path))
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     fresh = {s.stage: s for s in plan_status(plan, uri, "quick")}
-    assert [(s.total, s.done) for s in fresh.values()] == [(7, 0), (42, 0), (294, 0)]
+    assert [(s.total, s.done) for s in fresh.values()] == [(7, 0), (42, 0), (420, 0)]
     sup = plan.pretrain[0]
     assert fresh["pre-training"].work_left == sum(j.train_subset * j.epochs for j in plan.pretrain) == 5 * 10000 * 2 + 2 * 10000 * 3
     # mark one job done and one pair cached, as the stages do
@@ -165,7 +168,7 @@ def test_plan_status_counts_what_earlier_runs_left(tmp_path, quick):
     assert (now["pre-training"].done, now["features"].done, now["head fits"].done) == (1, 1, 0)
     assert now["pre-training"].work_left == fresh["pre-training"].work_left - sup.train_subset * sup.epochs
     assert now["pre-training"].seconds_per_job == 20.0 and now["features"].seconds_per_job == 2.0
-    assert now["head fits"].seconds_left == pytest.approx(294 * 0.5)
+    assert now["head fits"].seconds_left == pytest.approx(420 * 0.5)
     assert not (tmp_path / "mlflow.db").exists()  # reading the store created nothing
 
 

@@ -10,13 +10,13 @@ import torch
 from sklearn.datasets import load_digits
 from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import f1_score
-from sklearn.model_selection import train_test_split
 from threadpoolctl import threadpool_limits
 
 from benchmark.errors import ConfigError, TrainingDiverged, UnknownNameError
 from benchmark.heads import get_head
 from benchmark.probe import (
     FitRequest,
+    batch_groups,
     evaluate_head,
     fit_and_evaluate,
     fit_many,
@@ -47,47 +47,96 @@ def blobs(n: int, k: int, d: int, spread: float, seed: int, centres_seed: int = 
     return torch.tensor(x, dtype=torch.float32), torch.tensor(y)
 
 
-def sklearn_accuracy(xtr, ytr, xte, yte) -> float:
-    # One BLAS thread: beside torch's OpenMP pool, more threads oversubscribe 2 cores (7 s vs 0.1 s).
-    with threadpool_limits(1):
-        clf = LogisticRegression(max_iter=5000).fit(np.asarray(xtr), np.asarray(ytr))
-    return float(clf.score(np.asarray(xte), np.asarray(yte)))
+def split3(x, y):
+    """Train / val / test thirds (val: the set fits select on)."""
+    n = len(y)
+    a, b = n // 2, (3 * n) // 4
+    return x[:a], y[:a], {"val": x[a:b], "test": x[b:]}, {"val": y[a:b], "test": y[b:]}
 
 
-def test_lp_separable_blobs_high_accuracy_and_record_shape():
-    x, y = blobs(1000, 6, 16, spread=0.3, seed=1)
-    tx, ty = blobs(600, 6, 16, spread=0.3, seed=2)
-    rec = fit_and_evaluate("lp", x, y, tx, ty, epochs=10)
-    assert set(rec) == {"method", "hparams", "train_loss", "epochs_run", "train_rows", "eval"}
-    assert rec["method"] == "lp" and rec["epochs_run"] == 10 and rec["train_rows"] == 1000
-    assert rec["hparams"] == {"epochs": 10, "batch_size": 64, "lr": 0.1, "weight_decay": 0.0}
+def test_lp_record_shape_curves_and_selection():
+    x, y = blobs(1600, 6, 16, spread=1.5, seed=1)
+    tx, ty, sx, sy = split3(x, y)
+    rec = fit_and_evaluate("lp", tx, ty, sx, sy)
+    assert set(rec) == {"method", "hparams", "train_loss", "epochs_run", "train_rows", "eval", "curves", "summary"}
+    assert rec["method"] == "lp" and rec["train_rows"] == len(ty)
+    assert rec["hparams"] == {"l2_min": 1e-6, "l2_max": 10.0, "l2_steps": 15, "l2_refine": 4, "standardize": False,
+                              "max_iter": 1000, "tol": 1e-6}
     ev = rec["eval"]["test"]
-    assert set(ev) == EVAL_KEYS and ev["n"] == 600
-    assert ev["accuracy"] >= 0.95
+    assert set(ev) == EVAL_KEYS and ev["n"] == 400 and ev["accuracy"] >= 0.75
     # For LP z = f: head spectrum equals the raw one.
     assert (ev["sve"], ev["lsvr"]) == (ev["sve_raw"], ev["lsvr_raw"])
-    assert {k: ev[k] for k in ("sve", "lsvr")} == pytest.approx(spectrum_summary(tx), rel=1e-9)  # of the test features
+    c, summ = rec["curves"], rec["summary"]
+    # 15 coarse values, at most 2 x 2 past an edge the winner sits on, at most 4 between the
+    # winner's neighbours; sorted, every one solved.
+    assert 15 < len(c["l2"]) <= 23 and c["l2"] == sorted(c["l2"])
+    assert summ["chosen_l2_at_edge"] == 0.0
+    assert {len(v) for k, v in c.items() if k != "train_loss"} == {len(c["l2"])}
+    assert set(np.round(np.log10(c["l2"][::1]), 6)) >= set(np.round(np.linspace(-6, 1, 15), 6))
+    # the chosen value has the best validation accuracy of the whole curve, and is what the eval saw
+    best = max(c["val_accuracy_by_l2"])
+    assert summ["val_accuracy_selected"] == best == rec["eval"]["val"]["accuracy"]
+    assert c["val_accuracy_by_l2"][c["l2"].index(summ["chosen_l2"])] == best
+    assert summ["converged"] == 1.0 and summ["lbfgs_iterations"] == len(c["train_loss"]) - 1 == rec["epochs_run"]
+    assert all(b <= a + 1e-12 for a, b in zip(c["train_loss"], c["train_loss"][1:]))  # monotone descent
+    assert rec["train_loss"] == pytest.approx(c["train_loss"][-1])
 
 
-def test_lp_matches_sklearn_on_overlapping_blobs():
-    x, y = blobs(2000, 5, 20, spread=1.7, seed=3)
-    tx, ty = blobs(2000, 5, 20, spread=1.7, seed=4)
-    sk = sklearn_accuracy(x, y, tx, ty)
-    ours = fit_and_evaluate("lp", x, y, tx, ty, epochs=15)["eval"]["test"]["accuracy"]
-    print(f"overlapping blobs: LP {ours:.4f} vs sklearn {sk:.4f}")
-    assert 0.6 < sk < 0.9  # genuinely overlapping
-    assert abs(ours - sk) <= 0.02
-
-
-def test_lp_matches_sklearn_on_digits():
+@pytest.mark.parametrize("standardize", [False, True])
+def test_lp_reaches_the_same_optimum_as_sklearn(standardize):
+    """At one fixed L2 the probe is scikit-learn's LogisticRegression at C = 1 / (l2 n s^2)."""
     d = load_digits()
-    xtr, xte, ytr, yte = train_test_split(
-        (d.data / 16.0).astype(np.float32), d.target, test_size=0.4, random_state=0, stratify=d.target
-    )
-    sk = sklearn_accuracy(xtr, ytr, xte, yte)
-    ours = fit_and_evaluate("lp", xtr, ytr, xte, yte)["eval"]["test"]["accuracy"]
-    print(f"digits: LP {ours:.4f} vs sklearn {sk:.4f}")
-    assert abs(ours - sk) <= 0.02
+    x = (d.data / 16.0).astype(np.float32)
+    x = x / np.linalg.norm(x, axis=1, keepdims=True)  # like the suites' features
+    y = d.target
+    l2 = 1e-3
+    rec_data = prepare_data(x, y, x, y, device="cpu")
+    hp = resolve_hparams("lp", l2_min=l2, l2_max=l2, l2_steps=1, l2_refine=0, standardize=standardize, tol=1e-9,
+                         max_iter=5000)
+    [res] = fit_many(rec_data, [FitRequest(hp)])
+    assert res["summary"]["converged"] == 1.0 and res["curves"]["l2"] == [l2]
+    x64 = x.astype(np.float64)
+    centred = x64 - x64.mean(0)
+    std = x64.std(0)
+    scaled = centred / np.where(std > 0, std, 1.0) if standardize else centred / np.sqrt((std ** 2).mean())
+    with threadpool_limits(1):
+        clf = LogisticRegression(C=1.0 / (l2 * len(y)), tol=1e-9, max_iter=10_000).fit(scaled, y)
+    from benchmark.probe.linear import fit_linear_probes
+    data = prepare_data(x, y, x, y, device="cpu")
+    [trained] = fit_linear_probes(data, [FitRequest(hp)])
+    with torch.no_grad():
+        logits = trained.head(torch.tensor(x))[0].numpy()
+    ours = np.exp(logits - logits.max(1, keepdims=True))
+    ours /= ours.sum(1, keepdims=True)
+    np.testing.assert_allclose(ours, clf.predict_proba(scaled), atol=1e-5)  # 8e-5 at the default tol 1e-6
+    assert res["eval"]["test"]["accuracy"] == pytest.approx(clf.score(scaled, y), abs=1e-12)
+
+
+def test_lp_grid_extends_past_an_edge_that_validation_picks():
+    # Well separated classes: the weakest regularisation fits validation best (lower val loss),
+    # so a grid that stops at 0.1 is extended downwards, two values at a time, at most twice.
+    x, y = blobs(900, 4, 8, spread=0.25, seed=2)
+    tx, ty, sx, sy = split3(x, y)
+    rec = fit_and_evaluate("lp", tx, ty, sx, sy, l2_min=0.1, l2_max=10.0, l2_steps=5, l2_refine=0)
+    l2 = rec["curves"]["l2"]
+    np.testing.assert_allclose(l2, np.logspace(-3, 1, 9))  # 5 grid values + 2 x 2 past the lower edge
+    assert rec["summary"]["chosen_l2"] == pytest.approx(1e-3) and rec["summary"]["chosen_l2_at_edge"] == 1.0
+    ox, oy = blobs(900, 4, 8, spread=2.0, seed=2)  # overlapping classes: the winner is inside the grid
+    inner = fit_and_evaluate("lp", *split3(ox, oy), l2_min=1e-6, l2_max=10.0, l2_steps=8, l2_refine=0)
+    assert len(inner["curves"]["l2"]) == 8 and inner["summary"]["chosen_l2_at_edge"] == 0.0  # nothing extended
+
+
+def test_lp_without_validation_set_selects_on_a_holdout_and_refits():
+    x, y = blobs(900, 5, 12, spread=1.7, seed=3)
+    tx, ty = blobs(600, 5, 12, spread=1.7, seed=4)
+    rec = fit_and_evaluate("lp", x, y, tx, ty, l2_steps=6, l2_refine=0)
+    assert len(rec["curves"]["l2"]) == 6 and rec["summary"]["converged"] == 1.0
+    assert rec["summary"]["chosen_l2"] in rec["curves"]["l2"]
+    # the seed plays no part in a convex problem
+    assert rec == fit_and_evaluate("lp", x, y, tx, ty, l2_steps=6, l2_refine=0, seed=5)
+    with threadpool_limits(1):
+        sk = LogisticRegression(max_iter=5000).fit(x.numpy(), y.numpy()).score(tx.numpy(), ty.numpy())
+    assert rec["eval"]["test"]["accuracy"] >= sk - 0.02
 
 
 @pytest.fixture(scope="module")
@@ -107,7 +156,8 @@ def correlated():
 
 
 def _z_stats(data, **hp) -> dict[str, float]:
-    trained = train_head(data, resolve_hparams("nmtune", epochs=10, batch_size=128, **hp), seed=0)
+    trained = train_head(data, resolve_hparams("nmtune", epochs=10, batch_size=128, epoch_selection="last", **hp),
+                         seed=0)
     f = data.eval_sets["test"][0]
     with torch.no_grad():
         _, z = trained.head(f)
@@ -150,10 +200,11 @@ def test_each_nmtune_term_moves_its_target(correlated, term, weight, extra, metr
 def test_same_seed_bit_identical_other_seed_differs():
     x, y = blobs(400, 4, 12, spread=1.0, seed=5)
     tx, ty = blobs(200, 4, 12, spread=1.0, seed=6)
-    for method in ("lp", "nmtune"):
-        a = fit_and_evaluate(method, x, y, tx, ty, seed=3, epochs=3)
-        b = fit_and_evaluate(method, x, y, tx, ty, seed=3, epochs=3)
-        c = fit_and_evaluate(method, x, y, tx, ty, seed=4, epochs=3)
+    sets = ({"val": tx[:100], "test": tx[100:]}, {"val": ty[:100], "test": ty[100:]})
+    for method in ("lp_adamw", "mlp", "nmtune"):
+        a = fit_and_evaluate(method, x, y, *sets, seed=3, epochs=3)
+        b = fit_and_evaluate(method, x, y, *sets, seed=3, epochs=3)
+        c = fit_and_evaluate(method, x, y, *sets, seed=4, epochs=3)
         assert a == b  # every float bit-identical
         assert a["train_loss"] != c["train_loss"]
 
@@ -163,35 +214,44 @@ def test_global_rng_untouched():
     torch.manual_seed(123)
     expected = torch.rand(3)
     torch.manual_seed(123)
-    fit_and_evaluate("mlp", x, y, x, y, epochs=1, seed=9)
+    fit_and_evaluate("mlp", x, y, {"val": x}, {"val": y}, epochs=1, seed=9)
+    fit_and_evaluate("lp", x, y, {"val": x}, {"val": y}, l2_steps=2)
     torch.testing.assert_close(torch.rand(3), expected)
 
 
 def test_single_sample_last_batch_is_dropped():
     # 129 = 2 x 64 + 1: a 1-sample BatchNorm batch would raise; it must be skipped.
     x, y = blobs(129, 3, 6, spread=1.0, seed=0)
-    rec = fit_and_evaluate("nmtune", x, y, x, y, epochs=2)
+    rec = fit_and_evaluate("nmtune", x, y, x, y, epochs=2, epoch_selection="last")
     assert math.isfinite(rec["train_loss"])
     # 130 keeps its 2-sample tail batch.
     x2, y2 = blobs(130, 3, 6, spread=1.0, seed=0)
-    assert math.isfinite(fit_and_evaluate("mlp", x2, y2, x2, y2, epochs=1)["train_loss"])
+    assert math.isfinite(fit_and_evaluate("mlp", x2, y2, x2, y2, epochs=1, epoch_selection="last")["train_loss"])
 
 
-@pytest.mark.parametrize("method", ["lp", "mlp", "nmtune"])
+@pytest.mark.parametrize("method", ["lp_adamw", "mlp", "nmtune"])
 def test_huge_lr_raises_training_diverged(method):
     # Adam's normalised steps keep an LP's loss finite (if absurd) at lr=1e30 without weight
     # decay; decoupled decay lr * wd = 1e26 overflows the weights within a few steps.
     x, y = blobs(300, 3, 8, spread=1.0, seed=0)
     with pytest.raises(TrainingDiverged, match=r"epoch \d+, step \d+ with hparams .*'lr': 1e\+30"):
-        fit_and_evaluate(method, x, y, x, y, lr=1e30, weight_decay=1e-4, epochs=5)
+        fit_and_evaluate(method, x, y, x, y, lr=1e30, weight_decay=1e-4, epochs=5, epoch_selection="last")
 
 
-@pytest.mark.parametrize("method", ["lp", "mlp", "nmtune"])
+@pytest.mark.parametrize("method", ["lp_adamw", "mlp", "nmtune"])
 def test_inf_features_raise_training_diverged(method):
     x, y = blobs(200, 3, 8, spread=1.0, seed=0)
     x[17, 3] = float("inf")
     with pytest.raises(TrainingDiverged, match="epoch 0, step .*contains NaN or inf"):
-        fit_and_evaluate(method, x, y, x, y, epochs=2)
+        fit_and_evaluate(method, x, y, x, y, epochs=2, epoch_selection="last")
+    with pytest.raises(TrainingDiverged, match="lp probe cannot be solved .*contains NaN or inf"):
+        fit_and_evaluate("lp", x, y, x, y)
+
+
+def test_best_val_needs_a_validation_set():
+    x, y = blobs(100, 3, 5, spread=1.0, seed=0)
+    with pytest.raises(ConfigError, match="epoch_selection 'best_val' .* includes 'val'.*epoch_selection='last'"):
+        fit_and_evaluate("mlp", x, y, x, y, epochs=1)
 
 
 def test_macro_f1_matches_sklearn():
@@ -204,7 +264,7 @@ def test_macro_f1_matches_sklearn():
     # And the probe's reported macro-F1 equals sklearn's on the head's own predictions.
     x, y = blobs(300, 5, 6, spread=2.0, seed=1)
     data = prepare_data(x, y, x, y, device="cpu")
-    trained = train_head(data, resolve_hparams("lp", epochs=2))
+    trained = train_head(data, resolve_hparams("lp_adamw", epochs=2))
     with torch.no_grad():
         pred = trained.head(x)[0].argmax(1)
     reported = evaluate_head(trained, data)["test"]["macro_f1"]
@@ -220,36 +280,50 @@ def test_several_sets_and_class_subsets():
     keep = torch.isin(oy, torch.tensor([1, 3, 4]))
     ox, oy = ox[keep], oy[keep]
     sets_x, sets_y = {"val": va, "r": ox}, {"val": vy, "r": oy}
-    full = fit_and_evaluate("lp", x, y, sets_x, sets_y, epochs=5)
-    sub = fit_and_evaluate("lp", x, y, sets_x, sets_y, epochs=5, class_subsets={"r": [1, 3, 4]})
+    full = fit_and_evaluate("lp_adamw", x, y, sets_x, sets_y, epochs=5)
+    sub = fit_and_evaluate("lp_adamw", x, y, sets_x, sets_y, epochs=5, class_subsets={"r": [1, 3, 4]})
     assert set(full["eval"]) == {"val", "r"}
     assert full["eval"]["val"] == sub["eval"]["val"]
     assert sub["eval"]["r"]["n"] == int(keep.sum())
     # Restricting the competing logits can only fix mistakes, and here it does fix some.
     assert sub["eval"]["r"]["accuracy"] > full["eval"]["r"]["accuracy"]
     with pytest.raises(ConfigError, match="labels outside its class subset"):
-        fit_and_evaluate("lp", x, y, sets_x, sets_y, epochs=1, class_subsets={"r": [1, 3]})
+        fit_and_evaluate("lp_adamw", x, y, sets_x, sets_y, epochs=1, class_subsets={"r": [1, 3]})
     with pytest.raises(ConfigError, match="class_subsets names set 'sketch'"):
-        fit_and_evaluate("lp", x, y, sets_x, sets_y, epochs=1, class_subsets={"sketch": [1]})
+        fit_and_evaluate("lp", x, y, sets_x, sets_y, class_subsets={"sketch": [1]})
+    # the converged probe reads the same subsets
+    lp_full = fit_and_evaluate("lp", x, y, sets_x, sets_y, l2_steps=4)
+    lp_sub = fit_and_evaluate("lp", x, y, sets_x, sets_y, l2_steps=4, class_subsets={"r": [1, 3, 4]})
+    assert lp_sub["eval"]["r"]["accuracy"] > lp_full["eval"]["r"]["accuracy"]
 
 
 def test_hparam_resolution_and_errors():
-    assert dict(get_head("lp").defaults) == {"epochs": 30, "batch_size": 64, "lr": 0.1, "weight_decay": 0.0}
-    assert resolve_hparams("mlp").lr == 1e-3 and resolve_hparams("mlp").weight_decay == 1e-4
+    assert dict(get_head("lp_adamw").defaults) == {"epochs": 30, "batch_size": 64, "lr": 0.1, "weight_decay": 0.0,
+                                                   "epoch_selection": "last"}
+    mlp = resolve_hparams("mlp")
+    assert (mlp.lr, mlp.weight_decay, mlp.epochs, mlp.batch_size, mlp.epoch_selection) == (1e-3, 1e-4, 30, 64, "best_val")
     nm = resolve_hparams("nmtune", lam=0.3)
     assert (nm.preset, nm.lam, nm.w_cov, nm.svd_topk) == ("reference", 0.3, 0.04, 5)
     paper = resolve_hparams("nmtune", preset="paper", w_svd=0.0)
     assert (paper.lam, paper.w_mse, paper.w_svd, paper.svd_topk) == (0.01, 1.0, 0.0, 1)
-    assert resolve_hparams("lp", lam=None, depth=None).lr == 0.1
-    assert resolve_hparams("lp").as_dict() == {"epochs": 30, "batch_size": 64, "lr": 0.1, "weight_decay": 0.0}
+    lp = resolve_hparams("lp", lam=None, depth=None)
+    assert (lp.epochs, lp.lr, lp.l2_steps, lp.standardize) == (None, None, 15, False)
     with pytest.raises(ConfigError, match="unknown hyper-parameter.*learning_rate.*allowed: epochs"):
-        resolve_hparams("lp", learning_rate=0.1)
+        resolve_hparams("lp_adamw", learning_rate=0.1)
     with pytest.raises(ConfigError, match="lam do not apply to method 'lp'.*lam applies to nmtune"):
         resolve_hparams("lp", lam=0.5)
+    with pytest.raises(ConfigError, match="lr do not apply to method 'lp'.*lr applies to lp_adamw, mlp, nmtune"):
+        resolve_hparams("lp", lr=0.5)
     with pytest.raises(ConfigError, match="batch_size must be >= 2"):
         resolve_hparams("mlp", batch_size=1)
     with pytest.raises(ConfigError, match="lr must be a finite number > 0"):
         resolve_hparams("mlp", lr=0)
+    with pytest.raises(ConfigError, match="epoch_selection must be one of best_val, last"):
+        resolve_hparams("mlp", epoch_selection="early")
+    with pytest.raises(ConfigError, match="l2_min=1 is above l2_max=0.1"):
+        resolve_hparams("lp", l2_min=1, l2_max=0.1)
+    with pytest.raises(ConfigError, match="standardize must be true or false"):
+        resolve_hparams("lp", standardize="yes")
     with pytest.raises(UnknownNameError, match="unknown head method 'knn'"):
         fit_and_evaluate("knn", torch.zeros(4, 2), torch.zeros(4, dtype=torch.long), torch.zeros(2, 2), torch.zeros(2))
     with pytest.raises(UnknownNameError, match="NMTune preset 'big'"):
@@ -259,35 +333,71 @@ def test_hparam_resolution_and_errors():
 def test_bad_data_errors():
     x, y = blobs(50, 3, 4, spread=1.0, seed=0)
     with pytest.raises(ConfigError, match="3 feature dims but train_x has 4"):
-        fit_and_evaluate("lp", x, y, x[:, :3], y, epochs=1)
+        fit_and_evaluate("lp", x, y, x[:, :3], y)
     with pytest.raises(ConfigError, match="label 7 but the head has 3 classes.*num_classes=8"):
-        fit_and_evaluate("lp", x, y, x, torch.full((50,), 7), epochs=1)
-    assert fit_and_evaluate("lp", x, y, x, y, epochs=1, num_classes=8)["eval"]["test"]["n"] == 50
+        fit_and_evaluate("lp", x, y, x, torch.full((50,), 7))
+    assert fit_and_evaluate("lp", x, y, x, y, l2_steps=2, num_classes=8)["eval"]["test"]["n"] == 50
+    assert fit_and_evaluate("lp_adamw", x, y, x, y, epochs=1, num_classes=8)["eval"]["test"]["n"] == 50
     with pytest.raises(ConfigError, match="length 50"):
-        fit_and_evaluate("lp", x, y[:10], x, y, epochs=1)
+        fit_and_evaluate("lp", x, y[:10], x, y)
     with pytest.raises(ConfigError, match="integer class indices"):
-        fit_and_evaluate("lp", x, y.float(), x, y, epochs=1)
+        fit_and_evaluate("lp", x, y.float(), x, y)
     with pytest.raises(ConfigError, match="both be tensors or both be dicts"):
-        fit_and_evaluate("lp", x, y, {"a": x}, y, epochs=1)
+        fit_and_evaluate("lp", x, y, {"a": x}, y)
 
 
-def test_fit_many_matches_single_fits_and_isolates_errors():
+def _without_timing(rec: dict) -> dict:
+    return {k: v for k, v in rec.items() if k not in ("seconds", "batch_members")}
+
+
+def test_fit_many_groups_batches_and_isolates_errors():
     x, y = blobs(300, 4, 8, spread=1.0, seed=0)
-    tx, ty = blobs(100, 4, 8, spread=1.0, seed=1)
-    data = prepare_data(x, y, tx, ty, device="cpu")
+    tx, ty = blobs(200, 4, 8, spread=1.0, seed=1)
+    sets = ({"val": tx[:100], "test": tx[100:]}, {"val": ty[:100], "test": ty[100:]})
+    data = prepare_data(x, y, *sets, device="cpu")
     requests = [
-        FitRequest(resolve_hparams("lp", epochs=3), seed=1),
+        FitRequest(resolve_hparams("lp_adamw", epochs=3), seed=1),
         FitRequest(resolve_hparams("nmtune", lam=0.1, epochs=2)),
-        FitRequest(resolve_hparams("lp", lr=1e30, weight_decay=1e-4, epochs=3)),
-        FitRequest(resolve_hparams("lp", epochs=3), rows=np.arange(0, 300, 2)),
+        FitRequest(resolve_hparams("mlp", lr=1e30, weight_decay=1e-4, epochs=2)),  # diverges
+        FitRequest(resolve_hparams("mlp", epochs=2), seed=2),
+        FitRequest(resolve_hparams("lp_adamw", epochs=3), rows=np.arange(0, 300, 2)),
+        FitRequest(resolve_hparams("lp", l2_steps=3)),
+        FitRequest(resolve_hparams("lp", l2_steps=3), seed=4),
     ]
+    assert batch_groups(requests) == [[0], [1, 2, 3], [4], [5, 6]]  # MLP and NMTune share one batch
     recs = fit_many(data, requests)
-    assert len(recs) == 4
-    assert recs[0] == fit_and_evaluate("lp", x, y, tx, ty, seed=1, epochs=3)
-    assert recs[1] == fit_and_evaluate("nmtune", x, y, tx, ty, lam=0.1, epochs=2)
+    assert [r.get("batch_members") for r in recs] == [1, 3, 3, 3, 1, 2, 2]
     assert recs[2]["error"].startswith("TrainingDiverged") and "Traceback" in recs[2]["traceback"]
-    assert recs[3] == fit_and_evaluate("lp", x[::2], y[::2], tx, ty, epochs=3)  # rows select the training set
+    assert _without_timing(recs[0]) == fit_and_evaluate("lp_adamw", x, y, *sets, seed=1, epochs=3)
+    # rows select the training set
+    assert _without_timing(recs[4]) == fit_and_evaluate("lp_adamw", x[::2], y[::2], *sets, epochs=3)
+    assert _without_timing(recs[5]) == _without_timing(recs[6])  # one convex problem, solved once
+    # the batch members that did not diverge equal their lone fits (the reference trainer)
+    for i in (1, 3):
+        alone = train_head(data, requests[i].hparams, seed=requests[i].seed)
+        assert recs[i]["curves"]["val_accuracy"] == alone.curves["val_accuracy"]
+        np.testing.assert_allclose(recs[i]["curves"]["train_loss"], alone.curves["train_loss"], rtol=1e-5)
+        assert recs[i]["eval"]["test"]["accuracy"] == evaluate_head(alone, data)["test"]["accuracy"]
     # the frozen features' spectra do not depend on the head: computed once for the whole batch
-    assert set(data.raw_spectra) == {"test"}
+    assert set(data.raw_spectra) == {"val", "test"}
     with pytest.raises(ConfigError, match="do not apply to method 'lp'"):
         resolve_hparams("lp", depth=3)
+
+
+def test_curves_and_best_epoch_selection():
+    x, y = blobs(600, 5, 10, spread=2.5, seed=2)
+    vx, vy = blobs(300, 5, 10, spread=2.5, seed=3)
+    sets = ({"val": vx, "test": vx}, {"val": vy, "test": vy})
+    for method in ("mlp", "nmtune"):
+        best = fit_and_evaluate(method, x, y, *sets, epochs=8, lr=3e-2, seed=1)
+        last = fit_and_evaluate(method, x, y, *sets, epochs=8, lr=3e-2, seed=1, epoch_selection="last")
+        c = best["curves"]
+        assert len(c["train_loss"]) == len(c["val_accuracy"]) == 8
+        assert c == last["curves"]  # one run: the curves do not depend on which epoch is kept
+        e = int(best["summary"]["best_epoch"])
+        assert c["val_accuracy"][e - 1] == max(c["val_accuracy"])
+        assert all(v < max(c["val_accuracy"]) for v in c["val_accuracy"][e:])  # ties go to the later epoch
+        assert best["eval"]["val"]["accuracy"] == c["val_accuracy"][e - 1]
+        assert best["train_loss"] == c["train_loss"][e - 1]
+        assert last["summary"]["best_epoch"] == 8 and last["eval"]["val"]["accuracy"] == c["val_accuracy"][-1]
+        print(method, "best epoch", e, c["val_accuracy"])

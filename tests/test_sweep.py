@@ -9,7 +9,7 @@ from benchmark.extraction import FeaturePayload
 from benchmark.heads import resolve_hparams
 from benchmark.plan import FitSpec, fit_key, plan_trials
 from benchmark.spectrum import spectrum_summary
-from benchmark.sweep import make_record, run_fits, run_trials_locally, run_trials_on_ray
+from benchmark.sweep import iter_fit_batches, make_record, run_fits, run_trials_locally, run_trials_on_ray
 
 
 def _blobs(n: int, d: int, k: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -33,14 +33,23 @@ def _spec(method: str, seed: int = 0, pair: str = "p0", rows=None, **hp) -> FitS
 
 
 def test_run_fit_makes_a_full_record(payload: FeaturePayload) -> None:
-    [rec] = run_fits(payload, [_spec("lp", epochs=10)])
-    m = rec["metrics"]
+    lp, mlp = run_fits(payload, [_spec("lp"), _spec("mlp", epochs=4)])
+    m = lp["metrics"]
     assert m["test_accuracy"] > 0.9 and m["val_accuracy"] > 0.9
     assert m["test.accuracy"] == m["test_accuracy"] and m["train_rows"] == 300
     # LP passes the features through as z: its spectra are the frozen test features' own.
     raw = spectrum_summary(payload.tests["test"][0])
     for k in ("sve", "lsvr"):
         assert m[f"test_{k}"] == m[f"test_{k}_raw"] == m[f"test.{k}"] == pytest.approx(raw[k], rel=1e-9)
+
+    # the converged probe says which L2 validation chose, and keeps the whole curve
+    c = lp["curves"]
+    assert m["chosen_l2"] in c["l2"] and m["converged"] == 1.0 and len(c["val_accuracy_by_l2"]) == len(c["l2"]) >= 15
+    assert max(c["val_accuracy_by_l2"]) == m["val_accuracy"]
+    # gradient heads: train loss and validation accuracy per epoch, and the epoch kept
+    assert len(mlp["curves"]["train_loss"]) == len(mlp["curves"]["val_accuracy"]) == 4
+    assert mlp["metrics"]["val_accuracy"] == mlp["curves"]["val_accuracy"][int(mlp["metrics"]["best_epoch"]) - 1]
+    assert mlp["metrics"]["batch_members"] == 1.0 and lp["metrics"]["fit_seconds"] > 0
 
 
 def _domain(acc: float, f1: float, sve: float, lsvr: float, n: int) -> dict:
@@ -75,14 +84,14 @@ def test_ood_fit_through_iter_fits_counts_each_domain_once() -> None:
     payload = FeaturePayload(train=(x[:40], y[:40]), val=(x[40:], y[40:]),
                              tests={"clean": (centre, np.array([0, 1])),
                                     "ambiguous": (centre[[0, 0, 1, 1]], np.array([0, 1, 0, 1]))}, num_classes=2)
-    [rec] = run_fits(payload, [_spec("lp", epochs=10)])
+    [rec] = run_fits(payload, [_spec("lp")])
     m = rec["metrics"]
     assert (m["clean.accuracy"], m["ambiguous.accuracy"]) == (1.0, 0.5)
     assert m["test_accuracy"] == 0.75 and m["train_rows"] == 40
 
 
 def test_bad_fit_is_recorded_not_raised(payload: FeaturePayload) -> None:
-    bad, good = _spec("nmtune", lam=0.01, depth=1, lr=1e30, epochs=3), _spec("lp", epochs=3)
+    bad, good = _spec("nmtune", lam=0.01, depth=1, lr=1e30, epochs=3), _spec("lp", l2_steps=3)
     recs = run_fits(payload, [bad, good])
     assert recs[0]["error"].startswith("TrainingDiverged") and recs[0]["key"] == bad.key
     assert "error" not in recs[1] and recs[1]["key"] == good.key  # the batch went on
@@ -95,12 +104,37 @@ def test_bad_fit_is_recorded_not_raised(payload: FeaturePayload) -> None:
 
 def test_few_shot_rows_train_on_those_rows_only(payload: FeaturePayload) -> None:
     rows = tuple(range(0, 300, 3))  # 100 of the 300 training rows
-    small, full = run_fits(payload, [_spec("lp", rows=rows, epochs=5), _spec("lp", epochs=5)])
+    small, full = run_fits(payload, [_spec("lp", rows=rows, l2_steps=4), _spec("lp", l2_steps=4)])
     sub = FeaturePayload(train=(payload.train[0][list(rows)], payload.train[1][list(rows)]), val=payload.val,
                          tests=payload.tests, num_classes=4)
-    [same] = run_fits(sub, [_spec("lp", epochs=5)])
+    [same] = run_fits(sub, [_spec("lp", l2_steps=4)])
     assert small["metrics"] == {**same["metrics"], "fit_seconds": small["metrics"]["fit_seconds"]}
+    assert small["curves"] == same["curves"]
     assert small["metrics"]["train_loss"] != full["metrics"]["train_loss"]
+
+
+def test_plan_trials_keep_batch_groups_whole() -> None:
+    grad = [_spec("nmtune", s, lam=lam, epochs=2) for s in range(3) for lam in (0.01, 0.1)]  # one group of 6
+    deep = [_spec("mlp", s, depth=2, epochs=2) for s in range(3)]                          # another group of 3
+    lps = [_spec("lp", s) for s in range(2)]                                               # a third, of 2
+    trials = plan_trials(grad + deep + lps, fits_per_trial=8)
+    assert sorted(len(t.fits) for t in trials) == [5, 6]  # 6 | 3 + 2: no group split across trials
+    for t in trials:
+        assert len({(f.hparams.batch_key(), f.train_rows) for f in t.fits}) <= 2
+    assert {f.key for t in trials for f in t.fits} == {f.key for f in grad + deep + lps}
+    big = plan_trials(grad, fits_per_trial=4)  # a group larger than a trial is split, not merged
+    assert [len(t.fits) for t in big] == [4, 2]
+
+
+def test_records_arrive_one_batch_group_at_a_time(payload: FeaturePayload) -> None:
+    specs = [_spec("mlp", 0, epochs=2), _spec("lp", 0, l2_steps=2), _spec("nmtune", 1, epochs=2, lam=0.1),
+             _spec("mlp", 2, epochs=2, lr=3e-3), _spec("lp", 3, l2_steps=2)]
+    batches = list(iter_fit_batches(payload, specs))
+    # MLP and NMTune members train together; the two LP fits are one convex problem
+    assert [[r["key"] for r in b] for b in batches] == [[specs[0].key, specs[2].key, specs[3].key],
+                                                        [specs[1].key, specs[4].key]]
+    assert [b[0]["metrics"]["batch_members"] for b in batches] == [3.0, 2.0]
+    assert batches[1][0]["metrics"]["test_accuracy"] == batches[1][1]["metrics"]["test_accuracy"]
 
 
 @pytest.mark.slow
@@ -111,8 +145,8 @@ def test_tune_trials_record_failures_and_go_on(payload: FeaturePayload, tmp_path
 
     init_ray(num_cpus=2)
     try:
-        good = [_spec(m, s, epochs=5, **({"lam": 0.01} if m == "nmtune" else {}))
-                for m in ("lp", "mlp", "nmtune") for s in (0, 1)]
+        extra = {"lp": {"l2_steps": 5}, "mlp": {"epochs": 5}, "nmtune": {"epochs": 5, "lam": 0.01}}
+        good = [_spec(m, s, **extra[m]) for m in ("lp", "mlp", "nmtune") for s in (0, 1)]
         bad = _spec("nmtune", 7, lam=0.01, depth=1, lr=1e30, epochs=3)
         plans = plan_trials(good + [bad], fits_per_trial=3)
         records: list[dict] = []
@@ -122,6 +156,8 @@ def test_tune_trials_record_failures_and_go_on(payload: FeaturePayload, tmp_path
         assert len(records) == 7 and set(by_key) == {f.key for f in good + [bad]}
         assert "error" in by_key[bad.key]
         assert all("error" not in by_key[f.key] for f in good)
+        # curves travel through Tune with the records
+        assert all(len(by_key[f.key]["curves"]["val_accuracy"]) == 5 for f in good if f.method != "lp")
         # the same fits in a plain loop give the same numbers: Tune changes where, not what
         local: list[dict] = []
         run_trials_locally(plans, {"p0": payload}, local.append)

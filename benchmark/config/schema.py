@@ -21,7 +21,7 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field, PrivateAttr, 
 
 from benchmark.config.messages import SectionProblems
 from benchmark.errors import ConfigError
-from benchmark.heads.registry import HPARAM_NAMES, get_head, head_names, methods_taking, resolve_hparams
+from benchmark.heads.registry import HPARAM_NAMES, default_methods, get_head, head_names, methods_taking, resolve_hparams
 from benchmark.pretrain.job import RECIPE_DEFAULTS, default_noise_kind, noise_problem, recipe_problem
 
 
@@ -199,7 +199,7 @@ class Downstream(_Model):
     id: Annotated[list[str], UniqueList] = Field(default_factory=list)
     ood: Annotated[list[str], UniqueList] = Field(default_factory=list)
     methods: Annotated[list[str], NonEmpty, UniqueList, AfterValidator(_known_methods)] = Field(
-        default_factory=lambda: list(head_names()))
+        default_factory=lambda: list(default_methods()))
     grid: dict[str, Annotated[list[Any], NonEmpty, UniqueList]] = Field(default_factory=dict)
     hparams: dict[str, Any] = Field(default_factory=dict)
     seeds: Annotated[list[NonNegInt], NonEmpty, UniqueList] = Field(default_factory=lambda: [0])

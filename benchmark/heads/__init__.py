@@ -19,6 +19,7 @@ from benchmark.heads.registry import (
     NMTUNE_PRESETS,
     TIEBREAK_AXES,
     HeadMethod,
+    default_methods,
     HParams,
     get_head,
     head_names,
@@ -41,5 +42,6 @@ _LAZY = {
 __getattr__ = lazy_getattr(__name__, _LAZY)
 
 
-__all__ = ["HEADS", "HPARAM_NAMES", "NMTUNE_PRESETS", "TIEBREAK_AXES", "HeadMethod", "HParams", "get_head",
+__all__ = ["HEADS", "HPARAM_NAMES", "NMTUNE_PRESETS", "TIEBREAK_AXES", "HeadMethod", "HParams", "default_methods",
+           "get_head",
            "head_names", "methods_taking", "register_head", "resolve_hparams", *_LAZY]

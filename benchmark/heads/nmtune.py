@@ -16,30 +16,47 @@ from benchmark.errors import ConfigError
 from benchmark.heads.registry import HParams, nmtune_weights
 
 
-def nmtune_regularisers(z: torch.Tensor, f: torch.Tensor, *, svd_topk: int = 1) -> dict[str, torch.Tensor]:
-    """NMTune's three batch regularisers (scalars with gradients), as the paper defines them.
+def nmtune_regularisers(z: torch.Tensor, f: torch.Tensor, *,
+                        svd_topk: int | torch.Tensor = 1) -> dict[str, torch.Tensor]:
+    """NMTune's three batch regularisers (with gradients), as the paper defines them.
 
     - ``mse``: ``mean_b || z_b/||z_b|| - f_b/||f_b|| ||^2``, keeps z close to the pre-trained f.
     - ``cov``: ``(1/D) * sum_{i != j} Cov(z)_{ij}^2`` with the centred batch covariance
       (divided by B - 1); decorrelates dimensions, which raises SVE.
     - ``svd``: ``- mean(s_1..s_k) / sum_j s_j`` of the (uncentred) batch ``z``; ``k = 1`` is
       the paper's ``-s_1 / sum s`` and raises LSVR, ``k = 5`` the reference code's variant.
+
+    ``z``, ``f``: B x D (scalars out), or G x B x D for G heads trained together (``(G,)``
+    tensors out; ``svd_topk`` may then be a ``(G,)`` integer tensor, one k per head).
     """
-    if z.ndim != 2 or z.shape != f.shape:
-        raise ConfigError(f"z and f must both be B x D, got {tuple(z.shape)} and {tuple(f.shape)}")
-    b, d = z.shape
+    batched = z.ndim == 3
+    if z.ndim not in (2, 3) or z.shape != f.shape:
+        raise ConfigError(f"z and f must both be B x D (or G x B x D), got {tuple(z.shape)} and {tuple(f.shape)}")
+    if not batched:
+        z, f = z.unsqueeze(0), f.unsqueeze(0)
+    g, b, d = z.shape
     if b < 2:
         raise ConfigError("NMTune's regularisers need a batch of at least 2 samples; raise batch_size")
-    if isinstance(svd_topk, bool) or not isinstance(svd_topk, int) or svd_topk < 1:
+    if isinstance(svd_topk, torch.Tensor):
+        topk = svd_topk.to(device=z.device, dtype=torch.long).reshape(-1).expand(g)
+    elif isinstance(svd_topk, bool) or not isinstance(svd_topk, int):
+        topk = None
+    else:
+        topk = torch.full((g,), svd_topk, dtype=torch.long, device=z.device)
+    if topk is None or bool((topk < 1).any()):
         raise ConfigError(f"svd_topk must be an int >= 1, got {svd_topk!r}")
-    mse = (F.normalize(z, dim=1) - F.normalize(f, dim=1)).pow(2).sum(dim=1).mean()
-    zc = z - z.mean(dim=0, keepdim=True)
-    cov = zc.T @ zc / (b - 1)
-    off = cov - torch.diag(torch.diagonal(cov))
-    cov_loss = off.pow(2).sum() / d
+    mse = (F.normalize(z, dim=2) - F.normalize(f, dim=2)).pow(2).sum(dim=2).mean(dim=1)
+    zc = z - z.mean(dim=1, keepdim=True)
+    cov = zc.transpose(1, 2) @ zc / (b - 1)
+    off = cov - torch.diag_embed(torch.diagonal(cov, dim1=1, dim2=2))
+    cov_loss = off.pow(2).sum(dim=(1, 2)) / d
     s = torch.linalg.svdvals(z)
-    svd = -(s[:svd_topk] / s.sum().clamp_min(torch.finfo(s.dtype).tiny)).mean()
-    return {"mse": mse, "cov": cov_loss, "svd": svd}
+    k = topk.clamp(max=s.shape[1])
+    top = torch.arange(s.shape[1], device=z.device).unsqueeze(0) < k.unsqueeze(1)
+    ratios = s / s.sum(dim=1, keepdim=True).clamp_min(torch.finfo(s.dtype).tiny)
+    svd = -(ratios * top).sum(dim=1) / k
+    out = {"mse": mse, "cov": cov_loss, "svd": svd}
+    return out if batched else {name: v[0] for name, v in out.items()}
 
 
 @dataclass(frozen=True)

@@ -46,13 +46,22 @@ class HParams:
 
     Fields a method does not take are None. ``as_dict()`` (the non-None fields) is what fit keys
     hash and what MLflow records, so a value shows up under exactly one name everywhere.
+
+    Gradient-trained heads read ``epochs``, ``batch_size``, ``lr``, ``weight_decay`` and
+    ``epoch_selection`` (``best_val``: keep the epoch with the best validation accuracy of one
+    cosine run; ``last``: the paper's fixed-length training). The converged linear probe reads
+    the L2 grid it searches on validation (``l2_min``, ``l2_max``, ``l2_steps`` log-spaced
+    values, then ``l2_refine`` values between the best one's neighbours), whether it
+    standardises each feature dimension (``standardize``; else one global scale) and its
+    solver's ``max_iter`` and ``tol`` (largest gradient entry at convergence).
     """
 
     method: str
-    epochs: int
-    batch_size: int
-    lr: float
-    weight_decay: float
+    epochs: int | None = None
+    batch_size: int | None = None
+    lr: float | None = None
+    weight_decay: float | None = None
+    epoch_selection: str | None = None
     ratio: float | None = None
     depth: int | None = None
     preset: str | None = None
@@ -61,6 +70,13 @@ class HParams:
     w_cov: float | None = None
     w_svd: float | None = None
     svd_topk: int | None = None
+    l2_min: float | None = None
+    l2_max: float | None = None
+    l2_steps: int | None = None
+    l2_refine: int | None = None
+    standardize: bool | None = None
+    max_iter: int | None = None
+    tol: float | None = None
 
     def as_dict(self) -> dict[str, Any]:
         """Non-None hyper-parameters (without ``method``), in field order."""
@@ -70,6 +86,24 @@ class HParams:
     def arch(self) -> dict[str, Any]:
         """The keywords that shape the module (ratio, depth), for the builder."""
         return {k: getattr(self, k) for k in ("ratio", "depth") if getattr(self, k) is not None}
+
+    def batch_key(self) -> tuple[Any, ...]:
+        """What fits must share to be trained as one batched computation on the same rows.
+
+        Everything but the per-member values (:data:`PER_MEMBER`: learning rate, weight decay
+        and the loss weights) and the seed: the same fitter and module (so MLP and NMTune,
+        one residual MLP with or without regularisers, share a batch), the same architecture,
+        epochs, batch size and epoch selection. Torch-free, so the plan can group trials by it.
+        """
+        head = get_head(self.method)
+        shared = tuple((k, v) for k, v in self.as_dict().items() if k not in PER_MEMBER)
+        return (head.fitter or "", head.builder, shared)
+
+
+#: Hyper-parameters that may differ between the members of one batched fit.
+PER_MEMBER: frozenset[str] = frozenset({"lr", "weight_decay", "preset", "lam", "w_mse", "w_cov", "w_svd", "svd_topk"})
+#: Values of ``epoch_selection``.
+EPOCH_SELECTIONS: tuple[str, ...] = ("best_val", "last")
 
 
 HPARAM_NAMES: tuple[str, ...] = tuple(f.name for f in dataclasses.fields(HParams) if f.name != "method")
@@ -86,6 +120,8 @@ class HeadMethod:
     defaults: Mapping[str, Any]
     builder: str                 # "module:function"(dim, num_classes, **arch) -> nn.Module
     loss: str | None = None      # "module:function"(HParams) -> loss object; None: cross-entropy
+    fitter: str | None = None    # "module:function"(data, requests) -> results; None: gradient training
+    default: bool = True         # run by a suite that lists no methods
     _cache: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
 
     def takes(self, hparam: str) -> bool:
@@ -128,6 +164,11 @@ def get_head(name: str) -> HeadMethod:
 def head_names() -> tuple[str, ...]:
     """Registered head names in display order (LP, MLP, NMTune)."""
     return tuple(sorted(HEADS, key=lambda n: (HEADS[n].order, n)))
+
+
+def default_methods() -> tuple[str, ...]:
+    """The heads a suite runs when it lists none (display order): all but reproduction variants."""
+    return tuple(n for n in head_names() if HEADS[n].default)
 
 
 def methods_taking(hparam: str) -> list[str]:
@@ -191,37 +232,54 @@ def resolve_hparams(method: str, **given: Any) -> HParams:
                           f"({detail}); allowed for {method!r}: {', '.join(head.defaults)}")
     hp = dict(head.defaults)
     hp.update({k: v for k, v in given.items() if v is not None})
-    hp["epochs"] = as_int("epochs", hp["epochs"], 1)
-    hp["batch_size"] = as_int("batch_size", hp["batch_size"], 2)
-    hp["lr"] = as_float("lr", hp["lr"], positive=True)
-    hp["weight_decay"] = as_float("weight_decay", hp["weight_decay"], positive=False)
-    if "ratio" in hp:
-        hp["ratio"] = as_float("ratio", hp["ratio"], positive=True)
-    if "depth" in hp:
-        hp["depth"] = as_int("depth", hp["depth"], 1)
+    for name, minimum in (("epochs", 1), ("batch_size", 2), ("depth", 1), ("l2_steps", 1), ("l2_refine", 0),
+                          ("max_iter", 1)):
+        if name in hp:
+            hp[name] = as_int(name, hp[name], minimum)
+    for name, positive in (("lr", True), ("weight_decay", False), ("ratio", True), ("l2_min", True),
+                           ("l2_max", True), ("tol", True)):
+        if name in hp:
+            hp[name] = as_float(name, hp[name], positive=positive)
+    if "epoch_selection" in hp and hp["epoch_selection"] not in EPOCH_SELECTIONS:
+        raise ConfigError(f"epoch_selection must be one of {', '.join(EPOCH_SELECTIONS)}, got "
+                          f"{hp['epoch_selection']!r}")
+    if "standardize" in hp and not isinstance(hp["standardize"], bool):
+        raise ConfigError(f"standardize must be true or false, got {hp['standardize']!r}")
+    if "l2_min" in hp and hp["l2_min"] > hp["l2_max"]:
+        raise ConfigError(f"l2_min={hp['l2_min']:g} is above l2_max={hp['l2_max']:g}; swap them")
     if "preset" in hp:
         hp.update(nmtune_weights(hp["preset"], **{k: hp.get(k) for k in (*NMTUNE_WEIGHTS, "svd_topk")}))
     return HParams(method=method, **hp)
 
 
 # -- the built-in heads --------------------------------------------------------------------------
-_COMMON = {"epochs": 30, "batch_size": 64}
+#: Gradient training shared by the residual-MLP heads: the reference code's AdamW settings, and
+#: the epoch chosen on validation within one cosine run (``epoch_selection: last`` is the paper's).
+_GRADIENT = {"epochs": 30, "batch_size": 64, "lr": 1e-3, "weight_decay": 1e-4, "epoch_selection": "best_val"}
 _MLP = {"ratio": 4, "depth": 1}
 
 register_head(HeadMethod(
     name="lp", label="LP", order=0,
-    description="linear probe on the frozen features (the paper's LP: AdamW, lr 0.1, no weight decay)",
-    defaults={**_COMMON, "lr": 0.1, "weight_decay": 0.0},
-    builder="benchmark.heads.modules:LinearHead"))
+    description="linear probe solved to convergence: multinomial logistic regression (L-BFGS, float64) on "
+                "centred, scaled features, its L2 strength chosen on the validation split from a log-spaced grid",
+    defaults={"l2_min": 1e-6, "l2_max": 10.0, "l2_steps": 15, "l2_refine": 4, "standardize": False,
+              "max_iter": 1000, "tol": 1e-6},
+    builder="benchmark.heads.modules:LinearHead",
+    fitter="benchmark.probe.linear:fit_linear_probes"))
 register_head(HeadMethod(
-    name="mlp", label="MLP", order=1,
+    name="lp_adamw", label="LP (AdamW)", order=1,
+    description="the paper's linear probe: AdamW, lr 0.1, no weight decay, 30 epochs, cosine schedule, last epoch",
+    defaults={"epochs": 30, "batch_size": 64, "lr": 0.1, "weight_decay": 0.0, "epoch_selection": "last"},
+    builder="benchmark.heads.modules:LinearHead", default=False))
+register_head(HeadMethod(
+    name="mlp", label="MLP", order=2,
     description="NMTune's residual MLP trained with cross-entropy only (the MLP baseline)",
-    defaults={**_COMMON, "lr": 1e-3, "weight_decay": 1e-4, **_MLP},
+    defaults={**_GRADIENT, **_MLP},
     builder="benchmark.heads.modules:ResidualMLPHead"))
 register_head(HeadMethod(
-    name="nmtune", label="NMTune", order=2,
+    name="nmtune", label="NMTune", order=3,
     description="residual MLP with NMTune's consistency, covariance and dominant-SVD regularisers",
-    defaults={**_COMMON, "lr": 1e-3, "weight_decay": 1e-4, **_MLP, "preset": "reference",
+    defaults={**_GRADIENT, **_MLP, "preset": "reference",
               "lam": None, "w_mse": None, "w_cov": None, "w_svd": None, "svd_topk": None},
     builder="benchmark.heads.modules:ResidualMLPHead",
     loss="benchmark.heads.nmtune:NMTuneLoss.from_hparams"))

@@ -4,6 +4,10 @@ Why separate from training: a sweep fits dozens of heads on the same features, s
 labels, class subsets and the device move are validated and done once (``prepare_data``), and
 every fit reads the same tensors. Features are used exactly as given (cast to float32);
 L2-normalising them is the caller's choice. ``device=None`` picks CUDA when available.
+
+The evaluation set named ``selection_set`` (``"val"``: the validation rows carved from the
+downstream training data) is the one a fit may read to choose something inside itself: the
+linear probe's L2 strength, the epoch of a gradient-trained head. The test sets never are.
 """
 
 from __future__ import annotations
@@ -79,6 +83,11 @@ class PreparedData:
     class_subsets: dict[str, torch.Tensor]
     device: torch.device
     raw_spectra: dict[str, dict[str, float]]
+    selection: str | None = None  # the evaluation set fits select on (None: no validation set)
+
+    def selection_set(self) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """(features, labels) of the validation set, or None when the data has none."""
+        return None if self.selection is None else self.eval_sets[self.selection]
 
 
 def prepare_data(
@@ -90,8 +99,12 @@ def prepare_data(
     device: str | torch.device | None = None,
     class_subsets: Mapping[str, Any] | None = None,
     num_classes: int | None = None,
+    selection_set: str | None = "val",
 ) -> PreparedData:
-    """Check shapes and labels once and move everything to the fit device."""
+    """Check shapes and labels once and move everything to the fit device.
+
+    ``selection_set`` names the evaluation set used for selection inside a fit (when present).
+    """
     dev = _device(device)
     tx = _features(train_x, "train_x", dev)
     ty = _labels(train_y, "train_y", tx.shape[0], dev)
@@ -132,4 +145,4 @@ def prepare_data(
         if not bool(torch.isin(sets[name][1], ids).all()):
             raise ConfigError(f"test set {name!r} has labels outside its class subset; add them to class_subsets[{name!r}]")
         subsets[name] = ids
-    return PreparedData(tx, ty, sets, k, subsets, dev, {})
+    return PreparedData(tx, ty, sets, k, subsets, dev, {}, selection_set if selection_set in sets else None)

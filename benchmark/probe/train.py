@@ -1,4 +1,4 @@
-"""Training one head on prepared features: the recipe every head fit of a sweep follows.
+"""Training one head on prepared features: the reference recipe of every gradient-trained head.
 
 Why no DataLoader: features are already an in-memory tensor, so a mini-batch is one index into
 it (the point of caching features instead of re-encoding images every step).
@@ -9,19 +9,28 @@ caller's global RNG is untouched). Same seed on the CPU gives bit-identical numb
 incomplete batch is dropped only if it holds a single sample (BatchNorm needs two). A NaN or
 infinite loss stops the fit with ``TrainingDiverged``. The loss is the registry's: cross-entropy,
 or the head's own loss object built from the resolved ``HParams`` (NMTune's weights).
+
+After every epoch the head is scored on the data's validation set (when it has one): the
+training curve (mean loss and validation accuracy per epoch) is returned with the head, so a
+reader can see whether it converged. With ``epoch_selection: best_val`` the weights of the epoch
+with the best validation accuracy are kept (ties to the later epoch: it has seen more of the
+schedule): the epoch count is chosen on validation within one cosine run, at no extra cost.
+
+Sweeps train many heads at once with ``benchmark.probe.batched``; this one-head version is the
+reference it is tested against (and what the re-encoding baseline in ``benchmarks/`` runs).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 from torch import nn
 from torch.nn import functional as F
 
-from benchmark.errors import TrainingDiverged
+from benchmark.errors import ConfigError, TrainingDiverged
 from benchmark.heads.modules import create_head
 from benchmark.heads.registry import HParams, as_int, get_head
 from benchmark.probe.data import PreparedData
@@ -31,20 +40,27 @@ LossFn = Callable[..., tuple[torch.Tensor, dict[str, torch.Tensor]]]
 
 @dataclass
 class TrainedHead:
-    """A fitted head and how it was trained."""
+    """A fitted head and how it was trained.
+
+    ``curves``: per-epoch ``train_loss`` and ``val_accuracy`` (gradient heads) or the L2 search
+    (the converged probe); ``summary``: scalars about the fit (``best_epoch``, ``chosen_l2`` ...)
+    that the fit record carries as metrics.
+    """
 
     head: nn.Module
     hparams: HParams
     train_loss: float
     epochs_run: int
     train_rows: int | None = None  # rows it was trained on (None: built by hand, not by train_head)
+    curves: dict[str, list[float]] = field(default_factory=dict)
+    summary: dict[str, float] = field(default_factory=dict)
 
     @property
     def method(self) -> str:
         return self.hparams.method
 
 
-def _diverged(hp: HParams, epoch: int, step: int, x: torch.Tensor) -> TrainingDiverged:
+def diverged(hp: HParams, epoch: int, step: int, x: torch.Tensor) -> TrainingDiverged:
     hint = (
         "train_x contains NaN or inf: clean the features"
         if not bool(torch.isfinite(x).all())
@@ -62,18 +78,28 @@ def head_loss(hp: HParams) -> LossFn | None:
     return head.resolve("loss")(hp) if head.loss else None
 
 
+def batch_plan(batch_size: int, n: int) -> tuple[int, int]:
+    """Mini-batch size and steps per epoch on ``n`` rows: a last batch of a single row is dropped
+    (BatchNorm needs two), any larger remainder is a short last batch."""
+    bs = min(batch_size, n)
+    return bs, n // bs + (1 if n % bs > 1 else 0)
+
+
+def init_head(hp: HParams, dim: int, num_classes: int, seed: int, device: Any = None) -> nn.Module:
+    """The head module initialised from ``seed`` alone (the caller's global RNG untouched)."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        head = create_head(hp.method, dim, num_classes, **hp.arch())
+    return head if device is None else head.to(device)
+
+
 def training_setup(hp: HParams, dim: int, num_classes: int, n: int, seed: int, device: Any = None
                    ) -> tuple[nn.Module, LossFn | None, torch.optim.Optimizer, Any, torch.Generator, int, int]:
     """The seeded head, its loss, AdamW + cosine schedule, batch generator, batch size and steps
     per epoch of one fit. Shared with the re-encoding baseline in ``benchmarks/`` so the speed
     comparison trains exactly the same head."""
-    bs = min(hp.batch_size, n)
-    steps = n // bs + (1 if n % bs > 1 else 0)
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        head = create_head(hp.method, dim, num_classes, **hp.arch())
-        if device is not None:
-            head = head.to(device)
+    bs, steps = batch_plan(hp.batch_size, n)
+    head = init_head(hp, dim, num_classes, seed, device)
     opt = torch.optim.AdamW(head.parameters(), lr=hp.lr, weight_decay=hp.weight_decay)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=hp.epochs * steps)
     gen = torch.Generator().manual_seed(seed)
@@ -96,9 +122,9 @@ def train_epoch(head: nn.Module, loss_fn: LossFn | None, opt: torch.optim.Optimi
             logits, z = head(xb)
             loss = F.cross_entropy(logits, yb) if loss_fn is None else loss_fn(logits, yb, z, xb)[0]
         except torch.linalg.LinAlgError as err:  # SVD of a non-finite batch
-            raise _diverged(hp, epoch, step, x) from err
+            raise diverged(hp, epoch, step, x) from err
         if not bool(torch.isfinite(loss)):
-            raise _diverged(hp, epoch, step, x)
+            raise diverged(hp, epoch, step, x)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -107,20 +133,58 @@ def train_epoch(head: nn.Module, loss_fn: LossFn | None, opt: torch.optim.Optimi
     return float(total) / steps
 
 
+def validation_accuracy(head: nn.Module, data: PreparedData) -> float | None:
+    """Accuracy of ``head`` (eval mode) on the data's validation set; None without one."""
+    sel = data.selection_set()
+    if sel is None:
+        return None
+    x, y = sel
+    subset = data.class_subsets.get(data.selection)
+    was_training = head.training
+    head.eval()
+    with torch.no_grad():
+        logits = head(x)[0]
+    head.train(was_training)
+    pred = subset[logits[:, subset].argmax(dim=1)] if subset is not None else logits.argmax(dim=1)
+    return float((pred == y).double().mean())
+
+
+def needs_validation(hp: HParams, data: PreparedData) -> None:
+    """``epoch_selection: best_val`` reads the validation set: say so before training starts."""
+    if hp.epoch_selection == "best_val" and data.selection is None:
+        raise ConfigError(
+            f"{hp.method} with epoch_selection 'best_val' chooses its epoch on a validation set, and the data "
+            "has none: pass the test sets as a dict that includes 'val' (validation rows carved from the "
+            "training data), or set epoch_selection='last'")
+
+
 def train_head(data: PreparedData, hp: HParams, *, seed: int = 0,
                rows: torch.Tensor | None = None) -> TrainedHead:
     """Train ``hp.method``'s head on ``data.train_x`` (or on its ``rows``: a few-shot subset)."""
     seed = as_int("seed", seed, 0)
+    needs_validation(hp, data)
     x, y = data.train_x, data.train_y
     if rows is not None:
         x, y = x[rows], y[rows]
     n, dim = x.shape
     head, loss_fn, opt, sched, gen, bs, steps = training_setup(hp, dim, data.num_classes, n, seed, data.device)
-    epoch_loss = float("nan")
+    losses: list[float] = []
+    val_curve: list[float] = []
+    best: tuple[float, int, dict[str, torch.Tensor]] | None = None
     for epoch in range(hp.epochs):
-        epoch_loss = train_epoch(head, loss_fn, opt, sched, x, y, gen, bs, steps, hp, epoch)
+        losses.append(train_epoch(head, loss_fn, opt, sched, x, y, gen, bs, steps, hp, epoch))
+        acc = validation_accuracy(head, data)
+        if acc is not None:
+            val_curve.append(acc)
+            if hp.epoch_selection == "best_val" and (best is None or acc >= best[0]):
+                best = (acc, epoch, {k: v.detach().clone() for k, v in head.state_dict().items()})
     # The last update can overflow the weights although every loss so far was finite.
     if not all(bool(torch.isfinite(p).all()) for p in head.parameters()):
-        raise _diverged(hp, hp.epochs - 1, steps - 1, x)
+        raise diverged(hp, hp.epochs - 1, steps - 1, x)
+    chosen = hp.epochs - 1
+    if best is not None:
+        chosen = best[1]
+        head.load_state_dict(best[2])
     head.eval()
-    return TrainedHead(head, hp, epoch_loss, hp.epochs, n)
+    curves = {"train_loss": losses, **({"val_accuracy": val_curve} if val_curve else {})}
+    return TrainedHead(head, hp, losses[chosen], hp.epochs, n, curves=curves, summary={"best_epoch": float(chosen + 1)})

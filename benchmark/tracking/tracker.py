@@ -269,7 +269,7 @@ class Tracker(TrackingReader):
         return layout.group_spec(self.suite, params) or layout.suite_spec(self.suite)
 
     def log_fit(self, record: Mapping[str, Any], *, overwrite: bool = False) -> str | None:
-        """Log one head fit ``{"key", "params", "metrics", "tags", "artifacts"}``.
+        """Log one head fit ``{"key", "params", "metrics", "tags", "artifacts", "curves"}``.
 
         Returns the run id, or None when the store is away (the record is queued). A record with
         an ``"error"`` entry (a fit that raised in a worker) is logged as a failure. A key that
@@ -282,8 +282,11 @@ class Tracker(TrackingReader):
             if record.get("traceback"):
                 text += "\n" + str(record["traceback"])
             return self.log_failure(record["key"], params, text, tags=tags)
+        # Training curves (per epoch, or per L2 value / L-BFGS iteration for lp) become step metrics.
+        steps = [(f"curve.{name}", float(v), i) for name, values in (record.get("curves") or {}).items()
+                 for i, v in enumerate(values)]
         return self.log_entry({"kind": "fit", "key": record["key"], "status": FINISHED, "name": layout.fit_name(params),
-                               "params": params, "metrics": dict(record.get("metrics", {})), "tags": tags,
+                               "params": params, "metrics": dict(record.get("metrics", {})), "steps": steps, "tags": tags,
                                "artifacts": dict(record.get("artifacts", {})), "parent": self._parent(params),
                                "overwrite": overwrite})
 

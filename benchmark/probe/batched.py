@@ -1,0 +1,345 @@
+"""Many gradient-trained heads of one pair trained as one computation.
+
+Why: a head fit on small cached features is a few hundred tiny matrix products, so its cost is
+per-operation overhead, not arithmetic. The fits of a pair share their features, so the seeds x
+hyper-parameter values of a pair that share an architecture, epochs, batch size and epoch
+selection (``HParams.batch_key``) are trained together: their weights are stacked along a
+leading member axis and every step is one batched product (``torch.baddbmm``) for all of them.
+
+What stays per member, so that each member's result equals fitting it alone
+(``benchmark.probe.train.train_head``, the reference this is tested against):
+- the initialisation (each member's module is built with its own seed, then stacked);
+- the mini-batch order (each member's own seeded ``torch.Generator``);
+- BatchNorm statistics (the members' channels are laid side by side and normalised by one
+  ``F.batch_norm`` call: per channel means per member; no ``vmap``, whose BatchNorm running
+  statistics are a trap);
+- AdamW's state, learning rate, weight decay and cosine schedule (the arithmetic of
+  ``torch.optim.AdamW``'s single-tensor path and of ``CosineAnnealingLR``, per member);
+- the loss: cross-entropy, plus NMTune's regularisers with that member's weights (MLP members
+  have none), and the validation curve and best epoch.
+A member whose loss turns non-finite is dropped at that step with the error the lone fit would
+raise; the others redo the step without it (BatchNorm statistics restored), so one diverging
+member cannot change, let alone poison, the rest.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from benchmark.errors import ConfigError
+from benchmark.heads.modules import LinearHead, ResidualMLPHead
+from benchmark.heads.nmtune import nmtune_regularisers
+from benchmark.heads.registry import HParams, as_int, get_head
+from benchmark.probe.data import PreparedData
+from benchmark.probe.train import TrainedHead, batch_plan, diverged, init_head, needs_validation
+
+BETAS, EPS = (0.9, 0.999), 1e-8
+BN_MOMENTUM, BN_EPS = 0.1, 1e-5
+#: Upper bound on the bytes of one batched computation (weights, gradients, AdamW state, best
+#: weights); larger groups are split into several batches.
+MAX_BATCH_BYTES = 1 << 30
+
+
+def supports(module: nn.Module) -> bool:
+    """Architectures this engine can stack (others are fitted one at a time)."""
+    if isinstance(module, LinearHead):
+        return True
+    return isinstance(module, ResidualMLPHead) and all(
+        isinstance(m, (nn.Linear, nn.BatchNorm1d, nn.ReLU)) for m in module.mlp)
+
+
+def members_per_batch(template: nn.Module, batch_rows: int) -> int:
+    """How many members of this architecture fit in :data:`MAX_BATCH_BYTES`."""
+    params = sum(p.numel() for p in template.parameters())
+    width = max((m.out_features for m in template.modules() if isinstance(m, nn.Linear)), default=1)
+    per_member = 4 * (5 * params + 8 * batch_rows * width)
+    return max(1, MAX_BATCH_BYTES // per_member)
+
+
+class StackedHeads:
+    """The weights of G members of one architecture, stacked on a leading axis."""
+
+    def __init__(self, members: Sequence[nn.Module]) -> None:
+        template = members[0]
+        self.template = template
+        states = [m.state_dict() for m in members]
+        self.params = {n: torch.stack([s[n] for s in states]).detach().requires_grad_()
+                       for n, _ in template.named_parameters()}
+        self.buffers = {n: torch.stack([s[n] for s in states]).clone() for n, _ in template.named_buffers()
+                        if not n.endswith("num_batches_tracked")}
+        self.layers = list(template.mlp) if isinstance(template, ResidualMLPHead) else []
+
+    @property
+    def size(self) -> int:
+        return next(iter(self.params.values())).shape[0]
+
+    def keep(self, idx: torch.Tensor) -> None:
+        """Drop every member not in ``idx`` (positions)."""
+        self.params = {n: p.detach()[idx].requires_grad_() for n, p in self.params.items()}
+        self.buffers = {n: b[idx] for n, b in self.buffers.items()}
+
+    def forward(self, x: torch.Tensor, training: bool) -> tuple[torch.Tensor, torch.Tensor]:
+        """``x``: (G, B, D) -> logits (G, B, K) and z (G, B, D)."""
+        p = self.params
+        h = x
+        for i, layer in enumerate(self.layers):
+            if isinstance(layer, nn.Linear):
+                h = torch.baddbmm(p[f"mlp.{i}.bias"].unsqueeze(1), h, p[f"mlp.{i}.weight"].transpose(1, 2))
+            elif isinstance(layer, nn.BatchNorm1d):
+                g, b, c = h.shape
+                flat = h.transpose(0, 1).reshape(b, g * c)  # members' channels side by side
+                out = F.batch_norm(flat, self.buffers[f"mlp.{i}.running_mean"].view(-1),
+                                   self.buffers[f"mlp.{i}.running_var"].view(-1), p[f"mlp.{i}.weight"].reshape(-1),
+                                   p[f"mlp.{i}.bias"].reshape(-1), training, BN_MOMENTUM, BN_EPS)
+                h = out.view(b, g, c).transpose(0, 1)
+            else:
+                h = torch.relu(h)
+        z = p["scale"].unsqueeze(1) * h + x if self.layers else x
+        logits = torch.baddbmm(p["classifier.bias"].unsqueeze(1), z, p["classifier.weight"].transpose(1, 2))
+        return logits, z
+
+    def snapshot(self) -> dict[str, torch.Tensor]:
+        return {**{n: p.detach().clone() for n, p in self.params.items()},
+                **{n: b.clone() for n, b in self.buffers.items()}}
+
+    def restore_buffers(self, saved: dict[str, torch.Tensor], idx: torch.Tensor | None = None) -> None:
+        for n in self.buffers:
+            self.buffers[n] = saved[n].clone() if idx is None else saved[n][idx].clone()
+
+    def member_state(self, state: dict[str, torch.Tensor], g: int, steps_trained: int) -> dict[str, torch.Tensor]:
+        out = {n: t[g].detach().clone() for n, t in state.items()}
+        for n, _ in self.template.named_buffers():
+            if n.endswith("num_batches_tracked"):
+                out[n] = torch.tensor(steps_trained, dtype=torch.long)
+        return out
+
+
+class StackedAdamW:
+    """``torch.optim.AdamW`` (single-tensor path) and ``CosineAnnealingLR``, one state per member."""
+
+    def __init__(self, heads: StackedHeads, lrs: Sequence[float], wds: Sequence[float], total_steps: int) -> None:
+        self.heads = heads
+        self.base = [float(v) for v in lrs]
+        self.lrs = list(self.base)
+        self.wds = [float(v) for v in wds]
+        self.total = total_steps
+        self.t = 0  # scheduler steps taken
+        self.step_count = 0
+        self.m = {n: torch.zeros_like(p) for n, p in heads.params.items()}
+        self.v = {n: torch.zeros_like(p) for n, p in heads.params.items()}
+
+    def keep(self, idx: torch.Tensor) -> None:
+        pos = idx.tolist()
+        self.base, self.lrs, self.wds = ([seq[i] for i in pos] for seq in (self.base, self.lrs, self.wds))
+        self.m = {n: t[idx] for n, t in self.m.items()}
+        self.v = {n: t[idx] for n, t in self.v.items()}
+
+    @torch.no_grad()
+    def step(self) -> None:
+        self.step_count += 1
+        bc1 = 1 - BETAS[0] ** float(self.step_count)
+        bc2_sqrt = (1 - BETAS[1] ** float(self.step_count)) ** 0.5
+        # The scalars AdamW computes in Python per head, cast to float32 as its kernels do.
+        first = next(iter(self.heads.params.values()))
+        both = torch.tensor([[1 - lr * wd for lr, wd in zip(self.lrs, self.wds)], [-(lr / bc1) for lr in self.lrs]],
+                            dtype=first.dtype, device=first.device)
+        for n, p in self.heads.params.items():
+            shape = (-1, *([1] * (p.ndim - 1)))
+            grad = p.grad
+            p.mul_(both[0].view(shape))
+            self.m[n].lerp_(grad, 1 - BETAS[0])
+            self.v[n].mul_(BETAS[1]).addcmul_(grad, grad, value=1 - BETAS[1])
+            denom = (self.v[n].sqrt() / bc2_sqrt).add_(EPS)
+            p.add_(both[1].view(shape) * self.m[n] / denom)  # addcdiv's (value * m) / denom, per member
+            p.grad = None
+        self.t += 1
+        t, total = self.t, self.total
+        if (t - 1 - total) % (2 * total) == 0:
+            self.lrs = [lr + base * (1 - math.cos(math.pi / total)) / 2 for lr, base in zip(self.lrs, self.base)]
+        else:
+            factor = (1 + math.cos(math.pi * t / total)) / (1 + math.cos(math.pi * (t - 1) / total))
+            self.lrs = [factor * (lr - 0.0) + 0.0 for lr in self.lrs]
+
+
+class _Losses:
+    """Per-member loss: cross-entropy, plus NMTune's weighted regularisers where a member has them."""
+
+    def __init__(self, hps: Sequence[HParams], device: torch.device) -> None:
+        self.set(hps, device)
+
+    def set(self, hps: Sequence[HParams], device: torch.device) -> None:
+        self.hps = list(hps)
+        reg = [i for i, hp in enumerate(hps) if get_head(hp.method).loss]
+        self.reg = torch.tensor(reg, dtype=torch.long, device=device)
+        pick = [hps[i] for i in reg]
+        f32 = {"dtype": torch.float32, "device": device}
+        self.lam = torch.tensor([float(h.lam) for h in pick], **f32)
+        self.w = torch.tensor([[float(h.w_mse), float(h.w_cov), float(h.w_svd)] for h in pick], **f32).view(-1, 3)
+        self.topk = torch.tensor([int(h.svd_topk) for h in pick], dtype=torch.long, device=device)
+
+    def __call__(self, logits: torch.Tensor, y: torch.Tensor, z: torch.Tensor, f: torch.Tensor) -> torch.Tensor:
+        g, b, k = logits.shape
+        ce = F.cross_entropy(logits.reshape(g * b, k), y.reshape(-1), reduction="none").view(g, b).mean(1)
+        if self.reg.numel() == 0:
+            return ce
+        r = nmtune_regularisers(z[self.reg], f[self.reg], svd_topk=self.topk)
+        extra = self.lam * (self.w[:, 0] * r["mse"] + self.w[:, 1] * r["cov"] + self.w[:, 2] * r["svd"])
+        return ce.index_add(0, self.reg, extra)
+
+
+def _raised(err: Exception) -> Exception:
+    """``err`` with a traceback of where the batch detected it (it is reported, not raised)."""
+    try:
+        raise err
+    except Exception as caught:  # noqa: BLE001
+        return caught
+
+
+def _accuracy(logits: torch.Tensor, y: torch.Tensor, subset: torch.Tensor | None) -> torch.Tensor:
+    pred = subset[logits[:, :, subset].argmax(2)] if subset is not None else logits.argmax(2)
+    return (pred == y.unsqueeze(0)).double().mean(1)
+
+
+def fit_gradient_heads(data: PreparedData, requests: Sequence[Any]) -> list[TrainedHead | Exception]:
+    """Train every request (same ``HParams.batch_key`` and rows) as one batch; one result per request.
+
+    Results are ``TrainedHead`` or the exception that member's lone fit would raise.
+    """
+    if not requests:
+        return []
+    hps = [r.hparams for r in requests]
+    if len({hp.batch_key() for hp in hps}) != 1:
+        raise ConfigError("fit_gradient_heads needs requests with one HParams.batch_key(); group them first")
+    rows = requests[0].rows
+    x, y = data.train_x, data.train_y
+    if rows is not None:
+        r = torch.as_tensor(rows, dtype=torch.long, device=data.device)
+        x, y = x[r], y[r]
+    n, dim = x.shape
+    hp0 = hps[0]
+    for hp in hps:
+        needs_validation(hp, data)
+    seeds = [as_int("seed", r.seed, 0) for r in requests]
+    modules = [init_head(hp, dim, data.num_classes, s, data.device) for hp, s in zip(hps, seeds)]
+    chunk = members_per_batch(modules[0], min(hp0.batch_size, n))
+    out: list[TrainedHead | Exception] = []
+    for start in range(0, len(requests), chunk):
+        sl = slice(start, start + chunk)
+        out += _train_batch(data, x, y, hps[sl], seeds[sl], modules[sl])
+    return out
+
+
+def _train_batch(data: PreparedData, x: torch.Tensor, y: torch.Tensor, hps: list[HParams], seeds: list[int],
+                 modules: list[nn.Module]) -> list[TrainedHead | Exception]:
+    n = x.shape[0]
+    hp0 = hps[0]
+    bs, steps = batch_plan(hp0.batch_size, n)
+    heads = StackedHeads(modules)
+    opt = StackedAdamW(heads, [h.lr for h in hps], [h.weight_decay for h in hps], hp0.epochs * steps)
+    losses = _Losses(hps, data.device)
+    gens = [torch.Generator().manual_seed(s) for s in seeds]
+    alive = list(range(len(hps)))  # original positions of the members still training
+    errors: dict[int, Exception] = {}
+    epoch_losses: list[list[float]] = [[] for _ in hps]
+    val_curves: list[list[float]] = [[] for _ in hps]
+    selection = data.selection_set()
+    subset = data.class_subsets.get(data.selection) if selection is not None else None
+    best_val = hp0.epoch_selection == "best_val"
+    best_state: dict[str, torch.Tensor] | None = None
+    best_acc = torch.full((len(hps),), -1.0, dtype=torch.float64)
+    best_epoch = [hp0.epochs - 1] * len(hps)
+
+    def drop(dead: list[int], epoch: int, step: int) -> torch.Tensor:
+        """Remove members (positions among the alive) and return the positions kept."""
+        nonlocal best_state, best_acc
+        for pos in dead:
+            errors[alive[pos]] = _raised(diverged(hps[alive[pos]], epoch, step, x))
+        keep = torch.tensor([i for i in range(len(alive)) if i not in set(dead)], dtype=torch.long)
+        for pos in sorted(dead, reverse=True):
+            del alive[pos]
+            del gens[pos]
+        heads.keep(keep)
+        opt.keep(keep)
+        losses.set([hps[i] for i in alive], data.device)
+        if best_state is not None:
+            best_state = {k: v[keep] for k, v in best_state.items()}
+        best_acc = best_acc[keep]
+        return keep
+
+    for epoch in range(hp0.epochs):
+        perms = torch.stack([torch.randperm(n, generator=g) for g in gens]).to(x.device) if alive else None
+        total = torch.zeros(len(alive), dtype=torch.float64, device=x.device)
+        for step in range(steps):
+            if not alive:
+                break
+            idx = perms[:, step * bs:(step + 1) * bs]
+            saved = {k: b.clone() for k, b in heads.buffers.items()}
+            while True:  # redo the step without any member whose loss is not finite
+                xb, yb = x[idx], y[idx]
+                logits, z = heads.forward(xb, training=True)
+                bad = ~(torch.isfinite(logits).flatten(1).all(1) & torch.isfinite(z).flatten(1).all(1))
+                if not bool(bad.any()):
+                    loss = losses(logits, yb, z, xb)
+                    bad = ~torch.isfinite(loss)
+                if not bool(bad.any()):
+                    break
+                keep = drop(torch.nonzero(bad).squeeze(1).tolist(), epoch, step)
+                idx, perms, total = idx[keep], perms[keep], total[keep]
+                saved = {k: v[keep] for k, v in saved.items()}
+                heads.restore_buffers(saved)
+                if not alive:
+                    break
+            if not alive:
+                break
+            loss.sum().backward()
+            opt.step()
+            total += loss.detach()
+        if not alive:
+            break
+        for pos, member in enumerate(alive):
+            epoch_losses[member].append(float(total[pos]) / steps)
+        if selection is not None:
+            with torch.no_grad():
+                vx, vy = selection
+                logits, _ = heads.forward(vx.unsqueeze(0).expand(len(alive), -1, -1), training=False)
+                acc = _accuracy(logits, vy, subset).cpu()
+            for pos, member in enumerate(alive):
+                val_curves[member].append(float(acc[pos]))
+            if best_val:
+                better = acc >= best_acc
+                now = heads.snapshot()
+                if best_state is None:
+                    best_state = now
+                else:
+                    for k, v in now.items():
+                        mask = better.to(v.device).view(-1, *([1] * (v.ndim - 1)))
+                        best_state[k] = torch.where(mask, v, best_state[k])
+                best_acc = torch.where(better, acc, best_acc)
+                for pos, member in enumerate(alive):
+                    if bool(better[pos]):
+                        best_epoch[member] = epoch
+    final = heads.snapshot()
+    results: list[TrainedHead | Exception] = []
+    for member, hp in enumerate(hps):
+        if member in errors:
+            results.append(errors[member])
+            continue
+        pos = alive.index(member)
+        if not all(bool(torch.isfinite(final[n][pos]).all()) for n in heads.params):
+            results.append(_raised(diverged(hp, hp.epochs - 1, steps - 1, x)))
+            continue
+        chosen = best_epoch[member] if best_val and best_state is not None else hp.epochs - 1
+        state = best_state if best_val and best_state is not None else final
+        module = init_head(hp, x.shape[1], data.num_classes, 0, data.device)
+        module.load_state_dict(heads.member_state(state, pos, (chosen + 1) * steps))
+        curves = {"train_loss": epoch_losses[member],
+                  **({"val_accuracy": val_curves[member]} if val_curves[member] else {})}
+        results.append(TrainedHead(module.eval(), hp, epoch_losses[member][chosen], hp.epochs, int(x.shape[0]), curves=curves,
+                                   summary={"best_epoch": float(chosen + 1)}))
+    return results

@@ -1,0 +1,98 @@
+"""Measurement 6: the head fits of one pair trained as batches vs one at a time.
+
+The quick suite's head grid on one (backbone, task) pair: the fits its plan makes for a pair
+(``benchmark.plan.make_plan``), trained on the same prepared features three ways, one thread each:
+- batched: ``probe.fit_many`` with every fit of the pair (what a sweep trial does: fits sharing an
+  architecture and schedule are one stacked computation, the LP's L2 grid one L-BFGS solve);
+- one at a time through the same API (``fit_many`` with one fit per call);
+- one at a time with the reference trainer (``probe.train_head``, one ``nn.Module`` and one
+  ``torch.optim.AdamW`` per head: the design before batching) for the gradient-trained heads.
+Features: timm ``test_resnet`` (random init, 96-d) on MNIST-5k, the plan's 1,600 / 400 rows, as
+the features stage extracts them. Rounds interleave the sides. Correctness: every fit's test and
+validation accuracy equal across the sides within 0.1 point.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+
+import pytest
+
+import benchutil
+from benchmark.config import load_suite, validate_suite
+from benchmark.extraction import extract_payload
+from benchmark.plan import make_plan
+from benchmark.probe import FitRequest, evaluate_head, fit_many, train_head
+from benchmark.sweep import prepare_payload
+
+QUICK = Path(__file__).resolve().parents[1] / "suites" / "quick.yaml"
+BACKBONE = {"family": "timm", "arch": "test_resnet", "seed": 0, "image_size": 32}
+ROUNDS = 2
+TARGET = 5.0  # batched fits/s over one-at-a-time fits/s, at least
+
+
+@pytest.fixture(scope="module")
+def pair_inputs():
+    quick = load_suite(QUICK, check_names=False)
+    with tempfile.TemporaryDirectory(prefix="bench-batch-") as root:
+        suite = validate_suite({"name": "bench-batch", "work_dir": root, "backbones": [BACKBONE],
+                                "downstream": {**quick.downstream.model_dump(), "id": ["mnist-5k"], "ood": []},
+                                "selection": quick.selection.model_dump()})
+        [pair] = make_plan(suite).pairs
+        payload = extract_payload(pair, root, None, normalize=True)
+    return pair, payload
+
+
+def test_batched_head_fits_vs_one_at_a_time(benchmark, one_thread, pair_inputs):
+    pair, payload = pair_inputs
+    data = prepare_payload(payload)
+    requests = [FitRequest(f.hparams, f.head_seed, f.train_rows) for f in pair.fits]
+    sw = benchutil.Stopwatch()
+    out: dict[str, list] = {}
+
+    def one_at_a_time() -> None:
+        with sw("one_at_a_time"):
+            out["single"] = [fit_many(data, [r])[0] for r in requests]
+        grad = [r for r in requests if r.hparams.method != "lp"]
+        with sw("reference_trainer_gradient_heads"):
+            out["reference"] = [evaluate_head(train_head(data, r.hparams, seed=r.seed), data) for r in grad]
+
+    def batched() -> None:
+        with sw("batched"):
+            out["batched"] = fit_many(data, requests)
+
+    benchmark.pedantic(batched, setup=one_at_a_time, rounds=ROUNDS, iterations=1)
+
+    single, batch = out["single"], out["batched"]
+    assert len(batch) == len(requests) and not any("error" in r for r in batch + single)
+    worst = 0.0
+    for a, b in zip(single, batch):
+        for name in a["eval"]:
+            worst = max(worst, abs(a["eval"][name]["accuracy"] - b["eval"][name]["accuracy"]))
+    ref_worst = 0.0
+    grad_batch = [b for r, b in zip(requests, batch) if r.hparams.method != "lp"]
+    for ev, b in zip(out["reference"], grad_batch):
+        for name in ev:
+            ref_worst = max(ref_worst, abs(ev[name]["accuracy"] - b["eval"][name]["accuracy"]))
+    assert worst <= 0.001 and ref_worst <= 0.001
+
+    t_single, t_batch = sw.median("one_at_a_time"), sw.median("batched")
+    n_grad = len(grad_batch)
+    t_grad_batch = sum(b["seconds"] for b in grad_batch)
+    t_grad_single = sum(s["seconds"] for r, s in zip(requests, single) if r.hparams.method != "lp")
+    groups = sorted({b["batch_members"] for b in batch})
+    benchutil.record(
+        benchmark, "head_fits_batched_vs_one_at_a_time", ratio=t_single / t_batch, target=TARGET,
+        times_s=sw.times,
+        what=f"{len(requests)} head fits of one quick-suite pair: fits/s batched / fits/s one at a time (fit_many)",
+        fits_per_second_batched=len(requests) / t_batch, fits_per_second_one_at_a_time=len(requests) / t_single,
+        ratio_gradient_heads_only=t_grad_single / t_grad_batch,
+        ratio_vs_reference_trainer_gradient_heads=sw.median("reference_trainer_gradient_heads") / t_grad_batch,
+        batch_group_sizes=groups, max_accuracy_gap_batched_vs_single=worst,
+        max_accuracy_gap_batched_vs_reference=ref_worst,
+        params={"fits": len(requests), "gradient_fits": n_grad, "backbone": BACKBONE, "task": "mnist-5k",
+                "n_train": int(len(payload.train[1])), "n_val": int(len(payload.val[1])),
+                "feature_dim": int(payload.train[0].shape[1]), "rounds": ROUNDS, "threads": 1,
+                "hparams": sorted({str(r.hparams.as_dict()) for r in requests})},
+    )

@@ -1,0 +1,171 @@
+"""Heads on real pre-trained features: the converged LP against a tuned scikit-learn logistic
+regression, and batched fits against each head fitted alone.
+
+Features: torchvision's ImageNet MobileNetV2 at 64 px (offline weights) and a small CNN (timm
+``test_resnet``) pre-trained here, in-process, on 3,000 Fashion-MNIST images; on the quick
+suite's tasks with the rows its plan chooses (``make_plan``: ``max_train``, the validation
+carve), extracted through the features stage (``extraction.extract_payload``) once per module.
+``NMLBENCH_REAL_FEATURES_DIR=DIR`` keeps the pre-trained CNN and the feature cache in ``DIR``
+across runs (a fresh temporary directory otherwise).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from benchmark.config import load_suite, validate_suite
+from benchmark.extraction import FeaturePayload, extract_payload
+from benchmark.heads import resolve_hparams
+from benchmark.plan import head_grid, make_plan
+from benchmark.probe import FitRequest, evaluate_head, fit_many, train_head
+from benchmark.probe.reference import tuned_logistic_regression
+from benchmark.sweep import prepare_payload
+
+SUITES = Path(__file__).resolve().parents[1] / "suites"
+MOBILENET = {"name": "mobilenet_v2", "family": "torchvision", "arch": "mobilenet_v2", "weights": "imagenet",
+             "image_size": 64}
+
+pytestmark = pytest.mark.slow
+
+
+def _pretrain_cnn(path: Path) -> Path:
+    """A timm test_resnet learns 3,000 clean Fashion-MNIST images for 3 epochs (seconds), saved
+    as the ``nmlbench`` family's checkpoint, like the suite's own pre-training writes it."""
+    from benchmark.backbones import save_pretrain_checkpoint
+    from benchmark.jobs import PretrainJob
+    from benchmark.pretrain import PRETRAIN_MEAN, PRETRAIN_STD, build_model, build_training_set, preprocess
+
+    job = PretrainJob(objective="supervised", corpus="fashion-mnist", arch="test_resnet", epochs=3, lr=2e-3,
+                      train_subset=3000, display="cnn")
+    ts = build_training_set(job)
+    model, _ = build_model({"objective": "supervised", "arch": job.arch, "seed": 0, "image_size": job.image_size,
+                            "num_classes": len(ts.classes)})
+    images, targets = torch.from_numpy(ts.images), torch.from_numpy(ts.targets)
+    steps = -(-len(images) // job.batch_size)
+    opt = torch.optim.AdamW(model.parameters(), lr=job.lr, weight_decay=job.weight_decay)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=job.epochs * steps)
+    gen = torch.Generator().manual_seed(0)
+    model.train()
+    for _ in range(job.epochs):
+        order = torch.randperm(len(images), generator=gen)
+        for s in range(steps):
+            idx = order[s * job.batch_size:(s + 1) * job.batch_size]
+            loss = F.cross_entropy(model(preprocess(images[idx], job.image_size, PRETRAIN_MEAN, PRETRAIN_STD)),
+                                   targets[idx])
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            sched.step()
+    return save_pretrain_checkpoint(path, family="timm", arch=job.arch, model=model.eval(),
+                                    image_size=job.image_size, mean=PRETRAIN_MEAN, std=PRETRAIN_STD,
+                                    job={"name": job.name, "key": job.key})
+
+
+@pytest.fixture(scope="module")
+def payloads(tmp_path_factory) -> dict[tuple[str, str], FeaturePayload]:
+    """(backbone, task) -> features of the quick suite's tasks, plan rows, both backbones."""
+    keep = os.environ.get("NMLBENCH_REAL_FEATURES_DIR")
+    work = Path(keep) if keep else tmp_path_factory.mktemp("real-features")
+    threads, env = torch.get_num_threads(), os.environ.get("NMLBENCH_THREADS")
+    os.environ["NMLBENCH_THREADS"] = str(max(1, min(2, os.cpu_count() or 1)))
+    try:
+        cnn = work / "cnn" / "model.pt"
+        if not cnn.is_file():
+            _pretrain_cnn(cnn)
+        quick = load_suite(SUITES / "quick.yaml", check_names=False)
+        suite = validate_suite({
+            "name": "real-features", "work_dir": str(work),
+            "backbones": [MOBILENET, {"name": "cnn-fmnist", "family": "nmlbench", "checkpoint": str(cnn)}],
+            "downstream": quick.downstream.model_dump(),
+            "selection": quick.selection.model_dump()})
+        plan = make_plan(suite)
+        assert len(plan.pairs) == 2 * 6
+        return {(p.backbone.display, p.task.name): extract_payload(p, str(work / "features"), None, True)
+                for p in plan.pairs}
+    finally:
+        torch.set_num_threads(threads)
+        if env is None:
+            os.environ.pop("NMLBENCH_THREADS", None)
+        else:
+            os.environ["NMLBENCH_THREADS"] = env
+
+
+def _test_accuracy(rec: dict, payload: FeaturePayload) -> float:
+    return float(np.mean([rec["eval"][t]["accuracy"] for t in payload.tests]))
+
+
+def test_converged_lp_is_within_one_point_of_tuned_sklearn_on_every_pair(payloads):
+    lp_hp = resolve_hparams("lp")
+    rows, gaps = [], []
+    for (backbone, task), payload in payloads.items():
+        data = prepare_payload(payload)
+        [lp, paper] = fit_many(data, [FitRequest(lp_hp), FitRequest(resolve_hparams("lp_adamw"))])
+        sk = tuned_logistic_regression(payload.train, payload.val, payload.tests, class_subsets=payload.class_subsets)
+        ours = _test_accuracy(lp, payload)
+        gaps.append(ours - sk["test_accuracy"])
+        rows.append(f"{backbone:<13} {task:<18} lp {100 * ours:5.1f} (L2 {lp['summary']['chosen_l2']:.1e}, "
+                    f"{lp['summary']['lbfgs_iterations']:.0f} it)  lp_adamw {100 * _test_accuracy(paper, payload):5.1f}"
+                    f"  sklearn {100 * sk['test_accuracy']:5.1f} (C {sk['C']:.0e})  {100 * gaps[-1]:+.1f}")
+        assert lp["summary"]["converged"] == 1.0, (backbone, task)
+        assert lp["eval"]["val"]["accuracy"] == max(lp["curves"]["val_accuracy_by_l2"])
+    print("\n" + "\n".join(rows))
+    print(f"mean lp - sklearn {100 * np.mean(gaps):+.2f} points, worst {100 * min(gaps):+.2f}")
+    assert min(gaps) >= -0.01, rows[int(np.argmin(gaps))]
+
+
+#: The quick suite's non-linear heads as one batch group (depth 1: MLP and NMTune x lam x lr).
+def _quick_group(**over) -> list:
+    quick = load_suite(SUITES / "quick.yaml", check_names=False)
+    plan_hps = [h for h in head_grid(quick) if h.method in ("mlp", "nmtune")]
+    keys = {}
+    for h in plan_hps:
+        keys.setdefault(h.batch_key(), []).append(h)
+    group = next(iter(keys.values()))
+    return [resolve_hparams(h.method, **{**h.as_dict(), **over}) for h in group]
+
+
+@pytest.mark.parametrize(("backbone", "task", "over", "seeds"), [
+    ("cnn-fmnist", "mnist-5k", {}, (0, 1)),  # the quick suite's own settings, two head seeds
+    ("mobilenet_v2", "animal-mnist", {"ratio": 0.25, "epochs": 4}, (0,)),  # 1280-d features, a cheaper head
+])
+def test_batched_fits_equal_fits_alone_on_real_features(payloads, backbone, task, over, seeds):
+    payload = payloads[(backbone, task)]
+    data = prepare_payload(payload)
+    hps = _quick_group(**over)
+    assert {h.method for h in hps} == {"mlp", "nmtune"} and len({h.batch_key() for h in hps}) == 1
+    requests = [FitRequest(hp, seed) for seed in seeds for hp in hps]
+    batched = fit_many(data, requests)
+    assert all(r["batch_members"] == len(requests) for r in batched)
+    worst = 0.0
+    for req, rec in zip(requests, batched):
+        alone = train_head(data, req.hparams, seed=req.seed)
+        ev = evaluate_head(alone, data)
+        for name in ev:  # every evaluation set, every member
+            gap = abs(rec["eval"][name]["accuracy"] - ev[name]["accuracy"])
+            worst = max(worst, gap)
+            assert gap <= 0.001, (req.hparams.as_dict(), req.seed, name)
+        assert rec["summary"]["best_epoch"] == alone.summary["best_epoch"]
+        assert len(rec["curves"]["train_loss"]) == len(rec["curves"]["val_accuracy"]) == req.hparams.epochs
+        np.testing.assert_allclose(rec["curves"]["train_loss"], alone.curves["train_loss"], rtol=1e-4)
+        np.testing.assert_allclose(rec["curves"]["val_accuracy"], alone.curves["val_accuracy"], atol=0.001)
+    print(f"{backbone}/{task}: {len(requests)} members, largest accuracy gap to a lone fit {100 * worst:.3f} points")
+
+
+def test_lp_grid_solved_together_equals_each_value_alone(payloads):
+    """The batched L2 grid: the chosen value solved on its own gives the same probe."""
+    for key in (("cnn-fmnist", "sklearn-digits"), ("mobilenet_v2", "digits-from-fonts")):
+        payload = payloads[key]
+        data = prepare_payload(payload)
+        [grid] = fit_many(data, [FitRequest(resolve_hparams("lp"))])
+        l2 = grid["summary"]["chosen_l2"]
+        [alone] = fit_many(data, [FitRequest(resolve_hparams("lp", l2_min=l2, l2_max=l2, l2_steps=1, l2_refine=0))])
+        for name in grid["eval"]:
+            assert abs(grid["eval"][name]["accuracy"] - alone["eval"][name]["accuracy"]) <= 0.001, (key, name)
+        assert grid["curves"]["train_loss_by_l2"][grid["curves"]["l2"].index(l2)] == pytest.approx(
+            alone["train_loss"], rel=1e-7)
