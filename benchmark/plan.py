@@ -164,7 +164,10 @@ def _job(b: PretrainBlock, ratio: float, seed: int, data_root: str | None) -> Pr
         class_map=dict(b.noise.class_map) if b.noise.class_map else None, seed=seed, epochs=b.epochs,
         batch_size=b.batch_size, lr=b.lr, weight_decay=b.weight_decay, image_size=b.image_size,
         train_subset=b.train_subset, model_kwargs=dict(b.model_kwargs), data_root=data_root, workers=b.workers,
-        gpus_per_worker=b.gpus_per_worker, display=str(b.name))
+        gpus_per_worker=b.gpus_per_worker, display=str(b.name), augment=b.augment,
+        crop_scale=tuple(float(v) for v in b.crop_scale), warmup_epochs=float(b.warmup_epochs),
+        grad_accum=b.grad_accum, precision=b.precision, channels_last=b.channels_last,
+        cpus_per_worker=float(b.cpus_per_worker), loader_workers=b.loader_workers)
 
 
 def pretrained_backbone(job: PretrainJob, work_dir: str | Path) -> BackbonePlan:

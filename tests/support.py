@@ -7,7 +7,13 @@ under a bare ``pytest`` (tests/ is not a package).
 from __future__ import annotations
 
 import json
+import os
+import shutil
+import signal
+import socket
 import struct
+import subprocess
+import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -122,6 +128,24 @@ def write_imagenet_root(root: Path, wnids: Sequence[str], counts: Mapping[str, S
             for k in range(n):
                 write_image(root / pattern.format(w=wnids[c], c=c, k=k), pixels(name, c, k))
     return root
+
+
+def imagenet_root_from_arrays(root: Path, images: np.ndarray, labels: np.ndarray, *,
+                              size: int | None = None) -> Path:
+    """Labelled arrays (uint8 [N, H, W] or [N, H, W, 3]) as ImageNet's training folders through
+    :func:`write_imagenet_root`: class ``c``'s k-th file is the k-th image labelled ``c``
+    (optionally resized to ``size`` pixels a side), wnids ``n%08d`` of the label."""
+    from PIL import Image
+
+    labels = np.asarray(labels)
+    members = [np.flatnonzero(labels == c) for c in range(int(labels.max()) + 1)]
+
+    def pixels(_set: str, c: int, k: int) -> np.ndarray:
+        img = Image.fromarray(np.asarray(images[members[c][k]], dtype=np.uint8)).convert("RGB")
+        return np.asarray(img if size is None else img.resize((size, size), Image.Resampling.BILINEAR))
+
+    return write_imagenet_root(root, [f"n{c:08d}" for c in range(len(members))],
+                               {"imagenet/train": [len(m) for m in members]}, pixels)
 
 
 # -- the tiny suite run once per session through the real runner (``pipeline_run`` in conftest) -----
@@ -309,3 +333,45 @@ def build_study(root: Path, experiment: str = "synth") -> Study:
     report = tracker.finish()
     assert report.pending == 0 and report.leaderboard_rows == 6
     return Study(uri, experiment, root, df)
+
+
+# -- Ray nodes started with ``ray start`` (test_orchestration, test_multinode) ----------------------
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on right now."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def ray_port_flags(*, head: bool) -> list[str]:
+    """Every listening port of a ``ray start`` node, explicit and free: a second Ray on the
+    machine (another test, a developer's session) holds the defaults, e.g. the agent's 52365."""
+    flags = [f"--dashboard-agent-listen-port={free_port()}", f"--dashboard-agent-grpc-port={free_port()}",
+             f"--runtime-env-agent-port={free_port()}", f"--metrics-export-port={free_port()}",
+             f"--node-manager-port={free_port()}", f"--object-manager-port={free_port()}"]
+    if head:
+        flags.append(f"--ray-client-server-port={free_port()}")
+    return flags
+
+
+def stop_ray_processes(marks: Sequence[str], temp_dir: str | None = None) -> None:
+    """Stop the Ray processes whose command line holds one of ``marks`` (a private temp dir, a
+    GCS address), and only those; then remove ``temp_dir``."""
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        pids = []
+        ps = subprocess.run(["ps", "-ww", "-eo", "pid=,args="], capture_output=True, text=True)
+        for line in ps.stdout.splitlines():
+            pid, _, args = line.strip().partition(" ")
+            if any(m in args for m in marks) and int(pid) != os.getpid():
+                pids.append(int(pid))
+        for pid in pids:
+            try:
+                os.kill(pid, sig)
+            except ProcessLookupError:
+                pass
+        if not pids:
+            break
+        time.sleep(3)
+    if temp_dir is not None:
+        shutil.rmtree(temp_dir, ignore_errors=True)

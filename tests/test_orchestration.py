@@ -8,9 +8,7 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -20,16 +18,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 import yaml
+from support import free_port, stop_ray_processes
 
 REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
 pytestmark = pytest.mark.slow
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _tiny_suite(tmp: Path, name: str, *, pretrain: bool, fits_per_trial: int = 4) -> Path:
@@ -63,22 +56,7 @@ def _env() -> dict[str, str]:
 
 def _stop_head(ray_tmp: str, gcs_port: int) -> None:
     """Stop the processes of the head this test started, and only those."""
-    marks = (ray_tmp, f"--gcs-address=127.0.0.1:{gcs_port}", f"127.0.0.1:{gcs_port}")
-    for sig in (signal.SIGTERM, signal.SIGKILL):
-        pids = []
-        for line in subprocess.run(["ps", "-ww", "-eo", "pid=,args="], capture_output=True, text=True).stdout.splitlines():
-            pid, _, args = line.strip().partition(" ")
-            if any(m in args for m in marks) and int(pid) != os.getpid():
-                pids.append(int(pid))
-        for pid in pids:
-            try:
-                os.kill(pid, sig)
-            except ProcessLookupError:
-                pass
-        if not pids:
-            break
-        time.sleep(3)
-    shutil.rmtree(ray_tmp, ignore_errors=True)
+    stop_ray_processes((ray_tmp, f"--gcs-address=127.0.0.1:{gcs_port}", f"127.0.0.1:{gcs_port}"), ray_tmp)
 
 
 def _finished_fits(uri: str, experiment: str):
@@ -90,7 +68,7 @@ def _finished_fits(uri: str, experiment: str):
 def test_submit_to_a_real_ray_head_and_read_rows_back(tmp_path: Path) -> None:
     suite = _tiny_suite(tmp_path, "submitted", pretrain=True)
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    gcs, dash = _free_port(), _free_port()
+    gcs, dash = free_port(), free_port()
     env = _env()
     # A short private temp dir: Ray's socket paths must stay under 108 bytes, and it lets the
     # test stop exactly this head (``ray stop`` would stop every Ray on the machine).
@@ -100,11 +78,11 @@ def test_submit_to_a_real_ray_head_and_read_rows_back(tmp_path: Path) -> None:
                             f"--temp-dir={ray_tmp}", "--disable-usage-stats",
                             # every listening port explicit: a second Ray on the machine (another
                             # test, a developer's session) holds the defaults, e.g. the agent's 52365
-                            f"--dashboard-agent-listen-port={_free_port()}",
-                            f"--dashboard-agent-grpc-port={_free_port()}",
-                            f"--ray-client-server-port={_free_port()}",
-                            f"--runtime-env-agent-port={_free_port()}",
-                            f"--metrics-export-port={_free_port()}"],
+                            f"--dashboard-agent-listen-port={free_port()}",
+                            f"--dashboard-agent-grpc-port={free_port()}",
+                            f"--ray-client-server-port={free_port()}",
+                            f"--runtime-env-agent-port={free_port()}",
+                            f"--metrics-export-port={free_port()}"],
                            env=env, capture_output=True, text=True, timeout=180)
     assert start.returncode == 0, start.stderr[-2000:]
     try:

@@ -90,6 +90,51 @@ def test_key_holds_what_changes_the_weights() -> None:
     assert replace(SUP, batch_size=32).key != SUP.key
 
 
+def test_recipe_keys_enter_the_key_only_when_they_change_the_recipe() -> None:
+    """Jobs on the embedded recipe keep the keys they had before the real-corpus recipe keys
+    existed (their finished checkpoints stay valid); a changed recipe is a new job; how fast a
+    job runs is not part of it."""
+    from dataclasses import asdict
+
+    from benchmark.hashing import config_hash
+    from benchmark.pretrain import RECIPE_DEFAULTS
+
+    fast = ("channels_last", "cpus_per_worker", "loader_workers")
+    before = {k: v for k, v in asdict(SUP).items()
+              if k not in ("gpus_per_worker", "display", "data_root", *RECIPE_DEFAULTS, *fast)}
+    assert SUP.key == config_hash({"kind": "pretrain", **before})
+    assert SUP.key == "586dda2d70a7cae7"  # pinned: the key main gave this job before
+    for name, value in (("augment", "crop_flip"), ("crop_scale", (0.35, 1.0)),
+                        ("warmup_epochs", 1.0), ("grad_accum", 2), ("precision", "bf16")):
+        assert replace(SUP, **{name: value}).key != SUP.key, name
+    assert replace(SUP, crop_scale=[0.08, 1.0]).key == SUP.key  # a YAML list, same values
+    assert replace(SUP, channels_last=False, cpus_per_worker=4.0, loader_workers=3).key == SUP.key
+    assert replace(SUP, grad_accum=4, workers=2).global_batch == 64 * 2 * 4
+    assert replace(SUP, cpus_per_worker=4.0).loader_processes == 3
+    assert SUP.loader_processes == 1 and replace(SUP, loader_workers=0).loader_processes == 0
+
+
+@pytest.mark.parametrize("field,value,message", [
+    ("augment", "mixup", "augment 'mixup' is unknown"),
+    ("precision", "fp16", "precision 'fp16' is unknown"),
+    ("crop_scale", (0.5, 0.2), "crop_scale [0.5, 0.2] must be two area shares"),
+    ("warmup_epochs", 3.0, "warmup_epochs 3.0 must be >= 0 and below epochs (3)"),
+])
+def test_recipe_rules_say_the_same_in_suite_and_job(field, value, message) -> None:
+    job = replace(SUP, epochs=3, **{field: value})
+    with pytest.raises(ConfigError, match=message.replace("(", r"\(").replace(")", r"\)")
+                       .replace("[", r"\[").replace("]", r"\]")):
+        check_job(job)
+    if field in ("augment", "precision"):
+        return  # the schema's Literal rejects these itself, naming the allowed values
+    block = {"objective": "supervised", "corpus": "fashion-mnist", "arch": "a", "epochs": 3,
+             field: list(value) if isinstance(value, tuple) else value}
+    with pytest.raises(ConfigError) as err:
+        validate_suite({"name": "t", "pretrain": [block], "downstream": {"id": ["mnist-5k"]}},
+                       check_names=False)
+    assert f"pretrain[0]: {message}" in str(err.value)
+
+
 def test_job_rules_import_without_torch_or_ray() -> None:
     """``nmlbench validate`` and the suite loader stay light: no torch, no Ray."""
     code = ("import sys; import benchmark.pretrain.job; import benchmark.config; "

@@ -22,7 +22,7 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field, PrivateAttr, 
 from benchmark.config.messages import SectionProblems
 from benchmark.errors import ConfigError
 from benchmark.heads.registry import HPARAM_NAMES, default_methods, get_head, head_names, methods_taking, resolve_hparams
-from benchmark.pretrain.job import default_noise_kind, noise_problem
+from benchmark.pretrain.job import RECIPE_DEFAULTS, default_noise_kind, noise_problem, recipe_problem
 
 
 
@@ -87,8 +87,12 @@ class PretrainBlock(_Model):
     """One recipe expanded over ``noise.ratios`` x ``seeds`` into pre-training jobs.
 
     ``batch_size`` is per worker: each of the ``workers`` data-parallel workers takes
-    ``batch_size`` images per step, so one optimiser step sees ``batch_size * workers``
-    (gradients are averaged across workers). The noise rules live in ``benchmark.pretrain.job``.
+    ``batch_size`` images per micro-batch and ``grad_accum`` micro-batches per step, so one
+    optimiser step sees ``batch_size * workers * grad_accum`` (gradients are averaged across
+    workers). The recipe keys for real corpora (``augment``, ``crop_scale``, ``warmup_epochs``,
+    ``grad_accum``, ``precision``, ``channels_last``) default to the embedded suites' recipe;
+    ``cpus_per_worker`` and ``loader_workers`` only say how fast it runs. The noise and recipe
+    rules live in ``benchmark.pretrain.job``.
     """
 
     name: str | None = None
@@ -106,12 +110,23 @@ class PretrainBlock(_Model):
     train_subset: PositiveInt | None = None
     workers: PositiveInt = 1
     gpus_per_worker: NonNegFloat = 0.0
+    augment: Literal["none", "crop_flip"] = RECIPE_DEFAULTS["augment"]
+    crop_scale: tuple[PositiveFloat, PositiveFloat] = RECIPE_DEFAULTS["crop_scale"]
+    warmup_epochs: NonNegFloat = RECIPE_DEFAULTS["warmup_epochs"]
+    grad_accum: PositiveInt = RECIPE_DEFAULTS["grad_accum"]
+    precision: Literal["auto", "bf16", "fp32"] = RECIPE_DEFAULTS["precision"]
+    channels_last: bool = True
+    cpus_per_worker: PositiveFloat = 1.0
+    loader_workers: NonNegInt | None = None
 
     @model_validator(mode="after")
     def _noise_matches_objective(self) -> PretrainBlock:
         if self.noise.kind is None:  # the only sensible default differs by objective
             self.noise.kind = default_noise_kind(self.objective)
         problem = noise_problem(self.objective, self.noise.kind, self.noise.class_map)
+        if problem is None:
+            problem = recipe_problem(self.augment, self.crop_scale, self.precision,
+                                     self.warmup_epochs, self.epochs)
         if problem is not None:
             raise ValueError(problem)
         if self.name is None:

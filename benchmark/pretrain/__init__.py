@@ -2,9 +2,12 @@
 
 - ``job``: ``PretrainJob`` and the one set of job rules (``check_job``, ``noise_problem``,
   ``default_noise_kind``, ``OBJECTIVES``, ``NOISE_KINDS``); no torch, no Ray.
-- ``corpus``: the driver builds the noisy training set and writes its record (no torch, no Ray).
-- ``worker``: what runs inside each Ray Train worker (model, preprocessing, the training loop).
-- ``launch``: the driver's orchestration (one ``TorchTrainer`` per job, reuse, concurrency).
+- ``corpus``: the driver's label table, noise and record; images stay on disk (no torch, no Ray).
+- ``inputs``: a worker's batches of its own shard, streamed from the data root (or an array).
+- ``recipe``: preprocessing, model, schedule, losses and per-epoch metrics (memorisation too).
+- ``worker``: the loop inside each Ray Train worker (jobs in turn, shards, checkpoints, resume).
+- ``trainer``: one ``TorchTrainer`` fit for one job or a list of small ones, and its outputs.
+- ``launch``: the driver's entry points (reuse, job lists that share a trainer, concurrency).
 
 Names are imported lazily, on first use, so ``from benchmark.pretrain import PretrainJob`` (the
 suite loader, ``nmlbench validate``) loads neither torch nor Ray.
@@ -17,15 +20,21 @@ from typing import Any
 
 _LAZY = {
     "PretrainJob": "job", "OBJECTIVES": "job", "NOISE_KINDS": "job", "check_job": "job",
-    "noise_problem": "job", "default_noise_kind": "job",
-    "TrainingSet": "corpus", "build_training_set": "corpus", "write_noise_record": "corpus",
-    "subset_indices": "corpus", "split_to_uint8": "corpus",
-    "preprocess": "worker", "build_model": "worker", "train_loop_per_worker": "worker",
-    "epoch_shard": "worker", "index_digest": "worker", "param_digest": "worker",
-    "PRETRAIN_MEAN": "worker", "PRETRAIN_STD": "worker",
-    "PretrainResult": "launch", "job_dir": "job", "load_done": "launch",
-    "run_pretrain": "launch", "run_pretrain_jobs": "launch", "FAULT_ENV": "launch",
-    "fault_kill_epoch": "launch",
+    "noise_problem": "job", "default_noise_kind": "job", "recipe_problem": "job",
+    "AUGMENTS": "job", "PRECISIONS": "job", "RECIPE_DEFAULTS": "job", "job_dir": "job",
+    "TrainingSet": "corpus", "LabelTable": "corpus", "CorpusRef": "corpus",
+    "build_training_set": "corpus", "write_noise_record": "corpus", "subset_indices": "corpus",
+    "array_images": "corpus", "clean_captions": "corpus", "caption_sources": "corpus",
+    "decode_item": "inputs", "crop_box": "inputs", "make_input": "inputs",
+    "instance_features": "inputs",
+    "preprocess": "recipe", "build_model": "recipe", "lr_factor": "recipe",
+    "make_optimizer": "recipe", "epoch_metrics": "recipe", "PRETRAIN_MEAN": "recipe",
+    "PRETRAIN_STD": "recipe",
+    "train_loop_per_worker": "worker", "epoch_shard": "worker", "index_digest": "worker",
+    "param_digest": "worker",
+    "PretrainResult": "launch", "load_done": "launch", "run_pretrain": "launch",
+    "run_pretrain_jobs": "launch", "trainer_lists": "launch", "shares_trainer": "launch",
+    "FAULT_ENV": "launch", "fault_kill_epoch": "launch",
 }
 
 

@@ -1,15 +1,26 @@
-"""The driver's half of pre-training: the exact noisy training set of a job and its record.
+"""The driver's half of pre-training: which samples a job trains on, their noise, and its record.
 
-The corpus subset, the seeded noise (``benchmark.noise``) and its record (``noise.npz`` +
-``noise.json``) are made here, in the driver, once per job and *before* training starts, so the
-labels a model saw are on disk even if training later fails, and they cannot depend on how many
-workers train. No torch and no Ray: images leave as one ``uint8`` array that the launcher puts
-in the object store and the workers turn into tensors on their own device.
+The corpus itself never passes through the driver: a job's training set is a *reference* to
+its images (data set, data root, subset indices; every worker re-opens it and streams its own
+shard, ``inputs.py``) plus a *label table*, one small row per sample: the target (the noisy
+label, or for CLIP the index of the caption the image is paired with), the true label, and
+whether that sample's label was flipped or its caption swapped. Noise is drawn here, on that
+table, seeded, once per job and *before* training starts, and written to ``noise.npz`` +
+``noise.json``: the labels a model saw are on disk even if training later fails, and they cannot
+depend on how many workers train. No torch and no Ray here (instance-dependent noise on a
+file-backed corpus streams its per-sample features through ``inputs.instance_features``).
+
+Captions: a corpus with its own caption table (an image-text set: ``split.captions``) pairs each
+image with its caption; a labelled corpus without one gets class-template captions
+(``benchmark.captions``). Caption swaps act on that table: the record keeps, per image, the
+index of the caption it trains with (``caption_source``), so a 15-million-pair corpus is never
+copied into the record; template captions are short and are kept as text too.
 """
 
 from __future__ import annotations
 
 import io
+from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -20,23 +31,63 @@ from benchmark.atomic import atomic_write, atomic_write_json
 from benchmark.errors import ConfigError
 from benchmark.pretrain.job import PretrainJob, check_job
 
+#: Thumbnail side (pixels) of the per-sample features that instance-dependent noise draws its
+#: flip directions from, on corpora of image files (array corpora use their raw pixels).
+INSTANCE_FEATURE_SIZE = 8
+
+
+@dataclass(frozen=True)
+class CorpusRef:
+    """Where the training images live: every worker re-opens the split from this (cheap: a
+    file list or an in-package array), so no image crosses the driver or the object store."""
+
+    name: str
+    data_root: str | None
+    indices: np.ndarray | None  # positions in the corpus' train split; None: all of it
+
+    def open(self) -> Any:
+        """The training split (an ``ImageSplit``) in this process."""
+        from benchmark.data import get_dataset
+
+        split = get_dataset(self.name, self.data_root).split("train")
+        return split if self.indices is None else split.subset(self.indices)
+
+
+@dataclass
+class LabelTable:
+    """One row per training sample, in training-set order (small: it goes to every worker).
+
+    ``targets``: the noisy label (supervised) or the index of the caption the image trains with
+    (clip); ``clean``: the true label (-1 where a corpus is unlabelled); ``noisy``: the label was
+    flipped or the caption swapped (the memorisation metrics split on it).
+    """
+
+    targets: np.ndarray
+    clean: np.ndarray
+    noisy: np.ndarray
+
+    def __len__(self) -> int:
+        return int(self.targets.shape[0])
+
 
 @dataclass
 class TrainingSet:
-    """The exact arrays one job trains on, plus its noise record.
+    """A job's training set: where its images are, its label table and its noise record."""
 
-    ``images`` is ``uint8 [N, C, H, W]`` (C = 1 grey or 3 colour); ``targets`` is the noisy
-    label vector (supervised) or the tokenised noisy captions ``int [N, L]`` (clip).
-    """
-
-    images: np.ndarray
-    targets: np.ndarray
-    clean_labels: np.ndarray
+    corpus: CorpusRef
+    labels: LabelTable
     classes: list[str]
-    indices: np.ndarray
     realised_ratio: float
     record: dict[str, np.ndarray]
     summary: dict[str, Any]
+    has_caption_table: bool = False  # clip: the corpus' own captions (else class templates)
+
+    @property
+    def indices(self) -> np.ndarray:
+        return self.record["indices"]
+
+    def __len__(self) -> int:
+        return len(self.labels)
 
 
 def subset_indices(n: int, train_subset: int | None, seed: int) -> np.ndarray:
@@ -51,33 +102,54 @@ def subset_indices(n: int, train_subset: int | None, seed: int) -> np.ndarray:
     return np.sort(rng.permutation(n)[: int(train_subset)]).astype(np.int64)
 
 
-def split_to_uint8(split: Any, image_size: int) -> np.ndarray:
-    """All images of a split as ``uint8 [N, C, H, W]``, without PIL when the split is an array.
+def array_images(split: Any) -> np.ndarray:
+    """An in-memory split's images as ``uint8 [N, C, H, W]`` (C = 1 grey or 3 colour).
 
-    Image splits that decode files may hold mixed sizes: those are resized to ``image_size``
-    here (once), array splits keep their native size and are resized on the device.
+    Only for splits that hold arrays (``split.arrays()``): the small embedded corpora, which a
+    worker keeps whole in memory (on its device when it fits) instead of decoding per sample.
     """
-    if hasattr(split, "arrays"):
-        images, _ = split.arrays()
-        images = np.asarray(images)
-        if images.dtype != np.uint8:
-            raise ConfigError(f"{split!r}: images must be uint8, got {images.dtype}")
-        if images.ndim == 3:
-            return np.ascontiguousarray(images[:, None])
-        if images.ndim == 4 and images.shape[-1] == 3:
-            return np.ascontiguousarray(images.transpose(0, 3, 1, 2))
-        raise ConfigError(f"{split!r}: arrays must be (N, H, W) or (N, H, W, 3), got "
-                          f"{images.shape}")
-    from PIL import Image
+    images, _ = split.arrays()
+    images = np.asarray(images)
+    if images.dtype != np.uint8:
+        raise ConfigError(f"{split!r}: images must be uint8, got {images.dtype}")
+    if images.ndim == 3:
+        return np.ascontiguousarray(images[:, None])
+    if images.ndim == 4 and images.shape[-1] == 3:
+        return np.ascontiguousarray(images.transpose(0, 3, 1, 2))
+    raise ConfigError(f"{split!r}: arrays must be (N, H, W) or (N, H, W, 3), got {images.shape}")
 
-    out = np.empty((len(split), 3, image_size, image_size), dtype=np.uint8)
-    for i in range(len(split)):
-        img, _ = split[i]
-        img = img.convert("RGB")
-        if img.size != (image_size, image_size):
-            img = img.resize((image_size, image_size), Image.Resampling.BILINEAR)
-        out[i] = np.asarray(img, dtype=np.uint8).transpose(2, 0, 1)
-    return out
+
+def clean_captions(split: Any, clean: np.ndarray, classes: list[str], seed: int) -> list[str]:
+    """The caption of every image before noise: the corpus' caption table, or class templates.
+
+    The driver draws the swaps on this list and every worker rebuilds it the same way.
+    """
+    captions = getattr(split, "captions", None)
+    if captions is not None:
+        return list(captions)
+    if not classes or (clean < 0).any():
+        raise ConfigError(f"{split!r} has neither captions nor class labels to make captions "
+                          "from; CLIP pre-training needs one of them")
+    from benchmark.captions import class_captions
+
+    return class_captions(clean, classes, seed=seed)
+
+
+def caption_sources(clean_texts: list[str], noisy_texts: list[str], mismatched: np.ndarray
+                    ) -> np.ndarray:
+    """Per image, the index of a sample whose clean caption is the text it now trains with.
+
+    ``swap_captions`` permutes texts among the mismatched pairs, so each of them takes the index
+    of one (distinct) mismatched pair holding that text; the others keep their own index.
+    """
+    source = np.arange(len(clean_texts), dtype=np.int64)
+    chosen = np.flatnonzero(mismatched)
+    holders: dict[str, list[int]] = defaultdict(list)
+    for j in chosen.tolist():
+        holders[clean_texts[j]].append(j)
+    for i in chosen.tolist():
+        source[i] = holders[noisy_texts[i]].pop()
+    return source
 
 
 def _npz_fields(write: Any) -> dict[str, np.ndarray]:
@@ -89,65 +161,79 @@ def _npz_fields(write: Any) -> dict[str, np.ndarray]:
         return {k: z[k] for k in z.files}
 
 
-def build_training_set(job: PretrainJob, tokenizer: Any = None) -> TrainingSet:
-    """Load the corpus subset and apply the job's seeded noise (no Ray involved).
+def _instance_features(split: Any, job: PretrainJob) -> np.ndarray:
+    """Per-sample features for instance-dependent noise: raw pixels of an array corpus (as the
+    noise has always been drawn there), or small thumbnails streamed from a file corpus."""
+    if hasattr(split, "arrays"):
+        images = array_images(split)
+        return images.reshape(len(images), -1).astype(np.float32) / 255.0
+    from benchmark.pretrain.inputs import instance_features
 
-    Supervised: ``flip_labels(labels, K, noise_ratio, noise_kind, seed)``. Clip: one caption
-    per image from class templates (``benchmark.captions``), then ``swap_captions`` with the
-    same seed, then tokenised with the model's own tokenizer.
+    return instance_features(split, INSTANCE_FEATURE_SIZE, job.loader_processes)
+
+
+def build_training_set(job: PretrainJob) -> TrainingSet:
+    """The job's corpus subset and label table with its seeded noise (no image decoded, except
+    thumbnails for instance-dependent noise on a file corpus).
+
+    Supervised: ``flip_labels(labels, K, noise_ratio, noise_kind, seed)``. Clip: the clean
+    captions (:func:`clean_captions`), then ``swap_captions`` with the same seed.
     """
-    from benchmark.data import get_dataset
     from benchmark.noise import flip_labels, swap_captions, transition_matrix
 
     check_job(job)
-    split = get_dataset(job.corpus, job.data_root).split("train")
+    ref = CorpusRef(job.corpus, job.data_root, None)
+    split = ref.open()
     idx = subset_indices(len(split), job.train_subset, job.seed)
     if len(idx) < len(split):
+        ref = CorpusRef(job.corpus, job.data_root, idx)
         split = split.subset(idx)
     clean = np.asarray(split.labels, dtype=np.int64)
     classes = list(split.classes)
-    images = split_to_uint8(split, job.image_size)
     base = {"objective": job.objective, "kind": job.noise_kind, "ratio": float(job.noise_ratio),
             "seed": int(job.seed), "n": int(len(clean)), "corpus": job.corpus,
             "classes": classes, "key": job.key}
     if job.objective == "supervised":
+        if not classes or (clean < 0).any():
+            raise ConfigError(f"pretrain job {job.name}: corpus {job.corpus!r} is unlabelled; "
+                              "supervised pre-training needs class labels (use objective: clip)")
         # Instance-dependent noise (Xia et al.) draws flip rates from the samples themselves:
-        # the raw pixels are the features, so the noise does not depend on any model.
-        feats = (images.reshape(len(images), -1).astype(np.float32) / 255.0
-                 if job.noise_kind == "instance" else None)
+        # the pixels are the features, so the noise does not depend on any model.
+        feats = _instance_features(split, job) if job.noise_kind == "instance" else None
         nr = flip_labels(clean, len(classes), float(job.noise_ratio), kind=job.noise_kind,
                          seed=job.seed, class_map=job.class_map, features=feats)
         record = {**_npz_fields(nr.to_npz), "indices": idx, "clean_labels": clean}
         summary = {**base, "realised_ratio": float(nr.realised_ratio),
                    "num_flipped": int(nr.flipped.sum())}
-        return TrainingSet(images, nr.noisy_labels.astype(np.int64), clean, classes, idx,
-                           float(nr.realised_ratio), record, summary)
+        table = LabelTable(nr.noisy_labels.astype(np.int64), clean, nr.flipped.astype(bool))
+        return TrainingSet(ref, table, classes, float(nr.realised_ratio), record, summary)
 
-    from benchmark.captions import class_captions
-
-    if tokenizer is None:
-        raise ConfigError(f"clip job {job.name}: a tokenizer is needed to encode captions")
-    captions = class_captions(clean, classes, seed=job.seed)
-    sw = swap_captions(captions, float(job.noise_ratio), seed=job.seed)
-    text_class = {c: y for c, y in zip(captions, clean.tolist())}
-    cap_labels = np.array([text_class[c] for c in sw.captions], dtype=np.int64)
-    tokens = np.asarray(tokenizer(sw.captions)).astype(np.int64)
-    record = {
-        "mismatched": sw.mismatched.astype(bool),
+    texts = clean_captions(split, clean, classes, job.seed)
+    own_table = getattr(split, "captions", None) is not None
+    sw = swap_captions(texts, float(job.noise_ratio), seed=job.seed)
+    mismatched = sw.mismatched.astype(bool)
+    source = caption_sources(texts, sw.captions, mismatched)
+    record: dict[str, np.ndarray] = {
+        "mismatched": mismatched, "caption_source": source,
         "realised_ratio": np.float64(sw.realised_ratio),
-        "transition": transition_matrix(clean, cap_labels, len(classes)),
         "kind": np.str_("swap"), "ratio": np.float64(job.noise_ratio),
         "seed": np.int64(job.seed), "indices": idx, "clean_labels": clean,
-        "caption_labels": cap_labels,
-        "clean_captions": np.array(captions, dtype=np.str_),
-        "captions": np.array(sw.captions, dtype=np.str_),
     }
     summary = {**base, "realised_ratio": float(sw.realised_ratio),
-               "num_mismatched": int(sw.mismatched.sum()),
-               # Swaps between two templates of one class change the text, not the class.
-               "num_class_mismatched": int((cap_labels != clean).sum())}
-    return TrainingSet(images, tokens, clean, classes, idx, float(sw.realised_ratio),
-                       record, summary)
+               "num_mismatched": int(mismatched.sum()), "captions": "corpus" if own_table
+               else "class templates"}
+    if classes and (clean >= 0).all():
+        cap_labels = clean[source]
+        record["caption_labels"] = cap_labels
+        record["transition"] = transition_matrix(clean, cap_labels, len(classes))
+        # Swaps between two templates of one class change the text, not the class.
+        summary["num_class_mismatched"] = int((cap_labels != clean).sum())
+    if not own_table:  # template captions: short, so the record shows them as text
+        record["clean_captions"] = np.array(texts, dtype=np.str_)
+        record["captions"] = np.array(sw.captions, dtype=np.str_)
+    table = LabelTable(source, clean, mismatched)
+    return TrainingSet(ref, table, classes, float(sw.realised_ratio), record, summary,
+                       has_caption_table=own_table)
 
 
 def write_noise_record(ts: TrainingSet, out_dir: Path) -> Path:

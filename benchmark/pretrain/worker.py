@@ -1,93 +1,67 @@
-"""Everything that runs inside a Ray Train worker: one data-parallel replica of a job.
+"""Everything that runs inside a Ray Train worker: one data-parallel replica of one or more jobs.
 
 Why it is shaped this way:
 
-- Every worker reads the whole ``uint8`` corpus from the object store (one shared array, never
-  re-pickled per worker) and each epoch takes its own shard: a seeded permutation of the
-  equal-sharded corpus, every ``world``-th index from its rank (:func:`epoch_shard`). The shards of
-  one epoch are disjoint and together cover the corpus; all ranks take the same number of steps.
-- ``batch_size`` is per worker. One optimiser step averages (DDP all-reduce) the gradients of
-  ``world`` batches, so the global batch is ``batch_size * world`` and an epoch has
-  ``ceil((N // world) / batch_size)`` steps.
-- Images are resized, repeated grey to RGB and normalised on the worker's device (GPU when
-  present) with the mean/std that the checkpoint stores and that the ``nmlbench`` backbone family
-  uses when it extracts features later (:func:`preprocess`).
-- Every epoch reports its metrics; rank 0 alone attaches a checkpoint (model, optimiser,
-  scheduler, epoch, metric history). A restarted worker group resumes from
-  ``ray.train.get_checkpoint()``, so the epoch counter continues instead of starting again.
+- A trainer runs a *list* of jobs in order (``cfg["jobs"]``): one job for a multi-worker run,
+  several small single-worker jobs in a row to pay Ray Train's start-up once for all of them
+  (``launch.py`` decides). The checkpoint carries the finished jobs' models and the current
+  job's full state, so a restarted worker group skips what is done and resumes the rest.
+- Each worker opens the corpus itself (``corpus.CorpusRef``) and reads only its own shard
+  (``inputs.py``): a seeded permutation of the equal-sharded corpus, every ``world``-th index
+  from its rank (:func:`epoch_shard`). The shards of one epoch are disjoint and together cover
+  the corpus; all ranks take the same number of steps. Only the label table (noisy targets,
+  true labels, the flipped / mismatched mask) comes from the driver, through the object store.
+- ``batch_size`` is per worker and micro-batch; ``grad_accum`` micro-batches make one optimiser
+  step (DDP all-reduces on the last one only), so the global batch is
+  ``batch_size * world * grad_accum``.
+- Images are normalised on the worker's device with the mean/std the checkpoint stores and the
+  ``nmlbench`` backbone family uses when it extracts features later (``recipe.preprocess``).
+- Every epoch reports its metrics (``recipe.epoch_metrics``, memorisation included) on every
+  rank; rank 0 alone attaches the checkpoint.
 - The metrics make the run auditable: ``batch_per_worker``, ``global_batch``,
   ``steps_per_epoch`` and, per rank, the images of its shard, an order-free digest of the shard's
-  indices (:func:`index_digest`: the ranks' digests add up to the digest of the whole corpus) and
-  a digest of its parameters (:func:`param_digest`: equal on all ranks while DDP keeps the
-  replicas in step).
+  indices (:func:`index_digest`: the ranks' digests add up to the digest of the whole corpus), a
+  digest of its parameters (:func:`param_digest`: equal on all ranks while DDP keeps the
+  replicas in step), its Ray node and its peak memory (and its loader processes').
 
-Fault injection (for tests and drills): when the train config holds ``fault_kill_after_epoch=k``,
-rank 0 SIGKILLs its own process right after the checkpoint of epoch ``k`` has been registered,
+Fault injection (for tests and drills): a job config holding ``fault_kill_after_epoch=k`` makes
+rank 0 SIGKILL its own process right after the checkpoint of epoch ``k`` has been registered,
 once per run (a marker file in the Ray run directory prevents a repeat after the restart).
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import math
 import os
 import signal
 import tempfile
 import time
-from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
-from benchmark.backbones.base import SUITE_MEAN, SUITE_STD
 from benchmark.errors import TrainingDiverged
+from benchmark.pretrain.recipe import (
+    CLIP_SUMS,
+    SUPERVISED_SUMS,
+    autocast_dtype,
+    build_model,
+    clamp_logit_scale,
+    clip_step,
+    epoch_metrics,
+    make_optimizer,
+    preprocess,
+    supervised_step,
+    unwrap,
+)
 
-#: Normalisation of suite-trained models (the backbones' SUITE_MEAN/STD: grey repeated to RGB,
-#: [0, 1] -> [-1, 1]); stored in model.pt, so the ``nmlbench`` family extracts features with
-#: exactly what training used.
-PRETRAIN_MEAN: tuple[float, float, float] = SUITE_MEAN
-PRETRAIN_STD: tuple[float, float, float] = SUITE_STD
 STATE_FILE = "state.pt"  # the one file of each Ray Train checkpoint
 _SNAPSHOT_FILE = "checkpoint_manager_snapshot.json"  # written by Ray Train V2 per registration
-_GPU_RESIDENT_BYTES = 2 << 30  # corpora up to 2 GiB live on the device; larger stay on the host
 _MASK64 = (1 << 64) - 1
-
-
-def preprocess(images: torch.Tensor, image_size: int, mean: Sequence[float],
-               std: Sequence[float]) -> torch.Tensor:
-    """``uint8 [B, C, H, W]`` -> normalised ``float32 [B, 3, S, S]`` on the images' device.
-
-    Matches ``benchmark.backbones.base.make_transform`` (antialiased bilinear resize of the
-    uint8 image, scale to [0, 1], normalise), grey repeated to RGB as ``ImageSplit`` does.
-    """
-    from torchvision.transforms.v2 import functional as TF
-
-    x = images
-    if x.shape[-2:] != (image_size, image_size):
-        x = TF.resize(x, [image_size, image_size], antialias=True)
-    x = x.float().div_(255.0)
-    if x.shape[1] == 1:
-        x = x.expand(-1, 3, -1, -1)
-    m = torch.tensor(mean, device=x.device, dtype=x.dtype).view(1, -1, 1, 1)
-    s = torch.tensor(std, device=x.device, dtype=x.dtype).view(1, -1, 1, 1)
-    return (x - m) / s
-
-
-def build_model(cfg: dict[str, Any]) -> tuple[torch.nn.Module, Any]:
-    """The job's freshly initialised model (seeded) and, for clip, its tokenizer."""
-    from benchmark import backbones
-
-    if cfg["objective"] == "supervised":
-        model = backbones.create_timm_classifier(
-            cfg["arch"], cfg["num_classes"], cfg["image_size"], cfg["seed"],
-            **cfg.get("model_kwargs", {}))
-        return model, None
-    model, tokenizer = backbones.create_open_clip_model(cfg["arch"], cfg["seed"],
-                                                        **(cfg.get("model_kwargs") or {}))
-    return model, tokenizer
 
 
 def epoch_shard(n: int, world: int, rank: int, seed: int, epoch: int) -> torch.Tensor:
@@ -126,14 +100,10 @@ def param_digest(model: torch.nn.Module) -> str:
     pass, so they legitimately differ across ranks after a step; parameters must not.
     """
     h = hashlib.sha256()
-    for name, p in _unwrap(model).named_parameters():
+    for name, p in unwrap(model).named_parameters():
         h.update(name.encode())
         h.update(p.detach().reshape(-1).cpu().contiguous().view(torch.uint8).numpy().tobytes())
     return h.hexdigest()[:16]
-
-
-def _unwrap(model: torch.nn.Module) -> torch.nn.Module:
-    return model.module if hasattr(model, "module") else model
 
 
 def _as_int64(value: int) -> int:
@@ -141,41 +111,36 @@ def _as_int64(value: int) -> int:
     return value - (1 << 64) if value >= (1 << 63) else value
 
 
+def _node_words() -> list[int]:
+    import ray
+
+    raw = bytes.fromhex(ray.get_runtime_context().get_node_id())[:32].ljust(32, b"\0")
+    return [int(v) for v in np.frombuffer(raw, dtype=np.int64)]
+
+
 def _rank_records(shard: torch.Tensor, model: torch.nn.Module, device: torch.device,
-                  world: int) -> list[dict[str, Any]]:
-    """Per rank: images in its shard, the shard's index digest, its parameter digest."""
+                  world: int, loader_mb: int) -> list[dict[str, Any]]:
+    """Per rank: images in its shard, the shard's index digest, its parameter digest, its Ray
+    node and its peak memory (its own and its largest loader process', MiB)."""
+    from benchmark.pretrain.inputs import peak_rss_mb
+
     local = torch.tensor([shard.numel(), _as_int64(index_digest(shard)),
-                          _as_int64(int(param_digest(model), 16))],
-                         dtype=torch.int64, device=device)
+                          _as_int64(int(param_digest(model), 16)), peak_rss_mb(), loader_mb,
+                          *_node_words()], dtype=torch.int64, device=device)
     parts = [local]
     if world > 1:
         import torch.distributed as dist
 
         parts = [torch.empty_like(local) for _ in range(world)]
         dist.all_gather(parts, local)
-    return [{"rank": r, "images": int(p[0]), "index_digest": f"{int(p[1]) & _MASK64:016x}",
-             "param_digest": f"{int(p[2]) & _MASK64:016x}"} for r, p in enumerate(parts)]
-
-
-def _clip_loss(out: Any, rank: int, world: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Symmetric InfoNCE over the global batch (features gathered with gradients) and the
-    number of local images whose top text is their own caption."""
-    if isinstance(out, dict):
-        img, txt, scale = out["image_features"], out["text_features"], out["logit_scale"]
-    else:
-        img, txt, scale = out[0], out[1], out[2]
-    if world > 1:
-        import torch.distributed.nn.functional as dnn
-
-        all_img = torch.cat(dnn.all_gather(img), 0)
-        all_txt = torch.cat(dnn.all_gather(txt), 0)
-    else:
-        all_img, all_txt = img, txt
-    target = torch.arange(img.shape[0], device=img.device) + rank * img.shape[0]
-    logits_i = scale * img @ all_txt.T
-    logits_t = scale * txt @ all_img.T
-    loss = 0.5 * (F.cross_entropy(logits_i, target) + F.cross_entropy(logits_t, target))
-    return loss, (logits_i.argmax(1) == target).sum()
+    out = []
+    for r, p in enumerate(parts):
+        v = p.tolist()
+        node = np.asarray(v[5:9], dtype=np.int64).tobytes().rstrip(b"\0").hex()
+        out.append({"rank": r, "images": int(v[0]), "index_digest": f"{v[1] & _MASK64:016x}",
+                    "param_digest": f"{v[2] & _MASK64:016x}", "peak_rss_mb": int(v[3]),
+                    "loader_peak_rss_mb": int(v[4]), "node": node})
+    return out
 
 
 def _wait_registered(run_dir: Path, checkpoint_name: str, timeout: float = 60.0) -> None:
@@ -192,55 +157,65 @@ def _wait_registered(run_dir: Path, checkpoint_name: str, timeout: float = 60.0)
         time.sleep(0.1)
 
 
-def _maybe_inject_fault(cfg: dict[str, Any], epoch: int, rank: int) -> None:
+def _maybe_inject_fault(cfg: dict[str, Any], run_dir: Path, name: str, tag: str, epoch: int,
+                        rank: int) -> None:
     k = cfg.get("fault_kill_after_epoch")
     if k is None or epoch != int(k) or rank != 0:
         return
-    run_dir = Path(cfg["run_dir"])
-    marker = run_dir / f"fault_injected_after_epoch_{epoch}"
+    marker = run_dir / f"fault_injected_{tag}after_epoch_{epoch}"
     if marker.exists():
         return
-    _wait_registered(run_dir, f"epoch_{epoch:04d}")
+    _wait_registered(run_dir, name)
     marker.touch()
     print(f"[nmlbench] fault injection: SIGKILL of worker pid {os.getpid()} after epoch {epoch}",
           flush=True)
     os.kill(os.getpid(), signal.SIGKILL)
 
 
-def _load_data(ref: Any, device: torch.device) -> tuple[torch.Tensor, ...]:
-    """Images, noisy targets and clean labels from the object store, on the device if small."""
-    import ray
-
-    data = ray.get(ref)
-    images = torch.from_numpy(np.array(data["images"]))  # writable copy of the shared array
-    targets = torch.from_numpy(np.array(data["targets"]))
-    clean = torch.from_numpy(np.array(data["clean"]))
-    if images.numel() <= _GPU_RESIDENT_BYTES:
-        images, targets, clean = images.to(device), targets.to(device), clean.to(device)
-    return images, targets, clean
-
-
-def _resume(cfg: dict[str, Any], model: torch.nn.Module, opt: torch.optim.Optimizer,
-            sched: Any, device: torch.device) -> tuple[int, list[dict[str, Any]], int]:
-    """(first epoch to train, metric history so far, epoch resumed from or -1)."""
+def _restored_state(keys: list[str], device: torch.device) -> dict[str, Any]:
+    """``{"done": {key: {...}}, "current": state or None}`` from Ray Train's latest checkpoint."""
     import ray.train
 
     ckpt = ray.train.get_checkpoint()
     if ckpt is None:
-        return 0, [], -1
+        return {"done": {}, "current": None}
     with ckpt.as_directory() as d:
         state = torch.load(Path(d) / STATE_FILE, map_location=device, weights_only=True)
-    model.load_state_dict(state["model"])
-    opt.load_state_dict(state["optimizer"])
-    sched.load_state_dict(state["scheduler"])
-    resumed_from = int(state["epoch"])
-    if cfg.get("progress"):
-        print(f"[nmlbench] {cfg['name']}: resuming after epoch {resumed_from}", flush=True)
-    return resumed_from + 1, list(state["history"]), resumed_from
+    if "done" not in state:  # a one-job checkpoint written before trainers ran job lists
+        return {"done": {}, "current": {**state, "key": keys[0]}}
+    return state
+
+
+class _Captions:
+    """Token ids of the caption each image trains with: template captions (a few distinct
+    texts) are tokenised once; a corpus' own caption table is tokenised batch by batch."""
+
+    def __init__(self, split: Any, table: Any, cfg: dict[str, Any], tokenizer: Any,
+                 device: torch.device) -> None:
+        from benchmark.pretrain.corpus import clean_captions
+
+        texts = clean_captions(split, table.clean, cfg["classes"], cfg["seed"])
+        self.source, self.tokenizer, self.device = table.targets, tokenizer, device
+        self.per_batch = bool(cfg.get("has_caption_table"))
+        if self.per_batch:
+            self.texts = texts
+        else:
+            unique, inverse = np.unique(np.asarray(texts, dtype=object), return_inverse=True)
+            self.tokens = torch.as_tensor(np.asarray(tokenizer(list(unique))), dtype=torch.int64,
+                                          device=device)
+            self.row = torch.as_tensor(inverse[self.source], device=device)
+
+    def __call__(self, pos: torch.Tensor) -> torch.Tensor:
+        if self.per_batch:
+            texts = [self.texts[int(self.source[p])] for p in pos.tolist()]
+            return torch.as_tensor(np.asarray(self.tokenizer(texts)), dtype=torch.int64).to(
+                self.device, non_blocking=True)
+        return self.tokens[self.row[pos.to(self.row.device)]]
 
 
 def train_loop_per_worker(cfg: dict[str, Any]) -> None:
-    """One Ray Train worker: build, shard, train, report a checkpoint every epoch, resume."""
+    """One Ray Train worker: train each job of ``cfg["jobs"]`` in turn (skipping finished ones,
+    resuming the interrupted one), reporting a checkpoint every epoch."""
     import ray.train
     import ray.train.torch
 
@@ -248,54 +223,110 @@ def train_loop_per_worker(cfg: dict[str, Any]) -> None:
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
     device = ray.train.torch.get_device()
+    jobs = list(cfg["jobs"])
+    state = _restored_state([j["key"] for j in jobs], device)
+    for j, job in enumerate(jobs):
+        if job["key"] in state["done"]:
+            continue
+        current = state["current"] if (state["current"] or {}).get("key") == job["key"] else None
+        try:
+            _train_job(job, j, len(jobs), cfg, state, current, rank, world, device)
+        except Exception as e:  # noqa: BLE001 - one job's failure must not sink its group
+            if len(jobs) == 1:
+                raise
+            state["done"][job["key"]] = {"error": f"{type(e).__name__}: {e}"}
+            state["current"] = None
+            _report(state, {"job": job["key"], "error": str(e)}, _ckpt_name(j, len(jobs), -1),
+                    rank)
+
+
+def _ckpt_name(j: int, n_jobs: int, epoch: int) -> str:
+    name = f"epoch_{epoch:04d}" if epoch >= 0 else "failed"
+    return name if n_jobs == 1 else f"job{j:02d}_{name}"
+
+
+def _train_job(cfg: dict[str, Any], j: int, n_jobs: int, run: dict[str, Any],
+               state: dict[str, Any], current: dict[str, Any] | None, rank: int, world: int,
+               device: torch.device) -> None:
+    """Train one job from scratch or from ``current``; its final epoch moves it to ``done``."""
+    import ray
+    import ray.train.torch
+
+    from benchmark.pretrain.inputs import make_input
+
+    t_job = time.perf_counter()
     supervised = cfg["objective"] == "supervised"
     seed = int(cfg["seed"])
     torch.manual_seed(seed)
-
-    images, targets, clean = _load_data(cfg["data"], device)
-    model, _ = build_model(cfg)
+    data = ray.get(cfg["data"])
+    split, table = data["corpus"].open(), data["labels"]
+    inp = make_input(split, cfg, device)
+    loaders = int(cfg.get("loader_workers", 0)) if inp.kind == "stream" else 0
+    torch.set_num_threads(max(1, int(run["torch_threads"]) - loaders))  # loaders take their share
+    model, tokenizer = build_model(cfg)
     model.to(device)
-    batch = int(cfg["batch_size"])  # per worker: one optimiser step sees batch * world images
-    steps_per_epoch = math.ceil((images.shape[0] // world) / batch)
+    channels_last = bool(cfg.get("channels_last")) and device.type == "cuda"
+    if channels_last:
+        model.to(memory_format=torch.channels_last)
+    batch, accum = int(cfg["batch_size"]), int(cfg.get("grad_accum", 1))
+    n = len(table)
+    micro = math.ceil((n // world) / batch)
+    steps_per_epoch = math.ceil(micro / accum)
     epochs = int(cfg["epochs"])
-    opt = torch.optim.AdamW(model.parameters(), lr=float(cfg["lr"]),
-                            weight_decay=float(cfg["weight_decay"]))
-    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(1, epochs * steps_per_epoch))
-    start_epoch, history, resumed_from = _resume(cfg, model, opt, sched, device)
+    opt, sched = make_optimizer(model, cfg, steps_per_epoch)
+    start_epoch, history, resumed_from = 0, [], -1
+    if current is not None:
+        model.load_state_dict(current["model"])
+        opt.load_state_dict(current["optimizer"])
+        sched.load_state_dict(current["scheduler"])
+        resumed_from = int(current["epoch"])
+        start_epoch, history = resumed_from + 1, list(current["history"])
+        if run.get("progress"):
+            print(f"[nmlbench] {cfg['name']}: resuming after epoch {resumed_from}", flush=True)
     model = ray.train.torch.prepare_model(model)
-    amp = device.type == "cuda"
+    on = inp.images.device if inp.kind == "array" else device
+    targets = torch.as_tensor(table.targets, device=on)
+    clean = torch.as_tensor(table.clean, device=on)
+    noisy = torch.as_tensor(table.noisy, device=on)
+    captions = None if supervised else _Captions(split, table, cfg, tokenizer, device)
+    amp = autocast_dtype(cfg.get("precision", "auto"), device)
     mean, std, size = cfg["mean"], cfg["std"], int(cfg["image_size"])
+    n_sums = len(SUPERVISED_SUMS if supervised else CLIP_SUMS)
+    run_dir = Path(run["run_dir"])
 
     for epoch in range(start_epoch, epochs):
         model.train()
-        shard = epoch_shard(images.shape[0], world, rank, seed, epoch).to(images.device)
-        # Running sums stay on the device (no host sync per step): loss, n, correct, clean.
-        sums = torch.zeros(4, dtype=torch.float64, device=device)
-        ones = torch.ones((), dtype=torch.float64, device=device)
+        shard = epoch_shard(n, world, rank, seed, epoch)
+        sums = torch.zeros(n_sums, dtype=torch.float64, device=device)
+        opt.zero_grad(set_to_none=True)
         t0 = time.perf_counter()
-        for step in range(steps_per_epoch):
-            idx = shard[step * batch:(step + 1) * batch]
-            x = preprocess(images[idx].to(device, non_blocking=True), size, mean, std)
-            y = targets[idx].to(device, non_blocking=True)
-            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
-                if supervised:
-                    logits = model(x)
-                    loss = F.cross_entropy(logits.float(), y)
-                    pred = logits.argmax(1)
-                    correct = (pred == y).sum()
-                    clean_ok = (pred == clean[idx].to(device)).sum()
-                else:
-                    loss, correct = _clip_loss(model(x, y), rank, world)
-                    clean_ok = torch.zeros((), device=device)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()  # DDP averages the gradients of all ranks here
-            opt.step()
-            sched.step()
-            if not supervised:
-                with torch.no_grad():  # the usual CLIP clamp: temperature at most 100
-                    _unwrap(model).logit_scale.clamp_(0, math.log(100.0))
-            sums += torch.stack([loss.detach().double() * len(idx), ones * len(idx),
-                                 correct.double(), clean_ok.double()])
+        for m, (x, pos) in enumerate(inp.batches(shard, batch, epoch)):
+            x = preprocess(x.to(device, non_blocking=True), size, mean, std)
+            if channels_last:
+                x = x.contiguous(memory_format=torch.channels_last)
+            group = m // accum
+            group_len = accum if (group + 1) * accum <= micro else micro - group * accum
+            last = (m + 1) % accum == 0 or m + 1 == micro
+            sync = model.no_sync() if (world > 1 and not last) else contextlib.nullcontext()
+            pos_on = pos.to(on, non_blocking=True)
+            cast = (torch.autocast(device.type, dtype=amp) if amp is not None
+                    else contextlib.nullcontext())
+            with sync:
+                with cast:
+                    if supervised:
+                        loss, s = supervised_step(model, x, targets[pos_on].to(device),
+                                                  clean[pos_on].to(device), noisy[pos_on].to(device))
+                    else:
+                        loss, s = clip_step(model(x, captions(pos)), noisy[pos_on].to(device),
+                                            rank, world)
+                (loss / group_len).backward()
+            if last:
+                opt.step()
+                sched.step()
+                opt.zero_grad(set_to_none=True)
+                if not supervised:
+                    clamp_logit_scale(model)
+            sums += s
         if device.type == "cuda":
             torch.cuda.synchronize()
         seconds = time.perf_counter() - t0
@@ -303,40 +334,50 @@ def train_loop_per_worker(cfg: dict[str, Any]) -> None:
             import torch.distributed as dist
 
             dist.all_reduce(sums)
-        loss_sum, n, correct, clean_ok = sums.tolist()
-        if not math.isfinite(loss_sum):
+        values = sums.tolist()
+        if not math.isfinite(values[0]):
             raise TrainingDiverged(
-                f"{cfg['name']}: loss became {loss_sum / n} in epoch {epoch} (lr {cfg['lr']}, "
-                f"batch {batch} per worker x {world}); lower lr or check the data")
-        metrics = {"epoch": epoch, "loss": loss_sum / n, "train_accuracy": correct / n,
-                   "seconds": seconds, "images_per_s": n / seconds,
+                f"{cfg['name']}: loss became {values[0] / values[1]} in epoch {epoch} (lr "
+                f"{cfg['lr']}, batch {batch} per worker x {world}); lower lr or check the data")
+        metrics = {"job": cfg["key"], "epoch": epoch, **epoch_metrics(cfg["objective"], values),
+                   "seconds": seconds, "images_per_s": values[1] / seconds,
                    "lr": float(sched.get_last_lr()[0]), "resumed_from_epoch": resumed_from,
-                   "world_size": world, "batch_per_worker": batch, "global_batch": batch * world,
-                   "steps_per_epoch": steps_per_epoch,
-                   "ranks": _rank_records(shard, model, device, world)}
-        if supervised:
-            metrics["clean_accuracy"] = clean_ok / n
+                   "world_size": world, "batch_per_worker": batch, "grad_accum": accum,
+                   "global_batch": batch * world * accum, "steps_per_epoch": steps_per_epoch,
+                   "input": inp.kind,
+                   "ranks": _rank_records(shard, model, device, world, inp.loader_peak_mb)}
         history.append(metrics)
-        if cfg.get("progress") and rank == 0:
-            print(f"[nmlbench] {cfg['name']} epoch {epoch + 1}/{epochs}: loss {metrics['loss']:.4f}"
-                  f" acc {metrics['train_accuracy']:.3f} {metrics['images_per_s']:.0f} img/s",
-                  flush=True)
-        _report(metrics, history, model, opt, sched, epoch, rank)
-        _maybe_inject_fault(cfg, epoch, rank)
+        if cfg.get("progress"):
+            print(f"[nmlbench] {cfg['name']}: epoch {epoch} loss {metrics['loss']:.4f} "
+                  f"({seconds:.1f} s)", flush=True)
+        final = epoch == epochs - 1
+        if rank == 0:
+            if final:
+                state["done"][cfg["key"]] = {"model": unwrap(model).state_dict(),
+                                             "history": history,
+                                             "seconds": time.perf_counter() - t_job}
+                state["current"] = None
+            else:
+                state["current"] = {"key": cfg["key"], "model": unwrap(model).state_dict(),
+                                    "optimizer": opt.state_dict(),
+                                    "scheduler": sched.state_dict(), "epoch": epoch,
+                                    "history": history}
+        elif final:
+            state["done"][cfg["key"]] = {}
+        name = _ckpt_name(j, n_jobs, epoch)
+        _report(state, metrics, name, rank)
+        _maybe_inject_fault(cfg, run_dir, name, "" if n_jobs == 1 else f"job{j:02d}_", epoch,
+                            rank)
 
 
-def _report(metrics: dict[str, Any], history: list[dict[str, Any]], model: torch.nn.Module,
-            opt: torch.optim.Optimizer, sched: Any, epoch: int, rank: int) -> None:
+def _report(state: dict[str, Any], metrics: dict[str, Any], name: str, rank: int) -> None:
     """Report the epoch on every rank; only rank 0 writes the checkpoint (one per epoch)."""
     import ray.train
 
-    name = f"epoch_{epoch:04d}"
     if rank != 0:
         ray.train.report(metrics, checkpoint=None, checkpoint_dir_name=name)
         return
     with tempfile.TemporaryDirectory() as d:
-        torch.save({"model": _unwrap(model).state_dict(), "optimizer": opt.state_dict(),
-                    "scheduler": sched.state_dict(), "epoch": epoch, "history": history},
-                   Path(d) / STATE_FILE)
+        torch.save(state, Path(d) / STATE_FILE)
         ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(d),
                          checkpoint_dir_name=name)
