@@ -163,7 +163,7 @@ def claims_markdown(runs: pd.DataFrame, suite: str) -> str:
              "(head seeds averaged first; claim 4: over every backbone x noise ratio x seed unit). "
              "Slopes: change per unit of noise ratio (x100 for accuracies). A finding holds only if "
              "its interval excludes 0 in the claimed direction. Where an interval includes 0, the last "
-             "column says how many replicates (pre-training seeds; for slopes, pre-training runs) "
+             "column says how many replicates (claims 1-2: pre-training seeds; claim 4: units; slopes: pre-training runs) "
              "would exclude 0 with 80 % probability if the observed effect and spread were the truth.", ""]
     for c in ("1", "2", "3", "4"):
         rows = found[c]
@@ -178,7 +178,7 @@ def claims_markdown(runs: pd.DataFrame, suite: str) -> str:
             scale = r.get("scale", 100.0)
             e = r["estimate"]
             need = e.seeds_needed() if e.verdict == "interval includes 0" else None
-            power = f"{need} ({'seeds' if e.kind == 'mean' else 'pre-training runs'})" if need else ""
+            power = f"{need} ({'replicates' if e.kind == 'mean' else 'pre-training runs'})" if need else ""
             lines.append(f"| {r['backbone']} | {r['what']} | {e.fmt(scale, 2 if scale == 100 else 4)} | "
                          f"{'yes' if r['held'] else 'no (' + e.verdict + ')'} | {power} |")
         held = sum(r["held"] for r in rows)
