@@ -201,6 +201,9 @@ def make_report_from_tracking(uri: str, experiment: str, out_dir: str | Path, su
     reader = TrackingReader(uri, experiment)
     df = suite_fits(reader, suite_name)
     paths = make_report(df, out_dir, suite_name, spectra=spectra_for(reader, df, spectra_task))
+    pretrains = reader.pretrain_records()
+    if pretrains:  # memorisation and learning curves of the suite's own pre-training
+        paths["pretrain_curves.png"] = plot_pretrain_curves(pretrains, Path(out_dir) / "pretrain_curves.png")
     if html:
         from benchmark.report_html import write_html_report
 
@@ -216,12 +219,16 @@ CURVE_LABELS = {
     "clean_accuracy": "accuracy on the true labels (%)",
     "noisy_fit": "flipped samples fitted to their noisy label (%)",
     "true_fit": "flipped samples fitted to their true label (%)",
+    "unflipped_accuracy": "accuracy on the samples whose label was kept (%)",
+    "matched_rank": "rank of the paired caption (0 first, 0.5 chance)",
+    "mismatched_rank": "rank of the swapped caption (falls as it is memorised)",
     "lr": "learning rate",
     "images_per_s": "training throughput (images / s)",
     "seconds": "epoch wall time (s)",
 }
 #: Per-epoch bookkeeping that is not a curve worth a panel.
-CURVE_SKIP = {"world_size", "resumed_from_epoch", "epoch"}
+CURVE_SKIP = {"world_size", "resumed_from_epoch", "epoch", "batch_per_worker", "global_batch", "grad_accum",
+              "steps_per_epoch"}
 
 
 def _is_fraction(metric: str) -> bool:
@@ -235,26 +242,38 @@ def curve_metrics(records: list[Any]) -> list[str]:
 
 
 def plot_pretrain_curves(records: list[Any], path: Path) -> Path:
-    """One panel per per-epoch metric the pre-training runs carry, one line per run.
+    """One panel per per-epoch metric the pre-training runs carry, one line per group.
 
     ``records`` are ``tracking.PretrainRecord`` (name, group, curves {metric: [(epoch, value)]}).
+    Runs of one group (backbone x noise ratio) are its seeds: drawn as their mean with the
+    min-max band, so the memorisation curves of a study with many seeds stay readable.
     Accuracies and fitted fractions are drawn in percent.
     """
     metrics = curve_metrics(records)
     if not metrics:
         return _empty(path, "no per-epoch pre-training metrics logged")
+    groups: dict[str, list[Any]] = {}
+    for r in records:
+        groups.setdefault(r.group or r.name, []).append(r)
     ncols = min(3, len(metrics))
     nrows = -(-len(metrics) // ncols)
     fig, axes = _figure(ncols, nrows, size=(4.4, 3.2))
     for i, metric in enumerate(metrics):
         ax = axes[i // ncols, i % ncols]
         scale = 100.0 if _is_fraction(metric) else 1.0
-        for r in records:
-            pts = r.curves.get(metric) or []
-            if pts:
-                x, y = zip(*pts)
-                label = f"{r.group} · p{r.params.get('seed', '?')}" if r.group else r.name
-                ax.plot(x, np.asarray(y) * scale, marker="o", markersize=3, label=label)
+        for label, runs in groups.items():
+            series = [dict(r.curves.get(metric) or []) for r in runs]
+            series = [s for s in series if s]
+            if not series:
+                continue
+            epochs = sorted(set().union(*series))
+            vals = np.array([[s.get(e, np.nan) for e in epochs] for s in series]) * scale
+            mean = np.nanmean(vals, axis=0)
+            line, = ax.plot(epochs, mean, marker="o", markersize=3,
+                            label=f"{label} ({len(series)} seeds)" if len(series) > 1 else label)
+            if len(series) > 1:
+                ax.fill_between(epochs, np.nanmin(vals, axis=0), np.nanmax(vals, axis=0),
+                                color=line.get_color(), alpha=0.15)
         ax.set_xlabel("epoch")
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set_ylabel(CURVE_LABELS.get(metric, metric + (" (%)" if scale == 100 else "")))

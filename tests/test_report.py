@@ -73,3 +73,27 @@ def test_report_from_mlflow_equals_report_from_the_frame(tmp_path):
     pd.testing.assert_frame_equal(csv, leaderboard(df), check_dtype=False, rtol=1e-12)
     assert set(Tracker(uri, "synthetic").load_spectra("a", pretrain_seed=0)) == {"net · noise 0%", "net · noise 10%"}
     check_figure(tmp_path / "report" / "spectra.png")
+
+
+def test_pretrain_curves_draw_each_group_as_its_seeds_mean_with_a_band(tmp_path, monkeypatch) -> None:
+    """Seeds of one backbone x noise group are one line (their mean) and a min-max band."""
+    from types import SimpleNamespace
+
+    import matplotlib.axes
+
+    from benchmark.report import plot_pretrain_curves
+
+    def rec(group: str, seed: int, fit: list[float]) -> SimpleNamespace:
+        return SimpleNamespace(name=f"{group}-{seed}", group=group, params={"seed": seed},
+                               curves={"noisy_fit": list(enumerate(fit)), "global_batch": [(0, 128.0), (1, 128.0)]})
+
+    records = [rec("net @ 30%", 0, [0.1, 0.5, 0.9]), rec("net @ 30%", 1, [0.1, 0.3, 0.7]),
+               rec("net @ 10%", 0, [0.0, 0.2, 0.4])]
+    lines, bands = [], []
+    plot, fill = matplotlib.axes.Axes.plot, matplotlib.axes.Axes.fill_between
+    monkeypatch.setattr(matplotlib.axes.Axes, "plot", lambda ax, x, y, **kw: lines.append((kw["label"], list(y))) or plot(ax, x, y, **kw))
+    monkeypatch.setattr(matplotlib.axes.Axes, "fill_between", lambda ax, x, lo, hi, **kw: bands.append((list(lo), list(hi))) or fill(ax, x, lo, hi, **kw))
+    check_figure(plot_pretrain_curves(records, tmp_path / "curves.png"))
+    # one panel (bookkeeping such as global_batch is not drawn), one line per group, in percent
+    assert lines == [("net @ 30% (2 seeds)", [10.0, 40.0, 80.0]), ("net @ 10%", [0.0, 20.0, 40.0])]
+    assert bands == [([10.0, 30.0, 70.0], [10.0, 50.0, 90.0])]
