@@ -255,6 +255,7 @@ def plot_pretrain_curves(records: list[Any], path: Path) -> Path:
     groups: dict[str, list[Any]] = {}
     for r in records:
         groups.setdefault(r.group or r.name, []).append(r)
+    colours = {label: f"C{i % 10}" for i, label in enumerate(groups)}  # one colour per group in every panel
     ncols = min(3, len(metrics))
     nrows = -(-len(metrics) // ncols)
     fig, axes = _figure(ncols, nrows, size=(4.4, 3.2))
@@ -269,7 +270,7 @@ def plot_pretrain_curves(records: list[Any], path: Path) -> Path:
             epochs = sorted(set().union(*series))
             vals = np.array([[s.get(e, np.nan) for e in epochs] for s in series]) * scale
             mean = np.nanmean(vals, axis=0)
-            line, = ax.plot(epochs, mean, marker="o", markersize=3,
+            line, = ax.plot(epochs, mean, marker="o", markersize=3, color=colours[label],
                             label=f"{label} ({len(series)} seeds)" if len(series) > 1 else label)
             if len(series) > 1:
                 ax.fill_between(epochs, np.nanmin(vals, axis=0), np.nanmax(vals, axis=0),
