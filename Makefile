@@ -34,11 +34,11 @@ bench: install
 
 study: install
 	$(BIN)/nmlbench run suites/embedded-study.yaml
-	$(BIN)/nmlbench report suites/embedded-study.yaml --out results/embedded-study
+	$(BIN)/nmlbench report suites/embedded-study.yaml --out results/embedded-study --html
 
 mobilenet: install
 	$(BIN)/nmlbench run suites/mobilenet.yaml
-	$(BIN)/nmlbench report suites/mobilenet.yaml --out results/mobilenet
+	$(BIN)/nmlbench report suites/mobilenet.yaml --out results/mobilenet --html
 
 clean:
 	rm -rf $(VENV) .nmlbench mlflow.db
