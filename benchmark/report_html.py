@@ -219,7 +219,7 @@ def write_html_report(reader: Any, suite: str, out_path: str | Path, *, fits: pd
         if figures is None:
             figures = make_report(fits, tmp, suite, spectra=spectra_for(reader, fits))
         pngs = {name: Path(p).read_bytes() for name, p in figures.items() if str(name).endswith(".png")}
-        if pretrains:
+        if pretrains and "pretrain_curves.png" not in pngs:  # make_report_from_tracking already drew it
             pngs["pretrain_curves.png"] = plot_pretrain_curves(pretrains, Path(tmp) / "curves.png").read_bytes()
     claims = claims_markdown(fits, suite)
     present = curve_metrics(pretrains)
