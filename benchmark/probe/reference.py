@@ -6,12 +6,15 @@ validation rows the probe selects on (best accuracy; ties to the lower validatio
 the smaller ``C``), scored on the test sets. Solved tightly (``tol`` 1e-6, up to 10,000
 iterations, warm-started along the grid in increasing ``C``) so that it is a converged optimum,
 on the features as given (``standardize=False``) or standardised with the training rows'
-statistics. ``tests/test_lp_converged.py`` and ``benchmarks/lp_vs_sklearn.py`` hold ``lp`` to it.
+statistics. ``tests/test_heads_real_features.py`` and ``benchmarks/lp_vs_sklearn.py`` hold ``lp`` to
+it through :func:`compare_lp_with_sklearn`, one pair per call, so that pairs can run in parallel
+processes.
 """
 
 from __future__ import annotations
 
 import warnings
+import time
 from collections.abc import Mapping
 from typing import Any
 
@@ -78,3 +81,38 @@ def tuned_logistic_regression(train: Split, val: Split, tests: Mapping[str, Spli
     return {"C": best[2], "val_accuracy": best[0], "test": best_tests,
             "test_accuracy": float(np.mean(list(best_tests.values()))),
             "curve": {"C": sorted(c_grid), "val_accuracy": curve_acc}}
+
+
+def compare_lp_with_sklearn(payload: Any, lp_hparams: Any, standardized: bool = False) -> dict[str, Any]:
+    """``lp``, the paper's ``lp_adamw`` and tuned sklearn on one pair's features, one thread.
+
+    ``payload``: a ``FeaturePayload`` (train, val, tests, class subsets). Test accuracies are the
+    mean over the pair's test sets. The row also holds both probes' fit records (``records``) and
+    the seconds each side took; with ``standardized`` sklearn is also run on standardised features.
+    """
+    import torch
+
+    from benchmark.heads import resolve_hparams
+    from benchmark.probe import FitRequest, fit_many
+    from benchmark.sweep import prepare_payload
+
+    torch.set_num_threads(1)
+    data = prepare_payload(payload)
+    t0 = time.perf_counter()
+    lp, paper = fit_many(data, [FitRequest(lp_hparams), FitRequest(resolve_hparams("lp_adamw"))])
+    tests = list(payload.tests)
+    row: dict[str, Any] = {"lp_seconds": time.perf_counter() - t0, "records": {"lp": lp, "lp_adamw": paper}}
+    for name, rec in (("lp", lp), ("lp_adamw", paper)):
+        if "error" in rec:
+            raise RuntimeError(f"{name}: {rec['error']}")
+        row[name] = sum(rec["eval"][t]["accuracy"] for t in tests) / len(tests)
+        row[f"{name}_val"] = rec["eval"]["val"]["accuracy"]
+    row.update(chosen_l2=lp["summary"]["chosen_l2"], converged=lp["summary"]["converged"],
+               at_edge=lp["summary"]["chosen_l2_at_edge"], iterations=lp["summary"]["lbfgs_iterations"])
+    t0 = time.perf_counter()
+    for label, std in (("sklearn", False), ("sklearn_std", True)) if standardized else (("sklearn", False),):
+        sk = tuned_logistic_regression(payload.train, payload.val, payload.tests, standardize=std,
+                                       class_subsets=payload.class_subsets)
+        row[label], row[f"{label}_C"], row[f"{label}_val"] = sk["test_accuracy"], sk["C"], sk["val_accuracy"]
+    row["sklearn_seconds"] = time.perf_counter() - t0
+    return row
