@@ -208,7 +208,7 @@ def make_report_from_tracking(uri: str, experiment: str, out_dir: str | Path, su
         from benchmark.report_html import write_html_report
 
         paths["report.html"] = write_html_report(reader, suite_name, Path(out_dir) / "report.html", fits=df,
-                                                 figures=paths)
+                                                 figures=paths, pretrains=pretrains)
     return list(paths.values())
 
 

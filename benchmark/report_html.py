@@ -202,11 +202,12 @@ def render_html(suite: str, rows: pd.DataFrame, figures: Mapping[str, bytes], cl
 
 
 def write_html_report(reader: Any, suite: str, out_path: str | Path, *, fits: pd.DataFrame | None = None,
-                      rows: pd.DataFrame | None = None, figures: Mapping[str, Path] | None = None) -> Path:
+                      rows: pd.DataFrame | None = None, figures: Mapping[str, Path] | None = None,
+                      pretrains: list | None = None) -> Path:
     """Read what the report needs through ``reader`` (a ``TrackingReader``) and write ``out_path``.
 
-    ``fits`` / ``rows`` / ``figures`` (the PNG paths ``report.make_report`` wrote) are reused when
-    given, else computed. Returns the path.
+    ``fits`` / ``rows`` / ``figures`` (the PNG paths ``report.make_report`` wrote) / ``pretrains``
+    (``reader.pretrain_records()``) are reused when given, else read or computed. Returns the path.
     """
     from benchmark.claims import claims_markdown
     from benchmark.report import CURVE_LABELS, curve_metrics, make_report, plot_pretrain_curves, spectra_for
@@ -214,7 +215,7 @@ def write_html_report(reader: Any, suite: str, out_path: str | Path, *, fits: pd
 
     fits = suite_fits(reader, suite) if fits is None else fits
     rows = leaderboard_rows(fits) if rows is None or "selected" not in rows.columns else rows
-    pretrains = reader.pretrain_records()
+    pretrains = reader.pretrain_records() if pretrains is None else pretrains
     with tempfile.TemporaryDirectory(prefix="nmlbench-html-") as tmp:
         if figures is None:
             figures = make_report(fits, tmp, suite, spectra=spectra_for(reader, fits))
