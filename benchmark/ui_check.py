@@ -154,8 +154,6 @@ def check_leaderboard_view(browser: Chromium, base_url: str, reader: Any, suite:
     return Check("mlflow leaderboard view", not problems, problems, errors, ignored, visit)
 
 
-# Table size, figures decoded, external resources; then click "ID acc" twice (ascending, then
-# descending: the page is left sorted best-first) and read the first value after each click.
 # Click the expander of the rows whose run ids are given, once each (the suite run, then one group
 # as it appears). Only these: a study of hundreds of fits, all expanded, pushes the groups out of
 # the grid's rendered window (it draws only the rows in view).
@@ -215,6 +213,8 @@ def check_study_view(browser: Chromium, base_url: str, reader: Any, suite: str,
     return Check("mlflow study view", not problems, problems, errors, ignored, visit)
 
 
+# Table size, figures decoded, external resources; then click "ID acc" twice (ascending, then
+# descending: the page is left sorted best-first) and read the first value after each click.
 _REPORT_STATE = """(() => {
   const t = document.querySelector('#leaderboard');
   const COL = t ? [...t.tHead.rows[0].children].findIndex(h => h.textContent.startsWith('ID acc')) : -1;

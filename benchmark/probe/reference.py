@@ -13,8 +13,8 @@ processes.
 
 from __future__ import annotations
 
-import warnings
 import time
+import warnings
 from collections.abc import Mapping
 from typing import Any
 
