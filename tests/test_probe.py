@@ -112,6 +112,25 @@ def test_lp_reaches_the_same_optimum_as_sklearn(standardize):
     assert res["eval"]["test"]["accuracy"] == pytest.approx(clf.score(scaled, y), abs=1e-12)
 
 
+def test_lp_grid_solved_one_value_at_a_time_is_the_same_probe():
+    """Batching the L2 grid changes its cost, not its answer: each value keeps its own L-BFGS
+    state, so solving the values one by one (the batching benchmark's baseline) lands on the same
+    optima, the same validation curve and the same chosen probe."""
+    from benchmark.probe.linear import fit_linear_probes
+
+    x, y = blobs(1200, 5, 12, spread=1.7, seed=4)
+    data = prepare_data(*split3(x, y), device="cpu")
+    hp = resolve_hparams("lp")
+    [batched] = fit_linear_probes(data, [FitRequest(hp)])
+    [alone] = fit_linear_probes(data, [FitRequest(hp)], batch_grid=False)
+    assert alone.curves["l2"] == batched.curves["l2"] and len(batched.curves["l2"]) > 15
+    assert alone.summary["chosen_l2"] == batched.summary["chosen_l2"]
+    assert alone.curves["val_accuracy_by_l2"] == batched.curves["val_accuracy_by_l2"]
+    np.testing.assert_allclose(alone.curves["train_loss_by_l2"], batched.curves["train_loss_by_l2"], rtol=1e-9)
+    with torch.no_grad():
+        np.testing.assert_allclose(alone.head(x)[0].numpy(), batched.head(x)[0].numpy(), atol=1e-4)
+
+
 def test_lp_grid_extends_past_an_edge_that_validation_picks():
     # Well separated classes: the weakest regularisation fits validation best (lower val loss),
     # so a grid that stops at 0.1 is extended downwards, two values at a time, at most twice.

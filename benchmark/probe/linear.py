@@ -312,23 +312,26 @@ class _Search:
 
 
 def _search(problem: _Problem, val_xa: torch.Tensor, val_y: torch.Tensor, subset: torch.Tensor | None,
-            hp: HParams) -> _Search:
+            hp: HParams, batch_grid: bool = True) -> _Search:
     """The coarse grid; while validation picks its lowest or highest value, :data:`EDGE_VALUES`
     more values past that edge at the same spacing (at most :data:`EDGE_EXTENSIONS` times); then
-    ``l2_refine`` values around the winner. Each stage is one batched solve; later stages start
-    from the winner so far."""
+    ``l2_refine`` values around the winner. Each stage is one batched solve (``batch_grid=False``:
+    one solve per value, in order); later stages start from the winner so far."""
     p, k = problem.shape
     dtype, dev = torch.float64, problem.xa.device
     out = _Search()
 
     def solve(values: list[float], theta0: torch.Tensor) -> None:
-        if not values:
-            return
-        l2 = torch.as_tensor(values, dtype=dtype, device=dev)
-        res = lbfgs(problem, l2, theta0, max_iter=int(hp.max_iter), tol=float(hp.tol), h0=problem.preconditioner(l2))
-        acc, loss = problem.scores(val_xa, val_y, res.theta, subset)
-        for i, v in enumerate(values):
-            out.add(v, float(acc[i]), float(loss[i]), res, i)
+        stages = [range(len(values))] if batch_grid else [range(i, i + 1) for i in range(len(values))]
+        for members in stages:
+            if not members:
+                continue
+            l2 = torch.as_tensor([values[i] for i in members], dtype=dtype, device=dev)
+            res = lbfgs(problem, l2, theta0[members.start:members.stop], max_iter=int(hp.max_iter), tol=float(hp.tol),
+                        h0=problem.preconditioner(l2))
+            acc, loss = problem.scores(val_xa, val_y, res.theta, subset)
+            for j, i in enumerate(members):
+                out.add(values[i], float(acc[j]), float(loss[j]), res, j)
 
     def from_best(count: int) -> torch.Tensor:
         return out.theta[out.best()].expand(count, p, k).clone()
@@ -353,7 +356,8 @@ def _search(problem: _Problem, val_xa: torch.Tensor, val_y: torch.Tensor, subset
     return out
 
 
-def _solve_problem(data: PreparedData, x: torch.Tensor, y: torch.Tensor, hp: HParams) -> TrainedHead:
+def _solve_problem(data: PreparedData, x: torch.Tensor, y: torch.Tensor, hp: HParams,
+                   batch_grid: bool = True) -> TrainedHead:
     """Select L2 on validation (or a holdout of the rows) and return the chosen probe."""
     k = data.num_classes
     if not bool(torch.isfinite(x).all()):
@@ -372,7 +376,7 @@ def _solve_problem(data: PreparedData, x: torch.Tensor, y: torch.Tensor, hp: HPa
         val_x, val_y = selection
         subset = data.class_subsets.get(data.selection)
     problem = _Problem.build(fit_x, fit_y, k, bool(hp.standardize))
-    search = _search(problem, problem.augment(val_x), val_y, subset, hp)
+    search = _search(problem, problem.augment(val_x), val_y, subset, hp, batch_grid)
     best = search.best()
     theta, trace, iters, conv, objective = (search.theta[best], search.trace[best], search.iterations[best],
                                             search.converged[best], search.objective[best])
@@ -402,11 +406,14 @@ def _solve_problem(data: PreparedData, x: torch.Tensor, y: torch.Tensor, hp: HPa
     return TrainedHead(head.eval(), hp, objective, iters, int(x.shape[0]), curves=curves, summary=summary)
 
 
-def fit_linear_probes(data: PreparedData, requests: list) -> list[TrainedHead | Exception]:
+def fit_linear_probes(data: PreparedData, requests: list, *, batch_grid: bool = True) -> list[TrainedHead | Exception]:
     """The registry's fitter for ``lp``: one probe per request, equal problems solved once.
 
     Requests with the same hyper-parameters and training rows are the same convex problem (the
     head seed plays no part), so they share one solve. A failing problem fails only its requests.
+    ``batch_grid=False`` solves the L2 values one at a time instead of as one batch: the same
+    solutions (each value keeps its own L-BFGS state either way), the baseline that the batching
+    benchmark (``benchmarks/test_bench_head_batch.py``) times the batched grid against.
     """
     results: list[TrainedHead | Exception] = []
     solved: dict[tuple, TrainedHead | Exception] = {}
@@ -419,7 +426,7 @@ def fit_linear_probes(data: PreparedData, requests: list) -> list[TrainedHead | 
                 if rows is not None:
                     r = torch.as_tensor(rows, device=data.device)
                     x, y = x[r], y[r]
-                solved[key] = _solve_problem(data, x, y, req.hparams)
+                solved[key] = _solve_problem(data, x, y, req.hparams, batch_grid)
             except Exception as err:  # noqa: BLE001 - reported for this problem's requests only
                 solved[key] = err
         results.append(solved[key])
