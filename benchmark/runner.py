@@ -14,6 +14,8 @@ re-run does only what is missing.
 from __future__ import annotations
 
 import json
+import queue
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -203,22 +205,59 @@ def _heads_stage(suite: Suite, missing: list[FitSpec], refs: dict[str, Any], tra
         return
     echo(f"[4/4] heads: {len(missing)} fits in {len(trials)} Ray Tune trials")
     sink = _TrackerSink(tracker, len(missing))
-    run_trials_on_ray(trials, refs, sink, storage_path=Path(suite.work_dir) / "ray_results",
-                      name=f"sweep-{suite.name}-{config_hash([t.trial_id for t in trials], 8)}",
-                      max_concurrent=concurrency, gpus_per_trial=(1.0 / concurrency) if use_gpu else 0.0)
+    try:
+        run_trials_on_ray(trials, refs, sink, storage_path=Path(suite.work_dir) / "ray_results",
+                          name=f"sweep-{suite.name}-{config_hash([t.trial_id for t in trials], 8)}",
+                          max_concurrent=concurrency, gpus_per_trial=(1.0 / concurrency) if use_gpu else 0.0)
+    except BaseException:
+        sink.close(raise_error=False)  # keep what finished, then let the sweep's own error through
+        raise
+    sink.close()
     run.fits_run, run.fits_failed, run.fit_seconds = sink.ok, sink.failed, sink.fit_seconds
 
 
 class _TrackerSink:
-    """Driver-side receiver of fit records: records them and shows progress."""
+    """Driver-side receiver of fit records: records them and shows progress.
+
+    Why a writer thread: Ray Tune calls the sink from its event loop, the loop that also starts
+    the next trial when one ends, and recording a fit run takes tens of milliseconds (journal
+    line, MLflow run with its curves). Written inline, each trial's ten or so records held a core
+    idle between trials; handed to one thread here, they are written while the next trial runs.
+    Still one writer (this thread) and the same order; ``close`` waits for the last record.
+    """
 
     def __init__(self, tracker: Any, total: int) -> None:
         from tqdm.auto import tqdm
 
         self.tracker, self.ok, self.failed, self.fit_seconds = tracker, 0, 0, 0.0
         self.bar = tqdm(total=total, desc="head fits", unit="fit", mininterval=1.0)
+        self.queue: queue.SimpleQueue[dict[str, Any] | None] = queue.SimpleQueue()
+        self.error: BaseException | None = None
+        self.thread = threading.Thread(target=self._drain, name="nmlbench-fit-records", daemon=True)
+        self.thread.start()
 
     def __call__(self, record: dict[str, Any]) -> None:
+        if self.error is not None:  # stop the sweep at the first record that could not be written
+            raise self.error
+        self.queue.put(record)
+
+    def close(self, raise_error: bool = True) -> None:
+        """Wait until every record handed over is written; re-raise a write that failed."""
+        self.queue.put(None)
+        self.thread.join()
+        self.bar.close()
+        if raise_error and self.error is not None:
+            raise self.error
+
+    def _drain(self) -> None:
+        while (record := self.queue.get()) is not None:
+            if self.error is None:
+                try:
+                    self._write(record)
+                except BaseException as err:  # noqa: BLE001 - raised in the driver by __call__ / close
+                    self.error = err
+
+    def _write(self, record: dict[str, Any]) -> None:
         if "error" in record:
             self.failed += 1
             self.tracker.log_fit(record)

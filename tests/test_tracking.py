@@ -214,3 +214,34 @@ def test_through_an_mlflow_server(tmp_path):
         assert reader.completed_keys("fit") == {"a", "b"} and reader.failures_frame().empty
         tracker.log_spectrum("net", "t", np.array([2.0, 1.0]))
         np.testing.assert_array_equal(reader.load_spectra("t")["net"], [2.0, 1.0])
+
+
+def test_sweep_sink_writes_records_in_order_off_the_callers_thread(db_uri, tmp_path):
+    """The heads stage hands fit records to one writer thread (Ray Tune's loop must not wait on
+    MLflow): every record handed over is in MLflow, in order, once ``close`` returns."""
+    from benchmark.runner import _TrackerSink
+
+    tracker = Tracker(db_uri, experiment="sink-order", journal=tmp_path / "journal.jsonl")
+    sink = _TrackerSink(tracker, total=6)
+    for i in range(6):
+        sink(fit_record(f"s{i}", val=0.5 + i / 100))
+    sink.close()
+    df = tracker.runs_frame("fit")
+    assert list(df.key) == [f"s{i}" for i in range(6)] and list(df.val_accuracy) == [0.5 + i / 100 for i in range(6)]
+    assert (sink.ok, sink.failed) == (6, 0) and not sink.thread.is_alive()
+
+
+def test_sweep_sink_stops_at_a_record_it_cannot_write_and_keeps_the_earlier_ones(db_uri, tmp_path):
+    from benchmark.runner import _TrackerSink
+
+    tracker = Tracker(db_uri, experiment="sink-error", journal=tmp_path / "journal.jsonl")
+    sink = _TrackerSink(tracker, total=3)
+    bad = fit_record("bad")
+    del bad["key"]  # a record the tracker cannot file
+    for rec in (fit_record("first"), bad, fit_record("after")):
+        sink(rec)
+    with pytest.raises(KeyError):
+        sink.close()
+    assert list(tracker.runs_frame("fit").key) == ["first"]  # written before; nothing after the failure
+    with pytest.raises(KeyError):
+        sink(fit_record("later"))  # the sweep's next record raises in the caller: the run stops there
