@@ -269,5 +269,3 @@ class _TrackerSink:
             self.fit_seconds += float(record["metrics"].get("fit_seconds", 0.0))
             self.tracker.log_fit(record)
         self.bar.update(1)
-        if self.bar.n >= self.bar.total:
-            self.bar.close()

@@ -74,40 +74,41 @@ def _matmul_flops(hparams, dim: int, classes: int, n_train: int) -> float:
     return 2 * (2 * first + 3 * rest) * n_train * hparams.epochs
 
 
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
+def _seconds_per_call(fn, device: torch.device, repeats: int) -> float:
+    """Mean wall seconds of ``fn()`` after one warm-up call, waiting for the device each side."""
+    def sync() -> None:
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
 
-
-def _bmm_rate(members: int, rows: int, dim: int, hidden: int, device: torch.device, repeats: int = 20) -> float:
-    """FLOP/s of one stacked product of the heads' own shape, (G, rows, dim) @ (G, dim, hidden)."""
-    a, b = torch.randn(members, rows, dim, device=device), torch.randn(members, dim, hidden, device=device)
-    torch.bmm(a, b)
-    _sync(device)
+    fn()
+    sync()
     t = time.perf_counter()
     for _ in range(repeats):
-        torch.bmm(a, b)
-    _sync(device)
-    return repeats * 2 * members * rows * dim * hidden / (time.perf_counter() - t)
+        fn()
+    sync()
+    return (time.perf_counter() - t) / repeats
 
 
-def _svd_seconds(members: int, rows: int, dim: int, steps: int, device: torch.device, repeats: int = 40) -> float:
+def _bmm_rate(members: int, rows: int, dim: int, hidden: int, device: torch.device) -> float:
+    """FLOP/s of one stacked product of the heads' own shape, (G, rows, dim) @ (G, dim, hidden)."""
+    a, b = torch.randn(members, rows, dim, device=device), torch.randn(members, dim, hidden, device=device)
+    return 2 * members * rows * dim * hidden / _seconds_per_call(lambda: torch.bmm(a, b), device, 20)
+
+
+def _svd_seconds(members: int, rows: int, dim: int, steps: int, device: torch.device) -> float:
     """Seconds ``steps`` NMTune steps of ``members`` heads spend in their spectral term alone:
     singular values of a (members, rows, dim) batch, forward and backward, as every step takes."""
     z = torch.randn(members, rows, dim, device=device, requires_grad=True)
-    torch.linalg.svdvals(z).sum().backward()
-    _sync(device)
-    t = time.perf_counter()
-    for _ in range(repeats):
-        torch.linalg.svdvals(z).sum().backward()
-    _sync(device)
-    return (time.perf_counter() - t) / repeats * steps
+    return steps * _seconds_per_call(lambda: torch.linalg.svdvals(z).sum().backward(), device, 40)
 
 
 def test_batched_head_fits_vs_one_at_a_time(benchmark, one_thread, pair_inputs):
     pair, payload = pair_inputs
     data = prepare_payload(payload)
     requests = [FitRequest(f.hparams, f.head_seed, f.train_rows) for f in pair.fits]
+    lp_pos = [i for i, r in enumerate(requests) if r.hparams.method == "lp"]
+    grad_pos = [i for i, r in enumerate(requests) if r.hparams.method != "lp"]
+    lp_reqs, grad_reqs = [requests[i] for i in lp_pos], [requests[i] for i in grad_pos]
     sw = benchutil.Stopwatch()
     out: dict[str, list] = {}
 
@@ -119,16 +120,14 @@ def test_batched_head_fits_vs_one_at_a_time(benchmark, one_thread, pair_inputs):
 
     def one_at_a_time() -> None:
         singles = {}
-        for part in ("lp", "gradient"):
+        for part, positions in (("lp", lp_pos), ("gradient", grad_pos)):
             with sw(f"one_at_a_time_{part}"):
-                singles.update({i: alone(r) for i, r in enumerate(requests) if (r.hparams.method == "lp") == (part == "lp")})
+                singles.update({i: alone(requests[i]) for i in positions})
         out["single"] = [singles[i] for i in range(len(requests))]
-        lp = [r for r in requests if r.hparams.method == "lp"]
         with sw("lp_grid_batched"):  # the LP alone, its grid batched: the old baseline's LP side
-            fit_many(data, lp)
-        grad = [r for r in requests if r.hparams.method != "lp"]
+            fit_many(data, lp_reqs)
         with sw("reference_trainer_gradient_heads"):
-            out["reference"] = [evaluate_head(train_head(data, r.hparams, seed=r.seed), data) for r in grad]
+            out["reference"] = [evaluate_head(train_head(data, r.hparams, seed=r.seed), data) for r in grad_reqs]
 
     def batched() -> None:
         with sw("batched"):
@@ -138,8 +137,7 @@ def test_batched_head_fits_vs_one_at_a_time(benchmark, one_thread, pair_inputs):
     # The rounding floor of "equal results": the reference trainer again, every training feature
     # moved by one unit in its last place. Whatever gap this shows is chaos, not a difference.
     nudged = dataclasses.replace(data, train_x=torch.nextafter(data.train_x, torch.full_like(data.train_x, math.inf)))
-    grad = [r for r in requests if r.hparams.method != "lp"]
-    nudged_ref = [evaluate_head(train_head(nudged, r.hparams, seed=r.seed), nudged) for r in grad]
+    nudged_ref = [evaluate_head(train_head(nudged, r.hparams, seed=r.seed), nudged) for r in grad_reqs]
 
     single, batch = out["single"], out["batched"]
     assert len(batch) == len(requests) and not any("error" in r for r in batch + single)
@@ -158,7 +156,6 @@ def test_batched_head_fits_vs_one_at_a_time(benchmark, one_thread, pair_inputs):
     t_lp = sum(b["seconds"] for r, b in zip(requests, batch) if r.hparams.method == "lp")
     groups = sorted({b["batch_members"] for b in batch})
     dim, classes = int(payload.train[0].shape[1]), int(data.num_classes)
-    grad_reqs = [r for r in requests if r.hparams.method != "lp"]
     n_rows = len(payload.train[1])
     flops = sum(_matmul_flops(r.hparams, dim, classes, len(r.rows) if r.rows is not None else n_rows)
                 for r in grad_reqs)
