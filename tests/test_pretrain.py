@@ -333,9 +333,12 @@ def trained(ray_cluster, image_root, tmp_path_factory):
         fault = pool.submit(run_pretrain_jobs, [FAULT_A, FAULT_B], work_fault, max_concurrent=1,
                             fault_kill_after_epoch=1, **RUN_KW)
         two = pool.submit(run_pretrain, two_job, work_two, **{**RUN_KW, "cpus_per_worker": 0.25})
-        results = run_pretrain_jobs([SUP, CLIP, BROKEN], work, max_concurrent=2, **RUN_KW)
+        events: list[tuple[str, ...]] = []
+        results = run_pretrain_jobs([SUP, CLIP, BROKEN], work, max_concurrent=2,
+                                    on_result=lambda r: events.append(("result", r.key)),
+                                    on_slot_free=lambda: events.append(("slot free",)), **RUN_KW)
         fault_results, two_result = fault.result(), two.result()
-    return {"work": work, "sup": results[0], "clip": results[1], "broken": results[2],
+    return {"work": work, "sup": results[0], "clip": results[1], "broken": results[2], "events": events,
             "fault": fault_results, "work_fault": work_fault, "two": two_result,
             "two_job": two_job, "work_two": work_two, "seconds": time.perf_counter() - t0}
 
@@ -453,6 +456,30 @@ def test_failed_job_is_reported_without_losing_the_others(trained) -> None:
     b = trained["broken"]
     assert not b.ok and "no_such_arch_xyz" in b.error
     assert trained["sup"].ok and trained["clip"].ok
+
+
+@pytest.mark.slow
+def test_each_freed_trainer_slot_is_offered_after_its_results(trained) -> None:
+    """[SUP, CLIP, BROKEN] on two slots are two trainer lists, none waiting: the first to end
+    reports its jobs, then offers its slot while the other still trains (the runner extracts
+    features there); the last end offers nothing, the stage is over."""
+    events = trained["events"]
+    assert sorted(e[1] for e in events if e[0] == "result") == sorted([SUP.key, CLIP.key, BROKEN.key])
+    slot = events.index(("slot free",))
+    assert events.count(("slot free",)) == 1 and 0 < slot < len(events) - 1
+
+
+def test_no_slot_is_offered_while_a_trainer_waits_to_start(ray_cluster, tmp_path) -> None:
+    """Three one-job lists on two slots: the first list to end hands its slot to the third, the
+    second offers its slot while the third runs, the last offers none. The jobs fail before Ray
+    Train (unknown architecture), so the order is the launcher's alone."""
+    broken = [replace(BROKEN, seed=s) for s in range(3)]
+    events: list[str] = []
+    results = run_pretrain_jobs(broken, tmp_path, max_concurrent=2, group_small=False,
+                                on_result=lambda r: events.append("result"),
+                                on_slot_free=lambda: events.append("slot free"), **RUN_KW)
+    assert all(not r.ok and "no_such_arch_xyz" in r.error for r in results)
+    assert events == ["result", "result", "slot free", "result"]
 
 
 @pytest.mark.slow

@@ -4,13 +4,13 @@ Why it is shaped this way:
 
 - Work is keyed by ``job.key``: ``work_dir/pretrain/<key>/done.json`` marks a finished job and a
   re-run returns it at once without starting Ray Train (:func:`load_done`).
-- Each ``TorchTrainer.fit`` pays a worker-group start-up (~17-20 s on a small machine), which
-  dwarfs the training of the embedded suites' small jobs. :func:`run_pretrain_jobs` therefore
-  runs the small jobs (one worker, no GPU) as job lists, at most ``max_concurrent`` trainers,
-  balanced by work (epochs x images) and each running its jobs in turn with a checkpoint per
-  job and epoch (``worker.py``); big jobs (several workers or GPUs) keep a trainer each. Up to
-  ``max_concurrent`` trainers run at once, each worker on ``cpus_per_worker`` torch threads, so
-  concurrent trainers do not fight over cores.
+- Each ``TorchTrainer.fit`` pays a worker-group start-up (10-13 s on a 2-core Zen 5, 17-20 s on
+  slower machines), which dwarfs the training of the embedded suites' small jobs.
+  :func:`run_pretrain_jobs` therefore runs the small jobs (one worker, no GPU) as job lists, at
+  most ``max_concurrent`` trainers, balanced by work (epochs x images) and each running its
+  jobs in turn with a checkpoint per job and epoch (``worker.py``); big jobs (several workers
+  or GPUs) keep a trainer each. Up to ``max_concurrent`` trainers run at once, each worker on
+  ``cpus_per_worker`` torch threads, so concurrent trainers do not fight over cores.
 - A restarted worker group (``FailureConfig(max_failures)``) resumes from the last checkpoint;
   re-running a job (or the same list of jobs) whose Ray run directory exists resumes from it.
 - Ray is started only through ``benchmark.ray_session.init_ray``.
@@ -254,6 +254,7 @@ def run_pretrain_jobs(
     *,
     max_concurrent: int = 2,
     on_result: Callable[[PretrainResult], None] | None = None,
+    on_slot_free: Callable[[], None] | None = None,
     group_small: bool = True,
     **kw: Any,
 ) -> list[PretrainResult]:
@@ -265,6 +266,12 @@ def run_pretrain_jobs(
     on. ``on_result`` is called in the calling thread as each job finishes (reused ones first),
     so the driver can log progress and records without waiting for the whole batch. ``kw`` goes
     to :func:`run_pretrain` (``storage_path``, ``max_failures``, ``cpus_per_worker`` ...).
+
+    ``on_slot_free`` is called in the calling thread, after ``on_result``, each time a trainer
+    finishes while others still run and none is left waiting to start: the resources it held
+    stay idle until the stage ends, so the caller may give them other work (the runner extracts
+    the features of the backbones finished so far). It is never called while a trainer still
+    waits for a slot, so that work cannot hold the CPUs or GPUs a trainer is about to ask for.
     """
     if max_concurrent < 1:
         raise ConfigError(f"max_concurrent must be >= 1, got {max_concurrent}")
@@ -285,14 +292,16 @@ def run_pretrain_jobs(
     if pending:
         init_ray()  # in this thread: ray.init must not run first inside a worker thread
     lists = trainer_lists(pending, max_concurrent, group_small)
-    with ThreadPoolExecutor(max_workers=min(max_concurrent, max(1, len(lists))),
-                            thread_name_prefix="nmlbench-pretrain") as pool:
+    slots = min(max_concurrent, max(1, len(lists)))
+    with ThreadPoolExecutor(max_workers=slots, thread_name_prefix="nmlbench-pretrain") as pool:
         futures = [pool.submit(_run_list, g, work_dir, **kw) for g in lists]
-        for fut in as_completed(futures):
+        for finished, fut in enumerate(as_completed(futures), start=1):
             for r in fut.result():
                 done[r.key] = r
                 if on_result is not None:
                     on_result(r)
+            if on_slot_free is not None and len(lists) - slots < finished < len(lists):
+                on_slot_free()  # no list took the slot, and other trainers still run
     return [done[j.key] if j is firsts[j.key] else _as_duplicate(done[j.key], j) for j in jobs]
 
 
