@@ -105,3 +105,9 @@ def payload_spectrum(payload: FeaturePayload) -> dict[str, np.ndarray]:
     from benchmark.spectrum import singular_values
 
     return {name: singular_values(x) for name, (x, _) in payload.tests.items()}
+
+
+def payload_summary(payload: FeaturePayload) -> dict[str, Any]:
+    """What the driver needs of a payload without fetching it: the test features' spectra (the
+    spectra figure) and the feature width (to run the heads' largest trials first)."""
+    return {"spectra": payload_spectrum(payload), "width": int(np.shape(payload.train[0])[1])}

@@ -301,6 +301,26 @@ def plan_trials(fits: Iterable[FitSpec], fits_per_trial: int) -> list[TrialPlan]
     return trials
 
 
+def largest_trials_first(trials: Sequence[TrialPlan], pairs: Sequence[PairPlan],
+                         widths: dict[str, int]) -> list[TrialPlan]:
+    """``trials`` ordered by their work, largest first (ties keep their order).
+
+    Why: trials run ``max_concurrent`` at a time, and a sweep ends when its last trial does; a
+    large trial left for the end runs alone while the other slots idle. Largest first leaves
+    only small trials to even out the slots' ends (longest-processing-time-first). The work of a
+    trial is estimated as the sum over its fits of training rows x feature width (``widths``:
+    pair key -> width; a pair without one counts as width 1). Only the order changes: every fit
+    is seeded and keyed by itself, so results are the same in any order.
+    """
+    rows = {p.key: len(p.task.train) for p in pairs}
+
+    def work(t: TrialPlan) -> int:
+        n = sum(len(f.train_rows) if f.train_rows is not None else rows.get(t.pair, 1) for f in t.fits)
+        return n * int(widths.get(t.pair, 1))
+
+    return sorted(trials, key=lambda t: -work(t))
+
+
 def rows_digest(rows: Sequence[int] | None) -> str:
     """A short digest of a row selection (``all`` when None), for logs and plan listings."""
     return "all" if rows is None else array_digest(np.asarray(rows, dtype=np.int64), 8)

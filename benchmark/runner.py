@@ -4,7 +4,9 @@ The plan (``benchmark.plan.make_plan``) decides everything; this module only exe
 the driver process that also owns the MLflow writer:
 1. pre-training jobs run as Ray Train fits (``benchmark.pretrain``), reused when done;
 2. features of each (backbone, task) pair with fits still to run are extracted by one Ray task
-   through the on-disk cache (``benchmark.extraction``) and stay in the object store;
+   per backbone through the on-disk cache (``benchmark.extraction``) and stay in the object
+   store; a backbone's task starts as soon as its pre-training is done and a trainer's slot is
+   free, while other backbones may still pre-train;
 3. head fits run as batched Ray Tune trials (``benchmark.sweep``);
 4. every finished job is recorded by the driver as it arrives (``benchmark.tracking``).
 Every job is keyed by a config hash, so an interrupted run loses only the work in flight and a
@@ -17,14 +19,15 @@ import json
 import queue
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from benchmark.config import Suite, check_data_available
 from benchmark.hashing import config_hash
-from benchmark.plan import FitSpec, PairPlan, Plan, make_plan, plan_trials
+from benchmark.plan import PairPlan, Plan, TrialPlan, largest_trials_first, make_plan, plan_trials
 
 Echo = Callable[[str], None]
 
@@ -41,6 +44,7 @@ class SuiteRun:
     pretrain_reused: int = 0
     pretrain_failed: list[str] = field(default_factory=list)
     pairs_extracted: int = 0
+    pairs_extracted_early: int = 0  # of those, started while pre-training still ran (in a trainer's freed slot)
     fits_total: int = 0
     fits_skipped: int = 0
     fits_run: int = 0
@@ -69,19 +73,26 @@ def run_suite(suite: Suite, *, address: str | None = None, tracking_uri: str | N
     plan = make_plan(suite)
     uri, experiment = tracking_uri or str(suite.tracking.uri), str(suite.tracking.experiment)
     # Records go to a journal in the work dir first: an MLflow outage never loses or stops them.
-    tracker = Tracker(uri, experiment, suite=suite.name, journal=journal_path(work, experiment), echo=echo)
+    # The store is opened (a new one created: ~2-3 s) in a thread while Ray starts (~5 s): each
+    # mostly waits on other processes or on disk, and neither needs the other.
+    with ThreadPoolExecutor(1, thread_name_prefix="nmlbench-tracker") as pool:
+        opening = pool.submit(Tracker, uri, experiment, suite=suite.name,
+                              journal=journal_path(work, experiment), echo=echo)
+        init_ray(address or suite.ray.address)
+        tracker = opening.result()
     run = SuiteRun(suite.name, uri, experiment, str(work), pretrain_total=len(plan.pretrain))
     echo(f"nmlbench: suite {suite.name!r}; MLflow {uri} (experiment {experiment!r}); work dir {work}")
 
-    init_ray(address or suite.ray.address)
     resources = cluster_resources()
     concurrency = max_concurrent or suite.ray.max_concurrent_trials
 
+    done = tracker.completed_keys("fit")
+    features = _FeatureTasks(plan, [p for p in plan.pairs if any(f.key not in done for f in p.fits)],
+                             use_gpu=resources["GPU"] > 0)
     t0 = time.perf_counter()
-    plan = _pretrain_stage(plan, tracker, run, concurrency, echo)
+    plan = _pretrain_stage(plan, tracker, run, concurrency, echo, features)
     run.seconds["pretrain"] = time.perf_counter() - t0
 
-    done = tracker.completed_keys("fit")
     missing = [f for f in plan.fits if f.key not in done]
     run.fits_total, run.fits_skipped = len(plan.fits), len(plan.fits) - len(missing)
     echo(f"[2/4] plan: {len(plan.backbones)} backbones x {len(plan.tasks)} tasks -> {len(plan.fits)} head fits, "
@@ -89,12 +100,13 @@ def run_suite(suite: Suite, *, address: str | None = None, tracking_uri: str | N
 
     t0 = time.perf_counter()
     pairs = [p for p in plan.pairs if any(f.pair == p.key for f in missing)]
-    refs = _features_stage(plan, pairs, tracker, use_gpu=resources["GPU"] > 0, echo=echo)
-    run.pairs_extracted = len(refs)
+    refs, widths = _features_stage(features, pairs, tracker, echo=echo)
+    run.pairs_extracted, run.pairs_extracted_early = len(refs), features.early
     run.seconds["features"] = time.perf_counter() - t0
 
     t0 = time.perf_counter()
-    _heads_stage(suite, missing, refs, tracker, run, concurrency, resources["GPU"] > 0, echo)
+    trials = largest_trials_first(plan_trials(missing, suite.ray.fits_per_trial), pairs, widths)
+    _heads_stage(suite, trials, len(missing), refs, tracker, run, concurrency, resources["GPU"] > 0, echo)
     run.seconds["heads"] = time.perf_counter() - t0
     # Deliver anything queued during an outage, then publish the leaderboard runs and the suite
     # run's table, figures and report (left for `nmlbench sync` if MLflow is still away).
@@ -110,8 +122,15 @@ def run_suite(suite: Suite, *, address: str | None = None, tracking_uri: str | N
 
 
 # -- stage 1 -----------------------------------------------------------------------------------
-def _pretrain_stage(plan: Plan, tracker: Any, run: SuiteRun, concurrency: int, echo: Echo) -> Plan:
-    """Run (or reuse) every pre-training job; the plan without the backbones whose job failed."""
+def _pretrain_stage(plan: Plan, tracker: Any, run: SuiteRun, concurrency: int, echo: Echo,
+                    features: _FeatureTasks) -> Plan:
+    """Run (or reuse) every pre-training job; the plan without the backbones whose job failed.
+
+    A backbone's feature extraction starts here, before the stage ends, once its job is done
+    and a trainer's slot is left free (``run_pretrain_jobs(on_slot_free=...)``): trainer lists
+    rarely end together (in the quick suite one ends 13 s before the other) and the idle core
+    extracts instead of waiting.
+    """
     if not plan.pretrain:
         return plan
     from benchmark.pretrain import run_pretrain_jobs
@@ -119,6 +138,7 @@ def _pretrain_stage(plan: Plan, tracker: Any, run: SuiteRun, concurrency: int, e
     echo(f"[1/4] pre-training: {len(plan.pretrain)} jobs (Ray Train)")
     logged = tracker.completed_keys("pretrain")
     failed: list[str] = []
+    finished: list[str] = []
 
     def on_result(r: Any) -> None:  # driver thread, as each job finishes
         if r.error:
@@ -126,6 +146,7 @@ def _pretrain_stage(plan: Plan, tracker: Any, run: SuiteRun, concurrency: int, e
             run.pretrain_failed.append(f"{r.job.name}: {r.error}")
             echo(f"      FAILED {r.job.name}: {r.error}")
             return
+        finished.append(r.key)
         run.pretrain_reused += int(bool(r.reused))
         if r.key not in logged:
             tracker.log_pretrain(r.job, r)
@@ -135,38 +156,80 @@ def _pretrain_stage(plan: Plan, tracker: Any, run: SuiteRun, concurrency: int, e
                                       f", realised noise {r.realised_ratio:.3f}")
         echo(f"      {'reused' if r.reused else 'trained'} {r.job.name}{detail}")
 
+    def on_slot_free() -> None:
+        started = features.start(finished)
+        if started:
+            echo(f"      features: extracting {started} pairs of finished backbones while pre-training goes on")
+
     run_pretrain_jobs(list(plan.pretrain), plan.work_dir, max_concurrent=min(concurrency, len(plan.pretrain)),
-                      on_result=on_result)
+                      on_result=on_result, on_slot_free=on_slot_free)
     return plan.without_backbones(failed)
 
 
 # -- stage 2 -----------------------------------------------------------------------------------
-def _features_stage(plan: Plan, pairs: list[PairPlan], tracker: Any, *, use_gpu: bool,
-                    echo: Echo) -> dict[str, Any]:
-    """One Ray task per backbone extracts (or reads back) the features of its pairs; pair key -> ObjectRef."""
+class _FeatureTasks:
+    """Stage 2's Ray tasks: one per backbone extracts (or reads back) the features of its pairs.
+
+    Started per backbone, so that a backbone's extraction can begin while other backbones still
+    pre-train (``start``); ``refs`` maps pair key -> ObjectRef of its payload.
+    """
+
+    def __init__(self, plan: Plan, pairs: list[PairPlan], *, use_gpu: bool) -> None:
+        self.cache = str(plan.work_dir / "features")
+        self.args = (self.cache, plan.data_root, plan.normalize_features)
+        self.groups: dict[str, list[PairPlan]] = {}
+        for p in pairs:
+            self.groups.setdefault(p.backbone.key, []).append(p)
+        self.opts = {"num_cpus": 1, "num_gpus": 1 if use_gpu else 0, "max_retries": 1}
+        self.tasks: tuple[Any, Any] | None = None  # the remote functions, made on first use
+        self.refs: dict[str, Any] = {}
+        self.started: set[str] = set()
+        self.early = 0  # pairs started before ``wait`` (during pre-training)
+
+    def start(self, backbone_keys: Iterable[str], *, early: bool = True) -> int:
+        """Submit the extraction of each backbone not started yet; the number of pairs submitted."""
+        if self.tasks is None:
+            import ray
+
+            from benchmark.extraction import extract_backbone, extract_payload
+
+            self.tasks = ray.remote(**self.opts)(extract_backbone), ray.remote(**self.opts)(extract_payload)
+        many, one = self.tasks
+        n = 0
+        for key in backbone_keys:
+            group = self.groups.get(key)
+            if not group or key in self.started:
+                continue
+            self.started.add(key)
+            if len(group) == 1:  # with one return Ray would store the 1-tuple itself
+                self.refs[group[0].key] = one.remote(group[0], *self.args)
+            else:
+                many_out = many.options(num_returns=len(group)).remote(group, *self.args)
+                self.refs.update(zip((p.key for p in group), many_out))
+            n += len(group)
+        self.early += n if early else 0
+        return n
+
+    def wait(self, pairs: list[PairPlan]) -> dict[str, Any]:
+        """Start what is not started yet, wait for every pair of ``pairs``; pair key -> ObjectRef."""
+        self.start(dict.fromkeys(p.backbone.key for p in pairs), early=False)
+        refs = {p.key: self.refs[p.key] for p in pairs}
+        _wait_all(refs)
+        return refs
+
+
+def _features_stage(features: _FeatureTasks, pairs: list[PairPlan], tracker: Any, *,
+                    echo: Echo) -> tuple[dict[str, Any], dict[str, int]]:
+    """The features of ``pairs`` (some maybe started during pre-training), their spectra logged;
+    (pair key -> ObjectRef of its payload, pair key -> feature width)."""
     if not pairs:
-        return {}
-    import ray
-
-    from benchmark.extraction import extract_backbone, extract_payload
-
-    cache = str(plan.work_dir / "features")
-    groups: dict[str, list[PairPlan]] = {}
-    for p in pairs:
-        groups.setdefault(p.backbone.key, []).append(p)
-    opts = {"num_cpus": 1, "num_gpus": 1 if use_gpu else 0, "max_retries": 1}
-    many, one = ray.remote(**opts)(extract_backbone), ray.remote(**opts)(extract_payload)
-    refs: dict[str, Any] = {}
-    for group in groups.values():
-        args = (cache, plan.data_root, plan.normalize_features)
-        if len(group) == 1:  # with one return Ray would store the 1-tuple itself
-            refs[group[0].key] = one.remote(group[0], *args)
-        else:
-            refs.update(zip((p.key for p in group), many.options(num_returns=len(group)).remote(group, *args)))
-    echo(f"[3/4] features: {len(refs)} (backbone, task) pairs of {len(groups)} backbones, cached under {cache}")
-    _wait_all(refs)
-    _log_spectra(tracker, refs, {p.key: p for p in pairs})
-    return refs
+        return {}, {}
+    backbones = len({p.backbone.key for p in pairs})
+    early = f", {features.early} started during pre-training" if features.early else ""
+    echo(f"[3/4] features: {len(pairs)} (backbone, task) pairs of {backbones} backbones{early}, "
+         f"cached under {features.cache}")
+    refs = features.wait(pairs)
+    return refs, _log_spectra(tracker, refs, {p.key: p for p in pairs})
 
 
 def _wait_all(refs: dict[str, Any]) -> None:
@@ -181,30 +244,34 @@ def _wait_all(refs: dict[str, Any]) -> None:
             bar.update(len(ready))
 
 
-def _log_spectra(tracker: Any, refs: dict[str, Any], pairs: dict[str, PairPlan]) -> None:
+def _log_spectra(tracker: Any, refs: dict[str, Any], pairs: dict[str, PairPlan]) -> dict[str, int]:
+    """Log each pair's test spectra (computed where the payload lives); pair key -> feature width."""
     import ray
 
-    from benchmark.extraction import payload_spectrum
+    from benchmark.extraction import payload_summary
 
-    spec_task = ray.remote(num_cpus=1)(payload_spectrum)
-    out = {key: spec_task.remote(ref) for key, ref in refs.items()}
+    summary_task = ray.remote(num_cpus=1)(payload_summary)
+    out = {key: summary_task.remote(ref) for key, ref in refs.items()}
+    widths: dict[str, int] = {}
     for key, ref in out.items():
-        pair = pairs[key]
-        for name, values in ray.get(ref).items():
+        pair, summary = pairs[key], ray.get(ref)
+        widths[key] = summary["width"]
+        for name, values in summary["spectra"].items():
             task = pair.task.name if name == "test" else f"{pair.task.name}/{name}"
             tracker.log_spectrum(pair.backbone.params, task, values)
+    return widths
 
 
 # -- stage 3 -----------------------------------------------------------------------------------
-def _heads_stage(suite: Suite, missing: list[FitSpec], refs: dict[str, Any], tracker: Any, run: SuiteRun,
-                 concurrency: int, use_gpu: bool, echo: Echo) -> None:
+def _heads_stage(suite: Suite, trials: list[TrialPlan], n_fits: int, refs: dict[str, Any], tracker: Any,
+                 run: SuiteRun, concurrency: int, use_gpu: bool, echo: Echo) -> None:
+    """Run the trials in their order (``largest_trials_first``), recording fits as they arrive."""
     from benchmark.sweep import run_trials_on_ray
 
-    trials = plan_trials(missing, suite.ray.fits_per_trial)
     if not trials:
         return
-    echo(f"[4/4] heads: {len(missing)} fits in {len(trials)} Ray Tune trials")
-    sink = _TrackerSink(tracker, len(missing))
+    echo(f"[4/4] heads: {n_fits} fits in {len(trials)} Ray Tune trials, largest first")
+    sink = _TrackerSink(tracker, n_fits)
     try:
         run_trials_on_ray(trials, refs, sink, storage_path=Path(suite.work_dir) / "ray_results",
                           name=f"sweep-{suite.name}-{config_hash([t.trial_id for t in trials], 8)}",

@@ -172,7 +172,8 @@ def run_trials_on_ray(plans: Sequence[TrialPlan], payload_refs: dict[str, Any], 
     """Run trial plans as Ray Tune trials; ``sink`` receives each fit record in the driver.
 
     ``payload_refs`` maps pair id -> ObjectRef of a ``FeaturePayload`` already in the object
-    store; ``tune.with_parameters`` ships the (small) ref dict once, not per trial.
+    store; ``tune.with_parameters`` ships the (small) ref dict once, not per trial. Trials start
+    in the order of ``plans`` (the runner puts the largest first: ``plan.largest_trials_first``).
     """
     if not plans:
         return
@@ -189,7 +190,7 @@ def run_trials_on_ray(plans: Sequence[TrialPlan], payload_refs: dict[str, Any], 
     trainable = tune.with_resources(trainable, {"cpu": 1, "gpu": gpus_per_trial})
     tuner = tune.Tuner(
         trainable,
-        param_space={"trial": tune.grid_search(sorted(plan_map))},
+        param_space={"trial": tune.grid_search([p.trial_id for p in plans])},  # Tune starts them in this order
         tune_config=tune.TuneConfig(max_concurrent_trials=max_concurrent, reuse_actors=True),
         run_config=tune.RunConfig(
             name=name,

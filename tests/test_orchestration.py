@@ -96,6 +96,9 @@ def test_submit_to_a_real_ray_head_and_read_rows_back(tmp_path: Path) -> None:
     frame = _finished_fits(uri, "submitted")
     # 1 pre-trained backbone x 2 tasks x (lp + mlp + 2 nmtune) x 2 seeds
     assert len(frame) == 16
+    # One trainer: no slot is free while pre-training goes on, both pairs are extracted after it.
+    (summary,) = [json.loads(p.read_text()) for p in (tmp_path / "work" / "runs").glob("*.json")]
+    assert (summary["pairs_extracted"], summary["pairs_extracted_early"]) == (2, 0)
     assert set(frame["task"]) == {"sklearn-digits", "digits-from-fonts"}
     assert set(frame["noise_ratio"].astype(float)) == {0.2}
     assert frame["key"].is_unique

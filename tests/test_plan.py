@@ -25,6 +25,7 @@ from benchmark.plan import (
     FitSpec,
     fit_key,
     head_grid,
+    largest_trials_first,
     make_plan,
     plan_trials,
     pretrain_jobs,
@@ -145,6 +146,26 @@ def test_plan_trials_batches_per_pair():
     assert all(len({f.pair for f in t.fits}) == 1 for t in trials)
     assert sorted(f.key for t in trials for f in t.fits) == sorted(f.key for f in fits)
     assert [t.trial_id for t in trials] == [t.trial_id for t in plan_trials(list(reversed(fits)), 2)]
+
+
+def test_largest_trials_run_first_by_rows_times_width(tmp_path):
+    """The quick suite's trials with its extracted widths (CNN 96, tiny CLIP 64; the CLIP trials
+    took 5-12 s, the CNN ones 8-22 s): every CNN trial comes before every CLIP one, and within a
+    backbone sklearn-digits (fewer training rows) comes last; the same trials, only reordered."""
+    plan = make_plan(load_suite(SUITES / "quick.yaml").override(work_dir=tmp_path))
+    trials = plan_trials(plan.fits, 10)
+    widths = {p.key: 64 if "clip" in p.backbone.display else 96 for p in plan.pairs}
+    ordered = largest_trials_first(trials, plan.pairs, widths)
+    assert sorted(t.trial_id for t in ordered) == sorted(t.trial_id for t in trials)
+    pair = {p.key: p for p in plan.pairs}
+    names = [(pair[t.pair].backbone.display, pair[t.pair].task.name) for t in ordered]
+    assert [b for b, _ in names] == ["test_resnet-sup"] * 30 + ["tiny-clip"] * 12
+    rows = [len(pair[t.pair].task.train) * len(t.fits) * widths[t.pair] for t in ordered]
+    assert rows == sorted(rows, reverse=True)
+    assert [task for _, task in names[25:30]] == ["sklearn-digits"] * 5
+    # A pair whose width is unknown counts as width 1: it goes last, nothing is dropped.
+    unknown = largest_trials_first(trials, plan.pairs, {k: v for k, v in widths.items() if k != trials[0].pair})
+    assert unknown[-1].pair == trials[0].pair and len(unknown) == len(trials)
 
 
 def test_plan_status_counts_what_earlier_runs_left(tmp_path, quick):
