@@ -81,11 +81,16 @@ def breakdown(work_dir: str | Path, concurrency: int, wall_seconds: float | None
     mlflow = mlflow_write_seconds(run["tracking_uri"], run["experiment"])
     useful = {"pretrain": steps / concurrency, "features": extract / concurrency, "heads": fits / concurrency}
     overhead = {k: float(sec[k]) - useful[k] for k in useful}
+    # Publishing the leaderboard (runs, table, figures, report) is neither training, extraction
+    # nor fitting: overhead, like the fixed steps of "other". Before 2026-12-02 it was left out
+    # of both sides, which understated the share by its ~5 s.
+    overhead["publish"] = float(sec.get("publish", 0.0))
     overhead["other"] = float(sec["other"])
+    phases = ("pretrain", "features", "heads", "publish", "other")
     out = {
         "total_seconds": total,
-        "phase_seconds": {k: float(sec[k]) for k in ("pretrain", "features", "heads", "other")},
-        "phase_share": {k: float(sec[k]) / total for k in ("pretrain", "features", "heads", "other")},
+        "phase_seconds": {k: float(sec.get(k, 0.0)) for k in phases},
+        "phase_share": {k: float(sec.get(k, 0.0)) / total for k in phases},
         "concurrency": concurrency,
         "pretrain": {
             "jobs": len(jobs), "sum_step_seconds": steps, "sum_job_seconds": sum(j["seconds"] for j in jobs),

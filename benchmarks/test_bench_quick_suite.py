@@ -4,8 +4,9 @@
 is reused. ``suite_profile.breakdown`` then splits the wall time by phase and, inside each
 phase, into useful work (training steps, feature extraction, head fits, each summed and divided
 by the concurrency) and overhead. The headline is the overhead share: everything that is not
-useful work, with a target of at most 15 %. Afterwards the pieces of the "other" phase (imports,
-Ray start, MLflow store creation, planning) are timed one by one in a fresh interpreter.
+useful work (publishing the leaderboard included), with a target of at most 15 %. Afterwards the
+pieces of the "other" phase (imports, Ray start, MLflow store creation, planning) are timed one by
+one in a fresh interpreter (each alone: the run opens the store while Ray starts).
 """
 
 from __future__ import annotations
