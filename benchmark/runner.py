@@ -100,8 +100,9 @@ def run_suite(suite: Suite, *, address: str | None = None, tracking_uri: str | N
 
     t0 = time.perf_counter()
     pairs = [p for p in plan.pairs if any(f.pair == p.key for f in missing)]
-    refs, widths = _features_stage(features, pairs, tracker, echo=echo)
-    run.pairs_extracted, run.pairs_extracted_early = len(refs), features.early
+    early = len(features.refs)  # the pairs started in a trainer's freed slot, during pre-training
+    refs, widths = _features_stage(features, pairs, tracker, early=early, echo=echo)
+    run.pairs_extracted, run.pairs_extracted_early = len(refs), early
     run.seconds["features"] = time.perf_counter() - t0
 
     t0 = time.perf_counter()
@@ -182,11 +183,9 @@ class _FeatureTasks:
             self.groups.setdefault(p.backbone.key, []).append(p)
         self.opts = {"num_cpus": 1, "num_gpus": 1 if use_gpu else 0, "max_retries": 1}
         self.tasks: tuple[Any, Any] | None = None  # the remote functions, made on first use
-        self.refs: dict[str, Any] = {}
-        self.started: set[str] = set()
-        self.early = 0  # pairs started before ``wait`` (during pre-training)
+        self.refs: dict[str, Any] = {}  # of the pairs started so far
 
-    def start(self, backbone_keys: Iterable[str], *, early: bool = True) -> int:
+    def start(self, backbone_keys: Iterable[str]) -> int:
         """Submit the extraction of each backbone not started yet; the number of pairs submitted."""
         if self.tasks is None:
             import ray
@@ -198,35 +197,33 @@ class _FeatureTasks:
         n = 0
         for key in backbone_keys:
             group = self.groups.get(key)
-            if not group or key in self.started:
+            if not group or group[0].key in self.refs:
                 continue
-            self.started.add(key)
             if len(group) == 1:  # with one return Ray would store the 1-tuple itself
                 self.refs[group[0].key] = one.remote(group[0], *self.args)
             else:
                 many_out = many.options(num_returns=len(group)).remote(group, *self.args)
                 self.refs.update(zip((p.key for p in group), many_out))
             n += len(group)
-        self.early += n if early else 0
         return n
 
     def wait(self, pairs: list[PairPlan]) -> dict[str, Any]:
         """Start what is not started yet, wait for every pair of ``pairs``; pair key -> ObjectRef."""
-        self.start(dict.fromkeys(p.backbone.key for p in pairs), early=False)
+        self.start(dict.fromkeys(p.backbone.key for p in pairs))
         refs = {p.key: self.refs[p.key] for p in pairs}
         _wait_all(refs)
         return refs
 
 
-def _features_stage(features: _FeatureTasks, pairs: list[PairPlan], tracker: Any, *,
+def _features_stage(features: _FeatureTasks, pairs: list[PairPlan], tracker: Any, *, early: int,
                     echo: Echo) -> tuple[dict[str, Any], dict[str, int]]:
-    """The features of ``pairs`` (some maybe started during pre-training), their spectra logged;
-    (pair key -> ObjectRef of its payload, pair key -> feature width)."""
+    """The features of ``pairs`` (``early`` of them started during pre-training), their spectra
+    logged; (pair key -> ObjectRef of its payload, pair key -> feature width)."""
     if not pairs:
         return {}, {}
     backbones = len({p.backbone.key for p in pairs})
-    early = f", {features.early} started during pre-training" if features.early else ""
-    echo(f"[3/4] features: {len(pairs)} (backbone, task) pairs of {backbones} backbones{early}, "
+    started = f", {early} started during pre-training" if early else ""
+    echo(f"[3/4] features: {len(pairs)} (backbone, task) pairs of {backbones} backbones{started}, "
          f"cached under {features.cache}")
     refs = features.wait(pairs)
     return refs, _log_spectra(tracker, refs, {p.key: p for p in pairs})
