@@ -117,6 +117,27 @@ def test_submit_to_a_real_ray_head_and_read_rows_back(tmp_path: Path) -> None:
                                rtol=1e-12)
 
 
+def test_features_start_in_the_slot_the_first_trainer_list_frees(tmp_path: Path) -> None:
+    """Three pre-trainings on two slots are two trainer lists (two jobs and one): the first list
+    to end offers its slot while the other still trains, and the runner extracts its backbones'
+    pairs there (2 tasks each); the rest after the stage. Every pair and fit is still there once."""
+    path = _tiny_suite(tmp_path, "early", pretrain=True)
+    suite = yaml.safe_load(path.read_text())
+    suite["pretrain"][0]["noise"]["ratios"] = [0.0, 0.1, 0.2]
+    path.write_text(yaml.safe_dump(suite))
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    out = subprocess.run([str(BIN / "nmlbench"), "run", str(path), "--tracking-uri", uri], env=_env(),
+                         capture_output=True, text=True, timeout=900)
+    assert out.returncode == 0, out.stdout[-4000:] + out.stderr[-4000:]
+    (summary,) = [json.loads(p.read_text()) for p in (tmp_path / "work" / "runs").glob("early-*.json")]
+    assert summary["pairs_extracted"] == 3 * 2
+    assert summary["pairs_extracted_early"] in (2, 4)  # the pairs of the list that ended first
+    assert f"{summary['pairs_extracted_early']} started during pre-training" in out.stdout
+    frame = _finished_fits(uri, "early")
+    assert len(frame) == 3 * 2 * (1 + 1 + 2) * 2 and frame["key"].is_unique
+    assert set(frame["noise_ratio"].astype(float)) == {0.0, 0.1, 0.2}
+
+
 def test_interrupted_sweep_resumes_only_missing_fits(tmp_path: Path) -> None:
     suite = _tiny_suite(tmp_path, "resumed", pretrain=False, fits_per_trial=1)
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
