@@ -25,6 +25,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from benchmark.ray_session import LOCAL_ENV
 from support import free_port, imagenet_root_from_arrays, ray_port_flags, stop_ray_processes
 
 BIN = Path(sys.executable).parent
@@ -50,6 +51,8 @@ DRIVER = textwrap.dedent('''
 def _env() -> dict[str, str]:
     env = dict(os.environ)
     env.pop("RAY_ADDRESS", None)
+    for name in LOCAL_ENV:  # a private instance's defaults (set by an earlier test): not a cluster's
+        env.pop(name, None)
     env["PYTHONPATH"] = f"{REPO}{os.pathsep}{env.get('PYTHONPATH', '')}"
     env["PATH"] = f"{BIN}{os.pathsep}{env.get('PATH', '')}"
     # ``ray start --head`` turns token auth on and, on a machine without ~/.ray/auth_token (a

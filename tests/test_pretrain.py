@@ -469,6 +469,18 @@ def test_each_freed_trainer_slot_is_offered_after_its_results(trained) -> None:
     assert events.count(("slot free",)) == 1 and 0 < slot < len(events) - 1
 
 
+@pytest.mark.slow
+def test_trainers_on_a_private_instance_start_no_preemption_watcher(trained) -> None:
+    """A private local instance is one machine: Ray Train's preemption watcher (an actor process
+    per trainer) has nothing to watch there, so ``init_ray`` switches it off; the trainers of
+    the fixture ran (their controllers are in the actor table) without one."""
+    import ray._private.state as state  # the GCS actor table; the state API needs a dashboard
+
+    classes = [a["ActorClassName"] for a in state.actors().values()]
+    assert classes.count("TrainController") >= 4
+    assert "PreemptionWatcher" not in classes
+
+
 def test_no_slot_is_offered_while_a_trainer_waits_to_start(ray_cluster, tmp_path) -> None:
     """Three one-job lists on two slots: the first list to end hands its slot to the third, the
     second offers its slot while the third runs, the last offers none. The jobs fail before Ray
