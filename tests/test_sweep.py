@@ -156,6 +156,10 @@ def test_tune_trials_record_failures_and_go_on(payload: FeaturePayload, tmp_path
         assert len(records) == 7 and set(by_key) == {f.key for f in good + [bad]}
         assert "error" in by_key[bad.key]
         assert all("error" not in by_key[f.key] for f in good)
+        # the sink is the records' one writer: Tune keeps no second copy of the reports
+        written = {p.name for p in (tmp_path / "tune").rglob("*")}
+        assert not written & {"result.json", "progress.csv"}
+        assert not any(name.startswith("events.out.tfevents") for name in written)
         # curves travel through Tune with the records
         assert all(len(by_key[f.key]["curves"]["val_accuracy"]) == 5 for f in good if f.method != "lp")
         # the same fits in a plain loop give the same numbers: Tune changes where, not what
