@@ -87,8 +87,7 @@ def run_suite(suite: Suite, *, address: str | None = None, tracking_uri: str | N
     concurrency = max_concurrent or suite.ray.max_concurrent_trials
 
     done = tracker.completed_keys("fit")
-    features = _FeatureTasks(plan, [p for p in plan.pairs if any(f.key not in done for f in p.fits)],
-                             use_gpu=resources["GPU"] > 0)
+    features = _FeatureTasks(plan, _pairs_with_missing_fits(plan, done), use_gpu=resources["GPU"] > 0)
     t0 = time.perf_counter()
     plan = _pretrain_stage(plan, tracker, run, concurrency, echo, features)
     run.seconds["pretrain"] = time.perf_counter() - t0
@@ -99,7 +98,7 @@ def run_suite(suite: Suite, *, address: str | None = None, tracking_uri: str | N
          f"{run.fits_skipped} already in MLflow, {len(missing)} to run")
 
     t0 = time.perf_counter()
-    pairs = [p for p in plan.pairs if any(f.pair == p.key for f in missing)]
+    pairs = _pairs_with_missing_fits(plan, done)
     early = len(features.refs)  # the pairs started in a trainer's freed slot, during pre-training
     refs, widths = _features_stage(features, pairs, tracker, early=early, echo=echo)
     run.pairs_extracted, run.pairs_extracted_early = len(refs), early
@@ -120,6 +119,11 @@ def run_suite(suite: Suite, *, address: str | None = None, tracking_uri: str | N
     (work / "runs").mkdir(exist_ok=True)
     (work / "runs" / f"{suite.name}-{int(time.time())}.json").write_text(json.dumps(run.__dict__, indent=2))
     return run
+
+
+def _pairs_with_missing_fits(plan: Plan, done: set[str]) -> list[PairPlan]:
+    """The pairs of ``plan`` with a fit whose key is not in ``done``: the ones whose features are needed."""
+    return [p for p in plan.pairs if any(f.key not in done for f in p.fits)]
 
 
 # -- stage 1 -----------------------------------------------------------------------------------
