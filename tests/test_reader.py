@@ -57,9 +57,12 @@ def test_missing_store_says_nothing_ran_and_creates_no_file(tmp_path):
     assert db.stat().st_size == 0
 
 
-def test_reading_the_study_changes_no_byte_of_the_store(study, tmp_path):
+def test_reading_the_study_changes_no_byte_of_the_store(study, tmp_path, monkeypatch):
     suite = _suite(tmp_path, study.experiment)
     before = _snapshot(study.root)
+    cwd = tmp_path / "cwd"  # nothing may appear where the command runs (MLflow once made `file:/<path>` folders)
+    cwd.mkdir()
+    monkeypatch.chdir(cwd)
     runs_before = len(TrackingReader(study.uri, study.experiment).client.search_runs(
         [TrackingReader(study.uri, study.experiment).experiment_id], max_results=5000))
     for args in (["leaderboard", str(suite)], ["leaderboard", str(suite), "--format", "markdown"],
@@ -67,6 +70,7 @@ def test_reading_the_study_changes_no_byte_of_the_store(study, tmp_path):
         res = runner.invoke(app, [*args, "--tracking-uri", study.uri])
         assert res.exit_code == 0, res.output
     assert _snapshot(study.root) == before
+    assert list(cwd.iterdir()) == []
     reader = TrackingReader(study.uri, study.experiment)
     assert len(reader.client.search_runs([reader.experiment_id], max_results=5000)) == runs_before
     assert (tmp_path / "report" / "report.html").stat().st_size > 10_000

@@ -55,8 +55,11 @@ class TrackingReader:
                 "for this suite. Run it first (`nmlbench run SUITE`), or pass the --tracking-uri it logged to.")
         # SQLite is opened read-only: MLflow would otherwise create or migrate tables (and race a
         # sweep that is creating the same file); a store that is not complete yet fails instead.
+        # The driver is named (sqlite+pysqlite): for a plain sqlite:/// URI MLflow makes the
+        # "parent folders" of the path, here the relative `file:/<dirs>`, in the working directory.
         try:
-            self.client = make_client(f"sqlite:///file:{quote(str(db))}?mode=ro&uri=true" if db is not None else uri)
+            self.client = make_client(f"sqlite+pysqlite:///file:{quote(str(db))}?mode=ro&uri=true"
+                                      if db is not None else uri)
             exp = self.client.get_experiment_by_name(experiment)
         except Exception as exc:
             if is_transient(exc):
