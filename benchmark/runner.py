@@ -70,16 +70,16 @@ def run_suite(suite: Suite, *, address: str | None = None, tracking_uri: str | N
     work = Path(suite.work_dir)
     work.mkdir(parents=True, exist_ok=True)
     check_data_available(suite)
-    plan = make_plan(suite)
     uri, experiment = tracking_uri or str(suite.tracking.uri), str(suite.tracking.experiment)
     # Records go to a journal in the work dir first: an MLflow outage never loses or stops them.
-    # The store is opened (a new one created: ~2-3 s) in a thread while Ray starts (~5 s): each
-    # mostly waits on other processes or on disk, and neither needs the other.
-    with ThreadPoolExecutor(1, thread_name_prefix="nmlbench-tracker") as pool:
+    # The store is opened (a new one created: ~2-3 s) and the plan made (~1 s) in threads while
+    # Ray starts (~3-5 s): Ray's start mostly waits on its processes, and none needs the others.
+    with ThreadPoolExecutor(2, thread_name_prefix="nmlbench-start") as pool:
         opening = pool.submit(Tracker, uri, experiment, suite=suite.name,
                               journal=journal_path(work, experiment), echo=echo)
+        planning = pool.submit(make_plan, suite)
         init_ray(address or suite.ray.address)
-        tracker = opening.result()
+        plan, tracker = planning.result(), opening.result()
     run = SuiteRun(suite.name, uri, experiment, str(work), pretrain_total=len(plan.pretrain))
     echo(f"nmlbench: suite {suite.name!r}; MLflow {uri} (experiment {experiment!r}); work dir {work}")
 
