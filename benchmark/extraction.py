@@ -3,10 +3,11 @@
 One call of ``extract_backbone`` builds a backbone once and returns, for each of its pairs, the
 train, validation and test features as a ``FeaturePayload`` (float32 numpy, L2-normalised per row
 when the suite asks); the runner makes it one Ray task per backbone with one returned object per
-pair, so every head-fit trial fetches only its own pair. Grouping by backbone matters: a Ray
-task pays for a worker, the torch import, the data sets and the model, and the quick suite's 42
-pairs share 7 backbones. A split several tasks read (a test domain of two OOD groups) is
-encoded once per task call. When all of a pair's splits are cached it writes a small marker
+pair, and one small summary per pair (spectra and width, ``extract_with_summaries``), so every
+head-fit trial fetches only its own pair. Grouping by backbone matters: a Ray task pays for a
+worker, the torch import, the data sets and the model, and the quick suite's 42 pairs share 7
+backbones. A split several tasks read (a test domain of two OOD groups) is encoded once per task
+call. When all of a pair's splits are cached it writes a small marker
 (``pairs/<pair key>.json``), so ``nmlbench plan`` can say which pairs need no extraction without
 building any backbone.
 """
@@ -98,6 +99,18 @@ def extract_backbone(pairs: Sequence[PairPlan], cache_root: str, data_root: str 
 def extract_payload(pair: PairPlan, cache_root: str, data_root: str | None, normalize: bool) -> FeaturePayload:
     """The payload of a single pair (``extract_backbone`` of one)."""
     return extract_backbone([pair], cache_root, data_root, normalize)[0]
+
+
+def extract_with_summaries(pairs: Sequence[PairPlan], cache_root: str, data_root: str | None,
+                           normalize: bool) -> tuple[Any, ...]:
+    """``extract_backbone``'s payloads, then each pair's ``payload_summary``: 2 x len(pairs) objects.
+
+    The runner's features task. The summaries (spectra, width) are computed where the features
+    already are, so the driver gets what it logs and orders by as small objects of the same task,
+    instead of from one more task per pair started after all extraction is done.
+    """
+    payloads = extract_backbone(pairs, cache_root, data_root, normalize)
+    return (*payloads, *(payload_summary(p) for p in payloads))
 
 
 def payload_spectrum(payload: FeaturePayload) -> dict[str, np.ndarray]:

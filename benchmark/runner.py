@@ -5,9 +5,11 @@ the driver process that also owns the MLflow writer:
 1. pre-training jobs run as Ray Train fits (``benchmark.pretrain``), reused when done;
 2. features of each (backbone, task) pair with fits still to run are extracted by one Ray task
    per backbone through the on-disk cache (``benchmark.extraction``) and stay in the object
-   store; a backbone's task starts as soon as its pre-training is done and a trainer's slot is
-   free, while other backbones may still pre-train;
-3. head fits run as batched Ray Tune trials (``benchmark.sweep``);
+   store, beside a small summary per pair (test spectra, feature width); a backbone's task
+   starts as soon as its pre-training is done and a trainer's slot is free, while other
+   backbones may still pre-train;
+3. head fits run as batched Ray Tune trials (``benchmark.sweep``); the spectra are logged by the
+   same writer thread as the fits, while the first trials start;
 4. every finished job is recorded by the driver as it arrives (``benchmark.tracking``).
 Every job is keyed by a config hash, so an interrupted run loses only the work in flight and a
 re-run does only what is missing.
@@ -100,13 +102,16 @@ def run_suite(suite: Suite, *, address: str | None = None, tracking_uri: str | N
     t0 = time.perf_counter()
     pairs = _pairs_with_missing_fits(plan, done)
     early = len(features.refs)  # the pairs started in a trainer's freed slot, during pre-training
-    refs, widths = _features_stage(features, pairs, tracker, early=early, echo=echo)
+    refs, summaries = _features_stage(features, pairs, early=early, echo=echo)
     run.pairs_extracted, run.pairs_extracted_early = len(refs), early
     run.seconds["features"] = time.perf_counter() - t0
 
     t0 = time.perf_counter()
+    widths = {key: s["width"] for key, s in summaries.items()}
     trials = largest_trials_first(plan_trials(missing, suite.ray.fits_per_trial), pairs, widths)
-    _heads_stage(suite, trials, len(missing), refs, tracker, run, concurrency, resources["GPU"] > 0, echo)
+    spectra = _SpectraLog(tracker, pairs, summaries)
+    _heads_stage(suite, trials, len(missing), refs, tracker, run, concurrency, resources["GPU"] > 0, echo,
+                 first=spectra)
     run.seconds["heads"] = time.perf_counter() - t0
     # Deliver anything queued during an outage, then publish the leaderboard runs and the suite
     # run's table, figures and report (left for `nmlbench sync` if MLflow is still away).
@@ -176,7 +181,8 @@ class _FeatureTasks:
     """Stage 2's Ray tasks: one per backbone extracts (or reads back) the features of its pairs.
 
     Started per backbone, so that a backbone's extraction can begin while other backbones still
-    pre-train (``start``); ``refs`` maps pair key -> ObjectRef of its payload.
+    pre-train (``start``); ``refs`` maps pair key -> ObjectRef of its payload, ``summaries`` pair
+    key -> ObjectRef of its summary (``extraction.payload_summary``), made by the same task.
     """
 
     def __init__(self, plan: Plan, pairs: list[PairPlan], *, use_gpu: bool) -> None:
@@ -186,51 +192,52 @@ class _FeatureTasks:
         for p in pairs:
             self.groups.setdefault(p.backbone.key, []).append(p)
         self.opts = {"num_cpus": 1, "num_gpus": 1 if use_gpu else 0, "max_retries": 1}
-        self.tasks: tuple[Any, Any] | None = None  # the remote functions, made on first use
+        self.task: Any = None  # the remote function, made on first use
         self.refs: dict[str, Any] = {}  # of the pairs started so far
+        self.summaries: dict[str, Any] = {}
 
     def start(self, backbone_keys: Iterable[str]) -> int:
         """Submit the extraction of each backbone not started yet; the number of pairs submitted."""
-        if self.tasks is None:
+        if self.task is None:
             import ray
 
-            from benchmark.extraction import extract_backbone, extract_payload
+            from benchmark.extraction import extract_with_summaries
 
-            self.tasks = ray.remote(**self.opts)(extract_backbone), ray.remote(**self.opts)(extract_payload)
-        many, one = self.tasks
+            self.task = ray.remote(**self.opts)(extract_with_summaries)
         n = 0
         for key in backbone_keys:
             group = self.groups.get(key)
             if not group or group[0].key in self.refs:
                 continue
-            if len(group) == 1:  # with one return Ray would store the 1-tuple itself
-                self.refs[group[0].key] = one.remote(group[0], *self.args)
-            else:
-                many_out = many.options(num_returns=len(group)).remote(group, *self.args)
-                self.refs.update(zip((p.key for p in group), many_out))
+            out = self.task.options(num_returns=2 * len(group)).remote(group, *self.args)
+            keys = [p.key for p in group]
+            self.refs.update(zip(keys, out[:len(group)]))
+            self.summaries.update(zip(keys, out[len(group):]))
             n += len(group)
         return n
 
-    def wait(self, pairs: list[PairPlan]) -> dict[str, Any]:
-        """Start what is not started yet, wait for every pair of ``pairs``; pair key -> ObjectRef."""
+    def wait(self, pairs: list[PairPlan]) -> tuple[dict[str, Any], dict[str, dict[str, Any]]]:
+        """Start what is not started yet, wait for every pair of ``pairs``; (pair key -> ObjectRef
+        of its payload, pair key -> its summary)."""
+        import ray
+
         self.start(dict.fromkeys(p.backbone.key for p in pairs))
         refs = {p.key: self.refs[p.key] for p in pairs}
         _wait_all(refs)
-        return refs
+        return refs, dict(zip(refs, ray.get([self.summaries[key] for key in refs])))
 
 
-def _features_stage(features: _FeatureTasks, pairs: list[PairPlan], tracker: Any, *, early: int,
-                    echo: Echo) -> tuple[dict[str, Any], dict[str, int]]:
-    """The features of ``pairs`` (``early`` of them started during pre-training), their spectra
-    logged; (pair key -> ObjectRef of its payload, pair key -> feature width)."""
+def _features_stage(features: _FeatureTasks, pairs: list[PairPlan], *, early: int,
+                    echo: Echo) -> tuple[dict[str, Any], dict[str, dict[str, Any]]]:
+    """The features of ``pairs`` (``early`` of them started during pre-training); (pair key ->
+    ObjectRef of its payload, pair key -> its summary: test spectra and feature width)."""
     if not pairs:
         return {}, {}
     backbones = len({p.backbone.key for p in pairs})
     started = f", {early} started during pre-training" if early else ""
     echo(f"[3/4] features: {len(pairs)} (backbone, task) pairs of {backbones} backbones{started}, "
          f"cached under {features.cache}")
-    refs = features.wait(pairs)
-    return refs, _log_spectra(tracker, refs, {p.key: p for p in pairs})
+    return features.wait(pairs)
 
 
 def _wait_all(refs: dict[str, Any]) -> None:
@@ -245,34 +252,40 @@ def _wait_all(refs: dict[str, Any]) -> None:
             bar.update(len(ready))
 
 
-def _log_spectra(tracker: Any, refs: dict[str, Any], pairs: dict[str, PairPlan]) -> dict[str, int]:
-    """Log each pair's test spectra (computed where the payload lives); pair key -> feature width."""
-    import ray
+@dataclass
+class _SpectraLog:
+    """Logs each pair's test spectra (from its summary) when called.
 
-    from benchmark.extraction import payload_summary
+    Called by the fit records' writer thread before the first record: the spectra are written
+    while the first trials start, not in the driver between stages while a core waits.
+    """
 
-    summary_task = ray.remote(num_cpus=1)(payload_summary)
-    out = {key: summary_task.remote(ref) for key, ref in refs.items()}
-    widths: dict[str, int] = {}
-    for key, ref in out.items():
-        pair, summary = pairs[key], ray.get(ref)
-        widths[key] = summary["width"]
-        for name, values in summary["spectra"].items():
-            task = pair.task.name if name == "test" else f"{pair.task.name}/{name}"
-            tracker.log_spectrum(pair.backbone.params, task, values)
-    return widths
+    tracker: Any
+    pairs: list[PairPlan]
+    summaries: dict[str, dict[str, Any]]
+
+    def __call__(self) -> None:
+        for pair in self.pairs:
+            summary = self.summaries.get(pair.key)
+            for name, values in (summary or {}).get("spectra", {}).items():
+                task = pair.task.name if name == "test" else f"{pair.task.name}/{name}"
+                self.tracker.log_spectrum(pair.backbone.params, task, values)
 
 
 # -- stage 3 -----------------------------------------------------------------------------------
 def _heads_stage(suite: Suite, trials: list[TrialPlan], n_fits: int, refs: dict[str, Any], tracker: Any,
-                 run: SuiteRun, concurrency: int, use_gpu: bool, echo: Echo) -> None:
-    """Run the trials in their order (``largest_trials_first``), recording fits as they arrive."""
+                 run: SuiteRun, concurrency: int, use_gpu: bool, echo: Echo,
+                 first: Callable[[], None] | None = None) -> None:
+    """Run the trials in their order (``largest_trials_first``), recording fits as they arrive;
+    ``first`` is run by the records' writer before the first record (or here, with no trials)."""
     from benchmark.sweep import run_trials_on_ray
 
     if not trials:
+        if first is not None:
+            first()
         return
     echo(f"[4/4] heads: {n_fits} fits in {len(trials)} Ray Tune trials, largest first")
-    sink = _TrackerSink(tracker, n_fits)
+    sink = _TrackerSink(tracker, n_fits, first=first)
     try:
         run_trials_on_ray(trials, refs, sink, storage_path=Path(suite.work_dir) / "ray_results",
                           name=f"sweep-{suite.name}-{config_hash([t.trial_id for t in trials], 8)}",
@@ -292,15 +305,17 @@ class _TrackerSink:
     line, MLflow run with its curves). Written inline, each trial's ten or so records held a core
     idle between trials; handed to one thread here, they are written while the next trial runs.
     Still one writer (this thread) and the same order; ``close`` waits for the last record.
+    ``first`` (other writes for the same tracker, the spectra) runs in this thread before them.
     """
 
-    def __init__(self, tracker: Any, total: int) -> None:
+    def __init__(self, tracker: Any, total: int, first: Callable[[], None] | None = None) -> None:
         from tqdm.auto import tqdm
 
         self.tracker, self.ok, self.failed, self.fit_seconds = tracker, 0, 0, 0.0
         self.bar = tqdm(total=total, desc="head fits", unit="fit", mininterval=1.0)
         self.queue: queue.SimpleQueue[dict[str, Any] | None] = queue.SimpleQueue()
         self.error: BaseException | None = None
+        self.first = first
         self.thread = threading.Thread(target=self._drain, name="nmlbench-fit-records", daemon=True)
         self.thread.start()
 
@@ -318,6 +333,11 @@ class _TrackerSink:
             raise self.error
 
     def _drain(self) -> None:
+        if self.first is not None:
+            try:
+                self.first()
+            except BaseException as err:  # noqa: BLE001 - raised in the driver by __call__ / close
+                self.error = err
         while (record := self.queue.get()) is not None:
             if self.error is None:
                 try:

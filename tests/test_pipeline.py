@@ -260,3 +260,25 @@ def test_fit_runs_carry_their_training_curves_as_step_metrics(pipeline_run, fits
             assert len(by_l2) == len(l2) >= 15
             assert max(m.value for m in by_l2) == pytest.approx(row["val_accuracy"], abs=1e-9)
             assert min(abs(m.value / row["chosen_l2"] - 1) for m in l2) < 1e-9
+
+
+def test_logged_spectra_are_numpys_singular_values_of_the_features_the_fits_read(pipeline_run) -> None:
+    """The run logs one spectrum per pair and test set (computed inside the features task): each
+    equals numpy's SVD of that test set's features as the fits read them, rows L2-normalised
+    and columns centred (paper.md, SVE), and the reading back goes through MLflow's artifacts."""
+    from benchmark.tracking import TrackingReader
+
+    reader = TrackingReader(pipeline_run.uri, pipeline_run.experiment)
+    checked = 0
+    for pair in pipeline_run.plan.pairs:
+        payload = pipeline_run.payload(pair.task.name)
+        for name, (x, _) in payload.tests.items():
+            label = pair.task.name if name == "test" else f"{pair.task.name}/{name}"
+            (logged,) = reader.load_spectra(label, backbone=pair.backbone.display).values()
+            z = np.asarray(x, dtype=np.float64)
+            z = z / np.maximum(np.linalg.norm(z, axis=1, keepdims=True), 1e-300)
+            want = np.linalg.svd(z - z.mean(axis=0), compute_uv=False)
+            assert logged.shape == want.shape
+            np.testing.assert_allclose(logged, want, rtol=0, atol=1e-6 * want[0])
+            checked += 1
+    assert checked == sum(len(p.task.tests) for p in pipeline_run.plan.pairs) >= 5
