@@ -14,7 +14,8 @@ progress, and Ray Train's per-checkpoint chatter would drown it.
 A private local instance is one machine that this process owns: no node of it can be preempted
 while the others go on, so Ray Train's preemption watcher (one more actor process per trainer,
 2.4-2.5 s of CPU each on a 2-core Zen 5, for a pre-training stage that starts two) is switched
-off there (:data:`LOCAL_ENV`; a value the user exports wins). On a cluster it stays on.
+off there (:data:`LOCAL_ENV`; a value the user exports wins). On a cluster it stays on. Nor does
+a private instance start workers ahead of demand (:data:`LOCAL_SYSTEM_CONFIG`).
 """
 
 from __future__ import annotations
@@ -27,6 +28,13 @@ from typing import Any
 LOGS_ENV = "NMLBENCH_RAY_LOGS"
 #: Environment defaults for a private local instance, read by Ray Train's controller.
 LOCAL_ENV = {"RAY_TRAIN_ENABLE_PREEMPTION_WATCHER": "0"}
+#: Raylet settings for a private local instance: no worker processes started ahead of demand.
+#: Ray starts one per CPU for the first driver; in a suite that pre-trains none was ever used
+#: (Ray Train's actors carry their own runtime environment, so they get workers of their own,
+#: and the first tasks come after the idle ones were stopped), and each cost a Python start and
+#: ``import ray`` (~1 s of CPU) just while Ray and the first trainers start. A suite of frozen
+#: backbones starts its first extraction ~0.5 s later instead.
+LOCAL_SYSTEM_CONFIG = {"prestart_worker_first_driver": False}
 _lock = threading.Lock()
 
 
@@ -50,7 +58,7 @@ def init_ray(address: str | None = None, *, num_cpus: int | None = None, **kwarg
         else:
             for name, value in LOCAL_ENV.items():
                 os.environ.setdefault(name, value)
-            local = {"include_dashboard": False, **kwargs}
+            local = {"include_dashboard": False, "_system_config": dict(LOCAL_SYSTEM_CONFIG), **kwargs}
             if num_cpus is not None:
                 local["num_cpus"] = int(num_cpus)
             ray.init(address="local", **kw, **local)
