@@ -481,6 +481,53 @@ def test_trainers_on_a_private_instance_start_no_preemption_watcher(trained) -> 
     assert "PreemptionWatcher" not in classes
 
 
+_WORKERS_SCRIPT = """
+import glob
+import os
+import time
+
+from benchmark.ray_session import init_ray
+
+def workers():  # Ray worker processes below this driver (their title is ray::IDLE, ray::<task>, ...)
+    parent, title = {}, {}
+    for stat in glob.glob("/proc/[0-9]*/stat"):
+        try:
+            pid = int(stat.split("/")[2])
+            parent[pid] = int(open(stat).read().rsplit(")", 1)[1].split()[1])
+            title[pid] = open(f"/proc/{pid}/cmdline", "rb").read().split(b"\\0")[0].decode()
+        except (OSError, ValueError, IndexError):
+            continue
+    def below(pid):
+        while pid in parent and pid > 1:
+            pid = parent[pid]
+            if pid == os.getpid():
+                return True
+        return False
+    return [t for p, t in title.items() if below(p) and (t.startswith("ray::IDLE") or "default_worker" in t)]
+
+init_ray(num_cpus=2)
+time.sleep(3)
+before = workers()
+import ray
+print("before", len(before), "task", ray.get(ray.remote(lambda: 7).remote()), flush=True)
+"""
+
+
+@pytest.mark.slow
+def test_a_private_instance_starts_no_workers_ahead_of_demand() -> None:
+    """Ray would start one idle worker per CPU for the first driver; in a suite that pre-trains
+    none is used (Ray Train's actors get workers of their own), so a private instance starts
+    workers on demand (``ray_session.LOCAL_SYSTEM_CONFIG``): none waits after the start, and
+    the first task still gets one."""
+    import subprocess
+    import sys
+
+    out = subprocess.run([sys.executable, "-c", _WORKERS_SCRIPT], capture_output=True, text=True, timeout=120,
+                         cwd=Path(__file__).resolve().parents[1])
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert "before 0 task 7" in out.stdout, out.stdout
+
+
 def test_no_slot_is_offered_while_a_trainer_waits_to_start(ray_cluster, tmp_path) -> None:
     """Three one-job lists on two slots: the first list to end hands its slot to the third, the
     second offers its slot while the third runs, the last offers none. The jobs fail before Ray
