@@ -266,8 +266,7 @@ class _SpectraLog:
 
     def __call__(self) -> None:
         for pair in self.pairs:
-            summary = self.summaries.get(pair.key)
-            for name, values in (summary or {}).get("spectra", {}).items():
+            for name, values in self.summaries[pair.key]["spectra"].items():
                 task = pair.task.name if name == "test" else f"{pair.task.name}/{name}"
                 self.tracker.log_spectrum(pair.backbone.params, task, values)
 
