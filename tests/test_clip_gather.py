@@ -78,15 +78,21 @@ def test_two_ranks_with_gather_equal_one_process_on_the_global_batch() -> None:
         assert p.exitcode == 0
 
     loss1, grads1, sums1 = _step(*_problem(), rank=0, world=1)
-    assert abs(loss2 - float(loss1)) < 1e-6
+    # Both sides add the same 2 x BATCH float32 terms (a logsumexp per image and per caption, a
+    # product per row in a gradient entry) in another grouping (per half, then the all-reduce):
+    # round-off <= (number of terms) x eps32 of the magnitude, x 4 for the exp/normalise chain.
+    # Measured: 1 ulp on the loss (2.4e-7), 3e-8 on the gradients.
+    eps = torch.finfo(torch.float32).eps
+    assert abs(loss2 - float(loss1)) <= 4 * 2 * BATCH * eps * abs(float(loss1))
     for a, b in zip(grads2, grads1):
-        assert torch.allclose(torch.tensor(a), b, atol=1e-6), "averaged gradients differ from one process's"
+        tol = 4 * 2 * BATCH * eps * float(b.abs().max())
+        assert torch.allclose(torch.tensor(a), b, rtol=0, atol=tol), "averaged gradients differ from one process's"
     summed = dict(zip(CLIP_SUMS, sums2))
     single = dict(zip(CLIP_SUMS, sums1.tolist()))
     for k in ("n", "correct", "matched", "mismatched", "matched_rank", "mismatched_rank"):
-        assert abs(summed[k] - single[k]) < 1e-9, k
+        assert abs(summed[k] - single[k]) < 1e-9, k  # counts are exact; rank sums: a few float64 additions (1e-16)
     assert summed["n"] == BATCH and summed["mismatched"] == 2
     # Without the gather a rank contrasts its own half only: a different (smaller) loss.
     halves = [_step(*(t[r * 4:(r + 1) * 4] if t.shape[0] == BATCH else t for t in _problem()), rank=0, world=1)[0]
               for r in range(2)]
-    assert abs(float(sum(halves)) / 2 - float(loss1)) > 1e-3
+    assert abs(float(sum(halves)) / 2 - float(loss1)) > 1e-3  # 1.36: far beyond the round-off bound above

@@ -165,4 +165,6 @@ def test_flowers102_mat_files_read_like_torchvision(tmp_path, no_md5):
     parts = [tvd.Flowers102(str(tmp_path), split=s) for s in ("train", "val")]
     assert train.labels.tolist() == [y for p in parts for y in p._labels]
     assert [Path(f).name for f in train.files] == [f.name for p in parts for f in p._image_files]
-    assert abs(int(np.asarray(test[0][0])[0, 0, 0]) - 140) <= 2  # image_00007 (JPEG)
+    # image_00007 (JPEG, quality 75): a flat block's DC step of 8 moves a pixel <= 0.5 level, the
+    # YCbCr -> RGB rounding <= 1 more.
+    assert abs(int(np.asarray(test[0][0])[0, 0, 0]) - 140) <= 2

@@ -82,7 +82,9 @@ def test_two_backbones_probe_then_second_cache_does_no_forward(
         assert te.y.dtype == torch.int64 and torch.equal(te.y, torch.from_numpy(test.labels))
         assert bb.calls == 3 + 2  # ceil(160 / 64) + ceil(80 / 64) batches
         acc = _probe(tr, te)
-        assert acc >= 0.9, (bb.name, acc)  # frozen random features still separate the quadrants
+        # Frozen random features still separate the quadrants: 80/80 and 79/80 measured; the bound
+        # allows 8 misses, far more than float32 round-off in the features can flip.
+        assert acc >= 0.9, (bb.name, acc)
         first[bb.identity] = (tr, te)
     assert (cache.hits, cache.misses, cache.forward_batches) == (0, 4, 10)
     assert len(list(tmp_path.glob("*/*.npz"))) == 4 and not list(tmp_path.glob("*/.*tmp"))
@@ -162,7 +164,9 @@ def test_extract_features_alone_matches_cache_and_direct_encode(tmp_path: Path,
     alone = extract_features(resnet, split, batch_size=4, device="cpu")
     assert alone.meta["forward_batches"] == 3 and alone.key == feature_key(resnet, split)
     direct = resnet.encode(torch.stack([resnet.transform(split[i][0]) for i in range(10)]))
-    assert torch.allclose(alone.x, direct, atol=1e-6)
+    # Batches of 4 vs one of 10 may block the convolutions' sums differently: float32 round-off,
+    # tens of ulps of these O(0.2) features (equal here); 1e-5 relative to the largest is ~80 ulps.
+    assert torch.allclose(alone.x, direct, rtol=0, atol=1e-5 * float(direct.abs().max()))
     before = datetime.now(timezone.utc).replace(microsecond=0)
     cached = FeatureCache(tmp_path, batch_size=4, progress=False).get(resnet, split)
     after = datetime.now(timezone.utc)
