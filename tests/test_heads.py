@@ -71,7 +71,7 @@ def test_regularisers_match_formulas(k):
     f = rng.standard_normal((32, 12))
     got = nmtune_regularisers(torch.tensor(z), torch.tensor(f), svd_topk=k)
     ref = _reference_regularisers(z, f, k)
-    for name in ("mse", "cov", "svd"):
+    for name in ("mse", "cov", "svd"):  # float64 both sides: ~1e-16 x a few hundred ops, well-conditioned
         assert float(got[name]) == pytest.approx(ref[name], rel=1e-10), name
 
 
@@ -84,7 +84,7 @@ def test_batched_regularisers_equal_each_member_alone():
     for i, k in enumerate(ks.tolist()):
         ref = _reference_regularisers(z[i].numpy(), f[i].numpy(), k)
         for name in ("mse", "cov", "svd"):
-            assert float(got[name][i]) == pytest.approx(ref[name], rel=1e-10), (name, i)
+            assert float(got[name][i]) == pytest.approx(ref[name], rel=1e-10), (name, i)  # float64, as above
     with pytest.raises(ConfigError, match="svd_topk"):
         nmtune_regularisers(z, f, svd_topk=torch.tensor([1, 0, 1, 1]))
 
@@ -92,13 +92,16 @@ def test_batched_regularisers_equal_each_member_alone():
 def test_regulariser_extremes_and_gradients():
     f = torch.randn(16, 4)
     # z parallel to f: mse 0. Rank one z: svd term -1 (k=1). Isotropic uncorrelated z: cov ~ 0.
+    # float32: the normalised rows agree to a few eps32 (1.2e-7) per entry, squared and summed: ~1e-14.
     assert float(nmtune_regularisers(3 * f, f)["mse"]) == pytest.approx(0.0, abs=1e-6)
     r1 = torch.outer(torch.randn(16), torch.randn(4))
+    # float32 SVD of a rank-one matrix: the 3 other singular values are ~eps32 x s1, so -1 + ~4e-7.
     assert float(nmtune_regularisers(r1, f)["svd"]) == pytest.approx(-1.0, abs=1e-5)
     # Orthonormal, zero-mean columns (QR of centred columns keeps them centred): Cov = I / (B-1).
     x = torch.randn(16, 4, dtype=torch.float64)
     q, _ = torch.linalg.qr(x - x.mean(0))
-    assert float(nmtune_regularisers(q, f.double())["cov"]) < 1e-4
+    # float64: off-diagonal covariances of orthonormal columns are ~1e-17, their mean square ~1e-34.
+    assert float(nmtune_regularisers(q, f.double())["cov"]) < 1e-24
     z = torch.randn(16, 4, requires_grad=True)
     reg = nmtune_regularisers(z, f, svd_topk=2)
     sum(reg.values()).backward()

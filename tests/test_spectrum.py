@@ -33,7 +33,9 @@ def _features(m: int, d: int, seed: int = 0) -> np.ndarray:
 def _assert_close(s: np.ndarray, ref: np.ndarray) -> None:
     assert s.dtype == np.float64 and s.shape == ref.shape
     assert np.all(np.diff(s) <= 0), "not descending"
-    # 1e-6 relative, measured against the largest value for ones at the rounding floor.
+    # float64 throughout. The Gram route squares the condition: an eigenvalue is off by up to
+    # ~max(M, D) eps64 s1^2, so a value near the floor by sqrt(1200 eps64) s1 = 5e-7 s1; hence 1e-6
+    # relative, and against the largest value for ones at the floor (measured: 1e-15 relative).
     np.testing.assert_allclose(s, ref, rtol=1e-6, atol=1e-6 * ref[0])
 
 
@@ -69,9 +71,12 @@ def test_torch_input_any_dtype_matches_numpy():
     s_np = singular_values(x)
     s_t = singular_values(torch.from_numpy(x))
     s_t64 = singular_values(torch.from_numpy(x.astype(np.float64)).requires_grad_())
+    # The same float64 operations on the same values (float32 -> float64 is exact): equal here; other
+    # buffer alignments may let BLAS sum in another order, a few eps64 (1e-12 leaves 1e4 of them).
     np.testing.assert_allclose(s_t, s_np, rtol=1e-12, atol=1e-12 * s_np[0])
-    np.testing.assert_allclose(s_t64, s_np, rtol=1e-6)
+    np.testing.assert_allclose(s_t64, s_np, rtol=1e-12, atol=1e-12 * s_np[0])
     if torch.cuda.is_available():
+        # float64 on the GPU: other reduction orders and eigensolver, still ~1e-15 relative; 1e-9 is generous.
         np.testing.assert_allclose(singular_values(torch.from_numpy(x).cuda()), s_np, rtol=1e-9, atol=1e-9 * s_np[0])
 
 
@@ -84,13 +89,15 @@ def test_read_only_numpy_input():
 def test_rows_and_columns_centring_differ():
     x = _features(200, 30, seed=4)
     rows, cols = singular_values(x, center="rows"), singular_values(x, center="columns")
-    assert not np.allclose(rows, cols, rtol=1e-3)
+    assert not np.allclose(rows, cols, rtol=1e-3)  # a real difference, 1e12 x the float64 round-off
     assert sve(x, center="rows") != pytest.approx(sve(x, center="columns"), rel=1e-3)
 
 
 def test_rank_one_gives_sve_zero_lsvr_one():
     rng = np.random.default_rng(0)
     x = np.outer(rng.standard_normal(100), rng.standard_normal(12))
+    # Rank one in float64: values under the noise floor come back as 0 (singular_values), so SVE is
+    # 0 and LSVR 1 up to a few eps64.
     assert sve(x, normalize=False, center=None) == pytest.approx(0.0, abs=1e-9)
     assert lsvr(x, normalize=False, center=None) == pytest.approx(1.0, abs=1e-9)
     # Same for a tall M < D case through the M x M Gram.
@@ -106,6 +113,7 @@ def test_equal_singular_values_give_log_rank(m, d, r):
     basis, _ = np.linalg.qr(rng.standard_normal((d, r)))
     x = 3.0 * q @ basis.T
     out = spectrum_summary(x, normalize=False, center=None)
+    # float64: the r values are equal to ~r eps64 (QR), the rest under the floor (returned as 0).
     assert out["sve"] == pytest.approx(math.log(r), abs=1e-9)
     assert out["lsvr"] == pytest.approx(1.0 / r, abs=1e-12)
 
@@ -114,9 +122,11 @@ def test_sve_lsvr_match_definition():
     x = _features(400, 50, seed=9)
     s = _reference(x, True, "columns")
     p = s / s.sum()
+    # 400 x 50 takes the direct SVD (backward stable: every value within ~D eps64 s1 of numpy's, and
+    # none near the floor), so the definitions agree to ~1e-14; 1e-9 leaves 1e5 of that.
     assert sve(x) == pytest.approx(-(p * np.log(p)).sum(), rel=1e-9)
     assert lsvr(x) == pytest.approx(p[0], rel=1e-9)
-    assert spectrum_summary(x) == pytest.approx({"sve": sve(x), "lsvr": lsvr(x)}, rel=1e-12)
+    assert spectrum_summary(x) == pytest.approx({"sve": sve(x), "lsvr": lsvr(x)}, rel=1e-12)  # same arithmetic
 
 
 @pytest.mark.parametrize(
