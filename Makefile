@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.installed
 SUITE  ?= suites/quick.yaml
 PIP    := $(BIN)/python -m pip install -q --disable-pip-version-check
 
-.PHONY: install run test bench study mobilenet clean
+.PHONY: install run test bench study mobilenet gpu-check clean
 
 $(STAMP): pyproject.toml Makefile
 	@echo "== creating $(VENV) and installing nml-bench (about 3 minutes on a fresh machine)"
@@ -39,6 +39,13 @@ study: install
 mobilenet: install
 	$(BIN)/nmlbench run suites/mobilenet.yaml
 	$(BIN)/nmlbench report suites/mobilenet.yaml --out results/mobilenet --html
+
+# Every CUDA branch once on one GPU (benchmarks/gpu_check.py; results/bench/gpu.json); says so and
+# exits 0 at once where there is no NVIDIA GPU.
+gpu-check:
+	@command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1 || { \
+	  echo "gpu-check: no NVIDIA GPU on this machine (nvidia-smi finds none); nothing run. The CUDA paths stay untested here."; exit 0; }; \
+	$(MAKE) --no-print-directory install && $(BIN)/python benchmarks/gpu_check.py
 
 clean:
 	rm -rf $(VENV) .nmlbench mlflow.db

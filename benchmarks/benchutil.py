@@ -20,7 +20,8 @@ from pathlib import Path
 from typing import Any
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-RESULTS_DIR = REPO_ROOT / "results" / "bench"
+#: Where records go; ``NMLBENCH_BENCH_DIR`` redirects them (``make gpu-check`` keeps its GPU runs apart).
+RESULTS_DIR = Path(os.environ.get("NMLBENCH_BENCH_DIR") or REPO_ROOT / "results" / "bench")
 
 
 def cpu_model() -> str:

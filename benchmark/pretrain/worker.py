@@ -245,6 +245,18 @@ def _ckpt_name(j: int, n_jobs: int, epoch: int) -> str:
     return name if n_jobs == 1 else f"job{j:02d}_{name}"
 
 
+def _compute_line(device: torch.device, amp: Any, channels_last: bool, inp: Any) -> str:
+    """One line naming the branches a job takes (device, autocast, memory format, input, process
+    group), so a run on new hardware shows which of them it exercised."""
+    import torch.distributed as dist
+
+    backend = dist.get_backend() if dist.is_available() and dist.is_initialized() else "none"
+    pinned = "pinned " if getattr(inp, "pin", False) else ""
+    return (f"device {device}, autocast {str(amp).replace('torch.', '') if amp is not None else 'off'}, "
+            f"{'channels-last' if channels_last else 'contiguous'}, {pinned}{inp.kind} input, "
+            f"process group {backend}")
+
+
 def _train_job(cfg: dict[str, Any], j: int, n_jobs: int, run: dict[str, Any],
                state: dict[str, Any], current: dict[str, Any] | None, rank: int, world: int,
                device: torch.device) -> None:
@@ -290,6 +302,8 @@ def _train_job(cfg: dict[str, Any], j: int, n_jobs: int, run: dict[str, Any],
     noisy = torch.as_tensor(table.noisy, device=on)
     captions = None if supervised else _Captions(split, table, cfg, tokenizer, device)
     amp = autocast_dtype(cfg.get("precision", "auto"), device)
+    if run.get("progress") and start_epoch < epochs:  # what ran where: `make gpu-check` reads this line
+        print(f"[nmlbench] {cfg['name']}: {_compute_line(device, amp, channels_last, inp)}", flush=True)
     mean, std, size = cfg["mean"], cfg["std"], int(cfg["image_size"])
     n_sums = len(SUPERVISED_SUMS if supervised else CLIP_SUMS)
     run_dir = Path(run["run_dir"])
