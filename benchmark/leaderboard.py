@@ -10,8 +10,22 @@ The rule, in order:
 2. **Task means.** Per (group, pretrain_seed, head_seed, fraction): ID tasks give ``id_acc``,
    ``id_f1``, ``sve`` (of the head's features) and ``sve_raw`` (of the frozen features); OOD
    tasks give ``ood_acc``, ``lsvr`` and ``lsvr_raw``. Each task counts once.
-3. **Replicates.** Mean over seed replicates with a two-sided 95 % Student-t interval half-width
-   (``t_{0.975, n-1} * sd / sqrt(n)``; NaN for n = 1) and ``n``.
+3. **Units of replication.** Head seeds of one pre-trained model share its backbone, so they are
+   not independent evidence about it: the unit is the **pre-training seed**, head seeds averaged
+   inside it. A head whose head seeds give identical results (a deterministic head such as the
+   converged ``lp``) is counted once. A frozen backbone (no noise ratio: one released model, no
+   pre-training seeds) has **head seeds** as units; a deterministic head there has one unit and
+   no interval (a bootstrap over test rows would need per-row predictions, which fit records do
+   not hold, so none is invented). Counting pre-training x head seeds as independent (the old
+   rule) made the LP's intervals about half as wide as they are.
+4. **Replicates.** Mean over units with a two-sided 95 % Student-t interval half-width
+   (``t_{0.975, n-1} * sd / sqrt(n)``; NaN for n = 1); ``n`` units, ``n_pretrain`` pre-training
+   seeds (0: frozen), ``n_head`` distinct head-seed results averaged per unit (at most).
+5. **Flags.** ``flagged`` counts the row's selected fits whose record says ``near_chance``
+   (validation accuracy near chance while training accuracy is well above it; see
+   ``benchmark.probe.health``): such a row is marked when rendered.
+6. **Ranks.** Each head's mean rank over the suite's (backbone, noise ratio) cells, with a
+   bootstrap interval over units (``benchmark.ranks``), in ``id_rank*`` / ``ood_rank*``.
 
 ``backbone`` is the display name shared by a model's noise ratios and seeds (e.g. the pretrain
 block name), so that a row aggregates replicates rather than splitting them.
@@ -52,15 +66,14 @@ _METRICS = (
     ("sve_raw", "test_sve_raw", "id", False),
     ("lsvr_raw", "test_lsvr_raw", "ood", False),
 )
+#: Each head's mean rank over the (backbone, noise ratio) cells and its bootstrap interval.
+RANK_COLUMNS = ("id_rank", "id_rank_low", "id_rank_high", "ood_rank", "ood_rank_low", "ood_rank_high",
+                "rank_cells")
 COLUMNS = ("id_acc", "id_acc_ci", "id_f1", "id_f1_ci", "ood_acc", "ood_acc_ci", "sve", "sve_ci",
-           "lsvr", "lsvr_ci", "sve_raw", "lsvr_raw", "n")
-
-
-def _ci_half_width(values: np.ndarray, confidence: float) -> float:
-    v = values[~np.isnan(values)]
-    if len(v) < 2:
-        return math.nan
-    return float(stats.t.ppf(0.5 + confidence / 2, len(v) - 1) * v.std(ddof=1) / math.sqrt(len(v)))
+           "lsvr", "lsvr_ci", "sve_raw", "lsvr_raw", "n", "n_pretrain", "n_head", "flagged", *RANK_COLUMNS)
+#: What an interval is over, by unit kind (said in the rendered column headers).
+UNIT_TEXT = {"pretrain": "pre-training seeds", "head": "head seeds (frozen backbone)"}
+FLAG = "⚠"
 
 
 def select_on_validation(df: pd.DataFrame, keys: Sequence[str]) -> pd.DataFrame:
@@ -130,36 +143,92 @@ def replicate_table(df: pd.DataFrame, *, group: Sequence[str] = DEFAULT_GROUP) -
     return per_rep.reindex(columns=[*rep_keys, *(m[0] for m in _METRICS)])
 
 
+def _is_frozen(part: pd.DataFrame) -> pd.Series:
+    """Rows of a frozen backbone: no noise ratio (one released model, no pre-training seeds)."""
+    if "noise_ratio" not in part.columns:
+        return pd.Series(False, index=part.index)
+    return pd.to_numeric(part["noise_ratio"], errors="coerce").isna()
+
+
+def unit_table(per_rep: pd.DataFrame, keys: Sequence[str]) -> pd.DataFrame:
+    """Rows of ``replicate_table`` -> one row per (``keys``, unit of replication); see the module doc.
+
+    A pre-trained backbone's unit is its pre-training seed (head seeds averaged inside it); a
+    frozen backbone's unit is the head seed. Head seeds with identical results (a deterministic
+    head) count once. Adds ``unit`` (the seed), ``unit_kind`` ("pretrain" | "head") and
+    ``n_head`` (distinct head-seed results averaged into the unit).
+    """
+    keys = list(keys)
+    metrics = [m[0] for m in _METRICS]
+    work = per_rep.copy()
+    frozen = _is_frozen(work)
+    work["unit_kind"] = np.where(frozen, "head", "pretrain")
+    work["unit"] = np.where(frozen, work["head_seed"], work["pretrain_seed"])
+    # A deterministic head gives the same numbers for every head seed: one result, not several.
+    work = work.drop_duplicates(subset=[*keys, "unit_kind", "pretrain_seed", *metrics])
+    by = [*keys, "unit_kind", "unit"]
+    grouped = work.groupby(by, dropna=False, sort=False)
+    means = grouped[metrics].mean()
+    means["n_head"] = grouped.size()
+    means.loc[means.index.get_level_values("unit_kind") == "head", "n_head"] = 1
+    return means.reset_index()
+
+
 def leaderboard(df: pd.DataFrame, *, group: Sequence[str] = DEFAULT_GROUP,
                 confidence: float = 0.95) -> pd.DataFrame:
     """The leaderboard of a fit-runs frame (``Tracker.runs_frame("fit")``); see the module doc.
 
-    Columns: the ``group`` columns, ``fraction`` when several are present, then
-    ``id_acc, id_acc_ci, id_f1, id_f1_ci, ood_acc, ood_acc_ci, sve, sve_ci, lsvr, lsvr_ci,
-    sve_raw, lsvr_raw, n``. Accuracies stay fractions in [0, 1]; ``render`` formats them.
+    Columns: the ``group`` columns, ``fraction`` when several are present, then ``COLUMNS``
+    (``id_acc, id_acc_ci, ... n, n_pretrain, n_head, flagged`` and the rank columns). Accuracies
+    stay fractions in [0, 1]; ``render`` formats them.
     """
+    from benchmark.ranks import mean_ranks
+
     group = list(group)
     if df is None or len(df) == 0:
         return pd.DataFrame(columns=[*group, *COLUMNS])
     df = _prepare(df, group)
     several_fractions = df["fraction"].nunique(dropna=False) > 1
     per_rep = replicate_table(df, group=group)
-
     out_keys = list(dict.fromkeys([*group, "fraction"])) if several_fractions else group
-    rows = []
-    for keys, part in per_rep.groupby(out_keys, dropna=False, sort=False):
-        keys = keys if isinstance(keys, tuple) else (keys,)
-        row = dict(zip(out_keys, keys))
-        for out, _, _, with_ci in _METRICS:
-            vals = part[out].to_numpy(dtype="float64")
-            row[out] = float(np.nanmean(vals)) if np.isfinite(vals).any() else math.nan
-            if with_ci:
-                row[f"{out}_ci"] = _ci_half_width(vals, confidence)
-        row["n"] = len(part)
-        rows.append(row)
-    result = pd.DataFrame(rows).reindex(columns=[*out_keys, *COLUMNS])
-    result["n"] = result["n"].astype(int)
+    units = unit_table(per_rep, list(dict.fromkeys([*group, "fraction"])))
+    flags = _flag_counts(df, group, out_keys)
+    grouped = units.groupby(out_keys, dropna=False, sort=False)
+    result = grouped[[m[0] for m in _METRICS]].mean()
+    for out, _, _, with_ci in _METRICS:
+        if with_ci:  # t_{0.975, n-1} * sd / sqrt(n) over the units holding a value; NaN for n < 2
+            n = grouped[out].count()
+            t = pd.Series(stats.t.ppf(0.5 + confidence / 2, np.maximum(n - 1, 1)), index=n.index)
+            result[f"{out}_ci"] = (t * grouped[out].std(ddof=1) / np.sqrt(n)).where(n >= 2)
+    result["n"] = grouped.size()
+    result["n_pretrain"] = units.assign(_pre=units["unit_kind"] == "pretrain").groupby(out_keys, dropna=False, sort=False)["_pre"].sum()
+    result["n_head"] = grouped["n_head"].max()
+    result = result.reset_index()
+    result["flagged"] = [int(flags.get(_nan_free(tuple(k)), 0)) for k in result[out_keys].itertuples(index=False)]
+    result = result.reindex(columns=[*out_keys, *COLUMNS])
+    for col in ("n", "n_pretrain", "n_head", "flagged"):
+        result[col] = result[col].astype(int)
+    if "method" in group:
+        full = units[units["fraction"] == units["fraction"].max()] if several_fractions else units
+        ranks = mean_ranks(full, [k for k in group if k != "method"])
+        for col in RANK_COLUMNS:
+            result[col] = result["method"].map(ranks[col]) if len(ranks) else math.nan
     return _sorted(result, out_keys)
+
+
+def _flag_counts(df: pd.DataFrame, group: Sequence[str], out_keys: Sequence[str]) -> dict[tuple, int]:
+    """Per leaderboard row: how many of its selected fits are flagged ``near_chance``."""
+    if "near_chance" not in df.columns:
+        return {}
+    chosen = selected_fits(df, group=group)
+    flagged = pd.to_numeric(chosen["near_chance"], errors="coerce").fillna(0.0) > 0
+    counts = chosen[flagged].groupby(list(out_keys), dropna=False).size()
+    return {_nan_free(k if isinstance(k, tuple) else (k,)): int(v) for k, v in counts.items()}
+
+
+def _nan_free(keys: tuple) -> tuple:
+    """Group keys usable in a dict: NaN (a frozen backbone's noise ratio) never equals itself."""
+    return tuple(None if isinstance(k, float) and math.isnan(k) else k for k in keys)
 
 
 def _sorted(df: pd.DataFrame, keys: Sequence[str]) -> pd.DataFrame:
@@ -180,20 +249,36 @@ def _fmt(v: float, ci: float | None, scale: float, digits: int) -> str:
     return text
 
 
+def units_text(df: pd.DataFrame) -> str:
+    """What the rows' intervals are over, for the column headers."""
+    if "n_pretrain" in df.columns:
+        kinds = {"pretrain" if n > 0 else "head" for n in df["n_pretrain"].fillna(0)}
+    else:
+        kinds = {"head" if f else "pretrain" for f in _is_frozen(df)}
+    if kinds == {"head"}:
+        return UNIT_TEXT["head"]
+    if kinds == {"pretrain"}:
+        return UNIT_TEXT["pretrain"]
+    return "pre-training seeds; frozen backbones: head seeds"
+
+
 def _display(df: pd.DataFrame) -> tuple[list[str], list[list[str]]]:
     keys = [c for c in df.columns if c not in COLUMNS and not c.endswith("_ci")]
     headers = []
     for k in keys:
         headers.append({"backbone": "Backbone", "noise_ratio": "Noise", "method": "Method",
                         "fraction": "Fraction"}.get(k, k))
-    headers += ["ID acc (%)", "ID F1 (%)", "OOD acc (%)", "SVE", "LSVR", "SVE raw", "LSVR raw", "n"]
+    over = f"± 95 % CI over {units_text(df)}"
+    headers += [f"ID acc (%) {over}", "ID F1 (%)", "OOD acc (%)", "SVE", "LSVR", "SVE raw", "LSVR raw",
+                "n (units)"]
     rows = []
     for _, r in df.iterrows():
         row = []
         for k in keys:
             v = r[k]
             if k == "method":
-                row.append(method_label(v))
+                flagged = int(r["flagged"]) if "flagged" in r and pd.notna(r["flagged"]) else 0
+                row.append(method_label(v) + (f" {FLAG}{flagged}" if flagged else ""))
             elif k in ("noise_ratio", "fraction"):
                 row.append("–" if pd.isna(v) else f"{float(v):g}")
             else:
@@ -212,12 +297,43 @@ def _display(df: pd.DataFrame) -> tuple[list[str], list[list[str]]]:
     return headers, rows
 
 
+def render_notes(df: pd.DataFrame) -> list[str]:
+    """The lines under the table: what the intervals are over, what a flag means."""
+    notes = [f"± is the 95 % t-interval half-width over units of replication: {units_text(df)} "
+             "(head seeds averaged inside a pre-training; a deterministic head counted once)."]
+    if "n" in df.columns and (df["n"] == 1).any():
+        notes.append("No interval where n = 1: one unit (a single seed, or a deterministic head such as the LP "
+                     "on a frozen backbone; a bootstrap over test rows would need per-row predictions, which "
+                     "the fit records do not hold).")
+    if "flagged" in df.columns and (df["flagged"].fillna(0) > 0).any():
+        notes.append(f"{FLAG}k: k of the row's selected fits stayed near chance on validation while fitting "
+                     "their training data (see the sweep's warning): the row's numbers are not a result.")
+    return notes
+
+
+def rank_rows(df: pd.DataFrame) -> tuple[list[str], list[list[str]]]:
+    """One row per head: mean rank over cells with its bootstrap interval."""
+    ranks = df.dropna(subset=["id_rank"]).drop_duplicates("method") if "id_rank" in df.columns else df.iloc[:0]
+    ranks = ranks.assign(_m=ranks["method"].map(method_order)).sort_values("_m", kind="stable") if len(ranks) else ranks
+    headers = ["Method", "ID rank [95 % bootstrap]", "OOD rank [95 % bootstrap]", "cells"]
+    rows = []
+    for _, r in ranks.iterrows():
+        def cell(m: str) -> str:
+            if not np.isfinite(r[f"{m}_rank"]):
+                return "–"
+            return f"{r[f'{m}_rank']:.2f} [{r[f'{m}_rank_low']:.2f}, {r[f'{m}_rank_high']:.2f}]"
+        rows.append([method_label(r["method"]), cell("id"), cell("ood"), str(int(r["rank_cells"]))])
+    return headers, rows
+
+
 def render(df: pd.DataFrame, fmt: str = "table") -> str:
     """Text of a ``leaderboard()`` frame.
 
     ``table`` (terminal) and ``markdown`` show accuracies and F1 as percentages with two
-    decimals and "±" the 95 % half-width (left out when n = 1); ``csv`` keeps the raw numbers
-    (fractions, full precision) for other tools.
+    decimals and "±" the 95 % half-width (left out when n = 1), the header saying what the
+    interval is over, notes under the table, then each head's mean rank over the (backbone,
+    noise) cells with its bootstrap interval; ``csv`` keeps the raw numbers (fractions, full
+    precision) for other tools.
     """
     from tabulate import tabulate
 
@@ -227,5 +343,12 @@ def render(df: pd.DataFrame, fmt: str = "table") -> str:
         raise ConfigError(f"unknown leaderboard format {fmt!r} (allowed: table, csv, markdown)")
     headers, rows = _display(df)
     tablefmt = "github" if fmt == "markdown" else "simple"
-    return tabulate(rows, headers=headers, tablefmt=tablefmt, disable_numparse=True,
-                    colalign=None) + "\n"
+    text = tabulate(rows, headers=headers, tablefmt=tablefmt, disable_numparse=True, colalign=None) + "\n"
+    if len(df):
+        text += "\n" + "\n".join(render_notes(df)) + "\n"
+    rank_headers, ranked = rank_rows(df)
+    if ranked:
+        text += ("\nMean rank of each head over the (backbone, noise ratio) cells (1 = best), with a 95 % "
+                 "bootstrap interval over units of replication:\n\n")
+        text += tabulate(ranked, headers=rank_headers, tablefmt=tablefmt, disable_numparse=True) + "\n"
+    return text

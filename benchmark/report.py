@@ -31,9 +31,11 @@ SELECTION_NOTE = (
     "Head hyper-parameters (the suite's grid: NMTune's lam, the MLP depth ...) are chosen per task and seed "
     "on a validation split carved "
     "from the downstream training data; the test set is never used for selection. Accuracy and "
-    "macro-F1 are means over tasks (%), then over seed replicates with a 95 % Student-t interval "
-    "(± half-width, none when n = 1). SVE is of head features on ID tasks, LSVR on OOD tasks; "
-    "'raw' columns are of the frozen features."
+    "macro-F1 are means over tasks (%), then over units of replication with a 95 % Student-t interval "
+    "(± half-width, none when n = 1): the unit is the pre-training seed (head seeds averaged inside it, a "
+    "deterministic head such as the LP counted once); a frozen backbone's unit is the head seed. SVE is of "
+    "head features on ID tasks, LSVR on OOD tasks; 'raw' columns are of the frozen features. Under the "
+    "table: each head's mean rank over the (backbone, noise ratio) cells with a bootstrap interval."
 )
 
 

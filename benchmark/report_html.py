@@ -21,7 +21,7 @@ from typing import Any
 import pandas as pd
 
 from benchmark.atomic import atomic_write
-from benchmark.leaderboard import method_label
+from benchmark.leaderboard import FLAG, render_notes, rank_rows, units_text, method_label
 
 FIGURE_CAPTIONS = {
     "id_ood_vs_noise.png": "ID and OOD accuracy against the pre-training noise ratio, one line per head, "
@@ -39,11 +39,18 @@ HOW_CHOSEN = [
     "the smaller depth. The test sets never take part in the choice. The <i>selected</i> column lists the "
     "winners and how often each won; <i>fits</i> counts the candidate fits considered.",
     "<b>Averaging.</b> Test accuracy and macro-F1 are averaged over ID tasks (and OOD accuracy over the OOD "
-    "groups' test domains), then over seed replicates (pre-training seed x head seed); <i>n</i> is the number "
-    "of replicates.",
-    "<b>Intervals.</b> ± is the half-width of a two-sided 95 % Student-t interval over the replicates "
-    "(t<sub>0.975, n-1</sub> · sd / √n); none when n = 1. Rows whose intervals overlap are not separated "
-    "by this study.",
+    "groups' test domains), then over units of replication: the pre-training seed, with the head seeds of one "
+    "pre-training averaged inside it (they share its backbone; a deterministic head such as the LP counts "
+    "once); for a frozen backbone (no pre-training seeds) the head seed. <i>n</i> is the number of units.",
+    "<b>Intervals.</b> ± is the half-width of a two-sided 95 % Student-t interval over the units "
+    "(t<sub>0.975, n-1</sub> · sd / √n); none when n = 1 (a deterministic head on a frozen backbone has one "
+    "value; a bootstrap over test rows would need per-row predictions, which the fit records do not hold). "
+    "Rows whose intervals overlap are not separated by this study.",
+    "<b>Ranks.</b> Within each (backbone, noise ratio) cell the heads are ranked by their mean (1 = best), and "
+    "each head's ranks are averaged over the cells; the interval is a 95 % percentile bootstrap that resamples "
+    "each cell's units (paired across heads).",
+    f"<b>Flags.</b> {FLAG}k after a head's name: k of the row's selected fits stayed near chance on validation "
+    "while fitting their training data; such a row is not a result.",
     "<b>Spectra.</b> SVE (singular value entropy) is of the head's features on ID tasks, LSVR (largest "
     "singular value ratio) of the head's features on OOD tasks; the <i>raw</i> columns are of the frozen "
     "backbone features.",
@@ -112,7 +119,7 @@ def leaderboard_table(rows: pd.DataFrame) -> str:
     """The leaderboard as a sortable HTML table (accuracies in %, ± the 95 % half-width)."""
     several = "fraction" in rows.columns
     heads = ["Backbone", "Noise", "Method"] + (["Fraction"] if several else []) + [
-        "ID acc (%)", "ID F1 (%)", "OOD acc (%)", "SVE", "LSVR", "SVE raw", "LSVR raw", "n", "selected", "fits"]
+        f"ID acc (%) ± 95 % CI over {units_text(rows)}", "ID F1 (%)", "OOD acc (%)", "SVE", "LSVR", "SVE raw", "LSVR raw", "n", "selected", "fits"]
     text_cols = {"Backbone", "Method", "selected"}
     out = ['<div class="wrap"><table class="sortable" id="leaderboard"><thead><tr>']
     out += [f'<th class="{"t" if h in text_cols else ""}">{html.escape(h)}</th>' for h in heads]
@@ -121,7 +128,8 @@ def leaderboard_table(rows: pd.DataFrame) -> str:
         noise = r.get("noise_ratio")
         cells = [_cell(str(r.get("backbone")), r.get("backbone"), text=True),
                  _cell("unknown" if _missing(noise) else f"{float(noise) * 100:g}%", noise),
-                 _cell(method_label(r.get("method")), r.get("method"), text=True)]
+                 _cell(method_label(r.get("method")) + (f" {FLAG}{int(r['flagged'])}" if not _missing(r.get("flagged"))
+                                                        and r["flagged"] > 0 else ""), r.get("method"), text=True)]
         if several:
             cells.append(_cell(f"{float(r['fraction']):g}", r["fraction"]))
         cells += [_num_cell(r.get("id_acc"), r.get("id_acc_ci"), 100, 2), _num_cell(r.get("id_f1"), r.get("id_f1_ci"), 100, 2),
@@ -131,6 +139,22 @@ def leaderboard_table(rows: pd.DataFrame) -> str:
                   _cell(str(r.get("selected") or ""), r.get("selected"), text=True),
                   _cell("" if _missing(r.get("fits")) else str(int(r["fits"])), r.get("fits"))]
         out.append("<tr>" + "".join(cells) + "</tr>")
+    out.append("</tbody></table></div>")
+    out += [f'<p class="meta">{html.escape(n)}</p>' for n in render_notes(rows)] if len(rows) else []
+    return "\n".join(out)
+
+
+def rank_table(rows: pd.DataFrame) -> str:
+    """Each head's mean rank over the (backbone, noise ratio) cells with its 95 % bootstrap interval."""
+    heads, body = rank_rows(rows)
+    if not body:
+        return ""
+    out = ['<p>Mean rank of each head over the (backbone, noise ratio) cells (1 = best), with a 95 % bootstrap '
+           'interval over units of replication:</p><div class="wrap"><table id="ranks"><thead><tr>']
+    out += [f'<th class="{"t" if i == 0 else ""}">{html.escape(h)}</th>' for i, h in enumerate(heads)]
+    out.append("</tr></thead><tbody>")
+    for r in body:
+        out.append("<tr>" + "".join(_cell(v, v, text=(i == 0)) for i, v in enumerate(r)) + "</tr>")
     out.append("</tbody></table></div>")
     return "\n".join(out)
 
@@ -189,8 +213,9 @@ def render_html(suite: str, rows: pd.DataFrame, figures: Mapping[str, bytes], cl
         f'<p class="meta">Generated {stamp} from {html.escape(source)}. {html.escape(note)}</p>',
         '<h2 id="leaderboard-h">Leaderboard</h2>',
         "<p>One row per backbone x pre-training noise ratio x head; click a column header to sort. "
-        "Accuracies in %, ± the 95 % interval half-width over seed replicates (n).</p>",
+        "Accuracies in %, ± the 95 % interval half-width over units of replication (n).</p>",
         leaderboard_table(rows) if len(rows) else "<p>No finished head fits yet.</p>",
+        rank_table(rows) if len(rows) else "",
         '<h2 id="figures">Figures</h2>', *[_figure_html(k, v, captions.get(k)) for k, v in main.items()],
         '<h2 id="claims">Claims</h2>', f'<div class="claims">{claims}</div>',
         '<h2 id="pretraining">Pre-training: noise records and curves</h2>', noise_table(pretrains),

@@ -184,6 +184,7 @@ def test_a_cli_sweep_goes_on_while_the_server_restarts_and_every_fit_lands_once(
         assert len(keys) == len(set(keys)) == total
         assert set(keys) == {e["key"] for e in Journal(journal).read() if e["kind"] == "fit"}
         board = TrackingReader(server.url, "restart").leaderboard_frame("restart")
-        assert list(board.method) == ["lp", "mlp", "nmtune"] and (board.n == 2).all()
+        # units: 2 head seeds (frozen backbone); the deterministic LP's two equal fits count once
+        assert list(board.method) == ["lp", "mlp", "nmtune"] and board.n.tolist() == [1, 2, 2]
     finally:
         server.stop()

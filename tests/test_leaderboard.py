@@ -9,6 +9,7 @@ rendered markdown is compared with a golden file (regenerate with NMLBENCH_UPDAT
 from __future__ import annotations
 
 import itertools
+import math
 import os
 from pathlib import Path
 
@@ -68,7 +69,8 @@ def test_means_intervals_and_n_match_independent_computation():
     lb = leaderboard(df)
     assert list(lb.columns) == ["backbone", "noise_ratio", "method", "id_acc", "id_acc_ci", "id_f1", "id_f1_ci",
                                 "ood_acc", "ood_acc_ci", "sve", "sve_ci", "lsvr", "lsvr_ci", "sve_raw",
-                                "lsvr_raw", "n"]
+                                "lsvr_raw", "n", "n_pretrain", "n_head", "flagged", "id_rank", "id_rank_low",
+                                "id_rank_high", "ood_rank", "ood_rank_low", "ood_rank_high", "rank_cells"]
     assert list(zip(lb.noise_ratio, lb.method)) == [(0.0, "lp"), (0.0, "nmtune"), (0.1, "lp"), (0.1, "nmtune")]
     exp = expected(df)
     for _, r in lb.iterrows():
@@ -119,4 +121,79 @@ def test_render_golden_markdown_and_csv_roundtrip():
     assert f"{first.id_acc * 100:.2f} ± {first.id_acc_ci * 100:.2f}" in md
     back = pd.read_csv(__import__("io").StringIO(render(lb, "csv")))
     np.testing.assert_allclose(back.id_acc, lb.id_acc, rtol=1e-12)
-    assert "ID acc (%)" in render(lb, "table")
+    assert "ID acc (%) ± 95 % CI over pre-training seeds" in render(lb, "table")
+
+
+def _replicated(frozen: bool = False) -> pd.DataFrame:
+    """3 pre-training seeds x 2 head seeds (or, frozen, 4 head seeds); one ID and one OOD task.
+
+    ``lp`` is deterministic: both head seeds of a pre-training give the same numbers. ``nmtune``
+    varies with the head seed. Values are exact binary fractions so means compare exactly."""
+    rows = []
+    pre_seeds, head_seeds = ((0,), (0, 1, 2, 3)) if frozen else ((0, 1, 2), (0, 1))
+    for p in pre_seeds:
+        for h in head_seeds:
+            for method in ("lp", "nmtune"):
+                for task, kind in (("a", "id"), ("o", "ood")):
+                    acc = 0.5 + 0.125 * p + (0.0 if method == "lp" else 0.0625 * (h + 1))
+                    rows.append({"backbone": "net", "noise_ratio": math.nan if frozen else 0.1, "method": method,
+                                 "task": task, "task_kind": kind, "pretrain_seed": p, "head_seed": h,
+                                 "fraction": 1.0, "val_accuracy": acc, "test_accuracy": acc, "test_macro_f1": acc,
+                                 "test_sve": 1.0, "test_lsvr": 0.1, "test_sve_raw": 1.0, "test_lsvr_raw": 0.1})
+    return pd.DataFrame(rows)
+
+
+def test_interval_is_over_pretraining_seeds_with_head_seeds_averaged_inside():
+    lb = leaderboard(_replicated()).set_index("method")
+    # per pre-training: LP 0.5, 0.625, 0.75 (each once, though fitted twice); NMTune adds the mean
+    # of its head seeds (0.0625 and 0.125: +0.09375)
+    for method, units in (("lp", [0.5, 0.625, 0.75]), ("nmtune", [0.59375, 0.71875, 0.84375])):
+        r = lb.loc[method]
+        assert (r.n, r.n_pretrain) == (3, 3)
+        lo, hi = stats.t.interval(0.95, 2, loc=np.mean(units), scale=stats.sem(units))
+        assert r.id_acc == pytest.approx(np.mean(units)) and r.id_acc_ci == pytest.approx((hi - lo) / 2)
+    assert (lb.loc["lp", "n_head"], lb.loc["nmtune", "n_head"]) == (1, 2)  # the deterministic LP counted once
+
+
+def test_frozen_backbone_units_are_head_seeds_and_a_deterministic_head_has_no_interval():
+    lb = leaderboard(_replicated(frozen=True)).set_index("method")
+    units = [0.5625, 0.625, 0.6875, 0.75]
+    lo, hi = stats.t.interval(0.95, 3, loc=np.mean(units), scale=stats.sem(units))
+    assert lb.loc["nmtune", "n"] == 4 and lb.loc["nmtune", "n_pretrain"] == 0
+    assert lb.loc["nmtune", "id_acc_ci"] == pytest.approx((hi - lo) / 2)
+    assert lb.loc["lp", "n"] == 1 and math.isnan(lb.loc["lp", "id_acc_ci"])  # not a zero-width interval
+    text = render(leaderboard(_replicated(frozen=True)), "markdown")
+    assert "± 95 % CI over head seeds (frozen backbone)" in text
+    assert "per-row predictions, which the fit records do not hold" in text
+    mixed = render(leaderboard(pd.concat([_replicated(), _replicated(frozen=True).assign(backbone="mob")])), "table")
+    assert "CI over pre-training seeds; frozen backbones: head seeds" in mixed
+
+
+def test_rows_built_on_flagged_fits_are_marked():
+    df = _replicated()
+    df["near_chance"] = 0.0
+    df.loc[(df.method == "nmtune") & (df.pretrain_seed == 1) & (df.head_seed == 0), "near_chance"] = 1.0
+    lb = leaderboard(df).set_index("method")
+    assert (lb.loc["lp", "flagged"], lb.loc["nmtune", "flagged"]) == (0, 2)  # its ID and OOD fit
+    text = render(leaderboard(df), "markdown")
+    assert "NMTune ⚠2" in text and "near chance on validation" in text
+    assert "⚠" not in render(leaderboard(_replicated()), "markdown")
+
+
+def test_mean_rank_and_its_bootstrap_interval_over_cells():
+    """Two cells (noise 0 and 0.1) x 3 pre-training seeds. NMTune beats LP in every seed of cell
+    0.1; in cell 0 it loses seed 0 badly, so its mean (0.6208) falls just below LP's (0.625) and
+    the order there depends on which seeds a resample draws."""
+    base = _replicated()
+    other = base.assign(noise_ratio=0.0)
+    flip = (other.method == "nmtune") & (other.pretrain_seed == 0)
+    other.loc[flip, ["val_accuracy", "test_accuracy"]] = 0.3  # NMTune worse than LP in seed 0 only
+    lb = leaderboard(pd.concat([base, other], ignore_index=True)).drop_duplicates("method").set_index("method")
+    assert lb.loc["nmtune", "rank_cells"] == 2
+    # observed: NMTune 1st in cell 0.1 and 2nd in cell 0, LP the reverse: both average 1.5
+    assert lb.loc["nmtune", "id_rank"] == lb.loc["lp", "id_rank"] == 1.5
+    # resamples: cell 0.1 always ranks NMTune 1st; cell 0 either way -> NMTune's mean rank in [1, 1.5]
+    assert (lb.loc["nmtune", "id_rank_low"], lb.loc["nmtune", "id_rank_high"]) == (1.0, 1.5)
+    assert (lb.loc["lp", "id_rank_low"], lb.loc["lp", "id_rank_high"]) == (1.5, 2.0)
+    text = render(leaderboard(pd.concat([base, other], ignore_index=True)), "table")
+    assert "Mean rank of each head" in text and "NMTune" in text.split("Mean rank")[1]

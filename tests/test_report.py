@@ -97,3 +97,22 @@ def test_pretrain_curves_draw_each_group_as_its_seeds_mean_with_a_band(tmp_path,
     # one panel (bookkeeping such as global_batch is not drawn), one line per group, in percent
     assert lines == [("net @ 30% (2 seeds)", [10.0, 40.0, 80.0]), ("net @ 10%", [0.0, 20.0, 40.0])]
     assert bands == [([10.0, 30.0, 70.0], [10.0, 50.0, 90.0])]
+
+
+def test_html_report_names_the_interval_units_shows_ranks_and_flags() -> None:
+    """The HTML leaderboard says what its intervals are over, marks rows built on flagged fits and
+    shows each head's mean rank with its bootstrap interval (the same numbers as the text board)."""
+    from benchmark.report_html import render_html
+
+    df = synthetic_runs()
+    df["near_chance"] = np.where((df.method == "nmtune") & (df.noise_ratio == 0.1) & (df.pretrain_seed == 2), 1.0, 0.0)
+    lb = leaderboard(df)
+    page = render_html("synthetic", lb, {}, "# Claims\n", [])
+    header = page.split('id="leaderboard">')[1].split("</thead>")[0]
+    assert "ID acc (%) ± 95 % CI over pre-training seeds" in header
+    chosen = lb[(lb.method == "nmtune") & (lb.noise_ratio == 0.1)].iloc[0]
+    assert chosen.flagged > 0 and f"NMTune ⚠{int(chosen.flagged)}" in page
+    ranks = page.split('id="ranks">')[1].split("</table>")[0]
+    lp = lb[lb.method == "lp"].iloc[0]
+    assert f"{lp.id_rank:.2f} [{lp.id_rank_low:.2f}, {lp.id_rank_high:.2f}]" in ranks
+    assert ranks.count("<tr>") == 3  # header + LP + NMTune
