@@ -9,7 +9,8 @@ import pandas as pd
 import pytest
 from scipy import stats
 
-from benchmark.claims import analyse, claims_markdown, mean_ci, slope_ci
+from benchmark.claims import (VERDICT_RULE, Estimate, analyse, claims_markdown, mean_ci, seeds_for_effect,
+                              slope_ci, slope_power)
 
 
 def _runs(effect_id: dict[float, float], ood_slope: float, seeds=(0, 1, 2, 3, 4), noise_sd=0.002) -> pd.DataFrame:
@@ -71,22 +72,70 @@ def test_interval_helpers_match_scipy() -> None:
     assert s.value == pytest.approx(-3, abs=0.1) and s.high < 0
 
 
-def test_seeds_needed_by_hand() -> None:
-    """Undecided mean difference: n = ceil(((z_.975 + z_.8) * sd / |mean|)^2), worked out by hand."""
-    d = np.array([0.010, -0.004, 0.006, 0.002, -0.001])
-    e = mean_ci(d)
-    assert e.verdict == "interval includes 0"
-    mean, sd = d.mean(), d.std(ddof=1)  # 0.0026, 0.00555
-    by_hand = math.ceil(((1.959964 + 0.841621) * sd / abs(mean)) ** 2)
-    assert e.seeds_needed() == by_hand == 36
-    # a slope's standard error shrinks as 1/sqrt(points): same rule in points of the regression
+def test_seeds_needed_match_published_power_tables() -> None:
+    """Sample sizes of a two-sided one-sample / paired t test at alpha = 0.05 and power 0.80, as
+    G*Power 3.1 gives them ("t tests - Means: difference from constant (one sample case)", a priori;
+    Faul, Erdfelder, Lang & Buchner, Behav. Res. Methods 39, 2007): d = 0.2 -> 199, 0.3 -> 90,
+    0.5 -> 34 (the usual textbook example), 0.8 -> 15, 1.0 -> 10.
+    A normal approximation gives 197, 88, 32, 13, 8: it under-counts, most at few seeds."""
+    published = {0.2: 199, 0.3: 90, 0.5: 34, 0.8: 15, 1.0: 10}
+    assert {d: seeds_for_effect(d) for d in published} == published
+    assert seeds_for_effect(-0.5) == 34 and seeds_for_effect(0.0) is None
+
+
+def test_seeds_needed_of_an_undecided_estimate_is_the_exact_t_answer() -> None:
+    """The issue's case: OOD LP 30 % - 0 % = -5.04 [-11.27, +1.20] points over 5 seeds. The normal
+    approximation said 8 seeds; the noncentral t says 10 (8 seeds give power 0.68)."""
+    from statsmodels.stats.power import TTestPower
+
+    e = Estimate(-0.0504, -0.1127, 0.0120, 5)
+    assert e.verdict("negative") == "undecided"
+    assert e.seeds_needed() == 10
+    sd = (e.high - e.low) / 2 / stats.t.ppf(0.975, 4) * math.sqrt(5)
+    assert TTestPower().power(abs(e.value) / sd, 8, 0.05) == pytest.approx(0.68, abs=0.005)
+    # slopes: exact noncentral t with n - 2 degrees of freedom on the replicated design
     x = np.repeat([0.0, 0.1, 0.3], 5)
     y = 0.01 * x + np.tile([0.004, -0.003, 0.001, -0.002, 0.0], 3)
     s = slope_ci(x, y)
-    assert s.kind == "slope" and s.verdict == "interval includes 0"
+    need = s.seeds_needed()
     se = (s.high - s.low) / 2 / stats.t.ppf(0.975, len(x) - 2)
-    assert s.seeds_needed() == math.ceil(len(x) * ((1.959964 + 0.841621) * se / abs(s.value)) ** 2)
-    assert s.seeds_needed() > len(x)
+    assert slope_power(s.value, se, len(x), need) >= 0.8 > slope_power(s.value, se, len(x), need - 1)
     # decided or degenerate estimates need no power estimate beyond what they have
     assert mean_ci(np.array([0.01, 0.012, 0.011])).seeds_needed() == 3
     assert mean_ci(np.array([0.01])).seeds_needed() is None
+
+
+def test_three_verdicts_and_the_rule_under_each_table() -> None:
+    e_pos, e_neg, e_zero = Estimate(0.02, 0.01, 0.03, 5), Estimate(-0.02, -0.03, -0.01, 5), Estimate(0.0, -0.01, 0.01, 5)
+    assert [e.verdict("positive") for e in (e_pos, e_neg, e_zero)] == ["held", "contradicted", "undecided"]
+    assert [e.verdict("negative") for e in (e_pos, e_neg, e_zero)] == ["contradicted", "held", "undecided"]
+    # claim 1 planted the other way round: noise lowers ID LP accuracy -> contradicted, not "did not hold"
+    text = claims_markdown(_runs({0.0: 0.0, 0.1: -0.03}, ood_slope=0.0), "opposite")
+    claim1 = text.split("## Claim 1")[1].split("## Claim 2")[0]
+    assert "| contradicted |" in claim1 and "**Verdict: contradicted: 1 contradicted of 1 testable findings.**" in claim1
+    assert claim1.count(VERDICT_RULE) == 1 and text.count(VERDICT_RULE) == 4
+
+
+def test_claim4_is_per_family_with_the_pooled_number_after() -> None:
+    """Opposite effects of two families: NMTune - LP is +3 points for the CNN and -5 for the CLIP.
+    Each family's finding says so; the pooled number (undecided) comes after them."""
+    cnn = _runs({0.0: 0.0, 0.3: 0.0}, ood_slope=0.0)
+    clip = _runs({0.0: 0.0, 0.3: 0.0}, ood_slope=0.0).assign(backbone="clip")
+    clip.loc[clip.method == "nmtune", ["val_accuracy", "test_accuracy"]] -= 0.08  # +0.03 -> -0.05 vs LP
+    found = analyse(pd.concat([cnn, clip], ignore_index=True))["4"]
+    id_lp = [f for f in found if f["what"] == "ID acc, NMTune - LP"]
+    assert [f["backbone"] for f in id_lp] == ["clip", "cnn", "all families, pooled"]
+    assert [f["verdict"] for f in id_lp[:2]] == ["contradicted", "held"]
+    assert id_lp[0]["estimate"].value == pytest.approx(-0.05, abs=0.003)
+    assert id_lp[0]["estimate"].n == 10  # units: 2 noise ratios x 5 pre-training seeds
+    assert id_lp[2]["estimate"].value == pytest.approx(-0.01, abs=0.003) and id_lp[2]["verdict"] == "undecided"
+    positions = [i for i, f in enumerate(found) if f["backbone"] == "all families, pooled"]
+    assert min(positions) > max(i for i, f in enumerate(found) if f["backbone"] != "all families, pooled")
+
+
+def test_claim4_pairs_by_pretraining_seed_not_by_head_seed() -> None:
+    """Two head seeds per pre-training: the units are still the 5 pre-trainings per ratio."""
+    one = _runs({0.0: 0.0, 0.1: 0.0}, ood_slope=0.0)
+    two = pd.concat([one, one.assign(head_seed=1)], ignore_index=True)
+    e = {f["what"]: f["estimate"] for f in analyse(two)["4"]}["ID acc, NMTune - MLP"]
+    assert e.n == 10
