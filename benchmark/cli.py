@@ -60,16 +60,25 @@ def _fail(exc: BaseException) -> None:
 
 
 def _tracking(suite_obj, tracking_uri: str | None, work_dir: str | None) -> tuple[str, str]:
-    """The MLflow URI and experiment a command reads: the suite's, after the command-line overrides."""
+    """The MLflow URI and experiment a command reads: the suite's, after the command-line overrides.
+
+    A ``user:password@`` in the URI moves to MLflow's credential variables (``store.credentials_from_uri``):
+    the URI is printed, put on job command lines and written into summaries and reports.
+    """
+    from benchmark.tracking.store import credentials_from_uri
+
     suite_obj = suite_obj.override(work_dir=work_dir)
-    return tracking_uri or str(suite_obj.tracking.uri), str(suite_obj.tracking.experiment)
+    return credentials_from_uri(tracking_uri or str(suite_obj.tracking.uri)), str(suite_obj.tracking.experiment)
 
 
-def _print_leaderboard(uri: str, experiment: str, fmt: Fmt = Fmt.table, suite: str | None = None) -> None:
+def _print_leaderboard(uri: str, experiment: str, fmt: Fmt = Fmt.table, suite: str | None = None,
+                       strict: bool = False) -> None:
     """Print the published leaderboard runs (read-only: nothing is created in the store).
 
     Before the leaderboard is published (a run interrupted before its end, or a store written by
     an older nml-bench) it is computed from the fit runs, and a note says how to publish it.
+    A store that does not answer or refuses the credentials is reported; ``strict`` raises it
+    (``nmlbench leaderboard`` exits 2), else it is a note (the end of ``nmlbench run``).
     """
     from benchmark.leaderboard import COLUMNS, leaderboard, render
     from benchmark.tracking import NothingTracked, TrackingReader, TrackingUnavailable
@@ -81,6 +90,8 @@ def _print_leaderboard(uri: str, experiment: str, fmt: Fmt = Fmt.table, suite: s
         note = ""
         fits = suite_fits(reader, suite or experiment) if suite else reader.runs_frame("fit")
     except (NothingTracked, TrackingUnavailable) as exc:
+        if strict and isinstance(exc, TrackingUnavailable):
+            raise
         typer.echo(str(exc))
         return
     if fits.empty and board.empty:
@@ -120,8 +131,9 @@ def run(
 
     try:
         s = _load(suite)
+        uri, _ = _tracking(s, tracking_uri, work_dir)  # credentials out of the URI before it is printed
         t0 = time.perf_counter()
-        summary = run_suite(s, address=address, tracking_uri=tracking_uri, data_root=data_root, work_dir=work_dir)
+        summary = run_suite(s, address=address, tracking_uri=uri, data_root=data_root, work_dir=work_dir)
     except NMLBenchError as exc:
         _fail(exc)
     secs = summary.seconds
@@ -149,8 +161,10 @@ def validate(suite: Annotated[str, typer.Argument(help="suite file or name")]) -
     except NMLBenchError as exc:
         _fail(exc)
     from benchmark.plan import pretrain_jobs
+    from benchmark.plan_status import render_imports, suite_imports
 
     typer.echo(f"{suite}: valid; {len(pretrain_jobs(s))} pre-training jobs, {len(s.backbones)} frozen backbones")
+    typer.echo("\n".join(render_imports(suite_imports(s))))
 
 
 @app.command()
@@ -166,17 +180,32 @@ def plan(
 
     from benchmark.config import check_data_available
     from benchmark.plan import make_plan
-    from benchmark.plan_status import plan_status, render_status, status_dict
+    from benchmark.plan_status import plan_status, render_imports, render_status, status_dict, suite_imports
 
     try:
         s = _load(suite).override(work_dir=work_dir, data_root=data_root)
         check_data_available(s)
         the_plan = make_plan(s)
         uri, exp = _tracking(s, tracking_uri, None)
-        stages = plan_status(the_plan, uri, exp)
+        stages = _read_status(plan_status, the_plan, uri, exp)
     except NMLBenchError as exc:
         _fail(exc)
-    typer.echo(json.dumps(status_dict(stages), indent=2) if as_json else render_status(the_plan, stages, uri))
+    if as_json:
+        typer.echo(json.dumps(status_dict(stages), indent=2))
+    else:
+        typer.echo(render_status(the_plan, stages, uri) + "\n".join(render_imports(suite_imports(s))))
+
+
+def _read_status(plan_status, the_plan, uri: str, exp: str):
+    """``plan_status``, with a tracking server that refuses the credentials as a user error."""
+    from benchmark.tracking.store import TrackingUnavailable, auth_refused, brief
+
+    try:
+        return plan_status(the_plan, uri, exp)
+    except Exception as exc:
+        if auth_refused(exc):
+            raise TrackingUnavailable(f"MLflow at {uri} refused the credentials ({brief(exc)})") from None
+        raise
 
 
 @app.command()
@@ -193,7 +222,7 @@ def leaderboard(
     try:
         s = _load(suite)
         uri, exp = _tracking(s, tracking_uri, work_dir)
-        _print_leaderboard(uri, exp, fmt, suite=s.name)
+        _print_leaderboard(uri, exp, fmt, suite=s.name, strict=True)
     except NMLBenchError as exc:
         _fail(exc)
 
@@ -288,30 +317,48 @@ def submit(
     wait: Annotated[bool, typer.Option(help="stream the job's logs until it ends")] = False,
     tracking_uri: Annotated[Optional[str], typer.Option(help="MLflow URI the job logs to (default: this machine's sqlite store)")] = None,
     work_dir: Annotated[Optional[str], typer.Option(help="work dir on the cluster (shared storage); default: local absolute path")] = None,
+    check: Annotated[bool, typer.Option(help="first check that the cluster's `python` can run nml-bench (a probe job)")] = True,
 ) -> None:
-    """Submit a suite as a Ray job: the package and the suite file are shipped as its working dir."""
-    _use_ray_token_if_present()  # before Ray is imported: it reads the auth mode once
-    from ray.job_submission import JobStatus, JobSubmissionClient
+    """Submit a suite as a Ray job: the package and the suite file are shipped as its working dir.
 
+    Ray's token is sent when one is at hand (RAY_AUTH_TOKEN, RAY_AUTH_TOKEN_PATH, ~/.ray/auth_token);
+    MLflow's credentials (MLFLOW_TRACKING_USERNAME / _PASSWORD / _TOKEN) go to the job as
+    environment variables, never on its command line.
+    """
+    from benchmark import submit as jobs
+
+    token_source = jobs.use_ray_token_if_present()  # before Ray is imported: it reads the auth mode once
     try:
         s = _load(suite)
         uri, _ = _tracking(s, tracking_uri, work_dir)
         work = str(Path(work_dir or s.work_dir).resolve())
+        client = jobs.job_client(address, token_source)
+        if check:
+            report = jobs.check_cluster_python(client, address=address, token_source=token_source)
+            typer.echo(f"cluster Python: {report['python']} ({report['version']}) has nml-bench's dependencies")
         staging = Path(tempfile.mkdtemp(prefix="nmlbench-job-"))
         shutil.copytree(REPO_ROOT / "benchmark", staging / "benchmark",
                         ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
         shutil.copy2(resolve_suite_path(suite), staging / "suite.yaml")
         entry = (f"python -m benchmark.cli run suite.yaml "
                  f"--tracking-uri '{uri}' --work-dir '{work}'")
-        client = JobSubmissionClient(address)
-        job_id = _submit_with_retry(client, entry, {"working_dir": str(staging)})
+        from benchmark.tracking.store import credential_env
+
+        runtime_env: dict = {"working_dir": str(staging)}
+        secrets = credential_env()
+        if secrets:
+            runtime_env["env_vars"] = secrets
+        job_id = jobs.submit_with_retry(client, entry, runtime_env, address=address, token_source=token_source)
     except NMLBenchError as exc:
         _fail(exc)
-    typer.echo(f"submitted {job_id} to {address}: {entry}")
+    passed = f" (MLflow credentials passed as {', '.join(sorted(secrets))})" if secrets else ""
+    typer.echo(f"submitted {job_id} to {address}: {entry}{passed}")
     if not wait:
         typer.echo(f"follow with: ray job logs --address {address} -f {job_id}")
         return
     import asyncio
+
+    from ray.job_submission import JobStatus
 
     async def _tail() -> None:
         async for chunk in client.tail_job_logs(job_id):
@@ -326,31 +373,6 @@ def submit(
     typer.echo(f"job {job_id}: {status.value}")
     if status != JobStatus.SUCCEEDED:
         raise typer.Exit(1)
-
-
-def _submit_with_retry(client, entrypoint: str, runtime_env: dict, timeout_s: float = 90.0) -> str:
-    """Submit, waiting for the head's job agent: right after ``ray start`` it is not up yet."""
-    deadline = time.monotonic() + timeout_s
-    while True:
-        try:
-            return client.submit_job(entrypoint=entrypoint, runtime_env=runtime_env)
-        except RuntimeError as exc:
-            if "No available agent" not in str(exc) or time.monotonic() > deadline:
-                raise
-            time.sleep(2)
-
-
-def _use_ray_token_if_present() -> None:
-    """Ray 2.60 heads started with ``ray start`` require a token; send it when we have one.
-
-    The job client only sends the token when RAY_AUTH_MODE=token, while ``ray start`` writes
-    it to ~/.ray/auth_token; without this a local head answers 'Missing authentication token'.
-    """
-    if "RAY_AUTH_MODE" in os.environ:
-        return
-    token_file = Path(os.environ.get("RAY_AUTH_TOKEN_PATH", Path.home() / ".ray" / "auth_token"))
-    if os.environ.get("RAY_AUTH_TOKEN") or token_file.is_file():
-        os.environ["RAY_AUTH_MODE"] = "token"
 
 
 def main() -> None:

@@ -132,6 +132,40 @@ def render_status(plan: Plan, stages: list[StageStatus], tracking_uri: str) -> s
     return "\n".join(lines) + "\n"
 
 
+def suite_imports(suite: Any) -> list[tuple[str, str]]:
+    """The modules outside nml-bench that a suite makes every feature-extracting node import: (module, why).
+
+    Why list them: a suite naming a ``blackbox`` target (``module:function``) or a plugin family
+    runs that code wherever its features are computed, so a suite file is code to be trusted
+    like a script. Read from the suite and the installed entry points' metadata; nothing is imported.
+    """
+    from importlib.metadata import entry_points
+
+    from benchmark.backbones.registry import BUILTIN_FAMILIES, ENTRY_POINT_GROUP
+
+    plugins = {ep.name: ep for ep in entry_points(group=ENTRY_POINT_GROUP)}
+    out: list[tuple[str, str]] = []
+    for bb in suite.backbones:
+        name = bb.name or bb.arch or bb.family
+        if bb.family == "blackbox" and bb.target:
+            out.append((bb.target.partition(":")[0], f"backbone {name!r}: blackbox target {bb.target}"))
+        elif bb.family not in BUILTIN_FAMILIES:
+            ep = plugins.get(bb.family)
+            dist = ep.dist.name if ep is not None and ep.dist is not None else "not installed here"
+            module = ep.value.partition(":")[0] if ep is not None else "?"
+            out.append((module, f"backbone {name!r}: plugin family {bb.family!r} ({dist})"))
+    return list(dict.fromkeys(out))
+
+
+def render_imports(imports: list[tuple[str, str]]) -> list[str]:
+    """Lines for ``nmlbench validate`` / ``plan``: the code a suite runs besides nml-bench's own."""
+    if not imports:
+        return ["code it runs: nml-bench's own modules and their dependencies only"]
+    return (["code it runs besides nml-bench's (imported on every node that computes features; "
+             "trust this suite as you would a script):"]
+            + [f"  {module}  ({why})" for module, why in imports])
+
+
 def status_dict(stages: list[StageStatus]) -> list[dict[str, Any]]:
     """The stages as plain data (``nmlbench plan --json``)."""
     return [{**s.__dict__, "todo": s.todo, "seconds_left": s.seconds_left} for s in stages]

@@ -44,8 +44,11 @@ class MlflowServer:
     """``mlflow server`` on 127.0.0.1 over ``backend_uri`` (a context manager; stops what it started)."""
 
     def __init__(self, backend_uri: str, artifacts: str | Path | None = None, port: int | None = None,
-                 log: str | Path | None = None, timeout_s: float = 180.0) -> None:
+                 log: str | Path | None = None, timeout_s: float = 180.0, *, app_name: str | None = None,
+                 env: dict[str, str] | None = None) -> None:
+        # app_name: e.g. "basic-auth" (MLflow's authentication; env then carries its settings)
         self.backend_uri, self.port, self.timeout_s = backend_uri, port or free_port(), timeout_s
+        self.app_name, self.env = app_name, dict(env or {})
         self.artifacts = Path(artifacts) if artifacts else Path(tempfile.mkdtemp(prefix="nmlbench-artifacts-"))
         self.log_path = Path(log) if log else Path(tempfile.mkstemp(prefix="mlflow-server-", suffix=".log")[1])
         self.proc: subprocess.Popen | None = None
@@ -58,9 +61,9 @@ class MlflowServer:
         exe = Path(sys.executable).with_name("mlflow")
         cmd = [str(exe) if exe.is_file() else "mlflow", "server", "--backend-store-uri", self.backend_uri,
                "--artifacts-destination", str(self.artifacts), "--host", "127.0.0.1", "--port", str(self.port),
-               "--workers", "1"]
+               "--workers", "1"] + (["--app-name", self.app_name] if self.app_name else [])
         # GenAI job execution (a huey consumer) is not needed to browse runs; it slows start-up.
-        env = {"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false", **os.environ}
+        env = {"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false", **os.environ, **self.env}
         with open(self.log_path, "ab") as log:
             self.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True, env=env)
         deadline = time.monotonic() + self.timeout_s

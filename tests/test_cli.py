@@ -88,3 +88,21 @@ def test_leaderboard_of_a_suite_without_runs_says_so(tmp_path: Path) -> None:
     assert res.exit_code == 0
     assert "nothing has been run yet" in res.output and str(tmp_path / "empty.db") in res.output
     assert not (tmp_path / "empty.db").exists()  # reading never creates a store
+
+
+def test_validate_and_plan_list_the_code_a_suite_imports(tmp_path: Path) -> None:
+    """A suite naming a blackbox `module:function` runs that module wherever features are computed:
+    `validate` and `plan` name it (read from the file, nothing imported); a suite of built-in
+    families says it runs nml-bench's code only."""
+    path = _write(tmp_path, {"name": "bbx", "work_dir": str(tmp_path / "work"),
+                             "backbones": [{"family": "blackbox", "target": "my_lab.embed:encode", "version": "1",
+                                            "name": "lab model"}],
+                             "downstream": {"id": ["sklearn-digits"], "ood": [], "methods": ["lp"], "seeds": [0]}})
+    listing = "  my_lab.embed  (backbone 'lab model': blackbox target my_lab.embed:encode)"
+    for args in (["validate", str(path)], ["plan", str(path)]):
+        res = runner.invoke(app, args)
+        assert res.exit_code == 0, res.output
+        assert "trust this suite as you would a script" in res.output and listing in res.output.splitlines()
+    assert not (tmp_path / "work").exists()
+    res = runner.invoke(app, ["validate", "quick"])
+    assert res.exit_code == 0 and "code it runs: nml-bench's own modules and their dependencies only" in res.output

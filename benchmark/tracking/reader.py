@@ -22,7 +22,7 @@ import pandas as pd
 from benchmark.tracking.layout import LEADERBOARD_METRICS, leaderboard_url, suite_spec
 from benchmark.tracking.store import (
     EPOCH_TAG, ERROR_TAG, FAILED, KEY_TAG, KIND_TAG, ROW_TAG, STRUCTURE_KINDS, SUITE_TAG, NothingTracked, TrackingUnavailable,
-    brief, is_transient, make_client, run_filter, runs_to_frame, search_all, sqlite_path, typed,
+    auth_refused, brief, credentials_from_uri, is_transient, make_client, run_filter, runs_to_frame, search_all, sqlite_path, typed,
 )
 
 #: Columns a leaderboard row carries besides its metrics (group and selection).
@@ -47,6 +47,7 @@ class TrackingReader:
     """Read-only view of one experiment (see the module doc); ``uri`` as for ``Tracker``."""
 
     def __init__(self, uri: str, experiment: str) -> None:
+        uri = credentials_from_uri(uri)  # a password never sits in a printed URI
         self.uri, self.experiment = uri, experiment
         db = sqlite_path(uri)
         if db is not None and not db.is_file():
@@ -62,6 +63,8 @@ class TrackingReader:
                                       if db is not None else uri)
             exp = self.client.get_experiment_by_name(experiment)
         except Exception as exc:
+            if auth_refused(exc):
+                raise TrackingUnavailable(f"MLflow at {uri} refused the credentials ({brief(exc)})") from exc
             if is_transient(exc):
                 raise TrackingUnavailable(f"MLflow at {uri} did not answer ({brief(exc)}); start the tracking "
                                           "server or pass another --tracking-uri") from exc

@@ -12,6 +12,7 @@ import re
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
+from urllib.parse import unquote, urlsplit, urlunsplit
 
 import numpy as np
 import pandas as pd
@@ -47,6 +48,64 @@ _NONE = {"None", "none", "null", "nan", "NaN", ""}
 #: schedule instead (see ``tracker.py``). An explicit user setting wins.
 HTTP_DEFAULTS = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2", "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
                  "MLFLOW_HTTP_REQUEST_BACKOFF_JITTER": "0.5", "MLFLOW_HTTP_REQUEST_TIMEOUT": "15"}
+
+
+#: MLflow's own environment variables for a tracking server's credentials (HTTP basic auth of
+#: ``mlflow server --app-name basic-auth``, or a bearer token). nml-bench reads no other source,
+#: never logs them, and ``nmlbench submit`` hands them to the job as environment variables.
+CREDENTIAL_ENV = ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD", "MLFLOW_TRACKING_TOKEN")
+CREDENTIALS_HINT = ("set MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD to an account of that server, "
+                    "or MLFLOW_TRACKING_TOKEN for a token")
+
+
+def credentials_from_uri(uri: str) -> str:
+    """``uri`` without a ``user:password@`` part; the credentials move to MLflow's environment variables.
+
+    Why: the URI is printed, written into the run summary and the report, and passed on job
+    command lines; a password inside it would land in all of them. MLflow reads the environment
+    variables on every request, so moving them changes nothing about how the server is reached.
+    An explicit environment variable wins over the URI's part.
+    """
+    parts = urlsplit(uri)
+    if parts.scheme not in ("http", "https") or "@" not in parts.netloc:
+        return uri
+    userinfo, _, host = parts.netloc.rpartition("@")
+    user, _, password = userinfo.partition(":")
+    if user:
+        os.environ.setdefault("MLFLOW_TRACKING_USERNAME", unquote(user))
+    if password:
+        os.environ.setdefault("MLFLOW_TRACKING_PASSWORD", unquote(password))
+    return urlunsplit(parts._replace(netloc=host))
+
+
+def credential_env() -> dict[str, str]:
+    """The MLflow credentials set in this process's environment (for a job's ``env_vars``)."""
+    return {k: os.environ[k] for k in CREDENTIAL_ENV if os.environ.get(k)}
+
+
+def auth_status(exc: BaseException) -> int | None:
+    """401 or 403 when the tracking server refused the credentials somewhere in ``exc``'s chain, else None."""
+    seen: set[int] = set()
+    e: BaseException | None = exc
+    while e is not None and id(e) not in seen:
+        seen.add(id(e))
+        status = getattr(e, "get_http_status_code", None)
+        if callable(status):
+            try:
+                if int(status()) in (401, 403):
+                    return int(status())
+            except (TypeError, ValueError):
+                pass
+        code = getattr(getattr(e, "response", None), "status_code", None)
+        if code in (401, 403):
+            return int(code)
+        e = e.__cause__ or e.__context__
+    return None
+
+
+def auth_refused(exc: BaseException) -> bool:
+    """Did the tracking server refuse the credentials (HTTP 401 / 403)?"""
+    return auth_status(exc) is not None
 
 
 class NothingTracked(NMLBenchError):
@@ -92,11 +151,16 @@ def is_transient(exc: BaseException) -> bool:
     """Does ``exc`` mean "the store is away for now" (retry later) rather than "bad record"?
 
     Connection refused / reset, timeouts, 5xx and 429 answers, and a locked SQLite file are
-    transient. MLflow wraps connection errors in ``MlflowException`` without a cause, so the
-    whole context chain is inspected.
+    transient. So is a refusal of the credentials (401 / 403): the store takes no record until
+    the user gives the right ones, and until then the journal keeps them, as in an outage
+    (``nmlbench sync`` delivers them later). MLflow wraps connection errors in
+    ``MlflowException`` without a cause, so the whole context chain is inspected.
     """
     import requests
     import urllib3
+
+    if auth_refused(exc):
+        return True
 
     seen: set[int] = set()
     e: BaseException | None = exc
@@ -121,6 +185,8 @@ def is_transient(exc: BaseException) -> bool:
 
 def brief(exc: BaseException) -> str:
     """One short line for an error message (MLflow's connection errors run to several hundred chars)."""
+    if auth_refused(exc):
+        return f"HTTP {auth_status(exc)}: {CREDENTIALS_HINT}"
     text = " ".join(str(exc).split())
     for marker in ("Connection refused", "Read timed out", "timed out", "Connection reset"):
         if marker in text:

@@ -34,8 +34,8 @@ from benchmark.tracking import layout
 from benchmark.tracking.journal import Journal, decode, encode
 from benchmark.tracking.reader import TrackingReader
 from benchmark.tracking.store import (
-    EPOCH_TAG, ERROR_TAG, FAILED, FINISHED, TrackingUnavailable, brief, default_uri, is_transient, make_client,
-    sqlite_path,
+    EPOCH_TAG, ERROR_TAG, FAILED, FINISHED, TrackingUnavailable, auth_refused, brief, credentials_from_uri, default_uri,
+    is_transient, make_client, sqlite_path,
 )
 from benchmark.tracking.writer import RunWriter
 
@@ -63,7 +63,7 @@ class Tracker(TrackingReader):
     def __init__(self, uri: str | None = None, experiment: str = "nmlbench", tags: Mapping[str, str] | None = None,
                  *, suite: str | None = None, journal: str | Path | None = None,
                  echo: Callable[[str], None] | None = None, max_backoff_s: float = 60.0) -> None:
-        self.uri = uri or default_uri()
+        self.uri = credentials_from_uri(uri or default_uri())  # a password never sits in a printed URI
         self.experiment = experiment
         self.suite = suite or experiment
         self.default_tags = {k: str(v) for k, v in (tags or {}).items()}
@@ -127,8 +127,10 @@ class Tracker(TrackingReader):
             self._writer.reset()  # what landed before the outage is re-read when it is back
         if self._failures == 1:
             where = f"kept in {self.journal.path}" if self.journal else "queued in memory"
-            self.echo(f"MLflow at {self.uri} is not answering ({brief(exc)}); records are {where} "
-                      f"and will be sent when it is back (next try in {delay:.0f} s)")
+            state, back = (("refuses the credentials", "it takes them") if auth_refused(exc)
+                           else ("is not answering", "it is back"))
+            self.echo(f"MLflow at {self.uri} {state} ({brief(exc)}); records are {where} "
+                      f"and will be sent when {back} (next try in {delay:.0f} s)")
 
     @property
     def down(self) -> bool:
