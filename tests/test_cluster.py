@@ -54,3 +54,26 @@ def test_cluster_configs_run_the_image_on_the_pinned_ray() -> None:
     images = [kuberay["spec"]["headGroupSpec"]["template"]["spec"]["containers"][0]["image"]]
     images += [g["template"]["spec"]["containers"][0]["image"] for g in kuberay["spec"]["workerGroupSpecs"]]
     assert images == ["nmlbench:latest"] * 2
+
+
+def test_every_config_keeps_token_auth_on_and_the_job_server_off_open_addresses() -> None:
+    """The job server runs any command it is sent: every way this repository starts Ray turns
+    token authentication on (on every node) and binds the dashboard to loopback (reached through
+    `ray dashboard` / `kubectl port-forward`), never 0.0.0.0."""
+    texts = {p.name: p.read_text() for p in (CLUSTER / "gpu-cluster.yaml", CLUSTER / "kuberay-raycluster.yaml",
+                                             CLUSTER / "start-local-head.sh")}
+    assert not any("0.0.0.0" in t for t in texts.values())
+    launcher = yaml.safe_load(texts["gpu-cluster.yaml"])
+    starts = [c for c in launcher["head_start_ray_commands"] + launcher["worker_start_ray_commands"] if "ray start" in c]
+    assert len(starts) == 2 and all(c.startswith("RAY_AUTH_MODE=token ray start") for c in starts)
+    assert "--dashboard-host=127.0.0.1" in starts[0]
+    assert launcher["file_mounts"] == {"~/.ray/auth_token": "~/.ray/auth_token"}  # the same token on every node
+    kuberay = yaml.safe_load(texts["kuberay-raycluster.yaml"])["spec"]
+    assert kuberay["headGroupSpec"]["rayStartParams"]["dashboard-host"] == "127.0.0.1"
+    pods = [kuberay["headGroupSpec"]["template"]] + [g["template"] for g in kuberay["workerGroupSpecs"]]
+    for pod in pods:
+        env = {e["name"]: e for e in pod["spec"]["containers"][0]["env"]}
+        assert env["RAY_AUTH_MODE"]["value"] == "token"
+        assert env["RAY_AUTH_TOKEN"]["valueFrom"]["secretKeyRef"]["key"] == "auth_token"
+    script = texts["start-local-head.sh"]
+    assert "export RAY_AUTH_MODE=token" in script and "--dashboard-host=127.0.0.1" in script
