@@ -7,7 +7,9 @@ pair, and one small summary per pair (spectra and width, ``extract_with_summarie
 head-fit trial fetches only its own pair. Grouping by backbone matters: a Ray task pays for a
 worker, the torch import, the data sets and the model, and the quick suite's 42 pairs share 7
 backbones. A split several tasks read (a test domain of two OOD groups) is encoded once per task
-call. When all of a pair's splits are cached it writes a small marker
+call. Extraction runs with deterministic algorithms and ``$NMLBENCH_THREADS`` threads
+(``benchmark.determinism``), restored after: a cache refill of a key gives the same bits on
+the same machine. When all of a pair's splits are cached it writes a small marker
 (``pairs/<pair key>.json``), so ``nmlbench plan`` can say which pairs need no extraction without
 building any backbone.
 """
@@ -62,12 +64,24 @@ def extract_backbone(pairs: Sequence[PairPlan], cache_root: str, data_root: str 
     """Payloads of pairs that share one backbone, in order, building the backbone once (GPU when present)."""
     import torch
 
-    from benchmark.backbones import create_backbone
-    from benchmark.features import FeatureCache
+    from benchmark.determinism import deterministic_section
 
     if len({p.backbone.key for p in pairs}) > 1:
         raise ValueError("extract_backbone takes pairs of one backbone; group them by backbone key")
-    torch.set_num_threads(max(1, int(os.environ.get(THREADS_ENV, "1"))))
+    threads = max(1, int(os.environ.get(THREADS_ENV, "1")))
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    with deterministic_section(threads, device):  # a cache refill under the same key: the same bits
+        return _extract(pairs, cache_root, data_root, normalize)
+
+
+def _extract(pairs: Sequence[PairPlan], cache_root: str, data_root: str | None,
+             normalize: bool) -> tuple[FeaturePayload, ...]:
+    """``extract_backbone``'s work, inside its deterministic section."""
+    import torch
+
+    from benchmark.backbones import create_backbone
+    from benchmark.features import FeatureCache
+
     backbone = create_backbone(dict(pairs[0].backbone.spec))
     cache = FeatureCache(cache_root, progress=False)
     seen: dict[str, tuple[np.ndarray, np.ndarray]] = {}

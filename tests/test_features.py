@@ -178,3 +178,22 @@ def test_extract_features_alone_matches_cache_and_direct_encode(tmp_path: Path,
     digest = hashlib.sha256(alone.x.numpy().tobytes() + split.labels.astype(np.int64).tobytes()).hexdigest()
     assert meta["sha256"] == digest
     assert before <= datetime.fromisoformat(meta["created"]) <= after
+
+
+def test_a_refill_under_the_same_key_gives_the_same_bits(tmp_path: Path, resnet: Any) -> None:
+    """Extraction runs in ``deterministic_section`` (``extraction.extract_backbone``): fixed threads
+    and deterministic algorithms, so two caches filled for one key hold equal bits (exact, not
+    close); the worker's own settings come back after, for the tasks it runs next."""
+    from benchmark.determinism import deterministic_section, epoch_seed
+
+    split = _split(10, "test", 3)
+    before = (torch.get_num_threads(), torch.are_deterministic_algorithms_enabled())
+    with deterministic_section(2):
+        assert torch.are_deterministic_algorithms_enabled() and torch.get_num_threads() == 2
+        a = FeatureCache(tmp_path / "a", batch_size=4, progress=False).get(resnet, split)
+        b = FeatureCache(tmp_path / "b", batch_size=4, progress=False).get(resnet, split)
+    assert (torch.get_num_threads(), torch.are_deterministic_algorithms_enabled()) == before
+    assert a.key == b.key and torch.equal(a.x, b.x)
+    # The per-epoch seed of pre-training: a function of (seed, epoch, rank) alone.
+    assert epoch_seed(0, 3, 1) == epoch_seed(0, 3, 1) < 2**63
+    assert len({epoch_seed(s, e, r) for s in range(2) for e in range(3) for r in range(2)}) == 12

@@ -16,6 +16,10 @@ Why it is shaped this way:
   ``batch_size * world * grad_accum``.
 - Images are normalised on the worker's device with the mean/std the checkpoint stores and the
   ``nmlbench`` backbone family uses when it extracts features later (``recipe.preprocess``).
+- A resumed run is the uninterrupted run, bit for bit (on one machine): deterministic
+  algorithms and a thread count fixed by the config (``benchmark.determinism``), the global RNG
+  reseeded from (seed, epoch, rank) at every epoch, augmentation seeded per sample, and the
+  checkpoint holding the model, optimiser and schedule states.
 - Every epoch reports its metrics (``recipe.epoch_metrics``, memorisation included) on every
   rank; rank 0 alone attaches the checkpoint.
 - The metrics make the run auditable: ``batch_per_worker``, ``global_batch``,
@@ -44,6 +48,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from benchmark.determinism import deterministic_torch, epoch_seed
 from benchmark.errors import TrainingDiverged
 from benchmark.pretrain.recipe import (
     CLIP_SUMS,
@@ -219,10 +224,10 @@ def train_loop_per_worker(cfg: dict[str, Any]) -> None:
     import ray.train
     import ray.train.torch
 
-    torch.set_num_threads(max(1, int(cfg["torch_threads"])))
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
     device = ray.train.torch.get_device()
+    deterministic_torch(int(cfg["torch_threads"]), device)
     jobs = list(cfg["jobs"])
     state = _restored_state([j["key"] for j in jobs], device)
     for j, job in enumerate(jobs):
@@ -309,6 +314,7 @@ def _train_job(cfg: dict[str, Any], j: int, n_jobs: int, run: dict[str, Any],
     run_dir = Path(run["run_dir"])
 
     for epoch in range(start_epoch, epochs):
+        torch.manual_seed(epoch_seed(seed, epoch, rank))  # what a resume at this epoch draws too
         model.train()
         shard = epoch_shard(n, world, rank, seed, epoch)
         sums = torch.zeros(n_sums, dtype=torch.float64, device=device)
