@@ -106,3 +106,18 @@ def test_validate_and_plan_list_the_code_a_suite_imports(tmp_path: Path) -> None
     assert not (tmp_path / "work").exists()
     res = runner.invoke(app, ["validate", "quick"])
     assert res.exit_code == 0 and "code it runs: nml-bench's own modules and their dependencies only" in res.output
+
+
+def test_submit_to_an_address_where_no_head_answers_names_the_fix(tmp_path: Path, monkeypatch) -> None:
+    from support import free_port
+
+    # No Ray token at hand, so submit leaves this process's RAY_AUTH_MODE as it is.
+    monkeypatch.setenv("HOME", str(tmp_path))
+    for var in ("RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH"):
+        monkeypatch.delenv(var, raising=False)
+    address = f"http://127.0.0.1:{free_port()}"  # nothing listens there
+    res = runner.invoke(app, ["submit", "quick", "--address", address])
+    assert res.exit_code == 2, res.output
+    out = " ".join(res.output.split())
+    assert f"error: no Ray job server answers at {address}" in out and "cluster/start-local-head.sh" in out
+    assert "Traceback" not in out
