@@ -35,11 +35,14 @@ def _spec(method: str, seed: int = 0, pair: str = "p0", rows=None, **hp) -> FitS
 def test_run_fit_makes_a_full_record(payload: FeaturePayload) -> None:
     lp, mlp = run_fits(payload, [_spec("lp"), _spec("mlp", epochs=4)])
     m = lp["metrics"]
-    assert m["test_accuracy"] > 0.9 and m["val_accuracy"] > 0.9
+    # Blobs 3 std apart in 16-d: 1.0 and 1.0 measured; 0.9 allows 12 test / 8 validation misses, far
+    # more than round-off or a near-tie in the L2 choice can flip.
+    assert m["test_accuracy"] > 0.9 and m["val_accuracy"] > 0.9, (m["test_accuracy"], m["val_accuracy"])
     assert m["test.accuracy"] == m["test_accuracy"] and m["train_rows"] == 300
     # LP passes the features through as z: its spectra are the frozen test features' own.
     raw = spectrum_summary(payload.tests["test"][0])
     for k in ("sve", "lsvr"):
+        # The same float64 spectrum of the same features, recomputed: ulps apart at most.
         assert m[f"test_{k}"] == m[f"test_{k}_raw"] == m[f"test.{k}"] == pytest.approx(raw[k], rel=1e-9)
 
     # the converged probe says which L2 validation chose, and keeps the whole curve
@@ -66,7 +69,7 @@ def test_ood_record_is_the_unweighted_mean_of_its_domains_by_hand() -> None:
     # Weighted by size the accuracy would be (2 x 1.0 + 6 x 0.5) / 8 = 0.625.
     assert m["test_accuracy"] == 0.75 and m["test_macro_f1"] == 0.625
     assert (m["test_sve"], m["test_sve_raw"]) == (2.0, 3.0)
-    assert (m["test_lsvr"], m["test_lsvr_raw"]) == pytest.approx((0.4, 0.2), abs=1e-15)
+    assert (m["test_lsvr"], m["test_lsvr_raw"]) == pytest.approx((0.4, 0.2), abs=1e-15)  # (0.2 + 0.6) / 2: 1 ulp
     assert (m["small.accuracy"], m["large.accuracy"], m["val_accuracy"]) == (1.0, 0.5, 0.9)
     assert "val.accuracy" in m and "test.accuracy" not in m  # validation never enters the test means
     assert (m["train_rows"], m["train_loss"], m["fit_seconds"]) == (40, 0.3, 1.5)
@@ -164,11 +167,25 @@ def test_tune_trials_record_failures_and_go_on(payload: FeaturePayload, tmp_path
         assert "Failed to fetch metrics" not in "".join(capfd.readouterr())
         # curves travel through Tune with the records
         assert all(len(by_key[f.key]["curves"]["val_accuracy"]) == 5 for f in good if f.method != "lp")
-        # the same fits in a plain loop give the same numbers: Tune changes where, not what
-        local: list[dict] = []
-        run_trials_locally(plans, {"p0": payload}, local.append)
+        # The same fits in a plain loop, on one thread as in a trial, give the same numbers bit for
+        # bit: Tune changes where a fit runs, not what the fit of a key computes. Timings aside.
+        import torch
+
+        threads = torch.get_num_threads()
+        torch.set_num_threads(1)
+        try:
+            local: list[dict] = []
+            run_trials_locally(plans, {"p0": payload}, local.append)
+        finally:
+            torch.set_num_threads(threads)
+
+        def numbers(r: dict) -> dict:
+            return {k: v for k, v in r["metrics"].items() if "seconds" not in k}
+
+        assert len(local) == len(records)
         for r in local:
             if "error" not in r:
-                assert r["metrics"]["test_accuracy"] == pytest.approx(by_key[r["key"]]["metrics"]["test_accuracy"])
+                assert numbers(r) == numbers(by_key[r["key"]]), r["key"]
+                assert r["curves"] == by_key[r["key"]]["curves"]
     finally:
         ray.shutdown()
