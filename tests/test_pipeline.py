@@ -80,6 +80,7 @@ def test_ood_accuracy_is_the_unweighted_mean_over_domains(fits) -> None:
     assert len(ood) == 16 and set(ood["task_kind"]) == {"ood"}
     for _, row in ood.iterrows():
         for m in METRICS:
+            # The same float64 mean of the same domain values, taken again: ulps apart.
             assert row[f"test_{m}"] == pytest.approx(np.mean([row[f"{d}.{m}"] for d in DOMAINS]), abs=1e-12), m
         # Decoy pairs scored on the subset: exactly one of each identical pair is right, whatever the head.
         assert [row[f"{d}.accuracy"] for d in DECOYS] == [0.5, 0.5], row["method"]
@@ -90,7 +91,7 @@ def test_ood_accuracy_is_the_unweighted_mean_over_domains(fits) -> None:
     assert (lp[["imagenet-v2.accuracy", "imagenet-sketch.accuracy"]] == 1.0).all().all()
     assert list(lp["test_accuracy"]) == [0.75] * 4
     weighted = sum(SIZES[d] * lp[f"{d}.accuracy"].iloc[0] for d in DOMAINS) / sum(SIZES.values())
-    assert weighted == pytest.approx(0.70)
+    assert weighted == pytest.approx(0.70)  # 14 / 20 in float64
     # An ID task's test accuracy is its one test set's.
     id_rows = fits[fits["task"] == ID]
     assert (id_rows["test_accuracy"] == id_rows["test.accuracy"]).all() and len(id_rows) == 16
@@ -203,6 +204,7 @@ def test_leaderboard_command_prints_the_leaderboard_of_the_store(pipeline_run, f
     assert res.stdout.startswith(render(expected, fmt))  # the table first (a pointer to it may follow)
     if fmt == "csv":
         printed = pd.read_csv(io.StringIO(res.stdout))
+        # CSV text back to float64: repr round-trips, so only the last ulp of a re-parse can move.
         pd.testing.assert_frame_equal(printed, expected, check_dtype=False, rtol=1e-12)
         # By hand from the records: LP takes no grid, so its rows are plain means over head seeds;
         # on all rows the deterministic LP gives one result for both head seeds: one unit (issue 23).
@@ -224,7 +226,7 @@ def test_report_command_writes_every_file_with_content(pipeline_run, fits, tmp_p
     assert sorted(p.name for p in out.iterdir()) == sorted(names)
     assert all(f"wrote {out / n}" in res.stdout for n in names)
     lb = leaderboard(fits)
-    pd.testing.assert_frame_equal(pd.read_csv(out / "leaderboard.csv"), lb, check_dtype=False, rtol=1e-12)
+    pd.testing.assert_frame_equal(pd.read_csv(out / "leaderboard.csv"), lb, check_dtype=False, rtol=1e-12)  # CSV round trip
     md = (out / "leaderboard.md").read_text()
     assert md.startswith("# Leaderboard: pipeline") and render(lb, "markdown") in md
     claims = (out / "claims.md").read_text()
@@ -253,6 +255,8 @@ def test_fit_runs_carry_their_training_curves_as_step_metrics(pipeline_run, fits
             acc = [m.value for m in sorted(client.get_metric_history(run_id, "curve.val_accuracy"), key=lambda m: m.step)]
             loss = client.get_metric_history(run_id, "curve.train_loss")
             assert len(acc) == len(loss) == int(row["epochs"]) >= 2
+            # One float64 stored twice in MLflow (a metric and a step of its curve): equal; abs 1e-9 is
+            # far below the 1/n steps an accuracy moves in.
             assert acc[int(row["best_epoch"]) - 1] == pytest.approx(row["val_accuracy"], abs=1e-9)
             assert max(acc) == pytest.approx(row["val_accuracy"], abs=1e-9)
         else:
@@ -260,7 +264,7 @@ def test_fit_runs_carry_their_training_curves_as_step_metrics(pipeline_run, fits
             l2 = sorted(client.get_metric_history(run_id, "curve.l2"), key=lambda m: m.step)
             assert len(by_l2) == len(l2) >= 15
             assert max(m.value for m in by_l2) == pytest.approx(row["val_accuracy"], abs=1e-9)
-            assert min(abs(m.value / row["chosen_l2"] - 1) for m in l2) < 1e-9
+            assert min(abs(m.value / row["chosen_l2"] - 1) for m in l2) < 1e-9  # the same float64, stored twice
 
 
 def test_logged_spectra_are_numpys_singular_values_of_the_features_the_fits_read(pipeline_run) -> None:
@@ -280,6 +284,8 @@ def test_logged_spectra_are_numpys_singular_values_of_the_features_the_fits_read
             z = z / np.maximum(np.linalg.norm(z, axis=1, keepdims=True), 1e-300)
             want = np.linalg.svd(z - z.mean(axis=0), compute_uv=False)
             assert logged.shape == want.shape
+            # float64 both sides on the same float32 features; the Gram route squares the condition, so
+            # a value near the floor is off by up to sqrt(M eps64) s1 (< 1e-6 s1 for M <= 4500).
             np.testing.assert_allclose(logged, want, rtol=0, atol=1e-6 * want[0])
             checked += 1
     assert checked == sum(len(p.task.tests) for p in pipeline_run.plan.pairs) >= 5
