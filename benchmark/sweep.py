@@ -134,13 +134,36 @@ def make_record(spec: FitSpec, result: dict[str, Any], test_sets: Sequence[str],
             "curves": {k: [float(v) for v in vals] for k, vals in (result.get("curves") or {}).items()}}
 
 
+def flag_warning(record: dict[str, Any]) -> str | None:
+    """The warning for a fit whose record says ``near_chance`` (``probe.health``), else None."""
+    m = record.get("metrics") or {}
+    if not m.get("near_chance"):
+        return None
+    from benchmark.tracking.layout import fit_name
+
+    return (f"fit '{fit_name(record.get('params') or {})}' (key {record.get('key')}) stayed near chance on "
+            f"validation: accuracy {m.get('val_accuracy', float('nan')):.3f} against chance "
+            f"{m.get('chance', float('nan')):.3f}, while it fits its training rows at "
+            f"{m.get('train_accuracy', float('nan')):.3f}. Likely cause: the head is evaluated differently "
+            "from how it trained (BatchNorm statistics), its budget is too short for the features' scale "
+            "(raise epochs or lr), or it memorises its training rows; its leaderboard row is marked.")
+
+
+def _deliver(sink: RecordSink, record: dict[str, Any]) -> None:
+    """Hand a record to the sink, warning first (in the driver) if the fit is flagged."""
+    warning = flag_warning(record)
+    if warning:
+        log.warning(warning)
+    sink(record)
+
+
 # -- execution ---------------------------------------------------------------------------------
 def run_trials_locally(plans: Sequence[TrialPlan], payloads: dict[str, FeaturePayload],
                        sink: RecordSink) -> None:
     """The same fits in a plain Python loop (reference for the Tune overhead benchmark)."""
     for plan in plans:
         for record in iter_fits(payloads[plan.pair], plan.fits):
-            sink(record)
+            _deliver(sink, record)
 
 
 def _tune_trial(config: dict[str, Any], plans: dict[str, TrialPlan], payload_refs: dict[str, Any]) -> None:
@@ -235,7 +258,7 @@ def _make_driver_sink_class():
         def on_trial_result(self, iteration, trials, trial, result, **info):
             for record in json.loads(result["records"]):
                 self.seen.setdefault(trial.config["trial"], set()).add(record["key"])
-                self.sink(record)
+                _deliver(self.sink, record)
 
         def on_trial_error(self, iteration, trials, trial, **info):
             # The whole trial died (worker crash, OOM): every fit it had not reported fails.

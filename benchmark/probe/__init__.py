@@ -11,7 +11,8 @@ stacked AdamW run (``probe.batched``). Each fit still gets its own result, or it
 Result of one fit: ``{"method", "hparams" (resolved, a dict), "train_loss" (the kept epoch's mean
 loss; the objective for ``lp``), "epochs_run" (L-BFGS iterations for ``lp``), "train_rows" (rows the head trained on), "curves" (per epoch
 ``train_loss`` and ``val_accuracy``; for ``lp`` the L2 search: ``l2``, ``val_accuracy_by_l2`` ...),
-"summary" (``best_epoch``; for ``lp`` ``chosen_l2``, ``converged`` ...), "eval": {set: {"accuracy",
+"summary" (``best_epoch``; for ``lp`` ``chosen_l2``, ``converged`` ...; for every fit ``train_accuracy``,
+``chance`` and ``near_chance``: ``probe.health``), "eval": {set: {"accuracy",
 "macro_f1", "sve", "lsvr", "sve_raw", "lsvr_raw", "n"}}}``; ``sve``/``lsvr`` are of the head output z
 (z = f for linear probes), LSVR on a linear scale, NaN if z collapsed to a point.
 """
@@ -31,6 +32,7 @@ from benchmark.heads.registry import HParams, get_head, resolve_hparams
 from benchmark.probe.batched import fit_gradient_heads, supports
 from benchmark.probe.data import PreparedData, prepare_data
 from benchmark.probe.evaluate import evaluate_head, feature_spectrum, macro_f1
+from benchmark.probe.health import health_summary
 from benchmark.probe.train import TrainedHead, head_loss, init_head, train_head, training_setup
 
 
@@ -78,7 +80,14 @@ def _fit_group(data: PreparedData, requests: Sequence[FitRequest]) -> list[Train
         return [res for r in requests for res in _fit_group(data, [r])]
 
 
-def _result(trained: TrainedHead, data: PreparedData) -> dict[str, Any]:
+def _result(trained: TrainedHead, data: PreparedData, request: FitRequest | None = None) -> dict[str, Any]:
+    evaluated = evaluate_head(trained, data)
+    x, y = data.train_x, data.train_y
+    rows = _rows(data, request) if request is not None else None
+    if rows is not None:
+        x, y = x[rows], y[rows]
+    val = evaluated.get(data.selection, {}).get("accuracy") if data.selection is not None else None
+    health = health_summary(trained.head, x, y, data.selection_set(), val, data.num_classes)
     return {
         "method": trained.hparams.method,
         "hparams": trained.hparams.as_dict(),
@@ -86,8 +95,8 @@ def _result(trained: TrainedHead, data: PreparedData) -> dict[str, Any]:
         "epochs_run": trained.epochs_run,
         "train_rows": trained.train_rows,
         "curves": trained.curves,
-        "summary": trained.summary,
-        "eval": evaluate_head(trained, data),
+        "summary": {**trained.summary, **health},
+        "eval": evaluated,
     }
 
 
@@ -101,7 +110,7 @@ def fit_prepared(data: PreparedData, request: FitRequest) -> dict[str, Any]:
     [trained] = _fit_group(data, [request])
     if isinstance(trained, Exception):
         raise trained
-    return _result(trained, data)
+    return _result(trained, data, request)
 
 
 def batch_groups(requests: Sequence[FitRequest]) -> list[list[int]]:
@@ -127,7 +136,8 @@ def iter_fit_many(data: PreparedData, requests: Sequence[FitRequest]) -> Iterato
         for pos, trained in zip(group, fitted):
             method = requests[pos].hparams.method
             try:
-                out.append((pos, _error(trained, method) if isinstance(trained, Exception) else _result(trained, data)))
+                out.append((pos, _error(trained, method) if isinstance(trained, Exception)
+                            else _result(trained, data, requests[pos])))
             except Exception as err:  # noqa: BLE001
                 out.append((pos, _error(err, method)))
         share = (time.perf_counter() - started) / len(group)  # the group's wall time, shared out

@@ -12,7 +12,8 @@ What stays per member, so that each member's result equals fitting it alone
 - the mini-batch order (each member's own seeded ``torch.Generator``);
 - BatchNorm statistics (the members' channels are laid side by side and normalised by one
   ``F.batch_norm`` call: per channel means per member; no ``vmap``, whose BatchNorm running
-  statistics are a trap);
+  statistics are a trap), and after every epoch recomputed over the training rows before the
+  head is scored (``probe.bnstats``);
 - AdamW's state, learning rate, weight decay and cosine schedule (the arithmetic of
   ``torch.optim.AdamW``'s single-tensor path and of ``CosineAnnealingLR``, per member);
 - the loss: cross-entropy, plus NMTune's regularisers with that member's weights (MLP members
@@ -36,6 +37,7 @@ from benchmark.errors import ConfigError
 from benchmark.heads.modules import LinearHead, ResidualMLPHead
 from benchmark.heads.nmtune import nmtune_regularisers
 from benchmark.heads.registry import HParams, as_int, get_head
+from benchmark.probe.bnstats import CHUNK, moments
 from benchmark.probe.data import PreparedData
 from benchmark.probe.train import TrainedHead, batch_plan, diverged, init_head, needs_validation
 
@@ -87,8 +89,35 @@ class StackedHeads:
     def forward(self, x: torch.Tensor, training: bool) -> tuple[torch.Tensor, torch.Tensor]:
         """``x``: (G, B, D) -> logits (G, B, K) and z (G, B, D)."""
         p = self.params
-        h = x
+        h = self.hidden(x, len(self.layers), training)
+        z = p["scale"].unsqueeze(1) * h + x if self.layers else x
+        logits = torch.baddbmm(p["classifier.bias"].unsqueeze(1), z, p["classifier.weight"].transpose(1, 2))
+        return logits, z
+
+    @torch.no_grad()
+    def refresh_batchnorm(self, x: torch.Tensor, chunk: int = CHUNK) -> None:
+        """Every member's BatchNorm statistics set to those of the training rows ``x`` (N, D), layer
+        by layer, as ``probe.bnstats.refresh_module`` does for one head."""
+        n = x.shape[0]
         for i, layer in enumerate(self.layers):
+            if not isinstance(layer, nn.BatchNorm1d):
+                continue
+
+            def inputs(i: int = i):
+                for start in range(0, n, chunk):
+                    part = x[start:start + chunk]
+                    yield self.hidden(part.unsqueeze(0).expand(self.size, -1, -1), i, training=False)
+
+            mean, var = moments(inputs, n)
+            rm, rv = self.buffers[f"mlp.{i}.running_mean"], self.buffers[f"mlp.{i}.running_var"]
+            self.buffers[f"mlp.{i}.running_mean"] = mean.to(rm.dtype)
+            self.buffers[f"mlp.{i}.running_var"] = var.to(rv.dtype)
+
+    def hidden(self, x: torch.Tensor, upto: int, training: bool) -> torch.Tensor:
+        """The residual branch's first ``upto`` layers applied to ``x`` (G, B, D)."""
+        p = self.params
+        h = x
+        for i, layer in enumerate(self.layers[:upto]):
             if isinstance(layer, nn.Linear):
                 h = torch.baddbmm(p[f"mlp.{i}.bias"].unsqueeze(1), h, p[f"mlp.{i}.weight"].transpose(1, 2))
             elif isinstance(layer, nn.BatchNorm1d):
@@ -100,9 +129,7 @@ class StackedHeads:
                 h = out.view(b, g, c).transpose(0, 1)
             else:
                 h = torch.relu(h)
-        z = p["scale"].unsqueeze(1) * h + x if self.layers else x
-        logits = torch.baddbmm(p["classifier.bias"].unsqueeze(1), z, p["classifier.weight"].transpose(1, 2))
-        return logits, z
+        return h
 
     def snapshot(self) -> dict[str, torch.Tensor]:
         return {**{n: p.detach().clone() for n, p in self.params.items()},
@@ -304,6 +331,7 @@ def _train_batch(data: PreparedData, x: torch.Tensor, y: torch.Tensor, hps: list
             break
         for pos, member in enumerate(alive):
             epoch_losses[member].append(float(total[pos]) / steps)
+        heads.refresh_batchnorm(x)  # as train_head: evaluate with the training rows' statistics
         if selection is not None:
             with torch.no_grad():
                 vx, vy = selection

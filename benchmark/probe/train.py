@@ -10,7 +10,9 @@ incomplete batch is dropped only if it holds a single sample (BatchNorm needs tw
 infinite loss stops the fit with ``TrainingDiverged``. The loss is the registry's: cross-entropy,
 or the head's own loss object built from the resolved ``HParams`` (NMTune's weights).
 
-After every epoch the head is scored on the data's validation set (when it has one): the
+After every epoch the head's BatchNorm statistics are recomputed over its training rows
+(``probe.bnstats``: the running averages of a short run are far from them on features with a
+small spread) and it is scored on the data's validation set (when it has one): the
 training curve (mean loss and validation accuracy per epoch) is returned with the head, so a
 reader can see whether it converged. With ``epoch_selection: best_val`` the weights of the epoch
 with the best validation accuracy are kept (ties to the later epoch: it has seen more of the
@@ -33,6 +35,7 @@ from torch.nn import functional as F
 from benchmark.errors import ConfigError, TrainingDiverged
 from benchmark.heads.modules import create_head
 from benchmark.heads.registry import HParams, as_int, get_head
+from benchmark.probe.bnstats import refresh_module
 from benchmark.probe.data import PreparedData
 
 LossFn = Callable[..., tuple[torch.Tensor, dict[str, torch.Tensor]]]
@@ -173,6 +176,7 @@ def train_head(data: PreparedData, hp: HParams, *, seed: int = 0,
     best: tuple[float, int, dict[str, torch.Tensor]] | None = None
     for epoch in range(hp.epochs):
         losses.append(train_epoch(head, loss_fn, opt, sched, x, y, gen, bs, steps, hp, epoch))
+        refresh_module(head, x)  # evaluate with the training rows' BatchNorm statistics (probe.bnstats)
         acc = validation_accuracy(head, data)
         if acc is not None:
             val_curve.append(acc)
