@@ -62,15 +62,12 @@ def resolve_split(ref: SplitRef, data_root: str | None) -> Any:
 def extract_backbone(pairs: Sequence[PairPlan], cache_root: str, data_root: str | None,
                      normalize: bool) -> tuple[FeaturePayload, ...]:
     """Payloads of pairs that share one backbone, in order, building the backbone once (GPU when present)."""
-    import torch
-
     from benchmark.determinism import deterministic_section
 
     if len({p.backbone.key for p in pairs}) > 1:
         raise ValueError("extract_backbone takes pairs of one backbone; group them by backbone key")
     threads = max(1, int(os.environ.get(THREADS_ENV, "1")))
-    device = "cuda" if torch.cuda.is_available() else "cpu"
-    with deterministic_section(threads, device):  # a cache refill under the same key: the same bits
+    with deterministic_section(threads):  # a cache refill under the same key: the same bits
         return _extract(pairs, cache_root, data_root, normalize)
 
 

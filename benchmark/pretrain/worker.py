@@ -227,7 +227,7 @@ def train_loop_per_worker(cfg: dict[str, Any]) -> None:
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
     device = ray.train.torch.get_device()
-    deterministic_torch(int(cfg["torch_threads"]), device)
+    deterministic_torch(int(cfg["torch_threads"]))
     jobs = list(cfg["jobs"])
     state = _restored_state([j["key"] for j in jobs], device)
     for j, job in enumerate(jobs):
