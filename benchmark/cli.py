@@ -241,7 +241,8 @@ def report(
     try:
         s = _load(suite)
         uri, exp = _tracking(s, tracking_uri, work_dir)
-        written = make_report_from_tracking(uri, exp, out or Path("results") / s.name, s.name, html=html)
+        written = make_report_from_tracking(uri, exp, out or Path("results") / s.name, s.name, html=html,
+                                            suite_file=s.source)
     except NMLBenchError as exc:
         _fail(exc)
     for p in written:

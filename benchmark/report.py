@@ -192,10 +192,13 @@ def spectra_for(reader: Any, fits: pd.DataFrame, spectra_task: str | None = None
 
 
 def make_report_from_tracking(uri: str, experiment: str, out_dir: str | Path, suite_name: str, *,
-                              spectra_task: str | None = None, html: bool = False) -> list[Path]:
+                              spectra_task: str | None = None, html: bool = False,
+                              suite_file: str | Path | None = None) -> list[Path]:
     """Read a suite's runs from MLflow (read-only) and write the report; return the paths.
 
-    ``html`` also writes ``report.html``: one self-contained file (see ``report_html``).
+    ``html`` also writes ``report.html``: one self-contained file (see ``report_html``). Every
+    folder gets ``provenance.json`` (``benchmark.provenance``: commit, ``suite_file``'s sha256,
+    machine, date).
     """
     from benchmark.tracking import TrackingReader
     from benchmark.tracking.publish import suite_fits
@@ -211,6 +214,10 @@ def make_report_from_tracking(uri: str, experiment: str, out_dir: str | Path, su
 
         paths["report.html"] = write_html_report(reader, suite_name, Path(out_dir) / "report.html", fits=df,
                                                  figures=paths, pretrains=pretrains)
+    from benchmark.provenance import FILE_NAME, write_provenance
+
+    paths[FILE_NAME] = write_provenance(out_dir, suite=suite_name, suite_file=suite_file, tracking_uri=uri,
+                                        experiment=experiment, fits=len(df))
     return list(paths.values())
 
 

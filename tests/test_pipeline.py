@@ -223,7 +223,7 @@ def test_report_command_writes_every_file_with_content(pipeline_run, fits, tmp_p
     assert res.exit_code == 0, res.output
     names = ["leaderboard.md", "leaderboard.csv", "claims.md", "id_ood_vs_noise.png", "sve_vs_id.png",
              "lsvr_vs_ood.png", "spectra.png"]
-    assert sorted(p.name for p in out.iterdir()) == sorted(names)
+    assert sorted(p.name for p in out.iterdir()) == sorted([*names, "provenance.json"])  # issue 23: where it came from
     assert all(f"wrote {out / n}" in res.stdout for n in names)
     lb = leaderboard(fits)
     pd.testing.assert_frame_equal(pd.read_csv(out / "leaderboard.csv"), lb, check_dtype=False, rtol=1e-12)  # CSV round trip

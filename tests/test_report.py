@@ -62,9 +62,13 @@ def test_report_from_mlflow_equals_report_from_the_frame(tmp_path):
     for ratio in (0.0, 0.1):
         tracker.log_spectrum({"backbone": "net", "noise_ratio": ratio, "pretrain_seed": 0}, "a",
                              np.linspace(2.0, 0.1, 16) ** (1 + 3 * ratio))
-    written = make_report_from_tracking(uri, "synthetic", tmp_path / "report", "synthetic", html=True)
+    suite_file = tmp_path / "synthetic.yaml"
+    suite_file.write_text("name: synthetic\n")
+    written = make_report_from_tracking(uri, "synthetic", tmp_path / "report", "synthetic", html=True,
+                                        suite_file=suite_file)
     assert sorted(p.name for p in written) == sorted(["leaderboard.md", "leaderboard.csv", "claims.md", "report.html",
-                                                      *FIGURES])
+                                                      "provenance.json", *FIGURES])
+    _check_provenance(tmp_path / "report", suite_file, uri, len(df))
     page = (tmp_path / "report" / "report.html").read_text()
     table = page.split('id="leaderboard">')[1].split("</table>")[0]
     assert table.count("<tr>") == len(leaderboard(df)) + 1  # header + one row per leaderboard row
@@ -116,3 +120,35 @@ def test_html_report_names_the_interval_units_shows_ranks_and_flags() -> None:
     lp = lb[lb.method == "lp"].iloc[0]
     assert f"{lp.id_rank:.2f} [{lp.id_rank_low:.2f}, {lp.id_rank_high:.2f}]" in ranks
     assert ranks.count("<tr>") == 3  # header + LP + NMTune
+
+
+def _check_provenance(folder, suite_file, uri: str, fits: int) -> None:
+    """provenance.json names the commit, the suite file's hash, this machine and today's date."""
+    import hashlib
+    import subprocess
+    from datetime import datetime, timezone
+    from pathlib import Path
+
+    from benchmark.provenance import read_provenance
+
+    prov = read_provenance(folder)
+    repo = Path(__file__).resolve().parents[1]
+    head = subprocess.run(["git", "-C", str(repo), "rev-parse", "HEAD"], capture_output=True, text=True).stdout.strip()
+    assert prov["commit"] == head and isinstance(prov["dirty"], bool)
+    assert prov["suite_sha256"] == hashlib.sha256(suite_file.read_bytes()).hexdigest()
+    cpuinfo = Path("/proc/cpuinfo").read_text()
+    model = next(line.split(":", 1)[1].strip() for line in cpuinfo.splitlines() if line.startswith("model name"))
+    assert prov["machine"]["cpu_model"] == model and prov["machine"]["cores"] >= 1
+    assert isinstance(prov["machine"]["cpu_family"], int)
+    assert abs((datetime.now(timezone.utc) - datetime.fromisoformat(prov["date"])).total_seconds()) < 3600
+    assert prov["tracking_uri"] == uri and prov["fits"] == fits
+
+
+def test_provenance_drops_credentials_from_the_store_uri(tmp_path) -> None:
+    from benchmark.provenance import read_provenance, write_provenance
+
+    write_provenance(tmp_path, suite="s", suite_file=None, tracking_uri="http://alice:secret@127.0.0.1:5000",
+                     experiment="s", fits=3)
+    prov = read_provenance(tmp_path)
+    assert prov["tracking_uri"] == "http://127.0.0.1:5000" and "secret" not in (tmp_path / "provenance.json").read_text()
+    assert prov["suite_sha256"] is None
