@@ -134,3 +134,19 @@ def test_leaderboard_marks_a_row_built_on_a_flagged_fit() -> None:
     lb = leaderboard(pd.DataFrame(rows))
     assert lb.set_index("method").loc["nmtune", "flagged"] == 2
     assert "NMTune ⚠2" in render(lb, "table")
+
+
+def test_statistics_do_not_depend_on_the_chunking(tiny_spread) -> None:
+    """Chunks only split a float64 sum: the statistics agree to float32 rounding (rtol 1e-5)."""
+    import copy
+
+    f, data = tiny_spread
+    head = ResidualMLPHead(64, 10, depth=2)
+    a, b = copy.deepcopy(head), copy.deepcopy(head)
+    refresh_module(a, f)
+    refresh_module(b, f, chunk=37)
+    for name in ("mlp.1.running_mean", "mlp.1.running_var", "mlp.4.running_mean", "mlp.4.running_var"):
+        torch.testing.assert_close(a.state_dict()[name], b.state_dict()[name], rtol=1e-5, atol=1e-12)
+    with torch.no_grad():
+        second = a.mlp[:4].eval()(f)  # the second BatchNorm's input, with the first one corrected
+    torch.testing.assert_close(a.mlp[4].running_var, second.var(0), rtol=1e-4, atol=1e-12)

@@ -37,7 +37,7 @@ from benchmark.errors import ConfigError
 from benchmark.heads.modules import LinearHead, ResidualMLPHead
 from benchmark.heads.nmtune import nmtune_regularisers
 from benchmark.heads.registry import HParams, as_int, get_head
-from benchmark.probe.bnstats import CHUNK, moments
+from benchmark.probe.bnstats import CHUNK, CHUNK_BYTES, moments
 from benchmark.probe.data import PreparedData
 from benchmark.probe.train import TrainedHead, batch_plan, diverged, init_head, needs_validation
 
@@ -99,6 +99,8 @@ class StackedHeads:
         """Every member's BatchNorm statistics set to those of the training rows ``x`` (N, D), layer
         by layer, as ``probe.bnstats.refresh_module`` does for one head."""
         n = x.shape[0]
+        width = max((m.num_features for m in self.layers if isinstance(m, nn.BatchNorm1d)), default=1)
+        chunk = max(1, min(chunk, CHUNK_BYTES // (4 * self.size * width)))
         for i, layer in enumerate(self.layers):
             if not isinstance(layer, nn.BatchNorm1d):
                 continue

@@ -21,16 +21,18 @@ Training itself is unchanged: training mode never reads the running statistics.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 
 import torch
 
-#: Rows per chunk of the statistics pass (memory: chunk x hidden width x members floats).
+#: Rows per chunk of the statistics pass, and the bytes one chunk's activations may take (the
+#: batched engine shrinks its chunk so that chunk x hidden width x members stays under it).
 CHUNK = 4096
+CHUNK_BYTES = 1 << 28
 
 
 @torch.no_grad()
-def moments(chunks: Callable[[], "list[torch.Tensor] | object"], n: int) -> tuple[torch.Tensor, torch.Tensor]:
+def moments(chunks: Callable[[], Iterable[torch.Tensor]], n: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Mean and unbiased variance over the row axis (-2) of the tensors ``chunks()`` yields, in float64."""
     total = sq = None
     for h in chunks():
