@@ -235,6 +235,7 @@ def _claim4(units: pd.DataFrame) -> list[dict]:
                 continue
             diff = wide[(metric, "nmtune")] - wide[(metric, other)]
             what = f"{metric.split('_')[0].upper()} acc, NMTune - {other.upper()}"
+            diff = diff[diff.notna()]  # e.g. OOD of a family without OOD tasks: no finding at all
             for backbone, d in diff.groupby(level="backbone", sort=True):
                 found.append(_finding(str(backbone), what, mean_ci(d.to_numpy()), "positive"))
             if diff.index.get_level_values("backbone").nunique() > 1:

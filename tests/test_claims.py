@@ -139,3 +139,14 @@ def test_claim4_pairs_by_pretraining_seed_not_by_head_seed() -> None:
     two = pd.concat([one, one.assign(head_seed=1)], ignore_index=True)
     e = {f["what"]: f["estimate"] for f in analyse(two)["4"]}["ID acc, NMTune - MLP"]
     assert e.n == 10
+
+
+def test_a_family_without_ood_tasks_gets_no_ood_finding() -> None:
+    cnn = _runs({0.0: 0.0, 0.3: 0.0}, ood_slope=0.0)
+    frozen = cnn[(cnn.noise_ratio == 0.0) & (cnn.task_kind == "id")].assign(
+        backbone="mobilenet", noise_ratio=np.nan, pretrain_seed=0, head_seed=cnn.pretrain_seed)
+    found = analyse(pd.concat([cnn, frozen], ignore_index=True))["4"]
+    ood = [f["backbone"] for f in found if f["what"] == "OOD acc, NMTune - LP"]
+    assert ood == ["cnn"]  # no "nan (n=0)" row for mobilenet, and no pooled row of one family
+    ids = {f["backbone"]: f["estimate"].n for f in found if f["what"] == "ID acc, NMTune - LP"}
+    assert ids == {"cnn": 10, "mobilenet": 5, "all families, pooled": 15}  # frozen: head seeds are its units
