@@ -71,6 +71,7 @@ RANK_COLUMNS = ("id_rank", "id_rank_low", "id_rank_high", "ood_rank", "ood_rank_
                 "rank_cells")
 COLUMNS = ("id_acc", "id_acc_ci", "id_f1", "id_f1_ci", "ood_acc", "ood_acc_ci", "sve", "sve_ci",
            "lsvr", "lsvr_ci", "sve_raw", "lsvr_raw", "n", "n_pretrain", "n_head", "flagged", *RANK_COLUMNS)
+COUNT_COLUMNS = ("n", "n_pretrain", "n_head", "flagged", "rank_cells")
 #: What an interval is over, by unit kind (said in the rendered column headers).
 UNIT_TEXT = {"pretrain": "pre-training seeds", "head": "head seeds (frozen backbone)"}
 FLAG = "⚠"
@@ -337,8 +338,9 @@ def render(df: pd.DataFrame, fmt: str = "table") -> str:
     """
     from tabulate import tabulate
 
-    if fmt == "csv":
-        return df.to_csv(index=False)
+    if fmt == "csv":  # counts as integers whether the frame was computed or read back from MLflow (floats)
+        counts = {c: "Int64" for c in COUNT_COLUMNS if c in df.columns}
+        return df.astype(counts).to_csv(index=False)
     if fmt not in ("table", "markdown"):
         raise ConfigError(f"unknown leaderboard format {fmt!r} (allowed: table, csv, markdown)")
     headers, rows = _display(df)

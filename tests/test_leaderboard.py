@@ -121,6 +121,9 @@ def test_render_golden_markdown_and_csv_roundtrip():
     assert f"{first.id_acc * 100:.2f} ± {first.id_acc_ci * 100:.2f}" in md
     back = pd.read_csv(__import__("io").StringIO(render(lb, "csv")))
     np.testing.assert_allclose(back.id_acc, lb.id_acc, rtol=1e-12)
+    # counts print as integers also when the board was read back from MLflow (metrics are floats)
+    floats = lb.astype({c: float for c in ("n", "n_pretrain", "n_head", "flagged", "rank_cells")})
+    assert render(floats, "csv") == render(lb, "csv")
     assert "ID acc (%) ± 95 % CI over pre-training seeds" in render(lb, "table")
 
 
