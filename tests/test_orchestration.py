@@ -113,6 +113,7 @@ def test_submit_to_a_real_ray_head_and_read_rows_back(tmp_path: Path) -> None:
     ident = frame[frame["task"] == "sklearn-digits"]
     assert (ident["test_accuracy"] == ident["test.accuracy"]).all()
     ood = frame[frame["task"] == "digits-from-fonts"]  # tested on mnist-5k and sklearn-digits
+    # The same float64 mean of two values, recomputed: at most an ulp apart.
     np.testing.assert_allclose(ood["test_accuracy"], (ood["mnist-5k.accuracy"] + ood["sklearn-digits.accuracy"]) / 2,
                                rtol=1e-12)
 
