@@ -427,7 +427,7 @@ def test_rerun_reuses_without_starting_a_trainer(trained, monkeypatch) -> None:
     monkeypatch.setattr(trainer, "build_training_set", boom)  # nor rebuild its noisy label table
     monkeypatch.setattr(launch, "prepare", boom)
     r = run_pretrain(SUP, trained["work"], **RUN_KW)
-    assert r.reused and r.metrics == trained["sup"].metrics
+    assert r.reused and r.metrics == trained["sup"].metrics  # exact: read back from the first run's done.json
     both = run_pretrain_jobs([SUP, SUP], trained["work"], **RUN_KW)
     assert [b.reused for b in both] == [True, True]
 
