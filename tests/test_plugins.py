@@ -113,7 +113,9 @@ def test_installed_plugin_is_used_by_a_suite_through_the_cli(plugin_site: Path, 
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
     row = next(line for line in run.stdout.splitlines() if line.startswith("toy-proj"))
     id_acc = float(row.split()[3])  # backbone, noise ("–": frozen), method, ID accuracy (%)
-    assert id_acc > 30.0  # a random projection of 8x8 pixels is far above chance (10 %)
+    # A random projection of 8x8 pixels is far above chance (10 %): ~88 % (LP on 400 rows, 359 test
+    # rows, computed by hand); 30 % is a bound no round-off or near-tie in the L2 choice reaches.
+    assert id_acc > 30.0
     from benchmark.config import load_suite
     from benchmark.tracking import Tracker
 
