@@ -26,7 +26,7 @@ from benchmark.extraction import FeaturePayload, extract_payload
 from benchmark.heads import resolve_hparams
 from benchmark.plan import head_grid, make_plan
 from benchmark.probe import FitRequest, evaluate_head, fit_many, train_head
-from benchmark.probe.reference import compare_lp_with_sklearn
+from benchmark.probe.reference import lp_at_sklearn_objective, optimum_check_failures
 from benchmark.sweep import prepare_payload
 
 SUITES = Path(__file__).resolve().parents[1] / "suites"
@@ -34,13 +34,16 @@ MOBILENET = {"name": "mobilenet_v2", "family": "torchvision", "arch": "mobilenet
              "image_size": 64}
 
 pytestmark = pytest.mark.slow
-#: Batched and lone fits run the same arithmetic in another order (stacked bmm vs one matmul;
-#: a batched L-BFGS over the L2 grid vs one solve). On a 2-core AMD EPYC without AVX-512 (Zen 3)
-#: that rounding, carried through 30 epochs (or to the solver's tolerance), moves single members
-#: by up to a few points (lr 1e-2); on average they agree within half a point. Measured, not assumed:
-#: the benchmark head_fits_batched_vs_one_at_a_time reports the gaps on the quick suite's grid.
-MEMBER_GAP = 0.03
-MEAN_GAP = 0.005
+#: Batched and lone fits run the same arithmetic in another order (stacked bmm vs one matmul).
+#: 30 epochs of minibatch training carry that rounding the way two runs of one chaotic trajectory
+#: drift apart, so how far two members end apart is no constant of the code but of the rounding
+#: itself: the test measures it on this machine as the gap between a lone fit and the same fit on
+#: features moved by one unit in the last place (``_one_ulp``), and allows the batched-vs-lone gap
+#: ``ROUNDING_FACTOR`` times that spread, and never less than the floors below (a fifth of the
+#: 1-point precision at which the leaderboard reports accuracies: 0.2 points on average, 3 points
+#: for one member at the largest learning rate).
+ROUNDING_FACTOR = 2.0
+MEMBER_GAP, MEAN_GAP = 0.03, 0.002
 
 
 def _pretrain_cnn(path: Path) -> Path:
@@ -113,30 +116,74 @@ def payloads(tmp_path_factory) -> dict[tuple[str, str], FeaturePayload]:
             os.environ["NMLBENCH_THREADS"] = env
 
 
+#: At (nearly) the same optimum only rows whose two best logits nearly tie can be predicted
+#: differently; this many rows of an evaluation set may flip, at least, and at most a fraction of a
+#: point of it. Asserted on the rows the fit's domain pins: the validation rows and in-domain test
+#: sets. Out-of-domain test sets are printed, not bounded: with a weak L2 the objective is flat
+#: along directions the training domain barely uses, a solver stopped at gradient ``tol`` sits up to
+#: ~||g|| / l2 away along them, and OOD rows read exactly those directions (MobileNetV2 on
+#: digits-from-fonts, L2 7.9e-6: at tol 1e-6 the LP is 1.6 from sklearn's solution and 0.8 points
+#: apart on sklearn-digits; at tol 1e-8, 0.03 and equal; measured on a Zen 1 EPYC).
+FLIPPED_ROWS, FLIPPED_SHARE = 2, 0.002
+OOD_TASKS = frozenset(load_suite(SUITES / "quick.yaml", check_names=False).downstream.ood)
+
+
+def _pinned(task: str, name: str) -> bool:
+    """Whether an evaluation set's predictions are pinned by the training domain (see FLIPPED_ROWS)."""
+    return name == "val" or task not in OOD_TASKS
+
+
 @pytest.fixture(scope="module")
-def lp_rows(payloads) -> dict[tuple[str, str], dict]:
-    """``compare_lp_with_sklearn`` on every pair: our LPs and tuned sklearn, one thread each, the
-    pairs spread over two processes (the costliest, MobileNetV2's 1280-d pairs, first)."""
+def lp_checks(payloads) -> dict[tuple[str, str], dict]:
+    """``lp_at_sklearn_objective`` on every pair: our LP's search, then sklearn at its chosen L2,
+    one thread each, the pairs spread over two processes (MobileNetV2's 1280-d pairs first)."""
     keys = sorted(payloads, key=lambda k: (k[0] != "mobilenet_v2", k))
     lp_hp = resolve_hparams("lp")
     with ProcessPoolExecutor(max(1, min(2, os.cpu_count() or 1)), mp_context=get_context("spawn")) as pool:
-        rows = list(pool.map(compare_lp_with_sklearn, [payloads[k] for k in keys], [lp_hp] * len(keys)))
+        rows = list(pool.map(lp_at_sklearn_objective, [payloads[k] for k in keys], [lp_hp] * len(keys)))
     return dict(zip(keys, rows))
 
 
-def test_converged_lp_is_within_one_point_of_tuned_sklearn_on_every_pair(lp_rows):
-    lines, gaps = [], []
-    for (backbone, task), row in lp_rows.items():
-        lp = row["records"]["lp"]
-        gaps.append(row["lp"] - row["sklearn"])
-        lines.append(f"{backbone:<13} {task:<18} lp {100 * row['lp']:5.1f} (L2 {row['chosen_l2']:.1e}, "
-                     f"{row['iterations']:.0f} it)  lp_adamw {100 * row['lp_adamw']:5.1f}"
-                     f"  sklearn {100 * row['sklearn']:5.1f} (C {row['sklearn_C']:.0e})  {100 * gaps[-1]:+.1f}")
-        assert row["converged"] == 1.0, (backbone, task)
-        assert lp["eval"]["val"]["accuracy"] == max(lp["curves"]["val_accuracy_by_l2"])
+def test_converged_lp_reaches_sklearns_objective_at_its_chosen_l2_on_every_pair(lp_checks):
+    lines = []
+    for (backbone, task), row in lp_checks.items():
+        acc = row["accuracy"]
+        flips = {name: abs(ours - theirs) for name, (ours, theirs) in acc.items()}
+        lines.append(f"{backbone:<13} {task:<18} L2 {row['l2']:.1e} C {row['C']:.1e}  objective gap "
+                     f"{row['objective_gap']:+.1e}  ({row['lp_iterations']:.0f} / {row['sklearn_iterations']} it)  "
+                     f"largest accuracy gap {100 * max(flips.values()):.2f} points  distance "
+                     f"{row['solution_distance']:.1e}")
+        lines[-1] += f"  gradient {row['gradient_norm']:.1e} (allowed {row['gradient_norm_allowed']:.1e})"
     print("\n" + "\n".join(lines))
-    print(f"mean lp - sklearn {100 * np.mean(gaps):+.2f} points, worst {100 * min(gaps):+.2f}")
-    assert min(gaps) >= -0.01, lines[int(np.argmin(gaps))]
+    for ((backbone, task), row), line in zip(lp_checks.items(), lines):
+        assert row["converged"] == 1.0, line
+        assert not optimum_check_failures(row), (line, optimum_check_failures(row))
+        for name, (ours, theirs) in row["accuracy"].items():
+            allowed = max(FLIPPED_ROWS / row["test_rows"][name], FLIPPED_SHARE)
+            if _pinned(task, name):
+                assert abs(ours - theirs) <= allowed + 1e-12, (line, name, ours, theirs, allowed)
+
+
+def test_lp_selection_is_the_best_validation_accuracy_ties_to_the_stronger_l2(lp_checks):
+    """Selection rule (``probe.linear._best``): the highest validation accuracy on the searched L2
+    values; among equal accuracies the lower validation cross-entropy, then the larger L2."""
+    for key, row in lp_checks.items():
+        curves = row["curves"]
+        acc, loss, l2 = (np.array(curves[k]) for k in ("val_accuracy_by_l2", "val_loss_by_l2", "l2"))
+        best = acc.max()
+        assert row["val_accuracy_selected"] == best, key
+        tied = np.flatnonzero(acc == best)
+        lowest = tied[loss[tied] == loss[tied].min()]
+        assert row["l2"] == l2[lowest].max(), (key, l2[tied], loss[tied])
+
+
+def test_the_objective_check_fails_for_an_lp_stopped_early(payloads):
+    """The criterion can fail: 10 L-BFGS iterations leave the objective far above sklearn's."""
+    early = resolve_hparams("lp", max_iter=10)
+    for key in (("cnn-fmnist", "sklearn-digits"), ("mobilenet_v2", "animal-mnist")):
+        row = lp_at_sklearn_objective(payloads[key], early)
+        assert row["converged"] == 0.0, key
+        assert len(optimum_check_failures(row)) == 2, (key, row["gradient_norm"], row["objective_excess"])
 
 
 @pytest.fixture()
@@ -180,31 +227,53 @@ def test_batched_fits_equal_fits_alone_on_real_features(payloads, one_thread, ba
         for name in ev:  # every evaluation set, every member
             gap = abs(rec["eval"][name]["accuracy"] - ev[name]["accuracy"])
             gaps.append(gap)
-            # stacked bmm and a lone matmul round differently, and 30 epochs carry it (see MEMBER_GAP)
-            assert gap <= MEMBER_GAP, (req.hparams.as_dict(), req.seed, name, gap)
+            # stacked bmm and a lone matmul round differently, and 30 epochs carry it (see MEMBER_GAP);
+            # judged below against the rounding spread measured on this machine
         b, a = int(rec["summary"]["best_epoch"]) - 1, int(alone.summary["best_epoch"]) - 1
         if b != a:  # a validation near-tie that rounding broke the other way: both epochs score alike
             assert abs(alone.curves["val_accuracy"][b] - alone.curves["val_accuracy"][a]) <= MEMBER_GAP, (b, a)
+        # the first epochs agree to float32 rounding of the same products (a few ulps per step,
+        # ~1e-6 relative after hundreds of steps); 1e-3 is far above it and far below a wrong update
         assert len(rec["curves"]["train_loss"]) == len(rec["curves"]["val_accuracy"]) == req.hparams.epochs
-        # the same computation: the first epochs agree to rounding; later ones drift apart the way
-        # two runs of one chaotic trajectory do (measured: 4 to 6 digits for 2 to 6 epochs, then per cents)
         np.testing.assert_allclose(rec["curves"]["train_loss"][:2], alone.curves["train_loss"][:2], rtol=1e-3)
         assert len(rec["curves"]["val_accuracy"]) == len(alone.curves["val_accuracy"])
-    assert np.mean(gaps) <= MEAN_GAP, np.mean(gaps)
+    # the rounding yardstick on this machine: the first seed's members alone, features one ulp apart
+    moved = prepare_payload(_one_ulp(payload))
+    spread = []
+    for req in requests[:len(hps)]:
+        ev, ev_moved = (evaluate_head(train_head(d, req.hparams, seed=req.seed), d) for d in (data, moved))
+        spread += [abs(ev[name]["accuracy"] - ev_moved[name]["accuracy"]) for name in ev]
+    mean_allowed = max(MEAN_GAP, ROUNDING_FACTOR * float(np.mean(spread)))
+    member_allowed = max(MEMBER_GAP, ROUNDING_FACTOR * max(spread))
     print(f"{backbone}/{task}: {len(requests)} members, accuracy gap to a lone fit: mean {100 * np.mean(gaps):.3f}, "
-          f"largest {100 * max(gaps):.3f} points")
+          f"largest {100 * max(gaps):.3f} points; one ulp moves a lone fit by mean {100 * np.mean(spread):.3f}, "
+          f"largest {100 * max(spread):.3f}")
+    assert max(gaps) <= member_allowed, (max(gaps), member_allowed)
+    assert np.mean(gaps) <= mean_allowed, (np.mean(gaps), mean_allowed)
 
 
-def test_lp_grid_solved_together_equals_each_value_alone(payloads, lp_rows, one_thread):
-    """The batched L2 grid: the chosen value solved on its own gives the same probe."""
+def _one_ulp(payload: FeaturePayload) -> FeaturePayload:
+    """The payload with every training feature moved up by one unit in its last place (float32)."""
+    x, y = payload.train
+    moved = np.nextafter(np.asarray(x, dtype=np.float32), np.float32(np.inf))
+    return FeaturePayload(train=(moved, y), val=payload.val, tests=payload.tests, num_classes=payload.num_classes,
+                          class_subsets=payload.class_subsets)
+
+
+def test_lp_grid_solved_together_equals_each_value_alone(payloads, one_thread):
+    """The batched L2 grid: the chosen value solved on its own (from zero, not warm-started) is the
+    same optimum, by the same criterion as against sklearn."""
     for key in (("cnn-fmnist", "sklearn-digits"), ("mobilenet_v2", "digits-from-fonts")):
-        payload = payloads[key]
-        data = prepare_payload(payload)
-        grid = lp_rows[key]["records"]["lp"]  # the whole grid, one thread, in lp_rows' process
-        l2 = grid["summary"]["chosen_l2"]
-        [alone] = fit_many(data, [FitRequest(resolve_hparams("lp", l2_min=l2, l2_max=l2, l2_steps=1, l2_refine=0))])
-        for name in grid["eval"]:
-            # two L-BFGS runs to the solver's tolerance (one batched over the grid)
-            assert abs(grid["eval"][name]["accuracy"] - alone["eval"][name]["accuracy"]) <= MEMBER_GAP / 2, (key, name)
-        assert grid["curves"]["train_loss_by_l2"][grid["curves"]["l2"].index(l2)] == pytest.approx(
-            alone["train_loss"], rel=5e-3)
+        grid = lp_at_sklearn_objective(payloads[key], resolve_hparams("lp"))
+        l2 = grid["l2"]
+        alone = lp_at_sklearn_objective(payloads[key], resolve_hparams("lp", l2_min=l2, l2_max=l2, l2_steps=1,
+                                                                       l2_refine=0))
+        assert alone["l2"] == l2 and alone["C"] == grid["C"]
+        for row in (grid, alone):
+            assert not optimum_check_failures(row), (key, optimum_check_failures(row))
+        for name, (ours, _) in grid["accuracy"].items():
+            if not _pinned(key[1], name):
+                continue
+            # only near-tied rows can flip between two solutions of one optimum (see FLIPPED_ROWS)
+            assert abs(ours - alone["accuracy"][name][0]) <= max(
+                FLIPPED_ROWS / grid["test_rows"][name], FLIPPED_SHARE) + 1e-12, (key, name)
