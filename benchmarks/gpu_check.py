@@ -57,10 +57,10 @@ def _run(name: str, cmd: list[str], env: dict[str, str], log_dir: Path) -> dict[
     except subprocess.TimeoutExpired as exc:
         out = (exc.stdout or b"").decode() if isinstance(exc.stdout, bytes) else (exc.stdout or "")
         rc = 124
+    seconds = time.perf_counter() - t0
     (log_dir / f"{name}.log").write_text(out)
-    print(f"== {name}: exit {rc} after {time.perf_counter() - t0:.0f} s (log {log_dir / (name + '.log')})",
-          flush=True)
-    return {"exit": rc, "seconds": round(time.perf_counter() - t0, 1), "output": out}
+    print(f"== {name}: exit {rc} after {seconds:.0f} s (log {log_dir / (name + '.log')})", flush=True)
+    return {"exit": rc, "seconds": round(seconds, 1), "output": out}
 
 
 def check_pipeline(out: str, gpu: bool) -> tuple[bool, dict[str, Any]]:

@@ -47,10 +47,14 @@ Split = tuple[np.ndarray, np.ndarray]
 
 def _scores(clf: Any, x: np.ndarray, y: np.ndarray, subset: np.ndarray | None) -> tuple[float, float]:
     """Accuracy and mean log-loss of a fitted classifier (only ``subset``'s classes compete if given)."""
+    return _logit_scores(clf.decision_function(x), np.asarray(clf.classes_), y, subset)
+
+
+def _logit_scores(scores: np.ndarray, classes: np.ndarray, y: np.ndarray,
+                  subset: np.ndarray | None) -> tuple[float, float]:
+    """Accuracy and mean log-loss of logits whose columns are ``classes`` (``subset``'s compete if given)."""
     from scipy.special import logsumexp
 
-    scores = clf.decision_function(x)
-    classes = np.asarray(clf.classes_)
     if subset is not None:
         keep = np.isin(classes, subset)
         scores, classes = scores[:, keep], classes[keep]
@@ -171,11 +175,7 @@ def c_for_l2(l2: float, n: int, scale: float) -> float:
 def _accuracy(coef: np.ndarray, intercept: np.ndarray, x: np.ndarray, y: np.ndarray,
               subset: np.ndarray | None) -> float:
     logits = np.asarray(x, dtype=np.float64) @ coef.T + intercept
-    if subset is not None:
-        pred = np.asarray(subset)[logits[:, subset].argmax(1)]
-    else:
-        pred = logits.argmax(1)
-    return float((pred == np.asarray(y)).mean())
+    return _logit_scores(logits, np.arange(logits.shape[1]), np.asarray(y), subset)[0]
 
 
 def probe_gradient(z: np.ndarray, y: np.ndarray, weight: np.ndarray, bias: np.ndarray, l2: float) -> np.ndarray:
