@@ -260,11 +260,11 @@ def _one_ulp(payload: FeaturePayload) -> FeaturePayload:
                           class_subsets=payload.class_subsets)
 
 
-def test_lp_grid_solved_together_equals_each_value_alone(payloads, one_thread):
+def test_lp_grid_solved_together_equals_each_value_alone(payloads, lp_checks, one_thread):
     """The batched L2 grid: the chosen value solved on its own (from zero, not warm-started) is the
     same optimum, by the same criterion as against sklearn."""
     for key in (("cnn-fmnist", "sklearn-digits"), ("mobilenet_v2", "digits-from-fonts")):
-        grid = lp_at_sklearn_objective(payloads[key], resolve_hparams("lp"))
+        grid = lp_checks[key]  # the whole grid, one thread, in lp_checks' process
         l2 = grid["l2"]
         alone = lp_at_sklearn_objective(payloads[key], resolve_hparams("lp", l2_min=l2, l2_max=l2, l2_steps=1,
                                                                        l2_refine=0))
