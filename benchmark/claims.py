@@ -27,6 +27,7 @@ which under-counts at few degrees of freedom).
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import dataclass
 
 import numpy as np
@@ -238,9 +239,22 @@ def _claim4(units: pd.DataFrame) -> list[dict]:
             diff = diff[diff.notna()]  # e.g. OOD of a family without OOD tasks: no finding at all
             for backbone, d in diff.groupby(level="backbone", sort=True):
                 found.append(_finding(str(backbone), what, mean_ci(d.to_numpy()), "positive"))
-            if diff.index.get_level_values("backbone").nunique() > 1:
-                pooled.append(_finding("all families, pooled", what, mean_ci(diff.to_numpy()), "positive"))
+            once = diff[diff.index.get_level_values("backbone").isin(_last_checkpoints(diff))]
+            if once.index.get_level_values("backbone").nunique() > 1:
+                pooled.append(_finding("all families, pooled", what, mean_ci(once.to_numpy()), "positive"))
     return found + pooled
+
+
+def _last_checkpoints(diff: pd.Series) -> set[str]:
+    """The backbone rows a pooled number may use: a run evaluated at several checkpoint epochs
+    (rows ``<name>@e<epoch>``) enters once, at its last epoch, not once per epoch."""
+    last: dict[str, tuple[int, str]] = {}
+    for name in diff.index.get_level_values("backbone").unique():
+        m = re.fullmatch(r"(.+)@e(\d+)", str(name))
+        base, epoch = (m.group(1), int(m.group(2))) if m else (str(name), -1)
+        if base not in last or epoch > last[base][0]:
+            last[base] = (epoch, str(name))
+    return {name for _, name in last.values()}
 
 
 CLAIM_TEXT = {

@@ -29,7 +29,7 @@ from benchmark.config.schema import FrozenBackbone, PretrainBlock, Suite
 from benchmark.data.sampling import few_shot_indices, stratified_holdout
 from benchmark.hashing import array_digest, config_hash
 from benchmark.heads.registry import HParams, resolve_hparams
-from benchmark.pretrain.job import PretrainJob, job_dir
+from benchmark.pretrain.job import PretrainJob, job_dir, snapshot_file
 
 #: Few-shot subsets are drawn with seed FEW_SHOT_SEED + head seed: never the stream (seed 0)
 #: that carved the validation rows.
@@ -144,11 +144,16 @@ class Plan:
         return next(p for p in self.pairs if p.key == key)
 
     def without_backbones(self, keys: Iterable[str]) -> Plan:
-        """The plan minus the backbones (and their pairs) whose pre-training failed."""
+        """The plan minus the backbones (and their pairs) whose pre-training failed: ``keys`` are
+        backbone or pre-training keys (a failed run takes all its checkpoint epochs with it)."""
         drop = set(keys)
+
+        def dropped(b: BackbonePlan) -> bool:
+            return b.key in drop or (b.job is not None and b.job.key in drop)
+
         return Plan(self.suite, self.work_dir, self.data_root, self.normalize_features, self.pretrain,
-                    tuple(b for b in self.backbones if b.key not in drop), self.tasks,
-                    tuple(p for p in self.pairs if p.backbone.key not in drop))
+                    tuple(b for b in self.backbones if not dropped(b)), self.tasks,
+                    tuple(p for p in self.pairs if not dropped(p.backbone)))
 
 
 # -- stage 1: pre-training jobs and the backbones they make ----------------------------------------
@@ -167,16 +172,36 @@ def _job(b: PretrainBlock, ratio: float, seed: int, data_root: str | None) -> Pr
         gpus_per_worker=b.gpus_per_worker, display=str(b.name), augment=b.augment,
         crop_scale=tuple(float(v) for v in b.crop_scale), warmup_epochs=float(b.warmup_epochs),
         grad_accum=b.grad_accum, precision=b.precision, channels_last=b.channels_last,
-        cpus_per_worker=float(b.cpus_per_worker), loader_workers=b.loader_workers)
+        cpus_per_worker=float(b.cpus_per_worker), loader_workers=b.loader_workers,
+        snapshot_epochs=tuple(e for e in b.checkpoint_epochs or () if e < b.epochs))
 
 
-def pretrained_backbone(job: PretrainJob, work_dir: str | Path) -> BackbonePlan:
+def pretrained_backbone(job: PretrainJob, work_dir: str | Path, epoch: int | None = None) -> BackbonePlan:
+    """The backbone a pre-training run makes: its final weights (``epoch`` None, named as the
+    block) or its weights after ``epoch`` (named ``<name>@e<epoch>``; the final epoch keeps the
+    run's key, so its features and fits are the ones a plain suite computes)."""
+    final = epoch is None or int(epoch) == int(job.epochs)
+    file = "model.pt" if final else snapshot_file(int(epoch))  # type: ignore[arg-type]
+    params: dict[str, Any] = {"backbone": job.backbone_name, "objective": job.objective,
+                              "noise_kind": job.noise_kind, "noise_ratio": float(job.noise_ratio),
+                              "pretrain_seed": int(job.seed), "pretrain_key": job.key}
+    if epoch is not None:
+        params.update(backbone=f"{job.backbone_name}@e{int(epoch)}", pretrain_epoch=int(epoch))
     return BackbonePlan(
-        key=job.key, spec={"family": "nmlbench", "checkpoint": str(job_dir(job, work_dir) / "model.pt")},
-        params={"backbone": job.backbone_name, "objective": job.objective,
-                "noise_kind": job.noise_kind, "noise_ratio": float(job.noise_ratio),
-                "pretrain_seed": int(job.seed), "pretrain_key": job.key},
-        job=job)
+        key=job.key if final else config_hash({"pretrain": job.key, "epoch": int(epoch)}),  # type: ignore[arg-type]
+        spec={"family": "nmlbench", "checkpoint": str(job_dir(job, work_dir) / file)},
+        params=params, job=job)
+
+
+def pretrained_backbones(suite: Suite) -> list[BackbonePlan]:
+    """Every backbone the suite's pre-training makes: one per run, or one per run and
+    ``checkpoint_epochs`` entry (the regime factor: early and late points of the same run)."""
+    out = []
+    for b in suite.pretrain:
+        for ratio, seed in itertools.product(b.noise.ratios, b.seeds):
+            job = _job(b, ratio, seed, suite.data_root)
+            out += [pretrained_backbone(job, suite.work_dir, e) for e in (b.checkpoint_epochs or [None])]
+    return out
 
 
 def frozen_backbone(entry: FrozenBackbone) -> BackbonePlan:
@@ -263,7 +288,7 @@ def _pair(suite: Suite, b: BackbonePlan, t: TaskPlan, grid: Sequence[HParams]) -
 def make_plan(suite: Suite) -> Plan:
     """The whole plan of ``suite`` (loads label vectors to fix rows; decodes no image)."""
     jobs = list({j.key: j for j in pretrain_jobs(suite)}.values())
-    backbones = [pretrained_backbone(j, suite.work_dir) for j in pretrain_jobs(suite)]
+    backbones = pretrained_backbones(suite)
     backbones += [frozen_backbone(b) for b in suite.backbones]
     backbones = list({b.key: b for b in reversed(backbones)}.values())[::-1]  # equal keys: the first wins
     tasks = build_tasks(suite)

@@ -150,3 +150,21 @@ def test_a_family_without_ood_tasks_gets_no_ood_finding() -> None:
     assert ood == ["cnn"]  # no "nan (n=0)" row for mobilenet, and no pooled row of one family
     ids = {f["backbone"]: f["estimate"].n for f in found if f["what"] == "ID acc, NMTune - LP"}
     assert ids == {"cnn": 10, "mobilenet": 5, "all families, pooled": 15}  # frozen: head seeds are its units
+
+
+def test_pooled_claim4_counts_a_run_once_across_its_checkpoint_epochs() -> None:
+    """Rows ``cnn@e5`` and ``cnn@e20`` are the same pre-training runs: each is its own family in
+    claim 4, and the pooled number takes only the last epoch (else every run counts twice)."""
+    from benchmark.claims import _claim4
+
+    rows = []
+    for fam, gain in (("cnn@e5", 5.0), ("cnn@e20", 1.0), ("clip", 3.0)):
+        for unit in range(4):
+            rows += [{"backbone": fam, "unit": f"r0 p{unit}", "method": "mlp", "id_acc": 0.5, "ood_acc": 0.4},
+                     {"backbone": fam, "unit": f"r0 p{unit}", "method": "nmtune",
+                      "id_acc": 0.5 + (gain + 0.1 * unit) / 100, "ood_acc": 0.4}]
+    found = _claim4(pd.DataFrame(rows))
+    per = {(f["backbone"], f["what"]): f["estimate"] for f in found}
+    assert per[("cnn@e5", "ID acc, NMTune - MLP")].n == 4
+    pooled = per[("all families, pooled", "ID acc, NMTune - MLP")]
+    assert pooled.n == 8 and pooled.value == pytest.approx((1.15 + 3.15) / 2 / 100)

@@ -31,6 +31,8 @@ from benchmark.plan import (
     pretrain_jobs,
 )
 from benchmark.plan_status import plan_status
+from benchmark.errors import ConfigError
+from benchmark.pretrain.job import job_dir
 
 SUITES = Path(__file__).resolve().parents[1] / "suites"
 
@@ -210,3 +212,34 @@ def test_plan_command_prints_stages_and_writes_nothing(tmp_path):
     assert [(s["stage"], s["total"], s["todo"]) for s in stages] == [
         ("pre-training", 0, 0), ("features", 2, 2), ("head fits", 8, 8)]
     assert not (tmp_path / "w").exists()
+
+
+def test_checkpoint_epochs_make_one_backbone_per_epoch_from_one_run(tmp_path):
+    """``checkpoint_epochs`` evaluates the same runs at several epochs: one pre-training job per
+    (ratio, seed), one backbone row ``<name>@e<epoch>`` per epoch; the last epoch reads
+    ``model.pt`` under the run's own key (its features are those of a plain suite), earlier ones
+    their snapshot; a failed run takes every epoch's backbone with it."""
+    block = {"name": "cnn", "objective": "supervised", "corpus": "fashion-mnist", "arch": "test_resnet",
+             "noise": {"ratios": [0.0, 0.1]}, "seeds": [0, 1], "epochs": 4, "train_subset": 100}
+    base = {"name": "ce", "work_dir": str(tmp_path),
+            "downstream": {"id": ["sklearn-digits"], "methods": ["lp"]}}
+    plain = make_plan(validate_suite({**base, "pretrain": [block]}))
+    plan = make_plan(validate_suite({**base, "pretrain": [{**block, "checkpoint_epochs": [4, 2]}]}))
+    assert len(plan.pretrain) == 4 and len(plan.backbones) == 8
+    assert all(j.snapshot_epochs == (2,) for j in plan.pretrain)
+    assert {j.key for j in plan.pretrain}.isdisjoint({j.key for j in plain.pretrain})  # snapshots are output
+    names = sorted({b.display for b in plan.backbones})
+    assert names == ["cnn@e2", "cnn@e4"]
+    for b in plan.backbones:
+        out = job_dir(b.job, tmp_path)
+        if b.params["pretrain_epoch"] == 4:
+            assert b.key == b.job.key and b.spec["checkpoint"] == str(out / "model.pt")
+        else:
+            assert b.key != b.job.key and b.spec["checkpoint"] == str(out / "model_epoch_0002.pt")
+    assert len({b.key for b in plan.backbones}) == 8
+    failed = plan.pretrain[0].key
+    left = plan.without_backbones([failed])
+    assert len(left.backbones) == 6 and all(b.job.key != failed for b in left.backbones)
+    assert all(p.backbone.job.key != failed for p in left.pairs)
+    with pytest.raises(ConfigError, match=r"checkpoint_epochs \[5\] lie after the last epoch \(4\)"):
+        validate_suite({**base, "pretrain": [{**block, "checkpoint_epochs": [2, 5]}]})

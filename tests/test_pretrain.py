@@ -57,7 +57,9 @@ CLIP = PretrainJob(objective="clip", corpus="fashion-mnist", arch="nml-tiny-clip
                    lr=1e-3, image_size=32, train_subset=N_CLIP)
 # One shared trainer, killed twice. FAULT_A is SUP itself (in another work dir): resumed after
 # the kill, it must end bit for bit where SUP's uninterrupted run ends.
-FAULT_A, FAULT_B = SUP, replace(SUP, seed=2)
+# FAULT_B also keeps its weights after epochs 1 and 2 (suite checkpoint_epochs: [1, 2, 3]); both
+# are taken before its kill (after epoch index 1, i.e. two epochs) and must survive the resume.
+FAULT_A, FAULT_B = SUP, replace(SUP, seed=2, snapshot_epochs=(1, 2))
 BROKEN = replace(SUP, arch="no_such_arch_xyz")
 # The streaming path: the same 1000 images as JPEG files, two workers, the real-corpus recipe.
 # Another key (global batch 2 x 64 x 2): trained in a work dir of its own.
@@ -587,6 +589,39 @@ def test_jobs_sharing_a_trainer_resume_one_by_one_after_kills(trained) -> None:
     assert resumed.keys() == straight.keys() and all(torch.equal(resumed[k], straight[k]) for k in straight)
     # One trainer for both jobs, and nothing else in that storage.
     assert [p.name for p in (trained["work_fault"] / "ray_results").iterdir()] == [name]
+
+
+@pytest.mark.slow
+def test_snapshots_are_the_weights_after_their_epochs_and_survive_a_resume(trained) -> None:
+    """A job with ``snapshot_epochs`` writes ``model_epoch_XXXX.pt`` beside ``model.pt``: the
+    parameters the run had after that epoch (its per-epoch digest says which), kept through the
+    kill and resume; a snapshot of a finished job that went missing makes the job unusable."""
+    from benchmark.backbones import load_pretrain_checkpoint
+    from benchmark.pretrain.job import snapshot_file
+    from benchmark.pretrain.launch import load_done
+    from benchmark.pretrain.recipe import build_model
+
+    b = trained["fault"][1]
+    assert b.ok and b.job.snapshot_epochs == (1, 2), b.error
+    out = job_dir(FAULT_B, trained["work_fault"])
+    digests = [e["ranks"][0]["param_digest"] for e in b.metrics]
+    assert len(set(digests)) == 3
+    for epoch in (1, 2, 3):
+        path = out / ("model.pt" if epoch == 3 else snapshot_file(epoch))
+        ckpt = load_pretrain_checkpoint(path)
+        assert ckpt["job"].get("epoch", 3) == epoch and ckpt["job"]["key"] == FAULT_B.key
+        net, _ = build_model({"objective": "supervised", "arch": "test_resnet", "num_classes": 10,
+                              "image_size": 32, "seed": 0})
+        net.load_state_dict(ckpt["state_dict"])
+        assert param_digest(net) == digests[epoch - 1], epoch
+    assert load_done(FAULT_B, trained["work_fault"]) is not None
+    assert load_done(replace(FAULT_B, snapshot_epochs=()), trained["work_fault"]) is None  # other key
+    moved = out / "moved.pt"
+    (out / snapshot_file(1)).rename(moved)
+    try:
+        assert load_done(FAULT_B, trained["work_fault"]) is None  # trains again rather than fail later
+    finally:
+        moved.rename(out / snapshot_file(1))
 
 
 @pytest.mark.slow

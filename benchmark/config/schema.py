@@ -118,6 +118,10 @@ class PretrainBlock(_Model):
     channels_last: bool = True
     cpus_per_worker: PositiveFloat = 1.0
     loader_workers: NonNegInt | None = None
+    #: Evaluate the same runs after each of these epochs (1-based; the last may be ``epochs``):
+    #: each becomes a backbone row ``<name>@e<epoch>``, with no re-training. None: the final
+    #: weights only, named ``<name>``.
+    checkpoint_epochs: Annotated[list[PositiveInt], NonEmpty, UniqueList] | None = None
 
     @model_validator(mode="after")
     def _noise_matches_objective(self) -> PretrainBlock:
@@ -129,6 +133,12 @@ class PretrainBlock(_Model):
                                      self.warmup_epochs, self.epochs)
         if problem is not None:
             raise ValueError(problem)
+        late = [e for e in self.checkpoint_epochs or [] if e > self.epochs]
+        if late:
+            raise ValueError(f"checkpoint_epochs {late} lie after the last epoch ({self.epochs}); "
+                             f"list epochs in 1..{self.epochs}")
+        if self.checkpoint_epochs:
+            self.checkpoint_epochs = sorted(self.checkpoint_epochs)
         if self.name is None:
             self.name = f"{self.arch}-{self.objective}"
         return self

@@ -37,7 +37,8 @@ PRECISIONS: tuple[str, ...] = ("auto", "bf16", "fp32")
 #: earlier recipe. A job leaves a field out of its key while it holds that value, so every job
 #: written before the field existed keeps its key (and its finished checkpoint).
 RECIPE_DEFAULTS: dict[str, Any] = {"augment": "none", "crop_scale": (0.08, 1.0),
-                                   "warmup_epochs": 0.0, "grad_accum": 1, "precision": "auto"}
+                                   "warmup_epochs": 0.0, "grad_accum": 1, "precision": "auto",
+                                   "snapshot_epochs": ()}
 
 
 @dataclass(frozen=True)
@@ -77,6 +78,10 @@ class PretrainJob:
     warmup_epochs: float = 0.0     # linear warm-up, then cosine decay to 0 (per optimiser step)
     grad_accum: int = 1            # micro-batches per optimiser step on each worker
     precision: str = "auto"        # PRECISIONS
+    # -- what it keeps: the weights after these epochs (1-based, below ``epochs``) besides the
+    # final ones, so one run is evaluated at several points of training (the regime factor).
+    # Keyed, because a finished run without a snapshot cannot give one without training again.
+    snapshot_epochs: tuple[int, ...] = ()
     # -- how fast it runs (not keyed) --
     channels_last: bool = True     # NHWC activations on CUDA (ignored on the CPU)
     cpus_per_worker: float = 1.0   # CPUs Ray reserves per Ray Train worker
@@ -117,6 +122,8 @@ class PretrainJob:
 
 
 def _same(value: Any, default: Any) -> bool:
+    if isinstance(default, tuple) and not default:
+        return not value
     if isinstance(default, tuple):
         return isinstance(value, (list, tuple)) and [float(v) for v in value] == list(default)
     return value == default
@@ -193,6 +200,10 @@ def check_job(job: PretrainJob) -> None:
     if job.loader_workers is not None and int(job.loader_workers) < 0:
         raise ConfigError(f"pretrain job {job.name}: loader_workers must be >= 0 or null (auto), "
                           f"got {job.loader_workers}")
+    bad = [e for e in job.snapshot_epochs if not 1 <= int(e) < int(job.epochs)]
+    if bad:
+        raise ConfigError(f"pretrain job {job.name}: snapshot epochs {bad} must lie in 1..{job.epochs - 1} "
+                          "(the final epoch's weights are always kept)")
     if job.train_subset is not None and int(job.train_subset) < 2:
         raise ConfigError(f"pretrain job {job.name}: train_subset must be >= 2 or null (all), "
                           f"got {job.train_subset}")
@@ -202,3 +213,8 @@ def job_dir(job: PretrainJob, work_dir: str | Path) -> Path:
     """``work_dir/pretrain/<key>``: everything one job writes (absolute). The plan names the
     checkpoint ``job_dir(...) / "model.pt"`` before it exists; the launcher writes it there."""
     return Path(work_dir).resolve() / "pretrain" / job.key
+
+
+def snapshot_file(epoch: int) -> str:
+    """File name, inside the job's folder, of the weights kept after ``epoch`` (1-based)."""
+    return f"model_epoch_{int(epoch):04d}.pt"

@@ -38,7 +38,7 @@ import torch
 
 from benchmark.errors import ConfigError
 from benchmark.hashing import config_hash
-from benchmark.pretrain.job import PretrainJob, check_job, job_dir
+from benchmark.pretrain.job import PretrainJob, check_job, job_dir, snapshot_file
 from benchmark.pretrain.trainer import Prepared, finish, fit, prepare
 from benchmark.ray_session import init_ray
 
@@ -71,14 +71,16 @@ class PretrainResult:
 
 
 def load_done(job: PretrainJob, work_dir: str | Path) -> PretrainResult | None:
-    """The finished result of ``job`` if ``done.json`` exists and ``model.pt`` loads, else None."""
+    """The finished result of ``job`` if ``done.json`` exists and ``model.pt`` (and each snapshot)
+    loads, else None."""
     out = job_dir(job, work_dir)
     done, model_path = out / "done.json", out / "model.pt"
     if not done.is_file() or not model_path.is_file():
         return None
     try:
         info = json.loads(done.read_text())
-        torch.load(model_path, map_location="cpu", weights_only=True)
+        for path in [model_path, *(out / snapshot_file(e) for e in job.snapshot_epochs)]:
+            torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # noqa: BLE001 - any unreadable file means "train again"
         log.warning("%s: cannot reuse %s (%s); training again", job.name, out, e)
         return None

@@ -32,7 +32,7 @@ import torch
 from benchmark.atomic import atomic_write_json
 from benchmark.errors import ConfigError, NMLBenchError
 from benchmark.pretrain.corpus import CorpusRef, TrainingSet, build_training_set, write_noise_record
-from benchmark.pretrain.job import PretrainJob, check_job, job_dir
+from benchmark.pretrain.job import PretrainJob, check_job, job_dir, snapshot_file
 from benchmark.pretrain.recipe import PRETRAIN_MEAN, PRETRAIN_STD, build_model
 from benchmark.pretrain.worker import STATE_FILE, train_loop_per_worker
 from benchmark.ray_session import cluster_resources, init_ray
@@ -111,6 +111,7 @@ def prepare(job: PretrainJob, work_dir: str | Path, *, progress: bool,
         "crop_scale": tuple(float(v) for v in job.crop_scale),
         "loader_workers": job.loader_processes, "mean": PRETRAIN_MEAN, "std": PRETRAIN_STD,
         "progress": bool(progress), "fault_kill_after_epoch": fault_kill_after_epoch,
+        "snapshot_epochs": [int(e) for e in job.snapshot_epochs],
     }
     # Build the model once in the driver: a wrong arch or kwargs fails here, in a second,
     # instead of in every retry of every Ray Train worker.
@@ -185,8 +186,19 @@ def finish(p: Prepared, done: dict[str, Any], *, run_dir: Path, seconds: float |
     job = p.job
     if "error" in done:
         raise NMLBenchError(f"pretrain job {job.name} failed in its trainer: {done['error']}")
-    p.model.load_state_dict(done["model"])  # the driver's copy, built (seeded) before the fit
     family = "timm" if job.objective == "supervised" else "open_clip"
+    snapshots = done.get("snapshots", {})
+    missing = [e for e in job.snapshot_epochs if int(e) not in snapshots]
+    if missing:
+        raise NMLBenchError(f"pretrain job {job.name}: its trainer kept no weights after epoch(s) "
+                            f"{missing}; delete {run_dir} and run again")
+    for epoch in job.snapshot_epochs:  # earlier points of the same run (suite checkpoint_epochs)
+        p.model.load_state_dict(snapshots[int(epoch)])
+        save_pretrain_checkpoint(p.out / snapshot_file(epoch), family=family, arch=job.arch,
+                                 model=p.model, image_size=job.image_size, mean=PRETRAIN_MEAN,
+                                 std=PRETRAIN_STD, job={**asdict(job), "name": job.name,
+                                                        "key": job.key, "epoch": int(epoch)})
+    p.model.load_state_dict(done["model"])  # the driver's copy, built (seeded) before the fit
     save_pretrain_checkpoint(p.out / "model.pt", family=family, arch=job.arch, model=p.model,
                              image_size=job.image_size, mean=PRETRAIN_MEAN, std=PRETRAIN_STD,
                              job={**asdict(job), "name": job.name, "key": job.key})

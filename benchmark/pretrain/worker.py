@@ -292,7 +292,10 @@ def _train_job(cfg: dict[str, Any], j: int, n_jobs: int, run: dict[str, Any],
     epochs = int(cfg["epochs"])
     opt, sched = make_optimizer(model, cfg, steps_per_epoch)
     start_epoch, history, resumed_from = 0, [], -1
+    keep = {int(e) for e in cfg.get("snapshot_epochs", ())}  # 1-based: weights after that epoch
+    snapshots: dict[int, dict[str, torch.Tensor]] = {}
     if current is not None:
+        snapshots = dict(current.get("snapshots", {}))
         model.load_state_dict(current["model"])
         opt.load_state_dict(current["optimizer"])
         sched.load_state_dict(current["scheduler"])
@@ -371,17 +374,20 @@ def _train_job(cfg: dict[str, Any], j: int, n_jobs: int, run: dict[str, Any],
             print(f"[nmlbench] {cfg['name']}: epoch {epoch} loss {metrics['loss']:.4f} "
                   f"({seconds:.1f} s)", flush=True)
         final = epoch == epochs - 1
+        if rank == 0 and epoch + 1 in keep and not final:
+            snapshots[epoch + 1] = {k: v.detach().to("cpu", copy=True)
+                                    for k, v in unwrap(model).state_dict().items()}
         if rank == 0:
             if final:
                 state["done"][cfg["key"]] = {"model": unwrap(model).state_dict(),
-                                             "history": history,
+                                             "history": history, "snapshots": snapshots,
                                              "seconds": time.perf_counter() - t_job}
                 state["current"] = None
             else:
                 state["current"] = {"key": cfg["key"], "model": unwrap(model).state_dict(),
                                     "optimizer": opt.state_dict(),
                                     "scheduler": sched.state_dict(), "epoch": epoch,
-                                    "history": history}
+                                    "history": history, "snapshots": snapshots}
         elif final:
             state["done"][cfg["key"]] = {}
         name = _ckpt_name(j, n_jobs, epoch)
