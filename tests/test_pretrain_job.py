@@ -145,3 +145,32 @@ def test_job_rules_import_without_torch_or_ray() -> None:
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          cwd=root, env={"PYTHONPATH": str(root), "PATH": ""}, check=True)
     assert out.stdout.strip() == "light", out.stdout + out.stderr
+
+
+#: Every shipped suite's pre-training keys (jobs, then the backbones they make), hashed: computed
+#: on the tree before the recipe was defined once (issue 24), so finished checkpoints stay valid.
+PINNED_SUITE_KEYS = {
+    "quick": ("d7add5644a764281", 14),
+    "embedded-study": ("f12f1d417c44525a", 132),  # checkpoint_epochs -> snapshot_epochs
+    "paper-clip": ("6d7447e8dc4893e2", 10),
+    "paper-supervised": ("69d0dcf95efff704", 10),
+    "paper-rehearsal": ("416f38e1c20cc0ae", 10),
+    "gpu-check": ("a525a5189655d67e", 4),
+}
+
+
+@pytest.mark.parametrize("suite", sorted(PINNED_SUITE_KEYS))
+def test_suite_job_keys_are_those_of_before(suite: str) -> None:
+    import hashlib
+
+    from benchmark.config import load_suite
+    from benchmark.plan import pretrain_jobs, pretrained_backbones
+
+    root = Path(__file__).resolve().parents[1]
+    s = load_suite(root / "suites" / f"{suite}.yaml")
+    keys = [j.key for j in pretrain_jobs(s)] + [b.key for b in pretrained_backbones(s)]
+    digest = hashlib.sha256(" ".join(keys).encode()).hexdigest()[:16]
+    assert (digest, len(keys)) == PINNED_SUITE_KEYS[suite]
+    if suite == "quick":
+        assert [j.key for j in pretrain_jobs(s)][:3] == ["05675135b9fe36fa", "09047ba622b0006f",
+                                                        "aef531d2600b7d9d"]
