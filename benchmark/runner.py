@@ -203,7 +203,7 @@ class _FeatureTasks:
 
             from benchmark.extraction import extract_with_summaries
 
-            self.task = ray.remote(**self.opts)(extract_with_summaries)
+            self.task = ray.remote(**self.opts)(extract_with_summaries)  # type: ignore[call-overload]
         n = 0
         for key in backbone_keys:
             group = self.groups.get(key)

@@ -191,8 +191,8 @@ def singular_values(
         eig = torch.where(eig > max(m, d) * eps * eig[0], eig, torch.zeros_like(eig))
         s = eig.sqrt()
     # Centring that removes everything leaves only rounding residue: call it zero.
-    scale = math.sqrt(float(fro2))
-    if scale == 0.0 or float(s[0]) <= 1e-10 * scale:
+    norm_total = math.sqrt(float(fro2))
+    if norm_total == 0.0 or float(s[0]) <= 1e-10 * norm_total:
         s = torch.zeros_like(s)
     return s.cpu().numpy().astype(np.float64)
 

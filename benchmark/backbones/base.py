@@ -139,6 +139,8 @@ class TorchBackbone:
         self.identity = identity
         self.family = family
         self.arch = arch
+        #: What a suite checkpoint says about itself (``family: nmlbench``); empty otherwise.
+        self.checkpoint_meta: dict[str, Any] = {}
         self.image_size = int(image_size)
         self.mean = tuple(float(m) for m in mean)
         self.std = tuple(float(s) for s in std)

@@ -87,7 +87,8 @@ def open_clip_preprocess(model: torch.nn.Module) -> tuple[int, tuple[float, ...]
 
 def encode_image_features(module: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
     """CLIP image embedding (projected, not L2-normalised)."""
-    return module.encode_image(x)
+    clip: Any = module  # open_clip's CLIP: encode_image is a method, not a submodule
+    return clip.encode_image(x)
 
 
 def create_open_clip_backbone(spec: dict[str, Any]) -> TorchBackbone:

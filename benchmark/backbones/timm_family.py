@@ -21,7 +21,8 @@ DEFAULT_IMAGE_SIZE = 32  # the suite's pre-training resolution; override with sp
 
 def timm_features(module: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
     """Pooled pre-logits of a timm model (with or without a classifier head)."""
-    return module.forward_head(module.forward_features(x), pre_logits=True)
+    model: Any = module  # a timm model: forward_head / forward_features are methods
+    return model.forward_head(model.forward_features(x), pre_logits=True)
 
 
 def _check_arch(arch: str) -> None:
@@ -51,7 +52,7 @@ def create_timm_classifier(arch: str, num_classes: int, image_size: int = DEFAUL
     _check_arch(arch)
     cfg = {"num_classes": int(num_classes), **_size_kwargs(arch, image_size, kwargs)}
     with seeded(seed):
-        model = timm.create_model(arch, pretrained=False, **cfg)
+        model: Any = timm.create_model(arch, pretrained=False, **cfg)
     model.nmlbench_model_cfg = cfg
     return model
 
@@ -62,7 +63,7 @@ def build_timm_module(arch: str, model_cfg: dict[str, Any]) -> torch.nn.Module:
     return timm.create_model(arch, pretrained=False, **model_cfg)
 
 
-def _classifier_prefixes(model: torch.nn.Module) -> tuple[str, ...]:
+def _classifier_prefixes(model: Any) -> tuple[str, ...]:
     name = model.pretrained_cfg.get("classifier", ()) if hasattr(model, "pretrained_cfg") else ()
     names = (name,) if isinstance(name, str) else tuple(name)
     return tuple(f"{n}." for n in names)
@@ -111,7 +112,7 @@ def create_timm_backbone(spec: dict[str, Any]) -> TorchBackbone:
     cfg = {"num_classes": 0, **_size_kwargs(arch, image_size, kwargs)}
     seed = int(spec.get("seed", 0))
     with seeded(seed):
-        model = timm.create_model(arch, pretrained=False, **cfg)
+        model: Any = timm.create_model(arch, pretrained=False, **cfg)
     if spec.get("checkpoint"):
         path = existing_file(spec["checkpoint"], "timm checkpoint")
         load_backbone_weights(model, path)

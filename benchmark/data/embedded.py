@@ -199,7 +199,7 @@ def _font_cache_path(name: str, fonts: list[font_renderer.FontSpec]) -> Path:
 
 def _atomic_save_npz(path: Path, **arrays: np.ndarray) -> None:
     """Write to a temporary file in the same folder, then rename: readers never see half a file."""
-    atomic_write(path, lambda f: np.savez(f, **arrays))
+    atomic_write(path, lambda f: np.savez(f, **arrays))  # type: ignore[arg-type]  # numpy's stub types **kwds as allow_pickle
 
 
 def cached_font_digits(name: str, fonts: list[font_renderer.FontSpec]) -> tuple[np.ndarray, np.ndarray]:

@@ -12,6 +12,8 @@ keys the on-disk cache and the splits' fingerprints.
 
 from __future__ import annotations
 
+from typing import cast
+
 import importlib.resources
 import importlib.util
 from dataclasses import dataclass
@@ -95,7 +97,7 @@ def handwriting_fonts() -> list[FontSpec]:
                 axes = []
             weight_axes = [a for a in axes if a.get("name") in (b"Weight", "Weight")]
             if len(axes) == 1 and weight_axes:
-                lo, hi = int(weight_axes[0]["minimum"]), int(weight_axes[0]["maximum"])
+                lo, hi = (int(cast(int, weight_axes[0][k])) for k in ("minimum", "maximum"))
                 specs += [FontSpec(f, max(lo, 400)), FontSpec(f, min(hi, 700))]
             else:
                 specs.append(FontSpec(f))
@@ -142,7 +144,7 @@ def render_digit(digit: int, font: ImageFont.FreeTypeFont, rng: np.random.Genera
     canvas = Image.new("L", (_CANVAS, _CANVAS), 0)
     ImageDraw.Draw(canvas).text((_CANVAS / 2, _CANVAS / 2), str(digit), fill=255, font=font,
                                 anchor="mm", stroke_width=stroke, stroke_fill=255)
-    canvas = canvas.rotate(angle, resample=Image.BILINEAR, expand=True, fillcolor=0)
+    canvas = canvas.rotate(angle, resample=Image.Resampling.BILINEAR, expand=True, fillcolor=0)
     if blur > 0.05:
         canvas = canvas.filter(ImageFilter.GaussianBlur(blur))
     box = canvas.point(lambda v: 255 if v > 24 else 0).getbbox()
@@ -152,7 +154,7 @@ def render_digit(digit: int, font: ImageFont.FreeTypeFont, rng: np.random.Genera
     side = _BOX * scale
     factor = side / max(glyph.size)
     size = (max(1, round(glyph.size[0] * factor)), max(1, round(glyph.size[1] * factor)))
-    small = np.asarray(glyph.resize(size, Image.LANCZOS), dtype=np.float32)
+    small = np.asarray(glyph.resize(size, Image.Resampling.LANCZOS), dtype=np.float32)
     frame = _place_by_centre_of_mass(np.clip(small, 0, 255), shift)
     peak = frame.max()
     if peak > 0:  # MNIST digits reach full white; normalise the anti-aliased peak to 255

@@ -191,10 +191,15 @@ def _load_shards(spec: RealSpec, shards: list[Path]) -> ImageTextSplit:
               else np.full(sum(len(ix.keys) for ix in indexes), UNLABELLED))
     version = f"wds1-{config_hash([[ix.shard, ix.size, len(ix.keys)] for ix in indexes], 8)}"
     return ShardSplit(spec.name, "train", _classes(shards[0].parent.parent, labels if labelled else None), shards,
-                      np.concatenate([np.full(len(ix.keys), k) for k, ix in enumerate(indexes)] or [[]]),
-                      np.concatenate([ix.image_offset for ix in indexes] or [[]]),
-                      np.concatenate([ix.image_size for ix in indexes] or [[]]),
+                      _joined([np.full(len(ix.keys), k) for k, ix in enumerate(indexes)]),
+                      _joined([ix.image_offset for ix in indexes]),
+                      _joined([ix.image_size for ix in indexes]),
                       labels, [c for ix in indexes for c in ix.captions], version)
+
+
+def _joined(parts: list[np.ndarray]) -> np.ndarray:
+    """``np.concatenate`` of ``parts``, or an empty array where there are none (as ``[[]]`` gave)."""
+    return np.concatenate(parts or [np.zeros(0)])
 
 
 def corpus_format(folder: Path, name: str) -> tuple[str, Path | list[Path]] | None:
@@ -218,7 +223,10 @@ def _build_image_text(root: Path, spec: RealSpec, table: TableFormat = TableForm
                                  f"{spec.name}.tsv / .csv. Expected layout: {spec.layout_text(root)}. "
                                  f"To get it: {spec.how_to_get_text(root)}")
     kind, where = found
-    split = _load_shards(spec, where) if kind == "webdataset" else _load_table(spec, where, table)
+    if kind == "webdataset":
+        split = _load_shards(spec, where if isinstance(where, list) else [where])
+    else:
+        split = _load_table(spec, where if isinstance(where, Path) else where[0], table)
     return {"train": split}
 
 

@@ -233,7 +233,7 @@ def write_food101(ctx: Ctx) -> Path:
     for split in ("train", "test"):
         meta: dict[str, list[str]] = {}
         for c, name in enumerate(FOOD_NAMES):
-            ids = []
+            ids: list[str] = []
             for image in ctx.pictures("fashion-mnist").draw(c, ctx.per_class if split == "train" else ctx.n_test,
                                                             split):
                 image_id = f"{name}/{1000 * c + len(ids) + (0 if split == 'train' else 500)}"
@@ -284,7 +284,7 @@ def write_stanford_cars(ctx: Ctx) -> Path:
     _savemat(base / "devkit" / "cars_meta.mat", {"class_names": names})
     for split, folder, annos in (("train", "cars_train", base / "devkit" / "cars_train_annos.mat"),
                                  ("test", "cars_test", base / "cars_test_annos_withlabels.mat")):
-        rows = []
+        rows: list[tuple[int, int, int, int, int, str]] = []
         for c in range(len(CAR_NAMES)):
             for image in ctx.pictures("fashion-mnist").draw(c, ctx.per_class if split == "train" else ctx.n_test,
                                                             split):

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import colorsys
 import io
+from typing import Any
 
 import numpy as np
 from PIL import Image, ImageFilter, ImageOps
@@ -39,7 +40,8 @@ class StandInImages:
 
     def _pool(self, split: str) -> tuple[np.ndarray, dict[int, np.ndarray], dict[int, int]]:
         if split not in self._pools:
-            images, labels = get_dataset(self.source).split(split).arrays()
+            embedded: Any = get_dataset(self.source).split(split)  # an embedded set: arrays in memory
+            images, labels = embedded.arrays()
             order = {int(c): self.rng.permutation(np.flatnonzero(labels == c)) for c in np.unique(labels)}
             self._pools[split] = (images, order, {c: 0 for c in order})
         return self._pools[split]

@@ -48,7 +48,7 @@ class RealSpec:
     fixed_classes: tuple[str, ...] | None = None
     needs: str = ""  # an optional Python module it needs (pcam: h5py)
     #: Own loader ``builder(root, spec) -> {split: ImageSplit}``; None: opened through torchvision.
-    builder: Callable[[Path, "RealSpec"], dict[str, ImageSplit]] | None = None
+    builder: Callable[[Path, Any], dict[str, ImageSplit]] | None = None  # (root, its own spec)
 
     def layout_text(self, root: Path | str) -> str:
         return self.layout.replace("<root>", str(root))

@@ -56,7 +56,7 @@ class TorchvisionSplit(ImageSplit):
 
     def _opened_parts(self) -> list[Any]:
         if self.parts is None:
-            self.parts = [open_torchvision(cls, Path(root), kw, self.dataset) for cls, root, kw in self.part_args]
+            self.parts = [open_torchvision(cls, Path(root), kw, self.dataset) for cls, root, kw in self.part_args or []]
         return self.parts
 
     def _load(self, raw_index: int) -> Image.Image:
