@@ -196,11 +196,127 @@ def test_batch_key_groups_what_can_share_a_computation():
 
 
 def test_registry_rejects_unknown_names_and_duplicates():
-    from benchmark.heads import HeadMethod, get_head, register_head
+    from benchmark.heads import HeadMethod, HParam, get_head, register_head
 
     with pytest.raises(UnknownNameError, match="unknown head method 'svm'; known head methods: lp, lp_adamw, mlp, nmtune"):
         get_head("svm")
     with pytest.raises(ConfigError, match="registered twice"):
         register_head(get_head("lp"))
-    with pytest.raises(ConfigError, match="unknown hyper-parameter"):
-        register_head(HeadMethod("x", "X", 9, "", {"momentum": 0.9}, "benchmark.heads.modules:LinearHead"))
+    # one hyper-parameter name means one thing: epochs is an int with tie-break rank 3 everywhere
+    with pytest.raises(ConfigError, match="'epochs' as float.*'lp_adamw' declares it as int"):
+        register_head(HeadMethod("x", "X", 9, "", (HParam("epochs", "float", 1.0),), "benchmark.heads.modules:LinearHead"))
+    with pytest.raises(ConfigError, match="kind 'number' is not one of"):
+        HParam("momentum", "number", 0.9)
+    with pytest.raises(ConfigError, match="labels depth, which it does not take"):
+        HeadMethod("x", "X", 9, "", (), "benchmark.heads.modules:LinearHead", labelled=("depth",))
+    assert "x" not in head_names_now()
+
+
+def head_names_now() -> tuple[str, ...]:
+    from benchmark.heads import head_names
+
+    return head_names()
+
+
+#: Fit keys and resolved values computed on the tree before heads became one module each
+#: (``plan.fit_key`` hashes ``hp.as_dict()``): a changed key re-runs every stored fit.
+PINNED_FIT_KEYS = [
+    ("lp", {}, "0eb7ca461473b591", "61bbe4064d0d8bfc"),
+    ("lp", {"l2_steps": 5, "standardize": True, "tol": 1e-8}, "ae29bc9acd7d0610", "b0c5588fc14c8e9d"),
+    ("lp_adamw", {}, "7a0016cc7b4df884", "b5e9c1421c9c6ddc"),
+    ("lp_adamw", {"epochs": 10, "lr": 0.05}, "4e3aad77c64bcf19", "65b6856f34dd5f7c"),
+    ("mlp", {}, "dbb84bf7ef87a6f0", "a57089781034722b"),
+    ("mlp", {"depth": 2, "ratio": 2, "lr": 3e-3, "epoch_selection": "last"}, "e2c346671f64078a", "7425e5aea85055bf"),
+    ("nmtune", {}, "aa0dee8cf8a1a2e5", "84ecc50056004308"),
+    ("nmtune", {"lam": 0.01, "depth": 1}, "3ff0426db225d540", "701c8fc9e7a0b0a8"),
+    ("nmtune", {"preset": "paper", "w_cov": 0.5, "svd_topk": 3, "batch_size": 32}, "897412fa7f41a5a1", "93c1a36a65095b6e"),
+]
+
+
+@pytest.mark.parametrize(("method", "given", "key", "other_key"), PINNED_FIT_KEYS)
+def test_fit_keys_are_those_of_the_closed_hparams_union(method, given, key, other_key):
+    from benchmark.heads import resolve_hparams
+    from benchmark.plan import fit_key
+
+    hp = resolve_hparams(method, **given)
+    assert fit_key("a", hp, 0, 1.0) == key
+    assert fit_key("pair-x", hp, 3, 0.1) == other_key
+
+
+def test_as_dict_and_batch_key_keep_their_exact_values_and_order():
+    from benchmark.heads import resolve_hparams
+
+    nm = resolve_hparams("nmtune", preset="paper", w_cov=0.5, svd_topk=3, batch_size=32)
+    assert repr(list(nm.as_dict().items())) == (
+        "[('epochs', 30), ('batch_size', 32), ('lr', 0.001), ('weight_decay', 0.0001), ('epoch_selection', 'best_val'), "
+        "('ratio', 4.0), ('depth', 1), ('preset', 'paper'), ('lam', 0.01), ('w_mse', 1.0), ('w_cov', 0.5), "
+        "('w_svd', 1.0), ('svd_topk', 3)]")
+    assert repr(nm.batch_key()) == (
+        "('', 'benchmark.heads.modules:ResidualMLPHead', (('epochs', 30), ('batch_size', 32), "
+        "('epoch_selection', 'best_val'), ('ratio', 4.0), ('depth', 1)))")
+    lp = resolve_hparams("lp")
+    assert repr(list(lp.as_dict().items())) == (
+        "[('l2_min', 1e-06), ('l2_max', 10.0), ('l2_steps', 15), ('l2_refine', 4), ('standardize', False), "
+        "('max_iter', 1000), ('tol', 1e-06)]")
+    assert lp.batch_key()[:2] == ("benchmark.probe.linear:fit_linear_probes", "benchmark.heads.modules:LinearHead")
+    assert repr(list(resolve_hparams("lp_adamw").as_dict().items())) == (
+        "[('epochs', 30), ('batch_size', 64), ('lr', 0.1), ('weight_decay', 0.0), ('epoch_selection', 'last')]")
+
+
+def test_hparams_read_like_the_old_union():
+    """Attribute access for the head's values, None for another head's, an error for a typo."""
+    import pickle
+
+    from benchmark.heads import HParams, resolve_hparams
+
+    mlp = resolve_hparams("mlp", depth=2)
+    assert (mlp.method, mlp.depth, mlp.ratio, mlp.lam, mlp.l2_steps, mlp.preset) == ("mlp", 2, 4.0, None, None, None)
+    assert mlp.arch() == {"ratio": 4.0, "depth": 2} and resolve_hparams("lp").arch() == {}
+    with pytest.raises(AttributeError, match="'lamda'"):
+        _ = mlp.lamda
+    with pytest.raises(AttributeError, match="frozen"):
+        mlp.lr = 1.0
+    assert pickle.loads(pickle.dumps(mlp)) == mlp and hash(pickle.loads(pickle.dumps(mlp))) == hash(mlp)
+    assert mlp != resolve_hparams("mlp") and mlp == resolve_hparams("mlp", depth=2.0)
+    assert dict(mlp) == {**mlp.as_dict()} and mlp["depth"] == 2 and len(mlp) == 7
+    assert HParams("mlp", mlp.as_dict()) == mlp
+
+
+def test_reporting_lookups_reproduce_the_old_spellings():
+    """What tracking, the report and the claims used to spell out by head name."""
+    import math
+
+    from benchmark.heads import contenders, head_label, head_order, hparam_label, plot_style, probe_head, tiebreak_axes
+    from benchmark.heads.registry import PER_MEMBER, TIEBREAK_AXES
+
+    assert TIEBREAK_AXES == ("lam", "depth", "ratio", "epochs", "lr", "weight_decay", "batch_size") == tiebreak_axes()
+    assert tiebreak_axes(["mlp", "lp"]) == ("depth", "ratio", "epochs", "lr", "weight_decay", "batch_size")
+    assert PER_MEMBER == {"lr", "weight_decay", "preset", "lam", "w_mse", "w_cov", "w_svd", "svd_topk"}
+    # tracking/publish.py's `selected` labels and tracking/layout.py's fit names
+    assert hparam_label("nmtune", {"lam": 0.01, "depth": 1}) == "λ0.01 d1"
+    assert hparam_label("nmtune", {"lam": "0.1", "depth": "2"}) == "λ0.1 d2"  # MLflow params are text
+    assert hparam_label("nmtune", {"lam": 0.0, "depth": 1.0}) == "λ0 d1"
+    assert hparam_label("nmtune", {"lam": math.nan, "depth": 1}) == "d1"
+    assert hparam_label("mlp", {"lam": 0.01, "depth": 3.0}) == "d3"
+    assert hparam_label("mlp", {"depth": math.nan}, empty="no grid") == "no grid"
+    assert hparam_label("lp", {"lam": 1, "depth": 1}, empty="no grid") == "no grid"
+    assert hparam_label("lp_adamw", {}) == "" and hparam_label("svm", {"depth": 1}) == ""
+    # report.py's METHOD_STYLE, with its default for everything else
+    assert [plot_style(m) for m in ("lp", "mlp", "nmtune", "lp_adamw", "svm")] == [
+        ("tab:blue", "o"), ("tab:orange", "s"), ("tab:green", "^"), ("tab:gray", "x"), ("tab:gray", "x")]
+    # claims.py: LP is the probe of claims 1-3; claim 4 compares NMTune with the MLP, then the LP
+    assert probe_head() == "lp" and contenders() == (("nmtune", "mlp"), ("nmtune", "lp"))
+    # leaderboard.py's label and order lookups
+    assert [head_label(m) for m in ("lp", "nmtune", "svm")] == ["LP", "NMTune", "svm"]
+    assert [head_order(m) for m in ("lp", "lp_adamw", "mlp", "nmtune", "svm")] == [0, 1, 2, 3, 99]
+
+
+def test_declarations_say_what_a_suite_may_sweep_and_what_a_batch_may_mix():
+    from benchmark.heads import get_head
+
+    nm = get_head("nmtune")
+    assert nm.grid_axes == tuple(nm.defaults) and nm.sweepable("lam") and not nm.sweepable("l2_min")
+    assert nm.per_member == {"lr", "weight_decay", "preset", "lam", "w_mse", "w_cov", "w_svd", "svd_topk"}
+    assert get_head("mlp").per_member == {"lr", "weight_decay"} and get_head("lp").per_member == frozenset()
+    assert [p.name for p in nm.hparams if p.arch] == ["ratio", "depth"]
+    assert nm.stacked_loss and nm.loss and not get_head("mlp").loss and get_head("lp").fitter

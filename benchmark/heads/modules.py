@@ -58,7 +58,8 @@ class ResidualMLPHead(nn.Module):
 
 
 def create_head(method: str, dim: int, num_classes: int, **arch: Any) -> nn.Module:
-    """Build the registered head ``method``'s module; ``arch`` may hold ``ratio`` and ``depth``.
+    """Build the registered head ``method``'s module; ``arch``: its architecture hyper-parameters
+    (those it declares with ``arch=True``, e.g. ``ratio`` and ``depth``).
 
     Architecture keys the method does not take (e.g. ``depth`` for ``lp``) may be passed as
     None; anything else raises ``ConfigError``.
@@ -68,7 +69,7 @@ def create_head(method: str, dim: int, num_classes: int, **arch: Any) -> nn.Modu
         if isinstance(val, bool) or not isinstance(val, int) or val < 1:
             raise ConfigError(f"{name} must be a positive int, got {val!r}")
     given = {k: v for k, v in arch.items() if v is not None}
-    allowed = tuple(k for k in ("ratio", "depth") if head.takes(k))
+    allowed = tuple(p.name for p in head.hparams if p.arch)
     extra = sorted(set(given) - set(allowed))
     if extra:
         raise ConfigError(

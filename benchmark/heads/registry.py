@@ -1,227 +1,446 @@
-"""The head registry: every downstream head is registered once, and every other module asks it.
+"""The head registry: every downstream head is declared once, in its own module, and every other
+module asks this registry instead of spelling head names out.
 
-A head method (``lp``, ``mlp``, ``nmtune``) is one ``HeadMethod`` entry: its name and label, the
-hyper-parameters it takes with their defaults (which also says which suite grid axes apply to
-it: a grid axis applies to exactly the methods that take that hyper-parameter), and where its
-module builder and its loss live. Config validation, planning, the probe, the leaderboard and
-the report read this table instead of spelling the names out.
+A head is one ``HeadMethod``: its name, label, display order and description, the typed
+hyper-parameters it takes (``HParam``: defaults, value rules, which a suite may sweep, which may
+differ between the members of one batched fit, the tie-break rank of each axis), how to build
+its module, its loss (per member, and optionally stacked for G members trained at once), a fitter
+where gradient training does not apply, and what reporting needs (how a fit's chosen values are
+labelled, a plot style, the roles the paper's claims give it). The built-ins live in
+``heads/lp.py``, ``lp_adamw.py``, ``mlp.py`` and ``nmtune.py``; outside packages add heads
+through the entry-point group ``nmlbench.heads`` (loaded on first need, like backbone families)::
 
-This module imports no torch: the suite schema validates head grids with it, and ``nmlbench
-validate`` should not pay for importing PyTorch. Builders and losses are ``"module:function"``
-strings resolved on first use, the way backbone families are.
+    [project.entry-points."nmlbench.heads"]
+    cosine = "my_package.heads:COSINE"      # a HeadMethod, or a module that registers one
 
-``resolve_hparams`` turns a method's defaults plus a fit's given values into one frozen
-``HParams``: done once per fit, when the plan is made, and that object is what the fit key
-hashes, what the fit trains with and what MLflow records.
+This module imports no torch (the suite schema validates head grids with it). Builders, losses
+and fitters are callables or ``"module:function"`` strings resolved on first use.
 """
 
 from __future__ import annotations
 
-import dataclasses
+import functools
 import importlib
-import math
-from collections.abc import Mapping
+import warnings
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
+from importlib.metadata import entry_points
 from types import MappingProxyType
 from typing import Any
 
 from benchmark.errors import ConfigError, UnknownNameError
+from benchmark.heads.gradient import EPOCH_SELECTIONS
+from benchmark.heads.hparams import HParam, HParams, as_float, as_int
 
-#: NMTune's loss is ``CE + lam * (w_mse * mse + w_cov * cov + w_svd * svd)``. ``paper``: lambda
-#: 0.01 on equally weighted terms, svd top-1 (the paper's text); ``reference``: lambda 1 with
-#: mse 1, cov 0.04, svd 0.001 and svd top-5 (the public reference code).
-NMTUNE_PRESETS: dict[str, dict[str, float | int]] = {
-    "paper": {"lam": 0.01, "w_mse": 1.0, "w_cov": 1.0, "w_svd": 1.0, "svd_topk": 1},
-    "reference": {"lam": 1.0, "w_mse": 1.0, "w_cov": 0.04, "w_svd": 0.001, "svd_topk": 5},
-}
-NMTUNE_WEIGHTS = ("lam", "w_mse", "w_cov", "w_svd")
-
-#: Grid axes in the order that breaks validation ties: the smaller value is the simpler head.
-TIEBREAK_AXES: tuple[str, ...] = ("lam", "depth", "ratio", "epochs", "lr", "weight_decay", "batch_size")
+ENTRY_POINT_GROUP = "nmlbench.heads"
+#: The modules that declare the built-in heads (imported by ``benchmark.heads``).
+BUILTIN_MODULES: tuple[str, ...] = ("benchmark.heads.lp", "benchmark.heads.lp_adamw", "benchmark.heads.mlp",
+                                    "benchmark.heads.nmtune")
+#: Plot style of a head that declares none (today's style of every head outside the paper's three).
+DEFAULT_STYLE: tuple[str, str] = ("tab:gray", "x")
+Target = str | Callable[..., Any]
 
 
-@dataclass(frozen=True)
-class HParams:
-    """Every hyper-parameter one fit reads, resolved (defaults and presets applied) and validated.
-
-    Fields a method does not take are None. ``as_dict()`` (the non-None fields) is what fit keys
-    hash and what MLflow records, so a value shows up under exactly one name everywhere.
-
-    Gradient-trained heads read ``epochs``, ``batch_size``, ``lr``, ``weight_decay`` and
-    ``epoch_selection`` (``best_val``: keep the epoch with the best validation accuracy of one
-    cosine run; ``last``: the paper's fixed-length training). The converged linear probe reads
-    the L2 grid it searches on validation (``l2_min``, ``l2_max``, ``l2_steps`` log-spaced
-    values, then ``l2_refine`` values between the best one's neighbours), whether it
-    standardises each feature dimension (``standardize``; else one global scale) and its
-    solver's ``max_iter`` and ``tol`` (largest gradient entry at convergence).
-    """
-
-    method: str
-    epochs: int | None = None
-    batch_size: int | None = None
-    lr: float | None = None
-    weight_decay: float | None = None
-    epoch_selection: str | None = None
-    ratio: float | None = None
-    depth: int | None = None
-    preset: str | None = None
-    lam: float | None = None
-    w_mse: float | None = None
-    w_cov: float | None = None
-    w_svd: float | None = None
-    svd_topk: int | None = None
-    l2_min: float | None = None
-    l2_max: float | None = None
-    l2_steps: int | None = None
-    l2_refine: int | None = None
-    standardize: bool | None = None
-    max_iter: int | None = None
-    tol: float | None = None
-
-    def as_dict(self) -> dict[str, Any]:
-        """Non-None hyper-parameters (without ``method``), in field order."""
-        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)
-                if f.name != "method" and getattr(self, f.name) is not None}
-
-    def arch(self) -> dict[str, Any]:
-        """The keywords that shape the module (ratio, depth), for the builder."""
-        return {k: getattr(self, k) for k in ("ratio", "depth") if getattr(self, k) is not None}
-
-    def batch_key(self) -> tuple[Any, ...]:
-        """What fits must share to be trained as one batched computation on the same rows.
-
-        Everything but the per-member values (:data:`PER_MEMBER`: learning rate, weight decay
-        and the loss weights) and the seed: the same fitter and module (so MLP and NMTune,
-        one residual MLP with or without regularisers, share a batch), the same architecture,
-        epochs, batch size and epoch selection. Torch-free, so the plan can group trials by it.
-        """
-        head = get_head(self.method)
-        shared = tuple((k, v) for k, v in self.as_dict().items() if k not in PER_MEMBER)
-        return (head.fitter or "", head.builder, shared)
-
-
-#: Hyper-parameters that may differ between the members of one batched fit.
-PER_MEMBER: frozenset[str] = frozenset({"lr", "weight_decay", "preset", "lam", "w_mse", "w_cov", "w_svd", "svd_topk"})
-#: Values of ``epoch_selection``.
-EPOCH_SELECTIONS: tuple[str, ...] = ("best_val", "last")
-
-
-HPARAM_NAMES: tuple[str, ...] = tuple(f.name for f in dataclasses.fields(HParams) if f.name != "method")
+def _target_id(target: Target | None) -> str:
+    if target is None:
+        return ""
+    if isinstance(target, str):
+        return target
+    return f"{target.__module__}:{getattr(target, '__qualname__', getattr(target, '__name__', repr(target)))}"
 
 
 @dataclass(frozen=True)
 class HeadMethod:
-    """One registered head: see the module docstring."""
+    """One registered head (see the module docstring).
+
+    ``loss(hp)`` -> ``fn(logits, y, z, f) -> (total, terms)`` for one member (None:
+    cross-entropy). ``stacked_loss(hps, device)`` -> ``fn(logits, y, z, f, ce) -> (G,)``: the loss of
+    G members of this head at once (tensors G x B x ...; ``ce`` is each member's mean
+    cross-entropy, which the batched engine computes for the whole batch anyway: a loss that adds
+    to cross-entropy starts from it). A head with a ``loss`` and no ``stacked_loss`` has its loss
+    applied member by member in a batch. ``fitter(data, requests) -> results``: fits a batch of
+    requests its own way (the converged LP's L-BFGS); None: gradient training. ``finish(values)``:
+    a check or fill-in over all resolved values (NMTune's preset, the LP's L2 range).
+    ``labelled``: the hyper-parameters shown in a fit's label, in order. ``role``: what the paper's
+    claims use it as (``probe``); ``contends_with``: the heads the claims compare it against.
+    """
 
     name: str
     label: str
     order: int
     description: str
-    defaults: Mapping[str, Any]
-    builder: str                 # "module:function"(dim, num_classes, **arch) -> nn.Module
-    loss: str | None = None      # "module:function"(HParams) -> loss object; None: cross-entropy
-    fitter: str | None = None    # "module:function"(data, requests) -> results; None: gradient training
-    default: bool = True         # run by a suite that lists no methods
+    hparams: tuple[HParam, ...]
+    builder: Target
+    loss: Target | None = None
+    stacked_loss: Target | None = None
+    fitter: Target | None = None
+    finish: Callable[[dict[str, Any]], dict[str, Any]] | None = None
+    default: bool = True         # run by a suite that lists no methods (built-ins only)
+    labelled: tuple[str, ...] = ()
+    style: tuple[str, str] | None = None  # (matplotlib colour, marker)
+    role: str | None = None
+    contends_with: tuple[str, ...] = ()
     _cache: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
 
+    def __post_init__(self) -> None:
+        names = [p.name for p in self.hparams]
+        if len(set(names)) != len(names):
+            raise ConfigError(f"head {self.name!r} declares a hyper-parameter twice: {', '.join(names)}")
+        missing = [n for n in self.labelled if n not in names]
+        if missing:
+            raise ConfigError(f"head {self.name!r} labels {', '.join(missing)}, which it does not take")
+        object.__setattr__(self, "hparams", tuple(self.hparams))
+
+    @property
+    def hparam_specs(self) -> Mapping[str, HParam]:
+        return MappingProxyType({p.name: p for p in self.hparams})
+
+    @property
+    def defaults(self) -> Mapping[str, Any]:
+        """Every hyper-parameter the head takes, with its default (None: set by ``finish``)."""
+        return MappingProxyType({p.name: p.default for p in self.hparams})
+
+    @property
+    def grid_axes(self) -> tuple[str, ...]:
+        """The hyper-parameters a suite may sweep in ``grid:`` for this head."""
+        return tuple(p.name for p in self.hparams if p.grid)
+
+    @property
+    def per_member(self) -> frozenset[str]:
+        return frozenset(p.name for p in self.hparams if p.per_member)
+
+    @property
+    def builder_id(self) -> str:
+        return _target_id(self.builder)
+
+    @property
+    def fitter_id(self) -> str:
+        return _target_id(self.fitter)
+
     def takes(self, hparam: str) -> bool:
-        return hparam in self.defaults
+        return any(p.name == hparam for p in self.hparams)
+
+    def sweepable(self, hparam: str) -> bool:
+        return hparam in self.grid_axes
 
     def resolve(self, attr: str) -> Any:
-        """The builder or loss factory, imported on first use."""
+        """The builder, loss, stacked loss or fitter, imported on first use."""
         if attr not in self._cache:
             target = getattr(self, attr)
-            module, _, path = target.partition(":")
-            obj: Any = importlib.import_module(module)
-            for part in path.split("."):
-                obj = getattr(obj, part)
-            self._cache[attr] = obj
+            if not isinstance(target, str):
+                self._cache[attr] = target
+            else:
+                module, _, path = target.partition(":")
+                obj: Any = importlib.import_module(module)
+                for part in path.split("."):
+                    obj = getattr(obj, part)
+                self._cache[attr] = obj
         return self._cache[attr]
 
 
-HEADS: dict[str, HeadMethod] = {}
+class _HeadTable(dict):
+    """``name -> HeadMethod``; reading it loads the entry-point plugins first (once)."""
+
+    def __getitem__(self, name: str) -> HeadMethod:
+        _load_plugins()
+        return dict.__getitem__(self, name)
+
+    def __contains__(self, name: object) -> bool:
+        return dict.__contains__(self, name) or (_load_plugins() and dict.__contains__(self, name))
+
+    def __iter__(self) -> Iterator[str]:
+        _load_plugins()
+        return dict.__iter__(self)
+
+    def __len__(self) -> int:
+        _load_plugins()
+        return dict.__len__(self)
+
+    def get(self, name: str, default: Any = None) -> Any:
+        return self[name] if name in self else default
+
+    def keys(self):  # type: ignore[override]
+        _load_plugins()
+        return dict.keys(self)
+
+    def values(self):  # type: ignore[override]
+        _load_plugins()
+        return dict.values(self)
+
+    def items(self):  # type: ignore[override]
+        _load_plugins()
+        return dict.items(self)
 
 
-def register_head(method: HeadMethod) -> HeadMethod:
-    """Add a head to the registry (names are unique; hyper-parameter names must be known)."""
-    if method.name in HEADS:
+HEADS: dict[str, HeadMethod] = _HeadTable()
+_PLUGIN_NAMES: set[str] = set()
+
+
+def _check(method: HeadMethod) -> None:
+    if dict.__contains__(HEADS, method.name):
         raise ConfigError(f"head method {method.name!r} is registered twice")
-    unknown = sorted(set(method.defaults) - set(HPARAM_NAMES))
-    if unknown:
-        raise ConfigError(f"head method {method.name!r} declares unknown hyper-parameter(s) "
-                          f"{', '.join(unknown)}; known: {', '.join(HPARAM_NAMES)}")
-    HEADS[method.name] = dataclasses.replace(method, defaults=MappingProxyType(dict(method.defaults)))
-    return HEADS[method.name]
+    for p in method.hparams:
+        for other in dict.values(HEADS):
+            theirs = other.hparam_specs.get(p.name)
+            if theirs is not None and (theirs.kind, theirs.tiebreak) != (p.kind, p.tiebreak):
+                raise ConfigError(
+                    f"head {method.name!r} declares {p.name!r} as {p.kind} (tie-break rank {p.tiebreak}), but "
+                    f"{other.name!r} declares it as {theirs.kind} (rank {theirs.tiebreak}): one name, one meaning; "
+                    "rename the hyper-parameter or reuse the existing declaration")
+
+
+def register_head(method: HeadMethod | None = None, **fields: Any) -> Any:
+    """Add a head to the registry; names are unique and a hyper-parameter name means one thing.
+
+    ``register_head(HeadMethod(...))`` registers and returns the declaration. As a decorator,
+    ``@register_head(name=..., label=..., ...)`` on a module class (or a builder function)
+    registers a head built by it and returns the class unchanged.
+    """
+    if method is None:
+        def decorate(builder: Any) -> Any:
+            register_head(HeadMethod(builder=builder, **fields))
+            return builder
+        return decorate
+    if fields:
+        raise ConfigError("register_head takes a HeadMethod or keyword fields, not both")
+    _check(method)
+    dict.__setitem__(HEADS, method.name, method)
+    return method
+
+
+def unregister_head(name: str) -> HeadMethod:
+    """Remove a head (tests that declare one for a while); unknown names raise ``UnknownNameError``."""
+    head = get_head(name)
+    dict.__delitem__(HEADS, name)
+    _PLUGIN_NAMES.discard(name)
+    return head
+
+
+@functools.lru_cache(maxsize=1)
+def _plugin_entry_points() -> bool:
+    """Load every ``nmlbench.heads`` entry point once per process; a broken one only warns."""
+    for ep in entry_points(group=ENTRY_POINT_GROUP):
+        dist = ep.dist.name if ep.dist is not None else "(unknown distribution)"
+        existing = dict.get(HEADS, ep.name)
+        if existing is not None and ep.name not in _PLUGIN_NAMES:
+            warnings.warn(f"head plugin {ep.name!r} from {dist} is ignored: it would shadow the built-in head of "
+                          "that name; rename its entry point", stacklevel=3)
+            continue
+        try:
+            obj = ep.load()
+            if isinstance(obj, HeadMethod) and dict.get(HEADS, obj.name) is not obj:
+                register_head(obj)
+        except Exception as e:  # a broken plugin must not break the others
+            warnings.warn(f"head plugin {ep.name!r} from distribution {dist} failed to load "
+                          f"({type(e).__name__}: {e}); skipped. Reinstall or fix {dist}.", stacklevel=3)
+            continue
+        if not dict.__contains__(HEADS, ep.name):
+            warnings.warn(f"head plugin {ep.name!r} from {dist} registered no head named {ep.name!r}; the entry "
+                          "point must name a HeadMethod (or a module registering one) of that name", stacklevel=3)
+            continue
+        _PLUGIN_NAMES.add(ep.name)
+    return True
+
+
+_loading = False
+
+
+def _load_plugins() -> bool:
+    """Load the plugins unless loading is under way (a plugin registering reads the table)."""
+    global _loading
+    if _loading or _plugin_entry_points.cache_info().currsize:
+        return True
+    _loading = True
+    try:
+        _plugin_entry_points()
+    finally:
+        _loading = False
+    return True
+
+
+def refresh_plugins() -> None:
+    """Forget loaded plugin heads (e.g. after installing one in a running process)."""
+    for name in list(_PLUGIN_NAMES):
+        if dict.__contains__(HEADS, name):
+            dict.__delitem__(HEADS, name)
+    _PLUGIN_NAMES.clear()
+    _plugin_entry_points.cache_clear()
+
+
+def plugin_heads() -> tuple[str, ...]:
+    """Names of the heads that came from entry points (display order)."""
+    return tuple(n for n in head_names() if n in _PLUGIN_NAMES)
 
 
 def get_head(name: str) -> HeadMethod:
     """The registered head ``name``; unknown names raise ``UnknownNameError`` listing them all."""
     if name not in HEADS:
-        raise UnknownNameError("head method", str(name), HEADS)
+        raise UnknownNameError("head method", str(name), head_names(),
+                               hint=f"plugins register under the entry-point group {ENTRY_POINT_GROUP!r}")
     return HEADS[name]
 
 
 def head_names() -> tuple[str, ...]:
-    """Registered head names in display order (LP, MLP, NMTune)."""
+    """Registered head names in display order (LP, MLP, NMTune, then plugins by their order)."""
     return tuple(sorted(HEADS, key=lambda n: (HEADS[n].order, n)))
 
 
 def default_methods() -> tuple[str, ...]:
-    """The heads a suite runs when it lists none (display order): all but reproduction variants."""
-    return tuple(n for n in head_names() if HEADS[n].default)
+    """The heads a suite runs when it lists none (display order): built-ins but reproduction variants.
+
+    An installed plugin is never a default: installing a package must not change what existing
+    suites run (their fit keys and leaderboards stay as they were). A suite names it to run it.
+    """
+    return tuple(n for n in head_names() if HEADS[n].default and n not in _PLUGIN_NAMES)
 
 
 def methods_taking(hparam: str) -> list[str]:
     return [n for n in head_names() if HEADS[n].takes(hparam)]
 
 
-# -- validation of values ------------------------------------------------------------------------
-
-def as_int(name: str, val: Any, minimum: int) -> int:
-    """An integer hyper-parameter (a whole float such as 2.0 is accepted), checked >= minimum."""
-    if isinstance(val, bool) or not isinstance(val, (int, float)) or not float(val).is_integer():
-        raise ConfigError(f"{name} must be an integer >= {minimum}, got {val!r}")
-    if int(val) < minimum:
-        raise ConfigError(f"{name} must be >= {minimum}, got {val!r}")
-    return int(val)
-
-
-def as_float(name: str, val: Any, *, positive: bool) -> float:
-    """A finite number, > 0 (``positive``) or >= 0."""
-    try:
-        ok = not isinstance(val, bool) and math.isfinite(float(val))
-    except (TypeError, ValueError):
-        ok = False
-    if not ok or float(val) < 0 or (positive and float(val) == 0):
-        raise ConfigError(f"{name} must be a finite number {'> 0' if positive else '>= 0'}, got {val!r}")
-    return float(val)
+def hparam_names(methods: Iterable[str] | None = None) -> tuple[str, ...]:
+    """Every hyper-parameter name the heads take (``methods``: only theirs): the built-ins' in
+    their historical order (``_CANONICAL_ORDER``), then the others in display order."""
+    names = head_names() if methods is None else tuple(methods)
+    taken = {p.name for n in names for p in HEADS[n].hparams}
+    out = [a for a in _CANONICAL_ORDER if a in taken]
+    for n in names:
+        out += [p.name for p in HEADS[n].hparams if p.name not in out]
+    return tuple(out)
 
 
-def nmtune_weights(preset: str, **overrides: Any) -> dict[str, Any]:
-    """NMTune's loss weights: the preset's values with every non-None override applied."""
-    if preset not in NMTUNE_PRESETS:
-        raise UnknownNameError("NMTune preset", str(preset), NMTUNE_PRESETS)
-    values: dict[str, Any] = dict(NMTUNE_PRESETS[preset])
-    for key in NMTUNE_WEIGHTS:
-        if overrides.get(key) is not None:
-            v = float(overrides[key])
-            if not v >= 0.0 or v == math.inf:
-                raise ConfigError(f"{key}={v} must be a finite number >= 0")
-            values[key] = v
-    if overrides.get("svd_topk") is not None:
-        values["svd_topk"] = as_int("svd_topk", overrides["svd_topk"], 1)
-    return values
+#: The order hyper-parameter names are listed in (the historical field order of ``HParams``).
+_CANONICAL_ORDER: tuple[str, ...] = (
+    "epochs", "batch_size", "lr", "weight_decay", "epoch_selection", "ratio", "depth", "preset", "lam", "w_mse",
+    "w_cov", "w_svd", "svd_topk", "l2_min", "l2_max", "l2_steps", "l2_refine", "standardize", "max_iter", "tol")
 
+
+class _LiveNames(Sequence[str]):
+    """``hparam_names()`` read at each use, so a plugin's hyper-parameters count as known."""
+
+    def _names(self) -> tuple[str, ...]:
+        return hparam_names()
+
+    def __getitem__(self, i: Any) -> Any:
+        return self._names()[i]
+
+    def __len__(self) -> int:
+        return len(self._names())
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._names())
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._names()
+
+    def __eq__(self, other: object) -> bool:
+        return tuple(self) == tuple(other) if isinstance(other, (tuple, list, _LiveNames)) else NotImplemented
+
+    def __hash__(self) -> int:
+        return hash(tuple(self))
+
+    def __repr__(self) -> str:
+        return repr(self._names())
+
+
+#: Every known hyper-parameter name (a live view of ``hparam_names()``).
+HPARAM_NAMES: Sequence[str] = _LiveNames()
+
+
+def tiebreak_axes(methods: Iterable[str] | None = None) -> tuple[str, ...]:
+    """The grid axes that break validation ties, in order (declared ``tiebreak`` ranks; the
+    smaller value along an axis is the simpler head). ``methods``: only the axes these heads take."""
+    names = head_names() if methods is None else tuple(m for m in methods if m in HEADS)
+    ranked: dict[str, int] = {}
+    for n in names:
+        for p in HEADS[n].hparams:
+            if p.tiebreak is not None:
+                ranked.setdefault(p.name, p.tiebreak)
+    return tuple(sorted(ranked, key=lambda a: (ranked[a], a)))
+
+
+def per_member_hparams(methods: Iterable[str] | None = None) -> frozenset[str]:
+    """Hyper-parameters that may differ between the members of one batched fit."""
+    names = head_names() if methods is None else tuple(methods)
+    return frozenset().union(*(HEADS[n].per_member for n in names))
+
+
+def builtin_heads() -> tuple[str, ...]:
+    return tuple(n for n in head_names() if n not in _PLUGIN_NAMES)
+
+
+def __getattr__(name: str) -> Any:
+    """``TIEBREAK_AXES`` and ``PER_MEMBER``: the built-in heads' values, computed from their
+    declarations (fixed: an installed plugin must not change how existing suites are selected)."""
+    if name == "TIEBREAK_AXES":
+        return tiebreak_axes(builtin_heads())
+    if name == "PER_MEMBER":
+        return per_member_hparams(builtin_heads())
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+# -- what reporting and the claims read ----------------------------------------------------------
+
+def head_label(method: Any) -> str:
+    """The head's display label (``NMTune``); an unregistered name shows as itself."""
+    return HEADS[method].label if isinstance(method, str) and method in HEADS else str(method)
+
+
+def head_order(method: Any) -> int:
+    """The head's display order; unregistered names sort last (99)."""
+    return HEADS[method].order if isinstance(method, str) and method in HEADS else 99
+
+
+def hparam_label(method: Any, params: Mapping[str, Any], empty: str = "") -> str:
+    """The chosen values of a fit as the leaderboard's ``selected`` column and fit names show them:
+    ``λ0.01 d1`` for NMTune, ``d1`` for the MLP, ``empty`` where the head labels nothing (or the
+    values are missing / NaN). ``params``: a fit's params or a fits-frame row (numbers or text)."""
+    if not isinstance(method, str) or method not in HEADS:
+        return empty
+    head = HEADS[method]
+    spec = head.hparam_specs
+    parts = [spec[n].format(params.get(n)) for n in head.labelled]
+    return " ".join(p for p in parts if p) or empty
+
+
+def plot_style(method: Any) -> tuple[str, str]:
+    """``(colour, marker)`` for figures; ``DEFAULT_STYLE`` for a head that declares none."""
+    head = HEADS.get(method) if isinstance(method, str) else None
+    return head.style if head is not None and head.style else DEFAULT_STYLE
+
+
+def heads_with_role(role: str) -> tuple[str, ...]:
+    """The heads declaring ``role`` (display order)."""
+    return tuple(n for n in head_names() if HEADS[n].role == role)
+
+
+def probe_head() -> str:
+    """The head the paper's claims 1-3 read (the one with ``role="probe"``: the linear probe)."""
+    found = heads_with_role("probe")
+    if len(found) != 1:
+        raise ConfigError(f"exactly one head must declare role 'probe', found {', '.join(found) or 'none'}")
+    return found[0]
+
+
+def contenders() -> tuple[tuple[str, str], ...]:
+    """``(head, baseline)`` pairs the claims compare, in the order each head lists its baselines
+    (NMTune against the MLP, then against the LP)."""
+    return tuple((n, other) for n in head_names() for other in HEADS[n].contends_with if other in HEADS)
+
+
+# -- resolving one fit's values ------------------------------------------------------------------
 
 def resolve_hparams(method: str, **given: Any) -> HParams:
     """``method``'s defaults merged with ``given`` (None means "not given"), validated.
 
-    Names outside :data:`HPARAM_NAMES` raise ``ConfigError`` listing the allowed ones; a known
-    name that ``method`` does not take must be None or absent (the message says which methods
-    take it). NMTune's ``preset`` fills ``lam`` and the ``w_*`` weights that were not given.
+    Names no registered head takes raise ``ConfigError`` listing the allowed ones; a known name
+    that ``method`` does not take must be None or absent (the message says which methods take
+    it). Values are checked by each declaration, then by the head's ``finish`` (NMTune's preset
+    fills ``lam`` and the ``w_*`` weights that were not given).
     """
     head = get_head(method)
-    unknown = sorted(set(given) - set(HPARAM_NAMES))
+    known = hparam_names()
+    unknown = sorted(set(given) - set(known))
     if unknown:
         raise ConfigError(f"unknown hyper-parameter(s) {', '.join(unknown)} for method {method!r}; "
                           f"allowed: {', '.join(head.defaults)}")
@@ -232,54 +451,16 @@ def resolve_hparams(method: str, **given: Any) -> HParams:
                           f"({detail}); allowed for {method!r}: {', '.join(head.defaults)}")
     hp = dict(head.defaults)
     hp.update({k: v for k, v in given.items() if v is not None})
-    for name, minimum in (("epochs", 1), ("batch_size", 2), ("depth", 1), ("l2_steps", 1), ("l2_refine", 0),
-                          ("max_iter", 1)):
-        if name in hp:
-            hp[name] = as_int(name, hp[name], minimum)
-    for name, positive in (("lr", True), ("weight_decay", False), ("ratio", True), ("l2_min", True),
-                           ("l2_max", True), ("tol", True)):
-        if name in hp:
-            hp[name] = as_float(name, hp[name], positive=positive)
-    if "epoch_selection" in hp and hp["epoch_selection"] not in EPOCH_SELECTIONS:
-        raise ConfigError(f"epoch_selection must be one of {', '.join(EPOCH_SELECTIONS)}, got "
-                          f"{hp['epoch_selection']!r}")
-    if "standardize" in hp and not isinstance(hp["standardize"], bool):
-        raise ConfigError(f"standardize must be true or false, got {hp['standardize']!r}")
-    if "l2_min" in hp and hp["l2_min"] > hp["l2_max"]:
-        raise ConfigError(f"l2_min={hp['l2_min']:g} is above l2_max={hp['l2_max']:g}; swap them")
-    if "preset" in hp:
-        hp.update(nmtune_weights(hp["preset"], **{k: hp.get(k) for k in (*NMTUNE_WEIGHTS, "svd_topk")}))
-    return HParams(method=method, **hp)
+    for p in sorted(head.hparams, key=lambda p: p.phase):  # stable: declared order within a phase
+        if hp[p.name] is not None:
+            hp[p.name] = p.validate(hp[p.name])
+    if head.finish is not None:
+        hp = head.finish(hp)
+    return HParams(method, hp)
 
 
-# -- the built-in heads --------------------------------------------------------------------------
-#: Gradient training shared by the residual-MLP heads: the reference code's AdamW settings, and
-#: the epoch chosen on validation within one cosine run (``epoch_selection: last`` is the paper's).
-_GRADIENT = {"epochs": 30, "batch_size": 64, "lr": 1e-3, "weight_decay": 1e-4, "epoch_selection": "best_val"}
-_MLP = {"ratio": 4, "depth": 1}
-
-register_head(HeadMethod(
-    name="lp", label="LP", order=0,
-    description="linear probe solved to convergence: multinomial logistic regression (L-BFGS, float64) on "
-                "centred, scaled features, its L2 strength chosen on the validation split from a log-spaced grid",
-    defaults={"l2_min": 1e-6, "l2_max": 10.0, "l2_steps": 15, "l2_refine": 4, "standardize": False,
-              "max_iter": 1000, "tol": 1e-6},
-    builder="benchmark.heads.modules:LinearHead",
-    fitter="benchmark.probe.linear:fit_linear_probes"))
-register_head(HeadMethod(
-    name="lp_adamw", label="LP (AdamW)", order=1,
-    description="the paper's linear probe: AdamW, lr 0.1, no weight decay, 30 epochs, cosine schedule, last epoch",
-    defaults={"epochs": 30, "batch_size": 64, "lr": 0.1, "weight_decay": 0.0, "epoch_selection": "last"},
-    builder="benchmark.heads.modules:LinearHead", default=False))
-register_head(HeadMethod(
-    name="mlp", label="MLP", order=2,
-    description="NMTune's residual MLP trained with cross-entropy only (the MLP baseline)",
-    defaults={**_GRADIENT, **_MLP},
-    builder="benchmark.heads.modules:ResidualMLPHead"))
-register_head(HeadMethod(
-    name="nmtune", label="NMTune", order=3,
-    description="residual MLP with NMTune's consistency, covariance and dominant-SVD regularisers",
-    defaults={**_GRADIENT, **_MLP, "preset": "reference",
-              "lam": None, "w_mse": None, "w_cov": None, "w_svd": None, "svd_topk": None},
-    builder="benchmark.heads.modules:ResidualMLPHead",
-    loss="benchmark.heads.nmtune:NMTuneLoss.from_hparams"))
+__all__ = ["BUILTIN_MODULES", "DEFAULT_STYLE", "ENTRY_POINT_GROUP", "EPOCH_SELECTIONS", "HEADS", "HPARAM_NAMES",
+           "HParam", "HParams", "HeadMethod", "as_float", "as_int", "builtin_heads", "contenders", "default_methods",
+           "get_head", "head_label", "head_names", "head_order", "heads_with_role", "hparam_label", "hparam_names",
+           "methods_taking", "per_member_hparams", "plot_style", "plugin_heads", "probe_head", "refresh_plugins",
+           "register_head", "resolve_hparams", "tiebreak_axes", "unregister_head"]

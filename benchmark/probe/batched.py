@@ -16,8 +16,9 @@ What stays per member, so that each member's result equals fitting it alone
   head is scored (``probe.bnstats``);
 - AdamW's state, learning rate, weight decay and cosine schedule (the arithmetic of
   ``torch.optim.AdamW``'s single-tensor path and of ``CosineAnnealingLR``, per member);
-- the loss: cross-entropy, plus NMTune's regularisers with that member's weights (MLP members
-  have none), and the validation curve and best epoch.
+- the loss: each member's head's own (``HeadMethod.stacked_loss`` for all of a head's members at
+  once, else its per-member ``loss`` member by member, else cross-entropy), with that member's
+  weights; and the validation curve and best epoch.
 A member whose loss turns non-finite is dropped at that step with the error the lone fit would
 raise; the others redo the step without it (BatchNorm statistics restored), so one diverging
 member cannot change, let alone poison, the rest.
@@ -35,11 +36,10 @@ from torch.nn import functional as F
 
 from benchmark.errors import ConfigError
 from benchmark.heads.modules import LinearHead, ResidualMLPHead
-from benchmark.heads.nmtune import nmtune_regularisers
 from benchmark.heads.registry import HParams, as_int, get_head
 from benchmark.probe.bnstats import CHUNK, CHUNK_BYTES, moments
 from benchmark.probe.data import PreparedData
-from benchmark.probe.train import TrainedHead, batch_plan, diverged, init_head, needs_validation
+from benchmark.probe.train import TrainedHead, batch_plan, diverged, head_loss, init_head, needs_validation
 
 BETAS, EPS = (0.9, 0.999), 1e-8
 BN_MOMENTUM, BN_EPS = 0.1, 1e-5
@@ -197,29 +197,44 @@ class StackedAdamW:
 
 
 class _Losses:
-    """Per-member loss: cross-entropy, plus NMTune's weighted regularisers where a member has them."""
+    """Each member's loss, from its head's declaration (``HeadMethod.loss`` / ``stacked_loss``).
+
+    Cross-entropy is computed for the whole batch in one call; a member whose head declares no
+    loss trains with it. The members of a head with a stacked loss get it for all of them at
+    once (handed their cross-entropy: NMTune adds its weighted regularisers to it); the members
+    of a head with only a per-member loss get it one member at a time.
+    """
 
     def __init__(self, hps: Sequence[HParams], device: torch.device) -> None:
         self.set(hps, device)
 
     def set(self, hps: Sequence[HParams], device: torch.device) -> None:
         self.hps = list(hps)
-        reg = [i for i, hp in enumerate(hps) if get_head(hp.method).loss]
-        self.reg = torch.tensor(reg, dtype=torch.long, device=device)
-        pick = [hps[i] for i in reg]
-        f32 = {"dtype": torch.float32, "device": device}
-        self.lam = torch.tensor([float(h.lam) for h in pick], **f32)
-        self.w = torch.tensor([[float(h.w_mse), float(h.w_cov), float(h.w_svd)] for h in pick], **f32).view(-1, 3)
-        self.topk = torch.tensor([int(h.svd_topk) for h in pick], dtype=torch.long, device=device)
+        by_head: dict[str, list[int]] = {}
+        for i, hp in enumerate(hps):
+            head = get_head(hp.method)
+            if head.loss or head.stacked_loss:
+                by_head.setdefault(hp.method, []).append(i)
+        self.groups: list[tuple[torch.Tensor, Any, list[Any]]] = []
+        for method, members in by_head.items():
+            head = get_head(method)
+            idx = torch.tensor(members, dtype=torch.long, device=device)
+            if head.stacked_loss:
+                self.groups.append((idx, head.resolve("stacked_loss")([hps[i] for i in members], device), []))
+            else:
+                self.groups.append((idx, None, [head_loss(hps[i]) for i in members]))
 
     def __call__(self, logits: torch.Tensor, y: torch.Tensor, z: torch.Tensor, f: torch.Tensor) -> torch.Tensor:
         g, b, k = logits.shape
         ce = F.cross_entropy(logits.reshape(g * b, k), y.reshape(-1), reduction="none").view(g, b).mean(1)
-        if self.reg.numel() == 0:
-            return ce
-        r = nmtune_regularisers(z[self.reg], f[self.reg], svd_topk=self.topk)
-        extra = self.lam * (self.w[:, 0] * r["mse"] + self.w[:, 1] * r["cov"] + self.w[:, 2] * r["svd"])
-        return ce.index_add(0, self.reg, extra)
+        total = ce
+        for idx, stacked, alone in self.groups:
+            if stacked is not None:
+                own = stacked(logits[idx], y[idx], z[idx], f[idx], ce[idx])
+            else:
+                own = torch.stack([fn(logits[i], y[i], z[i], f[i])[0] for fn, i in zip(alone, idx.tolist())])
+            total = total.index_copy(0, idx, own)
+        return total
 
 
 def _raised(err: Exception) -> Exception:

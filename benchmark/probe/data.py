@@ -146,3 +146,17 @@ def prepare_data(
             raise ConfigError(f"test set {name!r} has labels outside its class subset; add them to class_subsets[{name!r}]")
         subsets[name] = ids
     return PreparedData(tx, ty, sets, k, subsets, dev, {}, selection_set if selection_set in sets else None)
+
+
+def prepare_payload(payload: Any, selection_set: str = "val") -> PreparedData:
+    """A pair's cached features (a ``FeaturePayload``: ``train``, ``val``, ``tests`` as (x, y)
+    arrays, ``class_subsets``, ``num_classes``) as ``PreparedData``: the validation set
+    ``selection_set`` (what fits select on), then the test sets. Duck-typed, so the probe reads
+    payloads without importing the stage that extracts them."""
+    sets = {selection_set: payload.val, **payload.tests}
+    return prepare_data(
+        torch.from_numpy(np.array(payload.train[0], dtype=np.float32)),
+        torch.from_numpy(np.array(payload.train[1], dtype=np.int64)),
+        {k: torch.from_numpy(np.array(v[0], dtype=np.float32)) for k, v in sets.items()},
+        {k: torch.from_numpy(np.array(v[1], dtype=np.int64)) for k, v in sets.items()},
+        class_subsets=payload.class_subsets or None, num_classes=payload.num_classes, selection_set=selection_set)

@@ -121,15 +121,17 @@ def compare_lp_with_sklearn(payload: Any, lp_hparams: Any, standardized: bool = 
 
     from benchmark.heads import resolve_hparams
     from benchmark.probe import FitRequest, fit_many
-    from benchmark.sweep import prepare_payload
+    from benchmark.probe.data import prepare_payload
 
     torch.set_num_threads(1)
     data = prepare_payload(payload)
     t0 = time.perf_counter()
-    lp, paper = fit_many(data, [FitRequest(lp_hparams), FitRequest(resolve_hparams("lp_adamw"))])
+    paper_hparams = resolve_hparams("lp_adamw")
+    lp, paper = fit_many(data, [FitRequest(lp_hparams), FitRequest(paper_hparams)])
     tests = list(payload.tests)
-    row: dict[str, Any] = {"lp_seconds": time.perf_counter() - t0, "records": {"lp": lp, "lp_adamw": paper}}
-    for name, rec in (("lp", lp), ("lp_adamw", paper)):
+    named = {lp_hparams.method: lp, paper_hparams.method: paper}  # the row's keys: the heads' names
+    row: dict[str, Any] = {"lp_seconds": time.perf_counter() - t0, "records": named}
+    for name, rec in named.items():
         if "error" in rec:
             raise RuntimeError(f"{name}: {rec['error']}")
         row[name] = sum(rec["eval"][t]["accuracy"] for t in tests) / len(tests)
@@ -213,7 +215,7 @@ def lp_at_sklearn_objective(payload: Any, lp_hparams: Any) -> dict[str, Any]:
 
     from benchmark.probe import FitRequest
     from benchmark.probe.linear import fit_linear_probes
-    from benchmark.sweep import prepare_payload
+    from benchmark.probe.data import prepare_payload
 
     torch.set_num_threads(1)
     data = prepare_payload(payload)

@@ -7,8 +7,8 @@ Recipe: AdamW, cosine learning-rate decay stepped per mini-batch, mini-batches d
 seeded ``torch.Generator``; the head's initialisation is seeded too (inside ``fork_rng``, so the
 caller's global RNG is untouched). Same seed on the CPU gives bit-identical numbers. The last
 incomplete batch is dropped only if it holds a single sample (BatchNorm needs two). A NaN or
-infinite loss stops the fit with ``TrainingDiverged``. The loss is the registry's: cross-entropy,
-or the head's own loss object built from the resolved ``HParams`` (NMTune's weights).
+infinite loss stops the fit with ``TrainingDiverged``. The loss is the head's declaration's
+(``HeadMethod.loss``, built from the resolved ``HParams``, e.g. NMTune's weights), else cross-entropy.
 
 After every epoch the head's BatchNorm statistics are recomputed over its training rows
 (``probe.bnstats``: the running averages of a short run are far from them on features with a
@@ -67,7 +67,7 @@ def diverged(hp: HParams, epoch: int, step: int, x: torch.Tensor) -> TrainingDiv
     hint = (
         "train_x contains NaN or inf: clean the features"
         if not bool(torch.isfinite(x).all())
-        else "lower lr or the NMTune weights"
+        else "lower lr or the weights of the head's loss"
     )
     return TrainingDiverged(
         f"{hp.method} head diverged: non-finite loss at epoch {epoch}, step {step} "
@@ -75,10 +75,24 @@ def diverged(hp: HParams, epoch: int, step: int, x: torch.Tensor) -> TrainingDiv
     )
 
 
-def head_loss(hp: HParams) -> LossFn | None:
-    """The head's own loss (``None``: plain cross-entropy), built once from resolved weights."""
+def head_loss(hp: HParams, device: Any = None) -> LossFn | None:
+    """The head's own loss for one member (``None``: plain cross-entropy), built once from the
+    resolved values: its declared ``loss``, else its ``stacked_loss`` applied to a batch of one."""
     head = get_head(hp.method)
-    return head.resolve("loss")(hp) if head.loss else None
+    if head.loss:
+        return head.resolve("loss")(hp)
+    if head.stacked_loss:
+        return _one_of_stacked(head.resolve("stacked_loss")([hp], torch.device(device) if device is not None else torch.device("cpu")))
+    return None
+
+
+def _one_of_stacked(stacked: Callable[..., torch.Tensor]) -> LossFn:
+    def loss(logits: torch.Tensor, y: torch.Tensor, z: torch.Tensor, f: torch.Tensor
+             ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        ce = F.cross_entropy(logits, y).unsqueeze(0)
+        total = stacked(logits.unsqueeze(0), y.unsqueeze(0), z.unsqueeze(0), f.unsqueeze(0), ce)[0]
+        return total, {"ce": ce[0]}
+    return loss
 
 
 def batch_plan(batch_size: int, n: int) -> tuple[int, int]:
@@ -107,7 +121,7 @@ def training_setup(hp: HParams, dim: int, num_classes: int, n: int, seed: int, d
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=hp.epochs * steps)
     gen = torch.Generator().manual_seed(seed)
     head.train()
-    return head, head_loss(hp), opt, sched, gen, bs, steps
+    return head, head_loss(hp, device), opt, sched, gen, bs, steps
 
 
 def train_epoch(head: nn.Module, loss_fn: LossFn | None, opt: torch.optim.Optimizer, sched: Any,
