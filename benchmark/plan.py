@@ -29,7 +29,7 @@ from benchmark.config.schema import FrozenBackbone, PretrainBlock, Suite
 from benchmark.data.sampling import few_shot_indices, stratified_holdout
 from benchmark.hashing import array_digest, config_hash
 from benchmark.heads.registry import HParams, resolve_hparams
-from benchmark.pretrain.job import PretrainJob, job_dir, snapshot_file
+from benchmark.pretrain.job import BLOCK_FIELDS, PretrainJob, block_value, job_dir, snapshot_file
 
 #: Few-shot subsets are drawn with seed FEW_SHOT_SEED + head seed: never the stream (seed 0)
 #: that carved the validation rows.
@@ -164,16 +164,16 @@ def pretrain_jobs(suite: Suite) -> list[PretrainJob]:
 
 
 def _job(b: PretrainBlock, ratio: float, seed: int, data_root: str | None) -> PretrainJob:
-    return PretrainJob(
-        objective=b.objective, corpus=b.corpus, arch=b.arch, noise_kind=b.noise.kind, noise_ratio=float(ratio),
-        class_map=dict(b.noise.class_map) if b.noise.class_map else None, seed=seed, epochs=b.epochs,
-        batch_size=b.batch_size, lr=b.lr, weight_decay=b.weight_decay, image_size=b.image_size,
-        train_subset=b.train_subset, model_kwargs=dict(b.model_kwargs), data_root=data_root, workers=b.workers,
-        gpus_per_worker=b.gpus_per_worker, display=str(b.name), augment=b.augment,
-        crop_scale=tuple(float(v) for v in b.crop_scale), warmup_epochs=float(b.warmup_epochs),
-        grad_accum=b.grad_accum, precision=b.precision, channels_last=b.channels_last,
-        cpus_per_worker=float(b.cpus_per_worker), loader_workers=b.loader_workers,
-        snapshot_epochs=tuple(e for e in b.checkpoint_epochs or () if e < b.epochs))
+    """One job of a block: every block key that names a job field is copied (the recipe is
+    declared once, on ``PretrainJob``); the rest is filled per job."""
+    per_job = {
+        "noise_kind": b.noise.kind, "noise_ratio": float(ratio),
+        "class_map": dict(b.noise.class_map) if b.noise.class_map else None, "seed": seed,
+        "data_root": data_root, "display": str(b.name),
+        "snapshot_epochs": tuple(e for e in b.checkpoint_epochs or () if e < b.epochs),
+    }
+    return PretrainJob(**{name: block_value(name, getattr(b, name)) for name in BLOCK_FIELDS},
+                       **per_job)
 
 
 def pretrained_backbone(job: PretrainJob, work_dir: str | Path, epoch: int | None = None) -> BackbonePlan:

@@ -685,3 +685,19 @@ def test_two_workers_stream_disjoint_shards_and_average_their_gradients(trained)
     kept = sorted(p.name for p in run_dir.glob("epoch_*"))
     assert kept == ["epoch_0001", "epoch_0002"]
     assert all([f.name for f in (run_dir / k).iterdir()] == ["state.pt"] for k in kept)
+
+
+@pytest.mark.slow
+def test_progress_counts_every_epoch_of_every_job(ray_cluster, tmp_path, capfd) -> None:
+    """With ``progress`` the stage shows one bar of finished epochs over all its jobs (two
+    small jobs of 2 epochs sharing one trainer: 4 epochs), as the features and heads stages do;
+    without it, no bar."""
+    jobs = [replace(SUP, train_subset=128, epochs=2, seed=s) for s in (5, 6)]
+    results = run_pretrain_jobs(jobs, tmp_path, max_concurrent=1,
+                                **{**RUN_KW, "progress": True})
+    assert all(r.ok for r in results)
+    err = capfd.readouterr().err
+    assert "pre-training: 100%" in err and "4/4" in err, err[-2000:]
+    again = run_pretrain_jobs(jobs, tmp_path, max_concurrent=1, **{**RUN_KW, "progress": True})
+    assert all(r.reused for r in again)
+    assert "pre-training" not in capfd.readouterr().err  # nothing left to train: no bar

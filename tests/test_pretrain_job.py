@@ -174,3 +174,30 @@ def test_suite_job_keys_are_those_of_before(suite: str) -> None:
     if suite == "quick":
         assert [j.key for j in pretrain_jobs(s)][:3] == ["05675135b9fe36fa", "09047ba622b0006f",
                                                         "aef531d2600b7d9d"]
+
+
+def test_the_recipe_is_declared_once() -> None:
+    """Every recipe key of a suite block is a job field of the same name and default (the block
+    reads its defaults from the job), the plan copies each, and the workers get each field
+    declared for them; a job built from a block equals one built by hand."""
+    from dataclasses import fields
+
+    from benchmark.config.schema import PretrainBlock
+    from benchmark.plan import pretrain_jobs
+    from benchmark.pretrain.job import BLOCK_FIELDS, job_default
+
+    block_fields = PretrainBlock.model_fields
+    for name in BLOCK_FIELDS:
+        assert name in block_fields, name
+        if name not in ("objective", "corpus", "arch"):
+            assert block_fields[name].get_default(call_default_factory=True) == job_default(name), name
+    block = {"objective": "supervised", "corpus": "fashion-mnist", "arch": "test_resnet",
+             "batch_size": 64, "train_subset": 1000, "noise": {"ratios": [0.2]}}
+    suite = validate_suite({"name": "t", "pretrain": [block], "downstream": {"id": ["mnist-5k"]}},
+                           check_names=False)
+    (job,) = pretrain_jobs(suite)
+    assert job == replace(SUP, display="test_resnet-supervised") and job.key == SUP.key
+    cfg = SUP.worker_config()
+    sent = {f.name for f in fields(PretrainJob) if f.metadata.get("worker")}
+    assert sent | {"key", "name", "loader_workers"} == set(cfg)
+    assert cfg["crop_scale"] == (0.08, 1.0) and cfg["snapshot_epochs"] == []

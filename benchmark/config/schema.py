@@ -22,7 +22,7 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field, PrivateAttr, 
 from benchmark.config.messages import SectionProblems
 from benchmark.errors import ConfigError
 from benchmark.heads.registry import HPARAM_NAMES, default_methods, get_head, head_names, methods_taking, resolve_hparams
-from benchmark.pretrain.job import RECIPE_DEFAULTS, default_noise_kind, noise_problem, recipe_problem
+from benchmark.pretrain.job import AUGMENTS, PRECISIONS, default_noise_kind, job_default, noise_problem, recipe_problem
 
 
 
@@ -75,10 +75,38 @@ class _Model(BaseModel):
 
 
 # -- pre-training ------------------------------------------------------------------------------
+def _known_noise_kind(kind: str) -> str:
+    from benchmark.noise import noise_kinds
+
+    if kind not in noise_kinds():
+        raise ValueError(f"must be one of {', '.join(noise_kinds())} (the registered noise kinds; "
+                         "plugins register under the entry-point group 'nmlbench.noise')")
+    return kind
+
+
+def _known_objective(objective: str) -> str:
+    from benchmark.pretrain.objectives import objective_names
+
+    if objective not in objective_names():
+        raise ValueError(f"must be one of {', '.join(objective_names())} (the registered "
+                         "objectives; plugins register under the entry-point group "
+                         "'nmlbench.objectives')")
+    return objective
+
+
+def _one_of(allowed: tuple[str, ...], what: str):
+    def check(v: str) -> str:
+        if v not in allowed:
+            raise ValueError(f"{what} {v!r} is unknown; use one of {list(allowed)}")
+        return v
+
+    return AfterValidator(check)
+
+
 class NoiseSpec(_Model):
     """How labels (supervised) or captions (CLIP) are corrupted before pre-training."""
 
-    kind: Literal["symmetric", "pairflip", "asymmetric", "instance", "swap"] | None = None
+    kind: Annotated[str, AfterValidator(_known_noise_kind)] | None = None  # a registered kind
     ratios: Annotated[list[NoiseRatio], NonEmpty, UniqueList] = Field(default_factory=lambda: [0.0])
     class_map: dict[int, int] | None = None
 
@@ -96,28 +124,30 @@ class PretrainBlock(_Model):
     """
 
     name: str | None = None
-    objective: Literal["supervised", "clip"]
+    objective: Annotated[str, AfterValidator(_known_objective)]  # a registered objective
     corpus: str
     arch: str
+    # The recipe: keys named as ``PretrainJob``'s fields, defaults read from there (declared
+    # once); the plan copies each to the job (``plan._job``). Only the value checks live here.
     model_kwargs: dict[str, Any] = Field(default_factory=dict)
     noise: NoiseSpec = Field(default_factory=NoiseSpec)
     seeds: Annotated[list[NonNegInt], NonEmpty, UniqueList] = Field(default_factory=lambda: [0])
-    epochs: PositiveInt = 3
-    batch_size: PositiveInt = 128
-    lr: PositiveFloat = 1e-3
-    weight_decay: NonNegFloat = 0.05
-    image_size: PositiveInt = 32
-    train_subset: PositiveInt | None = None
-    workers: PositiveInt = 1
-    gpus_per_worker: NonNegFloat = 0.0
-    augment: Literal["none", "crop_flip"] = RECIPE_DEFAULTS["augment"]
-    crop_scale: tuple[PositiveFloat, PositiveFloat] = RECIPE_DEFAULTS["crop_scale"]
-    warmup_epochs: NonNegFloat = RECIPE_DEFAULTS["warmup_epochs"]
-    grad_accum: PositiveInt = RECIPE_DEFAULTS["grad_accum"]
-    precision: Literal["auto", "bf16", "fp32"] = RECIPE_DEFAULTS["precision"]
-    channels_last: bool = True
-    cpus_per_worker: PositiveFloat = 1.0
-    loader_workers: NonNegInt | None = None
+    epochs: PositiveInt = job_default("epochs")
+    batch_size: PositiveInt = job_default("batch_size")
+    lr: PositiveFloat = job_default("lr")
+    weight_decay: NonNegFloat = job_default("weight_decay")
+    image_size: PositiveInt = job_default("image_size")
+    train_subset: PositiveInt | None = job_default("train_subset")
+    workers: PositiveInt = job_default("workers")
+    gpus_per_worker: NonNegFloat = job_default("gpus_per_worker")
+    augment: Annotated[str, _one_of(AUGMENTS, "augment")] = job_default("augment")
+    crop_scale: tuple[PositiveFloat, PositiveFloat] = job_default("crop_scale")
+    warmup_epochs: NonNegFloat = job_default("warmup_epochs")
+    grad_accum: PositiveInt = job_default("grad_accum")
+    precision: Annotated[str, _one_of(PRECISIONS, "precision")] = job_default("precision")
+    channels_last: bool = job_default("channels_last")
+    cpus_per_worker: PositiveFloat = job_default("cpus_per_worker")
+    loader_workers: NonNegInt | None = job_default("loader_workers")
     #: Evaluate the same runs after each of these epochs (1-based; the last may be ``epochs``):
     #: each becomes a backbone row ``<name>@e<epoch>``, with no re-training. None: the final
     #: weights only, named ``<name>``.

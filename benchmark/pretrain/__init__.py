@@ -1,13 +1,17 @@
 """Noisy pre-training, split by the process each part runs in.
 
-- ``job``: ``PretrainJob`` and the one set of job rules (``check_job``, ``noise_problem``,
-  ``default_noise_kind``, ``OBJECTIVES``, ``NOISE_KINDS``); no torch, no Ray.
+- ``job``: ``PretrainJob`` (the recipe, declared once) and the one set of job rules
+  (``check_job``, ``noise_problem``, ``default_noise_kind``, ``OBJECTIVES``, ``NOISE_KINDS``);
+  no torch, no Ray.
+- ``objectives``: the objective registry (supervised, clip; plugins): each objective owns its
+  training set, model, step, sums and memorisation metrics.
 - ``corpus``: the driver's label table, noise and record; images stay on disk (no torch, no Ray).
 - ``inputs``: a worker's batches of its own shard, streamed from the data root (or an array).
 - ``recipe``: preprocessing, model, schedule, losses and per-epoch metrics (memorisation too).
 - ``worker``: the loop inside each Ray Train worker (jobs in turn, shards, checkpoints, resume).
 - ``trainer``: one ``TorchTrainer`` fit for one job or a list of small ones, and its outputs.
-- ``launch``: the driver's entry points (reuse, job lists that share a trainer, concurrency).
+- ``launch``: the driver's entry points (reuse, job lists that share a trainer, concurrency);
+  ``progress``: its bar of finished epochs.
 
 Names are imported lazily, on first use, so ``from benchmark.pretrain import PretrainJob`` (the
 suite loader, ``nmlbench validate``) loads neither torch nor Ray.
@@ -22,6 +26,9 @@ _LAZY = {
     "PretrainJob": "job", "OBJECTIVES": "job", "NOISE_KINDS": "job", "check_job": "job",
     "noise_problem": "job", "default_noise_kind": "job", "recipe_problem": "job",
     "AUGMENTS": "job", "PRECISIONS": "job", "RECIPE_DEFAULTS": "job", "job_dir": "job",
+    "allowed_noise_kinds": "job", "UNKEYED": "job", "BLOCK_FIELDS": "job",
+    "Objective": "objectives", "get_objective": "objectives", "objective_names": "objectives",
+    "register_objective": "objectives", "EpochBar": "progress",
     "TrainingSet": "corpus", "LabelTable": "corpus", "CorpusRef": "corpus",
     "build_training_set": "corpus", "write_noise_record": "corpus", "subset_indices": "corpus",
     "array_images": "corpus", "clean_captions": "corpus", "caption_sources": "corpus",

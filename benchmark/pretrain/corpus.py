@@ -29,7 +29,7 @@ import numpy as np
 
 from benchmark.atomic import atomic_write, atomic_write_json
 from benchmark.errors import ConfigError
-from benchmark.pretrain.job import PretrainJob, check_job
+from benchmark.pretrain.job import PretrainJob
 
 #: Thumbnail side (pixels) of the per-sample features that instance-dependent noise draws its
 #: flip directions from, on corpora of image files (array corpora use their raw pixels).
@@ -176,12 +176,12 @@ def build_training_set(job: PretrainJob) -> TrainingSet:
     """The job's corpus subset and label table with its seeded noise (no image decoded, except
     thumbnails for instance-dependent noise on a file corpus).
 
-    Supervised: ``flip_labels(labels, K, noise_ratio, noise_kind, seed)``. Clip: the clean
-    captions (:func:`clean_captions`), then ``swap_captions`` with the same seed.
+    The subset is drawn here; the noise and its record are the objective's
+    (``objectives.<name>.training_set``: supervised flips labels with the job's noise kind, clip
+    swaps captions). The job is assumed checked (``check_job``, which the launcher runs).
     """
-    from benchmark.noise import flip_labels, swap_captions, transition_matrix
+    from benchmark.pretrain.objectives import get_objective
 
-    check_job(job)
     ref = CorpusRef(job.corpus, job.data_root, None)
     split = ref.open()
     idx = subset_indices(len(split), job.train_subset, job.seed)
@@ -193,46 +193,9 @@ def build_training_set(job: PretrainJob) -> TrainingSet:
     base = {"objective": job.objective, "kind": job.noise_kind, "ratio": float(job.noise_ratio),
             "seed": int(job.seed), "n": int(len(clean)), "corpus": job.corpus,
             "classes": classes, "key": job.key}
-    if job.objective == "supervised":
-        if not classes or (clean < 0).any():
-            raise ConfigError(f"pretrain job {job.name}: corpus {job.corpus!r} is unlabelled; "
-                              "supervised pre-training needs class labels (use objective: clip)")
-        # Instance-dependent noise (Xia et al.) draws flip rates from the samples themselves:
-        # the pixels are the features, so the noise does not depend on any model.
-        feats = _instance_features(split, job) if job.noise_kind == "instance" else None
-        nr = flip_labels(clean, len(classes), float(job.noise_ratio), kind=job.noise_kind,
-                         seed=job.seed, class_map=job.class_map, features=feats)
-        record = {**_npz_fields(nr.to_npz), "indices": idx, "clean_labels": clean}
-        summary = {**base, "realised_ratio": float(nr.realised_ratio),
-                   "num_flipped": int(nr.flipped.sum())}
-        table = LabelTable(nr.noisy_labels.astype(np.int64), clean, nr.flipped.astype(bool))
-        return TrainingSet(ref, table, classes, float(nr.realised_ratio), record, summary)
-
-    texts = clean_captions(split, clean, classes, job.seed)
-    own_table = getattr(split, "captions", None) is not None
-    sw = swap_captions(texts, float(job.noise_ratio), seed=job.seed)
-    mismatched = sw.mismatched.astype(bool)
-    source = caption_sources(texts, sw.captions, mismatched)
-    record: dict[str, np.ndarray] = {
-        "mismatched": mismatched, "caption_source": source,
-        "realised_ratio": np.float64(sw.realised_ratio),
-        "kind": np.str_("swap"), "ratio": np.float64(job.noise_ratio),
-        "seed": np.int64(job.seed), "indices": idx, "clean_labels": clean,
-    }
-    summary = {**base, "realised_ratio": float(sw.realised_ratio),
-               "num_mismatched": int(mismatched.sum()), "captions": "corpus" if own_table
-               else "class templates"}
-    if classes and (clean >= 0).all():
-        cap_labels = clean[source]
-        record["caption_labels"] = cap_labels
-        record["transition"] = transition_matrix(clean, cap_labels, len(classes))
-        # Swaps between two templates of one class change the text, not the class.
-        summary["num_class_mismatched"] = int((cap_labels != clean).sum())
-    if not own_table:  # template captions: short, so the record shows them as text
-        record["clean_captions"] = np.array(texts, dtype=np.str_)
-        record["captions"] = np.array(sw.captions, dtype=np.str_)
-    table = LabelTable(source, clean, mismatched)
-    return TrainingSet(ref, table, classes, float(sw.realised_ratio), record, summary,
+    table, realised, record, summary, own_table = get_objective(job.objective).training_set(
+        job, split, idx, clean, classes, base)
+    return TrainingSet(ref, table, classes, realised, record, summary,
                        has_caption_table=own_table)
 
 

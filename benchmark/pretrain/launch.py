@@ -28,8 +28,14 @@ import logging
 import os
 import time
 import traceback
-from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor, as_completed
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import (
+    FIRST_COMPLETED,
+    Future,
+    ThreadPoolExecutor,
+    as_completed,
+    wait,
+)
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -39,6 +45,7 @@ import torch
 from benchmark.errors import ConfigError
 from benchmark.hashing import config_hash
 from benchmark.pretrain.job import PretrainJob, check_job, job_dir, snapshot_file
+from benchmark.pretrain.progress import POLL_S, EpochBar
 from benchmark.pretrain.trainer import Prepared, finish, fit, prepare
 from benchmark.ray_session import init_ray
 
@@ -138,6 +145,7 @@ def run_pretrain(
     cpus_per_worker: float | None = None,
     fault_kill_after_epoch: int | None = None,
     placement_strategy: str = "PACK",
+    epoch_counter: Any = None,
 ) -> PretrainResult:
     """Train ``job`` with its own Ray Train trainer (or reuse its finished output).
 
@@ -145,9 +153,10 @@ def run_pretrain(
     ``model.pt`` (``save_pretrain_checkpoint``, family timm or open_clip) and ``done.json``
     (atomic; metrics per epoch and the realised noise ratio). Ray's own run directory is
     ``storage_path/<key>`` (default ``work_dir/ray_results``; on storage every node sees when
-    the workers span nodes). ``cpus_per_worker`` overrides the job's.
+    the workers span nodes). ``cpus_per_worker`` overrides the job's. ``epoch_counter``: the
+    progress actor its workers report finished epochs to (``progress.EpochBar``).
     """
-    check_job(job)
+    check_job(job)  # the one check of a job: prepare and the corpus trust it
     reused = load_done(job, work_dir)
     if reused is not None:
         return reused
@@ -156,7 +165,7 @@ def run_pretrain(
                 fault_kill_after_epoch=fault_kill_epoch(fault_kill_after_epoch))
     cpus = float(job.cpus_per_worker if cpus_per_worker is None else cpus_per_worker)
     state, _ = fit([p], job.key, storage, cpus_per_worker=cpus, max_failures=max_failures,
-                   placement_strategy=placement_strategy)
+                   placement_strategy=placement_strategy, epoch_counter=epoch_counter)
     info = finish(p, state["done"][job.key], run_dir=storage / job.key)
     if progress:
         last = info["metrics"][-1]["loss"] if info["metrics"] else float("nan")
@@ -205,7 +214,7 @@ def trainer_name(jobs: Sequence[PretrainJob]) -> str:
 def _run_list(jobs: list[PretrainJob], work_dir: str | Path, *, storage_path: Any = None,
               max_failures: int = 2, progress: bool = True, cpus_per_worker: float | None = None,
               fault_kill_after_epoch: int | None = None, placement_strategy: str = "PACK",
-              ) -> list[PretrainResult]:
+              epoch_counter: Any = None) -> list[PretrainResult]:
     """One trainer for ``jobs``; a job that cannot be prepared fails alone, before the fit."""
     if len(jobs) == 1:
         try:
@@ -213,7 +222,8 @@ def _run_list(jobs: list[PretrainJob], work_dir: str | Path, *, storage_path: An
                                  max_failures=max_failures, progress=progress,
                                  cpus_per_worker=cpus_per_worker,
                                  fault_kill_after_epoch=fault_kill_after_epoch,
-                                 placement_strategy=placement_strategy)]
+                                 placement_strategy=placement_strategy,
+                                 epoch_counter=epoch_counter)]
         except Exception as e:  # noqa: BLE001 - reported per job, the batch goes on
             return [_failed(jobs[0], work_dir, e)]
     t0 = time.perf_counter()
@@ -222,6 +232,7 @@ def _run_list(jobs: list[PretrainJob], work_dir: str | Path, *, storage_path: An
     ready: list[Prepared] = []
     for j in jobs:
         try:
+            check_job(j)  # the one check of a listed job (run_pretrain checks a lone one)
             ready.append(prepare(j, work_dir, progress=progress,
                                  fault_kill_after_epoch=fault_kill_epoch(fault_kill_after_epoch)))
         except Exception as e:  # noqa: BLE001
@@ -231,7 +242,7 @@ def _run_list(jobs: list[PretrainJob], work_dir: str | Path, *, storage_path: An
         cpus = float(ready[0].job.cpus_per_worker if cpus_per_worker is None else cpus_per_worker)
         try:
             state, _ = fit(ready, name, storage, cpus_per_worker=cpus, max_failures=max_failures,
-                           placement_strategy=placement_strategy)
+                           placement_strategy=placement_strategy, epoch_counter=epoch_counter)
         except Exception as e:  # noqa: BLE001 - the whole list failed in Ray Train
             return [results.get(j.key) or _failed(j, work_dir, e) for j in jobs]
         wall = time.perf_counter() - t0
@@ -274,6 +285,9 @@ def run_pretrain_jobs(
     stay idle until the stage ends, so the caller may give them other work (the runner extracts
     the features of the backbones finished so far). It is never called while a trainer still
     waits for a slot, so that work cannot hold the CPUs or GPUs a trainer is about to ask for.
+
+    With ``progress`` (the default) a bar counts the finished epochs of all the jobs to train,
+    as their workers report them (``progress.EpochBar``), like the features and heads stages'.
     """
     if max_concurrent < 1:
         raise ConfigError(f"max_concurrent must be >= 1, got {max_concurrent}")
@@ -295,16 +309,37 @@ def run_pretrain_jobs(
         init_ray()  # in this thread: ray.init must not run first inside a worker thread
     lists = trainer_lists(pending, max_concurrent, group_small)
     slots = min(max_concurrent, max(1, len(lists)))
-    with ThreadPoolExecutor(max_workers=slots, thread_name_prefix="nmlbench-pretrain") as pool:
-        futures = [pool.submit(_run_list, g, work_dir, **kw) for g in lists]
-        for finished, fut in enumerate(as_completed(futures), start=1):
-            for r in fut.result():
-                done[r.key] = r
-                if on_result is not None:
-                    on_result(r)
-            if on_slot_free is not None and len(lists) - slots < finished < len(lists):
-                on_slot_free()  # no list took the slot, and other trainers still run
+    bar = EpochBar(pending) if pending and kw.get("progress", True) else None
+    if bar is not None:
+        kw = {**kw, "epoch_counter": bar.counter}
+    try:
+        with ThreadPoolExecutor(max_workers=slots, thread_name_prefix="nmlbench-pretrain") as pool:
+            futures = [pool.submit(_run_list, g, work_dir, **kw) for g in lists]
+            for finished, fut in enumerate(_as_completed(futures, bar), start=1):
+                for r in fut.result():
+                    done[r.key] = r
+                    if bar is not None:
+                        bar.job_finished(r.key)
+                    if on_result is not None:
+                        on_result(r)
+                if on_slot_free is not None and len(lists) - slots < finished < len(lists):
+                    on_slot_free()  # no list took the slot, and other trainers still run
+    finally:
+        if bar is not None:
+            bar.close()
     return [done[j.key] if j is firsts[j.key] else _as_duplicate(done[j.key], j) for j in jobs]
+
+
+def _as_completed(futures: list[Future[Any]], bar: EpochBar | None) -> Iterator[Future[Any]]:
+    """``as_completed``, polling the progress bar about once a second while it waits."""
+    if bar is None:
+        yield from as_completed(futures)
+        return
+    pending = set(futures)
+    while pending:
+        ready, pending = wait(pending, timeout=POLL_S, return_when=FIRST_COMPLETED)
+        bar.poll()
+        yield from ready
 
 
 def _as_duplicate(r: PretrainResult, job: PretrainJob) -> PretrainResult:

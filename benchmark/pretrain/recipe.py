@@ -28,6 +28,10 @@ import torch
 import torch.nn.functional as F
 
 from benchmark.backbones.base import SUITE_MEAN, SUITE_STD
+# Order of the supervised and CLIP per-epoch sums (one float64 vector, all-reduced once), as
+# each objective declares them (``objectives/``).
+from benchmark.pretrain.objectives.clip import CLIP_SUMS  # noqa: F401 (re-exported)
+from benchmark.pretrain.objectives.supervised import SUPERVISED_SUMS  # noqa: F401 (re-exported)
 
 #: Normalisation of suite-trained models (the backbones' SUITE_MEAN/STD: grey repeated to RGB,
 #: [0, 1] -> [-1, 1]); stored in model.pt, so the ``nmlbench`` family extracts features with
@@ -35,10 +39,6 @@ from benchmark.backbones.base import SUITE_MEAN, SUITE_STD
 PRETRAIN_MEAN: tuple[float, float, float] = SUITE_MEAN
 PRETRAIN_STD: tuple[float, float, float] = SUITE_STD
 
-#: Order of the supervised and CLIP per-epoch sums (one float64 vector, all-reduced once).
-SUPERVISED_SUMS = ("loss", "n", "correct", "clean_ok", "flipped", "noisy_fit", "true_fit",
-                   "unflipped", "unflipped_ok")
-CLIP_SUMS = ("loss", "n", "correct", "matched", "matched_rank", "mismatched", "mismatched_rank")
 
 
 def preprocess(images: torch.Tensor, image_size: int, mean: Sequence[float],
@@ -63,17 +63,10 @@ def preprocess(images: torch.Tensor, image_size: int, mean: Sequence[float],
 
 
 def build_model(cfg: dict[str, Any]) -> tuple[torch.nn.Module, Any]:
-    """The job's freshly initialised model (seeded) and, for clip, its tokenizer."""
-    from benchmark import backbones
+    """The job's freshly initialised model (seeded) and its tokenizer: the objective's."""
+    from benchmark.pretrain.objectives import get_objective
 
-    if cfg["objective"] == "supervised":
-        model = backbones.create_timm_classifier(
-            cfg["arch"], cfg["num_classes"], cfg["image_size"], cfg["seed"],
-            **cfg.get("model_kwargs", {}))
-        return model, None
-    model, tokenizer = backbones.create_open_clip_model(cfg["arch"], cfg["seed"],
-                                                        **(cfg.get("model_kwargs") or {}))
-    return model, tokenizer
+    return get_objective(cfg["objective"]).build_model(cfg)
 
 
 def lr_factor(step: int, total: int, warmup: int) -> float:
@@ -166,24 +159,10 @@ def clip_step(out: Any, mismatched: torch.Tensor, rank: int, world: int
 
 def epoch_metrics(objective: str, sums: Sequence[float]) -> dict[str, float]:
     """The per-epoch scalars from the all-reduced sums (memorisation ones only where defined:
-    no flipped or mismatched sample, no ``noisy_fit`` / ``mismatched_rank``)."""
-    if objective == "supervised":
-        s = dict(zip(SUPERVISED_SUMS, sums))
-        out = {"loss": s["loss"] / s["n"], "train_accuracy": s["correct"] / s["n"],
-               "clean_accuracy": s["clean_ok"] / s["n"]}
-        if s["unflipped"]:
-            out["unflipped_accuracy"] = s["unflipped_ok"] / s["unflipped"]
-        if s["flipped"]:
-            out["noisy_fit"] = s["noisy_fit"] / s["flipped"]
-            out["true_fit"] = s["true_fit"] / s["flipped"]
-        return out
-    s = dict(zip(CLIP_SUMS, sums))
-    out = {"loss": s["loss"] / s["n"], "train_accuracy": s["correct"] / s["n"]}
-    if s["matched"]:
-        out["matched_rank"] = s["matched_rank"] / s["matched"]
-    if s["mismatched"]:
-        out["mismatched_rank"] = s["mismatched_rank"] / s["mismatched"]
-    return out
+    no flipped or mismatched sample, no ``noisy_fit`` / ``mismatched_rank``): the objective's."""
+    from benchmark.pretrain.objectives import get_objective
+
+    return get_objective(objective).epoch_metrics(sums)
 
 
 def clamp_logit_scale(model: torch.nn.Module) -> None:

@@ -32,8 +32,9 @@ import torch
 from benchmark.atomic import atomic_write_json
 from benchmark.errors import ConfigError, NMLBenchError
 from benchmark.pretrain.corpus import CorpusRef, TrainingSet, build_training_set, write_noise_record
-from benchmark.pretrain.job import PretrainJob, check_job, job_dir, snapshot_file
-from benchmark.pretrain.recipe import PRETRAIN_MEAN, PRETRAIN_STD, build_model
+from benchmark.pretrain.job import PretrainJob, job_dir, snapshot_file
+from benchmark.pretrain.objectives import get_objective
+from benchmark.pretrain.recipe import PRETRAIN_MEAN, PRETRAIN_STD
 from benchmark.pretrain.worker import STATE_FILE, train_loop_per_worker
 from benchmark.ray_session import cluster_resources, init_ray
 
@@ -72,18 +73,6 @@ def check_resources(job: PretrainJob, cpus_per_worker: float) -> None:
                           f"{have.get('GPU', 0)}; set gpus_per_worker: 0 to train on CPU")
 
 
-def _check_clip_image_size(job: PretrainJob, model: torch.nn.Module) -> None:
-    """open_clip vision towers fix their input size; the job must train at that size."""
-    size = getattr(getattr(model, "visual", None), "image_size", None)
-    if size is None:
-        return
-    size = int(size[0] if isinstance(size, (tuple, list)) else size)
-    if size != job.image_size:
-        raise ConfigError(f"clip job {job.name}: {job.arch} takes {size}px images, the job says "
-                          f"image_size {job.image_size}; set image_size: {size} (or pass "
-                          f"model_kwargs force_image_size: {job.image_size})")
-
-
 def _data_root(job: PretrainJob) -> str | None:
     """The data root as an absolute path, so workers on any node and in any working directory
     open the same files (``$NMLBENCH_DATA_ROOT`` read here: workers may not inherit it)."""
@@ -93,39 +82,32 @@ def _data_root(job: PretrainJob) -> str | None:
 
 def prepare(job: PretrainJob, work_dir: str | Path, *, progress: bool,
             fault_kill_after_epoch: int | None) -> Prepared:
-    """Check the job, write its noise record and put its label table in the object store."""
+    """Write the (checked) job's noise record and put its label table in the object store."""
     import ray
 
-    check_job(job)
+    objective = get_objective(job.objective)
     t_start = time.perf_counter()
     out = job_dir(job, work_dir)
     out.mkdir(parents=True, exist_ok=True)
-    cfg: dict[str, Any] = {
-        "key": job.key, "name": job.name, "objective": job.objective, "arch": job.arch,
-        "seed": int(job.seed), "image_size": int(job.image_size),
-        "model_kwargs": dict(job.model_kwargs), "epochs": int(job.epochs),
-        "batch_size": int(job.batch_size), "lr": float(job.lr),
-        "weight_decay": float(job.weight_decay), "warmup_epochs": float(job.warmup_epochs),
-        "grad_accum": int(job.grad_accum), "precision": job.precision,
-        "channels_last": bool(job.channels_last), "augment": job.augment,
-        "crop_scale": tuple(float(v) for v in job.crop_scale),
-        "loader_workers": job.loader_processes, "mean": PRETRAIN_MEAN, "std": PRETRAIN_STD,
-        "progress": bool(progress), "fault_kill_after_epoch": fault_kill_after_epoch,
-        "snapshot_epochs": [int(e) for e in job.snapshot_epochs],
-    }
+    cfg: dict[str, Any] = {**job.worker_config(), "mean": PRETRAIN_MEAN, "std": PRETRAIN_STD,
+                           "progress": bool(progress),
+                           "fault_kill_after_epoch": fault_kill_after_epoch}
     # Build the model once in the driver: a wrong arch or kwargs fails here, in a second,
-    # instead of in every retry of every Ray Train worker.
-    if job.objective == "clip":
-        model, _ = build_model({**cfg, "num_classes": 0})
-        _check_clip_image_size(job, model)
+    # instead of in every retry of every Ray Train worker (before the noise, when the model
+    # does not depend on the corpus' classes).
+    model = None
+    if not objective.needs_classes:
+        model, _ = objective.build_model({**cfg, "num_classes": 0})
+        objective.check_model(job, model)
     ts = build_training_set(job)
     ts.corpus = CorpusRef(ts.corpus.name, _data_root(job), ts.corpus.indices)
     write_noise_record(ts, out)
     cfg.update(num_classes=len(ts.classes), classes=list(ts.classes),
                has_caption_table=ts.has_caption_table,
                data=ray.put({"corpus": ts.corpus, "labels": ts.labels}))
-    if job.objective == "supervised":
-        model, _ = build_model(cfg)
+    if model is None:
+        model, _ = objective.build_model(cfg)
+        objective.check_model(job, model)
     if progress:
         log.info("%s: %d images on %d worker(s) x batch %d x accumulation %d (global batch %d) -> %s",
                  job.name, len(ts), job.workers, job.batch_size, job.grad_accum, job.global_batch,
@@ -134,9 +116,11 @@ def prepare(job: PretrainJob, work_dir: str | Path, *, progress: bool,
 
 
 def fit(prepared: list[Prepared], name: str, storage: Path, *, cpus_per_worker: float,
-        max_failures: int, placement_strategy: str = "PACK") -> tuple[dict[str, Any], float]:
+        max_failures: int, placement_strategy: str = "PACK",
+        epoch_counter: Any = None) -> tuple[dict[str, Any], float]:
     """One ``TorchTrainer.fit`` over the prepared jobs (equal worker counts and GPUs); the state
-    of its last checkpoint (``{"done": {key: ...}}``) and the fit's wall seconds."""
+    of its last checkpoint (``{"done": {key: ...}}``) and the fit's wall seconds. Rank 0 tells
+    ``epoch_counter`` (a ``progress`` actor) each finished epoch."""
     import ray.train
     from ray.train.torch import TorchTrainer
 
@@ -149,6 +133,8 @@ def fit(prepared: list[Prepared], name: str, storage: Path, *, cpus_per_worker: 
         resources["GPU"] = float(lead.gpus_per_worker)
     config = {"jobs": [p.cfg for p in prepared], "torch_threads": max(1, int(cpus_per_worker)),
               "run_dir": str(storage / name), "progress": any(p.cfg["progress"] for p in prepared)}
+    if epoch_counter is not None:
+        config["epoch_counter"] = epoch_counter
     trainer = TorchTrainer(
         train_loop_per_worker,
         train_loop_config=config,
@@ -186,7 +172,7 @@ def finish(p: Prepared, done: dict[str, Any], *, run_dir: Path, seconds: float |
     job = p.job
     if "error" in done:
         raise NMLBenchError(f"pretrain job {job.name} failed in its trainer: {done['error']}")
-    family = "timm" if job.objective == "supervised" else "open_clip"
+    family = get_objective(job.objective).family
     snapshots = done.get("snapshots", {})
     missing = [e for e in job.snapshot_epochs if int(e) not in snapshots]
     if missing:

@@ -50,19 +50,9 @@ import torch
 
 from benchmark.determinism import deterministic_torch, epoch_seed
 from benchmark.errors import TrainingDiverged
-from benchmark.pretrain.recipe import (
-    CLIP_SUMS,
-    SUPERVISED_SUMS,
-    autocast_dtype,
-    build_model,
-    clamp_logit_scale,
-    clip_step,
-    epoch_metrics,
-    make_optimizer,
-    preprocess,
-    supervised_step,
-    unwrap,
-)
+from benchmark.pretrain.objectives import get_objective
+from benchmark.pretrain.progress import report_epoch
+from benchmark.pretrain.recipe import autocast_dtype, make_optimizer, preprocess, unwrap
 
 STATE_FILE = "state.pt"  # the one file of each Ray Train checkpoint
 _SNAPSHOT_FILE = "checkpoint_manager_snapshot.json"  # written by Ray Train V2 per registration
@@ -191,33 +181,6 @@ def _restored_state(keys: list[str], device: torch.device) -> dict[str, Any]:
     return state
 
 
-class _Captions:
-    """Token ids of the caption each image trains with: template captions (a few distinct
-    texts) are tokenised once; a corpus' own caption table is tokenised batch by batch."""
-
-    def __init__(self, split: Any, table: Any, cfg: dict[str, Any], tokenizer: Any,
-                 device: torch.device) -> None:
-        from benchmark.pretrain.corpus import clean_captions
-
-        texts = clean_captions(split, table.clean, cfg["classes"], cfg["seed"])
-        self.source, self.tokenizer, self.device = table.targets, tokenizer, device
-        self.per_batch = bool(cfg.get("has_caption_table"))
-        if self.per_batch:
-            self.texts = texts
-        else:
-            unique, inverse = np.unique(np.asarray(texts, dtype=object), return_inverse=True)
-            self.tokens = torch.as_tensor(np.asarray(tokenizer(list(unique))), dtype=torch.int64,
-                                          device=device)
-            self.row = torch.as_tensor(inverse[self.source], device=device)
-
-    def __call__(self, pos: torch.Tensor) -> torch.Tensor:
-        if self.per_batch:
-            texts = [self.texts[int(self.source[p])] for p in pos.tolist()]
-            return torch.as_tensor(np.asarray(self.tokenizer(texts)), dtype=torch.int64).to(
-                self.device, non_blocking=True)
-        return self.tokens[self.row[pos.to(self.row.device)]]
-
-
 def train_loop_per_worker(cfg: dict[str, Any]) -> None:
     """One Ray Train worker: train each job of ``cfg["jobs"]`` in turn (skipping finished ones,
     resuming the interrupted one), reporting a checkpoint every epoch."""
@@ -272,7 +235,7 @@ def _train_job(cfg: dict[str, Any], j: int, n_jobs: int, run: dict[str, Any],
     from benchmark.pretrain.inputs import make_input
 
     t_job = time.perf_counter()
-    supervised = cfg["objective"] == "supervised"
+    objective = get_objective(cfg["objective"])
     seed = int(cfg["seed"])
     torch.manual_seed(seed)
     data = ray.get(cfg["data"])
@@ -280,7 +243,7 @@ def _train_job(cfg: dict[str, Any], j: int, n_jobs: int, run: dict[str, Any],
     inp = make_input(split, cfg, device)
     loaders = int(cfg.get("loader_workers", 0)) if inp.kind == "stream" else 0
     torch.set_num_threads(max(1, int(run["torch_threads"]) - loaders))  # loaders take their share
-    model, tokenizer = build_model(cfg)
+    model, tokenizer = objective.build_model(cfg)
     model.to(device)
     channels_last = bool(cfg.get("channels_last")) and device.type == "cuda"
     if channels_last:
@@ -305,15 +268,12 @@ def _train_job(cfg: dict[str, Any], j: int, n_jobs: int, run: dict[str, Any],
             print(f"[nmlbench] {cfg['name']}: resuming after epoch {resumed_from}", flush=True)
     model = ray.train.torch.prepare_model(model)
     on = inp.images.device if inp.kind == "array" else device
-    targets = torch.as_tensor(table.targets, device=on)
-    clean = torch.as_tensor(table.clean, device=on)
-    noisy = torch.as_tensor(table.noisy, device=on)
-    captions = None if supervised else _Captions(split, table, cfg, tokenizer, device)
+    step = objective.batch_step(split, table, cfg, tokenizer, device, on, rank, world)
     amp = autocast_dtype(cfg.get("precision", "auto"), device)
     if run.get("progress") and start_epoch < epochs:  # what ran where: `make gpu-check` reads this line
         print(f"[nmlbench] {cfg['name']}: {_compute_line(device, amp, channels_last, inp)}", flush=True)
     mean, std, size = cfg["mean"], cfg["std"], int(cfg["image_size"])
-    n_sums = len(SUPERVISED_SUMS if supervised else CLIP_SUMS)
+    n_sums = len(objective.sums)
     run_dir = Path(run["run_dir"])
 
     for epoch in range(start_epoch, epochs):
@@ -336,19 +296,13 @@ def _train_job(cfg: dict[str, Any], j: int, n_jobs: int, run: dict[str, Any],
                     else contextlib.nullcontext())
             with sync:
                 with cast:
-                    if supervised:
-                        loss, s = supervised_step(model, x, targets[pos_on].to(device),
-                                                  clean[pos_on].to(device), noisy[pos_on].to(device))
-                    else:
-                        loss, s = clip_step(model(x, captions(pos)), noisy[pos_on].to(device),
-                                            rank, world)
+                    loss, s = step(model, x, pos_on, pos)
                 (loss / group_len).backward()
             if last:
                 opt.step()
                 sched.step()
                 opt.zero_grad(set_to_none=True)
-                if not supervised:
-                    clamp_logit_scale(model)
+                step.after_update(model)
             sums += s
         if device.type == "cuda":
             torch.cuda.synchronize()
@@ -362,7 +316,7 @@ def _train_job(cfg: dict[str, Any], j: int, n_jobs: int, run: dict[str, Any],
             raise TrainingDiverged(
                 f"{cfg['name']}: loss became {values[0] / values[1]} in epoch {epoch} (lr "
                 f"{cfg['lr']}, batch {batch} per worker x {world}); lower lr or check the data")
-        metrics = {"job": cfg["key"], "epoch": epoch, **epoch_metrics(cfg["objective"], values),
+        metrics = {"job": cfg["key"], "epoch": epoch, **objective.epoch_metrics(values),
                    "seconds": seconds, "images_per_s": values[1] / seconds,
                    "lr": float(sched.get_last_lr()[0]), "resumed_from_epoch": resumed_from,
                    "world_size": world, "batch_per_worker": batch, "grad_accum": accum,
@@ -392,6 +346,8 @@ def _train_job(cfg: dict[str, Any], j: int, n_jobs: int, run: dict[str, Any],
             state["done"][cfg["key"]] = {}
         name = _ckpt_name(j, n_jobs, epoch)
         _report(state, metrics, name, rank)
+        if rank == 0:
+            report_epoch(run.get("epoch_counter"), cfg["key"], epoch + 1)
         _maybe_inject_fault(cfg, run_dir, name, "" if n_jobs == 1 else f"job{j:02d}_", epoch,
                             rank)
 
