@@ -156,10 +156,10 @@ def _plain_cosine_loop(data, hp, seed: int):
 def test_plugin_head_fits_through_fit_many_like_a_plain_torch_loop(plugin_site: Path, data) -> None:
     hps = [resolve_hparams("cosine", epochs=4, batch_size=48, lr=0.1, epoch_selection="last", label_smoothing=ls)
            for ls in (0.0, 0.2)]
-    requests = [FitRequest(hp, seed=s) for hp, s in zip(hps, (3, 4))]
+    requests = [FitRequest(hp, seed=s) for hp, s in zip(hps, (3, 4), strict=True)]
     assert batch_groups(requests) == [[0, 1]]  # one batch key (label smoothing is per member) ...
     recs = fit_many(data, requests)  # ... that the stacked engine cannot stack: each fits on its own
-    for req, rec in zip(requests, recs):
+    for req, rec in zip(requests, recs, strict=True):
         assert "error" not in rec, rec.get("traceback")
         head, losses, accs = _plain_cosine_loop(data, req.hparams, req.seed)
         assert rec["method"] == "cosine" and rec["hparams"] == req.hparams.as_dict()
@@ -227,7 +227,7 @@ def test_batched_engine_trains_a_head_with_its_own_loss(smoothed_head: str, data
                 FitRequest(resolve_hparams("nmtune", lam=0.1, **common), seed=4)]
     assert batch_groups(requests) == [[0, 1, 2, 3]]
     recs = fit_many(data, requests)
-    for req, rec in zip(requests, recs):
+    for req, rec in zip(requests, recs, strict=True):
         assert "error" not in rec, rec.get("traceback")
         assert rec["batch_members"] == 4
         alone = train_head(data, req.hparams, seed=req.seed)

@@ -78,7 +78,8 @@ def test_regularisers_match_formulas(k):
 def test_batched_regularisers_equal_each_member_alone():
     """G x B x D in, one value per member out, each member with its own top-k."""
     g = torch.Generator().manual_seed(3)
-    z, f = torch.randn(4, 16, 6, generator=g, dtype=torch.float64), torch.randn(4, 16, 6, generator=g, dtype=torch.float64)
+    z = torch.randn(4, 16, 6, generator=g, dtype=torch.float64)
+    f = torch.randn(4, 16, 6, generator=g, dtype=torch.float64)
     ks = torch.tensor([1, 5, 2, 9])  # 9 > min(B, D): all six singular values
     got = nmtune_regularisers(z, f, svd_topk=ks)
     for i, k in enumerate(ks.tolist()):
@@ -198,13 +199,15 @@ def test_batch_key_groups_what_can_share_a_computation():
 def test_registry_rejects_unknown_names_and_duplicates():
     from benchmark.heads import HeadMethod, HParam, get_head, register_head
 
-    with pytest.raises(UnknownNameError, match="unknown head method 'svm'; known head methods: lp, lp_adamw, mlp, nmtune"):
+    known = "unknown head method 'svm'; known head methods: lp, lp_adamw, mlp, nmtune"
+    with pytest.raises(UnknownNameError, match=known):
         get_head("svm")
     with pytest.raises(ConfigError, match="registered twice"):
         register_head(get_head("lp"))
     # one hyper-parameter name means one thing: epochs is an int with tie-break rank 3 everywhere
     with pytest.raises(ConfigError, match="'epochs' as float.*'lp_adamw' declares it as int"):
-        register_head(HeadMethod("x", "X", 9, "", (HParam("epochs", "float", 1.0),), "benchmark.heads.modules:LinearHead"))
+        register_head(HeadMethod("x", "X", 9, "", (HParam("epochs", "float", 1.0),),
+                                 "benchmark.heads.modules:LinearHead"))
     with pytest.raises(ConfigError, match="kind 'number' is not one of"):
         HParam("momentum", "number", 0.9)
     with pytest.raises(ConfigError, match="labels depth, which it does not take"):
@@ -229,7 +232,8 @@ PINNED_FIT_KEYS = [
     ("mlp", {"depth": 2, "ratio": 2, "lr": 3e-3, "epoch_selection": "last"}, "e2c346671f64078a", "7425e5aea85055bf"),
     ("nmtune", {}, "aa0dee8cf8a1a2e5", "84ecc50056004308"),
     ("nmtune", {"lam": 0.01, "depth": 1}, "3ff0426db225d540", "701c8fc9e7a0b0a8"),
-    ("nmtune", {"preset": "paper", "w_cov": 0.5, "svd_topk": 3, "batch_size": 32}, "897412fa7f41a5a1", "93c1a36a65095b6e"),
+    ("nmtune", {"preset": "paper", "w_cov": 0.5, "svd_topk": 3, "batch_size": 32},
+     "897412fa7f41a5a1", "93c1a36a65095b6e"),
 ]
 
 
@@ -248,9 +252,9 @@ def test_as_dict_and_batch_key_keep_their_exact_values_and_order():
 
     nm = resolve_hparams("nmtune", preset="paper", w_cov=0.5, svd_topk=3, batch_size=32)
     assert repr(list(nm.as_dict().items())) == (
-        "[('epochs', 30), ('batch_size', 32), ('lr', 0.001), ('weight_decay', 0.0001), ('epoch_selection', 'best_val'), "
-        "('ratio', 4.0), ('depth', 1), ('preset', 'paper'), ('lam', 0.01), ('w_mse', 1.0), ('w_cov', 0.5), "
-        "('w_svd', 1.0), ('svd_topk', 3)]")
+        "[('epochs', 30), ('batch_size', 32), ('lr', 0.001), ('weight_decay', 0.0001), "
+        "('epoch_selection', 'best_val'), ('ratio', 4.0), ('depth', 1), ('preset', 'paper'), ('lam', 0.01), "
+        "('w_mse', 1.0), ('w_cov', 0.5), ('w_svd', 1.0), ('svd_topk', 3)]")
     assert repr(nm.batch_key()) == (
         "('', 'benchmark.heads.modules:ResidualMLPHead', (('epochs', 30), ('batch_size', 32), "
         "('epoch_selection', 'best_val'), ('ratio', 4.0), ('depth', 1)))")

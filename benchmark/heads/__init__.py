@@ -20,6 +20,16 @@ from __future__ import annotations
 import importlib
 
 from benchmark.heads.hparams import HParam
+from benchmark.heads.lookups import (
+    DEFAULT_STYLE,
+    contenders,
+    head_label,
+    head_order,
+    heads_with_role,
+    hparam_label,
+    plot_style,
+    probe_head,
+)
 from benchmark.heads.registry import (
     BUILTIN_MODULES,
     EPOCH_SELECTIONS,
@@ -27,18 +37,11 @@ from benchmark.heads.registry import (
     HPARAM_NAMES,
     HeadMethod,
     HParams,
-    contenders,
     default_methods,
     get_head,
-    head_label,
     head_names,
-    head_order,
-    heads_with_role,
-    hparam_label,
     hparam_names,
     methods_taking,
-    plot_style,
-    probe_head,
     refresh_plugins,
     register_head,
     resolve_hparams,
@@ -68,8 +71,9 @@ def __getattr__(name: str):
     return _getattr(name)
 
 
-__all__ = ["EPOCH_SELECTIONS", "HEADS", "HPARAM_NAMES", "NMTUNE_PRESETS", "HParam", "HeadMethod", "HParams",
-           "NMTuneLoss", "NMTunePreset", "contenders", "default_methods", "get_head", "head_label", "head_names",
+__all__ = ["DEFAULT_STYLE", "EPOCH_SELECTIONS", "HEADS", "HPARAM_NAMES", "NMTUNE_PRESETS", "HParam", "HeadMethod",
+           "HParams", "NMTuneLoss", "NMTunePreset", "contenders", "default_methods", "get_head", "head_label",
+           "head_names",
            "head_order", "heads_with_role", "hparam_label", "hparam_names", "methods_taking", "nmtune_regularisers",
            "plot_style", "probe_head", "refresh_plugins", "register_head", "resolve_hparams", "tiebreak_axes",
            "unregister_head", *_LAZY]

@@ -36,8 +36,6 @@ ENTRY_POINT_GROUP = "nmlbench.heads"
 #: The modules that declare the built-in heads (imported by ``benchmark.heads``).
 BUILTIN_MODULES: tuple[str, ...] = ("benchmark.heads.lp", "benchmark.heads.lp_adamw", "benchmark.heads.mlp",
                                     "benchmark.heads.nmtune")
-#: Plot style of a head that declares none (today's style of every head outside the paper's three).
-DEFAULT_STYLE: tuple[str, str] = ("tab:gray", "x")
 Target = str | Callable[..., Any]
 
 
@@ -379,55 +377,6 @@ def __getattr__(name: str) -> Any:
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
-# -- what reporting and the claims read ----------------------------------------------------------
-
-def head_label(method: Any) -> str:
-    """The head's display label (``NMTune``); an unregistered name shows as itself."""
-    return HEADS[method].label if isinstance(method, str) and method in HEADS else str(method)
-
-
-def head_order(method: Any) -> int:
-    """The head's display order; unregistered names sort last (99)."""
-    return HEADS[method].order if isinstance(method, str) and method in HEADS else 99
-
-
-def hparam_label(method: Any, params: Mapping[str, Any], empty: str = "") -> str:
-    """The chosen values of a fit as the leaderboard's ``selected`` column and fit names show them:
-    ``λ0.01 d1`` for NMTune, ``d1`` for the MLP, ``empty`` where the head labels nothing (or the
-    values are missing / NaN). ``params``: a fit's params or a fits-frame row (numbers or text)."""
-    if not isinstance(method, str) or method not in HEADS:
-        return empty
-    head = HEADS[method]
-    spec = head.hparam_specs
-    parts = [spec[n].format(params.get(n)) for n in head.labelled]
-    return " ".join(p for p in parts if p) or empty
-
-
-def plot_style(method: Any) -> tuple[str, str]:
-    """``(colour, marker)`` for figures; ``DEFAULT_STYLE`` for a head that declares none."""
-    head = HEADS.get(method) if isinstance(method, str) else None
-    return head.style if head is not None and head.style else DEFAULT_STYLE
-
-
-def heads_with_role(role: str) -> tuple[str, ...]:
-    """The heads declaring ``role`` (display order)."""
-    return tuple(n for n in head_names() if HEADS[n].role == role)
-
-
-def probe_head() -> str:
-    """The head the paper's claims 1-3 read (the one with ``role="probe"``: the linear probe)."""
-    found = heads_with_role("probe")
-    if len(found) != 1:
-        raise ConfigError(f"exactly one head must declare role 'probe', found {', '.join(found) or 'none'}")
-    return found[0]
-
-
-def contenders() -> tuple[tuple[str, str], ...]:
-    """``(head, baseline)`` pairs the claims compare, in the order each head lists its baselines
-    (NMTune against the MLP, then against the LP)."""
-    return tuple((n, other) for n in head_names() for other in HEADS[n].contends_with if other in HEADS)
-
-
 # -- resolving one fit's values ------------------------------------------------------------------
 
 def resolve_hparams(method: str, **given: Any) -> HParams:
@@ -459,8 +408,7 @@ def resolve_hparams(method: str, **given: Any) -> HParams:
     return HParams(method, hp)
 
 
-__all__ = ["BUILTIN_MODULES", "DEFAULT_STYLE", "ENTRY_POINT_GROUP", "EPOCH_SELECTIONS", "HEADS", "HPARAM_NAMES",
-           "HParam", "HParams", "HeadMethod", "as_float", "as_int", "builtin_heads", "contenders", "default_methods",
-           "get_head", "head_label", "head_names", "head_order", "heads_with_role", "hparam_label", "hparam_names",
-           "methods_taking", "per_member_hparams", "plot_style", "plugin_heads", "probe_head", "refresh_plugins",
-           "register_head", "resolve_hparams", "tiebreak_axes", "unregister_head"]
+__all__ = ["BUILTIN_MODULES", "ENTRY_POINT_GROUP", "EPOCH_SELECTIONS", "HEADS", "HPARAM_NAMES", "HParam", "HParams",
+           "HeadMethod", "as_float", "as_int", "builtin_heads", "default_methods", "get_head", "head_names",
+           "hparam_names", "methods_taking", "per_member_hparams", "plugin_heads", "refresh_plugins", "register_head",
+           "resolve_hparams", "tiebreak_axes", "unregister_head"]

@@ -176,7 +176,8 @@ class StackedAdamW:
         bc2_sqrt = (1 - BETAS[1] ** float(self.step_count)) ** 0.5
         # The scalars AdamW computes in Python per head, cast to float32 as its kernels do.
         first = next(iter(self.heads.params.values()))
-        both = torch.tensor([[1 - lr * wd for lr, wd in zip(self.lrs, self.wds)], [-(lr / bc1) for lr in self.lrs]],
+        both = torch.tensor([[1 - lr * wd for lr, wd in zip(self.lrs, self.wds, strict=True)],
+                             [-(lr / bc1) for lr in self.lrs]],
                             dtype=first.dtype, device=first.device)
         for n, p in self.heads.params.items():
             shape = (-1, *([1] * (p.ndim - 1)))
@@ -190,7 +191,8 @@ class StackedAdamW:
         self.t += 1
         t, total = self.t, self.total
         if (t - 1 - total) % (2 * total) == 0:
-            self.lrs = [lr + base * (1 - math.cos(math.pi / total)) / 2 for lr, base in zip(self.lrs, self.base)]
+            self.lrs = [lr + base * (1 - math.cos(math.pi / total)) / 2
+                        for lr, base in zip(self.lrs, self.base, strict=True)]
         else:
             factor = (1 + math.cos(math.pi * t / total)) / (1 + math.cos(math.pi * (t - 1) / total))
             self.lrs = [factor * (lr - 0.0) + 0.0 for lr in self.lrs]
@@ -232,7 +234,8 @@ class _Losses:
             if stacked is not None:
                 own = stacked(logits[idx], y[idx], z[idx], f[idx], ce[idx])
             else:
-                own = torch.stack([fn(logits[i], y[i], z[i], f[i])[0] for fn, i in zip(alone, idx.tolist())])
+                own = torch.stack([fn(logits[i], y[i], z[i], f[i])[0]
+                                   for fn, i in zip(alone, idx.tolist(), strict=True)])
             total = total.index_copy(0, idx, own)
         return total
 
@@ -270,7 +273,7 @@ def fit_gradient_heads(data: PreparedData, requests: Sequence[Any]) -> list[Trai
     for hp in hps:
         needs_validation(hp, data)
     seeds = [as_int("seed", r.seed, 0) for r in requests]
-    modules = [init_head(hp, dim, data.num_classes, s, data.device) for hp, s in zip(hps, seeds)]
+    modules = [init_head(hp, dim, data.num_classes, s, data.device) for hp, s in zip(hps, seeds, strict=True)]
     chunk = members_per_batch(modules[0], min(hp0.batch_size, n))
     out: list[TrainedHead | Exception] = []
     for start in range(0, len(requests), chunk):
@@ -385,6 +388,7 @@ def _train_batch(data: PreparedData, x: torch.Tensor, y: torch.Tensor, hps: list
         module.load_state_dict(heads.member_state(state, pos, (chosen + 1) * steps))
         curves = {"train_loss": epoch_losses[member],
                   **({"val_accuracy": val_curves[member]} if val_curves[member] else {})}
-        results.append(TrainedHead(module.eval(), hp, epoch_losses[member][chosen], hp.epochs, int(x.shape[0]), curves=curves,
+        results.append(TrainedHead(module.eval(), hp, epoch_losses[member][chosen], hp.epochs, int(x.shape[0]),
+                                   curves=curves,
                                    summary={"best_epoch": float(chosen + 1)}))
     return results

@@ -143,7 +143,8 @@ def prepare_data(
         if torch.unique(ids).numel() != ids.numel():
             raise ConfigError(f"class_subsets[{name!r}] repeats a class index")
         if not bool(torch.isin(sets[name][1], ids).all()):
-            raise ConfigError(f"test set {name!r} has labels outside its class subset; add them to class_subsets[{name!r}]")
+            raise ConfigError(f"test set {name!r} has labels outside its class subset; "
+                              f"add them to class_subsets[{name!r}]")
         subsets[name] = ids
     return PreparedData(tx, ty, sets, k, subsets, dev, {}, selection_set if selection_set in sets else None)
 

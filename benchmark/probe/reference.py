@@ -103,7 +103,7 @@ def tuned_logistic_regression(train: Split, val: Split, tests: Mapping[str, Spli
                 best, best_tests = (acc, loss, c), at_c
     assert best is not None
     tie = NEAR_TIE_ROWS / max(len(vy), 1)
-    near = [t for a, t in zip(curve_acc, curve_test) if a >= best[0] - tie - 1e-12]
+    near = [t for a, t in zip(curve_acc, curve_test, strict=True) if a >= best[0] - tie - 1e-12]
     return {"C": best[2], "val_accuracy": best[0], "test": best_tests,
             "test_accuracy": float(np.mean(list(best_tests.values()))),
             "near_tie_test_accuracy": (min(near), max(near)), "near_tie_count": len(near),
@@ -214,8 +214,8 @@ def lp_at_sklearn_objective(payload: Any, lp_hparams: Any) -> dict[str, Any]:
     from threadpoolctl import threadpool_limits
 
     from benchmark.probe import FitRequest
-    from benchmark.probe.linear import fit_linear_probes
     from benchmark.probe.data import prepare_payload
+    from benchmark.probe.linear import fit_linear_probes
 
     torch.set_num_threads(1)
     data = prepare_payload(payload)

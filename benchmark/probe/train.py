@@ -82,7 +82,8 @@ def head_loss(hp: HParams, device: Any = None) -> LossFn | None:
     if head.loss:
         return head.resolve("loss")(hp)
     if head.stacked_loss:
-        return _one_of_stacked(head.resolve("stacked_loss")([hp], torch.device(device) if device is not None else torch.device("cpu")))
+        where = torch.device(device) if device is not None else torch.device("cpu")
+        return _one_of_stacked(head.resolve("stacked_loss")([hp], where))
     return None
 
 
