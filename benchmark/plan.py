@@ -166,7 +166,7 @@ def pretrain_jobs(suite: Suite) -> list[PretrainJob]:
 def _job(b: PretrainBlock, ratio: float, seed: int, data_root: str | None) -> PretrainJob:
     """One job of a block: every block key that names a job field is copied (the recipe is
     declared once, on ``PretrainJob``); the rest is filled per job."""
-    per_job = {
+    per_job: dict[str, Any] = {
         "noise_kind": b.noise.kind, "noise_ratio": float(ratio),
         "class_map": dict(b.noise.class_map) if b.noise.class_map else None, "seed": seed,
         "data_root": data_root, "display": str(b.name),
@@ -200,7 +200,8 @@ def pretrained_backbones(suite: Suite) -> list[BackbonePlan]:
     for b in suite.pretrain:
         for ratio, seed in itertools.product(b.noise.ratios, b.seeds):
             job = _job(b, ratio, seed, suite.data_root)
-            out += [pretrained_backbone(job, suite.work_dir, e) for e in (b.checkpoint_epochs or [None])]
+            epochs: list[int | None] = [*b.checkpoint_epochs] if b.checkpoint_epochs else [None]
+            out += [pretrained_backbone(job, suite.work_dir, e) for e in epochs]
     return out
 
 

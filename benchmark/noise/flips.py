@@ -28,7 +28,7 @@ from benchmark.noise.registry import get_noise_kind, noise_kinds, register_noise
 INSTANCE_RATE_STD = 0.1
 
 Choose = Callable[[np.random.Generator, np.ndarray, int], np.ndarray]
-Target = Callable[[np.random.Generator, int, np.ndarray], np.ndarray]
+Target = Callable[[np.random.Generator, int, np.ndarray], np.ndarray | int]
 
 
 def _uniform_choice(rng: np.random.Generator, idx: np.ndarray, m: int) -> np.ndarray:

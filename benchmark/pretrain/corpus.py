@@ -203,6 +203,7 @@ def write_noise_record(ts: TrainingSet, out_dir: Path) -> Path:
     """``noise.npz`` (matrix, flipped / mismatched mask, labels, indices) + ``noise.json``."""
     out_dir.mkdir(parents=True, exist_ok=True)
     path = out_dir / "noise.npz"
-    atomic_write(path, lambda f: np.savez_compressed(f, **ts.record))
+    record: dict[str, Any] = ts.record
+    atomic_write(path, lambda f: np.savez_compressed(f, **record))
     atomic_write_json(out_dir / "noise.json", ts.summary)
     return path

@@ -157,7 +157,10 @@ BLOCK_FIELDS: tuple[str, ...] = tuple(f.name for f in fields(PretrainJob) if f.m
 def job_default(name: str) -> Any:
     """The default of a recipe field: the suite schema's default for the block key ``name``."""
     f = next(f for f in fields(PretrainJob) if f.name == name)
-    return f.default_factory() if f.default is MISSING else f.default  # type: ignore[misc]
+    if f.default is not MISSING:
+        return f.default
+    factory = f.default_factory
+    return factory() if callable(factory) else None
 
 
 def block_value(name: str, value: Any) -> Any:

