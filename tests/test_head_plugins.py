@@ -51,6 +51,16 @@ def _one_thread() -> Iterator[None]:
     torch.set_num_threads(old)
 
 
+def _broken_distribution(site: Path) -> None:
+    """A dist-info whose head entry points name a missing module and shadow the built-in ``lp``."""
+    info = site / "broken_heads-0.1.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: broken-heads\nVersion: 0.1\n")
+    (info / "entry_points.txt").write_text(
+        "[nmlbench.heads]\nbroken = nmlbench_module_that_does_not_exist:HEAD\n"
+        "lp = nmlbench_extra_plugin.cosine:COSINE\n")
+
+
 @pytest.fixture(scope="module")
 def plugin_site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     root = tmp_path_factory.mktemp("head-plugin")
@@ -62,6 +72,7 @@ def plugin_site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
         capture_output=True, text=True, timeout=180)
     assert res.returncode == 0, res.stdout + res.stderr
     assert (site / "nmlbench_extra_plugin" / "cosine.py").is_file()
+    _broken_distribution(site)
     sys.path.insert(0, str(site))
     importlib.invalidate_caches()
     refresh_plugins()
@@ -170,6 +181,16 @@ def test_plugin_head_fits_through_fit_many_like_a_plain_torch_loop(plugin_site: 
         # four blobs, chance 0.25: measured 0.82 (the LP: 0.75); 0.6 leaves room for another CPU's round-off
         assert rec["eval"]["test"]["accuracy"] > 0.6
     assert recs[0]["curves"] != recs[1]["curves"]
+
+
+def test_a_broken_or_shadowing_plugin_only_warns(plugin_site: Path) -> None:
+    refresh_plugins()
+    with pytest.warns(UserWarning) as caught:
+        names = head_names()
+    messages = [str(w.message) for w in caught]
+    assert any("broken-heads" in m and "failed to load" in m for m in messages), messages
+    assert any("shadow" in m and "'lp'" in m for m in messages), messages
+    assert "broken" not in names and "cosine" in names and get_head("lp").label == "LP"
 
 
 def test_unknown_head_lists_the_registered_ones_with_the_plugin(plugin_site: Path) -> None:

@@ -181,9 +181,10 @@ class NMTuneStackedLoss:
     def __init__(self, hps: list[HParams], device: torch.device) -> None:
         import torch
 
-        f32 = {"dtype": torch.float32, "device": device}
-        self.lam = torch.tensor([float(h.lam) for h in hps], **f32)
-        self.w = torch.tensor([[float(h.w_mse), float(h.w_cov), float(h.w_svd)] for h in hps], **f32).view(-1, 3)
+        f32 = torch.float32
+        self.lam = torch.tensor([float(h.lam) for h in hps], dtype=f32, device=device)
+        self.w = torch.tensor([[float(h.w_mse), float(h.w_cov), float(h.w_svd)] for h in hps], dtype=f32,
+                              device=device).view(-1, 3)
         self.topk = torch.tensor([int(h.svd_topk) for h in hps], dtype=torch.long, device=device)
 
     def __call__(self, logits: torch.Tensor, y: torch.Tensor, z: torch.Tensor, f: torch.Tensor,

@@ -22,7 +22,7 @@ from __future__ import annotations
 import functools
 import importlib
 import warnings
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, ItemsView, Iterable, Iterator, KeysView, Mapping, Sequence, ValuesView
 from dataclasses import dataclass, field
 from importlib.metadata import entry_points
 from types import MappingProxyType
@@ -136,7 +136,7 @@ class HeadMethod:
         return self._cache[attr]
 
 
-class _HeadTable(dict):
+class _HeadTable(dict[str, HeadMethod]):
     """``name -> HeadMethod``; reading it loads the entry-point plugins first (once)."""
 
     def __getitem__(self, name: str) -> HeadMethod:
@@ -157,15 +157,15 @@ class _HeadTable(dict):
     def get(self, name: str, default: Any = None) -> Any:
         return self[name] if name in self else default
 
-    def keys(self):  # type: ignore[override]
+    def keys(self) -> KeysView[str]:  # type: ignore[override]
         _load_plugins()
         return dict.keys(self)
 
-    def values(self):  # type: ignore[override]
+    def values(self) -> ValuesView[HeadMethod]:  # type: ignore[override]
         _load_plugins()
         return dict.values(self)
 
-    def items(self):  # type: ignore[override]
+    def items(self) -> ItemsView[str, HeadMethod]:  # type: ignore[override]
         _load_plugins()
         return dict.items(self)
 
