@@ -35,6 +35,7 @@ import pandas as pd
 from scipy import stats
 from statsmodels.stats.power import TTestPower
 
+from benchmark.heads import contenders, head_label, probe_head
 from benchmark.leaderboard import replicate_table
 
 HELD, CONTRADICTED, UNDECIDED, TOO_FEW = "held", "contradicted", "undecided", "too few replicates"
@@ -211,7 +212,7 @@ def analyse(runs: pd.DataFrame) -> dict[str, list[dict]]:
         ratios = sorted(part["noise_ratio"].unique())
         if len(ratios) < 2 or 0.0 not in ratios:
             continue
-        lp = part[part["method"] == "lp"]
+        lp = part[part["method"] == probe_head()]  # the linear probe: the head claims 1-3 read
         for r in [r for r in ratios if 0 < r <= 0.1]:
             out["1"].append(_finding(backbone, f"ID LP acc, {r:.0%} - 0 %", mean_ci(_paired(lp, "id_acc", r)), "positive"))
         for r in [r for r in ratios if r > 0]:
@@ -231,11 +232,11 @@ def _claim4(units: pd.DataFrame) -> list[dict]:
     wide = units.pivot_table(index=["backbone", "unit"], columns="method", values=["id_acc", "ood_acc"], dropna=False)
     found, pooled = [], []
     for metric in ("id_acc", "ood_acc"):
-        for other in ("mlp", "lp"):
-            if (metric, "nmtune") not in wide or (metric, other) not in wide:
+        for head, other in contenders():  # NMTune against the MLP, then against the LP
+            if (metric, head) not in wide or (metric, other) not in wide:
                 continue
-            diff = wide[(metric, "nmtune")] - wide[(metric, other)]
-            what = f"{metric.split('_')[0].upper()} acc, NMTune - {other.upper()}"
+            diff = wide[(metric, head)] - wide[(metric, other)]
+            what = f"{metric.split('_')[0].upper()} acc, {head_label(head)} - {head_label(other)}"
             diff = diff[diff.notna()]  # e.g. OOD of a family without OOD tasks: no finding at all
             for backbone, d in diff.groupby(level="backbone", sort=True):
                 found.append(_finding(str(backbone), what, mean_ci(d.to_numpy()), "positive"))

@@ -80,15 +80,14 @@ def _print_leaderboard(uri: str, experiment: str, fmt: Fmt = Fmt.table, suite: s
     A store that does not answer or refuses the credentials is reported; ``strict`` raises it
     (``nmlbench leaderboard`` exits 2), else it is a note (the end of ``nmlbench run``).
     """
-    from benchmark.leaderboard import COLUMNS, leaderboard, render
+    from benchmark.leaderboard import columns, leaderboard, render
     from benchmark.tracking import NothingTracked, TrackingReader, TrackingUnavailable
-    from benchmark.tracking.publish import suite_fits
 
     try:
         reader = TrackingReader(uri, experiment)
-        board = reader.leaderboard_frame(suite)
+        board = reader.leaderboard_frame(suite, columns=columns())
         note = ""
-        fits = suite_fits(reader, suite or experiment) if suite else reader.runs_frame("fit")
+        fits = reader.suite_fits(suite) if suite else reader.runs_frame("fit")
     except (NothingTracked, TrackingUnavailable) as exc:
         if strict and isinstance(exc, TrackingUnavailable):
             raise
@@ -105,7 +104,7 @@ def _print_leaderboard(uri: str, experiment: str, fmt: Fmt = Fmt.table, suite: s
         note = (f"(the published leaderboard summarises {reader.published_fits(suite)} fits, the store now holds "
                 f"{len(fits)}; {again} refreshes it)")
     keys = [c for c in ("backbone", "noise_ratio", "method", "fraction") if c in board.columns]
-    typer.echo(render(board[keys + list(COLUMNS)], fmt.value))
+    typer.echo(render(board[keys + list(columns())], fmt.value))
     if note:
         typer.echo(note, err=True)
     if fmt is Fmt.table:
@@ -236,7 +235,7 @@ def report(
     work_dir: Annotated[Optional[str], typer.Option()] = None,
 ) -> None:
     """Regenerate the leaderboard tables and figures of a suite from MLflow (read-only)."""
-    from benchmark.report import make_report_from_tracking
+    from benchmark.reporting.folder import make_report_from_tracking
 
     try:
         s = _load(suite)
@@ -257,6 +256,7 @@ def sync(
     wait: Annotated[float, typer.Option(help="seconds to keep retrying a server that does not answer")] = 30.0,
 ) -> None:
     """Send MLflow the records its journal holds and the store lacks (after an outage), then publish the leaderboard runs."""
+    from benchmark.reporting import finish_and_publish
     from benchmark.tracking import Tracker, journal_path
 
     try:
@@ -265,7 +265,7 @@ def sync(
         path = journal_path(Path(work_dir or s.work_dir), exp)
         tracker = Tracker(uri, exp, suite=s.name, journal=path, echo=typer.echo)
         queued = len(tracker.pending)
-        done = tracker.finish(wait_s=wait, strict=True)
+        done = finish_and_publish(tracker, wait_s=wait, strict=True)
     except NMLBenchError as exc:
         _fail(exc)
     typer.echo(f"journal {path}: {queued - done.pending} records delivered, {done.pending} still pending; "

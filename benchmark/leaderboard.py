@@ -34,43 +34,46 @@ block name), so that a row aggregates replicates rather than splitting them.
 from __future__ import annotations
 
 import math
+from collections import Counter
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 import pandas as pd
 from scipy import stats
 
 from benchmark.errors import ConfigError
-from benchmark.heads.registry import HEADS, TIEBREAK_AXES
+from benchmark.heads import head_label, head_order, hparam_label, tiebreak_axes
+from benchmark.metrics import BoardColumn, board_columns, board_metric_columns
 
 DEFAULT_GROUP = ("backbone", "noise_ratio", "method")
 REPLICATE = ("pretrain_seed", "head_seed")
 
-
-def method_order(method: str) -> int:
-    """Display order of a head method (the registry's; unknown names last)."""
-    return HEADS[method].order if method in HEADS else 99
-
-
-def method_label(method: str) -> str:
-    """Display label of a head method (``LP``, ``MLP``, ``NMTune``)."""
-    return HEADS[method].label if method in HEADS else str(method)
-
-#: (output column, source metric, task kind, with interval)
-_METRICS = (
-    ("id_acc", "test_accuracy", "id", True),
-    ("id_f1", "test_macro_f1", "id", True),
-    ("ood_acc", "test_accuracy", "ood", True),
-    ("sve", "test_sve", "id", True),
-    ("lsvr", "test_lsvr", "ood", True),
-    ("sve_raw", "test_sve_raw", "id", False),
-    ("lsvr_raw", "test_lsvr_raw", "ood", False),
-)
 #: Each head's mean rank over the (backbone, noise ratio) cells and its bootstrap interval.
 RANK_COLUMNS = ("id_rank", "id_rank_low", "id_rank_high", "ood_rank", "ood_rank_low", "ood_rank_high",
                 "rank_cells")
-COLUMNS = ("id_acc", "id_acc_ci", "id_f1", "id_f1_ci", "ood_acc", "ood_acc_ci", "sve", "sve_ci",
-           "lsvr", "lsvr_ci", "sve_raw", "lsvr_raw", "n", "n_pretrain", "n_head", "flagged", *RANK_COLUMNS)
+#: What ``leaderboard_rows`` adds to each row: what validation chose and what the row summarises.
+SELECTION_COLUMNS = ("selected", "selections", "fits", "tasks")
+
+
+def _metrics() -> list[tuple[str, str, str, bool]]:
+    """(output column, source record metric, task kind, with interval), from the metric registry."""
+    return [(c.name, c.source, c.kind, c.metric.interval) for c in board_columns()]
+
+
+def columns() -> tuple[str, ...]:
+    """The leaderboard's columns after the group keys: the registry's metric columns with their
+    intervals (``id_acc, id_acc_ci, ...``), then counts, flags and ranks."""
+    return (*board_metric_columns(), "n", "n_pretrain", "n_head", "flagged", *RANK_COLUMNS)
+
+
+def __getattr__(name: str) -> Any:
+    """``COLUMNS``: ``columns()`` when read (plugins add metric columns after this module is imported)."""
+    if name == "COLUMNS":
+        return columns()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
 COUNT_COLUMNS = ("n", "n_pretrain", "n_head", "flagged", "rank_cells")
 #: What an interval is over, by unit kind (said in the rendered column headers).
 UNIT_TEXT = {"pretrain": "pre-training seeds", "head": "head seeds (frozen backbone)"}
@@ -79,7 +82,7 @@ FLAG = "⚠"
 
 def select_on_validation(df: pd.DataFrame, keys: Sequence[str]) -> pd.DataFrame:
     """One row per ``keys``: the best ``val_accuracy``; ties -> the smaller value of each grid axis."""
-    axes = [a for a in TIEBREAK_AXES if a in df.columns]
+    axes = [a for a in tiebreak_axes() if a in df.columns]
     tie = {f"_{a}": pd.to_numeric(df[a], errors="coerce").astype("float64").fillna(0.0) for a in axes}
     work = df.assign(_val=df["val_accuracy"].astype("float64").fillna(-np.inf), **tie)
     work = work.sort_values([*keys, "_val", *tie], ascending=[True] * len(keys) + [False] + [True] * len(tie),
@@ -127,21 +130,22 @@ def replicate_table(df: pd.DataFrame, *, group: Sequence[str] = DEFAULT_GROUP) -
     """
     group = list(group)
     best = selected_fits(df, group=group)
+    metric_cols = _metrics()
     rep_keys = list(dict.fromkeys([*group, *REPLICATE, "fraction"]))
     per_rep = None
     for kind in ("id", "ood"):
         part = best[best["task_kind"] == kind]
         if part.empty:  # e.g. a suite without OOD groups: those columns stay NaN
             continue
-        cols = {out: src for out, src, k, _ in _METRICS if k == kind}
+        cols = {out: src for out, src, k, _ in metric_cols if k == kind}
         agg = part.reindex(columns=[*rep_keys, *cols.values()]).groupby(rep_keys, dropna=False)
         # test_accuracy feeds one output per kind, so the rename is unambiguous.
         means = agg.mean().rename(columns={v: k for k, v in cols.items()})
         means = means.reindex(columns=list(cols)).reset_index()
         per_rep = means if per_rep is None else per_rep.merge(means, on=rep_keys, how="outer")
     if per_rep is None:
-        return pd.DataFrame(columns=[*rep_keys, *(m[0] for m in _METRICS)])
-    return per_rep.reindex(columns=[*rep_keys, *(m[0] for m in _METRICS)])
+        return pd.DataFrame(columns=[*rep_keys, *(m[0] for m in metric_cols)])
+    return per_rep.reindex(columns=[*rep_keys, *(m[0] for m in metric_cols)])
 
 
 def _is_frozen(part: pd.DataFrame) -> pd.Series:
@@ -160,7 +164,7 @@ def unit_table(per_rep: pd.DataFrame, keys: Sequence[str]) -> pd.DataFrame:
     ``n_head`` (distinct head-seed results averaged into the unit).
     """
     keys = list(keys)
-    metrics = [m[0] for m in _METRICS]
+    metrics = [m[0] for m in _metrics() if m[0] in per_rep.columns]
     work = per_rep.copy()
     frozen = _is_frozen(work)
     work["unit_kind"] = np.where(frozen, "head", "pretrain")
@@ -186,8 +190,9 @@ def leaderboard(df: pd.DataFrame, *, group: Sequence[str] = DEFAULT_GROUP,
     from benchmark.ranks import mean_ranks
 
     group = list(group)
+    all_columns = columns()
     if df is None or len(df) == 0:
-        return pd.DataFrame(columns=[*group, *COLUMNS])
+        return pd.DataFrame(columns=[*group, *all_columns])
     df = _prepare(df, group)
     several_fractions = df["fraction"].nunique(dropna=False) > 1
     per_rep = replicate_table(df, group=group)
@@ -195,8 +200,9 @@ def leaderboard(df: pd.DataFrame, *, group: Sequence[str] = DEFAULT_GROUP,
     units = unit_table(per_rep, list(dict.fromkeys([*group, "fraction"])))
     flags = _flag_counts(df, group, out_keys)
     grouped = units.groupby(out_keys, dropna=False, sort=False)
-    result = grouped[[m[0] for m in _METRICS]].mean()
-    for out, _, _, with_ci in _METRICS:
+    metric_cols = _metrics()
+    result = grouped[[m[0] for m in metric_cols]].mean()
+    for out, _, _, with_ci in metric_cols:
         if with_ci:  # t_{0.975, n-1} * sd / sqrt(n) over the units holding a value; NaN for n < 2
             n = grouped[out].count()
             t = pd.Series(stats.t.ppf(0.5 + confidence / 2, np.maximum(n - 1, 1)), index=n.index)
@@ -206,7 +212,7 @@ def leaderboard(df: pd.DataFrame, *, group: Sequence[str] = DEFAULT_GROUP,
     result["n_head"] = grouped["n_head"].max()
     result = result.reset_index()
     result["flagged"] = [int(flags.get(_nan_free(tuple(k)), 0)) for k in result[out_keys].itertuples(index=False)]
-    result = result.reindex(columns=[*out_keys, *COLUMNS])
+    result = result.reindex(columns=[*out_keys, *all_columns])
     for col in ("n", "n_pretrain", "n_head", "flagged"):
         result[col] = result[col].astype(int)
     if "method" in group:
@@ -234,14 +240,41 @@ def _nan_free(keys: tuple) -> tuple:
 
 def _sorted(df: pd.DataFrame, keys: Sequence[str]) -> pd.DataFrame:
     order = [k for k in keys]
-    tmp = df.assign(**({"_m": df["method"].map(method_order)} if "method" in df else {}))
+    tmp = df.assign(**({"_m": df["method"].map(head_order)} if "method" in df else {}))
     by = [("_m" if k == "method" else k) for k in order]
     tmp = tmp.sort_values(by, kind="stable", na_position="last")
     return tmp.drop(columns=[c for c in ("_m",) if c in tmp]).reset_index(drop=True)
 
 
+def leaderboard_rows(fits: pd.DataFrame, *, board: pd.DataFrame | None = None) -> pd.DataFrame:
+    """``leaderboard(fits)`` (or the ``board`` already computed from ``fits``) plus what each row summarises.
+
+    Added columns (``SELECTION_COLUMNS``): ``selected`` (the hyper-parameters validation chose and
+    how often, e.g. ``λ0.01 d1 ×3, λ0.1 d1 ×1``), ``selections`` (task x seed selections
+    averaged), ``fits`` (candidate fits considered) and ``tasks``.
+    """
+    lb = leaderboard(fits) if board is None else board
+    if lb.empty:
+        return lb.assign(selected=pd.Series(dtype=object), selections=pd.Series(dtype=int),
+                         fits=pd.Series(dtype=int), tasks=pd.Series(dtype=object))
+    keys = [c for c in ("backbone", "noise_ratio", "method", "fraction") if c in lb.columns]
+    chosen = selected_fits(fits)
+    summary = []
+    for ident, part in chosen.groupby(keys, dropna=False, sort=False):
+        ident = ident if isinstance(ident, tuple) else (ident,)
+        counts = Counter(hparam_label(r["method"], r, "no grid") for r in part.to_dict("records"))
+        summary.append({**dict(zip(keys, ident)),
+                        "selected": ", ".join(f"{label} ×{n}" for label, n in counts.most_common()),
+                        "selections": len(part), "tasks": ", ".join(sorted(map(str, part["task"].unique())))})
+    work = fits.assign(fraction=fits["fraction"] if "fraction" in fits.columns else 1.0)
+    sizes = work.groupby(keys, dropna=False).size().rename("fits").reset_index()
+    # merge matches NaN keys with NaN keys: frozen backbones (no noise ratio) keep their summary
+    out = lb.merge(pd.DataFrame(summary), on=keys, how="left").merge(sizes, on=keys, how="left")
+    return out.reset_index(drop=True)
+
+
 # -- rendering ---------------------------------------------------------------------------------
-def _fmt(v: float, ci: float | None, scale: float, digits: int) -> str:
+def _fmt(v: float | None, ci: float | None, scale: float, digits: int) -> str:
     if v is None or not np.isfinite(v):
         return "–"
     text = f"{v * scale:.{digits}f}"
@@ -263,15 +296,30 @@ def units_text(df: pd.DataFrame) -> str:
     return "pre-training seeds; frozen backbones: head seeds"
 
 
+def metric_cells(row: Any, fmt: Any) -> list[str]:
+    """A row's metric cells in board order, each ``fmt(value, ci, scale, digits)`` (the registry
+    says the scale, digits and whether a column has an interval)."""
+    out = []
+    for c in board_columns():
+        m = c.metric
+        out.append(fmt(row.get(c.name), row.get(f"{c.name}_ci") if m.interval else None, m.scale, m.digits))
+    return out
+
+
+def metric_headers(df: pd.DataFrame) -> list[str]:
+    """The metric columns' headers; the first says what the intervals are over."""
+    cols: list[BoardColumn] = board_columns()
+    return [c.header + (f" ± 95 % CI over {units_text(df)}" if i == 0 else "") for i, c in enumerate(cols)]
+
+
 def _display(df: pd.DataFrame) -> tuple[list[str], list[list[str]]]:
-    keys = [c for c in df.columns if c not in COLUMNS and not c.endswith("_ci")]
+    all_columns = columns()
+    keys = [c for c in df.columns if c not in all_columns and not c.endswith("_ci")]
     headers = []
     for k in keys:
         headers.append({"backbone": "Backbone", "noise_ratio": "Noise", "method": "Method",
                         "fraction": "Fraction"}.get(k, k))
-    over = f"± 95 % CI over {units_text(df)}"
-    headers += [f"ID acc (%) {over}", "ID F1 (%)", "OOD acc (%)", "SVE", "LSVR", "SVE raw", "LSVR raw",
-                "n (units)"]
+    headers += [*metric_headers(df), "n (units)"]
     rows = []
     for _, r in df.iterrows():
         row = []
@@ -279,21 +327,12 @@ def _display(df: pd.DataFrame) -> tuple[list[str], list[list[str]]]:
             v = r[k]
             if k == "method":
                 flagged = int(r["flagged"]) if "flagged" in r and pd.notna(r["flagged"]) else 0
-                row.append(method_label(v) + (f" {FLAG}{flagged}" if flagged else ""))
+                row.append(head_label(v) + (f" {FLAG}{flagged}" if flagged else ""))
             elif k in ("noise_ratio", "fraction"):
                 row.append("–" if pd.isna(v) else f"{float(v):g}")
             else:
                 row.append("–" if pd.isna(v) else str(v))
-        row += [
-            _fmt(r["id_acc"], r["id_acc_ci"], 100, 2),
-            _fmt(r["id_f1"], r["id_f1_ci"], 100, 2),
-            _fmt(r["ood_acc"], r["ood_acc_ci"], 100, 2),
-            _fmt(r["sve"], r["sve_ci"], 1, 3),
-            _fmt(r["lsvr"], r["lsvr_ci"], 1, 4),
-            _fmt(r["sve_raw"], None, 1, 3),
-            _fmt(r["lsvr_raw"], None, 1, 4),
-            str(int(r["n"])),
-        ]
+        row += [*metric_cells(r, _fmt), str(int(r["n"]))]
         rows.append(row)
     return headers, rows
 
@@ -315,7 +354,7 @@ def render_notes(df: pd.DataFrame) -> list[str]:
 def rank_rows(df: pd.DataFrame) -> tuple[list[str], list[list[str]]]:
     """One row per head: mean rank over cells with its bootstrap interval."""
     ranks = df.dropna(subset=["id_rank"]).drop_duplicates("method") if "id_rank" in df.columns else df.iloc[:0]
-    ranks = ranks.assign(_m=ranks["method"].map(method_order)).sort_values("_m", kind="stable") if len(ranks) else ranks
+    ranks = ranks.assign(_m=ranks["method"].map(head_order)).sort_values("_m", kind="stable") if len(ranks) else ranks
     headers = ["Method", "ID rank [95 % bootstrap]", "OOD rank [95 % bootstrap]", "cells"]
     rows = []
     for _, r in ranks.iterrows():
@@ -323,7 +362,7 @@ def rank_rows(df: pd.DataFrame) -> tuple[list[str], list[list[str]]]:
             if not np.isfinite(r[f"{m}_rank"]):
                 return "–"
             return f"{r[f'{m}_rank']:.2f} [{r[f'{m}_rank_low']:.2f}, {r[f'{m}_rank_high']:.2f}]"
-        rows.append([method_label(r["method"]), cell("id"), cell("ood"), str(int(r["rank_cells"]))])
+        rows.append([head_label(r["method"]), cell("id"), cell("ood"), str(int(r["rank_cells"]))])
     return headers, rows
 
 

@@ -23,9 +23,9 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
-from benchmark.leaderboard import leaderboard, method_label, method_order, render
-
-METHOD_STYLE = {"lp": ("tab:blue", "o"), "mlp": ("tab:orange", "s"), "nmtune": ("tab:green", "^")}
+from benchmark.claims import claims_markdown
+from benchmark.heads import head_label, head_order, plot_style
+from benchmark.leaderboard import leaderboard, render
 
 SELECTION_NOTE = (
     "Head hyper-parameters (the suite's grid: NMTune's lam, the MLP depth ...) are chosen per task and seed "
@@ -63,7 +63,7 @@ def _full_data(lb: pd.DataFrame) -> pd.DataFrame:
 
 
 def _methods(df: pd.DataFrame) -> list[str]:
-    return sorted(df["method"].dropna().unique(), key=method_order)
+    return sorted(df["method"].dropna().unique(), key=head_order)
 
 
 def plot_accuracy_vs_noise(lb: pd.DataFrame, path: Path) -> Path:
@@ -83,9 +83,9 @@ def plot_accuracy_vs_noise(lb: pd.DataFrame, path: Path) -> Path:
                 x = np.zeros(len(rows)) if unknown else rows["noise_ratio"].to_numpy(float) * 100
                 y = rows[col].to_numpy(float) * 100
                 err = np.nan_to_num(rows[f"{col}_ci"].to_numpy(float) * 100)
-                color, marker = METHOD_STYLE.get(method, ("tab:gray", "x"))
+                color, marker = plot_style(method)
                 ax.errorbar(x, y, yerr=err, color=color, marker=marker, capsize=3,
-                            label=method_label(method))
+                            label=head_label(method))
             ax.set_ylabel(label)
             if unknown:  # a frozen third-party backbone: one point per head, no noise axis
                 ax.set_xticks([0.0], ["as released"])
@@ -113,9 +113,9 @@ def plot_spectral_vs_accuracy(lb: pd.DataFrame, path: Path, metric: str, acc: st
     ax = axes[0, 0]
     colors = {b: f"C{k % 10}" for k, b in enumerate(dict.fromkeys(data["backbone"]))}
     for (backbone, method), part in data.groupby(["backbone", "method"], sort=False):
-        _, marker = METHOD_STYLE.get(method, ("tab:gray", "x"))
+        _, marker = plot_style(method)
         ax.scatter(part[metric], part[acc] * 100, color=colors[backbone], marker=marker,
-                   label=f"{backbone} · {method_label(method)}")
+                   label=f"{backbone} · {head_label(method)}")
         for _, r in part.iterrows():
             if pd.notna(r["noise_ratio"]):
                 ax.annotate(f"{r['noise_ratio'] * 100:g}%", (r[metric], r[acc] * 100), fontsize=7,
@@ -150,15 +150,17 @@ def plot_spectra(spectra: Mapping[str, np.ndarray] | None, path: Path) -> Path:
 
 
 def make_report(df: pd.DataFrame, out_dir: str | Path, suite_name: str,
-                spectra: Mapping[str, np.ndarray] | None = None) -> dict[str, Path]:
-    """Write leaderboard.md, leaderboard.csv and the four figures; return their paths by name.
+                spectra: Mapping[str, np.ndarray] | None = None, *, board: pd.DataFrame | None = None,
+                claims: str | None = None) -> dict[str, Path]:
+    """Write leaderboard.md, leaderboard.csv, claims.md and the four figures; return their paths by name.
 
-    ``df`` is the fit-runs frame (``Tracker.runs_frame("fit")``); ``spectra`` is optional
-    ``{label: singular values}`` (``Tracker.load_spectra``).
+    ``df`` is the fit-runs frame (``TrackingReader.suite_fits``); ``spectra`` is optional
+    ``{label: singular values}`` (``TrackingReader.load_spectra``). ``board`` (``leaderboard(df)``)
+    and ``claims`` (``claims_markdown(df, suite_name)``) are reused when the caller has them.
     """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    lb = leaderboard(df)
+    lb = leaderboard(df) if board is None else board
     paths = {
         "leaderboard.md": out / "leaderboard.md",
         "leaderboard.csv": out / "leaderboard.csv",
@@ -173,10 +175,8 @@ def make_report(df: pd.DataFrame, out_dir: str | Path, suite_name: str,
     paths["lsvr_vs_ood.png"] = plot_spectral_vs_accuracy(
         lb, out / "lsvr_vs_ood.png", "lsvr_raw", "ood_acc", "LSVR of frozen features (OOD tasks)", "OOD accuracy (%)")
     paths["spectra.png"] = plot_spectra(spectra, out / "spectra.png")
-    from benchmark.claims import claims_markdown
-
     paths["claims.md"] = out / "claims.md"
-    paths["claims.md"].write_text(claims_markdown(df, suite_name))
+    paths["claims.md"].write_text(claims_markdown(df, suite_name) if claims is None else claims)
     return paths
 
 
@@ -189,36 +189,6 @@ def spectra_for(reader: Any, fits: pd.DataFrame, spectra_task: str | None = None
     if spectra_task is None:
         return {}
     return reader.load_spectra(spectra_task, pretrain_seed=0) or reader.load_spectra(spectra_task)
-
-
-def make_report_from_tracking(uri: str, experiment: str, out_dir: str | Path, suite_name: str, *,
-                              spectra_task: str | None = None, html: bool = False,
-                              suite_file: str | Path | None = None) -> list[Path]:
-    """Read a suite's runs from MLflow (read-only) and write the report; return the paths.
-
-    ``html`` also writes ``report.html``: one self-contained file (see ``report_html``). Every
-    folder gets ``provenance.json`` (``benchmark.provenance``: commit, ``suite_file``'s sha256,
-    machine, date).
-    """
-    from benchmark.tracking import TrackingReader
-    from benchmark.tracking.publish import suite_fits
-
-    reader = TrackingReader(uri, experiment)
-    df = suite_fits(reader, suite_name)
-    paths = make_report(df, out_dir, suite_name, spectra=spectra_for(reader, df, spectra_task))
-    pretrains = reader.pretrain_records()
-    if pretrains:  # memorisation and learning curves of the suite's own pre-training
-        paths["pretrain_curves.png"] = plot_pretrain_curves(pretrains, Path(out_dir) / "pretrain_curves.png")
-    if html:
-        from benchmark.report_html import write_html_report
-
-        paths["report.html"] = write_html_report(reader, suite_name, Path(out_dir) / "report.html", fits=df,
-                                                 figures=paths, pretrains=pretrains)
-    from benchmark.provenance import FILE_NAME, write_provenance
-
-    paths[FILE_NAME] = write_provenance(out_dir, suite=suite_name, suite_file=suite_file, tracking_uri=uri,
-                                        experiment=experiment, fits=len(df))
-    return list(paths.values())
 
 
 #: Axis labels of per-epoch pre-training metrics; others are shown under their own name.

@@ -21,7 +21,10 @@ from typing import Any
 import pandas as pd
 
 from benchmark.atomic import atomic_write
-from benchmark.leaderboard import FLAG, render_notes, rank_rows, units_text, method_label
+from benchmark.claims import claims_markdown
+from benchmark.leaderboard import FLAG, leaderboard_rows, metric_cells, metric_headers, rank_rows, render_notes
+from benchmark.heads import head_label
+from benchmark.report import CURVE_LABELS, curve_metrics, make_report, plot_pretrain_curves, spectra_for
 
 FIGURE_CAPTIONS = {
     "id_ood_vs_noise.png": "ID and OOD accuracy against the pre-training noise ratio, one line per head, "
@@ -119,7 +122,7 @@ def leaderboard_table(rows: pd.DataFrame) -> str:
     """The leaderboard as a sortable HTML table (accuracies in %, ± the 95 % half-width)."""
     several = "fraction" in rows.columns
     heads = ["Backbone", "Noise", "Method"] + (["Fraction"] if several else []) + [
-        f"ID acc (%) ± 95 % CI over {units_text(rows)}", "ID F1 (%)", "OOD acc (%)", "SVE", "LSVR", "SVE raw", "LSVR raw", "n", "selected", "fits"]
+        *metric_headers(rows), "n", "selected", "fits"]
     text_cols = {"Backbone", "Method", "selected"}
     out = ['<div class="wrap"><table class="sortable" id="leaderboard"><thead><tr>']
     out += [f'<th class="{"t" if h in text_cols else ""}">{html.escape(h)}</th>' for h in heads]
@@ -128,14 +131,11 @@ def leaderboard_table(rows: pd.DataFrame) -> str:
         noise = r.get("noise_ratio")
         cells = [_cell(str(r.get("backbone")), r.get("backbone"), text=True),
                  _cell("unknown" if _missing(noise) else f"{float(noise) * 100:g}%", noise),
-                 _cell(method_label(r.get("method")) + (f" {FLAG}{int(r['flagged'])}" if not _missing(r.get("flagged"))
+                 _cell(head_label(r.get("method")) + (f" {FLAG}{int(r['flagged'])}" if not _missing(r.get("flagged"))
                                                         and r["flagged"] > 0 else ""), r.get("method"), text=True)]
         if several:
             cells.append(_cell(f"{float(r['fraction']):g}", r["fraction"]))
-        cells += [_num_cell(r.get("id_acc"), r.get("id_acc_ci"), 100, 2), _num_cell(r.get("id_f1"), r.get("id_f1_ci"), 100, 2),
-                  _num_cell(r.get("ood_acc"), r.get("ood_acc_ci"), 100, 2), _num_cell(r.get("sve"), r.get("sve_ci"), 1, 3),
-                  _num_cell(r.get("lsvr"), r.get("lsvr_ci"), 1, 4), _num_cell(r.get("sve_raw"), None, 1, 3),
-                  _num_cell(r.get("lsvr_raw"), None, 1, 4), _cell(str(r.get("n", "")), r.get("n")),
+        cells += [*metric_cells(r, _num_cell), _cell(str(r.get("n", "")), r.get("n")),
                   _cell(str(r.get("selected") or ""), r.get("selected"), text=True),
                   _cell("" if _missing(r.get("fits")) else str(int(r["fits"])), r.get("fits"))]
         out.append("<tr>" + "".join(cells) + "</tr>")
@@ -228,26 +228,23 @@ def render_html(suite: str, rows: pd.DataFrame, figures: Mapping[str, bytes], cl
 
 def write_html_report(reader: Any, suite: str, out_path: str | Path, *, fits: pd.DataFrame | None = None,
                       rows: pd.DataFrame | None = None, figures: Mapping[str, Path] | None = None,
-                      pretrains: list | None = None) -> Path:
+                      pretrains: list | None = None, claims: str | None = None) -> Path:
     """Read what the report needs through ``reader`` (a ``TrackingReader``) and write ``out_path``.
 
     ``fits`` / ``rows`` / ``figures`` (the PNG paths ``report.make_report`` wrote) / ``pretrains``
-    (``reader.pretrain_records()``) are reused when given, else read or computed. Returns the path.
+    (``reader.pretrain_records()``) / ``claims`` (``claims_markdown(fits, suite)``) are reused
+    when given, else read or computed. Returns the path.
     """
-    from benchmark.claims import claims_markdown
-    from benchmark.report import CURVE_LABELS, curve_metrics, make_report, plot_pretrain_curves, spectra_for
-    from benchmark.tracking.publish import leaderboard_rows, suite_fits
-
-    fits = suite_fits(reader, suite) if fits is None else fits
+    fits = reader.suite_fits(suite) if fits is None else fits
     rows = leaderboard_rows(fits) if rows is None or "selected" not in rows.columns else rows
     pretrains = reader.pretrain_records() if pretrains is None else pretrains
+    claims = claims_markdown(fits, suite) if claims is None else claims
     with tempfile.TemporaryDirectory(prefix="nmlbench-html-") as tmp:
         if figures is None:
-            figures = make_report(fits, tmp, suite, spectra=spectra_for(reader, fits))
+            figures = make_report(fits, tmp, suite, spectra=spectra_for(reader, fits), claims=claims)
         pngs = {name: Path(p).read_bytes() for name, p in figures.items() if str(name).endswith(".png")}
         if pretrains and "pretrain_curves.png" not in pngs:  # make_report_from_tracking already drew it
             pngs["pretrain_curves.png"] = plot_pretrain_curves(pretrains, Path(tmp) / "curves.png").read_bytes()
-    claims = claims_markdown(fits, suite)
     present = curve_metrics(pretrains)
     captions = {"pretrain_curves.png": FIGURE_CAPTIONS["pretrain_curves.png"] + " Panels: " + "; ".join(
         f"{m}: {CURVE_LABELS.get(m, m)}" for m in present) + "."} if present else {}

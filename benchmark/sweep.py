@@ -31,6 +31,8 @@ from typing import Any
 import numpy as np
 
 from benchmark.extraction import FeaturePayload
+from benchmark.metrics import metric_names
+from benchmark.names import fit_name
 from benchmark.plan import FitSpec, TrialPlan
 
 log = logging.getLogger(__name__)
@@ -108,17 +110,21 @@ def make_record(spec: FitSpec, result: dict[str, Any], test_sets: Sequence[str],
                 seconds: float) -> dict[str, Any]:
     """Flatten a fit result into the fit record of docs/architecture.md.
 
+    Every registered metric (``benchmark.metrics``) is recorded per evaluation set
+    (``<set>.<metric>``) and as the mean over the task's test sets (``test_<metric>``).
+
     Besides params, metrics and tags the record carries ``curves`` (lists per epoch, or per L2
     value for ``lp``; see ``benchmark.probe``) for the tracker to log as step metrics; the fit's
     ``summary`` scalars (``best_epoch``; ``chosen_l2``, ``converged`` ...) become metrics.
     """
     ev = result["eval"]
+    names = metric_names()  # the metric registry: every registered metric, per set and over the tests
     metrics: dict[str, float] = {"val_accuracy": ev[VAL_SET]["accuracy"], "fit_seconds": seconds}
     for name, m in ev.items():
-        for k in ("accuracy", "macro_f1", "sve", "lsvr", "sve_raw", "lsvr_raw"):
+        for k in names:
             if m.get(k) is not None:
                 metrics[f"{name}.{k}"] = float(m[k])
-    for k in ("accuracy", "macro_f1", "sve", "lsvr", "sve_raw", "lsvr_raw"):
+    for k in names:
         vals = [ev[s][k] for s in test_sets if ev[s].get(k) is not None]
         if vals:
             metrics[f"test_{k}"] = float(np.mean(vals))
@@ -139,8 +145,6 @@ def flag_warning(record: dict[str, Any]) -> str | None:
     m = record.get("metrics") or {}
     if not m.get("near_chance"):
         return None
-    from benchmark.tracking.layout import fit_name
-
     return (f"fit '{fit_name(record.get('params') or {})}' (key {record.get('key')}) stayed near chance on "
             f"validation: accuracy {m.get('val_accuracy', float('nan')):.3f} against chance "
             f"{m.get('chance', float('nan')):.3f}, while it fits its training rows at "

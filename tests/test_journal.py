@@ -23,6 +23,7 @@ import numpy as np
 import pytest
 import yaml
 
+from benchmark.reporting import finish_and_publish
 from benchmark.tracking import Journal, Tracker, TrackingReader
 from benchmark.tracking.store import search_all
 from benchmark.ui_check import MlflowServer, free_port
@@ -59,7 +60,7 @@ def test_records_of_a_process_that_never_reached_the_store_are_delivered_by_the_
     assert [away.log_fit(r) for r in records[:4]] == [None] * 4
     assert away.completed_keys("fit") == {r["key"] for r in records[:4]}  # a resume skips them
     assert len(away.pending) == 4 and "not answering" in notes[0] and str(journal) in notes[0]
-    report = away.finish(wait_s=0)
+    report = finish_and_publish(away, wait_s=0)
     assert report.pending == 4 and report.leaderboard_rows is None and "nmlbench sync j" in notes[-1]
     del away
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
@@ -96,7 +97,7 @@ def test_records_logged_while_the_server_is_away_arrive_exactly_once(tmp_path):
         assert tracker.flush(wait_s=120) == 0
         assert any("answers again: 8 queued records delivered" in n for n in notes)
         assert all(tracker.log_fit(r) is not None for r in records[8:])  # sent at once now
-        report = tracker.finish(wait_s=60)
+        report = finish_and_publish(tracker, wait_s=60)
         assert report.pending == 0 and report.leaderboard_rows == 2
         keys = _fit_keys(server.url, "outage")
         assert sorted(keys) == sorted(r["key"] for r in records) and len(keys) == len(set(keys)) == 16

@@ -14,10 +14,10 @@ import pandas as pd
 import pytest
 from typer.testing import CliRunner
 
-from benchmark.leaderboard import COLUMNS, leaderboard, render, selected_fits
+from benchmark.leaderboard import COLUMNS, columns, leaderboard, leaderboard_rows, render, selected_fits
+from benchmark.reporting import finish_and_publish, publish_suite
 from benchmark.tracking import Tracker, TrackingReader
 from benchmark.tracking.layout import leaderboard_name, suite_spec
-from benchmark.tracking.publish import leaderboard_rows
 from benchmark.tracking.store import search_all
 from support import fit_records, synthetic_fits
 
@@ -66,9 +66,13 @@ def test_published_frame_and_cli_equal_the_computed_leaderboard(study):
     from benchmark.cli import app
 
     reader = TrackingReader(study.uri, study.experiment)
-    board = reader.leaderboard_frame(study.experiment)
+    board = reader.leaderboard_frame(study.experiment, columns=columns())
     expected = leaderboard(study.fits)
     pd.testing.assert_frame_equal(board, expected, check_dtype=False, atol=1e-6)
+    # without the reporting layer's columns: the same values, the registry's metric columns first
+    plain = reader.leaderboard_frame(study.experiment)
+    assert list(plain.columns[3:10]) == list(COLUMNS[:7]) and set(plain.columns) == set(expected.columns)
+    pd.testing.assert_frame_equal(plain[list(expected.columns)], expected, check_dtype=False, atol=1e-6)
     res = CliRunner().invoke(app, ["leaderboard", str(_suite_file(study)), "--tracking-uri", study.uri, "--format", "csv"])
     assert res.exit_code == 0, res.output
     back = pd.read_csv(__import__("io").StringIO(res.stdout))
@@ -113,11 +117,9 @@ def test_republishing_replaces_changed_rows_and_drops_stale_ones(tmp_path):
     records = fit_records(df, "mutable")
     for rec in records:
         tracker.log_fit(rec)
-    assert tracker.finish().leaderboard_rows == 4
+    assert finish_and_publish(tracker).leaderboard_rows == 4
     first = {r.info.run_name: r.info.run_id for r in _board_runs(tracker)}
     # Nothing changed: publishing again keeps every run (no churn, no duplicates).
-    from benchmark.tracking.publish import publish_suite
-
     assert publish_suite(tracker, force=True) == 4
     assert {r.info.run_name: r.info.run_id for r in _board_runs(tracker)} == first
     # A better LP fit at 10 % noise changes one row only.
@@ -126,7 +128,7 @@ def test_republishing_replaces_changed_rows_and_drops_stale_ones(tmp_path):
     extra = {**extra, "key": "extra", "params": {**extra["params"], "head_seed": 1},
              "metrics": {**extra["metrics"], "test_accuracy": 0.999}}
     tracker.log_fit(extra)
-    tracker.finish()
+    finish_and_publish(tracker)
     now = {r.info.run_name: r.info.run_id for r in _board_runs(tracker)}
     assert set(now) == set(first)
     assert [n for n in now if now[n] != first[n]] == ["LP · net @ 10%"]
@@ -136,7 +138,7 @@ def test_republishing_replaces_changed_rows_and_drops_stale_ones(tmp_path):
     # The fits of one head disappear: its rows go too.
     for run in search_all(tracker.client, tracker.experiment_id, "params.method = 'nmtune'"):
         tracker.client.delete_run(run.info.run_id)
-    tracker.finish()
+    finish_and_publish(tracker)
     assert sorted(r.info.run_name for r in _board_runs(tracker)) == ["LP · net @ 0%", "LP · net @ 10%"]
     rows = leaderboard_rows(TrackingReader(uri, "mutable").runs_frame("fit"))
     assert list(rows.method) == ["lp", "lp"] and (rows.fits == [6, 7]).all()

@@ -46,7 +46,7 @@ def test_report_without_spectra_or_runs_still_writes_every_file(tmp_path):
 
 def test_report_from_mlflow_equals_report_from_the_frame(tmp_path):
     """Runs written through the Tracker and read back give the same leaderboard (typing survives)."""
-    from benchmark.report import make_report_from_tracking
+    from benchmark.reporting.folder import make_report_from_tracking
     from benchmark.tracking import Tracker
 
     df = synthetic_runs()

@@ -1,45 +1,37 @@
-"""Scoring a trained head on every evaluation set: accuracy, macro-F1, SVE and LSVR.
+"""Scoring a trained head on every evaluation set with every registered metric.
 
-Per set: top-1 accuracy; macro-F1 from ``sklearn.metrics.f1_score(average="macro")`` (classes
-present in labels or predictions); SVE/LSVR (``benchmark.spectrum``: rows L2-normalised, columns
-centred) of the head's output z and of the frozen input features. A set with a class subset
-(ImageNet-A/-R) lets only those logits compete. When a head passes its input through as z
-(the linear probe), z's spectrum is the input's and is not computed twice.
+The metrics are those of ``benchmark.metrics`` (built-ins: accuracy, macro-F1, SVE / LSVR of the
+head's output z, ``sve_raw`` / ``lsvr_raw`` of the frozen input features; plus any registered
+by a plugin). Per set the head runs once in chunks; each metric gets the labels, the
+predictions and the features it declared (z or the frozen f), and the logits if it asked. A set
+with a class subset (ImageNet-A/-R) lets only those logits compete. When a head passes its
+input through as z (the linear probe), z's spectrum is the input's and is not computed twice;
+the frozen features' spectrum is computed once per set and kept in ``data.raw_spectra``.
 """
 
 from __future__ import annotations
 
 import torch
-from sklearn.metrics import f1_score
 
-from benchmark.errors import ConfigError
+from benchmark.metrics import MetricInputs, feature_spectrum, macro_f1, metrics
 from benchmark.probe.data import PreparedData
 from benchmark.probe.train import TrainedHead
-from benchmark.spectrum import spectrum_summary
 
 _EVAL_CHUNK = 8192
 
-
-def macro_f1(y_true: torch.Tensor, y_pred: torch.Tensor) -> float:
-    """Unweighted mean of per-class F1 over the classes present in ``y_true`` or ``y_pred``."""
-    return float(f1_score(y_true.cpu().numpy(), y_pred.cpu().numpy(), average="macro", zero_division=0.0))
-
-
-def feature_spectrum(x: torch.Tensor) -> dict[str, float]:
-    """SVE and LSVR of features; a collapsed representation (all rows equal) gives NaN, not an error."""
-    try:
-        return spectrum_summary(x, normalize=True, center="columns")
-    except ConfigError:
-        return {"sve": float("nan"), "lsvr": float("nan")}
+__all__ = ["evaluate_head", "feature_spectrum", "macro_f1"]
 
 
 def evaluate_head(trained: TrainedHead, data: PreparedData) -> dict[str, dict[str, float]]:
-    """Per evaluation set: accuracy, macro_f1, sve, lsvr (of z), sve_raw, lsvr_raw (of inputs), n."""
+    """Per evaluation set: each registered metric by name (accuracy, macro_f1, sve, lsvr, sve_raw,
+    lsvr_raw, ...), then ``n``."""
     out: dict[str, dict[str, float]] = {}
     head = trained.head.eval()
+    registered = metrics()
+    keep_logits = any(m.logits for m in registered)
     for name, (x, y) in data.eval_sets.items():
         subset = data.class_subsets.get(name)
-        preds, zs, passthrough = [], [], True
+        preds, zs, all_logits, passthrough = [], [], [], True
         with torch.no_grad():
             for i in range(0, x.shape[0], _EVAL_CHUNK):
                 chunk = x[i : i + _EVAL_CHUNK]
@@ -48,18 +40,25 @@ def evaluate_head(trained: TrainedHead, data: PreparedData) -> dict[str, dict[st
                 pred = subset[logits[:, subset].argmax(dim=1)] if subset is not None else logits.argmax(dim=1)
                 preds.append(pred)
                 zs.append(z)
+                if keep_logits:
+                    all_logits.append(logits)
         pred = torch.cat(preds)
+        logits_all = torch.cat(all_logits) if keep_logits else None
         if name not in data.raw_spectra:
             data.raw_spectra[name] = feature_spectrum(x)
         raw = data.raw_spectra[name]
-        head_spec = raw if passthrough else feature_spectrum(torch.cat(zs))
-        out[name] = {
-            "accuracy": float((pred == y).double().mean()),
-            "macro_f1": macro_f1(y, pred),
-            "sve": head_spec["sve"],
-            "lsvr": head_spec["lsvr"],
-            "sve_raw": raw["sve"],
-            "lsvr_raw": raw["lsvr"],
-            "n": int(y.shape[0]),
+        z_all = x if passthrough else torch.cat(zs)
+        inputs = {
+            "none": MetricInputs(y, pred),
+            "f": MetricInputs(y, pred, x, spectrum_cache=raw),
+            "z": MetricInputs(y, pred, z_all, spectrum_cache=raw if passthrough else None),
         }
+        scores: dict[str, float] = {}
+        for metric in registered:
+            inp = inputs[metric.features]
+            if metric.logits:
+                inp.logits = logits_all
+            scores[metric.name] = metric.compute(inp)
+        scores["n"] = int(y.shape[0])
+        out[name] = scores
     return out

@@ -22,29 +22,25 @@ Everything here is pure (no MLflow calls): names and keys are derived from recor
 from __future__ import annotations
 
 import json
-import math
 from collections.abc import Mapping
 from typing import Any
 from urllib.parse import quote
 
 from benchmark.hashing import config_hash
-from benchmark.leaderboard import COLUMNS, method_label
+from benchmark.heads import head_label
+from benchmark.metrics import board_columns
+from benchmark.names import as_number as _num
+from benchmark.names import fit_name, seeds_label
 from benchmark.tracking.store import EXPERIMENT_KIND_TAG, KIND_TAG, TRAINING_KIND
 
 LEADERBOARD_VIEW = "leaderboard"   # share keys of the experiment's saved runs views
 STUDY_VIEW = "study"
 VIEW_TAG_PREFIX = "mlflow.sharedViewState."  # MLflow 3.x: experiment tag holding a shared view
 NOTE_TAG = "mlflow.note.content"   # the experiment's description in the UI
-#: Metric columns of a leaderboard run: the leaderboard's own columns (fractions / raw numbers).
-LEADERBOARD_METRICS = COLUMNS
 
-
-def _num(v: Any) -> float | None:
-    try:
-        f = float(v)
-    except (TypeError, ValueError):
-        return None
-    return None if math.isnan(f) else f
+__all__ = ["fit_name", "group_label", "group_spec", "leaderboard_key", "leaderboard_name", "leaderboard_path",
+           "leaderboard_url", "leaderboard_view", "pretrain_name", "runs_url", "spectrum_name", "study_view",
+           "suite_spec", "experiment_tags"]
 
 
 def _pct(v: Any) -> str:
@@ -78,35 +74,6 @@ def group_spec(suite: str, params: Mapping[str, Any]) -> dict[str, Any] | None:
             "tags": {"suite": suite}, "parent": suite_spec(suite)}
 
 
-def _seeds(p: Mapping[str, Any], head: bool = True) -> str:
-    """``p0 s1``: pre-training seed (left out for frozen backbones) and head seed."""
-    pre = p.get("pretrain_seed")
-    frozen = p.get("objective") == "frozen" or _num(p.get("noise_ratio")) is None
-    out = [] if frozen or pre is None else [f"p{pre}"]
-    if head and p.get("head_seed") is not None:
-        out.append(f"s{p['head_seed']}")
-    return " ".join(out)
-
-
-def fit_name(p: Mapping[str, Any]) -> str:
-    """``nmtune λ0.01 d1 · mnist-5k · p0 s1``: head, task, pre-training seed p, head seed s."""
-    method = str(p.get("method", "fit"))
-    head = [method]
-    lam = p.get("lam")
-    if method == "nmtune" and _num(lam) is not None:
-        head.append(f"λ{_num(lam):g}")
-    if method in ("mlp", "nmtune") and _num(p.get("depth")):
-        head.append(f"d{int(_num(p['depth']))}")
-    parts = [" ".join(head), str(p.get("task", "?"))]
-    seeds = _seeds(p)
-    if seeds:
-        parts.append(seeds)
-    frac = _num(p.get("fraction"))
-    if frac is not None and frac < 1:
-        parts.append(f"{frac * 100:g}% data")
-    return " · ".join(parts)
-
-
 def pretrain_name(p: Mapping[str, Any]) -> str:
     """``pretrain p0 · fashion-mnist`` (the group names the backbone and the noise ratio)."""
     return f"pretrain p{p.get('seed', 0)} · {p.get('corpus', '?')}"
@@ -114,13 +81,13 @@ def pretrain_name(p: Mapping[str, Any]) -> str:
 
 def spectrum_name(p: Mapping[str, Any]) -> str:
     """``spectrum p0 · mnist-5k``."""
-    seeds = _seeds(p, head=False)
+    seeds = seeds_label(p, head=False)
     return f"spectrum{' ' + seeds if seeds else ''} · {p.get('task', '?')}"
 
 
 def leaderboard_name(row: Mapping[str, Any], with_fraction: bool = False) -> str:
     """``NMTune · test_resnet-sup @ 10%`` (``· 10% data`` when the board holds several fractions)."""
-    name = f"{method_label(row.get('method'))} · {group_label(row.get('backbone'), row.get('noise_ratio'))}"
+    name = f"{head_label(row.get('method'))} · {group_label(row.get('backbone'), row.get('noise_ratio'))}"
     if with_fraction and _num(row.get("fraction")) is not None:
         name += f" · {_num(row['fraction']) * 100:g}% data"
     return name
@@ -135,9 +102,16 @@ def leaderboard_key(suite: str, row: Mapping[str, Any]) -> str:
 
 
 def leaderboard_view() -> dict[str, Any]:
-    """The runs view that shows the leaderboard: its rows only, best ID accuracy first."""
-    metrics = [f"metrics.`{m}`" for m in ("id_acc", "id_acc_ci", "ood_acc", "ood_acc_ci", "id_f1", "sve_raw",
-                                          "lsvr_raw", "n")]
+    """The runs view that shows the leaderboard: its rows only, best ID accuracy first.
+
+    Columns: the metric registry's leaderboard columns marked ``view`` (with their intervals),
+    then ``n``.
+    """
+    shown = []
+    for col in board_columns():
+        if col.view:
+            shown += [col.name, f"{col.name}_ci"] if col.metric.interval else [col.name]
+    metrics = [f"metrics.`{m}`" for m in (*shown, "n")]
     params = [f"params.`{p}`" for p in ("selected", "fits")]
     columns = metrics + params
     return {"searchFilter": f"tags.`{KIND_TAG}` = 'leaderboard'", "orderByKey": "metrics.`id_acc`",

@@ -13,13 +13,15 @@ import dataclasses
 import math
 import tempfile
 import warnings
+from collections.abc import Sequence
 from typing import Any
 from urllib.parse import quote
 
 import numpy as np
 import pandas as pd
 
-from benchmark.tracking.layout import LEADERBOARD_METRICS, leaderboard_url, suite_spec
+from benchmark.metrics import board_metric_columns
+from benchmark.tracking.layout import leaderboard_url, suite_spec
 from benchmark.tracking.store import (
     EPOCH_TAG, ERROR_TAG, FAILED, KEY_TAG, KIND_TAG, ROW_TAG, STRUCTURE_KINDS, SUITE_TAG, NothingTracked, TrackingUnavailable,
     auth_refused, brief, credentials_from_uri, is_transient, make_client, run_filter, runs_to_frame, search_all, sqlite_path, typed,
@@ -103,6 +105,14 @@ class TrackingReader:
         """Finished runs of ``kind`` as a DataFrame (see ``store.runs_to_frame``)."""
         return runs_to_frame(self._search(run_filter(kind)))
 
+    def suite_fits(self, suite: str) -> pd.DataFrame:
+        """Finished fit runs of ``suite`` (and those that carry no suite tag): what a suite's
+        leaderboard, claims and report summarise."""
+        fits = self.runs_frame("fit")
+        if SUITE_TAG in fits.columns:
+            fits = fits[fits[SUITE_TAG].isna() | (fits[SUITE_TAG] == suite)].reset_index(drop=True)
+        return fits
+
     def failures_frame(self, kind: str | None = None) -> pd.DataFrame:
         """Failed runs with their key, params and error text (what to look at after a sweep)."""
         rows = [
@@ -143,34 +153,40 @@ class TrackingReader:
         return dict(sorted(out.items()))
 
     # -- the leaderboard as runs -------------------------------------------------------------
-    def leaderboard_frame(self, suite: str | None = None, *, selection: bool = False) -> pd.DataFrame:
+    def leaderboard_frame(self, suite: str | None = None, *, columns: Sequence[str] | None = None,
+                          selection: bool = False) -> pd.DataFrame:
         """The published leaderboard (runs of kind ``leaderboard``) in leaderboard order.
 
-        Columns as ``benchmark.leaderboard.leaderboard``: backbone, noise_ratio, method,
-        ``fraction`` when the rows hold several, then the metric columns. ``selection`` adds the
-        params that say what validation chose (selected, fits, selections, tasks). Empty when
-        nothing was published (see ``Tracker.finish`` / ``nmlbench sync``).
+        Columns: backbone, noise_ratio, method, ``fraction`` when the rows hold several, then the
+        metric ``columns`` (the reporting layer passes ``benchmark.leaderboard.columns()``; by
+        default the metric registry's columns, then every other metric the runs hold, by name).
+        ``selection`` adds the params that say what validation chose (selected, fits, selections,
+        tasks). Empty when nothing was published (see ``reporting.publish``, ``nmlbench sync``).
         """
         filt = run_filter("leaderboard")
         if suite is not None:
             filt += f" and tags.`{SUITE_TAG}` = '{suite}'"
         runs = self._search(filt)
+        if columns is None:
+            known = board_metric_columns()
+            columns = [*known, *sorted({m for r in runs for m in r.data.metrics} - set(known))]
         rows = []
         for run in runs:
             p = {k: typed(v) for k, v in run.data.params.items()}
             row: dict[str, Any] = {k: p.get(k) for k in LEADERBOARD_KEYS}
-            row.update({m: run.data.metrics.get(m, math.nan) for m in LEADERBOARD_METRICS})
+            row.update({m: run.data.metrics.get(m, math.nan) for m in columns})
             if selection:
                 row.update({k: p.get(k) for k in SELECTION_PARAMS})
             row["_row"] = int(run.data.tags.get(ROW_TAG, 10**9))
             rows.append(row)
         extra = list(SELECTION_PARAMS) if selection else []
         if not rows:
-            return pd.DataFrame(columns=["backbone", "noise_ratio", "method", *LEADERBOARD_METRICS, *extra])
+            return pd.DataFrame(columns=["backbone", "noise_ratio", "method", *columns, *extra])
         df = pd.DataFrame(rows).sort_values("_row", kind="stable").drop(columns="_row").reset_index(drop=True)
         df["noise_ratio"] = pd.to_numeric(df["noise_ratio"], errors="coerce").astype("float64")
         df["fraction"] = pd.to_numeric(df["fraction"], errors="coerce").astype("float64")
-        df["n"] = df["n"].fillna(0).astype(int)
+        if "n" in df.columns:
+            df["n"] = df["n"].fillna(0).astype(int)
         if df["fraction"].nunique(dropna=False) <= 1:
             df = df.drop(columns="fraction")
         return df

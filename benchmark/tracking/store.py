@@ -23,6 +23,9 @@ KIND_TAG = "nmlbench.kind"        # fit | pretrain | spectrum | leaderboard | gr
 KEY_TAG = "nmlbench.key"          # the record's config hash: one run per key
 DIGEST_TAG = "nmlbench.digest"    # hash of the record's content: a re-send of the same record is a no-op
 ROW_TAG = "nmlbench.row"          # leaderboard rows: position in leaderboard order
+#: Leaderboard metrics are stored rounded: the UI prints floats raw, and 6 decimals keep its table
+#: readable while staying far below any difference the intervals can resolve.
+METRIC_DECIMALS = 6
 EPOCH_TAG = "nmlbench.epoch_metrics"  # pre-training runs: names of the per-epoch metrics
 SUITE_TAG = "suite"
 ERROR_TAG = "error"

@@ -22,7 +22,7 @@ import json
 import math
 import sys
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -37,7 +37,17 @@ from benchmark.tracking.store import (
     EPOCH_TAG, ERROR_TAG, FAILED, FINISHED, TrackingUnavailable, auth_refused, brief, credentials_from_uri, default_uri,
     is_transient, make_client, sqlite_path,
 )
-from benchmark.tracking.writer import RunWriter
+from benchmark.tracking.writer import RunWriter, delete_stale, log_artifacts
+
+
+def _default_publisher() -> Callable[["Tracker"], int]:
+    """Transitional, for callers of ``finish()`` that pass no publisher (``runner.run_suite``,
+    ``tests/support.py`` until they call ``reporting.finish_and_publish``): the reporting layer's
+    publisher, looked up by name at call time. Tracking imports nothing from reporting; delete
+    this once every caller passes ``publish``."""
+    import importlib
+
+    return importlib.import_module("benchmark.reporting.publish").publish_suite
 
 
 @dataclasses.dataclass
@@ -210,22 +220,25 @@ class Tracker(TrackingReader):
             self._drain(force=True)
         return len(self._queue)
 
-    def finish(self, *, wait_s: float = 15.0, publish: bool = True, strict: bool = False) -> FinishReport:
-        """End of a run (or ``nmlbench sync``): deliver the queue, then publish the leaderboard.
+    def finish(self, *, wait_s: float = 15.0, publish: bool | Callable[["Tracker"], int] = True,
+               strict: bool = False) -> FinishReport:
+        """End of a run (or ``nmlbench sync``): deliver the queue, then run ``publish(self)``.
 
-        Publishing writes one run per leaderboard row and logs the table, figures, claims and the
-        HTML report on the suite run (``publish.publish_suite``); it needs every record in the
-        store, so it waits for the next ``finish`` when some are still queued. A publishing error
-        other than an outage is raised when ``strict``, else reported through ``echo`` (the
-        records themselves are safe; ``nmlbench sync`` publishes again).
+        ``publish`` is the reporting layer's publisher (``reporting.publish.publish_suite``, which
+        ``reporting.finish_and_publish`` passes): it reads the records back and writes derived
+        runs and artifacts through this tracker's public API, and returns the leaderboard rows.
+        It needs every record in the store, so it waits for the next ``finish`` when some are
+        still queued. A publishing error other than an outage is raised when ``strict``, else
+        reported through ``echo`` (the records themselves are safe; ``nmlbench sync`` publishes
+        again). ``publish=False``: deliver only. ``publish=True`` is transitional (see
+        ``_default_publisher``).
         """
         rows = None
         left = self.flush(wait_s)
         if left == 0 and publish:
-            from benchmark.tracking.publish import publish_suite
-
+            publisher = publish if callable(publish) else _default_publisher()
             try:
-                rows = publish_suite(self)
+                rows = publisher(self)
             except Exception as exc:
                 if is_transient(exc):
                     self._went_down(exc)
@@ -240,6 +253,37 @@ class Tracker(TrackingReader):
             self.echo(f"{left} records are not in MLflow at {self.uri} yet{where}; "
                       f"deliver them with `nmlbench sync {self.suite}` once the server answers")
         return FinishReport(left, rows, self.journal.path if self.journal else None)
+
+    # -- derived runs: what the reporting layer writes ---------------------------------------
+    def _connected_writer(self) -> RunWriter:
+        if self._writer is None:
+            self._connect()
+        assert self._writer is not None
+        return self._writer
+
+    def structure_run(self, spec: Mapping[str, Any]) -> str:
+        """The run id of a keyed suite / group run (``layout.suite_spec``), created when missing."""
+        return self._connected_writer().container(spec)
+
+    def run_marks(self, run_id: str) -> tuple[dict[str, str], dict[str, float]]:
+        """A run's tags and latest metric values."""
+        run = self.client.get_run(run_id)
+        return dict(run.data.tags), dict(run.data.metrics)
+
+    def attach(self, run_id: str, *, files: Mapping[str, Any] | None = None,
+               metrics: Mapping[str, float] | None = None, tags: Mapping[str, str] | None = None) -> None:
+        """Log artifacts (``{artifact path: local file}``, replacing what is there), then metrics,
+        then tags (last: a tag can mark the attachment complete)."""
+        if files:
+            log_artifacts(self.client, run_id, files)
+        for k, v in (metrics or {}).items():
+            self.client.log_metric(run_id, k, float(v))
+        for k, v in (tags or {}).items():
+            self.client.set_tag(run_id, k, v)
+
+    def delete_stale(self, kind: str, keep: Iterable[str], where: Mapping[str, str]) -> int:
+        """Delete runs of ``kind`` matching the tags ``where`` whose key is not in ``keep``; how many."""
+        return delete_stale(self.client, self._connected_writer(), kind, keep, where)
 
     # -- reading -----------------------------------------------------------------------------
     def _search(self, filter_string: str = "") -> list[Any]:
