@@ -30,6 +30,7 @@ from typing import Any
 from benchmark.config import Suite, check_data_available
 from benchmark.hashing import config_hash
 from benchmark.plan import PairPlan, Plan, TrialPlan, largest_trials_first, make_plan, plan_trials
+from benchmark.reporting import finish_and_publish
 
 Echo = Callable[[str], None]
 
@@ -56,9 +57,16 @@ class SuiteRun:
     fit_seconds: float = 0.0
 
 
-def run_suite(suite: Suite, *, address: str | None = None, tracking_uri: str | None = None,
-              data_root: str | None = None, work_dir: str | None = None,
-              max_concurrent: int | None = None, echo: Echo = print) -> SuiteRun:
+def run_suite(
+    suite: Suite,
+    *,
+    address: str | None = None,
+    tracking_uri: str | None = None,
+    data_root: str | None = None,
+    work_dir: str | None = None,
+    max_concurrent: int | None = None,
+    echo: Echo = print,
+) -> SuiteRun:
     """Run (or resume) a suite; returns counts and stage times. See the module docstring.
 
     ``address`` (else the suite's ``ray.address``) names a Ray cluster; ``tracking_uri``,
@@ -77,8 +85,9 @@ def run_suite(suite: Suite, *, address: str | None = None, tracking_uri: str | N
     # The store is opened (a new one created: ~2-3 s) and the plan made (~1 s) in threads while
     # Ray starts (~3-5 s): Ray's start mostly waits on its processes, and none needs the others.
     with ThreadPoolExecutor(2, thread_name_prefix="nmlbench-start") as pool:
-        opening = pool.submit(Tracker, uri, experiment, suite=suite.name,
-                              journal=journal_path(work, experiment), echo=echo)
+        opening = pool.submit(
+            Tracker, uri, experiment, suite=suite.name, journal=journal_path(work, experiment), echo=echo
+        )
         planning = pool.submit(make_plan, suite)
         init_ray(address or suite.ray.address)
         plan, tracker = planning.result(), opening.result()
@@ -96,8 +105,10 @@ def run_suite(suite: Suite, *, address: str | None = None, tracking_uri: str | N
 
     missing = [f for f in plan.fits if f.key not in done]
     run.fits_total, run.fits_skipped = len(plan.fits), len(plan.fits) - len(missing)
-    echo(f"[2/4] plan: {len(plan.backbones)} backbones x {len(plan.tasks)} tasks -> {len(plan.fits)} head fits, "
-         f"{run.fits_skipped} already in MLflow, {len(missing)} to run")
+    echo(
+        f"[2/4] plan: {len(plan.backbones)} backbones x {len(plan.tasks)} tasks -> {len(plan.fits)} head fits, "
+        f"{run.fits_skipped} already in MLflow, {len(missing)} to run"
+    )
 
     t0 = time.perf_counter()
     pairs = _pairs_with_missing_fits(plan, done)
@@ -110,17 +121,19 @@ def run_suite(suite: Suite, *, address: str | None = None, tracking_uri: str | N
     widths = {key: s["width"] for key, s in summaries.items()}
     trials = largest_trials_first(plan_trials(missing, suite.ray.fits_per_trial), pairs, widths)
     spectra = _SpectraLog(tracker, pairs, summaries)
-    _heads_stage(suite, trials, len(missing), refs, tracker, run, concurrency, resources["GPU"] > 0, echo,
-                 first=spectra)
+    _heads_stage(
+        suite, trials, len(missing), refs, tracker, run, concurrency, resources["GPU"] > 0, echo, first=spectra
+    )
     run.seconds["heads"] = time.perf_counter() - t0
     # Deliver anything queued during an outage, then publish the leaderboard runs and the suite
     # run's table, figures and report (left for `nmlbench sync` if MLflow is still away).
     t0 = time.perf_counter()
-    run.records_pending = tracker.finish().pending
+    run.records_pending = finish_and_publish(tracker).pending
     run.seconds["publish"] = time.perf_counter() - t0
     run.seconds["total"] = time.perf_counter() - t_start
-    run.seconds["other"] = run.seconds["total"] - sum(run.seconds[k] for k in ("pretrain", "features", "heads",
-                                                                               "publish"))
+    run.seconds["other"] = run.seconds["total"] - sum(
+        run.seconds[k] for k in ("pretrain", "features", "heads", "publish")
+    )
     (work / "runs").mkdir(exist_ok=True)
     (work / "runs" / f"{suite.name}-{int(time.time())}.json").write_text(json.dumps(run.__dict__, indent=2))
     return run
@@ -132,8 +145,9 @@ def _pairs_with_missing_fits(plan: Plan, done: set[str]) -> list[PairPlan]:
 
 
 # -- stage 1 -----------------------------------------------------------------------------------
-def _pretrain_stage(plan: Plan, tracker: Any, run: SuiteRun, concurrency: int, echo: Echo,
-                    features: _FeatureTasks) -> Plan:
+def _pretrain_stage(
+    plan: Plan, tracker: Any, run: SuiteRun, concurrency: int, echo: Echo, features: _FeatureTasks
+) -> Plan:
     """Run (or reuse) every pre-training job; the plan without the backbones whose job failed.
 
     A backbone's feature extraction starts here, before the stage ends, once its job is done
@@ -162,8 +176,14 @@ def _pretrain_stage(plan: Plan, tracker: Any, run: SuiteRun, concurrency: int, e
             tracker.log_pretrain(r.job, r)
             logged.add(r.key)
         last = r.metrics[-1] if r.metrics else {}
-        detail = "" if r.reused else (f" in {r.seconds:.0f} s, loss {last.get('loss', float('nan')):.3f}"
-                                      f", realised noise {r.realised_ratio:.3f}")
+        detail = (
+            ""
+            if r.reused
+            else (
+                f" in {r.seconds:.0f} s, loss {last.get('loss', float('nan')):.3f}"
+                f", realised noise {r.realised_ratio:.3f}"
+            )
+        )
         echo(f"      {'reused' if r.reused else 'trained'} {r.job.name}{detail}")
 
     def on_slot_free() -> None:
@@ -171,8 +191,13 @@ def _pretrain_stage(plan: Plan, tracker: Any, run: SuiteRun, concurrency: int, e
         if started:
             echo(f"      features: extracting {started} pairs of finished backbones while pre-training goes on")
 
-    run_pretrain_jobs(list(plan.pretrain), plan.work_dir, max_concurrent=min(concurrency, len(plan.pretrain)),
-                      on_result=on_result, on_slot_free=on_slot_free)
+    run_pretrain_jobs(
+        list(plan.pretrain),
+        plan.work_dir,
+        max_concurrent=min(concurrency, len(plan.pretrain)),
+        on_result=on_result,
+        on_slot_free=on_slot_free,
+    )
     return plan.without_backbones(failed)
 
 
@@ -211,8 +236,8 @@ class _FeatureTasks:
                 continue
             out = self.task.options(num_returns=2 * len(group)).remote(group, *self.args)
             keys = [p.key for p in group]
-            self.refs.update(zip(keys, out[:len(group)]))
-            self.summaries.update(zip(keys, out[len(group):]))
+            self.refs.update(zip(keys, out[: len(group)]))
+            self.summaries.update(zip(keys, out[len(group) :]))
             n += len(group)
         return n
 
@@ -227,16 +252,19 @@ class _FeatureTasks:
         return refs, dict(zip(refs, ray.get([self.summaries[key] for key in refs])))
 
 
-def _features_stage(features: _FeatureTasks, pairs: list[PairPlan], *, early: int,
-                    echo: Echo) -> tuple[dict[str, Any], dict[str, dict[str, Any]]]:
+def _features_stage(
+    features: _FeatureTasks, pairs: list[PairPlan], *, early: int, echo: Echo
+) -> tuple[dict[str, Any], dict[str, dict[str, Any]]]:
     """The features of ``pairs`` (``early`` of them started during pre-training); (pair key ->
     ObjectRef of its payload, pair key -> its summary: test spectra and feature width)."""
     if not pairs:
         return {}, {}
     backbones = len({p.backbone.key for p in pairs})
     started = f", {early} started during pre-training" if early else ""
-    echo(f"[3/4] features: {len(pairs)} (backbone, task) pairs of {backbones} backbones{started}, "
-         f"cached under {features.cache}")
+    echo(
+        f"[3/4] features: {len(pairs)} (backbone, task) pairs of {backbones} backbones{started}, "
+        f"cached under {features.cache}"
+    )
     return features.wait(pairs)
 
 
@@ -272,9 +300,18 @@ class _SpectraLog:
 
 
 # -- stage 3 -----------------------------------------------------------------------------------
-def _heads_stage(suite: Suite, trials: list[TrialPlan], n_fits: int, refs: dict[str, Any], tracker: Any,
-                 run: SuiteRun, concurrency: int, use_gpu: bool, echo: Echo,
-                 first: Callable[[], None] | None = None) -> None:
+def _heads_stage(
+    suite: Suite,
+    trials: list[TrialPlan],
+    n_fits: int,
+    refs: dict[str, Any],
+    tracker: Any,
+    run: SuiteRun,
+    concurrency: int,
+    use_gpu: bool,
+    echo: Echo,
+    first: Callable[[], None] | None = None,
+) -> None:
     """Run the trials in their order (``largest_trials_first``), recording fits as they arrive;
     ``first`` is run by the records' writer before the first record (or here, with no trials)."""
     from benchmark.sweep import run_trials_on_ray
@@ -286,9 +323,15 @@ def _heads_stage(suite: Suite, trials: list[TrialPlan], n_fits: int, refs: dict[
     echo(f"[4/4] heads: {n_fits} fits in {len(trials)} Ray Tune trials, largest first")
     sink = _TrackerSink(tracker, n_fits, first=first)
     try:
-        run_trials_on_ray(trials, refs, sink, storage_path=Path(suite.work_dir) / "ray_results",
-                          name=f"sweep-{suite.name}-{config_hash([t.trial_id for t in trials], 8)}",
-                          max_concurrent=concurrency, gpus_per_trial=(1.0 / concurrency) if use_gpu else 0.0)
+        run_trials_on_ray(
+            trials,
+            refs,
+            sink,
+            storage_path=Path(suite.work_dir) / "ray_results",
+            name=f"sweep-{suite.name}-{config_hash([t.trial_id for t in trials], 8)}",
+            max_concurrent=concurrency,
+            gpus_per_trial=(1.0 / concurrency) if use_gpu else 0.0,
+        )
     except BaseException:
         sink.close(raise_error=False)  # keep what finished, then let the sweep's own error through
         raise
@@ -349,8 +392,9 @@ class _TrackerSink:
             self.failed += 1
             self.tracker.log_fit(record)
             p = record["params"]
-            self.bar.write(f"      fit failed ({p.get('backbone')} / {p.get('task')} / {p.get('method')}): "
-                           f"{record['error']}")
+            self.bar.write(
+                f"      fit failed ({p.get('backbone')} / {p.get('task')} / {p.get('method')}): {record['error']}"
+            )
         else:
             self.ok += 1
             self.fit_seconds += float(record["metrics"].get("fit_seconds", 0.0))

@@ -42,15 +42,27 @@ def synthetic_runs() -> pd.DataFrame:
     ):
         val = round(float(rng.uniform(0.5, 0.9)), 4)
         test = round(float(rng.uniform(0.5, 0.9)), 4)
-        rows.append({
-            "backbone": "net", "noise_ratio": noise, "method": method, "task": task,
-            "task_kind": "ood" if task in OOD_TASKS else "id", "pretrain_seed": ps,
-            "head_seed": 0, "fraction": 1.0, "lam": lam, "depth": depth,
-            "val_accuracy": val, "test_accuracy": test,
-            "test_macro_f1": round(test - 0.01, 4),
-            "test_sve": round(float(rng.uniform(3, 5)), 4), "test_lsvr": round(float(rng.uniform(0.05, 0.2)), 4),
-            "test_sve_raw": 4.0 + noise, "test_lsvr_raw": 0.2 - noise,
-        })
+        rows.append(
+            {
+                "backbone": "net",
+                "noise_ratio": noise,
+                "method": method,
+                "task": task,
+                "task_kind": "ood" if task in OOD_TASKS else "id",
+                "pretrain_seed": ps,
+                "head_seed": 0,
+                "fraction": 1.0,
+                "lam": lam,
+                "depth": depth,
+                "val_accuracy": val,
+                "test_accuracy": test,
+                "test_macro_f1": round(test - 0.01, 4),
+                "test_sve": round(float(rng.uniform(3, 5)), 4),
+                "test_lsvr": round(float(rng.uniform(0.05, 0.2)), 4),
+                "test_sve_raw": 4.0 + noise,
+                "test_lsvr_raw": 0.2 - noise,
+            }
+        )
     df = pd.DataFrame(rows)
     trap = (df.noise_ratio == 0.0) & (df.method == "nmtune") & (df.task == "a") & (df.pretrain_seed == 0)
     # Best test accuracy, worst validation: must never be chosen.
@@ -62,6 +74,7 @@ def synthetic_runs() -> pd.DataFrame:
 
 
 # -- figures ---------------------------------------------------------------------------------------
+
 
 def check_figure(path: Path, *, data: bool = True) -> np.ndarray:
     """Decode a written figure and check that it holds a drawing; return its grey pixels.
@@ -114,8 +127,7 @@ def write_image(path: Path, pixels: np.ndarray | int, size: tuple[int, int] = (5
     return path
 
 
-def write_imagenet_root(root: Path, wnids: Sequence[str], counts: Mapping[str, Sequence[int]],
-                        pixels: Pixels) -> Path:
+def write_imagenet_root(root: Path, wnids: Sequence[str], counts: Mapping[str, Sequence[int]], pixels: Pixels) -> Path:
     """ImageNet and its variants under ``root`` in the layouts the real loaders read.
 
     ``counts[set][c]`` images of class ``c`` are written for each set named in ``counts`` (keys of
@@ -130,8 +142,7 @@ def write_imagenet_root(root: Path, wnids: Sequence[str], counts: Mapping[str, S
     return root
 
 
-def imagenet_root_from_arrays(root: Path, images: np.ndarray, labels: np.ndarray, *,
-                              size: int | None = None) -> Path:
+def imagenet_root_from_arrays(root: Path, images: np.ndarray, labels: np.ndarray, *, size: int | None = None) -> Path:
     """Labelled arrays (uint8 [N, H, W] or [N, H, W, 3]) as ImageNet's training folders through
     :func:`write_imagenet_root`: class ``c``'s k-th file is the k-th image labelled ``c``
     (optionally resized to ``size`` pixels a side), wnids ``n%08d`` of the label."""
@@ -144,8 +155,9 @@ def imagenet_root_from_arrays(root: Path, images: np.ndarray, labels: np.ndarray
         img = Image.fromarray(np.asarray(images[members[c][k]], dtype=np.uint8)).convert("RGB")
         return np.asarray(img if size is None else img.resize((size, size), Image.Resampling.BILINEAR))
 
-    return write_imagenet_root(root, [f"n{c:08d}" for c in range(len(members))],
-                               {"imagenet/train": [len(m) for m in members]}, pixels)
+    return write_imagenet_root(
+        root, [f"n{c:08d}" for c in range(len(members))], {"imagenet/train": [len(m) for m in members]}, pixels
+    )
 
 
 # -- the tiny suite run once per session through the real runner (``pipeline_run`` in conftest) -----
@@ -192,12 +204,19 @@ def pipeline_suite(root: Path) -> dict:
         "name": "pipeline",
         "work_dir": str(root / "work"),
         "data_root": str(root / "data"),
-        "backbones": [{"family": "timm", "arch": "test_resnet", "image_size": 32, "seed": 0,
-                       "name": "test_resnet (random init)"}],
-        "downstream": {"id": ["imagenet"], "ood": ["imagenet-variants"], "methods": ["lp", "mlp", "nmtune"],
-                       "grid": {"lam": [0.01, 0.1]}, "seeds": [0, 1], "fractions": [PIPELINE_FEW_SHOT, 1.0],
-                       "max_train": PIPELINE_MAX_TRAIN,
-                       "hparams": {"epochs": 15, "batch_size": 16, "preset": "paper"}},
+        "backbones": [
+            {"family": "timm", "arch": "test_resnet", "image_size": 32, "seed": 0, "name": "test_resnet (random init)"}
+        ],
+        "downstream": {
+            "id": ["imagenet"],
+            "ood": ["imagenet-variants"],
+            "methods": ["lp", "mlp", "nmtune"],
+            "grid": {"lam": [0.01, 0.1]},
+            "seeds": [0, 1],
+            "fractions": [PIPELINE_FEW_SHOT, 1.0],
+            "max_train": PIPELINE_MAX_TRAIN,
+            "hparams": {"epochs": 15, "batch_size": 16, "preset": "paper"},
+        },
         "selection": {"split": "val", "val_fraction": PIPELINE_VAL_FRACTION},
         "tracking": {"uri": f"sqlite:///{root / 'mlflow.db'}", "experiment": "pipeline"},
         "ray": {"fits_per_trial": 16, "max_concurrent_trials": 2},
@@ -205,6 +224,7 @@ def pipeline_suite(root: Path) -> dict:
 
 
 # -- data tests: an isolated data home, Python 2 pickles as CIFAR ships them ---------------------
+
 
 def isolated_data_home(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     """A private render/index cache for one test module, no data root from the environment, and
@@ -220,6 +240,7 @@ def isolated_data_home(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Pat
 
 
 # -- a Python 2 pickle written opcode by opcode, as the CIFAR python batches are ---------------
+
 
 def _py2_str(raw: bytes | str) -> bytes:
     raw = raw if isinstance(raw, bytes) else raw.encode("latin1")
@@ -240,12 +261,37 @@ def _global(module: str, name: str) -> bytes:
 
 def _uint8_array(a: np.ndarray) -> bytes:
     """numpy 1.x's reduction of a uint8 array under Python 2 (module numpy.core, str buffers)."""
-    dtype = (_global("numpy", "dtype") + _py2_str("u1") + _int(0) + _int(1) + b"\x87R"
-             + b"(" + _int(3) + _py2_str("|") + b"NNN" + _int(-1) + _int(-1) + _int(0) + b"tb")
+    dtype = (
+        _global("numpy", "dtype")
+        + _py2_str("u1")
+        + _int(0)
+        + _int(1)
+        + b"\x87R"
+        + b"("
+        + _int(3)
+        + _py2_str("|")
+        + b"NNN"
+        + _int(-1)
+        + _int(-1)
+        + _int(0)
+        + b"tb"
+    )
     shape = b"(" + b"".join(_int(d) for d in a.shape) + b"t"
-    return (_global("numpy.core.multiarray", "_reconstruct") + _global("numpy", "ndarray") + _int(0)
-            + b"\x85" + _py2_str("b") + b"\x87R" + b"(" + _int(1) + shape + dtype + b"\x89"
-            + _py2_str(np.ascontiguousarray(a).tobytes()) + b"tb")
+    return (
+        _global("numpy.core.multiarray", "_reconstruct")
+        + _global("numpy", "ndarray")
+        + _int(0)
+        + b"\x85"
+        + _py2_str("b")
+        + b"\x87R"
+        + b"("
+        + _int(1)
+        + shape
+        + dtype
+        + b"\x89"
+        + _py2_str(np.ascontiguousarray(a).tobytes())
+        + b"tb"
+    )
 
 
 def _value(v: object) -> bytes:
@@ -262,13 +308,23 @@ def _value(v: object) -> bytes:
 
 def python2_pickle(d: dict[str, object]) -> bytes:
     """Protocol-2 bytes of a dict of str / int / list / uint8-array values as Python 2 wrote them."""
-    return (b"\x80\x02}(" + b"".join(_py2_str(k) + _value(v) for k, v in d.items()) + b"u.")
+    return b"\x80\x02}(" + b"".join(_py2_str(k) + _value(v) for k, v in d.items()) + b"u."
 
 
 # -- a published synthetic study (conftest's `study` fixture; test_journal, test_publish) ----------
 
-FIT_PARAMS = ["backbone", "noise_ratio", "method", "task", "task_kind", "pretrain_seed", "head_seed", "fraction",
-              "lam", "depth"]
+FIT_PARAMS = [
+    "backbone",
+    "noise_ratio",
+    "method",
+    "task",
+    "task_kind",
+    "pretrain_seed",
+    "head_seed",
+    "fraction",
+    "lam",
+    "depth",
+]
 
 
 @dataclass
@@ -278,7 +334,7 @@ class Study:
     uri: str
     experiment: str
     root: Path
-    fits: pd.DataFrame       # the fit records as logged (the shape runs_frame returns)
+    fits: pd.DataFrame  # the fit records as logged (the shape runs_frame returns)
 
 
 def synthetic_fits() -> pd.DataFrame:
@@ -286,8 +342,12 @@ def synthetic_fits() -> pd.DataFrame:
     df = synthetic_runs()
     df = df[df.pretrain_seed < 2].reset_index(drop=True)
     frozen = df[(df.noise_ratio == 0.0) & (df.task_kind == "id")].assign(
-        backbone="mobilenet", noise_ratio=np.nan, pretrain_seed=0, head_seed=df.pretrain_seed,
-        test_accuracy=lambda d: d.test_accuracy - 0.05)  # no ties with "net" when sorting
+        backbone="mobilenet",
+        noise_ratio=np.nan,
+        pretrain_seed=0,
+        head_seed=df.pretrain_seed,
+        test_accuracy=lambda d: d.test_accuracy - 0.05,
+    )  # no ties with "net" when sorting
     return pd.concat([df, frozen], ignore_index=True)
 
 
@@ -295,8 +355,14 @@ def fit_records(df: pd.DataFrame, suite: str) -> list[dict]:
     out = []
     for i, row in df.reset_index(drop=True).iterrows():
         rec = row.to_dict()
-        out.append({"key": f"fit{i:03d}", "params": {k: rec[k] for k in FIT_PARAMS},
-                    "metrics": {k: v for k, v in rec.items() if k not in FIT_PARAMS}, "tags": {"suite": suite}})
+        out.append(
+            {
+                "key": f"fit{i:03d}",
+                "params": {k: rec[k] for k in FIT_PARAMS},
+                "metrics": {k: v for k, v in rec.items() if k not in FIT_PARAMS},
+                "tags": {"suite": suite},
+            }
+        )
     return out
 
 
@@ -305,17 +371,39 @@ def log_pretrainings(tracker, tmp: Path) -> None:
     from benchmark.pretrain.job import PretrainJob
 
     for ratio in (0.0, 0.1):
-        job = PretrainJob(objective="supervised", corpus="fashion-mnist", arch="test_resnet", noise_ratio=ratio,
-                          epochs=3, display="net")
+        job = PretrainJob(
+            objective="supervised",
+            corpus="fashion-mnist",
+            arch="test_resnet",
+            noise_ratio=ratio,
+            epochs=3,
+            display="net",
+        )
         folder = tmp / job.key
         folder.mkdir(parents=True)
         np.savez(folder / "noise.npz", flipped=np.arange(100) < int(100 * ratio))
         (folder / "noise.json").write_text(json.dumps({"n": 100, "num_flipped": int(100 * ratio), "kind": "symmetric"}))
-        history = [{"epoch": e, "loss": 2.0 / (e + 1) + ratio, "train_accuracy": 0.5 + 0.1 * e,
-                    "clean_accuracy": 0.55 + 0.1 * e - ratio, "noisy_fit": 0.1 * e * ratio, "true_fit": 0.3 + 0.05 * e}
-                   for e in range(3)]
-        tracker.log_pretrain(job, {"metrics": history, "noise_path": folder / "noise.npz",
-                                   "checkpoint_path": folder / "model.pt", "realised_ratio": ratio, "seconds": 4.0})
+        history = [
+            {
+                "epoch": e,
+                "loss": 2.0 / (e + 1) + ratio,
+                "train_accuracy": 0.5 + 0.1 * e,
+                "clean_accuracy": 0.55 + 0.1 * e - ratio,
+                "noisy_fit": 0.1 * e * ratio,
+                "true_fit": 0.3 + 0.05 * e,
+            }
+            for e in range(3)
+        ]
+        tracker.log_pretrain(
+            job,
+            {
+                "metrics": history,
+                "noise_path": folder / "noise.npz",
+                "checkpoint_path": folder / "model.pt",
+                "realised_ratio": ratio,
+                "seconds": 4.0,
+            },
+        )
 
 
 def build_study(root: Path, experiment: str = "synth") -> Study:
@@ -328,14 +416,20 @@ def build_study(root: Path, experiment: str = "synth") -> Study:
     for rec in fit_records(df, experiment):
         tracker.log_fit(rec)
     for ratio in (0.0, 0.1):
-        tracker.log_spectrum({"backbone": "net", "noise_ratio": ratio, "pretrain_seed": 0}, "a",
-                             np.linspace(2.0, 0.1, 16) ** (1 + 3 * ratio))
-    report = tracker.finish()
+        tracker.log_spectrum(
+            {"backbone": "net", "noise_ratio": ratio, "pretrain_seed": 0},
+            "a",
+            np.linspace(2.0, 0.1, 16) ** (1 + 3 * ratio),
+        )
+    from benchmark.reporting import finish_and_publish
+
+    report = finish_and_publish(tracker)
     assert report.pending == 0 and report.leaderboard_rows == 6
     return Study(uri, experiment, root, df)
 
 
 # -- Ray nodes started with ``ray start`` (test_orchestration, test_multinode) ----------------------
+
 
 def free_port() -> int:
     """A TCP port on 127.0.0.1 that nothing listens on right now."""
@@ -347,9 +441,14 @@ def free_port() -> int:
 def ray_port_flags(*, head: bool) -> list[str]:
     """Every listening port of a ``ray start`` node, explicit and free: a second Ray on the
     machine (another test, a developer's session) holds the defaults, e.g. the agent's 52365."""
-    flags = [f"--dashboard-agent-listen-port={free_port()}", f"--dashboard-agent-grpc-port={free_port()}",
-             f"--runtime-env-agent-port={free_port()}", f"--metrics-export-port={free_port()}",
-             f"--node-manager-port={free_port()}", f"--object-manager-port={free_port()}"]
+    flags = [
+        f"--dashboard-agent-listen-port={free_port()}",
+        f"--dashboard-agent-grpc-port={free_port()}",
+        f"--runtime-env-agent-port={free_port()}",
+        f"--metrics-export-port={free_port()}",
+        f"--node-manager-port={free_port()}",
+        f"--object-manager-port={free_port()}",
+    ]
     if head:
         flags.append(f"--ray-client-server-port={free_port()}")
     return flags

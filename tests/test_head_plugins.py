@@ -58,7 +58,8 @@ def _broken_distribution(site: Path) -> None:
     (info / "METADATA").write_text("Metadata-Version: 2.1\nName: broken-heads\nVersion: 0.1\n")
     (info / "entry_points.txt").write_text(
         "[nmlbench.heads]\nbroken = nmlbench_module_that_does_not_exist:HEAD\n"
-        "lp = nmlbench_extra_plugin.cosine:COSINE\n")
+        "lp = nmlbench_extra_plugin.cosine:COSINE\n"
+    )
 
 
 @pytest.fixture(scope="module")
@@ -67,9 +68,24 @@ def plugin_site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     src, site = root / "src", root / "site"
     shutil.copytree(PLUGIN_SRC, src, ignore=shutil.ignore_patterns("build", "*.egg-info"))
     res = subprocess.run(
-        [sys.executable, "-m", "pip", "install", "--no-deps", "--no-build-isolation", "--no-index",
-         "--disable-pip-version-check", "--quiet", "--target", str(site), str(src)],
-        capture_output=True, text=True, timeout=180)
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "install",
+            "--no-deps",
+            "--no-build-isolation",
+            "--no-index",
+            "--disable-pip-version-check",
+            "--quiet",
+            "--target",
+            str(site),
+            str(src),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
     assert res.returncode == 0, res.stdout + res.stderr
     assert (site / "nmlbench_extra_plugin" / "cosine.py").is_file()
     _broken_distribution(site)
@@ -103,8 +119,15 @@ def test_installed_head_is_found_resolved_and_listed(plugin_site: Path) -> None:
     head = get_head("cosine")
     assert head.label == "Cosine" and head.sweepable("label_smoothing") and "lr" in head.per_member
     hp = resolve_hparams("cosine", label_smoothing=0.2, epochs=3)
-    assert hp.as_dict() == {"epochs": 3, "batch_size": 64, "lr": 0.01, "weight_decay": 0.0,
-                            "epoch_selection": "best_val", "temperature": 10.0, "label_smoothing": 0.2}
+    assert hp.as_dict() == {
+        "epochs": 3,
+        "batch_size": 64,
+        "lr": 0.01,
+        "weight_decay": 0.0,
+        "epoch_selection": "best_val",
+        "temperature": 10.0,
+        "label_smoothing": 0.2,
+    }
     assert hp.lam is None and hp.temperature == 10.0 and hp.arch() == {"temperature": 10.0}
     with pytest.raises(ConfigError, match="label_smoothing must be below 1"):
         resolve_hparams("cosine", label_smoothing=1.0)
@@ -121,13 +144,25 @@ def test_a_suite_names_the_plugin_head_and_sweeps_its_values(plugin_site: Path) 
     from benchmark.config import validate_suite
     from benchmark.plan import head_grid
 
-    suite = validate_suite({"name": "t", "backbones": [{"family": "timm", "arch": "resnet18"}],
-                            "downstream": {"id": ["sklearn-digits"], "methods": ["lp", "cosine"],
-                                           "grid": {"label_smoothing": [0.0, 0.1]}, "hparams": {"epochs": 2}}},
-                           check_names=False)
+    suite = validate_suite(
+        {
+            "name": "t",
+            "backbones": [{"family": "timm", "arch": "resnet18"}],
+            "downstream": {
+                "id": ["sklearn-digits"],
+                "methods": ["lp", "cosine"],
+                "grid": {"label_smoothing": [0.0, 0.1]},
+                "hparams": {"epochs": 2},
+            },
+        },
+        check_names=False,
+    )
     grid = head_grid(suite)
-    assert [(h.method, h.label_smoothing, h.epochs) for h in grid] == [("lp", None, None), ("cosine", 0.0, 2),
-                                                                      ("cosine", 0.1, 2)]
+    assert [(h.method, h.label_smoothing, h.epochs) for h in grid] == [
+        ("lp", None, None),
+        ("cosine", 0.0, 2),
+        ("cosine", 0.1, 2),
+    ]
 
 
 def _plain_cosine_loop(data, hp, seed: int):
@@ -151,7 +186,7 @@ def _plain_cosine_loop(data, hp, seed: int):
         perm = torch.randperm(n, generator=gen)
         total = torch.zeros((), dtype=torch.float64)
         for step in range(steps):
-            idx = perm[step * bs:(step + 1) * bs]
+            idx = perm[step * bs : (step + 1) * bs]
             loss = F.cross_entropy(head(x[idx])[0], y[idx], label_smoothing=hp.label_smoothing)
             opt.zero_grad(set_to_none=True)
             loss.backward()
@@ -165,8 +200,10 @@ def _plain_cosine_loop(data, hp, seed: int):
 
 
 def test_plugin_head_fits_through_fit_many_like_a_plain_torch_loop(plugin_site: Path, data) -> None:
-    hps = [resolve_hparams("cosine", epochs=4, batch_size=48, lr=0.1, epoch_selection="last", label_smoothing=ls)
-           for ls in (0.0, 0.2)]
+    hps = [
+        resolve_hparams("cosine", epochs=4, batch_size=48, lr=0.1, epoch_selection="last", label_smoothing=ls)
+        for ls in (0.0, 0.2)
+    ]
     requests = [FitRequest(hp, seed=s) for hp, s in zip(hps, (3, 4), strict=True)]
     assert batch_groups(requests) == [[0, 1]]  # one batch key (label smoothing is per member) ...
     recs = fit_many(data, requests)  # ... that the stacked engine cannot stack: each fits on its own
@@ -194,12 +231,14 @@ def test_a_broken_or_shadowing_plugin_only_warns(plugin_site: Path) -> None:
 
 
 def test_unknown_head_lists_the_registered_ones_with_the_plugin(plugin_site: Path) -> None:
-    with pytest.raises(UnknownNameError, match="unknown head method 'svm'; known head methods: cosine, lp, lp_adamw, "
-                                               "mlp, nmtune"):
+    with pytest.raises(
+        UnknownNameError, match="unknown head method 'svm'; known head methods: cosine, lp, lp_adamw, mlp, nmtune"
+    ):
         get_head("svm")
 
 
 # -- the batched engine trains any head from its declarations -------------------------------------
+
 
 class _Smoothed:
     """Per-member loss: label-smoothed cross-entropy (no ``lam``: the old engine's TypeError)."""
@@ -231,9 +270,18 @@ SMOOTHING = HParam("label_smoothing", "float", 0.1, "", maximum=1.0, per_member=
 def smoothed_head(request) -> Iterator[str]:
     name = f"smooth_mlp_{request.param}"
     loss = {"loss": _Smoothed} if request.param == "per_member" else {"stacked_loss": _StackedSmoothed}
-    register_head(HeadMethod(name, "Smoothed MLP", 20, "residual MLP, label-smoothed cross-entropy",
-                             (*gradient_hparams(), *RESIDUAL_MLP, SMOOTHING),
-                             "benchmark.heads.modules:ResidualMLPHead", default=False, **loss))
+    register_head(
+        HeadMethod(
+            name,
+            "Smoothed MLP",
+            20,
+            "residual MLP, label-smoothed cross-entropy",
+            (*gradient_hparams(), *RESIDUAL_MLP, SMOOTHING),
+            "benchmark.heads.modules:ResidualMLPHead",
+            default=False,
+            **loss,
+        )
+    )
     yield name
     unregister_head(name)
 
@@ -242,10 +290,12 @@ def test_batched_engine_trains_a_head_with_its_own_loss(smoothed_head: str, data
     """A head that is not NMTune, batched with MLP and NMTune members of its architecture: every
     member equals its lone fit (the reference trainer), to float32 round-off of the batching."""
     common = {"epochs": 3, "batch_size": 48}
-    requests = [FitRequest(resolve_hparams(smoothed_head, label_smoothing=0.2, **common), seed=1),
-                FitRequest(resolve_hparams("mlp", **common), seed=2),
-                FitRequest(resolve_hparams(smoothed_head, label_smoothing=0.0, lr=3e-3, **common), seed=3),
-                FitRequest(resolve_hparams("nmtune", lam=0.1, **common), seed=4)]
+    requests = [
+        FitRequest(resolve_hparams(smoothed_head, label_smoothing=0.2, **common), seed=1),
+        FitRequest(resolve_hparams("mlp", **common), seed=2),
+        FitRequest(resolve_hparams(smoothed_head, label_smoothing=0.0, lr=3e-3, **common), seed=3),
+        FitRequest(resolve_hparams("nmtune", lam=0.1, **common), seed=4),
+    ]
     assert batch_groups(requests) == [[0, 1, 2, 3]]
     recs = fit_many(data, requests)
     for req, rec in zip(requests, recs, strict=True):
@@ -271,6 +321,7 @@ def test_stacked_loss_alone_equals_its_plain_formula() -> None:
 
 
 # -- no head name is dispatched outside its own module ----------------------------------------------
+
 
 def _dispatched_names(path: Path, names: set[str]) -> list[tuple[int, str]]:
     """String constants equal to a head name used as a comparison operand (``==``, ``in``, incl.
@@ -300,15 +351,13 @@ def _dispatched_names(path: Path, names: set[str]) -> list[tuple[int, str]]:
 
 def test_the_scan_finds_dispatch(tmp_path: Path) -> None:
     src = tmp_path / "x.py"
-    src.write_text('if m == "nmtune" or m in ("mlp", "lp"):\n    pass\nSTYLE = {"lp": 1}\nw[(a, "mlp")]\n'
-                   'f("nmtune")\nname = "lp"\n')
+    src.write_text(
+        'if m == "nmtune" or m in ("mlp", "lp"):\n    pass\nSTYLE = {"lp": 1}\nw[(a, "mlp")]\n'
+        'f("nmtune")\nname = "lp"\n'
+    )
     assert _dispatched_names(src, set(BUILTIN)) == [(1, "lp"), (1, "mlp"), (1, "nmtune"), (3, "lp"), (4, "mlp")]
 
 
-@pytest.mark.xfail(strict=True, reason="claims.py, report.py and the fit labels (tracking/publish.py and "
-                                       "tracking/layout.py, now names.py) still dispatch on head names; their owners "
-                                       "move them to the registry lookups (hparam_label, plot_style, probe_head, "
-                                       "contenders)")
 def test_no_head_name_is_dispatched_outside_its_own_module() -> None:
     root = REPO / "benchmark"
     own = {name: root / "heads" / f"{name}.py" for name in BUILTIN}

@@ -25,9 +25,6 @@ import math
 import numpy as np
 import pandas as pd
 import pytest
-from typer.testing import CliRunner
-
-from benchmark.cli import app
 from support import (
     PIPELINE_COUNTS,
     PIPELINE_FEW_SHOT,
@@ -36,6 +33,9 @@ from support import (
     PIPELINE_VAL_FRACTION,
     check_figure,
 )
+from typer.testing import CliRunner
+
+from benchmark.cli import app
 
 pytestmark = pytest.mark.slow
 OOD, ID = "imagenet-variants", "imagenet"
@@ -75,6 +75,7 @@ def test_the_run_recorded_every_planned_fit_once(pipeline_run, fits) -> None:
 
 # -- OOD groups with several test domains --------------------------------------------------------
 
+
 def test_ood_accuracy_is_the_unweighted_mean_over_domains(fits) -> None:
     ood = fits[fits["task"] == OOD]
     assert len(ood) == 16 and set(ood["task_kind"]) == {"ood"}
@@ -98,7 +99,7 @@ def test_ood_accuracy_is_the_unweighted_mean_over_domains(fits) -> None:
 
 
 def test_class_subset_reaches_the_scorer_and_changes_predictions(pipeline_run, fits, monkeypatch) -> None:
-    from benchmark.probe import evaluate as scorer
+    from benchmark import metrics as scorer
     from benchmark.sweep import run_fits
 
     payload = pipeline_run.payload(OOD)
@@ -136,6 +137,7 @@ def test_class_subset_reaches_the_scorer_and_changes_predictions(pipeline_run, f
 
 
 # -- the pipeline's own splitters and fractions --------------------------------------------------
+
 
 def test_documented_row_counts_by_hand() -> None:
     # cap 36 of 48: 16, 14, 18 -> 12, 10.5 -> 11, 13.5 -> 14; validation 20 %: 2.4 -> 2, 2.2 -> 2,
@@ -190,17 +192,19 @@ def test_fits_train_on_the_documented_rows_per_class(pipeline_run, fits) -> None
 
 # -- the CLI on the run's store ------------------------------------------------------------------
 
+
 @pytest.mark.parametrize("fmt", ["table", "markdown", "csv"])
 def test_leaderboard_command_prints_the_leaderboard_of_the_store(pipeline_run, fits, fmt) -> None:
     from benchmark.leaderboard import leaderboard, render
-
-    from benchmark.tracking.publish import METRIC_DECIMALS
+    from benchmark.tracking.store import METRIC_DECIMALS
 
     res = CliRunner().invoke(app, ["leaderboard", str(pipeline_run.suite_path), "--format", fmt])
     assert res.exit_code == 0, res.output
     # The command reads the published leaderboard runs, whose metrics are stored rounded.
     exact = leaderboard(fits)
-    expected = exact.round({c: METRIC_DECIMALS for c in exact.columns if exact[c].dtype == float and c != "noise_ratio"})
+    expected = exact.round(
+        {c: METRIC_DECIMALS for c in exact.columns if exact[c].dtype == float and c != "noise_ratio"}
+    )
     assert res.stdout.startswith(render(expected, fmt))  # the table first (a pointer to it may follow)
     if fmt == "csv":
         printed = pd.read_csv(io.StringIO(res.stdout))
@@ -211,7 +215,8 @@ def test_leaderboard_command_prints_the_leaderboard_of_the_store(pipeline_run, f
         lp = printed[(printed["method"] == "lp") & (printed["fraction"] == 1.0)].iloc[0]
         assert (lp["id_acc"], lp["ood_acc"], lp["n"]) == (1.0, 0.75, 1)
         assert sorted(zip(printed["method"], printed["fraction"])) == sorted(
-            (m, f) for m in ("lp", "mlp", "nmtune") for f in (PIPELINE_FEW_SHOT, 1.0))
+            (m, f) for m in ("lp", "mlp", "nmtune") for f in (PIPELINE_FEW_SHOT, 1.0)
+        )
 
 
 def test_report_command_writes_every_file_with_content(pipeline_run, fits, tmp_path) -> None:
@@ -221,12 +226,21 @@ def test_report_command_writes_every_file_with_content(pipeline_run, fits, tmp_p
     out = tmp_path / "report"
     res = CliRunner().invoke(app, ["report", str(pipeline_run.suite_path), "--out", str(out)])
     assert res.exit_code == 0, res.output
-    names = ["leaderboard.md", "leaderboard.csv", "claims.md", "id_ood_vs_noise.png", "sve_vs_id.png",
-             "lsvr_vs_ood.png", "spectra.png"]
+    names = [
+        "leaderboard.md",
+        "leaderboard.csv",
+        "claims.md",
+        "id_ood_vs_noise.png",
+        "sve_vs_id.png",
+        "lsvr_vs_ood.png",
+        "spectra.png",
+    ]
     assert sorted(p.name for p in out.iterdir()) == sorted([*names, "provenance.json"])  # issue 23: where it came from
     assert all(f"wrote {out / n}" in res.stdout for n in names)
     lb = leaderboard(fits)
-    pd.testing.assert_frame_equal(pd.read_csv(out / "leaderboard.csv"), lb, check_dtype=False, rtol=1e-12)  # CSV round trip
+    pd.testing.assert_frame_equal(
+        pd.read_csv(out / "leaderboard.csv"), lb, check_dtype=False, rtol=1e-12
+    )  # CSV round trip
     md = (out / "leaderboard.md").read_text()
     assert md.startswith("# Leaderboard: pipeline") and render(lb, "markdown") in md
     claims = (out / "claims.md").read_text()
@@ -241,6 +255,7 @@ def test_report_command_writes_every_file_with_content(pipeline_run, fits, tmp_p
 
 # -- training curves -------------------------------------------------------------------------
 
+
 def test_fit_runs_carry_their_training_curves_as_step_metrics(pipeline_run, fits) -> None:
     """A reader sees in MLflow that each head converged: gradient heads log train loss and
     validation accuracy per epoch (the kept epoch's accuracy is the fit's val_accuracy), the
@@ -252,7 +267,9 @@ def test_fit_runs_carry_their_training_curves_as_step_metrics(pipeline_run, fits
         row = fits[(fits["method"] == method) & (fits["task"] == ID)].iloc[0]
         run_id = row["run_id"]
         if method == "mlp":
-            acc = [m.value for m in sorted(client.get_metric_history(run_id, "curve.val_accuracy"), key=lambda m: m.step)]
+            acc = [
+                m.value for m in sorted(client.get_metric_history(run_id, "curve.val_accuracy"), key=lambda m: m.step)
+            ]
             loss = client.get_metric_history(run_id, "curve.train_loss")
             assert len(acc) == len(loss) == int(row["epochs"]) >= 2
             # One float64 stored twice in MLflow (a metric and a step of its curve): equal; abs 1e-9 is

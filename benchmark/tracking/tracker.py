@@ -34,20 +34,20 @@ from benchmark.tracking import layout
 from benchmark.tracking.journal import Journal, decode, encode
 from benchmark.tracking.reader import TrackingReader
 from benchmark.tracking.store import (
-    EPOCH_TAG, ERROR_TAG, FAILED, FINISHED, TrackingUnavailable, auth_refused, brief, credentials_from_uri, default_uri,
-    is_transient, make_client, sqlite_path,
+    EPOCH_TAG,
+    ERROR_TAG,
+    FAILED,
+    FINISHED,
+    TrackingUnavailable,
+    auth_refused,
+    brief,
+    credentials_from_uri,
+    default_uri,
+    is_transient,
+    make_client,
+    sqlite_path,
 )
 from benchmark.tracking.writer import RunWriter, delete_stale, log_artifacts
-
-
-def _default_publisher() -> Callable[["Tracker"], int]:
-    """Transitional, for callers of ``finish()`` that pass no publisher (``runner.run_suite``,
-    ``tests/support.py`` until they call ``reporting.finish_and_publish``): the reporting layer's
-    publisher, looked up by name at call time. Tracking imports nothing from reporting; delete
-    this once every caller passes ``publish``."""
-    import importlib
-
-    return importlib.import_module("benchmark.reporting.publish").publish_suite
 
 
 @dataclasses.dataclass
@@ -70,9 +70,17 @@ class Tracker(TrackingReader):
     Reading methods are those of ``TrackingReader``.
     """
 
-    def __init__(self, uri: str | None = None, experiment: str = "nmlbench", tags: Mapping[str, str] | None = None,
-                 *, suite: str | None = None, journal: str | Path | None = None,
-                 echo: Callable[[str], None] | None = None, max_backoff_s: float = 60.0) -> None:
+    def __init__(
+        self,
+        uri: str | None = None,
+        experiment: str = "nmlbench",
+        tags: Mapping[str, str] | None = None,
+        *,
+        suite: str | None = None,
+        journal: str | Path | None = None,
+        echo: Callable[[str], None] | None = None,
+        max_backoff_s: float = 60.0,
+    ) -> None:
         self.uri = credentials_from_uri(uri or default_uri())  # a password never sits in a printed URI
         self.experiment = experiment
         self.suite = suite or experiment
@@ -94,8 +102,10 @@ class Tracker(TrackingReader):
         except Exception as exc:
             if not is_transient(exc) or self.journal is None:
                 if is_transient(exc):
-                    raise TrackingUnavailable(f"MLflow at {self.uri} did not answer ({brief(exc)}); start the "
-                                              "tracking server, or use a sqlite:/// URI") from exc
+                    raise TrackingUnavailable(
+                        f"MLflow at {self.uri} did not answer ({brief(exc)}); start the "
+                        "tracking server, or use a sqlite:/// URI"
+                    ) from exc
                 raise
             self._went_down(exc)
         if self.journal is not None:
@@ -131,16 +141,21 @@ class Tracker(TrackingReader):
 
     def _went_down(self, exc: BaseException) -> None:
         self._failures += 1
-        delay = min(self.max_backoff_s, 2.0 ** self._failures)
+        delay = min(self.max_backoff_s, 2.0**self._failures)
         self._retry_at = time.monotonic() + delay
         if self._writer is not None:
             self._writer.reset()  # what landed before the outage is re-read when it is back
         if self._failures == 1:
             where = f"kept in {self.journal.path}" if self.journal else "queued in memory"
-            state, back = (("refuses the credentials", "it takes them") if auth_refused(exc)
-                           else ("is not answering", "it is back"))
-            self.echo(f"MLflow at {self.uri} {state} ({brief(exc)}); records are {where} "
-                      f"and will be sent when {back} (next try in {delay:.0f} s)")
+            state, back = (
+                ("refuses the credentials", "it takes them")
+                if auth_refused(exc)
+                else ("is not answering", "it is back")
+            )
+            self.echo(
+                f"MLflow at {self.uri} {state} ({brief(exc)}); records are {where} "
+                f"and will be sent when {back} (next try in {delay:.0f} s)"
+            )
 
     @property
     def down(self) -> bool:
@@ -220,8 +235,9 @@ class Tracker(TrackingReader):
             self._drain(force=True)
         return len(self._queue)
 
-    def finish(self, *, wait_s: float = 15.0, publish: bool | Callable[["Tracker"], int] = True,
-               strict: bool = False) -> FinishReport:
+    def finish(
+        self, *, wait_s: float = 15.0, publish: Callable[[Tracker], int] | None = None, strict: bool = False
+    ) -> FinishReport:
         """End of a run (or ``nmlbench sync``): deliver the queue, then run ``publish(self)``.
 
         ``publish`` is the reporting layer's publisher (``reporting.publish.publish_suite``, which
@@ -230,28 +246,30 @@ class Tracker(TrackingReader):
         It needs every record in the store, so it waits for the next ``finish`` when some are
         still queued. A publishing error other than an outage is raised when ``strict``, else
         reported through ``echo`` (the records themselves are safe; ``nmlbench sync`` publishes
-        again). ``publish=False``: deliver only. ``publish=True`` is transitional (see
-        ``_default_publisher``).
+        again). ``publish=None``: deliver only (tracking never imports the reporting layer).
         """
         rows = None
         left = self.flush(wait_s)
-        if left == 0 and publish:
-            publisher = publish if callable(publish) else _default_publisher()
+        if left == 0 and publish is not None:
             try:
-                rows = publisher(self)
+                rows = publish(self)
             except Exception as exc:
                 if is_transient(exc):
                     self._went_down(exc)
                 elif strict:
                     raise
                 else:
-                    self.echo(f"publishing the leaderboard of {self.suite!r} failed ({type(exc).__name__}: "
-                              f"{exc}); the records are in MLflow, `nmlbench sync {self.suite}` publishes again")
+                    self.echo(
+                        f"publishing the leaderboard of {self.suite!r} failed ({type(exc).__name__}: "
+                        f"{exc}); the records are in MLflow, `nmlbench sync {self.suite}` publishes again"
+                    )
             left = self.flush(0.0)
         if left:
             where = f" (kept in {self.journal.path})" if self.journal else " (in memory only: no journal)"
-            self.echo(f"{left} records are not in MLflow at {self.uri} yet{where}; "
-                      f"deliver them with `nmlbench sync {self.suite}` once the server answers")
+            self.echo(
+                f"{left} records are not in MLflow at {self.uri} yet{where}; "
+                f"deliver them with `nmlbench sync {self.suite}` once the server answers"
+            )
         return FinishReport(left, rows, self.journal.path if self.journal else None)
 
     # -- derived runs: what the reporting layer writes ---------------------------------------
@@ -270,16 +288,22 @@ class Tracker(TrackingReader):
         run = self.client.get_run(run_id)
         return dict(run.data.tags), dict(run.data.metrics)
 
-    def attach(self, run_id: str, *, files: Mapping[str, Any] | None = None,
-               metrics: Mapping[str, float] | None = None, tags: Mapping[str, str] | None = None) -> None:
+    def attach(
+        self,
+        run_id: str,
+        *,
+        files: Mapping[str, Any] | None = None,
+        metrics: Mapping[str, float] | None = None,
+        tags: Mapping[str, str] | None = None,
+    ) -> None:
         """Log artifacts (``{artifact path: local file}``, replacing what is there), then metrics,
         then tags (last: a tag can mark the attachment complete)."""
         if files:
             log_artifacts(self.client, run_id, files)
         for k, v in (metrics or {}).items():
             self.client.log_metric(run_id, k, float(v))
-        for k, v in (tags or {}).items():
-            self.client.set_tag(run_id, k, v)
+        for k, text in (tags or {}).items():
+            self.client.set_tag(run_id, k, text)
 
     def delete_stale(self, kind: str, keep: Iterable[str], where: Mapping[str, str]) -> int:
         """Delete runs of ``kind`` matching the tags ``where`` whose key is not in ``keep``; how many."""
@@ -299,8 +323,11 @@ class Tracker(TrackingReader):
 
     def completed_keys(self, kind: str | None = None) -> set[str]:
         """Finished keys in the store plus finished records still queued (they will be delivered)."""
-        queued = {e["key"] for e in self._queue.values()
-                  if e.get("status", FINISHED) == FINISHED and (kind is None or e["kind"] == kind)}
+        queued = {
+            e["key"]
+            for e in self._queue.values()
+            if e.get("status", FINISHED) == FINISHED and (kind is None or e["kind"] == kind)
+        }
         try:
             stored = super().completed_keys(kind)
         except Exception as exc:
@@ -329,15 +356,36 @@ class Tracker(TrackingReader):
                 text += "\n" + str(record["traceback"])
             return self.log_failure(record["key"], params, text, tags=tags)
         # Training curves (per epoch, or per L2 value / L-BFGS iteration for lp) become step metrics.
-        steps = [(f"curve.{name}", float(v), i) for name, values in (record.get("curves") or {}).items()
-                 for i, v in enumerate(values)]
-        return self.log_entry({"kind": "fit", "key": record["key"], "status": FINISHED, "name": layout.fit_name(params),
-                               "params": params, "metrics": dict(record.get("metrics", {})), "steps": steps, "tags": tags,
-                               "artifacts": dict(record.get("artifacts", {})), "parent": self._parent(params),
-                               "overwrite": overwrite})
+        steps = [
+            (f"curve.{name}", float(v), i)
+            for name, values in (record.get("curves") or {}).items()
+            for i, v in enumerate(values)
+        ]
+        return self.log_entry(
+            {
+                "kind": "fit",
+                "key": record["key"],
+                "status": FINISHED,
+                "name": layout.fit_name(params),
+                "params": params,
+                "metrics": dict(record.get("metrics", {})),
+                "steps": steps,
+                "tags": tags,
+                "artifacts": dict(record.get("artifacts", {})),
+                "parent": self._parent(params),
+                "overwrite": overwrite,
+            }
+        )
 
-    def log_failure(self, key: str, params: Mapping[str, Any], error_text: str, *, kind: str = "fit",
-                    tags: Mapping[str, Any] | None = None) -> str | None:
+    def log_failure(
+        self,
+        key: str,
+        params: Mapping[str, Any],
+        error_text: str,
+        *,
+        kind: str = "fit",
+        tags: Mapping[str, Any] | None = None,
+    ) -> str | None:
         """Record a failed attempt (status FAILED, tag ``error``); earlier failures of the key go.
 
         The key stays out of ``completed_keys`` so the next run retries it.
@@ -345,10 +393,21 @@ class Tracker(TrackingReader):
         text = error_text if len(error_text) <= 7900 else error_text[:3900] + "\n...\n" + error_text[-3900:]
         params = dict(params)
         name = layout.fit_name(params) if kind == "fit" else layout.pretrain_name(params) if kind == "pretrain" else key
-        return self.log_entry({"kind": kind, "key": key, "status": FAILED, "name": name, "params": params,
-                               "tags": {**(tags or {}), ERROR_TAG: text}, "parent": self._parent(params)})
+        return self.log_entry(
+            {
+                "kind": kind,
+                "key": key,
+                "status": FAILED,
+                "name": name,
+                "params": params,
+                "tags": {**(tags or {}), ERROR_TAG: text},
+                "parent": self._parent(params),
+            }
+        )
 
-    def log_pretrain(self, job: Any, result: Any, *, overwrite: bool = False, backbone: str | None = None) -> str | None:
+    def log_pretrain(
+        self, job: Any, result: Any, *, overwrite: bool = False, backbone: str | None = None
+    ) -> str | None:
         """Log a pre-training job (``PretrainJob``) and its result.
 
         ``result`` is a mapping or dataclass. Recognised entries: ``history`` / ``metrics`` /
@@ -360,18 +419,32 @@ class Tracker(TrackingReader):
         of this model carry (default ``job.backbone_name``): it places the run in
         the same backbone x noise ratio group as those fits.
         """
-        res = dataclasses.asdict(result) if dataclasses.is_dataclass(result) else dict(result)
+        is_record = dataclasses.is_dataclass(result) and not isinstance(result, type)
+        res = dataclasses.asdict(result) if is_record else dict(result)
         res.pop("job", None)
         params = dataclasses.asdict(job)
         params["name"] = job.name
-        group = {"backbone": backbone or job.backbone_name,
-                 "noise_ratio": job.noise_ratio, "objective": job.objective, "noise_kind": job.noise_kind}
+        group = {
+            "backbone": backbone or job.backbone_name,
+            "noise_ratio": job.noise_ratio,
+            "objective": job.objective,
+            "noise_kind": job.noise_kind,
+        }
         if res.get("error"):
-            return self.log_entry({"kind": "pretrain", "key": job.key, "status": FAILED, "name": layout.pretrain_name(params),
-                                   "params": params, "tags": {ERROR_TAG: str(res["error"])},
-                                   "parent": self._parent(group)})
-        steps, last = _epoch_steps(next((res.pop(k) for k in ("history", "metrics", "epochs")
-                                         if isinstance(res.get(k), (list, dict))), None))
+            return self.log_entry(
+                {
+                    "kind": "pretrain",
+                    "key": job.key,
+                    "status": FAILED,
+                    "name": layout.pretrain_name(params),
+                    "params": params,
+                    "tags": {ERROR_TAG: str(res["error"])},
+                    "parent": self._parent(group),
+                }
+            )
+        steps, last = _epoch_steps(
+            next((res.pop(k) for k in ("history", "metrics", "epochs") if isinstance(res.get(k), (list, dict))), None)
+        )
         tags: dict[str, str] = {"backbone": group["backbone"], EPOCH_TAG: ",".join(sorted(last))}
         artifacts: dict[str, Any] = {}
         metrics: dict[str, float] = {}
@@ -387,17 +460,35 @@ class Tracker(TrackingReader):
         ckpt = next((res.pop(k) for k in ("checkpoint", "checkpoint_path") if res.get(k)), None)
         if ckpt is not None:
             tags["checkpoint"] = str(ckpt)
-        metrics.update({k: float(v) for k, v in res.items()
-                        if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(float(v))})
+        metrics.update(
+            {
+                k: float(v)
+                for k, v in res.items()
+                if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(float(v))
+            }
+        )
         # Per-epoch values are logged with their steps; MLflow keeps the latest as the run's value.
         for k in last:
             metrics.pop(k, None)
-        return self.log_entry({"kind": "pretrain", "key": job.key, "status": FINISHED, "name": layout.pretrain_name(params),
-                               "params": params, "metrics": metrics, "steps": steps, "tags": tags,
-                               "artifacts": artifacts, "parent": self._parent(group), "overwrite": overwrite})
+        return self.log_entry(
+            {
+                "kind": "pretrain",
+                "key": job.key,
+                "status": FINISHED,
+                "name": layout.pretrain_name(params),
+                "params": params,
+                "metrics": metrics,
+                "steps": steps,
+                "tags": tags,
+                "artifacts": artifacts,
+                "parent": self._parent(group),
+                "overwrite": overwrite,
+            }
+        )
 
-    def log_spectrum(self, backbone: str | Mapping[str, Any], task: str, values: Any, *,
-                     overwrite: bool = False, **params: Any) -> str | None:
+    def log_spectrum(
+        self, backbone: str | Mapping[str, Any], task: str, values: Any, *, overwrite: bool = False, **params: Any
+    ) -> str | None:
         """Store the singular values of a backbone's features on ``task`` (artifact spectrum.npy).
 
         ``backbone`` is a display name, or a mapping of backbone params that holds one under
@@ -410,9 +501,18 @@ class Tracker(TrackingReader):
             raise ConfigError("log_spectrum: the backbone mapping needs a 'backbone' display name")
         all_params = {**base, **params, "task": task}
         key = config_hash({"kind": "spectrum", **all_params})
-        return self.log_entry({"kind": "spectrum", "key": key, "status": FINISHED, "name": layout.spectrum_name(all_params),
-                               "params": all_params, "artifacts": {"spectrum.npy": arr},
-                               "parent": self._parent(all_params), "overwrite": overwrite})
+        return self.log_entry(
+            {
+                "kind": "spectrum",
+                "key": key,
+                "status": FINISHED,
+                "name": layout.spectrum_name(all_params),
+                "params": all_params,
+                "artifacts": {"spectrum.npy": arr},
+                "parent": self._parent(all_params),
+                "overwrite": overwrite,
+            }
+        )
 
 
 def _epoch_steps(history: Any) -> tuple[list[tuple[str, float, int]], dict[str, float]]:

@@ -37,24 +37,37 @@ class SmoothedCrossEntropy:
     def __init__(self, hp: Any) -> None:
         self.label_smoothing = float(hp.label_smoothing)
 
-    def __call__(self, logits: torch.Tensor, y: torch.Tensor, z: torch.Tensor, f: torch.Tensor
-                 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    def __call__(
+        self, logits: torch.Tensor, y: torch.Tensor, z: torch.Tensor, f: torch.Tensor
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         loss = F.cross_entropy(logits, y, label_smoothing=self.label_smoothing)
         return loss, {"ce": loss}
 
 
-COSINE = register_head(HeadMethod(
-    name="cosine", label="Cosine", order=10,
-    description="cosine classifier: linear layer on L2-normalised features with a learnable temperature, "
-                "label-smoothed cross-entropy",
-    hparams=(
-        *gradient_hparams(lr=1e-2, weight_decay=0.0),
-        HParam("temperature", "float", 10.0, "initial logit scale", positive=True, arch=True, label="τ{:g}"),
-        HParam("label_smoothing", "float", 0.1, "share of the target spread over all classes", maximum=1.0,
-               per_member=True, label="ls{:g}"),
-    ),
-    builder=CosineHead,
-    loss=SmoothedCrossEntropy,
-    labelled=("temperature", "label_smoothing"),
-    style=("tab:purple", "D"),
-    default=False))
+COSINE = register_head(
+    HeadMethod(
+        name="cosine",
+        label="Cosine",
+        order=10,
+        description="cosine classifier: linear layer on L2-normalised features with a learnable temperature, "
+        "label-smoothed cross-entropy",
+        hparams=(
+            *gradient_hparams(lr=1e-2, weight_decay=0.0),
+            HParam("temperature", "float", 10.0, "initial logit scale", positive=True, arch=True, label="τ{:g}"),
+            HParam(
+                "label_smoothing",
+                "float",
+                0.1,
+                "share of the target spread over all classes",
+                maximum=1.0,
+                per_member=True,
+                label="ls{:g}",
+            ),
+        ),
+        builder=CosineHead,
+        loss=SmoothedCrossEntropy,
+        labelled=("temperature", "label_smoothing"),
+        style=("tab:purple", "D"),
+        default=False,
+    )
+)
