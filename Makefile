@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.installed
 SUITE  ?= suites/quick.yaml
 PIP    := $(BIN)/python -m pip install -q --disable-pip-version-check
 
-.PHONY: install run test bench study mobilenet gpu-check clean
+.PHONY: install run test lint bench study mobilenet gpu-check clean
 
 $(STAMP): pyproject.toml Makefile
 	@echo "== creating $(VENV) and installing nml-bench (about 3 minutes on a fresh machine)"
@@ -26,8 +26,16 @@ install: $(STAMP)
 run: install
 	$(BIN)/nmlbench run $(SUITE)
 
-test: install
+test: install lint
 	$(BIN)/python -m pytest -q -p no:cacheprovider tests
+
+# The habits that keep the code base one shape (seconds; also the first step of `make test`):
+# lint and format (ruff), types (mypy on benchmark/), and the layer contracts (.importlinter).
+lint: install
+	$(BIN)/ruff check benchmark tests benchmarks
+	$(BIN)/ruff format --check benchmark tests benchmarks
+	$(BIN)/mypy
+	$(BIN)/lint-imports
 
 bench: install
 	$(BIN)/python -m pytest -q -p no:cacheprovider benchmarks --benchmark-json=results/bench/bench.json

@@ -54,11 +54,11 @@ class Visit:
     """What a page showed: its text, a PNG screenshot, and the errors it logged."""
 
     url: str
-    ready: bool                   # the wait condition held before the timeout
-    text: str = ""                # document.body.innerText
-    screenshot: bytes = b""       # PNG of the viewport
+    ready: bool  # the wait condition held before the timeout
+    text: str = ""  # document.body.innerText
+    screenshot: bytes = b""  # PNG of the viewport
     errors: list[str] = field(default_factory=list)
-    value: Any = None             # result of the ``extract`` expression, if any
+    value: Any = None  # result of the ``extract`` expression, if any
 
     def save_screenshot(self, path: str | Path) -> Path:
         p = Path(path)
@@ -80,14 +80,28 @@ class Chromium:
         self._proc: subprocess.Popen | None = None
         self.port = 0
 
-    def __enter__(self) -> "Chromium":
-        args = [self.executable, "--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
-                "--no-first-run", "--no-default-browser-check", "--disable-extensions",
-                "--disable-background-networking", "--disable-component-update", "--hide-scrollbars",
-                f"--user-data-dir={self._profile}", "--remote-debugging-address=127.0.0.1",
-                "--remote-debugging-port=0", f"--window-size={self.width},{self.height}", "about:blank"]
-        self._proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                                      start_new_session=True)
+    def __enter__(self) -> Chromium:
+        args = [
+            self.executable,
+            "--headless=new",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-dev-shm-usage",
+            "--no-first-run",
+            "--no-default-browser-check",
+            "--disable-extensions",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--hide-scrollbars",
+            f"--user-data-dir={self._profile}",
+            "--remote-debugging-address=127.0.0.1",
+            "--remote-debugging-port=0",
+            f"--window-size={self.width},{self.height}",
+            "about:blank",
+        ]
+        self._proc = subprocess.Popen(
+            args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
+        )
         port_file = Path(self._profile) / "DevToolsActivePort"
         deadline = time.monotonic() + 60
         while not port_file.is_file() or not port_file.read_text().strip():
@@ -109,9 +123,17 @@ class Chromium:
         self._proc = None
         shutil.rmtree(self._profile, ignore_errors=True)
 
-    def visit(self, url: str, *, wait_for: str | None = None, extract: str | None = None,
-              timeout_s: float = 60.0, settle_s: float = 1.0, before_screenshot: str | None = None,
-              full_page: bool = False) -> Visit:
+    def visit(
+        self,
+        url: str,
+        *,
+        wait_for: str | None = None,
+        extract: str | None = None,
+        timeout_s: float = 60.0,
+        settle_s: float = 1.0,
+        before_screenshot: str | None = None,
+        full_page: bool = False,
+    ) -> Visit:
         """Open ``url`` in a fresh tab; wait for ``wait_for`` (a JS expression) to be truthy.
 
         ``extract`` is a JS expression whose JSON value comes back as ``Visit.value``. After the
@@ -123,8 +145,16 @@ class Chromium:
             raise RuntimeError("use Chromium as a context manager")
         return asyncio.run(self._visit(url, wait_for, extract, timeout_s, settle_s, before_screenshot, full_page))
 
-    async def _visit(self, url: str, wait_for: str | None, extract: str | None, timeout_s: float,
-                     settle_s: float, before_screenshot: str | None, full_page: bool) -> Visit:
+    async def _visit(
+        self,
+        url: str,
+        wait_for: str | None,
+        extract: str | None,
+        timeout_s: float,
+        settle_s: float,
+        before_screenshot: str | None,
+        full_page: bool,
+    ) -> Visit:
         import aiohttp
 
         base = f"http://127.0.0.1:{self.port}"
@@ -133,8 +163,9 @@ class Chromium:
                 target = await resp.json(content_type=None)
             try:
                 async with http.ws_connect(target["webSocketDebuggerUrl"], max_msg_size=0) as ws:
-                    return await _Session(ws, self.width, self.height).run(url, wait_for, extract, timeout_s,
-                                                                           settle_s, before_screenshot, full_page)
+                    return await _Session(ws, self.width, self.height).run(
+                        url, wait_for, extract, timeout_s, settle_s, before_screenshot, full_page
+                    )
             finally:
                 async with http.get(f"{base}/json/close/{target['id']}") as resp:
                     await resp.read()
@@ -184,20 +215,31 @@ class _Session:
         return reply.get("result", {})
 
     async def evaluate(self, expression: str) -> Any:
-        res = await self.send("Runtime.evaluate", {"expression": expression, "returnByValue": True,
-                                                   "awaitPromise": True})
+        res = await self.send(
+            "Runtime.evaluate", {"expression": expression, "returnByValue": True, "awaitPromise": True}
+        )
         if "exceptionDetails" in res:
             return None
         return res.get("result", {}).get("value")
 
-    async def run(self, url: str, wait_for: str | None, extract: str | None, timeout_s: float,
-                  settle_s: float, before_screenshot: str | None = None, full_page: bool = False) -> Visit:
+    async def run(
+        self,
+        url: str,
+        wait_for: str | None,
+        extract: str | None,
+        timeout_s: float,
+        settle_s: float,
+        before_screenshot: str | None = None,
+        full_page: bool = False,
+    ) -> Visit:
         reader = asyncio.create_task(self._reader())
         try:
             for domain in ("Page", "Runtime", "Log"):
                 await self.send(f"{domain}.enable")
-            await self.send("Emulation.setDeviceMetricsOverride",
-                            {"width": self.width, "height": self.height, "deviceScaleFactor": 1, "mobile": False})
+            await self.send(
+                "Emulation.setDeviceMetricsOverride",
+                {"width": self.width, "height": self.height, "deviceScaleFactor": 1, "mobile": False},
+            )
             deadline = time.monotonic() + timeout_s
             nav = await self.send("Page.navigate", {"url": url})
             if nav.get("errorText"):
@@ -223,10 +265,18 @@ class _Session:
             params: dict[str, Any] = {"format": "png"}
             if full_page:
                 size = (await self.send("Page.getLayoutMetrics"))["cssContentSize"]
-                params.update(captureBeyondViewport=True, clip={"x": 0, "y": 0, "width": size["width"],
-                                                                "height": size["height"], "scale": 1})
+                params.update(
+                    captureBeyondViewport=True,
+                    clip={"x": 0, "y": 0, "width": size["width"], "height": size["height"], "scale": 1},
+                )
             shot = await self.send("Page.captureScreenshot", params)
-            return Visit(url, ready, text, base64.b64decode(shot.get("data", "")), list(self.errors),
-                         json.loads(value) if value else None)
+            return Visit(
+                url,
+                ready,
+                text,
+                base64.b64decode(shot.get("data", "")),
+                list(self.errors),
+                json.loads(value) if value else None,
+            )
         finally:
             reader.cancel()

@@ -39,8 +39,10 @@ from benchmark.heads import contenders, head_label, probe_head
 from benchmark.leaderboard import replicate_table
 
 HELD, CONTRADICTED, UNDECIDED, TOO_FEW = "held", "contradicted", "undecided", "too few replicates"
-VERDICT_RULE = ("Verdicts: **held** = the 95 % interval excludes 0 in the claimed direction; **contradicted** = "
-                "it excludes 0 in the opposite direction; **undecided** = it contains 0.")
+VERDICT_RULE = (
+    "Verdicts: **held** = the 95 % interval excludes 0 in the claimed direction; **contradicted** = "
+    "it excludes 0 in the opposite direction; **undecided** = it contains 0."
+)
 #: The largest number of units the power search reports; beyond it the effect is "too small to decide".
 MAX_UNITS = 100_000
 
@@ -136,8 +138,10 @@ class Estimate:
     def fmt(self, scale: float = 100.0, digits: int = 2) -> str:
         if not math.isfinite(self.low):
             return f"{self.value * scale:+.{digits}f} (n={self.n})"
-        return (f"{self.value * scale:+.{digits}f} [{self.low * scale:+.{digits}f}, "
-                f"{self.high * scale:+.{digits}f}] (n={self.n})")
+        return (
+            f"{self.value * scale:+.{digits}f} [{self.low * scale:+.{digits}f}, "
+            f"{self.high * scale:+.{digits}f}] (n={self.n})"
+        )
 
 
 def mean_ci(diffs: np.ndarray, confidence: float = 0.95) -> Estimate:
@@ -182,8 +186,15 @@ def _paired(df: pd.DataFrame, metric: str, r: float, base: float = 0.0) -> np.nd
 
 def _finding(backbone: str, what: str, e: Estimate, direction: str, **extra) -> dict:
     verdict = e.verdict(direction)
-    return {"backbone": backbone, "what": what, "estimate": e, "direction": direction, "verdict": verdict,
-            "held": verdict == HELD, **extra}
+    return {
+        "backbone": backbone,
+        "what": what,
+        "estimate": e,
+        "direction": direction,
+        "verdict": verdict,
+        "held": verdict == HELD,
+        **extra,
+    }
 
 
 def head_units(rep: pd.DataFrame) -> pd.DataFrame:
@@ -192,10 +203,19 @@ def head_units(rep: pd.DataFrame) -> pd.DataFrame:
     is the head seed. Columns ``backbone``, ``unit``, ``method``, ``id_acc``, ``ood_acc``."""
     rep = _full_data(rep)
     frozen = rep["noise_ratio"].isna()
-    pre = rep[~frozen].groupby(["backbone", "noise_ratio", "pretrain_seed", "method"], dropna=False)[
-        ["id_acc", "ood_acc"]].mean().reset_index()
+    pre = (
+        rep[~frozen]
+        .groupby(["backbone", "noise_ratio", "pretrain_seed", "method"], dropna=False)[["id_acc", "ood_acc"]]
+        .mean()
+        .reset_index()
+    )
     pre["unit"] = [f"r{r:g} p{p}" for r, p in zip(pre["noise_ratio"], pre["pretrain_seed"])]
-    fro = rep[frozen].groupby(["backbone", "head_seed", "method"], dropna=False)[["id_acc", "ood_acc"]].mean().reset_index()
+    fro = (
+        rep[frozen]
+        .groupby(["backbone", "head_seed", "method"], dropna=False)[["id_acc", "ood_acc"]]
+        .mean()
+        .reset_index()
+    )
     fro["unit"] = [f"s{s}" for s in fro["head_seed"]]
     cols = ["backbone", "unit", "method", "id_acc", "ood_acc"]
     return pd.concat([pre[cols], fro[cols]], ignore_index=True)
@@ -214,15 +234,34 @@ def analyse(runs: pd.DataFrame) -> dict[str, list[dict]]:
             continue
         lp = part[part["method"] == probe_head()]  # the linear probe: the head claims 1-3 read
         for r in [r for r in ratios if 0 < r <= 0.1]:
-            out["1"].append(_finding(backbone, f"ID LP acc, {r:.0%} - 0 %", mean_ci(_paired(lp, "id_acc", r)), "positive"))
+            out["1"].append(
+                _finding(backbone, f"ID LP acc, {r:.0%} - 0 %", mean_ci(_paired(lp, "id_acc", r)), "positive")
+            )
         for r in [r for r in ratios if r > 0]:
-            out["2"].append(_finding(backbone, f"OOD LP acc, {r:.0%} - 0 %", mean_ci(_paired(lp, "ood_acc", r)), "negative"))
-        out["2"].append(_finding(backbone, "OOD LP acc: slope per unit noise ratio",
-                                 slope_ci(lp["noise_ratio"], lp["ood_acc"]), "negative"))
-        for metric, sign, label in (("sve_raw", "positive", "SVE (ID, frozen features)"),
-                                    ("lsvr_raw", "negative", "LSVR (OOD, frozen features)")):
-            out["3"].append(_finding(backbone, f"{label}: slope per unit noise ratio",
-                                     slope_ci(lp["noise_ratio"], lp[metric]), sign, scale=1.0))
+            out["2"].append(
+                _finding(backbone, f"OOD LP acc, {r:.0%} - 0 %", mean_ci(_paired(lp, "ood_acc", r)), "negative")
+            )
+        out["2"].append(
+            _finding(
+                backbone,
+                "OOD LP acc: slope per unit noise ratio",
+                slope_ci(lp["noise_ratio"], lp["ood_acc"]),
+                "negative",
+            )
+        )
+        for metric, sign, label in (
+            ("sve_raw", "positive", "SVE (ID, frozen features)"),
+            ("lsvr_raw", "negative", "LSVR (OOD, frozen features)"),
+        ):
+            out["3"].append(
+                _finding(
+                    backbone,
+                    f"{label}: slope per unit noise ratio",
+                    slope_ci(lp["noise_ratio"], lp[metric]),
+                    sign,
+                    scale=1.0,
+                )
+            )
     out["4"] = _claim4(head_units(rep))
     return out
 
@@ -261,7 +300,7 @@ def _last_checkpoints(diff: pd.Series) -> set[str]:
 CLAIM_TEXT = {
     "1": "Slight pre-training noise (5-10 %) raises in-domain linear-probe accuracy",
     "2": "Any pre-training noise lowers out-of-domain linear-probe accuracy",
-    "3": "Noise raises the singular value entropy (SVE) and lowers the largest singular value ratio (LSVR) of the frozen features",
+    "3": "Noise raises the singular value entropy (SVE) and lowers the largest singular value ratio (LSVR) of the frozen features",  # noqa: E501
     "4": "NMTune improves on the MLP head (about +1 point) and on the linear probe, ID and OOD",
 }
 
@@ -274,7 +313,9 @@ def claim_verdict(rows: list[dict]) -> str:
     counts = {v: testable.count(v) for v in (HELD, CONTRADICTED, UNDECIDED)}
     kinds = [v for v, c in counts.items() if c]
     head = kinds[0] if len(kinds) == 1 else "mixed"
-    return f"{head}: " + ", ".join(f"{c} {v}" for v, c in counts.items() if c) + f" of {len(testable)} testable findings"
+    return (
+        f"{head}: " + ", ".join(f"{c} {v}" for v, c in counts.items() if c) + f" of {len(testable)} testable findings"
+    )
 
 
 def claims_markdown(runs: pd.DataFrame, suite: str) -> str:
@@ -282,30 +323,40 @@ def claims_markdown(runs: pd.DataFrame, suite: str) -> str:
     if runs is None or len(runs) == 0:
         return f"# Claims of the paper in suite `{suite}`\n\nNo finished head fits yet.\n"
     found = analyse(runs)
-    lines = [f"# Claims of the paper in suite `{suite}`", "",
-             "Differences in accuracy points (percent), mean [95 % t-interval] over units of replication: "
-             "pre-training seeds (head seeds averaged first; a deterministic head counted once); claim 4 "
-             "compares heads within one backbone family, paired by (pre-training seed, task) over the "
-             "family's pre-trainings, or by head seed for a frozen backbone; a pooled row, where shown, "
-             "comes after the families. Slopes: change per unit of noise ratio (x100 for accuracies). "
-             "Where a finding is undecided, the last column is the smallest number of units (slopes: "
-             "pre-training runs) for which an exact t test would exclude 0 with 80 % probability if the "
-             "observed effect and spread were the truth (noncentral t, statsmodels).", ""]
+    lines = [
+        f"# Claims of the paper in suite `{suite}`",
+        "",
+        "Differences in accuracy points (percent), mean [95 % t-interval] over units of replication: "
+        "pre-training seeds (head seeds averaged first; a deterministic head counted once); claim 4 "
+        "compares heads within one backbone family, paired by (pre-training seed, task) over the "
+        "family's pre-trainings, or by head seed for a frozen backbone; a pooled row, where shown, "
+        "comes after the families. Slopes: change per unit of noise ratio (x100 for accuracies). "
+        "Where a finding is undecided, the last column is the smallest number of units (slopes: "
+        "pre-training runs) for which an exact t test would exclude 0 with 80 % probability if the "
+        "observed effect and spread were the truth (noncentral t, statsmodels).",
+        "",
+    ]
     for c in ("1", "2", "3", "4"):
         rows = found[c]
         lines += [f"## Claim {c}: {CLAIM_TEXT[c]}", ""]
         if not rows:
-            lines += ["Not testable in this suite (it needs pre-training noise ratios including 0 %, "
-                      "or several heads).", ""]
+            lines += [
+                "Not testable in this suite (it needs pre-training noise ratios including 0 %, or several heads).",
+                "",
+            ]
             continue
-        lines += ["| backbone | quantity | estimate | claimed | verdict | n to decide (80 % power) |",
-                  "|---|---|---|---|---|---|"]
+        lines += [
+            "| backbone | quantity | estimate | claimed | verdict | n to decide (80 % power) |",
+            "|---|---|---|---|---|---|",
+        ]
         for r in rows:
             scale = r.get("scale", 100.0)
             e = r["estimate"]
             need = e.seeds_needed() if r["verdict"] == UNDECIDED else None
             power = f"{need} ({'units' if e.kind == 'mean' else 'pre-training runs'})" if need else ""
-            lines.append(f"| {r['backbone']} | {r['what']} | {e.fmt(scale, 2 if scale == 100 else 4)} | "
-                         f"{'> 0' if r['direction'] == 'positive' else '< 0'} | {r['verdict']} | {power} |")
+            lines.append(
+                f"| {r['backbone']} | {r['what']} | {e.fmt(scale, 2 if scale == 100 else 4)} | "
+                f"{'> 0' if r['direction'] == 'positive' else '< 0'} | {r['verdict']} | {power} |"
+            )
         lines += ["", VERDICT_RULE, "", f"**Verdict: {claim_verdict(rows)}.**", ""]
     return "\n".join(lines)

@@ -14,14 +14,18 @@ import tempfile
 import time
 from enum import Enum
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 
 from benchmark.errors import ConfigError, NMLBenchError
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
-                  help="nml-bench: label noise in pre-training, frozen features, LP / MLP / NMTune heads.")
+app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    help="nml-bench: label noise in pre-training, frozen features, LP / MLP / NMTune heads.",
+)
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_SUITE = "quick"
@@ -43,9 +47,13 @@ def resolve_suite_path(suite: str | None) -> Path:
         for cand in (root / name, root / f"{name}.yaml"):
             if cand.is_file():
                 return cand.resolve()
-    known = sorted({q.stem for r in (Path.cwd() / "suites", REPO_ROOT / "suites") if r.is_dir() for q in r.glob("*.yaml")})
-    raise ConfigError(f"suite {name!r} not found: no such file, and no suites/{name}.yaml. "
-                      f"Known suites: {', '.join(known) or '(none)'}; or give a path to a YAML file.")
+    known = sorted(
+        {q.stem for r in (Path.cwd() / "suites", REPO_ROOT / "suites") if r.is_dir() for q in r.glob("*.yaml")}
+    )
+    raise ConfigError(
+        f"suite {name!r} not found: no such file, and no suites/{name}.yaml. "
+        f"Known suites: {', '.join(known) or '(none)'}; or give a path to a YAML file."
+    )
 
 
 def _load(suite: str | None):
@@ -71,8 +79,9 @@ def _tracking(suite_obj, tracking_uri: str | None, work_dir: str | None) -> tupl
     return credentials_from_uri(tracking_uri or str(suite_obj.tracking.uri)), str(suite_obj.tracking.experiment)
 
 
-def _print_leaderboard(uri: str, experiment: str, fmt: Fmt = Fmt.table, suite: str | None = None,
-                       strict: bool = False) -> None:
+def _print_leaderboard(
+    uri: str, experiment: str, fmt: Fmt = Fmt.table, suite: str | None = None, strict: bool = False
+) -> None:
     """Print the published leaderboard runs (read-only: nothing is created in the store).
 
     Before the leaderboard is published (a run interrupted before its end, or a store written by
@@ -101,8 +110,10 @@ def _print_leaderboard(uri: str, experiment: str, fmt: Fmt = Fmt.table, suite: s
         board = leaderboard(fits)
         note = f"(computed from the fit runs: the leaderboard runs are not published yet; {again} publishes them)"
     elif suite is not None and reader.published_fits(suite) not in (None, len(fits)):
-        note = (f"(the published leaderboard summarises {reader.published_fits(suite)} fits, the store now holds "
-                f"{len(fits)}; {again} refreshes it)")
+        note = (
+            f"(the published leaderboard summarises {reader.published_fits(suite)} fits, the store now holds "
+            f"{len(fits)}; {again} refreshes it)"
+        )
     keys = [c for c in ("backbone", "noise_ratio", "method", "fraction") if c in board.columns]
     typer.echo(render(board[keys + list(columns())], fmt.value))
     if note:
@@ -110,20 +121,25 @@ def _print_leaderboard(uri: str, experiment: str, fmt: Fmt = Fmt.table, suite: s
     if fmt is Fmt.table:
         from benchmark.tracking.layout import leaderboard_path
 
-        where = (reader.leaderboard_url(uri) if uri.startswith(("http://", "https://")) else
-                 f"`mlflow ui --backend-store-uri {uri}`, then http://127.0.0.1:5000/"
-                 f"{leaderboard_path(str(reader.experiment_id))}")
+        where = (
+            reader.leaderboard_url(uri)
+            if uri.startswith(("http://", "https://"))
+            else f"`mlflow ui --backend-store-uri {uri}`, then http://127.0.0.1:5000/"
+            f"{leaderboard_path(str(reader.experiment_id))}"
+        )
         typer.echo(f"leaderboard in the MLflow UI: {where}")
 
 
 # ---------------------------------------------------------------------------------------------
 @app.command()
 def run(
-    suite: Annotated[Optional[str], typer.Argument(help="suite file or name in suites/ (default: quick)")] = None,
-    address: Annotated[Optional[str], typer.Option(help="Ray cluster address (default: start local Ray)")] = None,
-    tracking_uri: Annotated[Optional[str], typer.Option(help="MLflow tracking URI (default: sqlite in the work dir)")] = None,
-    data_root: Annotated[Optional[str], typer.Option(help="root of real data sets (ImageNet, DomainNet, ...)")] = None,
-    work_dir: Annotated[Optional[str], typer.Option(help="caches and checkpoints (default: the suite's work_dir)")] = None,
+    suite: Annotated[str | None, typer.Argument(help="suite file or name in suites/ (default: quick)")] = None,
+    address: Annotated[str | None, typer.Option(help="Ray cluster address (default: start local Ray)")] = None,
+    tracking_uri: Annotated[
+        str | None, typer.Option(help="MLflow tracking URI (default: sqlite in the work dir)")
+    ] = None,
+    data_root: Annotated[str | None, typer.Option(help="root of real data sets (ImageNet, DomainNet, ...)")] = None,
+    work_dir: Annotated[str | None, typer.Option(help="caches and checkpoints (default: the suite's work_dir)")] = None,
 ) -> None:
     """Run a suite (resumes: only missing pre-trainings and head fits run), then print the leaderboard."""
     from benchmark.runner import run_suite
@@ -136,16 +152,21 @@ def run(
     except NMLBenchError as exc:
         _fail(exc)
     secs = summary.seconds
-    typer.echo(f"\nsuite {summary.suite!r} done in {time.perf_counter() - t0:.0f} s "
-               f"(pre-training {secs.get('pretrain', 0):.0f} s, features {secs.get('features', 0):.0f} s, "
-               f"heads {secs.get('heads', 0):.0f} s, publish {secs.get('publish', 0):.0f} s, "
-               f"other {secs.get('other', 0):.0f} s); "
-               f"fits: {summary.fits_run} run, {summary.fits_skipped} reused, {summary.fits_failed} failed")
+    typer.echo(
+        f"\nsuite {summary.suite!r} done in {time.perf_counter() - t0:.0f} s "
+        f"(pre-training {secs.get('pretrain', 0):.0f} s, features {secs.get('features', 0):.0f} s, "
+        f"heads {secs.get('heads', 0):.0f} s, publish {secs.get('publish', 0):.0f} s, "
+        f"other {secs.get('other', 0):.0f} s); "
+        f"fits: {summary.fits_run} run, {summary.fits_skipped} reused, {summary.fits_failed} failed"
+    )
     _print_leaderboard(summary.tracking_uri, summary.experiment, suite=summary.suite)
     typer.echo(f"\nMLflow store: {summary.tracking_uri} (experiment {summary.experiment!r})")
     if summary.records_pending:
-        typer.secho(f"{summary.records_pending} record(s) wait in the journal: MLflow did not answer; "
-                    f"run `nmlbench sync {summary.suite}` when it is back", fg=typer.colors.YELLOW)
+        typer.secho(
+            f"{summary.records_pending} record(s) wait in the journal: MLflow did not answer; "
+            f"run `nmlbench sync {summary.suite}` when it is back",
+            fg=typer.colors.YELLOW,
+        )
     typer.echo(f"work dir (features, checkpoints): {summary.work_dir}")
     if summary.pretrain_failed or summary.fits_failed:
         typer.secho("some jobs failed (see above); re-run the same command to retry only those", fg=typer.colors.YELLOW)
@@ -168,10 +189,10 @@ def validate(suite: Annotated[str, typer.Argument(help="suite file or name")]) -
 
 @app.command()
 def plan(
-    suite: Annotated[Optional[str], typer.Argument(help="suite file or name (default: quick)")] = None,
-    tracking_uri: Annotated[Optional[str], typer.Option(help="MLflow tracking URI")] = None,
-    data_root: Annotated[Optional[str], typer.Option(help="root of real data sets")] = None,
-    work_dir: Annotated[Optional[str], typer.Option()] = None,
+    suite: Annotated[str | None, typer.Argument(help="suite file or name (default: quick)")] = None,
+    tracking_uri: Annotated[str | None, typer.Option(help="MLflow tracking URI")] = None,
+    data_root: Annotated[str | None, typer.Option(help="root of real data sets")] = None,
+    work_dir: Annotated[str | None, typer.Option()] = None,
     as_json: Annotated[bool, typer.Option("--json", help="print the stages as JSON")] = False,
 ) -> None:
     """Print a suite's plan: jobs per stage, what is already done, and the work left. Starts no Ray."""
@@ -209,10 +230,10 @@ def _read_status(plan_status, the_plan, uri: str, exp: str):
 
 @app.command()
 def leaderboard(
-    suite: Annotated[Optional[str], typer.Argument(help="suite file or name (default: quick)")] = None,
+    suite: Annotated[str | None, typer.Argument(help="suite file or name (default: quick)")] = None,
     fmt: Annotated[Fmt, typer.Option("--format", help="table, csv or markdown")] = Fmt.table,
-    tracking_uri: Annotated[Optional[str], typer.Option(help="MLflow tracking URI")] = None,
-    work_dir: Annotated[Optional[str], typer.Option()] = None,
+    tracking_uri: Annotated[str | None, typer.Option(help="MLflow tracking URI")] = None,
+    work_dir: Annotated[str | None, typer.Option()] = None,
 ) -> None:
     """Rows backbone x noise ratio x method (hyper-parameters picked on validation), mean ± 95 % CI over seeds.
 
@@ -229,10 +250,10 @@ def leaderboard(
 @app.command()
 def report(
     suite: Annotated[str, typer.Argument(help="suite file or name")],
-    out: Annotated[Optional[Path], typer.Option(help="output folder (default: results/<suite>)")] = None,
+    out: Annotated[Path | None, typer.Option(help="output folder (default: results/<suite>)")] = None,
     html: Annotated[bool, typer.Option("--html", help="also write report.html: one self-contained page")] = False,
-    tracking_uri: Annotated[Optional[str], typer.Option()] = None,
-    work_dir: Annotated[Optional[str], typer.Option()] = None,
+    tracking_uri: Annotated[str | None, typer.Option()] = None,
+    work_dir: Annotated[str | None, typer.Option()] = None,
 ) -> None:
     """Regenerate the leaderboard tables and figures of a suite from MLflow (read-only)."""
     from benchmark.reporting.folder import make_report_from_tracking
@@ -240,8 +261,9 @@ def report(
     try:
         s = _load(suite)
         uri, exp = _tracking(s, tracking_uri, work_dir)
-        written = make_report_from_tracking(uri, exp, out or Path("results") / s.name, s.name, html=html,
-                                            suite_file=s.source)
+        written = make_report_from_tracking(
+            uri, exp, out or Path("results") / s.name, s.name, html=html, suite_file=s.source
+        )
     except NMLBenchError as exc:
         _fail(exc)
     for p in written:
@@ -251,11 +273,12 @@ def report(
 @app.command()
 def sync(
     suite: Annotated[str, typer.Argument(help="suite file or name")],
-    tracking_uri: Annotated[Optional[str], typer.Option(help="MLflow tracking URI")] = None,
-    work_dir: Annotated[Optional[str], typer.Option(help="work dir holding the journal")] = None,
+    tracking_uri: Annotated[str | None, typer.Option(help="MLflow tracking URI")] = None,
+    work_dir: Annotated[str | None, typer.Option(help="work dir holding the journal")] = None,
     wait: Annotated[float, typer.Option(help="seconds to keep retrying a server that does not answer")] = 30.0,
 ) -> None:
-    """Send MLflow the records its journal holds and the store lacks (after an outage), then publish the leaderboard runs."""
+    """Send MLflow the records its journal holds and the store lacks (after an outage), then publish the
+    leaderboard runs."""
     from benchmark.reporting import finish_and_publish
     from benchmark.tracking import Tracker, journal_path
 
@@ -268,15 +291,17 @@ def sync(
         done = finish_and_publish(tracker, wait_s=wait, strict=True)
     except NMLBenchError as exc:
         _fail(exc)
-    typer.echo(f"journal {path}: {queued - done.pending} records delivered, {done.pending} still pending; "
-               f"leaderboard: {done.leaderboard_rows if done.leaderboard_rows is not None else 'not'} rows published "
-               f"to {uri} (experiment {exp!r})")
+    typer.echo(
+        f"journal {path}: {queued - done.pending} records delivered, {done.pending} still pending; "
+        f"leaderboard: {done.leaderboard_rows if done.leaderboard_rows is not None else 'not'} rows published "
+        f"to {uri} (experiment {exp!r})"
+    )
     if done.pending:
         raise typer.Exit(1)
 
 
 @app.command()
-def datasets(data_root: Annotated[Optional[str], typer.Option(help="root of real data sets")] = None) -> None:
+def datasets(data_root: Annotated[str | None, typer.Option(help="root of real data sets")] = None) -> None:
     """List data sets: size, classes, and whether each is available here (and how to get it)."""
     from benchmark.data import format_datasets_table, list_datasets
 
@@ -314,11 +339,19 @@ def backbones() -> None:
 @app.command()
 def submit(
     suite: Annotated[str, typer.Argument(help="suite file or name")],
-    address: Annotated[str, typer.Option(help="Ray dashboard address, e.g. http://HEAD:8265")] = "http://127.0.0.1:8265",
+    address: Annotated[
+        str, typer.Option(help="Ray dashboard address, e.g. http://HEAD:8265")
+    ] = "http://127.0.0.1:8265",
     wait: Annotated[bool, typer.Option(help="stream the job's logs until it ends")] = False,
-    tracking_uri: Annotated[Optional[str], typer.Option(help="MLflow URI the job logs to (default: this machine's sqlite store)")] = None,
-    work_dir: Annotated[Optional[str], typer.Option(help="work dir on the cluster (shared storage); default: local absolute path")] = None,
-    check: Annotated[bool, typer.Option(help="first check that the cluster's `python` can run nml-bench (a probe job)")] = True,
+    tracking_uri: Annotated[
+        str | None, typer.Option(help="MLflow URI the job logs to (default: this machine's sqlite store)")
+    ] = None,
+    work_dir: Annotated[
+        str | None, typer.Option(help="work dir on the cluster (shared storage); default: local absolute path")
+    ] = None,
+    check: Annotated[
+        bool, typer.Option(help="first check that the cluster's `python` can run nml-bench (a probe job)")
+    ] = True,
 ) -> None:
     """Submit a suite as a Ray job: the package and the suite file are shipped as its working dir.
 
@@ -338,11 +371,11 @@ def submit(
             report = jobs.check_cluster_python(client, address=address, token_source=token_source)
             typer.echo(f"cluster Python: {report['python']} ({report['version']}) has nml-bench's dependencies")
         staging = Path(tempfile.mkdtemp(prefix="nmlbench-job-"))
-        shutil.copytree(REPO_ROOT / "benchmark", staging / "benchmark",
-                        ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+        shutil.copytree(
+            REPO_ROOT / "benchmark", staging / "benchmark", ignore=shutil.ignore_patterns("__pycache__", "*.pyc")
+        )
         shutil.copy2(resolve_suite_path(suite), staging / "suite.yaml")
-        entry = (f"python -m benchmark.cli run suite.yaml "
-                 f"--tracking-uri '{uri}' --work-dir '{work}'")
+        entry = f"python -m benchmark.cli run suite.yaml --tracking-uri '{uri}' --work-dir '{work}'"
         from benchmark.tracking.store import credential_env
 
         runtime_env: dict = {"working_dir": str(staging)}

@@ -45,8 +45,12 @@ def deterministic_section(threads: int) -> Iterator[None]:
     they were: a Ray worker process runs other tasks (head fits) after this one."""
     import torch
 
-    before = (torch.get_num_threads(), torch.are_deterministic_algorithms_enabled(),
-              torch.is_deterministic_algorithms_warn_only_enabled(), torch.backends.cudnn.benchmark)
+    before = (
+        torch.get_num_threads(),
+        torch.are_deterministic_algorithms_enabled(),
+        torch.is_deterministic_algorithms_warn_only_enabled(),
+        torch.backends.cudnn.benchmark,
+    )
     deterministic_torch(threads)
     try:
         yield

@@ -59,8 +59,9 @@ def resolve_split(ref: SplitRef, data_root: str | None) -> Any:
     return split if ref.indices is None else split.subset(np.asarray(ref.indices, dtype=np.int64))
 
 
-def extract_backbone(pairs: Sequence[PairPlan], cache_root: str, data_root: str | None,
-                     normalize: bool) -> tuple[FeaturePayload, ...]:
+def extract_backbone(
+    pairs: Sequence[PairPlan], cache_root: str, data_root: str | None, normalize: bool
+) -> tuple[FeaturePayload, ...]:
     """Payloads of pairs that share one backbone, in order, building the backbone once (GPU when present)."""
     from benchmark.determinism import deterministic_section
 
@@ -71,8 +72,9 @@ def extract_backbone(pairs: Sequence[PairPlan], cache_root: str, data_root: str 
         return _extract(pairs, cache_root, data_root, normalize)
 
 
-def _extract(pairs: Sequence[PairPlan], cache_root: str, data_root: str | None,
-             normalize: bool) -> tuple[FeaturePayload, ...]:
+def _extract(
+    pairs: Sequence[PairPlan], cache_root: str, data_root: str | None, normalize: bool
+) -> tuple[FeaturePayload, ...]:
     """``extract_backbone``'s work, inside its deterministic section."""
     import torch
 
@@ -97,13 +99,28 @@ def _extract(pairs: Sequence[PairPlan], cache_root: str, data_root: str | None,
     for pair in pairs:
         task = pair.task
         tests = {name: get(ref) for name, ref in task.tests}
-        subsets = {name: cs for name, ref in task.tests
-                   if (cs := resolve_split(ref, data_root).class_subset) is not None}
-        payloads.append(FeaturePayload(train=get(task.train), val=get(task.val), tests=tests,
-                                       num_classes=task.num_classes, class_subsets=subsets))
-        atomic_write_json(pair_marker(cache_root, pair.key), {
-            "pair": pair.key, "backbone": pair.backbone.display, "backbone_identity": backbone.identity,
-            "task": task.name, "rows": {"train": len(task.train), "val": len(task.val)}})
+        subsets = {
+            name: cs for name, ref in task.tests if (cs := resolve_split(ref, data_root).class_subset) is not None
+        }
+        payloads.append(
+            FeaturePayload(
+                train=get(task.train),
+                val=get(task.val),
+                tests=tests,
+                num_classes=task.num_classes,
+                class_subsets=subsets,
+            )
+        )
+        atomic_write_json(
+            pair_marker(cache_root, pair.key),
+            {
+                "pair": pair.key,
+                "backbone": pair.backbone.display,
+                "backbone_identity": backbone.identity,
+                "task": task.name,
+                "rows": {"train": len(task.train), "val": len(task.val)},
+            },
+        )
     return tuple(payloads)
 
 
@@ -112,8 +129,9 @@ def extract_payload(pair: PairPlan, cache_root: str, data_root: str | None, norm
     return extract_backbone([pair], cache_root, data_root, normalize)[0]
 
 
-def extract_with_summaries(pairs: Sequence[PairPlan], cache_root: str, data_root: str | None,
-                           normalize: bool) -> tuple[Any, ...]:
+def extract_with_summaries(
+    pairs: Sequence[PairPlan], cache_root: str, data_root: str | None, normalize: bool
+) -> tuple[Any, ...]:
     """``extract_backbone``'s payloads, then each pair's ``payload_summary``: 2 x len(pairs) objects.
 
     The runner's features task. The summaries (spectra, width) are computed where the features

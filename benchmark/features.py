@@ -50,13 +50,15 @@ class Features:
 
 def feature_key(backbone: Any, split: ImageSplit) -> str:
     """Cache key: hash of backbone identity, split fingerprint, transform and FEATURE_VERSION."""
-    return config_hash({
-        "kind": "features",
-        "identity": backbone.identity,
-        "fingerprint": split.fingerprint,
-        "transform": describe_transform(backbone),
-        "version": FEATURE_VERSION,
-    })
+    return config_hash(
+        {
+            "kind": "features",
+            "identity": backbone.identity,
+            "fingerprint": split.fingerprint,
+            "transform": describe_transform(backbone),
+            "version": FEATURE_VERSION,
+        }
+    )
 
 
 def resolve_device(device: str | torch.device | None) -> torch.device:
@@ -80,9 +82,15 @@ class _Transformed(torch.utils.data.Dataset):
         return self.transform(img), label
 
 
-def extract_features(backbone: Any, split: ImageSplit, batch_size: int = 256,
-                     device: str | torch.device | None = None, *, progress: bool = False,
-                     num_workers: int = 0) -> Features:
+def extract_features(
+    backbone: Any,
+    split: ImageSplit,
+    batch_size: int = 256,
+    device: str | torch.device | None = None,
+    *,
+    progress: bool = False,
+    num_workers: int = 0,
+) -> Features:
     """Run the backbone over a split (no cache): one pass, batches in order.
 
     ``num_workers`` > 0 needs a picklable transform; the embedded data sets are tiny images,
@@ -91,23 +99,33 @@ def extract_features(backbone: Any, split: ImageSplit, batch_size: int = 256,
     dev = resolve_device(device)
     backbone.to(dev)
     loader = torch.utils.data.DataLoader(
-        _Transformed(split, backbone.transform), batch_size=batch_size, shuffle=False,
-        num_workers=num_workers, pin_memory=dev.type == "cuda")
+        _Transformed(split, backbone.transform),
+        batch_size=batch_size,
+        shuffle=False,
+        num_workers=num_workers,
+        pin_memory=dev.type == "cuda",
+    )
     show = progress and sys.stderr.isatty()
     xs, ys, batches = [], [], 0
     start = time.perf_counter()
-    for images, labels in tqdm(loader, desc=f"features {backbone.name} {split.fingerprint}",
-                               unit="batch", disable=not show, leave=False):
+    for images, labels in tqdm(
+        loader, desc=f"features {backbone.name} {split.fingerprint}", unit="batch", disable=not show, leave=False
+    ):
         xs.append(backbone.encode(images.to(dev, non_blocking=True)).detach().float().cpu())
         ys.append(torch.as_tensor(labels, dtype=torch.int64))
         batches += 1
     dim = int(getattr(backbone, "feature_dim", 0))
     x = torch.cat(xs) if xs else torch.empty(0, dim, dtype=torch.float32)
     y = torch.cat(ys) if ys else torch.empty(0, dtype=torch.int64)
-    meta = {"identity": backbone.identity, "backbone": backbone.name,
-            "fingerprint": split.fingerprint, "transform": describe_transform(backbone),
-            "device": str(dev), "forward_batches": batches,
-            "seconds": round(time.perf_counter() - start, 4)}
+    meta = {
+        "identity": backbone.identity,
+        "backbone": backbone.name,
+        "fingerprint": split.fingerprint,
+        "transform": describe_transform(backbone),
+        "device": str(dev),
+        "forward_batches": batches,
+        "seconds": round(time.perf_counter() - start, 4),
+    }
     return Features(x=x.contiguous(), y=y, key=feature_key(backbone, split), meta=meta)
 
 
@@ -130,8 +148,14 @@ class FeatureCache:
     made by this cache), so tests and logs can show that a re-run did no forward passes.
     """
 
-    def __init__(self, root: str | Path, device: str | torch.device | None = None,
-                 batch_size: int = 256, progress: bool = True, num_workers: int = 0) -> None:
+    def __init__(
+        self,
+        root: str | Path,
+        device: str | torch.device | None = None,
+        batch_size: int = 256,
+        progress: bool = True,
+        num_workers: int = 0,
+    ) -> None:
         self.root = Path(root)
         self.device = device
         self.batch_size = int(batch_size)
@@ -158,8 +182,7 @@ class FeatureCache:
         if x.dtype != np.float32 or y.dtype != np.int64:
             raise CorruptCacheError(f"dtypes {x.dtype}/{y.dtype}, expected float32/int64")
         if list(x.shape) != list(meta["shape"]) or y.shape != (x.shape[0],):
-            raise CorruptCacheError(f"shape {x.shape} / {y.shape} does not match the recorded "
-                                    f"{meta['shape']}")
+            raise CorruptCacheError(f"shape {x.shape} / {y.shape} does not match the recorded {meta['shape']}")
         if x.shape[0] != expected_len:
             raise CorruptCacheError(f"{x.shape[0]} rows but the split has {expected_len} items")
         if _digest(x, y) != meta["sha256"]:
@@ -170,14 +193,14 @@ class FeatureCache:
         npz, js = self.paths(key)
         if not js.is_file():
             if npz.is_file():  # arrays without metadata: a write was interrupted
-                warnings.warn(f"feature cache entry {npz} has no metadata file {js.name}; "
-                              "recomputing it", stacklevel=3)
+                warnings.warn(f"feature cache entry {npz} has no metadata file {js.name}; recomputing it", stacklevel=3)
             return None
         try:
             return self._read(key, expected_len)
         except Exception as e:  # unreadable zip, truncated file, bad JSON, checksum mismatch ...
-            warnings.warn(f"feature cache file {npz} is corrupt ({type(e).__name__}: {e}); "
-                          "recomputing it", stacklevel=3)
+            warnings.warn(
+                f"feature cache file {npz} is corrupt ({type(e).__name__}: {e}); recomputing it", stacklevel=3
+            )
             return None
 
     # -- writing ---------------------------------------------------------------------------
@@ -187,8 +210,11 @@ class FeatureCache:
         x, y = feats.x.numpy(), feats.y.numpy()
         meta = {
             **{k: v for k, v in feats.meta.items() if k != "forward_batches"},
-            "key": feats.key, "feature_version": FEATURE_VERSION,
-            "shape": list(x.shape), "dtype": str(x.dtype), "sha256": _digest(x, y),
+            "key": feats.key,
+            "feature_version": FEATURE_VERSION,
+            "shape": list(x.shape),
+            "dtype": str(x.dtype),
+            "sha256": _digest(x, y),
             "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         }
         _atomic_write(npz, lambda f: np.savez(f, x=x, y=y))
@@ -204,8 +230,9 @@ class FeatureCache:
             self.hits += 1
             return cached
         self.misses += 1
-        feats = extract_features(backbone, split, self.batch_size, self.device,
-                                 progress=self.progress, num_workers=self.num_workers)
+        feats = extract_features(
+            backbone, split, self.batch_size, self.device, progress=self.progress, num_workers=self.num_workers
+        )
         self.forward_batches += int(feats.meta["forward_batches"])
         meta = self._write(feats)
         return Features(x=feats.x, y=feats.y, key=key, meta=meta)
@@ -222,5 +249,7 @@ class FeatureCache:
         return [self.get(backbone, s) for s in splits]
 
     def __repr__(self) -> str:
-        return (f"FeatureCache({str(self.root)!r}, hits={self.hits}, misses={self.misses}, "
-                f"forward_batches={self.forward_batches})")
+        return (
+            f"FeatureCache({str(self.root)!r}, hits={self.hits}, misses={self.misses}, "
+            f"forward_batches={self.forward_batches})"
+        )

@@ -50,8 +50,7 @@ DEFAULT_GROUP = ("backbone", "noise_ratio", "method")
 REPLICATE = ("pretrain_seed", "head_seed")
 
 #: Each head's mean rank over the (backbone, noise ratio) cells and its bootstrap interval.
-RANK_COLUMNS = ("id_rank", "id_rank_low", "id_rank_high", "ood_rank", "ood_rank_low", "ood_rank_high",
-                "rank_cells")
+RANK_COLUMNS = ("id_rank", "id_rank_low", "id_rank_high", "ood_rank", "ood_rank_low", "ood_rank_high", "rank_cells")
 #: What ``leaderboard_rows`` adds to each row: what validation chose and what the row summarises.
 SELECTION_COLUMNS = ("selected", "selections", "fits", "tasks")
 
@@ -85,8 +84,9 @@ def select_on_validation(df: pd.DataFrame, keys: Sequence[str]) -> pd.DataFrame:
     axes = [a for a in tiebreak_axes() if a in df.columns]
     tie = {f"_{a}": pd.to_numeric(df[a], errors="coerce").astype("float64").fillna(0.0) for a in axes}
     work = df.assign(_val=df["val_accuracy"].astype("float64").fillna(-np.inf), **tie)
-    work = work.sort_values([*keys, "_val", *tie], ascending=[True] * len(keys) + [False] + [True] * len(tie),
-                            kind="stable")
+    work = work.sort_values(
+        [*keys, "_val", *tie], ascending=[True] * len(keys) + [False] + [True] * len(tie), kind="stable"
+    )
     best = work.drop_duplicates(subset=list(keys), keep="first")
     return best.drop(columns=["_val", *tie]).reset_index(drop=True)
 
@@ -179,8 +179,7 @@ def unit_table(per_rep: pd.DataFrame, keys: Sequence[str]) -> pd.DataFrame:
     return means.reset_index()
 
 
-def leaderboard(df: pd.DataFrame, *, group: Sequence[str] = DEFAULT_GROUP,
-                confidence: float = 0.95) -> pd.DataFrame:
+def leaderboard(df: pd.DataFrame, *, group: Sequence[str] = DEFAULT_GROUP, confidence: float = 0.95) -> pd.DataFrame:
     """The leaderboard of a fit-runs frame (``Tracker.runs_frame("fit")``); see the module doc.
 
     Columns: the ``group`` columns, ``fraction`` when several are present, then ``COLUMNS``
@@ -208,7 +207,9 @@ def leaderboard(df: pd.DataFrame, *, group: Sequence[str] = DEFAULT_GROUP,
             t = pd.Series(stats.t.ppf(0.5 + confidence / 2, np.maximum(n - 1, 1)), index=n.index)
             result[f"{out}_ci"] = (t * grouped[out].std(ddof=1) / np.sqrt(n)).where(n >= 2)
     result["n"] = grouped.size()
-    result["n_pretrain"] = units.assign(_pre=units["unit_kind"] == "pretrain").groupby(out_keys, dropna=False, sort=False)["_pre"].sum()
+    result["n_pretrain"] = (
+        units.assign(_pre=units["unit_kind"] == "pretrain").groupby(out_keys, dropna=False, sort=False)["_pre"].sum()
+    )
     result["n_head"] = grouped["n_head"].max()
     result = result.reset_index()
     result["flagged"] = [int(flags.get(_nan_free(tuple(k)), 0)) for k in result[out_keys].itertuples(index=False)]
@@ -255,17 +256,26 @@ def leaderboard_rows(fits: pd.DataFrame, *, board: pd.DataFrame | None = None) -
     """
     lb = leaderboard(fits) if board is None else board
     if lb.empty:
-        return lb.assign(selected=pd.Series(dtype=object), selections=pd.Series(dtype=int),
-                         fits=pd.Series(dtype=int), tasks=pd.Series(dtype=object))
+        return lb.assign(
+            selected=pd.Series(dtype=object),
+            selections=pd.Series(dtype=int),
+            fits=pd.Series(dtype=int),
+            tasks=pd.Series(dtype=object),
+        )
     keys = [c for c in ("backbone", "noise_ratio", "method", "fraction") if c in lb.columns]
     chosen = selected_fits(fits)
     summary = []
     for ident, part in chosen.groupby(keys, dropna=False, sort=False):
         ident = ident if isinstance(ident, tuple) else (ident,)
         counts = Counter(hparam_label(r["method"], r, "no grid") for r in part.to_dict("records"))
-        summary.append({**dict(zip(keys, ident)),
-                        "selected": ", ".join(f"{label} ×{n}" for label, n in counts.most_common()),
-                        "selections": len(part), "tasks": ", ".join(sorted(map(str, part["task"].unique())))})
+        summary.append(
+            {
+                **dict(zip(keys, ident)),
+                "selected": ", ".join(f"{label} ×{n}" for label, n in counts.most_common()),
+                "selections": len(part),
+                "tasks": ", ".join(sorted(map(str, part["task"].unique()))),
+            }
+        )
     work = fits.assign(fraction=fits["fraction"] if "fraction" in fits.columns else 1.0)
     sizes = work.groupby(keys, dropna=False).size().rename("fits").reset_index()
     # merge matches NaN keys with NaN keys: frozen backbones (no noise ratio) keep their summary
@@ -317,8 +327,9 @@ def _display(df: pd.DataFrame) -> tuple[list[str], list[list[str]]]:
     keys = [c for c in df.columns if c not in all_columns and not c.endswith("_ci")]
     headers = []
     for k in keys:
-        headers.append({"backbone": "Backbone", "noise_ratio": "Noise", "method": "Method",
-                        "fraction": "Fraction"}.get(k, k))
+        headers.append(
+            {"backbone": "Backbone", "noise_ratio": "Noise", "method": "Method", "fraction": "Fraction"}.get(k, k)
+        )
     headers += [*metric_headers(df), "n (units)"]
     rows = []
     for _, r in df.iterrows():
@@ -339,15 +350,21 @@ def _display(df: pd.DataFrame) -> tuple[list[str], list[list[str]]]:
 
 def render_notes(df: pd.DataFrame) -> list[str]:
     """The lines under the table: what the intervals are over, what a flag means."""
-    notes = [f"± is the 95 % t-interval half-width over units of replication: {units_text(df)} "
-             "(head seeds averaged inside a pre-training; a deterministic head counted once)."]
+    notes = [
+        f"± is the 95 % t-interval half-width over units of replication: {units_text(df)} "
+        "(head seeds averaged inside a pre-training; a deterministic head counted once)."
+    ]
     if "n" in df.columns and (df["n"] == 1).any():
-        notes.append("No interval where n = 1: one unit (a single seed, or a deterministic head such as the LP "
-                     "on a frozen backbone; a bootstrap over test rows would need per-row predictions, which "
-                     "the fit records do not hold).")
+        notes.append(
+            "No interval where n = 1: one unit (a single seed, or a deterministic head such as the LP "
+            "on a frozen backbone; a bootstrap over test rows would need per-row predictions, which "
+            "the fit records do not hold)."
+        )
     if "flagged" in df.columns and (df["flagged"].fillna(0) > 0).any():
-        notes.append(f"{FLAG}k: k of the row's selected fits stayed near chance on validation while fitting "
-                     "their training data (see the sweep's warning): the row's numbers are not a result.")
+        notes.append(
+            f"{FLAG}k: k of the row's selected fits stayed near chance on validation while fitting "
+            "their training data (see the sweep's warning): the row's numbers are not a result."
+        )
     return notes
 
 
@@ -358,10 +375,12 @@ def rank_rows(df: pd.DataFrame) -> tuple[list[str], list[list[str]]]:
     headers = ["Method", "ID rank [95 % bootstrap]", "OOD rank [95 % bootstrap]", "cells"]
     rows = []
     for _, r in ranks.iterrows():
-        def cell(m: str) -> str:
+
+        def cell(m: str, r: pd.Series = r) -> str:
             if not np.isfinite(r[f"{m}_rank"]):
                 return "–"
             return f"{r[f'{m}_rank']:.2f} [{r[f'{m}_rank_low']:.2f}, {r[f'{m}_rank_high']:.2f}]"
+
         rows.append([head_label(r["method"]), cell("id"), cell("ood"), str(int(r["rank_cells"]))])
     return headers, rows
 
@@ -389,7 +408,9 @@ def render(df: pd.DataFrame, fmt: str = "table") -> str:
         text += "\n" + "\n".join(render_notes(df)) + "\n"
     rank_headers, ranked = rank_rows(df)
     if ranked:
-        text += ("\nMean rank of each head over the (backbone, noise ratio) cells (1 = best), with a 95 % "
-                 "bootstrap interval over units of replication:\n\n")
+        text += (
+            "\nMean rank of each head over the (backbone, noise ratio) cells (1 = best), with a 95 % "
+            "bootstrap interval over units of replication:\n\n"
+        )
         text += tabulate(ranked, headers=rank_headers, tablefmt=tablefmt, disable_numparse=True) + "\n"
     return text

@@ -113,10 +113,20 @@ class BoardColumn:
 METRICS: dict[str, Metric] = {}
 
 
-def register_metric(name: str, *, label: str | None = None, direction: str = "higher", features: str = "none",
-                    logits: bool = False, tasks: Sequence[str] = TASK_KINDS,
-                    columns: Sequence[Column] | None = None, interval: bool = True, percent: bool = False,
-                    digits: int = 3, description: str = "") -> Callable[[Callable[[MetricInputs], float]], Callable]:
+def register_metric(
+    name: str,
+    *,
+    label: str | None = None,
+    direction: str = "higher",
+    features: str = "none",
+    logits: bool = False,
+    tasks: Sequence[str] = TASK_KINDS,
+    columns: Sequence[Column] | None = None,
+    interval: bool = True,
+    percent: bool = False,
+    digits: int = 3,
+    description: str = "",
+) -> Callable[[Callable[[MetricInputs], float]], Callable]:
     """Decorator: register ``fn(inputs: MetricInputs) -> float`` as metric ``name``.
 
     ``tasks``: the task kinds that get a leaderboard column (default ``<kind>_<name>``, header
@@ -124,12 +134,31 @@ def register_metric(name: str, *, label: str | None = None, direction: str = "hi
     """
 
     def wrap(fn: Callable[[MetricInputs], float]) -> Callable[[MetricInputs], float]:
-        cols = tuple(columns) if columns is not None else tuple(
-            Column(f"{kind}_{name}", kind, f"{KIND_TEXT.get(kind, kind)} {label or name}"
-                   + (" (%)" if percent else "")) for kind in tasks)
-        add_metric(Metric(name=name, compute=fn, label=label or name, direction=direction, features=features,
-                          logits=logits, columns=cols, interval=interval, percent=percent, digits=digits,
-                          description=description or (fn.__doc__ or "").strip().split("\n")[0]))
+        cols = (
+            tuple(columns)
+            if columns is not None
+            else tuple(
+                Column(
+                    f"{kind}_{name}", kind, f"{KIND_TEXT.get(kind, kind)} {label or name}" + (" (%)" if percent else "")
+                )
+                for kind in tasks
+            )
+        )
+        add_metric(
+            Metric(
+                name=name,
+                compute=fn,
+                label=label or name,
+                direction=direction,
+                features=features,
+                logits=logits,
+                columns=cols,
+                interval=interval,
+                percent=percent,
+                digits=digits,
+                description=description or (fn.__doc__ or "").strip().split("\n")[0],
+            )
+        )
         return fn
 
     return wrap
@@ -148,8 +177,10 @@ def add_metric(metric: Metric) -> Metric:
     taken = {c.name for m in METRICS.values() for c in m.columns}
     for col in metric.columns:
         if col.kind not in TASK_KINDS:
-            raise ConfigError(f"metric {metric.name!r}: column {col.name!r} has task kind {col.kind!r}; "
-                              f"allowed: {', '.join(TASK_KINDS)}")
+            raise ConfigError(
+                f"metric {metric.name!r}: column {col.name!r} has task kind {col.kind!r}; "
+                f"allowed: {', '.join(TASK_KINDS)}"
+            )
         if col.name in taken:
             raise ConfigError(f"metric {metric.name!r}: leaderboard column {col.name!r} is taken by another metric")
     METRICS[metric.name] = metric
@@ -170,8 +201,11 @@ def _load_plugins() -> tuple[str, ...]:
         try:
             obj = ep.load()  # importing the module runs its register_metric decorators
         except Exception as exc:  # a broken plugin must not break the others
-            warnings.warn(f"metric plugin {ep.name!r} from {dist} failed to load ({type(exc).__name__}: {exc}); "
-                          f"skipped. Reinstall or fix {dist}.", stacklevel=2)
+            warnings.warn(
+                f"metric plugin {ep.name!r} from {dist} failed to load ({type(exc).__name__}: {exc}); "
+                f"skipped. Reinstall or fix {dist}.",
+                stacklevel=2,
+            )
             continue
         if isinstance(obj, Metric):
             add_metric(obj)
@@ -198,15 +232,21 @@ def get_metric(name: str) -> Metric:
     """The metric of ``name``; unknown -> ``UnknownNameError`` listing the registered ones."""
     _load_plugins()
     if name not in METRICS:
-        raise UnknownNameError("metric", name, METRICS,
-                               hint=f"outside packages register metrics under the entry-point group {ENTRY_POINT_GROUP!r}")
+        raise UnknownNameError(
+            "metric",
+            name,
+            METRICS,
+            hint=f"outside packages register metrics under the entry-point group {ENTRY_POINT_GROUP!r}",
+        )
     return METRICS[name]
 
 
 def board_columns() -> list[BoardColumn]:
     """The leaderboard's metric columns in display order (``Column.order``, then registration)."""
-    cols = [(c.order, i, BoardColumn(c.name, m, c.kind, c.header, c.view))
-            for i, (m, c) in enumerate((m, c) for m in metrics() for c in m.columns)]
+    cols = [
+        (c.order, i, BoardColumn(c.name, m, c.kind, c.header, c.view))
+        for i, (m, c) in enumerate((m, c) for m in metrics() for c in m.columns)
+    ]
     return [c for _, _, c in sorted(cols, key=lambda t: (t[0], t[1]))]
 
 
@@ -243,15 +283,19 @@ def feature_spectrum(x: Any) -> dict[str, float]:
         return {"sve": float("nan"), "lsvr": float("nan")}
 
 
-@register_metric("accuracy", label="acc", percent=True, digits=2,
-                 columns=(Column("id_acc", "id", "ID acc (%)", 1), Column("ood_acc", "ood", "OOD acc (%)", 3)))
+@register_metric(
+    "accuracy",
+    label="acc",
+    percent=True,
+    digits=2,
+    columns=(Column("id_acc", "id", "ID acc (%)", 1), Column("ood_acc", "ood", "OOD acc (%)", 3)),
+)
 def _accuracy(inp: MetricInputs) -> float:
     """Top-1 accuracy (a class subset lets only its logits compete)."""
     return float((inp.predictions == inp.labels).double().mean())
 
 
-@register_metric("macro_f1", label="F1", percent=True, digits=2,
-                 columns=(Column("id_f1", "id", "ID F1 (%)", 2),))
+@register_metric("macro_f1", label="F1", percent=True, digits=2, columns=(Column("id_f1", "id", "ID F1 (%)", 2),))
 def _macro_f1(inp: MetricInputs) -> float:
     """Macro-F1 (sklearn, classes present in labels or predictions)."""
     return macro_f1(inp.labels, inp.predictions)
@@ -269,15 +313,22 @@ def _lsvr(inp: MetricInputs) -> float:
     return inp.spectrum()["lsvr"]
 
 
-@register_metric("sve_raw", label="SVE raw", features="f", digits=3, interval=False,
-                 columns=(Column("sve_raw", "id", "SVE raw", 6),))
+@register_metric(
+    "sve_raw", label="SVE raw", features="f", digits=3, interval=False, columns=(Column("sve_raw", "id", "SVE raw", 6),)
+)
 def _sve_raw(inp: MetricInputs) -> float:
     """Singular value entropy of the frozen input features."""
     return inp.spectrum()["sve"]
 
 
-@register_metric("lsvr_raw", label="LSVR raw", features="f", digits=4, interval=False,
-                 columns=(Column("lsvr_raw", "ood", "LSVR raw", 7),))
+@register_metric(
+    "lsvr_raw",
+    label="LSVR raw",
+    features="f",
+    digits=4,
+    interval=False,
+    columns=(Column("lsvr_raw", "ood", "LSVR raw", 7),),
+)
 def _lsvr_raw(inp: MetricInputs) -> float:
     """Largest singular value ratio of the frozen input features."""
     return inp.spectrum()["lsvr"]

@@ -43,9 +43,9 @@ SPLIT_SEED = 0
 class BackbonePlan:
     """A frozen backbone the downstream stage evaluates, and the pre-training that makes it (if any)."""
 
-    key: str                        # the pre-training job's key, or a hash of the frozen spec
-    spec: dict[str, Any]            # for backbones.create_backbone
-    params: dict[str, Any]          # backbone (display), objective, noise_kind, noise_ratio, pretrain_seed, pretrain_key
+    key: str  # the pre-training job's key, or a hash of the frozen spec
+    spec: dict[str, Any]  # for backbones.create_backbone
+    params: dict[str, Any]  # backbone (display), objective, noise_kind, noise_ratio, pretrain_seed, pretrain_key
     job: PretrainJob | None = None  # None: a frozen backbone used as released
 
     @property
@@ -74,7 +74,7 @@ class TaskPlan:
     """A downstream task: an ID data set, or an OOD group (train domain + test domains)."""
 
     name: str
-    kind: str                                # "id" | "ood"
+    kind: str  # "id" | "ood"
     train: SplitRef
     val: SplitRef
     tests: tuple[tuple[str, SplitRef], ...]  # (set name, split); ID tasks: (("test", ...),)
@@ -82,8 +82,13 @@ class TaskPlan:
     train_labels: tuple[int, ...] = field(repr=False, default=())
 
     def identity(self) -> dict[str, Any]:
-        return {"name": self.name, "kind": self.kind, "train": self.train.fingerprint(),
-                "val": self.val.fingerprint(), "tests": {k: v.fingerprint() for k, v in self.tests}}
+        return {
+            "name": self.name,
+            "kind": self.kind,
+            "train": self.train.fingerprint(),
+            "val": self.val.fingerprint(),
+            "tests": {k: v.fingerprint() for k, v in self.tests},
+        }
 
 
 @dataclass(frozen=True)
@@ -96,7 +101,7 @@ class FitSpec:
     head_seed: int
     fraction: float
     train_rows: tuple[int, ...] | None  # positions in the task's training rows; None: all of them
-    params: dict[str, Any]              # MLflow params (backbone, noise, task, method, hyper-parameters ...)
+    params: dict[str, Any]  # MLflow params (backbone, noise, task, method, hyper-parameters ...)
     tags: dict[str, str] = field(default_factory=dict)
 
     @property
@@ -151,29 +156,41 @@ class Plan:
         def dropped(b: BackbonePlan) -> bool:
             return b.key in drop or (b.job is not None and b.job.key in drop)
 
-        return Plan(self.suite, self.work_dir, self.data_root, self.normalize_features, self.pretrain,
-                    tuple(b for b in self.backbones if not dropped(b)), self.tasks,
-                    tuple(p for p in self.pairs if not dropped(p.backbone)))
+        return Plan(
+            self.suite,
+            self.work_dir,
+            self.data_root,
+            self.normalize_features,
+            self.pretrain,
+            tuple(b for b in self.backbones if not dropped(b)),
+            self.tasks,
+            tuple(p for p in self.pairs if not dropped(p.backbone)),
+        )
 
 
 # -- stage 1: pre-training jobs and the backbones they make ----------------------------------------
 def pretrain_jobs(suite: Suite) -> list[PretrainJob]:
     """Every pre-training run: blocks x noise ratios x seeds, in file order."""
-    return [_job(b, ratio, seed, suite.data_root)
-            for b in suite.pretrain for ratio, seed in itertools.product(b.noise.ratios, b.seeds)]
+    return [
+        _job(b, ratio, seed, suite.data_root)
+        for b in suite.pretrain
+        for ratio, seed in itertools.product(b.noise.ratios, b.seeds)
+    ]
 
 
 def _job(b: PretrainBlock, ratio: float, seed: int, data_root: str | None) -> PretrainJob:
     """One job of a block: every block key that names a job field is copied (the recipe is
     declared once, on ``PretrainJob``); the rest is filled per job."""
     per_job: dict[str, Any] = {
-        "noise_kind": b.noise.kind, "noise_ratio": float(ratio),
-        "class_map": dict(b.noise.class_map) if b.noise.class_map else None, "seed": seed,
-        "data_root": data_root, "display": str(b.name),
+        "noise_kind": b.noise.kind,
+        "noise_ratio": float(ratio),
+        "class_map": dict(b.noise.class_map) if b.noise.class_map else None,
+        "seed": seed,
+        "data_root": data_root,
+        "display": str(b.name),
         "snapshot_epochs": tuple(e for e in b.checkpoint_epochs or () if e < b.epochs),
     }
-    return PretrainJob(**{name: block_value(name, getattr(b, name)) for name in BLOCK_FIELDS},
-                       **per_job)
+    return PretrainJob(**{name: block_value(name, getattr(b, name)) for name in BLOCK_FIELDS}, **per_job)
 
 
 def pretrained_backbone(job: PretrainJob, work_dir: str | Path, epoch: int | None = None) -> BackbonePlan:
@@ -182,15 +199,22 @@ def pretrained_backbone(job: PretrainJob, work_dir: str | Path, epoch: int | Non
     run's key, so its features and fits are the ones a plain suite computes)."""
     final = epoch is None or int(epoch) == int(job.epochs)
     file = "model.pt" if final else snapshot_file(int(epoch))  # type: ignore[arg-type]
-    params: dict[str, Any] = {"backbone": job.backbone_name, "objective": job.objective,
-                              "noise_kind": job.noise_kind, "noise_ratio": float(job.noise_ratio),
-                              "pretrain_seed": int(job.seed), "pretrain_key": job.key}
+    params: dict[str, Any] = {
+        "backbone": job.backbone_name,
+        "objective": job.objective,
+        "noise_kind": job.noise_kind,
+        "noise_ratio": float(job.noise_ratio),
+        "pretrain_seed": int(job.seed),
+        "pretrain_key": job.key,
+    }
     if epoch is not None:
         params.update(backbone=f"{job.backbone_name}@e{int(epoch)}", pretrain_epoch=int(epoch))
     return BackbonePlan(
         key=job.key if final else config_hash({"pretrain": job.key, "epoch": int(epoch)}),  # type: ignore[arg-type]
         spec={"family": "nmlbench", "checkpoint": str(job_dir(job, work_dir) / file)},
-        params=params, job=job)
+        params=params,
+        job=job,
+    )
 
 
 def pretrained_backbones(suite: Suite) -> list[BackbonePlan]:
@@ -209,9 +233,17 @@ def frozen_backbone(entry: FrozenBackbone) -> BackbonePlan:
     spec = entry.spec()
     display = spec.pop("name")
     return BackbonePlan(
-        key=config_hash({"frozen": spec}), spec=spec,
-        params={"backbone": display, "objective": "frozen", "noise_kind": "unknown", "noise_ratio": float("nan"),
-                "pretrain_seed": 0, "pretrain_key": ""})
+        key=config_hash({"frozen": spec}),
+        spec=spec,
+        params={
+            "backbone": display,
+            "objective": "frozen",
+            "noise_kind": "unknown",
+            "noise_ratio": float("nan"),
+            "pretrain_seed": 0,
+            "pretrain_key": "",
+        },
+    )
 
 
 # -- downstream tasks ------------------------------------------------------------------------------
@@ -239,9 +271,15 @@ def build_tasks(suite: Suite) -> list[TaskPlan]:
         split = get_dataset(train_set, suite.data_root).split("train")
         labels = np.asarray(split.labels, dtype=np.int64)
         tr, va = carve_validation(labels, training_rows(labels, ds.max_train), suite.selection.val_fraction)
-        return TaskPlan(name, kind, SplitRef(train_set, "train", tuple(int(i) for i in tr)),
-                        SplitRef(train_set, "train", tuple(int(i) for i in va)), tests, split.num_classes,
-                        tuple(int(v) for v in labels[tr]))
+        return TaskPlan(
+            name,
+            kind,
+            SplitRef(train_set, "train", tuple(int(i) for i in tr)),
+            SplitRef(train_set, "train", tuple(int(i) for i in va)),
+            tests,
+            split.num_classes,
+            tuple(int(v) for v in labels[tr]),
+        )
 
     tasks = [task(n, "id", n, (("test", SplitRef(n, "test")),)) for n in ds.id]
     for g in map(get_ood_group, ds.ood):
@@ -263,8 +301,16 @@ def head_grid(suite: Suite) -> list[HParams]:
 
 def fit_key(pair: str, hp: HParams, head_seed: int, fraction: float) -> str:
     """Key of one fit: the pair's features and how the head is fit (every resolved value)."""
-    return config_hash({"kind": "fit", "pair": pair, "method": hp.method, "hparams": hp.as_dict(),
-                        "head_seed": int(head_seed), "fraction": float(fraction)})
+    return config_hash(
+        {
+            "kind": "fit",
+            "pair": pair,
+            "method": hp.method,
+            "hparams": hp.as_dict(),
+            "head_seed": int(head_seed),
+            "fraction": float(fraction),
+        }
+    )
 
 
 def _few_shot_rows(task: TaskPlan, fraction: float, head_seed: int) -> tuple[int, ...] | None:
@@ -279,10 +325,28 @@ def _pair(suite: Suite, b: BackbonePlan, t: TaskPlan, grid: Sequence[HParams]) -
     key = config_hash({"backbone": b.key, "task": t.identity(), "normalize": ds.normalize_features})
     fits = []
     for seed, frac, hp in itertools.product(ds.seeds, ds.fractions, grid):
-        params = {**b.params, "backbone_id": b.key, "task": t.name, "task_kind": t.kind, "method": hp.method,
-                  **hp.as_dict(), "head_seed": int(seed), "fraction": float(frac)}
-        fits.append(FitSpec(fit_key(key, hp, seed, frac), key, hp, int(seed), float(frac),
-                            _few_shot_rows(t, frac, seed), params, {"nmlbench.kind": "fit", "suite": suite.name}))
+        params = {
+            **b.params,
+            "backbone_id": b.key,
+            "task": t.name,
+            "task_kind": t.kind,
+            "method": hp.method,
+            **hp.as_dict(),
+            "head_seed": int(seed),
+            "fraction": float(frac),
+        }
+        fits.append(
+            FitSpec(
+                fit_key(key, hp, seed, frac),
+                key,
+                hp,
+                int(seed),
+                float(frac),
+                _few_shot_rows(t, frac, seed),
+                params,
+                {"nmlbench.kind": "fit", "suite": suite.name},
+            )
+        )
     return PairPlan(key, b, t, tuple(fits))
 
 
@@ -295,8 +359,16 @@ def make_plan(suite: Suite) -> Plan:
     tasks = build_tasks(suite)
     grid = head_grid(suite)
     pairs = [_pair(suite, b, t, grid) for b in backbones for t in tasks]
-    return Plan(suite.name, Path(suite.work_dir), suite.data_root, suite.downstream.normalize_features,
-                tuple(jobs), tuple(backbones), tuple(tasks), tuple(pairs))
+    return Plan(
+        suite.name,
+        Path(suite.work_dir),
+        suite.data_root,
+        suite.downstream.normalize_features,
+        tuple(jobs),
+        tuple(backbones),
+        tuple(tasks),
+        tuple(pairs),
+    )
 
 
 def plan_trials(fits: Iterable[FitSpec], fits_per_trial: int) -> list[TrialPlan]:
@@ -327,8 +399,9 @@ def plan_trials(fits: Iterable[FitSpec], fits_per_trial: int) -> list[TrialPlan]
     return trials
 
 
-def largest_trials_first(trials: Sequence[TrialPlan], pairs: Sequence[PairPlan],
-                         widths: dict[str, int]) -> list[TrialPlan]:
+def largest_trials_first(
+    trials: Sequence[TrialPlan], pairs: Sequence[PairPlan], widths: dict[str, int]
+) -> list[TrialPlan]:
     """``trials`` ordered by their work, largest first (ties keep their order).
 
     Why: trials run ``max_concurrent`` at a time, and a sweep ends when its last trial does; a

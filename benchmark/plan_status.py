@@ -26,10 +26,10 @@ class StageStatus:
     """One stage of a plan: how many jobs, how many done, and the work left in its own unit."""
 
     stage: str
-    unit: str          # what a job is: "job", "pair", "fit"
+    unit: str  # what a job is: "job", "pair", "fit"
     total: int
     done: int
-    work_left: int     # in ``work_unit``
+    work_left: int  # in ``work_unit``
     work_unit: str
     seconds_per_job: float | None = None  # from the newest earlier run that did such jobs
 
@@ -44,7 +44,7 @@ class StageStatus:
 
 def finished_fit_keys(uri: str, experiment: str) -> set[str]:
     """Keys of finished fit runs, read-only: a store or experiment that does not exist is empty."""
-    if uri.startswith("sqlite:///") and not Path(uri[len("sqlite:///"):]).is_file():
+    if uri.startswith("sqlite:///") and not Path(uri[len("sqlite:///") :]).is_file():
         return set()
     from mlflow import MlflowClient
 
@@ -55,8 +55,12 @@ def finished_fit_keys(uri: str, experiment: str) -> set[str]:
     keys: set[str] = set()
     token = None
     while True:
-        page = client.search_runs([exp.experiment_id], "attributes.status = 'FINISHED' and tags.`nmlbench.kind` = 'fit'",
-                                  max_results=5000, page_token=token)
+        page = client.search_runs(
+            [exp.experiment_id],
+            "attributes.status = 'FINISHED' and tags.`nmlbench.kind` = 'fit'",
+            max_results=5000,
+            page_token=token,
+        )
         keys |= {r.data.tags["nmlbench.key"] for r in page if "nmlbench.key" in r.data.tags}
         token = page.token
         if not token:
@@ -79,8 +83,11 @@ def _last_run_rates(work_dir: Path, suite: str) -> dict[str, float]:
             continue
         secs = r.get("seconds", {})
         trained = r.get("pretrain_total", 0) - r.get("pretrain_reused", 0) - len(r.get("pretrain_failed", []))
-        for name, count, phase in (("pretrain", trained, "pretrain"), ("features", r.get("pairs_extracted", 0), "features"),
-                                   ("heads", r.get("fits_run", 0) + r.get("fits_failed", 0), "heads")):
+        for name, count, phase in (
+            ("pretrain", trained, "pretrain"),
+            ("features", r.get("pairs_extracted", 0), "features"),
+            ("heads", r.get("fits_run", 0) + r.get("fits_failed", 0), "heads"),
+        ):
             if name not in rates and count > 0 and secs.get(phase):
                 rates[name] = float(secs[phase]) / count
     return rates
@@ -90,25 +97,52 @@ def plan_status(plan: Plan, tracking_uri: str, experiment: str) -> list[StageSta
     """The three stages of ``plan`` with what is done and what is left (see the module docstring)."""
     rates = _last_run_rates(plan.work_dir, plan.suite)
     done_jobs = [j for j in plan.pretrain if (job_dir(j, plan.work_dir) / "done.json").is_file()]
-    image_epochs = sum((j.train_subset or _split_len(j.corpus, "train", plan.data_root)) * j.epochs
-                       for j in plan.pretrain if j not in done_jobs)
+    image_epochs = sum(
+        (j.train_subset or _split_len(j.corpus, "train", plan.data_root)) * j.epochs
+        for j in plan.pretrain
+        if j not in done_jobs
+    )
     cache = plan.work_dir / "features"
     cached = [p for p in plan.pairs if pair_marker(cache, p.key).is_file()]
-    images = sum(len(p.task.train) + len(p.task.val)
-                 + sum(_split_len(ref.dataset, ref.split, plan.data_root) if ref.indices is None else len(ref)
-                       for _, ref in p.task.tests)
-                 for p in plan.pairs if p not in cached)
+    images = sum(
+        len(p.task.train)
+        + len(p.task.val)
+        + sum(
+            _split_len(ref.dataset, ref.split, plan.data_root) if ref.indices is None else len(ref)
+            for _, ref in p.task.tests
+        )
+        for p in plan.pairs
+        if p not in cached
+    )
     finished = finished_fit_keys(tracking_uri, experiment)
     todo = [f for f in plan.fits if f.key not in finished]
     tasks = {p.key: p.task for p in plan.pairs}
-    sample_epochs = sum((len(f.train_rows) if f.train_rows is not None else len(tasks[f.pair].train))
-                        * (f.hparams.epochs or 1) for f in todo)  # the converged LP: one pass-equivalent
+    sample_epochs = sum(
+        (len(f.train_rows) if f.train_rows is not None else len(tasks[f.pair].train)) * (f.hparams.epochs or 1)
+        for f in todo
+    )  # the converged LP: one pass-equivalent
     return [
-        StageStatus("pre-training", "job", len(plan.pretrain), len(done_jobs), image_epochs, "image-epochs",
-                    rates.get("pretrain")),
-        StageStatus("features", "pair", len(plan.pairs), len(cached), images, "images to encode", rates.get("features")),
-        StageStatus("head fits", "fit", len(plan.fits), len(plan.fits) - len(todo), sample_epochs, "sample-epochs",
-                    rates.get("heads")),
+        StageStatus(
+            "pre-training",
+            "job",
+            len(plan.pretrain),
+            len(done_jobs),
+            image_epochs,
+            "image-epochs",
+            rates.get("pretrain"),
+        ),
+        StageStatus(
+            "features", "pair", len(plan.pairs), len(cached), images, "images to encode", rates.get("features")
+        ),
+        StageStatus(
+            "head fits",
+            "fit",
+            len(plan.fits),
+            len(plan.fits) - len(todo),
+            sample_epochs,
+            "sample-epochs",
+            rates.get("heads"),
+        ),
     ]
 
 
@@ -120,15 +154,26 @@ def render_status(plan: Plan, stages: list[StageStatus], tracking_uri: str) -> s
     for s in stages:
         eta = "–" if s.seconds_left is None else f"{s.seconds_left / 60:.1f} min"
         rows.append([s.stage, f"{s.total} {s.unit}s", s.done, s.todo, f"{s.work_left:,} {s.work_unit}", eta])
-    lines = [f"plan of suite {plan.suite!r}: {len(plan.backbones)} backbones x {len(plan.tasks)} tasks = "
-             f"{len(plan.pairs)} pairs, {len(plan.fits)} head fits",
-             f"work dir {plan.work_dir}; MLflow {tracking_uri}", "",
-             tabulate(rows, headers=["stage", "jobs", "done", "to run", "work left", "at last run's pace"],
-                      tablefmt="simple", disable_numparse=True), ""]
+    lines = [
+        f"plan of suite {plan.suite!r}: {len(plan.backbones)} backbones x {len(plan.tasks)} tasks = "
+        f"{len(plan.pairs)} pairs, {len(plan.fits)} head fits",
+        f"work dir {plan.work_dir}; MLflow {tracking_uri}",
+        "",
+        tabulate(
+            rows,
+            headers=["stage", "jobs", "done", "to run", "work left", "at last run's pace"],
+            tablefmt="simple",
+            disable_numparse=True,
+        ),
+        "",
+    ]
     if all(s.seconds_per_job is None for s in stages):
         lines.append("(no earlier run of this suite in the work dir to time the work by)")
-    lines += [f"  task {t.name} ({t.kind}): {len(t.train)} train rows, {len(t.val)} validation rows, "
-              f"test: {', '.join(name for name, _ in t.tests)}" for t in plan.tasks]
+    lines += [
+        f"  task {t.name} ({t.kind}): {len(t.train)} train rows, {len(t.val)} validation rows, "
+        f"test: {', '.join(name for name, _ in t.tests)}"
+        for t in plan.tasks
+    ]
     return "\n".join(lines) + "\n"
 
 
@@ -161,9 +206,10 @@ def render_imports(imports: list[tuple[str, str]]) -> list[str]:
     """Lines for ``nmlbench validate`` / ``plan``: the code a suite runs besides nml-bench's own."""
     if not imports:
         return ["code it runs: nml-bench's own modules and their dependencies only"]
-    return (["code it runs besides nml-bench's (imported on every node that computes features; "
-             "trust this suite as you would a script):"]
-            + [f"  {module}  ({why})" for module, why in imports])
+    return [
+        "code it runs besides nml-bench's (imported on every node that computes features; "
+        "trust this suite as you would a script):"
+    ] + [f"  {module}  ({why})" for module, why in imports]
 
 
 def status_dict(stages: list[StageStatus]) -> list[dict[str, Any]]:

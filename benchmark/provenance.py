@@ -54,11 +54,15 @@ def machine() -> dict[str, Any]:
     except OSError:
         pass
     flags = info.get("flags", "").split()
-    return {"cpu_model": info.get("model name") or platform.processor() or None,
-            "cpu_family": int(info["cpu family"]) if info.get("cpu family", "").isdigit() else None,
-            "cpu_model_number": int(info["model"]) if info.get("model", "").isdigit() else None,
-            "avx512": "avx512f" in flags if flags else None, "cores": os.cpu_count(),
-            "platform": platform.platform(), "python": sys.version.split()[0]}
+    return {
+        "cpu_model": info.get("model name") or platform.processor() or None,
+        "cpu_family": int(info["cpu family"]) if info.get("cpu family", "").isdigit() else None,
+        "cpu_model_number": int(info["model"]) if info.get("model", "").isdigit() else None,
+        "avx512": "avx512f" in flags if flags else None,
+        "cores": os.cpu_count(),
+        "platform": platform.platform(),
+        "python": sys.version.split()[0],
+    }
 
 
 def file_sha256(path: str | Path) -> str:
@@ -72,8 +76,16 @@ def _without_credentials(uri: str) -> str:
     return urlunsplit(parts._replace(netloc=parts.netloc.rpartition("@")[2]))
 
 
-def write_provenance(out_dir: str | Path, *, suite: str, suite_file: str | Path | None, tracking_uri: str,
-                     experiment: str, fits: int, now: datetime | None = None) -> Path:
+def write_provenance(
+    out_dir: str | Path,
+    *,
+    suite: str,
+    suite_file: str | Path | None,
+    tracking_uri: str,
+    experiment: str,
+    fits: int,
+    now: datetime | None = None,
+) -> Path:
     """Write ``out_dir/provenance.json`` (module doc) and return its path."""
     record = {
         "suite": suite,

@@ -45,8 +45,15 @@ def _cell_ranks(values: np.ndarray, rng: np.random.Generator, draws: int) -> tup
     return obs, boot
 
 
-def mean_ranks(units: pd.DataFrame, cell: Sequence[str], *, metrics: Sequence[str] = ("id_acc", "ood_acc"),
-               confidence: float = 0.95, draws: int = BOOTSTRAP, seed: int = SEED) -> pd.DataFrame:
+def mean_ranks(
+    units: pd.DataFrame,
+    cell: Sequence[str],
+    *,
+    metrics: Sequence[str] = ("id_acc", "ood_acc"),
+    confidence: float = 0.95,
+    draws: int = BOOTSTRAP,
+    seed: int = SEED,
+) -> pd.DataFrame:
     """Per method: ``<m>_rank``, ``<m>_rank_low``, ``<m>_rank_high`` (m = id, ood) and ``rank_cells``.
 
     ``units`` is ``leaderboard.unit_table`` (columns ``cell``, ``method``, ``unit``, metrics);
@@ -64,8 +71,9 @@ def mean_ranks(units: pd.DataFrame, cell: Sequence[str], *, metrics: Sequence[st
         boot_sum = np.zeros((draws, len(methods)))
         count = np.zeros(len(methods))
         # one pivot for every cell (a pivot per cell costs more than the bootstrap)
-        wide = units.pivot_table(index=[*cell, "unit"], columns="method", values=metric, aggfunc="mean",
-                                 dropna=False).reindex(columns=methods)
+        wide = units.pivot_table(
+            index=[*cell, "unit"], columns="method", values=metric, aggfunc="mean", dropna=False
+        ).reindex(columns=methods)
         values = wide.to_numpy(dtype=float)
         codes = wide.index.droplevel("unit").to_frame(index=False).groupby(cell, dropna=False, sort=True).ngroup()
         order = np.argsort(codes.to_numpy(), kind="stable")

@@ -49,8 +49,7 @@ def init_ray(address: str | None = None, *, num_cpus: int | None = None, **kwarg
     with _lock:
         if ray.is_initialized():
             return False
-        kw: dict[str, Any] = {"logging_level": logging.WARNING,
-                              "log_to_driver": os.environ.get(LOGS_ENV, "0") == "1"}
+        kw: dict[str, Any] = {"logging_level": logging.WARNING, "log_to_driver": os.environ.get(LOGS_ENV, "0") == "1"}
         if address:
             ray.init(address=address, **kw)
         elif os.environ.get("RAY_ADDRESS"):

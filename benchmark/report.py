@@ -84,8 +84,7 @@ def plot_accuracy_vs_noise(lb: pd.DataFrame, path: Path) -> Path:
                 y = rows[col].to_numpy(float) * 100
                 err = np.nan_to_num(rows[f"{col}_ci"].to_numpy(float) * 100)
                 color, marker = plot_style(method)
-                ax.errorbar(x, y, yerr=err, color=color, marker=marker, capsize=3,
-                            label=head_label(method))
+                ax.errorbar(x, y, yerr=err, color=color, marker=marker, capsize=3, label=head_label(method))
             ax.set_ylabel(label)
             if unknown:  # a frozen third-party backbone: one point per head, no noise axis
                 ax.set_xticks([0.0], ["as released"])
@@ -102,8 +101,7 @@ def plot_accuracy_vs_noise(lb: pd.DataFrame, path: Path) -> Path:
     return path
 
 
-def plot_spectral_vs_accuracy(lb: pd.DataFrame, path: Path, metric: str, acc: str,
-                              xlabel: str, ylabel: str) -> Path:
+def plot_spectral_vs_accuracy(lb: pd.DataFrame, path: Path, metric: str, acc: str, xlabel: str, ylabel: str) -> Path:
     """Frozen-feature spectral metric (x) against head accuracy (y), labelled by noise ratio."""
     lb = _full_data(lb)
     data = lb.dropna(subset=[metric, acc])
@@ -114,12 +112,22 @@ def plot_spectral_vs_accuracy(lb: pd.DataFrame, path: Path, metric: str, acc: st
     colors = {b: f"C{k % 10}" for k, b in enumerate(dict.fromkeys(data["backbone"]))}
     for (backbone, method), part in data.groupby(["backbone", "method"], sort=False):
         _, marker = plot_style(method)
-        ax.scatter(part[metric], part[acc] * 100, color=colors[backbone], marker=marker,
-                   label=f"{backbone} · {head_label(method)}")
+        ax.scatter(
+            part[metric],
+            part[acc] * 100,
+            color=colors[backbone],
+            marker=marker,
+            label=f"{backbone} · {head_label(method)}",
+        )
         for _, r in part.iterrows():
             if pd.notna(r["noise_ratio"]):
-                ax.annotate(f"{r['noise_ratio'] * 100:g}%", (r[metric], r[acc] * 100), fontsize=7,
-                            xytext=(3, 3), textcoords="offset points")
+                ax.annotate(
+                    f"{r['noise_ratio'] * 100:g}%",
+                    (r[metric], r[acc] * 100),
+                    fontsize=7,
+                    xytext=(3, 3),
+                    textcoords="offset points",
+                )
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
     ax.grid(alpha=0.3)
@@ -149,9 +157,15 @@ def plot_spectra(spectra: Mapping[str, np.ndarray] | None, path: Path) -> Path:
     return path
 
 
-def make_report(df: pd.DataFrame, out_dir: str | Path, suite_name: str,
-                spectra: Mapping[str, np.ndarray] | None = None, *, board: pd.DataFrame | None = None,
-                claims: str | None = None) -> dict[str, Path]:
+def make_report(
+    df: pd.DataFrame,
+    out_dir: str | Path,
+    suite_name: str,
+    spectra: Mapping[str, np.ndarray] | None = None,
+    *,
+    board: pd.DataFrame | None = None,
+    claims: str | None = None,
+) -> dict[str, Path]:
     """Write leaderboard.md, leaderboard.csv, claims.md and the four figures; return their paths by name.
 
     ``df`` is the fit-runs frame (``TrackingReader.suite_fits``); ``spectra`` is optional
@@ -165,15 +179,15 @@ def make_report(df: pd.DataFrame, out_dir: str | Path, suite_name: str,
         "leaderboard.md": out / "leaderboard.md",
         "leaderboard.csv": out / "leaderboard.csv",
     }
-    paths["leaderboard.md"].write_text(
-        f"# Leaderboard: {suite_name}\n\n{SELECTION_NOTE}\n\n{render(lb, 'markdown')}"
-    )
+    paths["leaderboard.md"].write_text(f"# Leaderboard: {suite_name}\n\n{SELECTION_NOTE}\n\n{render(lb, 'markdown')}")
     paths["leaderboard.csv"].write_text(render(lb, "csv"))
     paths["id_ood_vs_noise.png"] = plot_accuracy_vs_noise(lb, out / "id_ood_vs_noise.png")
     paths["sve_vs_id.png"] = plot_spectral_vs_accuracy(
-        lb, out / "sve_vs_id.png", "sve_raw", "id_acc", "SVE of frozen features (ID tasks)", "ID accuracy (%)")
+        lb, out / "sve_vs_id.png", "sve_raw", "id_acc", "SVE of frozen features (ID tasks)", "ID accuracy (%)"
+    )
     paths["lsvr_vs_ood.png"] = plot_spectral_vs_accuracy(
-        lb, out / "lsvr_vs_ood.png", "lsvr_raw", "ood_acc", "LSVR of frozen features (OOD tasks)", "OOD accuracy (%)")
+        lb, out / "lsvr_vs_ood.png", "lsvr_raw", "ood_acc", "LSVR of frozen features (OOD tasks)", "OOD accuracy (%)"
+    )
     paths["spectra.png"] = plot_spectra(spectra, out / "spectra.png")
     paths["claims.md"] = out / "claims.md"
     paths["claims.md"].write_text(claims_markdown(df, suite_name) if claims is None else claims)
@@ -206,8 +220,15 @@ CURVE_LABELS = {
     "seconds": "epoch wall time (s)",
 }
 #: Per-epoch bookkeeping that is not a curve worth a panel.
-CURVE_SKIP = {"world_size", "resumed_from_epoch", "epoch", "batch_per_worker", "global_batch", "grad_accum",
-              "steps_per_epoch"}
+CURVE_SKIP = {
+    "world_size",
+    "resumed_from_epoch",
+    "epoch",
+    "batch_per_worker",
+    "global_batch",
+    "grad_accum",
+    "steps_per_epoch",
+}
 
 
 def _is_fraction(metric: str) -> bool:
@@ -216,8 +237,10 @@ def _is_fraction(metric: str) -> bool:
 
 def curve_metrics(records: list[Any]) -> list[str]:
     """The per-epoch metrics worth a panel, learning curves first (``CURVE_LABELS`` order)."""
-    return sorted({m for r in records for m, pts in r.curves.items() if pts and m not in CURVE_SKIP},
-                  key=lambda m: (list(CURVE_LABELS).index(m) if m in CURVE_LABELS else 99, m))
+    return sorted(
+        {m for r in records for m, pts in r.curves.items() if pts and m not in CURVE_SKIP},
+        key=lambda m: (list(CURVE_LABELS).index(m) if m in CURVE_LABELS else 99, m),
+    )
 
 
 def plot_pretrain_curves(records: list[Any], path: Path) -> Path:
@@ -249,11 +272,18 @@ def plot_pretrain_curves(records: list[Any], path: Path) -> Path:
             epochs = sorted(set().union(*series))
             vals = np.array([[s.get(e, np.nan) for e in epochs] for s in series]) * scale
             mean = np.nanmean(vals, axis=0)
-            line, = ax.plot(epochs, mean, marker="o", markersize=3, color=colours[label],
-                            label=f"{label} ({len(series)} seeds)" if len(series) > 1 else label)
+            (line,) = ax.plot(
+                epochs,
+                mean,
+                marker="o",
+                markersize=3,
+                color=colours[label],
+                label=f"{label} ({len(series)} seeds)" if len(series) > 1 else label,
+            )
             if len(series) > 1:
-                ax.fill_between(epochs, np.nanmin(vals, axis=0), np.nanmax(vals, axis=0),
-                                color=line.get_color(), alpha=0.15)
+                ax.fill_between(
+                    epochs, np.nanmin(vals, axis=0), np.nanmax(vals, axis=0), color=line.get_color(), alpha=0.15
+                )
         ax.set_xlabel("epoch")
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set_ylabel(CURVE_LABELS.get(metric, metric + (" (%)" if scale == 100 else "")))

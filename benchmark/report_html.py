@@ -22,14 +22,14 @@ import pandas as pd
 
 from benchmark.atomic import atomic_write
 from benchmark.claims import claims_markdown
-from benchmark.leaderboard import FLAG, leaderboard_rows, metric_cells, metric_headers, rank_rows, render_notes
 from benchmark.heads import head_label
+from benchmark.leaderboard import FLAG, leaderboard_rows, metric_cells, metric_headers, rank_rows, render_notes
 from benchmark.report import CURVE_LABELS, curve_metrics, make_report, plot_pretrain_curves, spectra_for
 
 FIGURE_CAPTIONS = {
     "id_ood_vs_noise.png": "ID and OOD accuracy against the pre-training noise ratio, one line per head, "
-                           "95 % intervals over seeds.",
-    "sve_vs_id.png": "Singular value entropy of the frozen features against ID accuracy (points labelled by noise ratio).",
+    "95 % intervals over seeds.",
+    "sve_vs_id.png": "Singular value entropy of the frozen features against ID accuracy (points labelled by noise ratio).",  # noqa: E501
     "lsvr_vs_ood.png": "Largest singular value ratio of the frozen features against OOD accuracy.",
     "spectra.png": "Normalised singular value spectra of the frozen features.",
     "pretrain_curves.png": "Per-epoch pre-training metrics, one line per pre-training job.",
@@ -63,7 +63,8 @@ HOW_CHOSEN = [
 ]
 
 _STYLE = """
-body{font:15px/1.45 system-ui,-apple-system,"Segoe UI",sans-serif;margin:0 auto;max-width:1400px;padding:1.5em;color:#1d2330}
+body{font:15px/1.45 system-ui,-apple-system,"Segoe UI",sans-serif;
+margin:0 auto;max-width:1400px;padding:1.5em;color:#1d2330}
 h1{font-size:1.6em;margin-bottom:.2em}h2{margin-top:1.8em;border-bottom:1px solid #d8dde6;padding-bottom:.2em}
 .meta{color:#5b6475;font-size:.9em}table{border-collapse:collapse;margin:.6em 0;font-size:.86em}
 th,td{border:1px solid #d8dde6;padding:.3em .55em;text-align:right;white-space:nowrap}
@@ -121,23 +122,35 @@ def _num_cell(v: Any, ci: Any = None, scale: float = 1.0, digits: int = 3) -> st
 def leaderboard_table(rows: pd.DataFrame) -> str:
     """The leaderboard as a sortable HTML table (accuracies in %, ± the 95 % half-width)."""
     several = "fraction" in rows.columns
-    heads = ["Backbone", "Noise", "Method"] + (["Fraction"] if several else []) + [
-        *metric_headers(rows), "n", "selected", "fits"]
+    heads = (
+        ["Backbone", "Noise", "Method"]
+        + (["Fraction"] if several else [])
+        + [*metric_headers(rows), "n", "selected", "fits"]
+    )
     text_cols = {"Backbone", "Method", "selected"}
     out = ['<div class="wrap"><table class="sortable" id="leaderboard"><thead><tr>']
     out += [f'<th class="{"t" if h in text_cols else ""}">{html.escape(h)}</th>' for h in heads]
     out.append("</tr></thead><tbody>")
     for r in rows.to_dict("records"):
         noise = r.get("noise_ratio")
-        cells = [_cell(str(r.get("backbone")), r.get("backbone"), text=True),
-                 _cell("unknown" if _missing(noise) else f"{float(noise) * 100:g}%", noise),
-                 _cell(head_label(r.get("method")) + (f" {FLAG}{int(r['flagged'])}" if not _missing(r.get("flagged"))
-                                                        and r["flagged"] > 0 else ""), r.get("method"), text=True)]
+        cells = [
+            _cell(str(r.get("backbone")), r.get("backbone"), text=True),
+            _cell("unknown" if _missing(noise) else f"{float(noise) * 100:g}%", noise),
+            _cell(
+                head_label(r.get("method"))
+                + (f" {FLAG}{int(r['flagged'])}" if not _missing(r.get("flagged")) and r["flagged"] > 0 else ""),
+                r.get("method"),
+                text=True,
+            ),
+        ]
         if several:
             cells.append(_cell(f"{float(r['fraction']):g}", r["fraction"]))
-        cells += [*metric_cells(r, _num_cell), _cell(str(r.get("n", "")), r.get("n")),
-                  _cell(str(r.get("selected") or ""), r.get("selected"), text=True),
-                  _cell("" if _missing(r.get("fits")) else str(int(r["fits"])), r.get("fits"))]
+        cells += [
+            *metric_cells(r, _num_cell),
+            _cell(str(r.get("n", "")), r.get("n")),
+            _cell(str(r.get("selected") or ""), r.get("selected"), text=True),
+            _cell("" if _missing(r.get("fits")) else str(int(r["fits"])), r.get("fits")),
+        ]
         out.append("<tr>" + "".join(cells) + "</tr>")
     out.append("</tbody></table></div>")
     out += [f'<p class="meta">{html.escape(n)}</p>' for n in render_notes(rows)] if len(rows) else []
@@ -149,8 +162,10 @@ def rank_table(rows: pd.DataFrame) -> str:
     heads, body = rank_rows(rows)
     if not body:
         return ""
-    out = ['<p>Mean rank of each head over the (backbone, noise ratio) cells (1 = best), with a 95 % bootstrap '
-           'interval over units of replication:</p><div class="wrap"><table id="ranks"><thead><tr>']
+    out = [
+        "<p>Mean rank of each head over the (backbone, noise ratio) cells (1 = best), with a 95 % bootstrap "
+        'interval over units of replication:</p><div class="wrap"><table id="ranks"><thead><tr>'
+    ]
     out += [f'<th class="{"t" if i == 0 else ""}">{html.escape(h)}</th>' for i, h in enumerate(heads)]
     out.append("</tr></thead><tbody>")
     for r in body:
@@ -163,37 +178,68 @@ def noise_table(records: Sequence[Any]) -> str:
     """One row per pre-training: its noise record (requested / realised ratio, kind, seed, counts)."""
     if not records:
         return "<p>No pre-training in this suite (frozen backbones only).</p>"
-    heads = ["pre-training", "group", "objective", "corpus", "noise kind", "requested", "realised", "seed",
-             "samples", "labels changed", "epochs", "final loss"]
+    heads = [
+        "pre-training",
+        "group",
+        "objective",
+        "corpus",
+        "noise kind",
+        "requested",
+        "realised",
+        "seed",
+        "samples",
+        "labels changed",
+        "epochs",
+        "final loss",
+    ]
     out = ['<div class="wrap"><table class="sortable" id="noise"><thead><tr>']
     out += [f'<th class="t">{h}</th>' if i < 5 else f"<th>{h}</th>" for i, h in enumerate(heads)]
     out.append("</tr></thead><tbody>")
     for r in records:
         p, m = r.params, r.metrics
         loss = (r.curves.get("loss") or [(None, m.get("loss"))])[-1][1]
-        cells = [_cell(r.name, r.name, True), _cell(r.group, r.group, True), _cell(str(p.get("objective", "")), p.get("objective"), True),
-                 _cell(str(p.get("corpus", "")), p.get("corpus"), True), _cell(str(p.get("noise_kind", "")), p.get("noise_kind"), True),
-                 _num_cell(p.get("noise_ratio"), None, 100, 1), _num_cell(m.get("realised_ratio"), None, 100, 2),
-                 _cell(str(p.get("seed", "")), p.get("seed")),
-                 _cell("–" if _missing(m.get("noise_n")) else str(int(m["noise_n"])), m.get("noise_n")),
-                 _cell("–" if _missing(m.get("noise_changed")) else str(int(m["noise_changed"])), m.get("noise_changed")),
-                 _cell(str(p.get("epochs", "")), p.get("epochs")), _num_cell(loss, None, 1, 3)]
+        cells = [
+            _cell(r.name, r.name, True),
+            _cell(r.group, r.group, True),
+            _cell(str(p.get("objective", "")), p.get("objective"), True),
+            _cell(str(p.get("corpus", "")), p.get("corpus"), True),
+            _cell(str(p.get("noise_kind", "")), p.get("noise_kind"), True),
+            _num_cell(p.get("noise_ratio"), None, 100, 1),
+            _num_cell(m.get("realised_ratio"), None, 100, 2),
+            _cell(str(p.get("seed", "")), p.get("seed")),
+            _cell("–" if _missing(m.get("noise_n")) else str(int(m["noise_n"])), m.get("noise_n")),
+            _cell("–" if _missing(m.get("noise_changed")) else str(int(m["noise_changed"])), m.get("noise_changed")),
+            _cell(str(p.get("epochs", "")), p.get("epochs")),
+            _num_cell(loss, None, 1, 3),
+        ]
         out.append("<tr>" + "".join(cells) + "</tr>")
-    out.append("</tbody></table></div><p class=\"meta\">requested / realised: noise ratio in %; "
-               "labels changed: samples whose label (or caption) the noise changed.</p>")
+    out.append(
+        '</tbody></table></div><p class="meta">requested / realised: noise ratio in %; '
+        "labels changed: samples whose label (or caption) the noise changed.</p>"
+    )
     return "\n".join(out)
 
 
 def _figure_html(name: str, png: bytes, caption: str | None = None) -> str:
     data = base64.b64encode(png).decode("ascii")
     caption = html.escape(caption or FIGURE_CAPTIONS.get(name, name))
-    return (f'<figure><img alt="{html.escape(name)}" src="data:image/png;base64,{data}">'
-            f"<figcaption>{caption}</figcaption></figure>")
+    return (
+        f'<figure><img alt="{html.escape(name)}" src="data:image/png;base64,{data}">'
+        f"<figcaption>{caption}</figcaption></figure>"
+    )
 
 
-def render_html(suite: str, rows: pd.DataFrame, figures: Mapping[str, bytes], claims_md: str,
-                pretrains: Sequence[Any], *, source: str = "", note: str = "",
-                captions: Mapping[str, str] | None = None) -> str:
+def render_html(
+    suite: str,
+    rows: pd.DataFrame,
+    figures: Mapping[str, bytes],
+    claims_md: str,
+    pretrains: Sequence[Any],
+    *,
+    source: str = "",
+    note: str = "",
+    captions: Mapping[str, str] | None = None,
+) -> str:
     """The report page (a string); ``figures`` maps file names to PNG bytes (``captions`` overrides
     ``FIGURE_CAPTIONS`` per name)."""
     captions = captions or {}
@@ -206,7 +252,8 @@ def render_html(suite: str, rows: pd.DataFrame, figures: Mapping[str, bytes], cl
     curves = {k: v for k, v in figures.items() if k == "pretrain_curves.png"}
     main = {k: v for k, v in figures.items() if k not in curves}
     parts = [
-        "<!DOCTYPE html>", '<html lang="en"><head><meta charset="utf-8">',
+        "<!DOCTYPE html>",
+        '<html lang="en"><head><meta charset="utf-8">',
         '<meta name="viewport" content="width=device-width, initial-scale=1">',
         f"<title>nml-bench report: {html.escape(suite)}</title><style>{_STYLE}</style></head><body>",
         f"<h1>nml-bench report: {html.escape(suite)}</h1>",
@@ -216,19 +263,31 @@ def render_html(suite: str, rows: pd.DataFrame, figures: Mapping[str, bytes], cl
         "Accuracies in %, ± the 95 % interval half-width over units of replication (n).</p>",
         leaderboard_table(rows) if len(rows) else "<p>No finished head fits yet.</p>",
         rank_table(rows) if len(rows) else "",
-        '<h2 id="figures">Figures</h2>', *[_figure_html(k, v, captions.get(k)) for k, v in main.items()],
-        '<h2 id="claims">Claims</h2>', f'<div class="claims">{claims}</div>',
-        '<h2 id="pretraining">Pre-training: noise records and curves</h2>', noise_table(pretrains),
+        '<h2 id="figures">Figures</h2>',
+        *[_figure_html(k, v, captions.get(k)) for k, v in main.items()],
+        '<h2 id="claims">Claims</h2>',
+        f'<div class="claims">{claims}</div>',
+        '<h2 id="pretraining">Pre-training: noise records and curves</h2>',
+        noise_table(pretrains),
         *[_figure_html(k, v, captions.get(k)) for k, v in curves.items()],
-        '<h2 id="how">How the numbers were chosen</h2>', *[f"<p>{p}</p>" for p in HOW_CHOSEN],
+        '<h2 id="how">How the numbers were chosen</h2>',
+        *[f"<p>{p}</p>" for p in HOW_CHOSEN],
         f"<script>{_SCRIPT}</script></body></html>",
     ]
     return "\n".join(parts)
 
 
-def write_html_report(reader: Any, suite: str, out_path: str | Path, *, fits: pd.DataFrame | None = None,
-                      rows: pd.DataFrame | None = None, figures: Mapping[str, Path] | None = None,
-                      pretrains: list | None = None, claims: str | None = None) -> Path:
+def write_html_report(
+    reader: Any,
+    suite: str,
+    out_path: str | Path,
+    *,
+    fits: pd.DataFrame | None = None,
+    rows: pd.DataFrame | None = None,
+    figures: Mapping[str, Path] | None = None,
+    pretrains: list | None = None,
+    claims: str | None = None,
+) -> Path:
     """Read what the report needs through ``reader`` (a ``TrackingReader``) and write ``out_path``.
 
     ``fits`` / ``rows`` / ``figures`` (the PNG paths ``report.make_report`` wrote) / ``pretrains``
@@ -246,9 +305,24 @@ def write_html_report(reader: Any, suite: str, out_path: str | Path, *, fits: pd
         if pretrains and "pretrain_curves.png" not in pngs:  # make_report_from_tracking already drew it
             pngs["pretrain_curves.png"] = plot_pretrain_curves(pretrains, Path(tmp) / "curves.png").read_bytes()
     present = curve_metrics(pretrains)
-    captions = {"pretrain_curves.png": FIGURE_CAPTIONS["pretrain_curves.png"] + " Panels: " + "; ".join(
-        f"{m}: {CURVE_LABELS.get(m, m)}" for m in present) + "."} if present else {}
-    page = render_html(suite, rows, pngs, claims, pretrains, captions=captions,
-                       source=f"MLflow {reader.uri} (experiment {reader.experiment!r})")
+    captions = (
+        {
+            "pretrain_curves.png": FIGURE_CAPTIONS["pretrain_curves.png"]
+            + " Panels: "
+            + "; ".join(f"{m}: {CURVE_LABELS.get(m, m)}" for m in present)
+            + "."
+        }
+        if present
+        else {}
+    )
+    page = render_html(
+        suite,
+        rows,
+        pngs,
+        claims,
+        pretrains,
+        captions=captions,
+        source=f"MLflow {reader.uri} (experiment {reader.experiment!r})",
+    )
     data = page.encode("utf-8")
     return atomic_write(out_path, lambda f: f.write(data))

@@ -1,4 +1,5 @@
-"""Singular value spectrum of frozen features: SVE and LSVR (Chen et al., ICLR 2024: singular value entropy and largest singular value ratio).
+"""Singular value spectrum of frozen features: SVE and LSVR (Chen et al., ICLR 2024: singular value entropy
+and largest singular value ratio).
 
 With singular values ``s_1 >= ... >= s_r`` of the preprocessed feature matrix ``F`` (M samples x
 D dims) and ``p_i = s_i / sum_j s_j``:
@@ -51,16 +52,12 @@ class _Source:
             self.device = features.device
         else:
             arr = np.asarray(features)
-            if arr.dtype == object or not (
-                np.issubdtype(arr.dtype, np.number) or arr.dtype == np.bool_
-            ):
+            if arr.dtype == object or not (np.issubdtype(arr.dtype, np.number) or arr.dtype == np.bool_):
                 raise ConfigError(f"features must be a numeric array, got dtype {arr.dtype}")
             self.data = arr
             self.device = torch.device("cpu")
         if self.data.ndim != 2:
-            raise ConfigError(
-                f"features must be a 2-D matrix (samples x dims), got shape {tuple(self.data.shape)}"
-            )
+            raise ConfigError(f"features must be a 2-D matrix (samples x dims), got shape {tuple(self.data.shape)}")
         self.m, self.d = (int(x) for x in self.data.shape)
         if self.m == 0 or self.d == 0:
             raise ConfigError(f"features are empty (shape {self.m} x {self.d}); need samples and dims")
@@ -129,9 +126,7 @@ def _chunks(n: int, size: int) -> list[slice]:
     return [slice(i, min(i + size, n)) for i in range(0, n, size)]
 
 
-def singular_values(
-    features: Any, normalize: bool = True, center: str | None = "columns"
-) -> np.ndarray:
+def singular_values(features: Any, normalize: bool = True, center: str | None = "columns") -> np.ndarray:
     """Singular values (float64, descending, length ``min(M, D)``) of the preprocessed features.
 
     Values below the numerical noise floor (``max(M, D) * eps`` relative to the largest, on the
@@ -238,9 +233,7 @@ def lsvr(features: Any, normalize: bool = True, center: str | None = "columns") 
     return lsvr_from_singular_values(singular_values(features, normalize, center))
 
 
-def spectrum_summary(
-    features: Any, normalize: bool = True, center: str | None = "columns"
-) -> dict[str, float]:
+def spectrum_summary(features: Any, normalize: bool = True, center: str | None = "columns") -> dict[str, float]:
     """``{"sve": ..., "lsvr": ...}`` from one decomposition (LSVR on a linear scale)."""
     s = singular_values(features, normalize, center)
     return {"sve": sve_from_singular_values(s), "lsvr": lsvr_from_singular_values(s)}

@@ -29,8 +29,24 @@ from benchmark.errors import NMLBenchError
 
 #: Top-level modules the job imports to run a suite (the package's dependencies, pyproject.toml).
 #: The probe looks them up with ``importlib.util.find_spec``: present or not, without importing torch.
-REQUIRED_MODULES = ("typer", "pydantic", "yaml", "numpy", "pandas", "scipy", "sklearn", "torch", "torchvision",
-                    "timm", "open_clip", "ray", "mlflow", "matplotlib", "PIL", "tqdm")
+REQUIRED_MODULES = (
+    "typer",
+    "pydantic",
+    "yaml",
+    "numpy",
+    "pandas",
+    "scipy",
+    "sklearn",
+    "torch",
+    "torchvision",
+    "timm",
+    "open_clip",
+    "ray",
+    "mlflow",
+    "matplotlib",
+    "PIL",
+    "tqdm",
+)
 PROBE_MARK = "NMLBENCH_PROBE"
 TERMINAL = ("SUCCEEDED", "FAILED", "STOPPED")
 
@@ -39,7 +55,8 @@ TOKEN_HELP = (
     "machine the head's token: copy it from the head (`ray get-auth-token` there, or its "
     "~/.ray/auth_token; KubeRay: the Secret the operator made) into a file here, then "
     "`export RAY_AUTH_TOKEN_PATH=/path/to/that/file` (or RAY_AUTH_TOKEN=<token>, or put it in "
-    "~/.ray/auth_token). Do not turn authentication off: the job server runs any command it is sent.")
+    "~/.ray/auth_token). Do not turn authentication off: the job server runs any command it is sent."
+)
 
 
 class SubmitError(NMLBenchError):
@@ -53,8 +70,7 @@ def use_ray_token_if_present() -> str | None:
     ``RAY_AUTH_MODE`` is left as the user set it.
     """
     token_file = Path(os.environ.get("RAY_AUTH_TOKEN_PATH") or Path.home() / ".ray" / "auth_token")
-    source = ("RAY_AUTH_TOKEN" if os.environ.get("RAY_AUTH_TOKEN")
-              else str(token_file) if token_file.is_file() else None)
+    source = "RAY_AUTH_TOKEN" if os.environ.get("RAY_AUTH_TOKEN") else str(token_file) if token_file.is_file() else None
     if source is not None:
         os.environ.setdefault("RAY_AUTH_MODE", "token")
     return source
@@ -79,14 +95,17 @@ def job_client(address: str, token_source: str | None) -> Any:
     except AuthenticationError as exc:
         raise _refused(exc, address, token_source) from None
     except ConnectionError as exc:
-        raise SubmitError(f"no Ray job server answers at {address} ({' '.join(str(exc).split())[:200]}). "
-                          "Start a head (cluster/start-local-head.sh on this machine; `ray up` or KubeRay "
-                          "for a cluster, see cluster/README.md) or open the tunnel to it "
-                          "(`ray dashboard cluster/gpu-cluster.yaml`, `kubectl port-forward ...`).") from None
+        raise SubmitError(
+            f"no Ray job server answers at {address} ({' '.join(str(exc).split())[:200]}). "
+            "Start a head (cluster/start-local-head.sh on this machine; `ray up` or KubeRay "
+            "for a cluster, see cluster/README.md) or open the tunnel to it "
+            "(`ray dashboard cluster/gpu-cluster.yaml`, `kubectl port-forward ...`)."
+        ) from None
 
 
-def submit_with_retry(client: Any, entrypoint: str, runtime_env: dict, *, address: str,
-                      token_source: str | None, timeout_s: float = 90.0) -> str:
+def submit_with_retry(
+    client: Any, entrypoint: str, runtime_env: dict, *, address: str, token_source: str | None, timeout_s: float = 90.0
+) -> str:
     """Submit, waiting for the head's job agent: right after ``ray start`` it is not up yet."""
     from ray.exceptions import AuthenticationError
 
@@ -104,9 +123,11 @@ def submit_with_retry(client: Any, entrypoint: str, runtime_env: dict, *, addres
 
 def probe_entrypoint() -> str:
     """A one-line ``python -c`` that prints the interpreter and the missing modules as JSON."""
-    code = ("import importlib.util as u, json, sys; "
-            f"m = [n for n in {json.dumps(REQUIRED_MODULES)} if u.find_spec(n) is None]; "
-            f'print("{PROBE_MARK}", json.dumps(dict(python=sys.executable, version=sys.version.split()[0], missing=m)))')
+    code = (
+        "import importlib.util as u, json, sys; "
+        f"m = [n for n in {json.dumps(REQUIRED_MODULES)} if u.find_spec(n) is None]; "
+        f'print("{PROBE_MARK}", json.dumps(dict(python=sys.executable, version=sys.version.split()[0], missing=m)))'
+    )
     return f"python -c {shlex.quote(code)}"
 
 
@@ -123,8 +144,9 @@ def wait_for_job(client: Any, job_id: str, timeout_s: float) -> str:
         time.sleep(0.5)
 
 
-def check_cluster_python(client: Any, *, address: str, token_source: str | None,
-                         timeout_s: float = 180.0) -> dict[str, Any]:
+def check_cluster_python(
+    client: Any, *, address: str, token_source: str | None, timeout_s: float = 180.0
+) -> dict[str, Any]:
     """Run the probe job; return its report, or raise ``SubmitError`` naming the fix.
 
     The probe is what the suite's job would meet: the same head, the same PATH, ``python``.
@@ -140,20 +162,27 @@ def check_cluster_python(client: Any, *, address: str, token_source: str | None,
                 client.delete_job(job_id)
         except Exception:  # the listing keeps a finished probe: harmless
             pass
-    fix = ("Fix: on a cluster, run the image cluster/Dockerfile builds on every node (cluster/README.md); "
-           "on this machine, start the head with cluster/start-local-head.sh, which puts the project's "
-           ".venv/bin first on the head's PATH (`ray stop` first). `--no-check` skips this check.")
-    report = next((json.loads(line.split(PROBE_MARK, 1)[1]) for line in logs.splitlines()
-                   if line.startswith(PROBE_MARK)), None)
+    fix = (
+        "Fix: on a cluster, run the image cluster/Dockerfile builds on every node (cluster/README.md); "
+        "on this machine, start the head with cluster/start-local-head.sh, which puts the project's "
+        ".venv/bin first on the head's PATH (`ray stop` first). `--no-check` skips this check."
+    )
+    report = next(
+        (json.loads(line.split(PROBE_MARK, 1)[1]) for line in logs.splitlines() if line.startswith(PROBE_MARK)), None
+    )
     if status == "TIMEOUT":
-        raise SubmitError(f"the check of the cluster's Python (job {job_id}) did not end within {timeout_s:.0f} s "
-                          f"on {address}; is the head overloaded? `--no-check` skips the check.")
+        raise SubmitError(
+            f"the check of the cluster's Python (job {job_id}) did not end within {timeout_s:.0f} s "
+            f"on {address}; is the head overloaded? `--no-check` skips the check."
+        )
     if report is None:
         tail = " | ".join(logs.strip().splitlines()[-3:])
-        raise SubmitError(f"the cluster at {address} cannot run `python` for a job (probe job {status}: {tail}). "
-                          + fix)
+        raise SubmitError(
+            f"the cluster at {address} cannot run `python` for a job (probe job {status}: {tail}). " + fix
+        )
     if report["missing"]:
-        raise SubmitError(f"the cluster's Python cannot run nml-bench: jobs on {address} run `python` = "
-                          f"{report['python']} ({report['version']}), which lacks {', '.join(report['missing'])}. "
-                          + fix)
+        raise SubmitError(
+            f"the cluster's Python cannot run nml-bench: jobs on {address} run `python` = "
+            f"{report['python']} ({report['version']}), which lacks {', '.join(report['missing'])}. " + fix
+        )
     return report

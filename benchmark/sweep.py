@@ -53,7 +53,10 @@ def prepare_payload(payload: FeaturePayload) -> Any:
         torch.from_numpy(np.array(payload.train[1], dtype=np.int64)),
         {k: torch.from_numpy(np.array(v[0], dtype=np.float32)) for k, v in sets.items()},
         {k: torch.from_numpy(np.array(v[1], dtype=np.int64)) for k, v in sets.items()},
-        class_subsets=payload.class_subsets or None, num_classes=payload.num_classes, selection_set=VAL_SET)
+        class_subsets=payload.class_subsets or None,
+        num_classes=payload.num_classes,
+        selection_set=VAL_SET,
+    )
 
 
 def iter_fit_batches(payload: FeaturePayload, specs: Sequence[FitSpec]) -> Iterator[list[dict[str, Any]]]:
@@ -106,8 +109,7 @@ def error_record(spec: FitSpec, error: str, tb: str = "") -> dict[str, Any]:
     return {"key": spec.key, "params": spec.params, "tags": spec.tags, "error": error, "traceback": tb}
 
 
-def make_record(spec: FitSpec, result: dict[str, Any], test_sets: Sequence[str],
-                seconds: float) -> dict[str, Any]:
+def make_record(spec: FitSpec, result: dict[str, Any], test_sets: Sequence[str], seconds: float) -> dict[str, Any]:
     """Flatten a fit result into the fit record of docs/architecture.md.
 
     Every registered metric (``benchmark.metrics``) is recorded per evaluation set
@@ -136,8 +138,13 @@ def make_record(spec: FitSpec, result: dict[str, Any], test_sets: Sequence[str],
         metrics[k] = float(v)
     if result.get("batch_members") is not None:
         metrics["batch_members"] = float(result["batch_members"])
-    return {"key": spec.key, "params": dict(spec.params), "metrics": metrics, "tags": spec.tags,
-            "curves": {k: [float(v) for v in vals] for k, vals in (result.get("curves") or {}).items()}}
+    return {
+        "key": spec.key,
+        "params": dict(spec.params),
+        "metrics": metrics,
+        "tags": spec.tags,
+        "curves": {k: [float(v) for v in vals] for k, vals in (result.get("curves") or {}).items()},
+    }
 
 
 def flag_warning(record: dict[str, Any]) -> str | None:
@@ -145,12 +152,14 @@ def flag_warning(record: dict[str, Any]) -> str | None:
     m = record.get("metrics") or {}
     if not m.get("near_chance"):
         return None
-    return (f"fit '{fit_name(record.get('params') or {})}' (key {record.get('key')}) stayed near chance on "
-            f"validation: accuracy {m.get('val_accuracy', float('nan')):.3f} against chance "
-            f"{m.get('chance', float('nan')):.3f}, while it fits its training rows at "
-            f"{m.get('train_accuracy', float('nan')):.3f}. Likely cause: the head is evaluated differently "
-            "from how it trained (BatchNorm statistics), its budget is too short for the features' scale "
-            "(raise epochs or lr), or it memorises its training rows; its leaderboard row is marked.")
+    return (
+        f"fit '{fit_name(record.get('params') or {})}' (key {record.get('key')}) stayed near chance on "
+        f"validation: accuracy {m.get('val_accuracy', float('nan')):.3f} against chance "
+        f"{m.get('chance', float('nan')):.3f}, while it fits its training rows at "
+        f"{m.get('train_accuracy', float('nan')):.3f}. Likely cause: the head is evaluated differently "
+        "from how it trained (BatchNorm statistics), its budget is too short for the features' scale "
+        "(raise epochs or lr), or it memorises its training rows; its leaderboard row is marked."
+    )
 
 
 def _deliver(sink: RecordSink, record: dict[str, Any]) -> None:
@@ -162,8 +171,7 @@ def _deliver(sink: RecordSink, record: dict[str, Any]) -> None:
 
 
 # -- execution ---------------------------------------------------------------------------------
-def run_trials_locally(plans: Sequence[TrialPlan], payloads: dict[str, FeaturePayload],
-                       sink: RecordSink) -> None:
+def run_trials_locally(plans: Sequence[TrialPlan], payloads: dict[str, FeaturePayload], sink: RecordSink) -> None:
     """The same fits in a plain Python loop (reference for the Tune overhead benchmark)."""
     for plan in plans:
         for record in iter_fits(payloads[plan.pair], plan.fits):
@@ -193,9 +201,16 @@ def _json_default(o: Any) -> Any:
     return str(o)
 
 
-def run_trials_on_ray(plans: Sequence[TrialPlan], payload_refs: dict[str, Any], sink: RecordSink,
-                      *, storage_path: str | Path, name: str, max_concurrent: int | None = None,
-                      gpus_per_trial: float = 0.0) -> None:
+def run_trials_on_ray(
+    plans: Sequence[TrialPlan],
+    payload_refs: dict[str, Any],
+    sink: RecordSink,
+    *,
+    storage_path: str | Path,
+    name: str,
+    max_concurrent: int | None = None,
+    gpus_per_trial: float = 0.0,
+) -> None:
     """Run trial plans as Ray Tune trials; ``sink`` receives each fit record in the driver.
 
     ``payload_refs`` maps pair id -> ObjectRef of a ``FeaturePayload`` already in the object
@@ -271,8 +286,14 @@ def _make_driver_sink_class():
             err = str(getattr(trial, "error_file", "") or "trial process failed")
             for spec in self.plans[tid].fits:
                 if spec.key in missing:
-                    self.sink({"key": spec.key, "params": spec.params, "tags": spec.tags,
-                               "error": f"trial {tid} failed before this fit finished: {err}"})
+                    self.sink(
+                        {
+                            "key": spec.key,
+                            "params": spec.params,
+                            "tags": spec.tags,
+                            "error": f"trial {tid} failed before this fit finished: {err}",
+                        }
+                    )
 
     return DriverSink
 

@@ -43,9 +43,17 @@ def free_port() -> int:
 class MlflowServer:
     """``mlflow server`` on 127.0.0.1 over ``backend_uri`` (a context manager; stops what it started)."""
 
-    def __init__(self, backend_uri: str, artifacts: str | Path | None = None, port: int | None = None,
-                 log: str | Path | None = None, timeout_s: float = 180.0, *, app_name: str | None = None,
-                 env: dict[str, str] | None = None) -> None:
+    def __init__(
+        self,
+        backend_uri: str,
+        artifacts: str | Path | None = None,
+        port: int | None = None,
+        log: str | Path | None = None,
+        timeout_s: float = 180.0,
+        *,
+        app_name: str | None = None,
+        env: dict[str, str] | None = None,
+    ) -> None:
         # app_name: e.g. "basic-auth" (MLflow's authentication; env then carries its settings)
         self.backend_uri, self.port, self.timeout_s = backend_uri, port or free_port(), timeout_s
         self.app_name, self.env = app_name, dict(env or {})
@@ -57,11 +65,22 @@ class MlflowServer:
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
-    def start(self) -> "MlflowServer":
+    def start(self) -> MlflowServer:
         exe = Path(sys.executable).with_name("mlflow")
-        cmd = [str(exe) if exe.is_file() else "mlflow", "server", "--backend-store-uri", self.backend_uri,
-               "--artifacts-destination", str(self.artifacts), "--host", "127.0.0.1", "--port", str(self.port),
-               "--workers", "1"] + (["--app-name", self.app_name] if self.app_name else [])
+        cmd = [
+            str(exe) if exe.is_file() else "mlflow",
+            "server",
+            "--backend-store-uri",
+            self.backend_uri,
+            "--artifacts-destination",
+            str(self.artifacts),
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(self.port),
+            "--workers",
+            "1",
+        ] + (["--app-name", self.app_name] if self.app_name else [])
         # GenAI job execution (a huey consumer) is not needed to browse runs; it slows start-up.
         env = {"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false", **os.environ, **self.env}
         with open(self.log_path, "ab") as log:
@@ -77,8 +96,10 @@ class MlflowServer:
             if self.proc.poll() is not None or time.monotonic() > deadline:
                 tail = self.log_path.read_text(errors="replace")[-2000:]
                 self.stop()
-                raise NMLBenchError(f"mlflow server on port {self.port} did not answer /health "
-                                    f"within {self.timeout_s:.0f} s; its log ends:\n{tail}")
+                raise NMLBenchError(
+                    f"mlflow server on port {self.port} did not answer /health "
+                    f"within {self.timeout_s:.0f} s; its log ends:\n{tail}"
+                )
             time.sleep(0.5)
 
     def stop(self) -> None:
@@ -97,7 +118,7 @@ class MlflowServer:
                     break
         self.proc = None
 
-    def __enter__(self) -> "MlflowServer":
+    def __enter__(self) -> MlflowServer:
         return self.start()
 
     def __exit__(self, *exc: object) -> None:
@@ -121,27 +142,48 @@ def _split_errors(errors: list[str]) -> tuple[list[str], list[str]]:
     return [e for e in errors if e not in noise], noise
 
 
-_CLOSE_ASSISTANT = ("(() => { const b = document.querySelector("
-                    "'[data-component-id=\"mlflow.assistant.chat_panel.close\"]'); if (b) b.click(); return true; })()")
+_CLOSE_ASSISTANT = (
+    "(() => { const b = document.querySelector("
+    "'[data-component-id=\"mlflow.assistant.chat_panel.close\"]'); if (b) b.click(); return true; })()"
+)
 
 
-def check_leaderboard_view(browser: Chromium, base_url: str, reader: Any, suite: str | None = None,
-                           screenshot: str | Path | None = None, timeout_s: float = 90.0) -> Check:
+def check_leaderboard_view(
+    browser: Chromium,
+    base_url: str,
+    reader: Any,
+    suite: str | None = None,
+    screenshot: str | Path | None = None,
+    timeout_s: float = 90.0,
+) -> Check:
     """Open the leaderboard view; every leaderboard run must be listed, best ``id_acc`` first."""
     from benchmark.tracking.store import run_filter, search_all
 
-    runs = search_all(reader.client, reader.experiment_id, run_filter("leaderboard")
-                      + (f" and tags.`suite` = '{suite}'" if suite else ""))
+    runs = search_all(
+        reader.client,
+        reader.experiment_id,
+        run_filter("leaderboard") + (f" and tags.`suite` = '{suite}'" if suite else ""),
+    )
     runs.sort(key=lambda r: -r.data.metrics.get("id_acc", float("-inf")))
     names = [r.info.run_name for r in runs]
-    wait = " && ".join(["document.body.innerText.includes('matching runs')"]
-                       + [f"document.body.innerText.includes({n!r})" for n in names])
-    order = ("(() => { const seen = []; document.querySelectorAll('.ag-row[row-id]').forEach(r => {"
-             " const i = +r.getAttribute('row-index'), id = r.getAttribute('row-id');"
-             " if (!seen.some(s => s[1] === id)) seen.push([i, id]); });"
-             " return seen.sort((a, b) => a[0] - b[0]).map(s => s[1]); })()")
-    visit = browser.visit(reader.leaderboard_url(base_url), wait_for=wait, extract=order, timeout_s=timeout_s,
-                          settle_s=2.0, before_screenshot=_CLOSE_ASSISTANT)
+    wait = " && ".join(
+        ["document.body.innerText.includes('matching runs')"]
+        + [f"document.body.innerText.includes({n!r})" for n in names]
+    )
+    order = (
+        "(() => { const seen = []; document.querySelectorAll('.ag-row[row-id]').forEach(r => {"
+        " const i = +r.getAttribute('row-index'), id = r.getAttribute('row-id');"
+        " if (!seen.some(s => s[1] === id)) seen.push([i, id]); });"
+        " return seen.sort((a, b) => a[0] - b[0]).map(s => s[1]); })()"
+    )
+    visit = browser.visit(
+        reader.leaderboard_url(base_url),
+        wait_for=wait,
+        extract=order,
+        timeout_s=timeout_s,
+        settle_s=2.0,
+        before_screenshot=_CLOSE_ASSISTANT,
+    )
     problems = []
     if not runs:
         problems.append("the store holds no leaderboard runs")
@@ -168,8 +210,14 @@ _EXPAND = """(() => {{ window.__nmlOpened = window.__nmlOpened || {{}};
   return true; }})()"""
 
 
-def check_study_view(browser: Chromium, base_url: str, reader: Any, suite: str,
-                     screenshot: str | Path | None = None, timeout_s: float = 90.0) -> Check:
+def check_study_view(
+    browser: Chromium,
+    base_url: str,
+    reader: Any,
+    suite: str,
+    screenshot: str | Path | None = None,
+    timeout_s: float = 90.0,
+) -> Check:
     """Open the study view twice: with the suite run expanded, every backbone x noise ratio group
     must show; with one group expanded too (the first, by name, that holds a pre-training run),
     its runs must show. The screenshot is of the second."""
@@ -177,21 +225,38 @@ def check_study_view(browser: Chromium, base_url: str, reader: Any, suite: str,
     from benchmark.tracking.store import run_filter, search_all
 
     suite_runs = search_all(reader.client, reader.experiment_id, run_filter("suite") + f" and tags.`suite` = '{suite}'")
-    group_runs = sorted(search_all(reader.client, reader.experiment_id,
-                                   run_filter("group") + f" and tags.`suite` = '{suite}'"),
-                        key=lambda r: r.info.run_name)
+    group_runs = sorted(
+        search_all(reader.client, reader.experiment_id, run_filter("group") + f" and tags.`suite` = '{suite}'"),
+        key=lambda r: r.info.run_name,
+    )
     groups = [r.info.run_name for r in group_runs]
-    pretrained = {r.data.tags.get("mlflow.parentRunId") for r in
-                  search_all(reader.client, reader.experiment_id, run_filter("pretrain"))}
+    pretrained = {
+        r.data.tags.get("mlflow.parentRunId")
+        for r in search_all(reader.client, reader.experiment_id, run_filter("pretrain"))
+    }
     opened = next((r for r in group_runs if r.info.run_id in pretrained), group_runs[0] if group_runs else None)
-    children = sorted(r.info.run_name for r in search_all(
-        reader.client, reader.experiment_id, f"tags.`mlflow.parentRunId` = '{opened.info.run_id}'")) if opened else []
+    children = (
+        sorted(
+            r.info.run_name
+            for r in search_all(
+                reader.client, reader.experiment_id, f"tags.`mlflow.parentRunId` = '{opened.info.run_id}'"
+            )
+        )
+        if opened
+        else []
+    )
     suite_ids = [r.info.run_id for r in suite_runs]
     url = base_url.rstrip("/") + "/" + leaderboard_path(str(reader.experiment_id), STUDY_VIEW)
     expanders = "document.querySelectorAll('.ag-row [data-component-id*=\"runnamecellrenderer\"]').length"
     shows = lambda names: " && ".join(f"document.body.innerText.includes({n!r})" for n in names)  # noqa: E731
-    tree = browser.visit(url, wait_for=f"{_EXPAND.format(ids=json.dumps(suite_ids))} && {shows([suite, *groups])}",
-                         extract=expanders, timeout_s=timeout_s, settle_s=1.0, before_screenshot=_CLOSE_ASSISTANT)
+    tree = browser.visit(
+        url,
+        wait_for=f"{_EXPAND.format(ids=json.dumps(suite_ids))} && {shows([suite, *groups])}",
+        extract=expanders,
+        timeout_s=timeout_s,
+        settle_s=1.0,
+        before_screenshot=_CLOSE_ASSISTANT,
+    )
     problems = [f"not shown: {n}" for n in [suite, *groups] if n not in tree.text]
     if (tree.value or 0) < 1 + len(groups):  # the suite run and every group can be expanded: a tree
         problems.append(f"runs are not nested: {tree.value} expandable rows for 1 suite + {len(groups)} groups")
@@ -203,8 +268,14 @@ def check_study_view(browser: Chromium, base_url: str, reader: Any, suite: str,
     else:
         ids = json.dumps(suite_ids + [opened.info.run_id])
         any_child = f"{json.dumps(children)}.some(n => document.body.innerText.includes(n))"
-        visit = browser.visit(url, wait_for=f"{_EXPAND.format(ids=ids)} && {any_child}", extract=expanders,
-                              timeout_s=timeout_s, settle_s=2.0, before_screenshot=_CLOSE_ASSISTANT)
+        visit = browser.visit(
+            url,
+            wait_for=f"{_EXPAND.format(ids=ids)} && {any_child}",
+            extract=expanders,
+            timeout_s=timeout_s,
+            settle_s=2.0,
+            before_screenshot=_CLOSE_ASSISTANT,
+        )
         if not children:
             problems.append(f"group {opened.info.run_name!r} has no runs under it")
         elif not any(n in visit.text for n in children):
@@ -227,16 +298,23 @@ _REPORT_STATE = """(() => {
                decoded: imgs.filter(i => i.complete && i.naturalWidth > 0).length,
                external: [...document.querySelectorAll('script[src],link[href],img[src]')]
                  .map(e => e.getAttribute('src') || e.getAttribute('href')).filter(u => !u.startsWith('data:'))};
-  if (t && COL >= 0) { const th = t.tHead.rows[0].children[COL]; th.click(); out.asc = first(); th.click(); out.desc = first();
+  if (t && COL >= 0) { const th = t.tHead.rows[0].children[COL];
+    th.click(); out.asc = first(); th.click(); out.desc = first();
            out.values = [...t.tBodies[0].rows].map(r => r.children[COL].dataset.v).filter(v => v !== ''); }
   return out; })()"""
 
 
-def check_html_report(browser: Chromium, path: str | Path, screenshot: str | Path | None = None,
-                      expected_rows: int | None = None) -> Check:
+def check_html_report(
+    browser: Chromium, path: str | Path, screenshot: str | Path | None = None, expected_rows: int | None = None
+) -> Check:
     """Open the report file: table present and sortable by a click, every figure decoded, no errors."""
-    visit = browser.visit(Path(path).resolve().as_uri(), wait_for="document.readyState === 'complete'",
-                          extract=_REPORT_STATE, timeout_s=60.0, settle_s=0.5)
+    visit = browser.visit(
+        Path(path).resolve().as_uri(),
+        wait_for="document.readyState === 'complete'",
+        extract=_REPORT_STATE,
+        timeout_s=60.0,
+        settle_s=0.5,
+    )
     state, problems = visit.value or {}, []
     if expected_rows is not None and state.get("rows") != expected_rows:
         problems.append(f"leaderboard has {state.get('rows')} rows, expected {expected_rows}")
@@ -245,9 +323,11 @@ def check_html_report(browser: Chromium, path: str | Path, screenshot: str | Pat
     if state.get("external"):
         problems.append(f"the page loads external resources: {state['external']}")
     vals = [float(v) for v in state.get("values", [])]
-    if vals and (float(state.get("asc")) != min(vals) or float(state.get("desc")) != max(vals)):
-        problems.append(f"clicking 'ID acc' did not sort the rows: first after asc {state.get('asc')}, "
-                        f"after desc {state.get('desc')}, range {min(vals)}..{max(vals)}")
+    if vals and (float(state.get("asc", "nan")) != min(vals) or float(state.get("desc", "nan")) != max(vals)):
+        problems.append(
+            f"clicking 'ID acc' did not sort the rows: first after asc {state.get('asc')}, "
+            f"after desc {state.get('desc')}, range {min(vals)}..{max(vals)}"
+        )
     errors, ignored = _split_errors(visit.errors)
     problems += [f"page error: {e}" for e in errors]
     if screenshot:
@@ -267,8 +347,11 @@ def run_checks(uri: str, experiment: str, suite: str, out: Path, work: Path) -> 
     rows = len(reader.leaderboard_frame(suite))
     checks = []
     with Chromium(width=1600, height=1000) as browser:
-        server = MlflowServer(uri, artifacts=work / "artifacts", log=work / "mlflow-server.log") \
-            if sqlite_path(uri) is not None else None
+        server = (
+            MlflowServer(uri, artifacts=work / "artifacts", log=work / "mlflow-server.log")
+            if sqlite_path(uri) is not None
+            else None
+        )
         try:
             base = server.start().url if server is not None else uri
             checks.append(check_leaderboard_view(browser, base, reader, suite, out / f"mlflow-leaderboard-{suite}.png"))

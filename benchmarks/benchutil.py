@@ -130,8 +130,17 @@ def verdict(ratio: float, target: float, higher_is_better: bool = True) -> bool:
     return ratio >= target if higher_is_better else ratio <= target
 
 
-def record(benchmark: Any, name: str, *, ratio: float, target: float, higher_is_better: bool = True,
-           times_s: dict[str, Any], what: str, **details: Any) -> dict[str, Any]:
+def record(
+    benchmark: Any,
+    name: str,
+    *,
+    ratio: float,
+    target: float,
+    higher_is_better: bool = True,
+    times_s: dict[str, Any],
+    what: str,
+    **details: Any,
+) -> dict[str, Any]:
     """Write ``results/bench/<name>.json`` and copy the headline into ``benchmark.extra_info``.
 
     ``ratio`` is the headline number compared with ``target`` (``>=`` when
@@ -153,8 +162,7 @@ def record(benchmark: Any, name: str, *, ratio: float, target: float, higher_is_
     RESULTS_DIR.mkdir(parents=True, exist_ok=True)
     (RESULTS_DIR / f"{name}.json").write_text(json.dumps(out, indent=1, sort_keys=False) + "\n")
     if benchmark is not None:
-        benchmark.extra_info.update({"ratio": out["ratio"], "target": out["target"], "met": out["met"],
-                                     "what": what})
+        benchmark.extra_info.update({"ratio": out["ratio"], "target": out["target"], "met": out["met"], "what": what})
         for k, v in details.items():
             if isinstance(v, (int, float, str, bool)) or v is None:
                 benchmark.extra_info[k] = v

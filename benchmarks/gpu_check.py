@@ -68,8 +68,10 @@ def check_pipeline(out: str, gpu: bool) -> tuple[bool, dict[str, Any]]:
     lines = re.findall(r"\[nmlbench\] (\S+): (device .*)", out)
     missing = {job: [b for b in GPU_BRANCHES if b not in line] for job, line in lines} if gpu else {}
     ok = bool(lines) and not any(missing.values()) and "leaderboard" in out.lower()
-    return ok, {"compute_lines": [f"{job}: {line}" for job, line in lines],
-                "branches_missing": {k: v for k, v in missing.items() if v}}
+    return ok, {
+        "compute_lines": [f"{job}: {line}" for job, line in lines],
+        "branches_missing": {k: v for k, v in missing.items() if v},
+    }
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -79,16 +81,21 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     device = cuda_device()
     if device is None:
-        print("gpu-check: no CUDA GPU on this machine (torch.cuda.is_available() is False); nothing run. "
-              "The CUDA paths stay untested here: run `make gpu-check` on a machine with one GPU.")
+        print(
+            "gpu-check: no CUDA GPU on this machine (torch.cuda.is_available() is False); nothing run. "
+            "The CUDA paths stay untested here: run `make gpu-check` on a machine with one GPU."
+        )
         return 0
     bindir = Path(sys.executable).parent
     nmlbench = str(bindir / "nmlbench") if (bindir / "nmlbench").exists() else shutil.which("nmlbench") or "nmlbench"
     work = Path(tempfile.mkdtemp(prefix="nmlbench-gpu-check-"))
     env = {**os.environ, "PYTHONUNBUFFERED": "1", "NMLBENCH_BENCH_DIR": str(work / "bench")}
     steps = [s for s in args.steps.split(",") if s]
-    report: dict[str, Any] = {"device": device, "started": time.strftime(
-        "%Y-%m-%d %H:%M:%S UTC", time.gmtime()), "steps": {}}
+    report: dict[str, Any] = {
+        "device": device,
+        "started": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()),
+        "steps": {},
+    }
     sys.path.insert(0, str(Path(__file__).parent))
     from benchutil import machine_info
 
@@ -96,32 +103,68 @@ def main(argv: list[str] | None = None) -> int:
     uri = f"sqlite:///{work / 'mlflow.db'}"
     if "pipeline" in steps:
         root = work / "root"
-        subprocess.run([nmlbench, "rehearsal-root", str(root)], cwd=REPO, env=env, check=True,
-                       capture_output=True)
-        r = _run("pipeline", [nmlbench, "run", "suites/gpu-check.yaml", "--data-root", str(root),
-                              "--work-dir", str(work / "pipeline"), "--tracking-uri", uri], env, work)
+        subprocess.run([nmlbench, "rehearsal-root", str(root)], cwd=REPO, env=env, check=True, capture_output=True)
+        r = _run(
+            "pipeline",
+            [
+                nmlbench,
+                "run",
+                "suites/gpu-check.yaml",
+                "--data-root",
+                str(root),
+                "--work-dir",
+                str(work / "pipeline"),
+                "--tracking-uri",
+                uri,
+            ],
+            env,
+            work,
+        )
         ok, evidence = check_pipeline(r["output"], gpu=True)
         report["steps"]["pipeline"] = {"ok": ok and r["exit"] == 0, "seconds": r["seconds"], **evidence}
     if "head_batch" in steps:
-        r = _run("head_batch", [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-s",
-                                "benchmarks/test_bench_head_batch.py"], env, work)
+        r = _run(
+            "head_batch",
+            [
+                sys.executable,
+                "-m",
+                "pytest",
+                "-q",
+                "-p",
+                "no:cacheprovider",
+                "-s",
+                "benchmarks/test_bench_head_batch.py",
+            ],
+            env,
+            work,
+        )
         rec_file = work / "bench" / "head_fits_batched_vs_one_at_a_time.json"
         rec = json.loads(rec_file.read_text()) if rec_file.is_file() else {}
-        report["steps"]["head_batch"] = {"ok": r["exit"] == 0 and bool(rec), "seconds": r["seconds"],
-                                         "ratio": rec.get("ratio"), "record": rec}
+        report["steps"]["head_batch"] = {
+            "ok": r["exit"] == 0 and bool(rec),
+            "seconds": r["seconds"],
+            "ratio": rec.get("ratio"),
+            "record": rec,
+        }
     if "quick" in steps:
-        r = _run("quick", [nmlbench, "run", "quick", "--work-dir", str(work / "quick"), "--tracking-uri", uri],
-                 env, work)
+        r = _run(
+            "quick", [nmlbench, "run", "quick", "--work-dir", str(work / "quick"), "--tracking-uri", uri], env, work
+        )
         ok, evidence = check_pipeline(r["output"], gpu=False)  # the quick suite pre-trains on CPU workers
         report["steps"]["quick"] = {"ok": ok and r["exit"] == 0, "seconds": r["seconds"], **evidence}
     report["ok"] = all(s["ok"] for s in report["steps"].values())
     report["seconds"] = round(sum(s["seconds"] for s in report["steps"].values()), 1)
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(report, indent=1) + "\n")
-    print(json.dumps({k: {kk: vv for kk, vv in v.items() if kk != "record"} for k, v in report["steps"].items()},
-                     indent=1))
-    print(f"gpu-check: {'passed' if report['ok'] else 'FAILED'} in {report['seconds']:.0f} s -> {args.out}; "
-          f"logs in {work}")
+    print(
+        json.dumps(
+            {k: {kk: vv for kk, vv in v.items() if kk != "record"} for k, v in report["steps"].items()}, indent=1
+        )
+    )
+    print(
+        f"gpu-check: {'passed' if report['ok'] else 'FAILED'} in {report['seconds']:.0f} s -> {args.out}; "
+        f"logs in {work}"
+    )
     return 0 if report["ok"] else 1
 
 

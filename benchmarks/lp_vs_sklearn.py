@@ -54,8 +54,13 @@ def _run_pair(args: tuple[Any, str, str | None, bool, bool]) -> dict[str, Any]:
     row = compare_lp_with_sklearn(payload, lp_hp, standardized)
     row.pop("records")
     p = pair.backbone.params
-    return {"backbone": p["backbone"], "noise_ratio": p["noise_ratio"], "task": pair.task.name,
-            "kind": pair.task.kind, **row}
+    return {
+        "backbone": p["backbone"],
+        "noise_ratio": p["noise_ratio"],
+        "task": pair.task.name,
+        "kind": pair.task.kind,
+        **row,
+    }
 
 
 def _pct(v: float) -> str:
@@ -67,35 +72,62 @@ def markdown(rows: list[dict[str, Any]], skipped: list[str], suite: str, standar
     worst = min(range(len(rows)), key=lambda i: gaps[i]) if rows else None
     ok = sum(g >= -MAX_GAP for g in gaps)
     inside = sum(r["sklearn_near_tie"][0] - 1e-12 <= r["lp"] <= r["sklearn_near_tie"][1] + 1e-12 for r in rows)
-    lines = [f"# Converged LP vs tuned scikit-learn logistic regression ({suite} suite)", "",
-             "Same features (the suite's cache), same train / validation / test rows (the plan's). "
-             "`lp`: the converged probe, L2 chosen on validation. `lp_adamw`: the paper's LP (AdamW, lr 0.1, "
-             "30 epochs). sklearn: `LogisticRegression` on the features as given, C chosen on the same "
-             "validation rows from 10^-4..10^6 (two per decade). Test accuracy in %, mean over test domains "
-             f"for OOD tasks. *sklearn near-ties*: sklearn's test accuracy over every C whose validation "
-             f"accuracy is within {NEAR_TIE_ROWS} validation rows of its best (how many such C in brackets): "
-             "which of them selection takes is decided by rounding. A report, not a pass/fail check (what the "
-             "LP promises, sklearn's objective at the same L2, is tested in "
-             "`tests/test_heads_real_features.py`). Written by `benchmarks/lp_vs_sklearn.py`.", ""]
+    lines = [
+        f"# Converged LP vs tuned scikit-learn logistic regression ({suite} suite)",
+        "",
+        "Same features (the suite's cache), same train / validation / test rows (the plan's). "
+        "`lp`: the converged probe, L2 chosen on validation. `lp_adamw`: the paper's LP (AdamW, lr 0.1, "
+        "30 epochs). sklearn: `LogisticRegression` on the features as given, C chosen on the same "
+        "validation rows from 10^-4..10^6 (two per decade). Test accuracy in %, mean over test domains "
+        f"for OOD tasks. *sklearn near-ties*: sklearn's test accuracy over every C whose validation "
+        f"accuracy is within {NEAR_TIE_ROWS} validation rows of its best (how many such C in brackets): "
+        "which of them selection takes is decided by rounding. A report, not a pass/fail check (what the "
+        "LP promises, sklearn's objective at the same L2, is tested in "
+        "`tests/test_heads_real_features.py`). Written by `benchmarks/lp_vs_sklearn.py`.",
+        "",
+    ]
     if rows:
-        lines += [f"{ok} of {len(rows)} pairs have `lp` at most {100 * MAX_GAP:.0f} point below sklearn; "
-                  f"on {inside} `lp` lies inside sklearn's near-tie spread. "
-                  f"Mean `lp` - sklearn: {100 * sum(gaps) / len(gaps):+.2f} points; worst: "
-                  f"{100 * gaps[worst]:+.2f} ({rows[worst]['backbone']} {rows[worst]['noise_ratio']:g}, "
-                  f"{rows[worst]['task']}). Mean `lp_adamw` - sklearn: "
-                  f"{100 * sum(r['lp_adamw'] - r['sklearn'] for r in rows) / len(rows):+.2f} points. "
-                  f"Chosen L2 at the edge of the grid: {sum(r['at_edge'] > 0 for r in rows)} pairs; "
-                  f"not converged: {sum(r['converged'] < 1 for r in rows)}. {seconds:.0f} s in all.", ""]
-    head = ["backbone", "noise", "task", "lp", "lp_adamw", "sklearn", "sklearn near-ties", "lp - sklearn", "lp L2",
-            "sklearn C", "lp iters"]
+        lines += [
+            f"{ok} of {len(rows)} pairs have `lp` at most {100 * MAX_GAP:.0f} point below sklearn; "
+            f"on {inside} `lp` lies inside sklearn's near-tie spread. "
+            f"Mean `lp` - sklearn: {100 * sum(gaps) / len(gaps):+.2f} points; worst: "
+            f"{100 * gaps[worst]:+.2f} ({rows[worst]['backbone']} {rows[worst]['noise_ratio']:g}, "
+            f"{rows[worst]['task']}). Mean `lp_adamw` - sklearn: "
+            f"{100 * sum(r['lp_adamw'] - r['sklearn'] for r in rows) / len(rows):+.2f} points. "
+            f"Chosen L2 at the edge of the grid: {sum(r['at_edge'] > 0 for r in rows)} pairs; "
+            f"not converged: {sum(r['converged'] < 1 for r in rows)}. {seconds:.0f} s in all.",
+            "",
+        ]
+    head = [
+        "backbone",
+        "noise",
+        "task",
+        "lp",
+        "lp_adamw",
+        "sklearn",
+        "sklearn near-ties",
+        "lp - sklearn",
+        "lp L2",
+        "sklearn C",
+        "lp iters",
+    ]
     if standardized:
         head.insert(7, "sklearn (std)")
     lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r, g in zip(rows, gaps):
-        cells = [r["backbone"], f"{r['noise_ratio']:g}", r["task"], _pct(r["lp"]), _pct(r["lp_adamw"]),
-                 _pct(r["sklearn"]), f"{_pct(r['sklearn_near_tie'][0])}-{_pct(r['sklearn_near_tie'][1])} "
-                 f"({r['sklearn_near_tie_count']})", f"{100 * g:+.1f}", f"{r['chosen_l2']:.2g}", f"{r['sklearn_C']:.2g}",
-                 f"{r['iterations']:.0f}"]
+        cells = [
+            r["backbone"],
+            f"{r['noise_ratio']:g}",
+            r["task"],
+            _pct(r["lp"]),
+            _pct(r["lp_adamw"]),
+            _pct(r["sklearn"]),
+            f"{_pct(r['sklearn_near_tie'][0])}-{_pct(r['sklearn_near_tie'][1])} ({r['sklearn_near_tie_count']})",
+            f"{100 * g:+.1f}",
+            f"{r['chosen_l2']:.2g}",
+            f"{r['sklearn_C']:.2g}",
+            f"{r['iterations']:.0f}",
+        ]
         if standardized:
             cells.insert(7, _pct(r["sklearn_std"]))
         lines.append("| " + " | ".join(cells) + " |")
@@ -134,8 +166,11 @@ def main(argv: list[str] | None = None) -> int:
     with ProcessPoolExecutor(max_workers=args.jobs) as pool:
         for row in pool.map(_run_pair, todo):
             rows.append(row)
-            print(f"  {row['backbone']:<16} {row['noise_ratio']:<5g} {row['task']:<18} lp {_pct(row['lp'])} "
-                  f"sklearn {_pct(row['sklearn'])} ({100 * (row['lp'] - row['sklearn']):+.1f})", flush=True)
+            print(
+                f"  {row['backbone']:<16} {row['noise_ratio']:<5g} {row['task']:<18} lp {_pct(row['lp'])} "
+                f"sklearn {_pct(row['sklearn'])} ({100 * (row['lp'] - row['sklearn']):+.1f})",
+                flush=True,
+            )
     text = markdown(rows, skipped, suite.name, args.standardized, time.perf_counter() - t0)
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(text)

@@ -38,10 +38,18 @@ from benchmark.pretrain import (
 
 
 def _model_cfg(job: PretrainJob, num_classes: int) -> dict[str, Any]:
-    return {"objective": "supervised", "arch": job.arch, "seed": int(job.seed),
-            "image_size": int(job.image_size), "model_kwargs": dict(job.model_kwargs),
-            "num_classes": num_classes, "lr": float(job.lr), "weight_decay": float(job.weight_decay),
-            "epochs": int(job.epochs), "warmup_epochs": float(job.warmup_epochs)}
+    return {
+        "objective": "supervised",
+        "arch": job.arch,
+        "seed": int(job.seed),
+        "image_size": int(job.image_size),
+        "model_kwargs": dict(job.model_kwargs),
+        "num_classes": num_classes,
+        "lr": float(job.lr),
+        "weight_decay": float(job.weight_decay),
+        "epochs": int(job.epochs),
+        "warmup_epochs": float(job.warmup_epochs),
+    }
 
 
 def train_plain(job: PretrainJob, threads: int = 1) -> dict[str, Any]:
@@ -80,13 +88,24 @@ def train_plain(job: PretrainJob, threads: int = 1) -> dict[str, Any]:
                 opt.step()
                 sched.step()
                 opt.zero_grad(set_to_none=True)
-                sums += torch.stack([loss.detach().double() * len(idx),
-                                     torch.tensor(float(len(idx)), dtype=torch.float64),
-                                     (logits.argmax(1) == y).sum().double()])
+                sums += torch.stack(
+                    [
+                        loss.detach().double() * len(idx),
+                        torch.tensor(float(len(idx)), dtype=torch.float64),
+                        (logits.argmax(1) == y).sum().double(),
+                    ]
+                )
             seconds = time.perf_counter() - t0
             loss_sum, seen, correct = sums.tolist()
-            history.append({"epoch": epoch, "loss": loss_sum / seen, "train_accuracy": correct / seen,
-                            "seconds": seconds, "images_per_s": seen / seconds})
+            history.append(
+                {
+                    "epoch": epoch,
+                    "loss": loss_sum / seen,
+                    "train_accuracy": correct / seen,
+                    "seconds": seconds,
+                    "images_per_s": seen / seconds,
+                }
+            )
         with tempfile.TemporaryDirectory(prefix="bench-plain-") as d:
             torch.save(model.state_dict(), Path(d) / "model.pt")
     finally:
@@ -94,8 +113,9 @@ def train_plain(job: PretrainJob, threads: int = 1) -> dict[str, Any]:
     return {"metrics": history, "seconds": time.perf_counter() - t_start, "data_seconds": t_data}
 
 
-def train_plain_files(job: PretrainJob, folder: str | Path, *, loader_workers: int, threads: int = 1,
-                      epochs: int | None = None) -> dict[str, Any]:
+def train_plain_files(
+    job: PretrainJob, folder: str | Path, *, loader_workers: int, threads: int = 1, epochs: int | None = None
+) -> dict[str, Any]:
     """A hand-written ImageNet-style loop over an ``ImageFolder`` (random-resized crop + flip of
     ``job.crop_scale``, ``job.batch_size``, AdamW); per-epoch step seconds and images/s."""
     from torchvision import datasets, transforms
@@ -103,12 +123,17 @@ def train_plain_files(job: PretrainJob, folder: str | Path, *, loader_workers: i
     before = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:
-        tf = transforms.Compose([
-            transforms.RandomResizedCrop(int(job.image_size), scale=tuple(job.crop_scale)),
-            transforms.RandomHorizontalFlip(), transforms.PILToTensor()])
+        tf = transforms.Compose(
+            [
+                transforms.RandomResizedCrop(int(job.image_size), scale=tuple(job.crop_scale)),
+                transforms.RandomHorizontalFlip(),
+                transforms.PILToTensor(),
+            ]
+        )
         data = datasets.ImageFolder(str(folder), transform=tf)
-        loader = torch.utils.data.DataLoader(data, batch_size=int(job.batch_size), shuffle=True,
-                                             num_workers=loader_workers, drop_last=False)
+        loader = torch.utils.data.DataLoader(
+            data, batch_size=int(job.batch_size), shuffle=True, num_workers=loader_workers, drop_last=False
+        )
         torch.manual_seed(int(job.seed))
         model, _ = build_model(_model_cfg(job, len(data.classes)))
         opt = torch.optim.AdamW(model.parameters(), lr=float(job.lr), weight_decay=float(job.weight_decay))

@@ -32,9 +32,17 @@ def encode_split(backbone: Any, split: Any, batch_size: int = 256) -> tuple[torc
     return torch.cat(xs), torch.as_tensor(split.labels, dtype=torch.int64)
 
 
-def fit_reencoding(backbone: Any, train_split: Any, test_split: Any, method: str, *,
-                   num_classes: int, seed: int = 0, encode_batch: int = 256,
-                   **hparams: Any) -> dict[str, Any]:
+def fit_reencoding(
+    backbone: Any,
+    train_split: Any,
+    test_split: Any,
+    method: str,
+    *,
+    num_classes: int,
+    seed: int = 0,
+    encode_batch: int = 256,
+    **hparams: Any,
+) -> dict[str, Any]:
     """Train ``method`` re-encoding the training images every epoch; score the test split.
 
     Returns ``{"train_loss", "eval": {"test": {...}}, "train_x"}`` (``train_x``: the features of

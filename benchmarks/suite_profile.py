@@ -33,8 +33,14 @@ def pretrain_jobs(work_dir: Path) -> list[dict[str, Any]]:
     for done in sorted((work_dir / "pretrain").glob("*/done.json")):
         info = json.loads(done.read_text())
         steps = [float(m["seconds"]) for m in info.get("metrics", [])]
-        jobs.append({"name": info.get("name"), "seconds": float(info.get("seconds", 0.0)),
-                     "step_seconds": sum(steps), "epochs": len(steps)})
+        jobs.append(
+            {
+                "name": info.get("name"),
+                "seconds": float(info.get("seconds", 0.0)),
+                "step_seconds": sum(steps),
+                "epochs": len(steps),
+            }
+        )
     return jobs
 
 
@@ -93,15 +99,23 @@ def breakdown(work_dir: str | Path, concurrency: int, wall_seconds: float | None
         "phase_share": {k: float(sec.get(k, 0.0)) / total for k in phases},
         "concurrency": concurrency,
         "pretrain": {
-            "jobs": len(jobs), "sum_step_seconds": steps, "sum_job_seconds": sum(j["seconds"] for j in jobs),
+            "jobs": len(jobs),
+            "sum_step_seconds": steps,
+            "sum_job_seconds": sum(j["seconds"] for j in jobs),
             "sum_startup_seconds": sum(j["seconds"] - j["step_seconds"] for j in jobs),
             "startup_per_job_mean": (sum(j["seconds"] - j["step_seconds"] for j in jobs) / len(jobs)) if jobs else 0.0,
             "per_job": jobs,
         },
-        "features": {"extractions": n_extract, "sum_extraction_seconds": extract,
-                     "pairs_extracted_early": run.get("pairs_extracted_early", 0)},
-        "heads": {"fits_run": run.get("fits_run"), "sum_fit_seconds": fits,
-                  "fit_seconds_over_concurrency": fits / concurrency},
+        "features": {
+            "extractions": n_extract,
+            "sum_extraction_seconds": extract,
+            "pairs_extracted_early": run.get("pairs_extracted_early", 0),
+        },
+        "heads": {
+            "fits_run": run.get("fits_run"),
+            "sum_fit_seconds": fits,
+            "fit_seconds_over_concurrency": fits / concurrency,
+        },
         "mlflow_driver_write_seconds": mlflow,
         "useful_seconds": useful,
         "overhead_seconds": overhead,

@@ -31,12 +31,16 @@ def rows(folder: Path = RESULTS) -> list[dict]:
 
 
 def markdown(records: list[dict]) -> str:
-    lines = ["| measurement | what | ratio | target | met | load (1 min) | measured at (UTC) |",
-             "|---|---|---|---|---|---|---|"]
+    lines = [
+        "| measurement | what | ratio | target | met | load (1 min) | measured at (UTC) |",
+        "|---|---|---|---|---|---|---|",
+    ]
     for r in records:
         load = (r.get("machine") or {}).get("load_average_1_5_15") or ["?"]
-        lines.append(f"| `{r['name']}` | {r['what']} | **{r['ratio']:g}** | {r['target']} | "
-                     f"{'yes' if r['met'] else 'no'} | {load[0]} | {r.get('measured_at', '?')[:16]} |")
+        lines.append(
+            f"| `{r['name']}` | {r['what']} | **{r['ratio']:g}** | {r['target']} | "
+            f"{'yes' if r['met'] else 'no'} | {load[0]} | {r.get('measured_at', '?')[:16]} |"
+        )
     return "\n".join(lines)
 
 

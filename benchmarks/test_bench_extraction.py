@@ -15,10 +15,10 @@ from __future__ import annotations
 
 import tempfile
 
+import benchutil
 import numpy as np
 import torch
 
-import benchutil
 from benchmark.backbones import create_backbone
 from benchmark.config import load_suite
 from benchmark.extraction import extract_backbone, resolve_split
@@ -77,12 +77,18 @@ def test_extraction_ray_task_vs_plain_loop(benchmark, local_ray, one_thread):
     t_plain, t_ray = sw.median("plain_loop"), sw.median("ray_task")
     ratio = (n_images / t_ray) / (n_images / t_plain)
     benchutil.record(
-        benchmark, "extraction_ray_vs_plain_loop", ratio=ratio, target=TARGET,
+        benchmark,
+        "extraction_ray_vs_plain_loop",
+        ratio=ratio,
+        target=TARGET,
         times_s=sw.times,
         what=f"images/s of the features stage's Ray task (one per backbone, {len(pairs)} pairs) / a plain "
-             f"in-process loop over the same {len(refs)} splits ({n_images} images), timm test_resnet 32 px, 1 thread",
-        images=n_images, pairs=len(pairs), splits=len(refs),
+        f"in-process loop over the same {len(refs)} splits ({n_images} images), timm test_resnet 32 px, 1 thread",
+        images=n_images,
+        pairs=len(pairs),
+        splits=len(refs),
         ratio_first_round=(t_plain and sw.times["plain_loop"][0]) / sw.times["ray_task"][0],
-        images_per_s_plain=n_images / t_plain, images_per_s_ray=n_images / t_ray,
+        images_per_s_plain=n_images / t_plain,
+        images_per_s_ray=n_images / t_ray,
         torch_threads=torch.get_num_threads(),
     )

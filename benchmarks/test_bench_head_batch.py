@@ -34,11 +34,11 @@ import tempfile
 import time
 from pathlib import Path
 
+import benchutil
 import numpy as np
 import pytest
 import torch
 
-import benchutil
 from benchmark.config import load_suite, validate_suite
 from benchmark.extraction import extract_payload
 from benchmark.plan import make_plan
@@ -56,9 +56,15 @@ TARGET = 5.0  # batched fits/s over one-at-a-time fits/s, at least
 def pair_inputs():
     quick = load_suite(QUICK, check_names=False)
     with tempfile.TemporaryDirectory(prefix="bench-batch-") as root:
-        suite = validate_suite({"name": "bench-batch", "work_dir": root, "backbones": [BACKBONE],
-                                "downstream": {**quick.downstream.model_dump(), "id": ["mnist-5k"], "ood": []},
-                                "selection": quick.selection.model_dump()})
+        suite = validate_suite(
+            {
+                "name": "bench-batch",
+                "work_dir": root,
+                "backbones": [BACKBONE],
+                "downstream": {**quick.downstream.model_dump(), "id": ["mnist-5k"], "ood": []},
+                "selection": quick.selection.model_dump(),
+            }
+        )
         [pair] = make_plan(suite).pairs
         payload = extract_payload(pair, root, None, normalize=True)
     return pair, payload
@@ -76,6 +82,7 @@ def _matmul_flops(hparams, dim: int, classes: int, n_train: int) -> float:
 
 def _seconds_per_call(fn, device: torch.device, repeats: int) -> float:
     """Mean wall seconds of ``fn()`` after one warm-up call, waiting for the device each side."""
+
     def sync() -> None:
         if device.type == "cuda":
             torch.cuda.synchronize(device)
@@ -141,13 +148,21 @@ def test_batched_head_fits_vs_one_at_a_time(benchmark, one_thread, pair_inputs):
 
     single, batch = out["single"], out["batched"]
     assert len(batch) == len(requests) and not any("error" in r for r in batch + single)
-    gaps = [abs(a["eval"][name]["accuracy"] - b["eval"][name]["accuracy"]) for a, b in zip(single, batch)
-            for name in a["eval"]]
+    gaps = [
+        abs(a["eval"][name]["accuracy"] - b["eval"][name]["accuracy"])
+        for a, b in zip(single, batch)
+        for name in a["eval"]
+    ]
     grad_batch = [b for r, b in zip(requests, batch) if r.hparams.method != "lp"]
-    ref_gaps = [abs(ev[name]["accuracy"] - b["eval"][name]["accuracy"]) for ev, b in zip(out["reference"], grad_batch)
-                for name in ev]
+    ref_gaps = [
+        abs(ev[name]["accuracy"] - b["eval"][name]["accuracy"])
+        for ev, b in zip(out["reference"], grad_batch)
+        for name in ev
+    ]
     worst, ref_worst = max(gaps), max(ref_gaps)
-    ulp_gaps = [abs(a[name]["accuracy"] - b[name]["accuracy"]) for a, b in zip(out["reference"], nudged_ref) for name in a]
+    ulp_gaps = [
+        abs(a[name]["accuracy"] - b[name]["accuracy"]) for a, b in zip(out["reference"], nudged_ref) for name in a
+    ]
 
     t_lp_single, t_grad_single = sw.median("one_at_a_time_lp"), sw.median("one_at_a_time_gradient")
     t_single, t_batch = t_lp_single + t_grad_single, sw.median("batched")
@@ -157,8 +172,9 @@ def test_batched_head_fits_vs_one_at_a_time(benchmark, one_thread, pair_inputs):
     groups = sorted({b["batch_members"] for b in batch})
     dim, classes = int(payload.train[0].shape[1]), int(data.num_classes)
     n_rows = len(payload.train[1])
-    flops = sum(_matmul_flops(r.hparams, dim, classes, len(r.rows) if r.rows is not None else n_rows)
-                for r in grad_reqs)
+    flops = sum(
+        _matmul_flops(r.hparams, dim, classes, len(r.rows) if r.rows is not None else n_rows) for r in grad_reqs
+    )
     h0 = grad_reqs[0].hparams
     rate = _bmm_rate(len(grad_reqs), h0.batch_size, dim, int(round(h0.ratio * dim)), data.device)
     n_svd = sum(1 for r in grad_reqs if r.hparams.method == "nmtune")
@@ -166,29 +182,49 @@ def test_batched_head_fits_vs_one_at_a_time(benchmark, one_thread, pair_inputs):
     t_svd = _svd_seconds(n_svd, h0.batch_size, dim, steps, data.device) if n_svd else 0.0
     floor = t_lp + t_svd + flops / rate
     benchutil.record(
-        benchmark, "head_fits_batched_vs_one_at_a_time", ratio=t_single / t_batch, target=TARGET,
+        benchmark,
+        "head_fits_batched_vs_one_at_a_time",
+        ratio=t_single / t_batch,
+        target=TARGET,
         times_s=sw.times,
         what=f"{len(requests)} head fits of one quick-suite pair: fits/s batched / fits/s one at a time "
-             "(each head alone, the LP's L2 values one by one)",
-        fits_per_second_batched=len(requests) / t_batch, fits_per_second_one_at_a_time=len(requests) / t_single,
-        ratio_gradient_heads_only=t_grad_single / t_grad_batch, ratio_lp_grid=t_lp_single / t_lp,
+        "(each head alone, the LP's L2 values one by one)",
+        fits_per_second_batched=len(requests) / t_batch,
+        fits_per_second_one_at_a_time=len(requests) / t_single,
+        ratio_gradient_heads_only=t_grad_single / t_grad_batch,
+        ratio_lp_grid=t_lp_single / t_lp,
         ratio_lp_grid_batched_on_both_sides=(t_grad_single + sw.median("lp_grid_batched")) / t_batch,
         ratio_vs_reference_trainer_gradient_heads=sw.median("reference_trainer_gradient_heads") / t_grad_batch,
-        batch_group_sizes=groups, max_accuracy_gap_batched_vs_single=worst,
-        gradient_fit_matmul_gflop=flops / 1e9, bmm_gflop_per_s=rate / 1e9,
-        gflop_per_s_batched=flops / 1e9 / t_grad_batch, gflop_per_s_one_at_a_time=flops / 1e9 / t_grad_single,
+        batch_group_sizes=groups,
+        max_accuracy_gap_batched_vs_single=worst,
+        gradient_fit_matmul_gflop=flops / 1e9,
+        bmm_gflop_per_s=rate / 1e9,
+        gflop_per_s_batched=flops / 1e9 / t_grad_batch,
+        gflop_per_s_one_at_a_time=flops / 1e9 / t_grad_single,
         seconds_floor={"lp_grid_batched": t_lp, "nmtune_svd": t_svd, "matmul_at_bmm_rate": flops / rate},
         seconds_batched={"lp": t_lp, "gradient_heads": t_grad_batch},
         seconds_one_at_a_time={"lp": t_lp_single, "gradient_heads": t_grad_single},
         ratio_ceiling=t_single / floor,
-        max_accuracy_gap_batched_vs_reference=ref_worst, mean_accuracy_gap_batched_vs_reference=float(np.mean(ref_gaps)),
+        max_accuracy_gap_batched_vs_reference=ref_worst,
+        mean_accuracy_gap_batched_vs_reference=float(np.mean(ref_gaps)),
         mean_accuracy_gap_batched_vs_single=float(np.mean(gaps)),
         mean_accuracy_gap_reference_vs_reference_one_ulp=float(np.mean(ulp_gaps)),
         max_accuracy_gap_reference_vs_reference_one_ulp=max(ulp_gaps),
-        params={"fits": len(requests), "gradient_fits": n_grad, "nmtune_fits": n_svd, "backbone": BACKBONE,
-                "task": "mnist-5k", "n_train": int(n_rows), "n_val": int(len(payload.val[1])),
-                "feature_dim": dim, "rounds": ROUNDS, "threads": 1, "device": str(data.device), "steps_per_fit": steps,
-                "hparams": sorted({str(r.hparams.as_dict()) for r in requests})},
+        params={
+            "fits": len(requests),
+            "gradient_fits": n_grad,
+            "nmtune_fits": n_svd,
+            "backbone": BACKBONE,
+            "task": "mnist-5k",
+            "n_train": int(n_rows),
+            "n_val": int(len(payload.val[1])),
+            "feature_dim": dim,
+            "rounds": ROUNDS,
+            "threads": 1,
+            "device": str(data.device),
+            "steps_per_fit": steps,
+            "hparams": sorted({str(r.hparams.as_dict()) for r in requests}),
+        },
     )
     # Equal results, recorded above before judged: the same bounds as tests/test_heads_real_features.py.
     # Batched vs alone: within the issue's 0.1 point. Batched vs the reference trainer: rounding

@@ -19,17 +19,17 @@ from __future__ import annotations
 
 import tempfile
 
+import benchutil
 import numpy as np
 import pytest
+import reencode
 import torch
 
 from benchmark.backbones import create_backbone
 from benchmark.data import get_dataset
-from benchmark.plan import training_rows
 from benchmark.features import FeatureCache
+from benchmark.plan import training_rows
 from benchmark.probe import fit_and_evaluate
-import benchutil
-import reencode
 
 EPOCHS = 10
 N_TRAIN = 2000
@@ -61,8 +61,18 @@ def test_head_fit_vs_reencode(benchmark, one_thread, setup_data, arch, method):
     roots = []
 
     def baseline_and_extract() -> None:
-        state["base"] = sw.timed("baseline_reencode", reencode.fit_reencoding, backbone, train, test,
-                                 method, num_classes=k, seed=0, epochs=EPOCHS, epoch_selection="last")
+        state["base"] = sw.timed(
+            "baseline_reencode",
+            reencode.fit_reencoding,
+            backbone,
+            train,
+            test,
+            method,
+            num_classes=k,
+            seed=0,
+            epochs=EPOCHS,
+            epoch_selection="last",
+        )
         root = tempfile.TemporaryDirectory(prefix="bench-feat-")
         roots.append(root)
         cache = FeatureCache(root.name, device="cpu", progress=False)
@@ -74,8 +84,18 @@ def test_head_fit_vs_reencode(benchmark, one_thread, setup_data, arch, method):
         cache = state["cache"]
         with sw("ours_cached"):
             tr, te = cache.get(backbone, train), cache.get(backbone, test)  # hits: read from disk
-            out = fit_and_evaluate(method, tr.x, tr.y, te.x, te.y, seed=0, num_classes=k,
-                                   device="cpu", epochs=EPOCHS, epoch_selection="last")
+            out = fit_and_evaluate(
+                method,
+                tr.x,
+                tr.y,
+                te.x,
+                te.y,
+                seed=0,
+                num_classes=k,
+                device="cpu",
+                epochs=EPOCHS,
+                epoch_selection="last",
+            )
         assert cache.hits == 2 and cache.misses == 2
         state["ours"], state["train_x"] = out, tr.x
         return out
@@ -88,8 +108,9 @@ def test_head_fit_vs_reencode(benchmark, one_thread, setup_data, arch, method):
     # sides train the same head to the same accuracy.
     base, mine = state["base"], state["ours"]
     feature_gap = float((base["train_x"] - state["train_x"]).abs().max())
-    assert torch.allclose(base["train_x"], state["train_x"], rtol=1e-5, atol=1e-5), \
+    assert torch.allclose(base["train_x"], state["train_x"], rtol=1e-5, atol=1e-5), (
         f"cached features differ from a direct encoding by up to {feature_gap:.3g}"
+    )
     acc_base, acc_ours = base["eval"]["test"]["accuracy"], mine["eval"]["test"]["accuracy"]
     assert abs(acc_base - acc_ours) <= 0.005
     assert acc_ours > 0.3  # well above chance (0.1): the head learned from the frozen random-init features
@@ -99,16 +120,29 @@ def test_head_fit_vs_reencode(benchmark, one_thread, setup_data, arch, method):
     t_extract = sw.median("one_time_extraction")
     ratio = t_base / t_ours
     benchutil.record(
-        benchmark, f"head_fit_vs_reencode_{arch}_{method}", ratio=ratio, target=TARGET, times_s=sw.times,
+        benchmark,
+        f"head_fit_vs_reencode_{arch}_{method}",
+        ratio=ratio,
+        target=TARGET,
+        times_s=sw.times,
         what=f"{method} head on {arch}, {EPOCHS} epochs on {N_TRAIN} MNIST-5k images + 1,000 test: "
-             "re-encode every epoch / fit on cached features (already cached)",
+        "re-encode every epoch / fit on cached features (already cached)",
         max_abs_feature_gap_cache_vs_direct_encode=feature_gap,
         ratio_amortised_1_fit=t_base / (t_extract + t_ours),
         ratio_amortised_per_fit_quick_pair=t_base / (t_extract / FITS_PER_PAIR_QUICK + t_ours),
         fits_per_pair_quick=FITS_PER_PAIR_QUICK,
-        accuracy_baseline=acc_base, accuracy_ours=acc_ours,
-        train_loss_baseline=base["train_loss"], train_loss_ours=mine["train_loss"],
-        params={"method": method, "epochs": EPOCHS, "n_train": N_TRAIN, "n_test": len(test),
-                "backbone": backbone.identity, "feature_dim": backbone.feature_dim, "rounds": rounds,
-                "threads": 1},
+        accuracy_baseline=acc_base,
+        accuracy_ours=acc_ours,
+        train_loss_baseline=base["train_loss"],
+        train_loss_ours=mine["train_loss"],
+        params={
+            "method": method,
+            "epochs": EPOCHS,
+            "n_train": N_TRAIN,
+            "n_test": len(test),
+            "backbone": backbone.identity,
+            "feature_dim": backbone.feature_dim,
+            "rounds": rounds,
+            "threads": 1,
+        },
     )

@@ -17,15 +17,26 @@ import tempfile
 import time
 from pathlib import Path
 
-
 import benchutil
 import plainloop
+
 from benchmark.pretrain import PretrainJob, run_pretrain
 
-JOB = PretrainJob(objective="supervised", corpus="fashion-mnist", arch="test_resnet",
-                  noise_kind="symmetric", noise_ratio=0.2, seed=0, epochs=2, batch_size=128,
-                  lr=0.002, weight_decay=0.05, image_size=32, train_subset=10_000)
-TARGET = 0.85          # Ray Train throughput / plain-loop throughput, at least
+JOB = PretrainJob(
+    objective="supervised",
+    corpus="fashion-mnist",
+    arch="test_resnet",
+    noise_kind="symmetric",
+    noise_ratio=0.2,
+    seed=0,
+    epochs=2,
+    batch_size=128,
+    lr=0.002,
+    weight_decay=0.05,
+    image_size=32,
+    train_subset=10_000,
+)
+TARGET = 0.85  # Ray Train throughput / plain-loop throughput, at least
 FIXED_SHARE = 0.15
 
 
@@ -33,8 +44,9 @@ def _steps_seconds(metrics: list[dict]) -> float:
     return float(sum(m["seconds"] for m in metrics))
 
 
-def _fixed_cost_profile(fit_window: tuple[float, float], t_call: tuple[float, float], run_dir: Path,
-                       epoch_seconds: list[float]) -> dict[str, float]:
+def _fixed_cost_profile(
+    fit_window: tuple[float, float], t_call: tuple[float, float], run_dir: Path, epoch_seconds: list[float]
+) -> dict[str, float]:
     """Split Ray Train's wall time by wall-clock marks: the ``TorchTrainer.fit`` call and the
     time each epoch's checkpoint landed in the run directory (``epoch_XXXX/state.pt``)."""
     marks = sorted((p.parent.name, p.stat().st_mtime) for p in run_dir.glob("epoch_*/state.pt"))
@@ -43,8 +55,7 @@ def _fixed_cost_profile(fit_window: tuple[float, float], t_call: tuple[float, fl
     if len(marks) == len(epoch_seconds):
         ends = [t for _, t in marks]
         out["fit_start_to_first_step"] = ends[0] - epoch_seconds[0] - fit_start
-        out["per_epoch_report_and_checkpoint"] = [
-            ends[i] - ends[i - 1] - epoch_seconds[i] for i in range(1, len(ends))]
+        out["per_epoch_report_and_checkpoint"] = [ends[i] - ends[i - 1] - epoch_seconds[i] for i in range(1, len(ends))]
         out["last_checkpoint_to_fit_return"] = fit_end - ends[-1]
     return out
 
@@ -76,9 +87,14 @@ def test_ray_train_vs_plain_loop(benchmark, local_ray, monkeypatch):
             t0 = time.time()
             with sw("ray_train_e2e"):
                 ray_runs.append(run_pretrain(JOB, work, progress=False, cpus_per_worker=1.0))
-            profile.update(_fixed_cost_profile(
-                (fit_window[0], fit_window[1]), (t0, time.time()),
-                Path(work) / "ray_results" / JOB.key, [m["seconds"] for m in ray_runs[0].metrics]))
+            profile.update(
+                _fixed_cost_profile(
+                    (fit_window[0], fit_window[1]),
+                    (t0, time.time()),
+                    Path(work) / "ray_results" / JOB.key,
+                    [m["seconds"] for m in ray_runs[0].metrics],
+                )
+            )
 
     benchmark.pedantic(ray_train, setup=plain, rounds=1, iterations=1)
     plain()
@@ -104,19 +120,35 @@ def test_ray_train_vs_plain_loop(benchmark, local_ray, monkeypatch):
     denom = TARGET * per_epoch_ray - per_epoch_plain
     epochs_e2e = (fixed_plain - TARGET * fixed_ray) / denom if denom < 0 else float("inf")
     benchutil.record(
-        benchmark, "ray_train_vs_plain_loop", ratio=steps_plain / steps_ray, target=TARGET,
-        times_s={**sw.times, "ray_epoch_seconds": [m["seconds"] for m in res.metrics],
-                 "plain_epoch_seconds": [[m["seconds"] for m in p["metrics"]] for p in plain_runs],
-                 "plain_data_seconds": [p["data_seconds"] for p in plain_runs]},
+        benchmark,
+        "ray_train_vs_plain_loop",
+        ratio=steps_plain / steps_ray,
+        target=TARGET,
+        times_s={
+            **sw.times,
+            "ray_epoch_seconds": [m["seconds"] for m in res.metrics],
+            "plain_epoch_seconds": [[m["seconds"] for m in p["metrics"]] for p in plain_runs],
+            "plain_data_seconds": [p["data_seconds"] for p in plain_runs],
+        },
         what="steady-state images/s of Ray Train (1 worker) / plain PyTorch loop, same job and steps",
         ratio_end_to_end=t_plain / t_ray,
-        images_per_s_ray=n_img / steps_ray, images_per_s_plain=n_img / steps_plain,
-        ray_fixed_seconds=fixed_ray, plain_fixed_seconds=fixed_plain, ray_extra_fixed_seconds=extra_fixed,
+        images_per_s_ray=n_img / steps_ray,
+        images_per_s_plain=n_img / steps_plain,
+        ray_fixed_seconds=fixed_ray,
+        plain_fixed_seconds=fixed_plain,
+        ray_extra_fixed_seconds=extra_fixed,
         extra_fixed_share_of_ray_wall=extra_fixed / t_ray,
         ray_fixed_cost_profile=profile,
         epochs_until_fixed_below_15pct=epochs_15,
         train_seconds_until_fixed_below_15pct=epochs_15 * per_epoch_ray,
         epochs_until_end_to_end_ratio_reaches_target=epochs_e2e,
-        params={"job": JOB.name, "images": JOB.train_subset, "epochs": JOB.epochs, "batch_size": JOB.batch_size,
-                "image_size": JOB.image_size, "workers": 1, "threads": 1},
+        params={
+            "job": JOB.name,
+            "images": JOB.train_subset,
+            "epochs": JOB.epochs,
+            "batch_size": JOB.batch_size,
+            "image_size": JOB.image_size,
+            "workers": 1,
+            "threads": 1,
+        },
     )

@@ -14,6 +14,7 @@ from __future__ import annotations
 import tempfile
 
 import benchutil
+
 from benchmark.config import load_suite
 from benchmark.plan import pretrain_jobs
 from benchmark.pretrain import run_pretrain_jobs
@@ -26,11 +27,13 @@ def test_quick_pretrain_stage_one_trainer_per_job_vs_job_lists(benchmark, local_
 
     def run(side: str, group_small: bool) -> None:
         with tempfile.TemporaryDirectory(prefix=f"bench-stage-{side}-") as work:
-            results[side] = sw.timed(side, run_pretrain_jobs, jobs, work, max_concurrent=2,
-                                     group_small=group_small, progress=False)
+            results[side] = sw.timed(
+                side, run_pretrain_jobs, jobs, work, max_concurrent=2, group_small=group_small, progress=False
+            )
 
-    benchmark.pedantic(lambda: run("job_lists", True), setup=lambda: run("one_trainer_per_job", False),
-                       rounds=1, iterations=1)
+    benchmark.pedantic(
+        lambda: run("job_lists", True), setup=lambda: run("one_trainer_per_job", False), rounds=1, iterations=1
+    )
     for side, rs in results.items():
         assert all(r.ok and not r.reused for r in rs), (side, [r.error for r in rs])
         assert [len(r.metrics) for r in rs] == [j.epochs for j in jobs]
@@ -39,10 +42,14 @@ def test_quick_pretrain_stage_one_trainer_per_job_vs_job_lists(benchmark, local_
     before, after = sw.times["one_trainer_per_job"][0], sw.times["job_lists"][0]
     steps = {side: sum(m["seconds"] for r in rs for m in r.metrics) for side, rs in results.items()}
     benchutil.record(
-        benchmark, "quick_pretrain_stage_job_lists", ratio=before / after, target=1.3,
+        benchmark,
+        "quick_pretrain_stage_job_lists",
+        ratio=before / after,
+        target=1.3,
         times_s=sw.times,
         what="wall time of the quick suite's pre-training stage (7 jobs, 2 at a time): one Ray Train trainer "
-             "per job / small jobs sharing two trainers",
+        "per job / small jobs sharing two trainers",
         trainers={"one_trainer_per_job": len(jobs), "job_lists": 2},
         step_seconds=steps,
-        params={"jobs": len(jobs), "max_concurrent": 2, "cpus_per_worker": 1.0})
+        params={"jobs": len(jobs), "max_concurrent": 2, "cpus_per_worker": 1.0},
+    )

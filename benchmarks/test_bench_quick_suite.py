@@ -60,8 +60,13 @@ print(json.dumps(t))
 
 def _other_phase_profile() -> dict[str, float]:
     """Seconds of each fixed step of ``run_suite``'s "other" phase (see the script above)."""
-    proc = subprocess.run([sys.executable, "-c", _OTHER_PHASE_SCRIPT, str(benchutil.REPO_ROOT / "suites" / "quick.yaml")],
-                          cwd=benchutil.REPO_ROOT, capture_output=True, text=True, check=True)
+    proc = subprocess.run(
+        [sys.executable, "-c", _OTHER_PHASE_SCRIPT, str(benchutil.REPO_ROOT / "suites" / "quick.yaml")],
+        cwd=benchutil.REPO_ROOT,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
@@ -75,8 +80,12 @@ def test_quick_suite_breakdown(benchmark):
     def run_quick() -> None:
         t0 = time.perf_counter()
         with open(log, "w") as out:
-            proc = subprocess.run([_nmlbench(), "run", "quick", "--work-dir", str(WORK_DIR)],
-                                  cwd=benchutil.REPO_ROOT, stdout=out, stderr=subprocess.STDOUT)
+            proc = subprocess.run(
+                [_nmlbench(), "run", "quick", "--work-dir", str(WORK_DIR)],
+                cwd=benchutil.REPO_ROOT,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+            )
         wall.append(time.perf_counter() - t0)
         assert proc.returncode == 0, f"nmlbench run quick failed; see {log}"
 
@@ -91,9 +100,14 @@ def test_quick_suite_breakdown(benchmark):
 
     b["other_phase_profile"] = _other_phase_profile()
     benchutil.record(
-        benchmark, "quick_suite_breakdown", ratio=b["overhead_share"], target=TARGET,
-        higher_is_better=False, times_s={"cli_wall": wall, **b.pop("phase_seconds")},
+        benchmark,
+        "quick_suite_breakdown",
+        ratio=b["overhead_share"],
+        target=TARGET,
+        higher_is_better=False,
+        times_s={"cli_wall": wall, **b.pop("phase_seconds")},
         what="share of the quick suite's wall time that is not training steps, feature extraction "
-             "or head fits (summed / concurrency)",
-        phase_other_share=b["phase_share"]["other"], **b,
+        "or head fits (summed / concurrency)",
+        phase_other_share=b["phase_share"]["other"],
+        **b,
     )

@@ -10,11 +10,11 @@ Gram that would be faster still, and records how far its values drift.
 
 from __future__ import annotations
 
+import benchutil
 import numpy as np
 import torch
 from scipy.linalg.blas import dsyrk, ssyrk
 
-import benchutil
 from benchmark import spectrum
 
 M, D, RANK = 50_000, 2_048, 64
@@ -97,17 +97,28 @@ def test_spectrum_vs_numpy_svd(benchmark, one_thread):
     t_ours = sw.median("ours_gram")
     t_svd = sw.times["numpy_svd"][0]
     benchutil.record(
-        benchmark, "spectrum_vs_numpy_svd", ratio=t_svd / t_ours, target=TARGET, times_s=sw.times,
+        benchmark,
+        "spectrum_vs_numpy_svd",
+        ratio=t_svd / t_ours,
+        target=TARGET,
+        times_s=sw.times,
         what=f"singular values of {M} x {D} float32 features (float64 after preprocessing): "
-             "numpy.linalg.svd(full_matrices=False) / benchmark.spectrum",
+        "numpy.linalg.svd(full_matrices=False) / benchmark.spectrum",
         ratio_vs_svd_values_only=sw.times["numpy_svd_values_only"][0] / t_ours,
         ratio_including_numpy_preprocess=(t_svd + sw.times["numpy_preprocess"][0]) / t_ours,
-        sve=sve, sve_numpy=sve_ref, sve_rel_err=rel(sve, sve_ref),
-        lsvr=lsvr, lsvr_numpy=lsvr_ref, lsvr_rel_err=rel(lsvr, lsvr_ref),
+        sve=sve,
+        sve_numpy=sve_ref,
+        sve_rel_err=rel(sve, sve_ref),
+        lsvr=lsvr,
+        lsvr_numpy=lsvr_ref,
+        lsvr_rel_err=rel(lsvr, lsvr_ref),
         max_abs_err_over_s1=float(np.max(np.abs(s - ref)) / ref[0]),
         max_rel_err=float(np.max(np.abs(s - ref) / ref)),
-        profile_ours={**profile, "passes_and_rest": sw.median("ours_gram") - sum(profile.values()),
-                      "gram_gflops": M * D * D / profile["dsyrk_gram"] / 1e9},
+        profile_ours={
+            **profile,
+            "passes_and_rest": sw.median("ours_gram") - sum(profile.values()),
+            "gram_gflops": M * D * D / profile["dsyrk_gram"] / 1e9,
+        },
         float32_gram={
             "seconds": sw.times["float32_gram"][0],
             "ratio_vs_svd": t_svd / sw.times["float32_gram"][0],

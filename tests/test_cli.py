@@ -56,12 +56,18 @@ def _write(tmp: Path, data: dict) -> Path:
     return p
 
 
-@pytest.mark.parametrize("mutate, needles", [
-    (lambda s: s["pretrain"][0]["noise"].update(ratios=[0.0, 1.5]), ["pretrain[0].noise.ratios[1]", "1.5", "[0, 1)"]),
-    (lambda s: s["downstream"].update(id=["fashion-mnist", "cifar-11"]), ["cifar-11", "fashion-mnist"]),
-    (lambda s: s.update(colour="blue"), ["colour"]),
-    (lambda s: s["pretrain"][0].update(epochs="three"), ["pretrain[0].epochs", "three"]),
-])
+@pytest.mark.parametrize(
+    "mutate, needles",
+    [
+        (
+            lambda s: s["pretrain"][0]["noise"].update(ratios=[0.0, 1.5]),
+            ["pretrain[0].noise.ratios[1]", "1.5", "[0, 1)"],
+        ),
+        (lambda s: s["downstream"].update(id=["fashion-mnist", "cifar-11"]), ["cifar-11", "fashion-mnist"]),
+        (lambda s: s.update(colour="blue"), ["colour"]),
+        (lambda s: s["pretrain"][0].update(epochs="three"), ["pretrain[0].epochs", "three"]),
+    ],
+)
 def test_malformed_suites_fail_before_anything_runs(tmp_path: Path, mutate, needles) -> None:
     suite = yaml.safe_load((REPO / "suites" / "quick.yaml").read_text())
     mutate(suite)
@@ -75,8 +81,9 @@ def test_malformed_suites_fail_before_anything_runs(tmp_path: Path, mutate, need
 
 
 def test_paper_suite_without_its_data_root_names_the_layout(tmp_path: Path) -> None:
-    res = runner.invoke(app, ["run", "paper-supervised", "--data-root", str(tmp_path / "missing"),
-                              "--work-dir", str(tmp_path / "work")])
+    res = runner.invoke(
+        app, ["run", "paper-supervised", "--data-root", str(tmp_path / "missing"), "--work-dir", str(tmp_path / "work")]
+    )
     assert res.exit_code == 2, res.output
     out = " ".join(res.output.split())
     assert "imagenet" in out and str(tmp_path / "missing") in out
@@ -94,10 +101,15 @@ def test_validate_and_plan_list_the_code_a_suite_imports(tmp_path: Path) -> None
     """A suite naming a blackbox `module:function` runs that module wherever features are computed:
     `validate` and `plan` name it (read from the file, nothing imported); a suite of built-in
     families says it runs nml-bench's code only."""
-    path = _write(tmp_path, {"name": "bbx", "work_dir": str(tmp_path / "work"),
-                             "backbones": [{"family": "blackbox", "target": "my_lab.embed:encode", "version": "1",
-                                            "name": "lab model"}],
-                             "downstream": {"id": ["sklearn-digits"], "ood": [], "methods": ["lp"], "seeds": [0]}})
+    path = _write(
+        tmp_path,
+        {
+            "name": "bbx",
+            "work_dir": str(tmp_path / "work"),
+            "backbones": [{"family": "blackbox", "target": "my_lab.embed:encode", "version": "1", "name": "lab model"}],
+            "downstream": {"id": ["sklearn-digits"], "ood": [], "methods": ["lp"], "seeds": [0]},
+        },
+    )
     listing = "  my_lab.embed  (backbone 'lab model': blackbox target my_lab.embed:encode)"
     for args in (["validate", str(path)], ["plan", str(path)]):
         res = runner.invoke(app, args)

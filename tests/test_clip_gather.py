@@ -93,6 +93,8 @@ def test_two_ranks_with_gather_equal_one_process_on_the_global_batch() -> None:
         assert abs(summed[k] - single[k]) < 1e-9, k  # counts are exact; rank sums: a few float64 additions (1e-16)
     assert summed["n"] == BATCH and summed["mismatched"] == 2
     # Without the gather a rank contrasts its own half only: a different (smaller) loss.
-    halves = [_step(*(t[r * 4:(r + 1) * 4] if t.shape[0] == BATCH else t for t in _problem()), rank=0, world=1)[0]
-              for r in range(2)]
+    halves = [
+        _step(*(t[r * 4 : (r + 1) * 4] if t.shape[0] == BATCH else t for t in _problem()), rank=0, world=1)[0]
+        for r in range(2)
+    ]
     assert abs(float(sum(halves)) / 2 - float(loss1)) > 1e-3  # 1.36: far beyond the round-off bound above

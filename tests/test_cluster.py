@@ -5,9 +5,9 @@ Ray version the package pins. (Docker itself is not needed: nothing here builds 
 from __future__ import annotations
 
 import re
-import tomllib
 from pathlib import Path
 
+import tomllib
 import yaml
 
 REPO = Path(__file__).resolve().parents[1]
@@ -60,11 +60,15 @@ def test_every_config_keeps_token_auth_on_and_the_job_server_off_open_addresses(
     """The job server runs any command it is sent: every way this repository starts Ray turns
     token authentication on (on every node) and binds the dashboard to loopback (reached through
     `ray dashboard` / `kubectl port-forward`), never 0.0.0.0."""
-    texts = {p.name: p.read_text() for p in (CLUSTER / "gpu-cluster.yaml", CLUSTER / "kuberay-raycluster.yaml",
-                                             CLUSTER / "start-local-head.sh")}
+    texts = {
+        p.name: p.read_text()
+        for p in (CLUSTER / "gpu-cluster.yaml", CLUSTER / "kuberay-raycluster.yaml", CLUSTER / "start-local-head.sh")
+    }
     assert not any("0.0.0.0" in t for t in texts.values())
     launcher = yaml.safe_load(texts["gpu-cluster.yaml"])
-    starts = [c for c in launcher["head_start_ray_commands"] + launcher["worker_start_ray_commands"] if "ray start" in c]
+    starts = [
+        c for c in launcher["head_start_ray_commands"] + launcher["worker_start_ray_commands"] if "ray start" in c
+    ]
     assert len(starts) == 2 and all(c.startswith("RAY_AUTH_MODE=token ray start") for c in starts)
     assert "--dashboard-host=127.0.0.1" in starts[0]
     assert launcher["file_mounts"] == {"~/.ray/auth_token": "~/.ray/auth_token"}  # the same token on every node

@@ -15,8 +15,9 @@ from benchmark.plan import pretrain_jobs
 SUITES = Path(__file__).resolve().parents[1] / "suites"
 MINIMAL = {
     "name": "t",
-    "pretrain": [{"objective": "supervised", "corpus": "fashion-mnist", "arch": "test_resnet",
-                  "noise": {"ratios": [0.0, 0.1]}}],
+    "pretrain": [
+        {"objective": "supervised", "corpus": "fashion-mnist", "arch": "test_resnet", "noise": {"ratios": [0.0, 0.1]}}
+    ],
     "downstream": {"id": ["mnist-5k"], "ood": ["digits-from-mnist"]},
 }
 
@@ -54,8 +55,10 @@ def test_head_grid_axes_apply_to_the_methods_that_take_them():
     shared = {"depth": 1, "epochs": 30, "batch_size": 128, "epoch_selection": "best_val"}
     assert d.fixed_hparams("mlp") == shared  # preset is NMTune's alone
     assert d.fixed_hparams("nmtune") == {"preset": "paper", **shared}
-    own = validate_suite({**MINIMAL, "downstream": {**MINIMAL["downstream"], "hparams": {"epochs": 5, "lp": {"l2_steps": 9}}}},
-                         check_names=False).downstream
+    own = validate_suite(
+        {**MINIMAL, "downstream": {**MINIMAL["downstream"], "hparams": {"epochs": 5, "lp": {"l2_steps": 9}}}},
+        check_names=False,
+    ).downstream
     assert own.fixed_hparams("lp") == {"l2_steps": 9} and own.fixed_hparams("mlp") == {"epochs": 5}
 
 
@@ -70,16 +73,27 @@ def test_defaults_are_resolved_and_override_follows_work_dir(tmp_path, monkeypat
     assert moved.tracking.uri == f"sqlite:///{tmp_path / 'elsewhere' / 'mlflow.db'}"
     assert moved.data_root == str(tmp_path / "data")
     assert all(j.data_root == str(tmp_path / "data") for j in pretrain_jobs(moved))
-    clip = validate_suite({**MINIMAL, "pretrain": [{"objective": "clip", "corpus": "fashion-mnist",
-                                                    "arch": "nml-tiny-clip"}]}, check_names=False)
+    clip = validate_suite(
+        {**MINIMAL, "pretrain": [{"objective": "clip", "corpus": "fashion-mnist", "arch": "nml-tiny-clip"}]},
+        check_names=False,
+    )
     assert [j.noise_kind for j in pretrain_jobs(clip)] == ["swap"]  # clip's default noise
 
 
 def test_schema_errors_name_path_value_and_allowed(tmp_path):
     bad = {
-        "name": "bad", "colour": "red",
-        "pretrain": [{"objective": "supervised", "corpus": "fashion-mnist", "arch": "x",
-                      "noise": {"kind": "symmetric", "ratios": [0.1, 1.5]}, "epochs": 0, "lrr": 1}],
+        "name": "bad",
+        "colour": "red",
+        "pretrain": [
+            {
+                "objective": "supervised",
+                "corpus": "fashion-mnist",
+                "arch": "x",
+                "noise": {"kind": "symmetric", "ratios": [0.1, 1.5]},
+                "epochs": 0,
+                "lrr": 1,
+            }
+        ],
         "downstream": {"id": ["mnist-5k"], "methods": ["lp", "svm"], "fractions": [0.0], "lambdas": [0.1]},
         "selection": {"split": "oracle", "val_fraction": 0.7},
     }
@@ -89,7 +103,7 @@ def test_schema_errors_name_path_value_and_allowed(tmp_path):
         "pretrain[0].epochs = 0: must be >= 1",
         "pretrain[0]: unknown key 'lrr' (allowed: name, objective, corpus, arch, model_kwargs, noise, seeds,",
         "<top level>: unknown key 'colour' (allowed: name, work_dir, data_root, pretrain, backbones, downstream,",
-        "downstream.methods = ['lp', 'svm']: unknown head method(s) 'svm' (registered heads: lp, lp_adamw, mlp, nmtune)",
+        "downstream.methods = ['lp', 'svm']: unknown head method(s) 'svm' (registered heads: lp, lp_adamw, mlp, nmtune)",  # noqa: E501
         "downstream.fractions[0] = 0.0: must be in (0, 1]",
         "downstream: unknown key 'lambdas' (allowed: id, ood, methods, grid, hparams,",
         "it moved to downstream.grid: {lam: [...]}",
@@ -103,8 +117,15 @@ def test_schema_errors_name_path_value_and_allowed(tmp_path):
 
 def test_head_grid_errors_name_axis_value_and_method(tmp_path):
     grid = {"lam": [0.1, -1], "depth": [0], "colour": [1]}
-    bad = {**MINIMAL, "downstream": {"id": ["mnist-5k"], "methods": ["lp", "mlp"], "grid": grid,
-                                     "hparams": {"preset": "paper", "batch_size": 1, "nmtune": {"lam": 2}}}}
+    bad = {
+        **MINIMAL,
+        "downstream": {
+            "id": ["mnist-5k"],
+            "methods": ["lp", "mlp"],
+            "grid": grid,
+            "hparams": {"preset": "paper", "batch_size": 1, "nmtune": {"lam": 2}},
+        },
+    }
     msg = problems(write(tmp_path, bad))
     for expected in [
         "downstream.grid.lam: no listed method takes it (it applies to nmtune; methods: lp, mlp)",
@@ -122,27 +143,43 @@ def test_head_grid_errors_name_axis_value_and_method(tmp_path):
     assert "(3 problems, schema)" in msg
 
 
-@pytest.mark.parametrize("noise,objective,needle", [
-    ({"kind": "symmetric"}, "clip", "does not apply to objective 'clip'"),
-    ({"kind": "swap"}, "supervised", "'swap' applies only to objective 'clip'"),
-    ({"kind": "asymmetric"}, "supervised", "needs noise.class_map"),
-    ({"kind": "random"}, "supervised", "pretrain[0].noise.kind = 'random': must be one of"),
-    ({"ratios": [0.1, 0.1]}, "supervised", "must not repeat values (repeated: 0.1)"),
-])
+@pytest.mark.parametrize(
+    "noise,objective,needle",
+    [
+        ({"kind": "symmetric"}, "clip", "does not apply to objective 'clip'"),
+        ({"kind": "swap"}, "supervised", "'swap' applies only to objective 'clip'"),
+        ({"kind": "asymmetric"}, "supervised", "needs noise.class_map"),
+        ({"kind": "random"}, "supervised", "pretrain[0].noise.kind = 'random': must be one of"),
+        ({"ratios": [0.1, 0.1]}, "supervised", "must not repeat values (repeated: 0.1)"),
+    ],
+)
 def test_noise_rules(tmp_path, noise, objective, needle):
     data = {**MINIMAL, "pretrain": [{**MINIMAL["pretrain"][0], "objective": objective, "noise": noise}]}
     assert needle in problems(write(tmp_path, data))
 
 
 def test_asymmetric_class_map_is_never_dropped(tmp_path):
-    data = {**MINIMAL, "pretrain": [{**MINIMAL["pretrain"][0],
-                                     "noise": {"kind": "asymmetric", "ratios": [0.2], "class_map": {3: 5}}}]}
+    data = {
+        **MINIMAL,
+        "pretrain": [{**MINIMAL["pretrain"][0], "noise": {"kind": "asymmetric", "ratios": [0.2], "class_map": {3: 5}}}],
+    }
     suite = load_suite(write(tmp_path, data), check_names=False)
     [job] = pretrain_jobs(suite)
     assert job.class_map == {3: 5} and job.noise_kind == "asymmetric"
     # the map is part of what the model learns, so it is part of the job's key
-    other = load_suite(write(tmp_path, {**data, "pretrain": [{**data["pretrain"][0], "noise": {
-        "kind": "asymmetric", "ratios": [0.2], "class_map": {3: 6}}}]}, "other.yaml"), check_names=False)
+    other = load_suite(
+        write(
+            tmp_path,
+            {
+                **data,
+                "pretrain": [
+                    {**data["pretrain"][0], "noise": {"kind": "asymmetric", "ratios": [0.2], "class_map": {3: 6}}}
+                ],
+            },
+            "other.yaml",
+        ),
+        check_names=False,
+    )
     assert pretrain_jobs(other)[0].key != job.key
 
 
@@ -166,10 +203,12 @@ def test_whole_section_rules(tmp_path):
 
 
 def test_unknown_names_list_what_exists(tmp_path):
-    data = {**MINIMAL,
-            "pretrain": [{**MINIMAL["pretrain"][0], "corpus": "fashion-mnst"}],
-            "backbones": [{"family": "keras", "arch": "x"}],
-            "downstream": {"id": ["mnist-5k", "cifar-11"], "ood": ["digits-from-mars"]}}
+    data = {
+        **MINIMAL,
+        "pretrain": [{**MINIMAL["pretrain"][0], "corpus": "fashion-mnst"}],
+        "backbones": [{"family": "keras", "arch": "x"}],
+        "downstream": {"id": ["mnist-5k", "cifar-11"], "ood": ["digits-from-mars"]},
+    }
     msg = problems(write(tmp_path, data), check_names=True)
     assert "(4 problems, unknown names)" in msg
     assert "pretrain[0].corpus = 'fashion-mnst': unknown dataset 'fashion-mnst'; known datasets:" in msg

@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from PIL import Image
+from support import isolated_data_home, write_image, write_imagenet_root
 
 from benchmark.data import (
     OOD_GROUPS,
@@ -18,29 +19,31 @@ from benchmark.data import (
     check_label_space,
     clear_cache,
     dataset_names,
+    embedded,
     few_shot,
+    fonts,
     format_datasets_table,
     get_dataset,
     get_ood_group,
+    install,
     list_datasets,
+    real,
     train_val_split,
 )
-from benchmark.data import embedded, fonts, install, real
 from benchmark.errors import ConfigError, DatasetUnavailable, UnknownNameError
 from benchmark.hashing import array_digest
-from support import isolated_data_home, write_image, write_imagenet_root
 
-EMBEDDED_NAMES = ["fashion-mnist", "mnist-5k", "animal-mnist", "sklearn-digits", "digits-printed",
-                  "digits-handwriting"]
+EMBEDDED_NAMES = ["fashion-mnist", "mnist-5k", "animal-mnist", "sklearn-digits", "digits-printed", "digits-handwriting"]
 
 # Per-class counts (train, test) that the documented splits must reproduce exactly.
 EXPECTED_COUNTS = {
     "fashion-mnist": ([6000] * 10, [1000] * 10),
     "mnist-5k": ([400] * 10, [100] * 10),
-    "animal-mnist": ([750, 650, 794, 797, 798, 800, 800, 798, 788, 800],
-                     [187, 162, 198, 199, 199, 200, 200, 199, 197, 200]),
-    "sklearn-digits": ([142, 146, 142, 146, 145, 146, 145, 143, 139, 144],
-                       [36, 36, 35, 37, 36, 36, 36, 36, 35, 36]),
+    "animal-mnist": (
+        [750, 650, 794, 797, 798, 800, 800, 798, 788, 800],
+        [187, 162, 198, 199, 199, 200, 200, 199, 197, 200],
+    ),
+    "sklearn-digits": ([142, 146, 142, 146, 145, 146, 145, 143, 139, 144], [36, 36, 35, 37, 36, 36, 36, 36, 35, 36]),
     "digits-printed": ([240] * 10, [60] * 10),
     "digits-handwriting": ([240] * 10, [60] * 10),
 }
@@ -56,6 +59,7 @@ def _arrays(name: str, split: str) -> tuple[np.ndarray, np.ndarray]:
 
 
 # -- embedded sets ------------------------------------------------------------------------------
+
 
 @pytest.mark.parametrize("name", EMBEDDED_NAMES)
 def test_embedded_sizes_classes_pixels_and_stratification(name):
@@ -83,8 +87,18 @@ def test_digit_sets_share_one_label_space_and_real_class_names():
     assert {get_dataset(n).info.classes for n in digits} == {tuple("0123456789")}
     assert get_dataset("fashion-mnist").info.classes[0] == "T-shirt/top"
     assert get_dataset("fashion-mnist").info.classes[9] == "Ankle boot"
-    assert get_dataset("animal-mnist").info.classes == ("bear", "bird", "cat", "cow", "dog", "elephant",
-                                                        "giraffe", "horse", "sheep", "zebra")
+    assert get_dataset("animal-mnist").info.classes == (
+        "bear",
+        "bird",
+        "cat",
+        "cow",
+        "dog",
+        "elephant",
+        "giraffe",
+        "horse",
+        "sheep",
+        "zebra",
+    )
 
 
 def test_items_are_rgb_pil_images_with_int_labels():
@@ -139,6 +153,7 @@ def test_bad_idx_file_and_missing_fashion_mnist_say_what_to_do(tmp_path, monkeyp
 
 # -- font renderer and its cache ----------------------------------------------------------------
 
+
 def test_font_renderer_same_seed_same_pixels_other_seed_other_pixels():
     chosen = fonts.printed_fonts()[:2] + fonts.handwriting_fonts()[:1]
     a, la = fonts.render_digit_set(chosen, 2, seed=0)
@@ -190,6 +205,7 @@ def test_corrupt_render_cache_is_rebuilt_with_a_warning(tmp_path, monkeypatch):
 
 # -- sampling -------------------------------------------------------------------------------------
 
+
 def _toy_split(counts: list[int]) -> ArraySplit:
     labels = np.repeat(np.arange(len(counts)), counts)
     rng = np.random.default_rng(5)
@@ -232,16 +248,23 @@ def test_few_shot_is_stratified_nested_and_deterministic():
     assert np.array_equal(sub.labels, split._all_labels[sub.indices])
 
 
-@pytest.mark.parametrize("kwargs,match", [
-    ({"fraction": 0.0}, r"\(0, 1\]"), ({"fraction": 1.5}, r"\(0, 1\]"), ({"per_class": 0}, ">= 1"),
-    ({}, "exactly one"), ({"fraction": 0.1, "per_class": 2}, "exactly one"),
-])
+@pytest.mark.parametrize(
+    "kwargs,match",
+    [
+        ({"fraction": 0.0}, r"\(0, 1\]"),
+        ({"fraction": 1.5}, r"\(0, 1\]"),
+        ({"per_class": 0}, ">= 1"),
+        ({}, "exactly one"),
+        ({"fraction": 0.1, "per_class": 2}, "exactly one"),
+    ],
+)
 def test_few_shot_rejects_bad_arguments(kwargs, match):
     with pytest.raises(ConfigError, match=match):
         few_shot(_toy_split([5, 5]), **kwargs)
 
 
 # -- registry -------------------------------------------------------------------------------------
+
 
 def test_unknown_name_lists_known_names():
     with pytest.raises(UnknownNameError) as err:
@@ -293,10 +316,19 @@ _GREY = {"imagenet/train": lambda c, k: 10 * c + k, "imagenet-r": lambda c, k: 1
 @pytest.fixture()
 def imagenet_root(tmp_path):
     # A and R hold a subset of the classes (no folder for class 0).
-    write_imagenet_root(tmp_path, WNIDS, {"imagenet/train": [2, 2, 2], "imagenet/val": [1, 1, 1],
-                                          "imagenet-v2": [1, 1, 1], "imagenet-sketch": [1, 1, 1],
-                                          "imagenet-a": [0, 1, 1], "imagenet-r": [0, 1, 1]},
-                        lambda name, c, k: _GREY.get(name, lambda c, k: 10 * c)(c, k))
+    write_imagenet_root(
+        tmp_path,
+        WNIDS,
+        {
+            "imagenet/train": [2, 2, 2],
+            "imagenet/val": [1, 1, 1],
+            "imagenet-v2": [1, 1, 1],
+            "imagenet-sketch": [1, 1, 1],
+            "imagenet-a": [0, 1, 1],
+            "imagenet-r": [0, 1, 1],
+        },
+        lambda name, c, k: _GREY.get(name, lambda c, k: 10 * c)(c, k),
+    )
     (tmp_path / "imagenet-r" / WNIDS[1] / "notes.txt").write_text("not an image")
     return tmp_path
 
@@ -378,11 +410,17 @@ def test_torchvision_sets_wrap_without_decoding(tmp_path):
 
 # -- OOD groups -----------------------------------------------------------------------------------
 
+
 def test_embedded_groups_share_label_spaces_and_mismatches_are_caught():
     assert get_ood_group("digits-from-mnist").tests == ("sklearn-digits", "digits-printed", "digits-handwriting")
     assert get_ood_group("digits-from-fonts").train == "digits-printed"
-    assert set(OOD_GROUPS) == {"digits-from-mnist", "digits-from-fonts", "domainnet-real", "domainnet-sketch",
-                               "imagenet-variants"}
+    assert set(OOD_GROUPS) == {
+        "digits-from-mnist",
+        "digits-from-fonts",
+        "domainnet-real",
+        "domainnet-sketch",
+        "imagenet-variants",
+    }
     for name in ("digits-from-mnist", "digits-from-fonts"):
         check_label_space(name)
     for group in OOD_GROUPS.values():
@@ -392,6 +430,7 @@ def test_embedded_groups_share_label_spaces_and_mismatches_are_caught():
 
 
 # -- installer ------------------------------------------------------------------------------------
+
 
 class FakeApt:
     """Stands in for subprocess.run: records commands and fakes apt-get / dpkg-deb effects."""
@@ -429,8 +468,9 @@ def test_install_without_root_downloads_and_extracts_the_deb(tmp_path, monkeypat
     folder = install.ensure_fashion_mnist(runner=apt, is_root=False, system_dir=tmp_path / "system")
     assert folder == tmp_path / "home" / "fashion-mnist"
     assert [c[:2] for c in apt.calls] == [["apt-get", "download"], ["dpkg-deb", "-x"]]
-    assert sorted(p.name for p in folder.iterdir()) == sorted(f for pair in embedded.FASHION_FILES.values()
-                                                               for f in pair)
+    assert sorted(p.name for p in folder.iterdir()) == sorted(
+        f for pair in embedded.FASHION_FILES.values() for f in pair
+    )
     assert embedded.read_idx(folder / "t10k-labels-idx1-ubyte.gz").tolist() == [7]
     apt.calls.clear()  # second run: files present, nothing is run
     assert install.ensure_fashion_mnist(runner=apt, is_root=False, system_dir=tmp_path / "system") == folder

@@ -9,11 +9,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from support import isolated_data_home
 from PIL import Image
+from support import isolated_data_home
 
-from benchmark.data import clear_cache, get_dataset, list_datasets, train_val_split
-from benchmark.data import image_text, tar_index
+from benchmark.data import clear_cache, get_dataset, image_text, list_datasets, tar_index, train_val_split
 from benchmark.data.image_text import UNLABELLED, CaptionTableSplit, ShardSplit
 from benchmark.data.tar_index import CorruptShardError
 from benchmark.errors import DatasetUnavailable
@@ -21,7 +20,7 @@ from benchmark.errors import DatasetUnavailable
 data_home = pytest.fixture(scope="module", autouse=True)(isolated_data_home)
 
 N = 7
-CAPTIONS = [f"caption {i}: a \"quoted\"\tword, NA" if i == 3 else f"a photo number {i}" for i in range(N)]
+CAPTIONS = [f'caption {i}: a "quoted"\tword, NA' if i == 3 else f"a photo number {i}" for i in range(N)]
 LABELS = [2, 0, 1, 2, 1, 0, 2]
 
 
@@ -128,7 +127,10 @@ def test_shard_index_is_built_once_per_shard_then_read_from_its_cache(tmp_path, 
     first = get_dataset("yfcc15m", tmp_path).split("train")
     assert sorted(built) == ["00000.tar", "00001.tar", "00002.tar"]
     assert sorted(p.name for p in (tmp_path / "yfcc15m" / "shards" / ".nmlbench-index").iterdir()) == [
-        "00000.tar.json", "00001.tar.json", "00002.tar.json"]
+        "00000.tar.json",
+        "00001.tar.json",
+        "00002.tar.json",
+    ]
     clear_cache()  # a new process would start here: the cached indexes are read, no shard is walked
     again = get_dataset("yfcc15m", tmp_path).split("train")
     assert len(built) == 3 and again.captions == first.captions
@@ -174,8 +176,14 @@ def test_samples_without_image_or_caption_are_skipped_and_counted(tmp_path):
     path = tmp_path / "yfcc15m" / "shards" / "00000.tar"
     path.parent.mkdir(parents=True)
     with tarfile.open(path, "w") as tar:
-        for name, data in (("a.jpg", FILES[1]), ("a.txt", b"kept"), ("b.txt", b"no image"), ("c.png", FILES[0]),
-                           ("d.seg.png", FILES[3]), ("d.txt", b"two-dot extension: key d")):
+        for name, data in (
+            ("a.jpg", FILES[1]),
+            ("a.txt", b"kept"),
+            ("b.txt", b"no image"),
+            ("c.png", FILES[0]),
+            ("d.seg.png", FILES[3]),
+            ("d.txt", b"two-dot extension: key d"),
+        ):
             info = tarfile.TarInfo(name)
             info.size = len(data)
             tar.addfile(info, io.BytesIO(data))
@@ -188,8 +196,7 @@ def test_truncated_or_corrupt_shard_names_the_shard_and_the_fix(tmp_path, cut):
     (shard,) = _write_shards(tmp_path / "yfcc15m", [[0, 1, 2]])
     raw = shard.read_bytes()
     last = tar_index._members(shard)[0][-1][1]["txt"]  # the last caption member: (offset, size)
-    kept = {"end-blocks": last[0] + 512, "mid-member": last[0] + 3, "header": last[0] - 512 + 100,
-            "garbage": 0}[cut]
+    kept = {"end-blocks": last[0] + 512, "mid-member": last[0] + 3, "header": last[0] - 512 + 100, "garbage": 0}[cut]
     shard.write_bytes(raw[:kept] if cut != "garbage" else b"this is not a tar file at all" * 40)
     with pytest.raises(CorruptShardError) as err:
         get_dataset("yfcc15m", tmp_path).split("train")
@@ -244,12 +251,19 @@ def test_other_separators_and_column_names_through_an_entry_of_their_own(tmp_pat
 
     folder = tmp_path / "mine"
     _write_table(folder, "unused")
-    rows = [f"{folder}/img/{i}.{_ext(i)};{CAPTIONS[i].replace(';', ',')};{LABELS[i]}" for i in range(N)
-            if "\t" not in CAPTIONS[i]]
+    rows = [
+        f"{folder}/img/{i}.{_ext(i)};{CAPTIONS[i].replace(';', ',')};{LABELS[i]}"
+        for i in range(N)
+        if "\t" not in CAPTIONS[i]
+    ]
     (folder / "mine.csv").write_text("image;caption;cls\n" + "\n".join(rows) + "\n")
-    spec = image_text_spec("mine", 0, "a private corpus", "by hand",
-                           TableFormat(separator=";", image_column="image", caption_column="caption",
-                                       label_column="cls"))
+    spec = image_text_spec(
+        "mine",
+        0,
+        "a private corpus",
+        "by hand",
+        TableFormat(separator=";", image_column="image", caption_column="caption", label_column="cls"),
+    )
     assert "columns image, caption[, cls]" in spec.layout
     split = load_real_splits(spec, tmp_path)["train"]
     assert len(split) == N - 1 and split.labels.tolist() == [y for i, y in enumerate(LABELS) if i != 3]

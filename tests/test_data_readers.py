@@ -32,8 +32,11 @@ def no_md5(monkeypatch):
 def _batch(rng: np.random.Generator, n: int, k: int, key: str) -> tuple[np.ndarray, list[int], dict]:
     data = rng.integers(0, 256, size=(n, 3072), dtype=np.uint8)
     labels = rng.integers(0, k, size=n).tolist()
-    return data, labels, {"batch_label": "batch", key: labels, "data": data,
-                          "filenames": [f"img_{i}.png" for i in range(n)]}
+    return (
+        data,
+        labels,
+        {"batch_label": "batch", key: labels, "data": data, "filenames": [f"img_{i}.png" for i in range(n)]},
+    )
 
 
 def test_cifar10_python2_batches_read_like_torchvision_and_pixel_by_pixel(tmp_path, no_md5):
@@ -74,8 +77,9 @@ def test_cifar100_reads_fine_labels_and_fine_names(tmp_path, no_md5):
     base = tmp_path / "cifar-100-python"
     base.mkdir()
     fine = [f"fine{i:03d}" for i in range(100)]
-    (base / "meta").write_bytes(python2_pickle({"fine_label_names": fine,
-                                                "coarse_label_names": [f"c{i}" for i in range(20)]}))
+    (base / "meta").write_bytes(
+        python2_pickle({"fine_label_names": fine, "coarse_label_names": [f"c{i}" for i in range(20)]})
+    )
     for split, n in (("train", 7), ("test", 4)):
         data, labels, d = _batch(rng, n, 100, "fine_labels")
         d["coarse_labels"] = [y // 5 for y in labels]
@@ -156,8 +160,9 @@ def test_flowers102_mat_files_read_like_torchvision(tmp_path, no_md5):
     for i, _ in enumerate(labels, 1):
         write_image(base / "jpg" / f"image_{i:05d}.jpg", i * 20)
     savemat(base / "imagelabels.mat", {"labels": labels[None]})
-    savemat(base / "setid.mat", {"trnid": np.array([[2, 5]]), "valid": np.array([[1, 6]]),
-                                 "tstid": np.array([[7, 3, 4]])})
+    savemat(
+        base / "setid.mat", {"trnid": np.array([[2, 5]]), "valid": np.array([[1, 6]]), "tstid": np.array([[7, 3, 4]])}
+    )
     src = get_dataset("flowers102", tmp_path)
     train, test = src.split("train"), src.split("test")
     assert train.labels.tolist() == [0, 0, 2, 1] and test.labels.tolist() == [1, 101, 2]

@@ -12,8 +12,7 @@ import pytest
 import yaml
 from support import isolated_data_home
 
-from benchmark.data import check_label_space, clear_cache, get_dataset, get_ood_group, list_datasets
-from benchmark.data import rehearsal
+from benchmark.data import check_label_space, clear_cache, get_dataset, get_ood_group, list_datasets, rehearsal
 from benchmark.data import rehearsal_id as rid
 from benchmark.data.embedded import ANIMAL_CLASSES
 from benchmark.errors import ConfigError
@@ -22,8 +21,18 @@ data_home = pytest.fixture(scope="module", autouse=True)(isolated_data_home)
 
 PER_CLASS, N_TEST = 6, 3
 SUITES = Path(__file__).resolve().parents[1] / "suites"
-PETS = ["Abyssinian", "American Bulldog", "American Pit Bull Terrier", "Basset Hound", "Beagle", "Bengal",
-        "Birman", "Bombay", "Boxer", "British Shorthair"]
+PETS = [
+    "Abyssinian",
+    "American Bulldog",
+    "American Pit Bull Terrier",
+    "Basset Hound",
+    "Beagle",
+    "Bengal",
+    "Birman",
+    "Bombay",
+    "Boxer",
+    "British Shorthair",
+]
 
 
 def _flowers() -> list[str]:
@@ -34,11 +43,20 @@ def _flowers() -> list[str]:
 
 #: name -> the class list its loader must report (all written classes appear, equally often).
 EXPECTED_CLASSES = {
-    "cifar10": list(rid.CIFAR10_NAMES), "cifar100": list(rid.CIFAR100_NAMES), "stl10": list(rid.STL10_NAMES),
-    "caltech101": list(rid.CALTECH_NAMES), "dtd": list(rid.DTD_NAMES), "eurosat": list(rid.EUROSAT_NAMES),
-    "fgvc-aircraft": list(rid.AIRCRAFT_NAMES), "flowers102": _flowers(), "food101": list(rid.FOOD_NAMES),
-    "oxford-pets": PETS, "stanford-cars": list(rid.CAR_NAMES), "pcam": ["no metastasis", "metastasis"],
-    "rendered-sst2": ["negative", "positive"], "country211": list(rid.COUNTRY_CODES),
+    "cifar10": list(rid.CIFAR10_NAMES),
+    "cifar100": list(rid.CIFAR100_NAMES),
+    "stl10": list(rid.STL10_NAMES),
+    "caltech101": list(rid.CALTECH_NAMES),
+    "dtd": list(rid.DTD_NAMES),
+    "eurosat": list(rid.EUROSAT_NAMES),
+    "fgvc-aircraft": list(rid.AIRCRAFT_NAMES),
+    "flowers102": _flowers(),
+    "food101": list(rid.FOOD_NAMES),
+    "oxford-pets": PETS,
+    "stanford-cars": list(rid.CAR_NAMES),
+    "pcam": ["no metastasis", "metastasis"],
+    "rendered-sst2": ["negative", "positive"],
+    "country211": list(rid.COUNTRY_CODES),
     "imagenet": list(rehearsal.IMAGENET_WNIDS),
     **{f"domainnet-{d}": list(rehearsal.DOMAINNET_CLASSES) for d in rehearsal.DOMAINNET_STYLES},
 }
@@ -97,8 +115,12 @@ def test_labelled_sets_load_with_their_classes_and_counts(root, name):
 def test_imagenet_variants_map_into_the_ten_class_imagenet(root):
     wnids = list(rehearsal.IMAGENET_WNIDS)
     subset = [wnids.index(w) for w in rehearsal.SUBSET_WNIDS]
-    for name, present in (("imagenet-v2", range(10)), ("imagenet-sketch", range(10)), ("imagenet-a", subset),
-                          ("imagenet-r", subset)):
+    for name, present in (
+        ("imagenet-v2", range(10)),
+        ("imagenet-sketch", range(10)),
+        ("imagenet-a", subset),
+        ("imagenet-r", subset),
+    ):
         test = get_dataset(name, root).split("test")
         assert test.classes == wnids
         assert np.bincount(test.labels, minlength=10)[list(present)].tolist() == [N_TEST] * len(present)
@@ -167,8 +189,11 @@ def test_every_split_pickles_small_and_reopens_identically(root):
 
 
 def _digests(folder: Path) -> dict[str, str]:
-    return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(folder.rglob("*")) if p.is_file() and ".nmlbench-index" not in p.parts}
+    return {
+        str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(folder.rglob("*"))
+        if p.is_file() and ".nmlbench-index" not in p.parts
+    }
 
 
 def test_same_seed_same_files_and_a_rehearsal_root_can_be_rewritten(tmp_path, capsys):

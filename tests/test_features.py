@@ -33,7 +33,7 @@ def _split(n: int, split: str, seed: int) -> ArraySplit:
     images = rng.integers(0, 60, (n, 28, 28)).astype(np.uint8)
     for i, k in enumerate(labels):
         r, c = 2 + 14 * (k // 2) + rng.integers(0, 3), 2 + 14 * (k % 2) + rng.integers(0, 3)
-        images[i, r:r + 9, c:c + 9] = rng.integers(180, 256)
+        images[i, r : r + 9, c : c + 9] = rng.integers(180, 256)
     return ArraySplit("quadrants", split, CLASSES, images, labels)
 
 
@@ -70,10 +70,13 @@ def _probe(train: Features, test: Features) -> float:
 
 
 def test_two_backbones_probe_then_second_cache_does_no_forward(
-        tmp_path: Path, data: tuple[ArraySplit, ArraySplit], resnet: Any) -> None:
+    tmp_path: Path, data: tuple[ArraySplit, ArraySplit], resnet: Any
+) -> None:
     train, test = data
-    backbones = [CountingBackbone(resnet),
-                 CountingBackbone(create_backbone({"family": "open_clip", "arch": "nml-tiny-clip"}))]
+    backbones = [
+        CountingBackbone(resnet),
+        CountingBackbone(create_backbone({"family": "open_clip", "arch": "nml-tiny-clip"})),
+    ]
     cache = FeatureCache(tmp_path, batch_size=64, progress=False)
     first = {}
     for bb in backbones:
@@ -99,16 +102,21 @@ def test_two_backbones_probe_then_second_cache_does_no_forward(
     assert (again.hits, again.misses, again.forward_batches) == (4, 0, 0)
 
 
-def test_key_depends_on_identity_split_and_transform(data: tuple[ArraySplit, ArraySplit],
-                                                     resnet: Any) -> None:
+def test_key_depends_on_identity_split_and_transform(data: tuple[ArraySplit, ArraySplit], resnet: Any) -> None:
     train, test = data
     other_seed = create_backbone({"family": "timm", "arch": "test_resnet", "seed": 1})
     other_size = create_backbone({"family": "timm", "arch": "test_resnet", "image_size": 40})
-    keys = {feature_key(resnet, train), feature_key(resnet, test), feature_key(other_seed, train),
-            feature_key(other_size, train), feature_key(resnet, train.subset(range(10)))}
+    keys = {
+        feature_key(resnet, train),
+        feature_key(resnet, test),
+        feature_key(other_seed, train),
+        feature_key(other_size, train),
+        feature_key(resnet, train.subset(range(10))),
+    }
     assert len(keys) == 5
     assert feature_key(resnet, train) == feature_key(
-        create_backbone({"family": "timm", "arch": "test_resnet", "seed": 0}), _split(160, "train", 0))
+        create_backbone({"family": "timm", "arch": "test_resnet", "seed": 0}), _split(160, "train", 0)
+    )
 
 
 def _corrupt_truncate(npz: Path, js: Path) -> None:
@@ -139,10 +147,10 @@ def _drop_metadata(npz: Path, js: Path) -> None:
     js.unlink()
 
 
-@pytest.mark.parametrize("damage", [_corrupt_truncate, _corrupt_flip, _corrupt_checksum,
-                                    _corrupt_shape, _drop_metadata])
-def test_corrupt_entry_warns_and_recomputes_identical(tmp_path: Path, damage: Any,
-                                                      resnet: Any) -> None:
+@pytest.mark.parametrize(
+    "damage", [_corrupt_truncate, _corrupt_flip, _corrupt_checksum, _corrupt_shape, _drop_metadata]
+)
+def test_corrupt_entry_warns_and_recomputes_identical(tmp_path: Path, damage: Any, resnet: Any) -> None:
     split = _split(40, "train", 2)
     cache = FeatureCache(tmp_path, progress=False)
     good = cache.get(resnet, split)
@@ -158,8 +166,7 @@ def test_corrupt_entry_warns_and_recomputes_identical(tmp_path: Path, damage: An
     assert cache.hits == 1
 
 
-def test_extract_features_alone_matches_cache_and_direct_encode(tmp_path: Path,
-                                                                resnet: Any) -> None:
+def test_extract_features_alone_matches_cache_and_direct_encode(tmp_path: Path, resnet: Any) -> None:
     split = _split(10, "test", 3)
     alone = extract_features(resnet, split, batch_size=4, device="cpu")
     assert alone.meta["forward_batches"] == 3 and alone.key == feature_key(resnet, split)

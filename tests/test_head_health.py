@@ -34,19 +34,25 @@ def tiny_spread():
 
     torch.manual_seed(0)
     d = load_digits()
-    x = torch.nn.functional.interpolate(torch.tensor(d.images, dtype=torch.float32).unsqueeze(1) / 16.0,
-                                        size=28, mode="bilinear")
-    net = torch.nn.Sequential(torch.nn.Conv2d(1, 32, 3, padding=1), torch.nn.ReLU(), torch.nn.MaxPool2d(2),
-                              torch.nn.Conv2d(32, 64, 3, padding=1), torch.nn.ReLU(),
-                              torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten())
+    x = torch.nn.functional.interpolate(
+        torch.tensor(d.images, dtype=torch.float32).unsqueeze(1) / 16.0, size=28, mode="bilinear"
+    )
+    net = torch.nn.Sequential(
+        torch.nn.Conv2d(1, 32, 3, padding=1),
+        torch.nn.ReLU(),
+        torch.nn.MaxPool2d(2),
+        torch.nn.Conv2d(32, 64, 3, padding=1),
+        torch.nn.ReLU(),
+        torch.nn.AdaptiveAvgPool2d(1),
+        torch.nn.Flatten(),
+    )
     with torch.no_grad():
         f = net(x)
     f = f / f.norm(dim=1, keepdim=True)
     y = torch.tensor(d.target)
     perm = torch.randperm(len(y), generator=torch.Generator().manual_seed(0))
     tr, va, te = perm[:TRAIN_ROWS], perm[1000:1300], perm[1300:]
-    data = prepare_data(f[tr], y[tr], {"val": f[va], "test": f[te]}, {"val": y[va], "test": y[te]},
-                        selection_set="val")
+    data = prepare_data(f[tr], y[tr], {"val": f[va], "test": f[te]}, {"val": y[va], "test": y[te]}, selection_set="val")
     return f, data
 
 
@@ -69,7 +75,9 @@ def test_reported_setting_scores_well_above_chance_in_both_engines(tiny_spread, 
     for res in batched:
         assert res["eval"]["test"]["accuracy"] > 0.30 and res["eval"]["val"]["accuracy"] > 0.30
         # chance: the validation set's most common class (0.133 of these 300 rows; 10 classes)
-        assert res["summary"]["near_chance"] == 0.0 and res["summary"]["chance"] == chance_level(data.selection_set()[1], 10)
+        assert res["summary"]["near_chance"] == 0.0 and res["summary"]["chance"] == chance_level(
+            data.selection_set()[1], 10
+        )
     # the mechanism: the kept head's running statistics are the training rows' own
     bn = alone.head.mlp[1]
     with torch.no_grad():
@@ -85,7 +93,7 @@ def test_stale_batchnorm_statistics_are_the_cause_and_the_flag_catches_them(tiny
     trained = train_head(data, resolve_hparams("nmtune", preset="paper", depth=1, epochs=5), seed=0)
     head = trained.head
     bn = head.mlp[1]
-    stale = 0.9 ** 25
+    stale = 0.9**25
     bn.running_var.mul_(1 - stale).add_(stale)  # the momentum-0.1 average after 25 steps from var 1
     bn.running_mean.mul_(1 - stale)
     vx, vy = data.selection_set()
@@ -104,11 +112,23 @@ def test_flag_rule_chance_level_and_the_sweep_warning(caplog) -> None:
     assert chance_level(torch.tensor([0, 1]), 10) == 0.5  # two rows: the majority share is what guessing gets
     assert chance_level(torch.tensor([1, 1, 1, 0]), 2) == 0.75  # the majority class
     assert is_near_chance(0.12, 0.60, 0.10) and not is_near_chance(0.20, 0.60, 0.10)
-    assert not is_near_chance(0.12, 0.25, 0.10)  # not fitting its training rows either: a weak head, not a silent failure
+    assert not is_near_chance(
+        0.12, 0.25, 0.10
+    )  # not fitting its training rows either: a weak head, not a silent failure
     assert not is_near_chance(None, 0.9, 0.1)
-    record = {"key": "k1", "params": {"method": "nmtune", "lam": 0.01, "depth": 1, "task": "mnist-5k",
-                                      "pretrain_seed": 0, "head_seed": 1, "noise_ratio": 0.1},
-              "metrics": {"val_accuracy": 0.108, "chance": 0.1, "train_accuracy": 0.62, "near_chance": 1.0}}
+    record = {
+        "key": "k1",
+        "params": {
+            "method": "nmtune",
+            "lam": 0.01,
+            "depth": 1,
+            "task": "mnist-5k",
+            "pretrain_seed": 0,
+            "head_seed": 1,
+            "noise_ratio": 0.1,
+        },
+        "metrics": {"val_accuracy": 0.108, "chance": 0.1, "train_accuracy": 0.62, "near_chance": 1.0},
+    }
     text = flag_warning(record)
     assert "nmtune λ0.01 d1 · mnist-5k · p0 s1" in text and "k1" in text and "BatchNorm" in text
     assert flag_warning({**record, "metrics": {**record["metrics"], "near_chance": 0.0}}) is None
@@ -124,11 +144,26 @@ def test_leaderboard_marks_a_row_built_on_a_flagged_fit() -> None:
     rows = []
     for method, flag in (("lp", 0.0), ("nmtune", 1.0)):
         for seed in (0, 1):
-            rows.append({"backbone": "randconv", "noise_ratio": float("nan"), "method": method, "task": "digits",
-                         "task_kind": "id", "pretrain_seed": 0, "head_seed": seed, "fraction": 1.0,
-                         "val_accuracy": 0.9 if method == "lp" else 0.108, "test_accuracy": 0.9 if method == "lp" else 0.108,
-                         "test_macro_f1": 0.5, "test_sve": 1.0, "test_lsvr": 0.1, "test_sve_raw": 1.0,
-                         "test_lsvr_raw": 0.1, "near_chance": flag})
+            rows.append(
+                {
+                    "backbone": "randconv",
+                    "noise_ratio": float("nan"),
+                    "method": method,
+                    "task": "digits",
+                    "task_kind": "id",
+                    "pretrain_seed": 0,
+                    "head_seed": seed,
+                    "fraction": 1.0,
+                    "val_accuracy": 0.9 if method == "lp" else 0.108,
+                    "test_accuracy": 0.9 if method == "lp" else 0.108,
+                    "test_macro_f1": 0.5,
+                    "test_sve": 1.0,
+                    "test_lsvr": 0.1,
+                    "test_sve_raw": 1.0,
+                    "test_lsvr_raw": 0.1,
+                    "near_chance": flag,
+                }
+            )
     import pandas as pd
 
     lb = leaderboard(pd.DataFrame(rows))

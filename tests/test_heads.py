@@ -33,9 +33,9 @@ def test_residual_mlp_structure(ratio, depth, n_bn):
     head = ResidualMLPHead(d, k, ratio=ratio, depth=depth)
     hidden = int(round(ratio * d))
     linears = [m for m in head.mlp if isinstance(m, nn.Linear)]
-    assert [(m.in_features, m.out_features) for m in linears] == [(d, hidden)] + [(hidden, hidden)] * (
-        depth - 1
-    ) + [(hidden, d)]
+    assert [(m.in_features, m.out_features) for m in linears] == [(d, hidden)] + [(hidden, hidden)] * (depth - 1) + [
+        (hidden, d)
+    ]
     assert sum(isinstance(m, nn.BatchNorm1d) for m in head.mlp) == n_bn
     assert sum(isinstance(m, nn.ReLU) for m in head.mlp) == n_bn
     torch.testing.assert_close(head.scale.data, torch.ones(d))
@@ -208,8 +208,9 @@ def test_registry_rejects_unknown_names_and_duplicates():
         register_head(get_head("lp"))
     # one hyper-parameter name means one thing: epochs is an int with tie-break rank 3 everywhere
     with pytest.raises(ConfigError, match="'epochs' as float.*'lp_adamw' declares it as int"):
-        register_head(HeadMethod("x", "X", 9, "", (HParam("epochs", "float", 1.0),),
-                                 "benchmark.heads.modules:LinearHead"))
+        register_head(
+            HeadMethod("x", "X", 9, "", (HParam("epochs", "float", 1.0),), "benchmark.heads.modules:LinearHead")
+        )
     with pytest.raises(ConfigError, match="kind 'number' is not one of"):
         HParam("momentum", "number", 0.9)
     with pytest.raises(ConfigError, match="labels depth, which it does not take"):
@@ -234,8 +235,12 @@ PINNED_FIT_KEYS = [
     ("mlp", {"depth": 2, "ratio": 2, "lr": 3e-3, "epoch_selection": "last"}, "e2c346671f64078a", "7425e5aea85055bf"),
     ("nmtune", {}, "aa0dee8cf8a1a2e5", "84ecc50056004308"),
     ("nmtune", {"lam": 0.01, "depth": 1}, "3ff0426db225d540", "701c8fc9e7a0b0a8"),
-    ("nmtune", {"preset": "paper", "w_cov": 0.5, "svd_topk": 3, "batch_size": 32},
-     "897412fa7f41a5a1", "93c1a36a65095b6e"),
+    (
+        "nmtune",
+        {"preset": "paper", "w_cov": 0.5, "svd_topk": 3, "batch_size": 32},
+        "897412fa7f41a5a1",
+        "93c1a36a65095b6e",
+    ),
 ]
 
 
@@ -256,17 +261,21 @@ def test_as_dict_and_batch_key_keep_their_exact_values_and_order():
     assert repr(list(nm.as_dict().items())) == (
         "[('epochs', 30), ('batch_size', 32), ('lr', 0.001), ('weight_decay', 0.0001), "
         "('epoch_selection', 'best_val'), ('ratio', 4.0), ('depth', 1), ('preset', 'paper'), ('lam', 0.01), "
-        "('w_mse', 1.0), ('w_cov', 0.5), ('w_svd', 1.0), ('svd_topk', 3)]")
+        "('w_mse', 1.0), ('w_cov', 0.5), ('w_svd', 1.0), ('svd_topk', 3)]"
+    )
     assert repr(nm.batch_key()) == (
         "('', 'benchmark.heads.modules:ResidualMLPHead', (('epochs', 30), ('batch_size', 32), "
-        "('epoch_selection', 'best_val'), ('ratio', 4.0), ('depth', 1)))")
+        "('epoch_selection', 'best_val'), ('ratio', 4.0), ('depth', 1)))"
+    )
     lp = resolve_hparams("lp")
     assert repr(list(lp.as_dict().items())) == (
         "[('l2_min', 1e-06), ('l2_max', 10.0), ('l2_steps', 15), ('l2_refine', 4), ('standardize', False), "
-        "('max_iter', 1000), ('tol', 1e-06)]")
+        "('max_iter', 1000), ('tol', 1e-06)]"
+    )
     assert lp.batch_key()[:2] == ("benchmark.probe.linear:fit_linear_probes", "benchmark.heads.modules:LinearHead")
     assert repr(list(resolve_hparams("lp_adamw").as_dict().items())) == (
-        "[('epochs', 30), ('batch_size', 64), ('lr', 0.1), ('weight_decay', 0.0), ('epoch_selection', 'last')]")
+        "[('epochs', 30), ('batch_size', 64), ('lr', 0.1), ('weight_decay', 0.0), ('epoch_selection', 'last')]"
+    )
 
 
 def test_hparams_read_like_the_old_union():
@@ -309,7 +318,12 @@ def test_reporting_lookups_reproduce_the_old_spellings():
     assert hparam_label("lp_adamw", {}) == "" and hparam_label("svm", {"depth": 1}) == ""
     # report.py's METHOD_STYLE, with its default for everything else
     assert [plot_style(m) for m in ("lp", "mlp", "nmtune", "lp_adamw", "svm")] == [
-        ("tab:blue", "o"), ("tab:orange", "s"), ("tab:green", "^"), ("tab:gray", "x"), ("tab:gray", "x")]
+        ("tab:blue", "o"),
+        ("tab:orange", "s"),
+        ("tab:green", "^"),
+        ("tab:gray", "x"),
+        ("tab:gray", "x"),
+    ]
     # claims.py: LP is the probe of claims 1-3; claim 4 compares NMTune with the MLP, then the LP
     assert probe_head() == "lp" and contenders() == (("nmtune", "mlp"), ("nmtune", "lp"))
     # leaderboard.py's label and order lookups

@@ -30,8 +30,13 @@ from benchmark.probe.reference import lp_at_sklearn_objective, optimum_check_fai
 from benchmark.sweep import prepare_payload
 
 SUITES = Path(__file__).resolve().parents[1] / "suites"
-MOBILENET = {"name": "mobilenet_v2", "family": "torchvision", "arch": "mobilenet_v2", "weights": "imagenet",
-             "image_size": 64}
+MOBILENET = {
+    "name": "mobilenet_v2",
+    "family": "torchvision",
+    "arch": "mobilenet_v2",
+    "weights": "imagenet",
+    "image_size": 64,
+}
 
 pytestmark = pytest.mark.slow
 #: Batched and lone fits run the same arithmetic in another order (stacked bmm vs one matmul).
@@ -60,11 +65,25 @@ def _pretrain_cnn(path: Path) -> Path:
         preprocess,
     )
 
-    job = PretrainJob(objective="supervised", corpus="fashion-mnist", arch="test_resnet", epochs=3, lr=2e-3,
-                      train_subset=3000, display="cnn")
+    job = PretrainJob(
+        objective="supervised",
+        corpus="fashion-mnist",
+        arch="test_resnet",
+        epochs=3,
+        lr=2e-3,
+        train_subset=3000,
+        display="cnn",
+    )
     ts = build_training_set(job)  # the label table; the images stay in the corpus (as in a worker)
-    model, _ = build_model({"objective": "supervised", "arch": job.arch, "seed": 0, "image_size": job.image_size,
-                            "num_classes": len(ts.classes)})
+    model, _ = build_model(
+        {
+            "objective": "supervised",
+            "arch": job.arch,
+            "seed": 0,
+            "image_size": job.image_size,
+            "num_classes": len(ts.classes),
+        }
+    )
     images = torch.from_numpy(array_images(ts.corpus.open()))
     targets = torch.from_numpy(ts.labels.targets)
     steps = -(-len(images) // job.batch_size)
@@ -75,16 +94,24 @@ def _pretrain_cnn(path: Path) -> Path:
     for _ in range(job.epochs):
         order = torch.randperm(len(images), generator=gen)
         for s in range(steps):
-            idx = order[s * job.batch_size:(s + 1) * job.batch_size]
-            loss = F.cross_entropy(model(preprocess(images[idx], job.image_size, PRETRAIN_MEAN, PRETRAIN_STD)),
-                                   targets[idx])
+            idx = order[s * job.batch_size : (s + 1) * job.batch_size]
+            loss = F.cross_entropy(
+                model(preprocess(images[idx], job.image_size, PRETRAIN_MEAN, PRETRAIN_STD)), targets[idx]
+            )
             opt.zero_grad()
             loss.backward()
             opt.step()
             sched.step()
-    return save_pretrain_checkpoint(path, family="timm", arch=job.arch, model=model.eval(),
-                                    image_size=job.image_size, mean=PRETRAIN_MEAN, std=PRETRAIN_STD,
-                                    job={"name": job.name, "key": job.key})
+    return save_pretrain_checkpoint(
+        path,
+        family="timm",
+        arch=job.arch,
+        model=model.eval(),
+        image_size=job.image_size,
+        mean=PRETRAIN_MEAN,
+        std=PRETRAIN_STD,
+        job={"name": job.name, "key": job.key},
+    )
 
 
 @pytest.fixture(scope="module")
@@ -99,15 +126,21 @@ def payloads(tmp_path_factory) -> dict[tuple[str, str], FeaturePayload]:
         if not cnn.is_file():
             _pretrain_cnn(cnn)
         quick = load_suite(SUITES / "quick.yaml", check_names=False)
-        suite = validate_suite({
-            "name": "real-features", "work_dir": str(work),
-            "backbones": [MOBILENET, {"name": "cnn-fmnist", "family": "nmlbench", "checkpoint": str(cnn)}],
-            "downstream": quick.downstream.model_dump(),
-            "selection": quick.selection.model_dump()})
+        suite = validate_suite(
+            {
+                "name": "real-features",
+                "work_dir": str(work),
+                "backbones": [MOBILENET, {"name": "cnn-fmnist", "family": "nmlbench", "checkpoint": str(cnn)}],
+                "downstream": quick.downstream.model_dump(),
+                "selection": quick.selection.model_dump(),
+            }
+        )
         plan = make_plan(suite)
         assert len(plan.pairs) == 2 * 6
-        return {(p.backbone.display, p.task.name): extract_payload(p, str(work / "features"), None, True)
-                for p in plan.pairs}
+        return {
+            (p.backbone.display, p.task.name): extract_payload(p, str(work / "features"), None, True)
+            for p in plan.pairs
+        }
     finally:
         torch.set_num_threads(threads)
         if env is None:
@@ -149,13 +182,15 @@ def test_converged_lp_reaches_sklearns_objective_at_its_chosen_l2_on_every_pair(
     for (backbone, task), row in lp_checks.items():
         acc = row["accuracy"]
         flips = {name: abs(ours - theirs) for name, (ours, theirs) in acc.items()}
-        lines.append(f"{backbone:<13} {task:<18} L2 {row['l2']:.1e} C {row['C']:.1e}  objective gap "
-                     f"{row['objective_gap']:+.1e}  ({row['lp_iterations']:.0f} / {row['sklearn_iterations']} it)  "
-                     f"largest accuracy gap {100 * max(flips.values()):.2f} points  distance "
-                     f"{row['solution_distance']:.1e}")
+        lines.append(
+            f"{backbone:<13} {task:<18} L2 {row['l2']:.1e} C {row['C']:.1e}  objective gap "
+            f"{row['objective_gap']:+.1e}  ({row['lp_iterations']:.0f} / {row['sklearn_iterations']} it)  "
+            f"largest accuracy gap {100 * max(flips.values()):.2f} points  distance "
+            f"{row['solution_distance']:.1e}"
+        )
         lines[-1] += f"  gradient {row['gradient_norm']:.1e} (allowed {row['gradient_norm_allowed']:.1e})"
     print("\n" + "\n".join(lines))
-    for ((backbone, task), row), line in zip(lp_checks.items(), lines):
+    for ((_backbone, task), row), line in zip(lp_checks.items(), lines):
         assert row["converged"] == 1.0, line
         assert not optimum_check_failures(row), (line, optimum_check_failures(row))
         for name, (ours, theirs) in row["accuracy"].items():
@@ -208,10 +243,13 @@ def _quick_group(**over) -> list:
     return [resolve_hparams(h.method, **{**h.as_dict(), **over}) for h in group]
 
 
-@pytest.mark.parametrize(("backbone", "task", "over", "seeds"), [
-    ("cnn-fmnist", "mnist-5k", {}, (0, 1)),  # the quick suite's own settings, two head seeds
-    ("mobilenet_v2", "animal-mnist", {"ratio": 0.25, "epochs": 4}, (0,)),  # 1280-d features, a cheaper head
-])
+@pytest.mark.parametrize(
+    ("backbone", "task", "over", "seeds"),
+    [
+        ("cnn-fmnist", "mnist-5k", {}, (0, 1)),  # the quick suite's own settings, two head seeds
+        ("mobilenet_v2", "animal-mnist", {"ratio": 0.25, "epochs": 4}, (0,)),  # 1280-d features, a cheaper head
+    ],
+)
 def test_batched_fits_equal_fits_alone_on_real_features(payloads, one_thread, backbone, task, over, seeds):
     payload = payloads[(backbone, task)]
     data = prepare_payload(payload)
@@ -240,14 +278,16 @@ def test_batched_fits_equal_fits_alone_on_real_features(payloads, one_thread, ba
     # the rounding yardstick on this machine: the first seed's members alone, features one ulp apart
     moved = prepare_payload(_one_ulp(payload))
     spread = []
-    for req in requests[:len(hps)]:
+    for req in requests[: len(hps)]:
         ev, ev_moved = (evaluate_head(train_head(d, req.hparams, seed=req.seed), d) for d in (data, moved))
         spread += [abs(ev[name]["accuracy"] - ev_moved[name]["accuracy"]) for name in ev]
     mean_allowed = max(MEAN_GAP, ROUNDING_FACTOR * float(np.mean(spread)))
     member_allowed = max(MEMBER_GAP, ROUNDING_FACTOR * max(spread))
-    print(f"{backbone}/{task}: {len(requests)} members, accuracy gap to a lone fit: mean {100 * np.mean(gaps):.3f}, "
-          f"largest {100 * max(gaps):.3f} points; one ulp moves a lone fit by mean {100 * np.mean(spread):.3f}, "
-          f"largest {100 * max(spread):.3f}")
+    print(
+        f"{backbone}/{task}: {len(requests)} members, accuracy gap to a lone fit: mean {100 * np.mean(gaps):.3f}, "
+        f"largest {100 * max(gaps):.3f} points; one ulp moves a lone fit by mean {100 * np.mean(spread):.3f}, "
+        f"largest {100 * max(spread):.3f}"
+    )
     assert max(gaps) <= member_allowed, (max(gaps), member_allowed)
     assert np.mean(gaps) <= mean_allowed, (np.mean(gaps), mean_allowed)
 
@@ -256,8 +296,13 @@ def _one_ulp(payload: FeaturePayload) -> FeaturePayload:
     """The payload with every training feature moved up by one unit in its last place (float32)."""
     x, y = payload.train
     moved = np.nextafter(np.asarray(x, dtype=np.float32), np.float32(np.inf))
-    return FeaturePayload(train=(moved, y), val=payload.val, tests=payload.tests, num_classes=payload.num_classes,
-                          class_subsets=payload.class_subsets)
+    return FeaturePayload(
+        train=(moved, y),
+        val=payload.val,
+        tests=payload.tests,
+        num_classes=payload.num_classes,
+        class_subsets=payload.class_subsets,
+    )
 
 
 def test_lp_grid_solved_together_equals_each_value_alone(payloads, lp_checks, one_thread):
@@ -266,8 +311,9 @@ def test_lp_grid_solved_together_equals_each_value_alone(payloads, lp_checks, on
     for key in (("cnn-fmnist", "sklearn-digits"), ("mobilenet_v2", "digits-from-fonts")):
         grid = lp_checks[key]  # the whole grid, one thread, in lp_checks' process
         l2 = grid["l2"]
-        alone = lp_at_sklearn_objective(payloads[key], resolve_hparams("lp", l2_min=l2, l2_max=l2, l2_steps=1,
-                                                                       l2_refine=0))
+        alone = lp_at_sklearn_objective(
+            payloads[key], resolve_hparams("lp", l2_min=l2, l2_max=l2, l2_steps=1, l2_refine=0)
+        )
         assert alone["l2"] == l2 and alone["C"] == grid["C"]
         for row in (grid, alone):
             assert not optimum_check_failures(row), (key, optimum_check_failures(row))
@@ -275,5 +321,7 @@ def test_lp_grid_solved_together_equals_each_value_alone(payloads, lp_checks, on
             if not _pinned(key[1], name):
                 continue
             # only near-tied rows can flip between two solutions of one optimum (see FLIPPED_ROWS)
-            assert abs(ours - alone["accuracy"][name][0]) <= max(
-                FLIPPED_ROWS / grid["test_rows"][name], FLIPPED_SHARE) + 1e-12, (key, name)
+            assert (
+                abs(ours - alone["accuracy"][name][0])
+                <= max(FLIPPED_ROWS / grid["test_rows"][name], FLIPPED_SHARE) + 1e-12
+            ), (key, name)

@@ -49,10 +49,27 @@ def simulated_runs(seed: int = 2023) -> pd.DataFrame:
     nm = MU_LP + EFFECT + a[s, p] + b[s, p] + e[s, p, h]
     frames = []
     for method, acc in (("lp", lp), ("nmtune", nm)):
-        frames.append(pd.DataFrame({
-            "backbone": [f"s{i}" for i in s], "noise_ratio": 0.1, "method": method, "task": "a", "task_kind": "id",
-            "pretrain_seed": p, "head_seed": h, "fraction": 1.0, "val_accuracy": acc, "test_accuracy": acc,
-            "test_macro_f1": acc, "test_sve": 1.0, "test_lsvr": np.nan, "test_sve_raw": 1.0, "test_lsvr_raw": np.nan}))
+        frames.append(
+            pd.DataFrame(
+                {
+                    "backbone": [f"s{i}" for i in s],
+                    "noise_ratio": 0.1,
+                    "method": method,
+                    "task": "a",
+                    "task_kind": "id",
+                    "pretrain_seed": p,
+                    "head_seed": h,
+                    "fraction": 1.0,
+                    "val_accuracy": acc,
+                    "test_accuracy": acc,
+                    "test_macro_f1": acc,
+                    "test_sve": 1.0,
+                    "test_lsvr": np.nan,
+                    "test_sve_raw": 1.0,
+                    "test_lsvr_raw": np.nan,
+                }
+            )
+        )
     return pd.concat(frames, ignore_index=True)
 
 
@@ -76,7 +93,9 @@ def test_leaderboard_intervals_cover_the_true_mean_at_the_stated_rate(runs) -> N
 
 
 def test_claim_intervals_cover_the_true_head_difference_at_the_stated_rate(runs) -> None:
-    found = [f for f in analyse(runs)["4"] if f["what"] == "ID acc, NMTune - LP" and f["backbone"] != "all families, pooled"]
+    found = [
+        f for f in analyse(runs)["4"] if f["what"] == "ID acc, NMTune - LP" and f["backbone"] != "all families, pooled"
+    ]
     assert len(found) == STUDIES and all(f["estimate"].n == PRETRAIN_SEEDS for f in found)
     est = [f["estimate"] for f in found]
     cover = np.mean([e.low <= EFFECT <= e.high for e in est])

@@ -22,12 +22,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 import yaml
+from support import fit_records, synthetic_fits
 
 from benchmark.reporting import finish_and_publish
 from benchmark.tracking import Journal, Tracker, TrackingReader
 from benchmark.tracking.store import search_all
 from benchmark.ui_check import MlflowServer, free_port
-from support import fit_records, synthetic_fits
 
 BIN = Path(sys.executable).parent
 
@@ -75,8 +75,10 @@ def test_records_of_a_process_that_never_reached_the_store_are_delivered_by_the_
 
 def _fit_keys(uri: str, experiment: str) -> list[str]:
     reader = TrackingReader(uri, experiment)
-    return [r.data.tags["nmlbench.key"] for r in search_all(reader.client, reader.experiment_id,
-                                                             "tags.`nmlbench.kind` = 'fit'")]
+    return [
+        r.data.tags["nmlbench.key"]
+        for r in search_all(reader.client, reader.experiment_id, "tags.`nmlbench.kind` = 'fit'")
+    ]
 
 
 @pytest.mark.slow
@@ -85,8 +87,9 @@ def test_records_logged_while_the_server_is_away_arrive_exactly_once(tmp_path):
     records = fit_records(synthetic_fits().head(16), "outage")
     journal = tmp_path / "work" / "journal" / "outage.jsonl"
     notes: list[str] = []
-    server = MlflowServer(f"sqlite:///{tmp_path / 'server.db'}", artifacts=tmp_path / "artifacts",
-                          log=tmp_path / "server.log")
+    server = MlflowServer(
+        f"sqlite:///{tmp_path / 'server.db'}", artifacts=tmp_path / "artifacts", log=tmp_path / "server.log"
+    )
     tracker = Tracker(server.url, "outage", suite="outage", journal=journal, echo=notes.append)
     try:
         # Nothing listens yet: each call journals its record, queues it and returns.
@@ -106,8 +109,9 @@ def test_records_logged_while_the_server_is_away_arrive_exactly_once(tmp_path):
         reader = TrackingReader(server.url, "outage")
         groups = search_all(reader.client, reader.experiment_id, "tags.`nmlbench.kind` = 'group'")
         assert [g.info.run_name for g in groups] == ["net @ 0%"]
-        assert [r.info.run_name for r in search_all(reader.client, reader.experiment_id,
-                                                    "tags.`nmlbench.kind` = 'suite'")] == ["outage"]
+        assert [
+            r.info.run_name for r in search_all(reader.client, reader.experiment_id, "tags.`nmlbench.kind` = 'suite'")
+        ] == ["outage"]
     finally:
         server.stop()
 
@@ -119,11 +123,19 @@ def outage_suite(tmp: Path, name: str) -> Path:
     suite = {
         "name": name,
         "work_dir": str(tmp / "work"),
-        "backbones": [{"family": "timm", "arch": "test_resnet", "image_size": 28, "seed": 0,
-                       "name": "test_resnet (random init)"}],
-        "downstream": {"id": ["sklearn-digits"], "ood": [], "methods": ["lp", "mlp", "nmtune"],
-                       "grid": {"lam": [0.01, 0.1], "depth": [1]}, "seeds": [0, 1], "fractions": [1.0],
-                       "max_train": 300, "hparams": {"epochs": 4, "batch_size": 64, "preset": "paper"}},
+        "backbones": [
+            {"family": "timm", "arch": "test_resnet", "image_size": 28, "seed": 0, "name": "test_resnet (random init)"}
+        ],
+        "downstream": {
+            "id": ["sklearn-digits"],
+            "ood": [],
+            "methods": ["lp", "mlp", "nmtune"],
+            "grid": {"lam": [0.01, 0.1], "depth": [1]},
+            "seeds": [0, 1],
+            "fractions": [1.0],
+            "max_train": 300,
+            "hparams": {"epochs": 4, "batch_size": 64, "preset": "paper"},
+        },
         "selection": {"split": "val", "val_fraction": 0.2},
         "tracking": {"experiment": name},
         "ray": {"fits_per_trial": 1, "max_concurrent_trials": 1},
@@ -145,8 +157,9 @@ def test_a_cli_sweep_goes_on_while_the_server_restarts_and_every_fit_lands_once(
     suite = outage_suite(tmp_path, "restart")
     total = (1 + 1 + 2) * 2  # (lp + mlp + 2 nmtune) x seeds
     journal = tmp_path / "work" / "journal" / "restart.jsonl"
-    server = MlflowServer(f"sqlite:///{tmp_path / 'server.db'}", artifacts=tmp_path / "artifacts",
-                          log=tmp_path / "server.log").start()
+    server = MlflowServer(
+        f"sqlite:///{tmp_path / 'server.db'}", artifacts=tmp_path / "artifacts", log=tmp_path / "server.log"
+    ).start()
     env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}"}
     env.pop("RAY_ADDRESS", None)
     cmd = [str(BIN / "nmlbench"), "run", str(suite), "--tracking-uri", server.url]
@@ -158,9 +171,11 @@ def test_a_cli_sweep_goes_on_while_the_server_restarts_and_every_fit_lands_once(
             time.sleep(0.5)
         killed_at = _count_fits(server.url, "restart")
         server.stop()  # mid-sweep
+
         # The sweep goes on: fits keep landing in the journal while nothing answers.
         def journaled() -> int:
             return sum(e["kind"] == "fit" for e in Journal(journal).read())
+
         while journaled() < killed_at + 2 and proc.poll() is None and time.monotonic() < deadline:
             time.sleep(0.5)
         down_while = journaled()
@@ -177,8 +192,13 @@ def test_a_cli_sweep_goes_on_while_the_server_restarts_and_every_fit_lands_once(
         assert "is not answering" in output
         # Whatever the run could not deliver itself (if the server came back after its end), sync
         # delivers; replaying the journal afterwards sends nothing.
-        sync = subprocess.run([str(BIN / "nmlbench"), "sync", str(suite), "--tracking-uri", server.url],
-                              env=env, capture_output=True, text=True, timeout=600)
+        sync = subprocess.run(
+            [str(BIN / "nmlbench"), "sync", str(suite), "--tracking-uri", server.url],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=600,
+        )
         assert sync.returncode == 0 and "0 still pending" in sync.stdout, sync.stdout[-3000:] + sync.stderr[-3000:]
         assert Tracker(server.url, "restart", suite="restart", journal=journal).pending == []
         keys = _fit_keys(server.url, "restart")

@@ -17,10 +17,10 @@ import numpy as np
 import pandas as pd
 import pytest
 from scipy import stats
+from support import GRID, ID_TASKS, OOD_TASKS, synthetic_runs  # shared with test_report
 
 from benchmark.errors import ConfigError
 from benchmark.leaderboard import leaderboard, render, select_on_validation
-from support import GRID, ID_TASKS, OOD_TASKS, synthetic_runs  # shared with test_report
 
 GOLDEN = Path(__file__).parent / "golden" / "leaderboard_synthetic.md"
 
@@ -33,8 +33,9 @@ def expected(df: pd.DataFrame) -> dict[tuple, dict[str, list[float]]]:
         for seed in (0, 1, 2):
             chosen = {}
             for task in ID_TASKS + OOD_TASKS:
-                cand = df[(df.noise_ratio == noise) & (df.method == method) & (df.task == task)
-                          & (df.pretrain_seed == seed)]
+                cand = df[
+                    (df.noise_ratio == noise) & (df.method == method) & (df.task == task) & (df.pretrain_seed == seed)
+                ]
                 best = None
                 for _, r in cand.iterrows():
                     lam = 0.0 if pd.isna(r["lam"]) else r["lam"]
@@ -67,10 +68,34 @@ def test_selection_uses_validation_never_test():
 def test_means_intervals_and_n_match_independent_computation():
     df = synthetic_runs()
     lb = leaderboard(df)
-    assert list(lb.columns) == ["backbone", "noise_ratio", "method", "id_acc", "id_acc_ci", "id_f1", "id_f1_ci",
-                                "ood_acc", "ood_acc_ci", "sve", "sve_ci", "lsvr", "lsvr_ci", "sve_raw",
-                                "lsvr_raw", "n", "n_pretrain", "n_head", "flagged", "id_rank", "id_rank_low",
-                                "id_rank_high", "ood_rank", "ood_rank_low", "ood_rank_high", "rank_cells"]
+    assert list(lb.columns) == [
+        "backbone",
+        "noise_ratio",
+        "method",
+        "id_acc",
+        "id_acc_ci",
+        "id_f1",
+        "id_f1_ci",
+        "ood_acc",
+        "ood_acc_ci",
+        "sve",
+        "sve_ci",
+        "lsvr",
+        "lsvr_ci",
+        "sve_raw",
+        "lsvr_raw",
+        "n",
+        "n_pretrain",
+        "n_head",
+        "flagged",
+        "id_rank",
+        "id_rank_low",
+        "id_rank_high",
+        "ood_rank",
+        "ood_rank_low",
+        "ood_rank_high",
+        "rank_cells",
+    ]
     assert list(zip(lb.noise_ratio, lb.method)) == [(0.0, "lp"), (0.0, "nmtune"), (0.1, "lp"), (0.1, "nmtune")]
     exp = expected(df)
     for _, r in lb.iterrows():
@@ -139,10 +164,25 @@ def _replicated(frozen: bool = False) -> pd.DataFrame:
             for method in ("lp", "nmtune"):
                 for task, kind in (("a", "id"), ("o", "ood")):
                     acc = 0.5 + 0.125 * p + (0.0 if method == "lp" else 0.0625 * (h + 1))
-                    rows.append({"backbone": "net", "noise_ratio": math.nan if frozen else 0.1, "method": method,
-                                 "task": task, "task_kind": kind, "pretrain_seed": p, "head_seed": h,
-                                 "fraction": 1.0, "val_accuracy": acc, "test_accuracy": acc, "test_macro_f1": acc,
-                                 "test_sve": 1.0, "test_lsvr": 0.1, "test_sve_raw": 1.0, "test_lsvr_raw": 0.1})
+                    rows.append(
+                        {
+                            "backbone": "net",
+                            "noise_ratio": math.nan if frozen else 0.1,
+                            "method": method,
+                            "task": task,
+                            "task_kind": kind,
+                            "pretrain_seed": p,
+                            "head_seed": h,
+                            "fraction": 1.0,
+                            "val_accuracy": acc,
+                            "test_accuracy": acc,
+                            "test_macro_f1": acc,
+                            "test_sve": 1.0,
+                            "test_lsvr": 0.1,
+                            "test_sve_raw": 1.0,
+                            "test_lsvr_raw": 0.1,
+                        }
+                    )
     return pd.DataFrame(rows)
 
 

@@ -28,9 +28,31 @@ from benchmark.plan import FitSpec, fit_key
 from benchmark.sweep import run_fits
 
 #: The leaderboard's columns before any plugin: what the built-in metrics must still give.
-BUILTIN_COLUMNS = ("id_acc", "id_acc_ci", "id_f1", "id_f1_ci", "ood_acc", "ood_acc_ci", "sve", "sve_ci",
-                   "lsvr", "lsvr_ci", "sve_raw", "lsvr_raw", "n", "n_pretrain", "n_head", "flagged", "id_rank",
-                   "id_rank_low", "id_rank_high", "ood_rank", "ood_rank_low", "ood_rank_high", "rank_cells")
+BUILTIN_COLUMNS = (
+    "id_acc",
+    "id_acc_ci",
+    "id_f1",
+    "id_f1_ci",
+    "ood_acc",
+    "ood_acc_ci",
+    "sve",
+    "sve_ci",
+    "lsvr",
+    "lsvr_ci",
+    "sve_raw",
+    "lsvr_raw",
+    "n",
+    "n_pretrain",
+    "n_head",
+    "flagged",
+    "id_rank",
+    "id_rank_low",
+    "id_rank_high",
+    "ood_rank",
+    "ood_rank_low",
+    "ood_rank_high",
+    "rank_cells",
+)
 
 
 def _blobs(n: int, d: int, k: int, seed: int, spread: float) -> tuple[np.ndarray, np.ndarray]:
@@ -68,7 +90,11 @@ def test_the_builtin_metrics_keep_the_leaderboard_columns():
     assert [m.name for m in registry.metrics()][:6] == ["accuracy", "macro_f1", "sve", "lsvr", "sve_raw", "lsvr_raw"]
     acc = get_metric("accuracy")
     assert (acc.direction, acc.features, acc.percent, acc.digits) == ("higher", "none", True, 2)
-    assert (get_metric("sve").features, get_metric("sve_raw").features, get_metric("sve_raw").interval) == ("z", "f", False)
+    assert (get_metric("sve").features, get_metric("sve_raw").features, get_metric("sve_raw").interval) == (
+        "z",
+        "f",
+        False,
+    )
     with pytest.raises(KeyError, match="known metrics: accuracy, lsvr, lsvr_raw, macro_f1, sve, sve_raw"):
         get_metric("balanced_accuracy")
 
@@ -77,7 +103,8 @@ def test_evaluation_scores_a_registered_metric_as_sklearn_does(balanced):
     x, y = _blobs(400, 8, 4, 0, spread=0.8)
     tx, ty = _blobs(300, 8, 4, 1, spread=0.8)
     out = __import__("benchmark.probe", fromlist=["fit_and_evaluate"]).fit_and_evaluate(
-        "lp", torch.from_numpy(x), torch.from_numpy(y), torch.from_numpy(tx), torch.from_numpy(ty), l2_steps=4)
+        "lp", torch.from_numpy(x), torch.from_numpy(y), torch.from_numpy(tx), torch.from_numpy(ty), l2_steps=4
+    )
     res = out["eval"]["test"]
     assert list(res) == ["accuracy", "macro_f1", "sve", "lsvr", "sve_raw", "lsvr_raw", "balanced_accuracy", "n"]
     [(labels, preds)] = balanced
@@ -85,29 +112,49 @@ def test_evaluation_scores_a_registered_metric_as_sklearn_does(balanced):
     # the built-ins on the same predictions, to the bit
     assert res["accuracy"] == float((torch.from_numpy(preds) == torch.from_numpy(labels)).double().mean())
     assert res["macro_f1"] == float(f1_score(labels, preds, average="macro", zero_division=0.0))
-    assert 0.3 < res["balanced_accuracy"] < 0.99 and res["balanced_accuracy"] != pytest.approx(res["accuracy"], abs=1e-3)
+    assert 0.3 < res["balanced_accuracy"] < 0.99 and res["balanced_accuracy"] != pytest.approx(
+        res["accuracy"], abs=1e-3
+    )
 
 
 def _spec(method: str, pair: str, task: str, kind: str, seed: int, **hp) -> FitSpec:
     h = resolve_hparams(method, **hp)
-    params = {"method": method, "task": task, "task_kind": kind, "backbone": "synthetic", "noise_ratio": 0.0,
-              "pretrain_seed": seed, "head_seed": 0, "fraction": 1.0}
+    params = {
+        "method": method,
+        "task": task,
+        "task_kind": kind,
+        "backbone": "synthetic",
+        "noise_ratio": 0.0,
+        "pretrain_seed": seed,
+        "head_seed": 0,
+        "fraction": 1.0,
+    }
     return FitSpec(fit_key(pair, h, seed, 1.0), pair, h, 0, 1.0, None, params, {"nmlbench.kind": "fit"})
 
 
 def test_a_registered_metric_reaches_the_fit_record_and_the_leaderboard(balanced):
     records = []
     for seed in (0, 1):  # two pre-training seeds (features drawn anew): two units, so the column has an interval
-        id_payload = FeaturePayload(train=_blobs(400, 8, 4, 10 * seed, 0.8), val=_blobs(120, 8, 4, 10 * seed + 1, 0.8),
-                                    tests={"id-test": _blobs(300, 8, 4, 10 * seed + 2, 0.8)}, num_classes=4)
-        ood_payload = FeaturePayload(train=_blobs(400, 8, 4, 10 * seed + 3, 0.8),
-                                     val=_blobs(120, 8, 4, 10 * seed + 4, 0.8),
-                                     tests={"d1": _blobs(200, 8, 4, 10 * seed + 5, 0.6),
-                                            "d2": _blobs(240, 8, 4, 10 * seed + 6, 0.5)}, num_classes=4)
-        records += run_fits(id_payload, [_spec("lp", "id", "blobs", "id", seed, l2_steps=4),
-                                         _spec("mlp", "id", "blobs", "id", seed, epochs=3)])
-        records += run_fits(ood_payload, [_spec("lp", "ood", "shift", "ood", seed, l2_steps=4),
-                                          _spec("mlp", "ood", "shift", "ood", seed, epochs=3)])
+        id_payload = FeaturePayload(
+            train=_blobs(400, 8, 4, 10 * seed, 0.8),
+            val=_blobs(120, 8, 4, 10 * seed + 1, 0.8),
+            tests={"id-test": _blobs(300, 8, 4, 10 * seed + 2, 0.8)},
+            num_classes=4,
+        )
+        ood_payload = FeaturePayload(
+            train=_blobs(400, 8, 4, 10 * seed + 3, 0.8),
+            val=_blobs(120, 8, 4, 10 * seed + 4, 0.8),
+            tests={"d1": _blobs(200, 8, 4, 10 * seed + 5, 0.6), "d2": _blobs(240, 8, 4, 10 * seed + 6, 0.5)},
+            num_classes=4,
+        )
+        records += run_fits(
+            id_payload,
+            [_spec("lp", "id", "blobs", "id", seed, l2_steps=4), _spec("mlp", "id", "blobs", "id", seed, epochs=3)],
+        )
+        records += run_fits(
+            ood_payload,
+            [_spec("lp", "ood", "shift", "ood", seed, l2_steps=4), _spec("mlp", "ood", "shift", "ood", seed, epochs=3)],
+        )
     # every evaluation set of every fit was scored: (val + 1 test + val + 2 domains) x 2 heads x 2 seeds
     assert len(balanced) == 2 * 2 * (2 + 3)
     recorded = []
@@ -122,8 +169,12 @@ def test_a_registered_metric_reaches_the_fit_record_and_the_leaderboard(balanced
     fits = pd.DataFrame([{**r["params"], **r["metrics"]} for r in records])
     board = leaderboard(fits)
     assert tuple(board.columns[3:]) == columns()
-    assert {"id_balanced_accuracy", "id_balanced_accuracy_ci", "ood_balanced_accuracy",
-            "ood_balanced_accuracy_ci"} <= set(board.columns)
+    assert {
+        "id_balanced_accuracy",
+        "id_balanced_accuracy_ci",
+        "ood_balanced_accuracy",
+        "ood_balanced_accuracy_ci",
+    } <= set(board.columns)
     assert set(BUILTIN_COLUMNS) <= set(board.columns)
     for method in ("lp", "mlp"):
         row = board[board.method == method].iloc[0]
@@ -171,7 +222,11 @@ def test_an_outside_package_registers_through_the_entry_point_group(tmp_path, mo
     registry.refresh_plugins()
     try:
         metric = get_metric("zero_share")
-        assert (metric.direction, metric.label, [c.name for c in metric.columns]) == ("lower", "zero share", ["id_zero_share"])
+        assert (metric.direction, metric.label, [c.name for c in metric.columns]) == (
+            "lower",
+            "zero share",
+            ["id_zero_share"],
+        )
         assert "id_zero_share" in columns()
         inp = registry.MetricInputs(torch.tensor([0, 1, 2, 0]), torch.tensor([0, 0, 2, 1]))
         assert metric.compute(inp) == 0.5

@@ -25,15 +25,16 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from benchmark.ray_session import LOCAL_ENV
 from support import free_port, imagenet_root_from_arrays, ray_port_flags, stop_ray_processes
+
+from benchmark.ray_session import LOCAL_ENV
 
 BIN = Path(sys.executable).parent
 REPO = Path(__file__).resolve().parents[1]
 EPOCHS = 8
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(1500)]
 
-DRIVER = textwrap.dedent('''
+DRIVER = textwrap.dedent("""
     import json, sys
     from benchmark.pretrain import PretrainJob, run_pretrain
     from benchmark.ray_session import init_ray
@@ -45,7 +46,7 @@ DRIVER = textwrap.dedent('''
     r = run_pretrain(job, work, storage_path=storage, max_failures=3, cpus_per_worker=1.0,
                      placement_strategy="STRICT_SPREAD", progress=False)
     print("RESULT " + json.dumps({"ok": r.ok, "key": r.key, "error": r.error}), flush=True)
-''')
+""")
 
 
 def _env() -> dict[str, str]:
@@ -69,10 +70,22 @@ def _env() -> dict[str, str]:
 def _start_node(gcs: int, temp_dir: str, env: dict[str, str], log: Path) -> subprocess.Popen:
     """The second node, in a process group of its own (killing the group kills the node)."""
     return subprocess.Popen(
-        [str(BIN / "ray"), "start", f"--address=127.0.0.1:{gcs}", "--node-ip-address=127.0.0.1",
-         "--num-cpus=1", f"--temp-dir={temp_dir}", "--block", "--disable-usage-stats",
-         *ray_port_flags(head=False)],
-        env=env, stdout=open(log, "a"), stderr=subprocess.STDOUT, start_new_session=True)
+        [
+            str(BIN / "ray"),
+            "start",
+            f"--address=127.0.0.1:{gcs}",
+            "--node-ip-address=127.0.0.1",
+            "--num-cpus=1",
+            f"--temp-dir={temp_dir}",
+            "--block",
+            "--disable-usage-stats",
+            *ray_port_flags(head=False),
+        ],
+        env=env,
+        stdout=open(log, "a"),
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
 
 
 def _start_live_node(gcs: int, temp_dir: str, env: dict[str, str], log: Path, tries: int = 2) -> subprocess.Popen:
@@ -81,7 +94,7 @@ def _start_live_node(gcs: int, temp_dir: str, env: dict[str, str], log: Path, tr
     for attempt in range(tries):
         node = _start_node(gcs, temp_dir, env, log)
         try:
-            _wait(lambda: _node_alive(node.pid), 120, "the second node's raylet", node, log)
+            _wait(lambda node=node: _node_alive(node.pid), 120, "the second node's raylet", node, log)
             return node
         except AssertionError:
             if node.poll() is None:
@@ -95,21 +108,21 @@ def _node_alive(pgid: int) -> bool:
     """A live (not zombie) raylet in the node's process group."""
     out = subprocess.run(["ps", "-ww", "-eo", "pgid=,stat=,args="], capture_output=True, text=True).stdout
     rows = [line.split(None, 2) for line in out.splitlines() if line.strip()]
-    return any(r[0] == str(pgid) and not r[1].startswith("Z") and "raylet" in r[2]
-               for r in rows if len(r) == 3)
+    return any(r[0] == str(pgid) and not r[1].startswith("Z") and "raylet" in r[2] for r in rows if len(r) == 3)
 
 
-def _wait(predicate, timeout: float, what: str, proc: subprocess.Popen | None = None,
-          log: Path | None = None) -> None:
+def _wait(predicate, timeout: float, what: str, proc: subprocess.Popen | None = None, log: Path | None = None) -> None:
     """Poll ``predicate``; fail early when ``proc`` exits, and say what the node log ends with."""
     end = time.monotonic() + timeout
-    tail = lambda: "" if log is None or not log.is_file() else "\nnode log:\n" + log.read_text()[-3000:]
+
+    def tail() -> str:
+        return "" if log is None or not log.is_file() else "\nnode log:\n" + log.read_text()[-3000:]
+
     while time.monotonic() < end:
         if predicate():
             return
         if proc is not None and proc.poll() is not None:
-            raise AssertionError(f"process {proc.args[:2]} exited ({proc.returncode}) while waiting "
-                                 f"for {what}{tail()}")
+            raise AssertionError(f"process {proc.args[:2]} exited ({proc.returncode}) while waiting for {what}{tail()}")
         time.sleep(0.2)
     raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}{tail()}")
 
@@ -134,17 +147,34 @@ def test_two_node_job_survives_losing_a_node(tmp_path: Path, image_root: Path) -
     driver = None
     try:
         start = subprocess.run(
-            [str(BIN / "ray"), "start", "--head", "--node-ip-address=127.0.0.1", f"--port={gcs}",
-             "--num-cpus=1", f"--temp-dir={head_tmp}", "--disable-usage-stats",
-             "--include-dashboard=false", f"--dashboard-port={free_port()}",
-             *ray_port_flags(head=True)],
-            env=env, capture_output=True, text=True, timeout=240)
+            [
+                str(BIN / "ray"),
+                "start",
+                "--head",
+                "--node-ip-address=127.0.0.1",
+                f"--port={gcs}",
+                "--num-cpus=1",
+                f"--temp-dir={head_tmp}",
+                "--disable-usage-stats",
+                "--include-dashboard=false",
+                f"--dashboard-port={free_port()}",
+                *ray_port_flags(head=True),
+            ],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=240,
+        )
         assert start.returncode == 0, start.stderr[-2000:]
         nodes.append(_start_live_node(gcs, node_tmps[0], env, log))
         driver = subprocess.Popen(
-            [sys.executable, "-c", DRIVER, f"127.0.0.1:{gcs}", str(image_root), str(work),
-             str(shared), str(EPOCHS)],
-            env=env, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+            [sys.executable, "-c", DRIVER, f"127.0.0.1:{gcs}", str(image_root), str(work), str(shared), str(EPOCHS)],
+            env=env,
+            cwd=tmp_path,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
 
         # The first epoch's checkpoint is registered on shared storage: kill the second node.
         def first_checkpoint() -> bool:
@@ -192,8 +222,7 @@ def test_two_node_job_survives_losing_a_node(tmp_path: Path, image_root: Path) -
     # Checkpoints and results went to the shared storage path.
     run_dir = shared / result["key"]
     assert done["ray_run_dir"] == str(run_dir)
-    assert sorted(p.name for p in run_dir.glob("epoch_*")) == [f"epoch_{EPOCHS - 2:04d}",
-                                                               f"epoch_{EPOCHS - 1:04d}"]
+    assert sorted(p.name for p in run_dir.glob("epoch_*")) == [f"epoch_{EPOCHS - 2:04d}", f"epoch_{EPOCHS - 1:04d}"]
     with np.load(work / "pretrain" / result["key"] / "noise.npz") as rec:
         # Exact counts per class (round half up): at most 1/2 row per class off, 10 / 2000 = 0.005.
         assert abs(float(rec["flipped"].mean()) - 0.2) < 0.01 and len(rec["flipped"]) == 2000

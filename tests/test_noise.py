@@ -241,7 +241,5 @@ def test_transition_matrix_by_hand():
     images kept theirs; class 2 had no images (identity row keeps T row-stochastic)."""
     image = np.array([0, 0, 0, 0, 1, 1])
     caption = np.array([0, 2, 0, 1, 1, 1])
-    expect = np.array([[0.5, 0.25, 0.25],
-                       [0.0, 1.0, 0.0],
-                       [0.0, 0.0, 1.0]])
+    expect = np.array([[0.5, 0.25, 0.25], [0.0, 1.0, 0.0], [0.0, 0.0, 1.0]])
     np.testing.assert_array_equal(transition_matrix(image, caption, 3), expect)

@@ -50,29 +50,44 @@ def test_builtin_kinds_give_the_bits_of_before() -> None:
     options = {"asymmetric": {"class_map": CIFAR10_ASYMMETRIC_MAP}, "instance": {"features": f}}
     for kind, pinned in PINNED_FLIPS.items():
         r = flip_labels(y, 10, 0.3, kind=kind, seed=7, **options.get(kind, {}))
-        assert _digest(r.noisy_labels, r.flipped, r.transition,
-                       np.float64(r.realised_ratio)) == pinned, kind
+        assert _digest(r.noisy_labels, r.flipped, r.transition, np.float64(r.realised_ratio)) == pinned, kind
     caps = [f"a photo of {t}" for t in rng.integers(0, 9, 500)]
     s = swap_captions(caps, 0.4, seed=3)
-    assert _digest(np.array(s.captions), s.mismatched,
-                   np.float64(s.realised_ratio)) == "94c8b9d53679e5b9"
+    assert _digest(np.array(s.captions), s.mismatched, np.float64(s.realised_ratio)) == "94c8b9d53679e5b9"
 
 
-SUP = PretrainJob(objective="supervised", corpus="fashion-mnist", arch="test_resnet",
-                  noise_kind="symmetric", noise_ratio=0.2, train_subset=1000)
+SUP = PretrainJob(
+    objective="supervised",
+    corpus="fashion-mnist",
+    arch="test_resnet",
+    noise_kind="symmetric",
+    noise_ratio=0.2,
+    train_subset=1000,
+)
 PINNED_SETS = [
     (SUP, "28eeb5f72db8c34f", 0.2),
-    (replace(SUP, noise_kind="instance", noise_ratio=0.4, train_subset=600, seed=2),
-     "f017d664003d6538", 0.4),
-    (replace(SUP, noise_kind="asymmetric", class_map={1: 2, 3: 4}, noise_ratio=0.4,
-             train_subset=600, seed=2), "e7df4b8210623bd8", 0.3984375),
-    (PretrainJob(objective="clip", corpus="fashion-mnist", arch="nml-tiny-clip",
-                 noise_kind="swap", noise_ratio=0.3, train_subset=1000), "06284fa6938b0162", 0.3),
+    (replace(SUP, noise_kind="instance", noise_ratio=0.4, train_subset=600, seed=2), "f017d664003d6538", 0.4),
+    (
+        replace(SUP, noise_kind="asymmetric", class_map={1: 2, 3: 4}, noise_ratio=0.4, train_subset=600, seed=2),
+        "e7df4b8210623bd8",
+        0.3984375,
+    ),
+    (
+        PretrainJob(
+            objective="clip",
+            corpus="fashion-mnist",
+            arch="nml-tiny-clip",
+            noise_kind="swap",
+            noise_ratio=0.3,
+            train_subset=1000,
+        ),
+        "06284fa6938b0162",
+        0.3,
+    ),
 ]
 
 
-@pytest.mark.parametrize("job,pinned,realised", PINNED_SETS,
-                         ids=["symmetric", "instance", "asymmetric", "swap"])
+@pytest.mark.parametrize("job,pinned,realised", PINNED_SETS, ids=["symmetric", "instance", "asymmetric", "swap"])
 def test_training_sets_are_those_of_before(job: PretrainJob, pinned: str, realised: float) -> None:
     """The corpus' label table and noise record (every array of ``noise.npz``), bit for bit."""
     ts = build_training_set(job)
@@ -96,8 +111,7 @@ def opposite(monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
 
     monkeypatch.syspath_prepend(str(PLUGIN_SRC))
     ep = EntryPoint("opposite", "nmlbench_extra_plugin.noise_kinds", ENTRY_POINT_GROUP)
-    monkeypatch.setattr(registry, "entry_points",
-                        lambda group: [ep] if group == ENTRY_POINT_GROUP else [])
+    monkeypatch.setattr(registry, "entry_points", lambda group: [ep] if group == ENTRY_POINT_GROUP else [])
     refresh_plugins()
     yield "opposite"
     unregister_noise_kind("opposite")
@@ -125,10 +139,14 @@ def test_a_plugin_kind_runs_from_a_suite_to_the_noise_record(opposite: str, tmp_
     from benchmark.plan import pretrain_jobs
     from benchmark.pretrain import check_job, noise_problem, write_noise_record
 
-    block = {"objective": "supervised", "corpus": "fashion-mnist", "arch": "test_resnet",
-             "train_subset": 500, "noise": {"kind": opposite, "ratios": [0.3]}}
-    suite = validate_suite({"name": "t", "pretrain": [block], "downstream": {"id": ["mnist-5k"]}},
-                           check_names=False)
+    block = {
+        "objective": "supervised",
+        "corpus": "fashion-mnist",
+        "arch": "test_resnet",
+        "train_subset": 500,
+        "noise": {"kind": opposite, "ratios": [0.3]},
+    }
+    suite = validate_suite({"name": "t", "pretrain": [block], "downstream": {"id": ["mnist-5k"]}}, check_names=False)
     (job,) = pretrain_jobs(suite)
     assert job.noise_kind == opposite
     check_job(job)
@@ -149,11 +167,9 @@ def test_unknown_kinds_and_objectives_list_the_registered_ones(opposite: str) ->
 
     with pytest.raises(UnknownNameError, match="known noise kinds: .*opposite"):
         get_noise_kind("nope")
-    block = {"objective": "supervised", "corpus": "fashion-mnist", "arch": "a",
-             "noise": {"kind": "nope"}}
+    block = {"objective": "supervised", "corpus": "fashion-mnist", "arch": "a", "noise": {"kind": "nope"}}
     with pytest.raises(ConfigError, match="noise.kind = 'nope': must be one of .*opposite"):
-        validate_suite({"name": "t", "pretrain": [block], "downstream": {"id": ["mnist-5k"]}},
-                       check_names=False)
+        validate_suite({"name": "t", "pretrain": [block], "downstream": {"id": ["mnist-5k"]}}, check_names=False)
     assert objective_names() == ("supervised", "clip")
     with pytest.raises(UnknownNameError, match="known objectives: clip, supervised"):
         get_objective("mae")
@@ -168,7 +184,13 @@ def test_objectives_own_their_sums_and_metrics() -> None:
     assert (sup.family, clip.family) == ("timm", "open_clip")
     assert sup.default_noise_kind == "symmetric" and clip.default_noise_kind == "swap"
     m = sup.epoch_metrics([10.0, 5.0, 4.0, 3.0, 2.0, 1.0, 1.0, 3.0, 3.0])
-    assert m == {"loss": 2.0, "train_accuracy": 0.8, "clean_accuracy": 0.6,
-                 "unflipped_accuracy": 1.0, "noisy_fit": 0.5, "true_fit": 0.5}
+    assert m == {
+        "loss": 2.0,
+        "train_accuracy": 0.8,
+        "clean_accuracy": 0.6,
+        "unflipped_accuracy": 1.0,
+        "noisy_fit": 0.5,
+        "true_fit": 0.5,
+    }
     c = clip.epoch_metrics([8.0, 4.0, 2.0, 4.0, 1.0, 0.0, 0.0])
     assert c == {"loss": 2.0, "train_accuracy": 0.5, "matched_rank": 0.25}

@@ -29,19 +29,40 @@ def _tiny_suite(tmp: Path, name: str, *, pretrain: bool, fits_per_trial: int = 4
     suite = {
         "name": name,
         "work_dir": str(tmp / "work"),
-        "backbones": [] if pretrain else [{"family": "timm", "arch": "test_resnet", "image_size": 28, "seed": 0,
-                                           "name": "test_resnet (random init)"}],
-        "downstream": {"id": ["sklearn-digits"], "ood": ["digits-from-fonts"], "methods": ["lp", "mlp", "nmtune"],
-                       "grid": {"lam": [0.01, 0.1], "depth": [1]}, "seeds": [0, 1], "fractions": [1.0],
-                       "max_train": 300, "hparams": {"epochs": 4, "batch_size": 64, "preset": "paper"}},
+        "backbones": []
+        if pretrain
+        else [
+            {"family": "timm", "arch": "test_resnet", "image_size": 28, "seed": 0, "name": "test_resnet (random init)"}
+        ],
+        "downstream": {
+            "id": ["sklearn-digits"],
+            "ood": ["digits-from-fonts"],
+            "methods": ["lp", "mlp", "nmtune"],
+            "grid": {"lam": [0.01, 0.1], "depth": [1]},
+            "seeds": [0, 1],
+            "fractions": [1.0],
+            "max_train": 300,
+            "hparams": {"epochs": 4, "batch_size": 64, "preset": "paper"},
+        },
         "selection": {"split": "val", "val_fraction": 0.2},
         "tracking": {"experiment": name},
         "ray": {"fits_per_trial": fits_per_trial},
     }
     if pretrain:
-        suite["pretrain"] = [{"name": "sup", "objective": "supervised", "corpus": "fashion-mnist", "arch": "test_resnet",
-                              "noise": {"kind": "symmetric", "ratios": [0.2]}, "seeds": [0], "epochs": 1,
-                              "batch_size": 64, "image_size": 28, "train_subset": 512}]
+        suite["pretrain"] = [
+            {
+                "name": "sup",
+                "objective": "supervised",
+                "corpus": "fashion-mnist",
+                "arch": "test_resnet",
+                "noise": {"kind": "symmetric", "ratios": [0.2]},
+                "seeds": [0],
+                "epochs": 1,
+                "batch_size": 64,
+                "image_size": 28,
+                "train_subset": 512,
+            }
+        ]
     path = tmp / f"{name}.yaml"
     path.write_text(yaml.safe_dump(suite))
     return path
@@ -73,22 +94,51 @@ def test_submit_to_a_real_ray_head_and_read_rows_back(tmp_path: Path) -> None:
     # A short private temp dir: Ray's socket paths must stay under 108 bytes, and it lets the
     # test stop exactly this head (``ray stop`` would stop every Ray on the machine).
     ray_tmp = tempfile.mkdtemp(prefix="nmlray", dir="/tmp")
-    start = subprocess.run([str(BIN / "ray"), "start", "--head", "--node-ip-address=127.0.0.1", f"--port={gcs}",
-                            "--dashboard-host=127.0.0.1", f"--dashboard-port={dash}", "--num-cpus=2",
-                            f"--temp-dir={ray_tmp}", "--disable-usage-stats",
-                            # every listening port explicit: a second Ray on the machine (another
-                            # test, a developer's session) holds the defaults, e.g. the agent's 52365
-                            f"--dashboard-agent-listen-port={free_port()}",
-                            f"--dashboard-agent-grpc-port={free_port()}",
-                            f"--ray-client-server-port={free_port()}",
-                            f"--runtime-env-agent-port={free_port()}",
-                            f"--metrics-export-port={free_port()}"],
-                           env=env, capture_output=True, text=True, timeout=180)
+    start = subprocess.run(
+        [
+            str(BIN / "ray"),
+            "start",
+            "--head",
+            "--node-ip-address=127.0.0.1",
+            f"--port={gcs}",
+            "--dashboard-host=127.0.0.1",
+            f"--dashboard-port={dash}",
+            "--num-cpus=2",
+            f"--temp-dir={ray_tmp}",
+            "--disable-usage-stats",
+            # every listening port explicit: a second Ray on the machine (another
+            # test, a developer's session) holds the defaults, e.g. the agent's 52365
+            f"--dashboard-agent-listen-port={free_port()}",
+            f"--dashboard-agent-grpc-port={free_port()}",
+            f"--ray-client-server-port={free_port()}",
+            f"--runtime-env-agent-port={free_port()}",
+            f"--metrics-export-port={free_port()}",
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
     assert start.returncode == 0, start.stderr[-2000:]
     try:
-        out = subprocess.run([str(BIN / "nmlbench"), "submit", str(suite), "--address", f"http://127.0.0.1:{dash}",
-                              "--wait", "--tracking-uri", uri, "--work-dir", str(tmp_path / "work")],
-                             env=env, capture_output=True, text=True, timeout=900)
+        out = subprocess.run(
+            [
+                str(BIN / "nmlbench"),
+                "submit",
+                str(suite),
+                "--address",
+                f"http://127.0.0.1:{dash}",
+                "--wait",
+                "--tracking-uri",
+                uri,
+                "--work-dir",
+                str(tmp_path / "work"),
+            ],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=900,
+        )
         assert out.returncode == 0, (out.stdout[-4000:], out.stderr[-4000:])
         assert "SUCCEEDED" in out.stdout
     finally:
@@ -114,8 +164,9 @@ def test_submit_to_a_real_ray_head_and_read_rows_back(tmp_path: Path) -> None:
     assert (ident["test_accuracy"] == ident["test.accuracy"]).all()
     ood = frame[frame["task"] == "digits-from-fonts"]  # tested on mnist-5k and sklearn-digits
     # The same float64 mean of two values, recomputed: at most an ulp apart.
-    np.testing.assert_allclose(ood["test_accuracy"], (ood["mnist-5k.accuracy"] + ood["sklearn-digits.accuracy"]) / 2,
-                               rtol=1e-12)
+    np.testing.assert_allclose(
+        ood["test_accuracy"], (ood["mnist-5k.accuracy"] + ood["sklearn-digits.accuracy"]) / 2, rtol=1e-12
+    )
 
 
 def test_features_start_in_the_slot_the_first_trainer_list_frees(tmp_path: Path) -> None:
@@ -127,8 +178,13 @@ def test_features_start_in_the_slot_the_first_trainer_list_frees(tmp_path: Path)
     suite["pretrain"][0]["noise"]["ratios"] = [0.0, 0.1, 0.2]
     path.write_text(yaml.safe_dump(suite))
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    out = subprocess.run([str(BIN / "nmlbench"), "run", str(path), "--tracking-uri", uri], env=_env(),
-                         capture_output=True, text=True, timeout=900)
+    out = subprocess.run(
+        [str(BIN / "nmlbench"), "run", str(path), "--tracking-uri", uri],
+        env=_env(),
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
     assert out.returncode == 0, out.stdout[-4000:] + out.stderr[-4000:]
     (summary,) = [json.loads(p.read_text()) for p in (tmp_path / "work" / "runs").glob("early-*.json")]
     assert summary["pairs_extracted"] == 3 * 2
@@ -143,8 +199,9 @@ def test_interrupted_sweep_resumes_only_missing_fits(tmp_path: Path) -> None:
     suite = _tiny_suite(tmp_path, "resumed", pretrain=False, fits_per_trial=1)
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     cmd = [str(BIN / "nmlbench"), "run", str(suite), "--tracking-uri", uri]
-    proc = subprocess.Popen(cmd, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                            text=True, start_new_session=True)
+    proc = subprocess.Popen(
+        cmd, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True
+    )
     from benchmark.tracking import TrackingReader
 
     tracker = None

@@ -20,6 +20,7 @@ import yaml
 from typer.testing import CliRunner
 
 from benchmark.config import load_suite, validate_suite
+from benchmark.errors import ConfigError
 from benchmark.heads import resolve_hparams
 from benchmark.plan import (
     FitSpec,
@@ -31,7 +32,6 @@ from benchmark.plan import (
     pretrain_jobs,
 )
 from benchmark.plan_status import plan_status
-from benchmark.errors import ConfigError
 from benchmark.pretrain.job import job_dir
 
 SUITES = Path(__file__).resolve().parents[1] / "suites"
@@ -53,20 +53,36 @@ def test_quick_suite_expands_to_the_documented_grid(quick):
     clip = [j for j in jobs if j.objective == "clip"]
     assert [j.noise_ratio for j in sup] == [0.0, 0.05, 0.1, 0.2, 0.3]
     assert {(j.arch, j.corpus, j.noise_kind, j.seed, j.epochs, j.train_subset, j.image_size) for j in sup} == {
-        ("test_resnet", "fashion-mnist", "symmetric", 0, 2, 10000, 32)}
+        ("test_resnet", "fashion-mnist", "symmetric", 0, 2, 10000, 32)
+    }
     assert [(j.arch, j.noise_kind, j.noise_ratio) for j in clip] == [
-        ("nml-tiny-clip", "swap", 0.0), ("nml-tiny-clip", "swap", 0.3)]
+        ("nml-tiny-clip", "swap", 0.0),
+        ("nml-tiny-clip", "swap", 0.3),
+    ]
     assert all(j.corpus == "fashion-mnist" for j in clip)
     assert [(t.name, t.kind) for t in quick.tasks] == [
-        ("fashion-mnist", "id"), ("mnist-5k", "id"), ("animal-mnist", "id"), ("sklearn-digits", "id"),
-        ("digits-from-mnist", "ood"), ("digits-from-fonts", "ood")]
+        ("fashion-mnist", "id"),
+        ("mnist-5k", "id"),
+        ("animal-mnist", "id"),
+        ("sklearn-digits", "id"),
+        ("digits-from-mnist", "ood"),
+        ("digits-from-fonts", "ood"),
+    ]
     grid = head_grid(s)
     assert [sum(h.method == m for h in grid) for m in ("lp", "mlp", "nmtune")] == [1, 3, 6]
     nm = [h for h in grid if h.method == "nmtune"][0]
     assert (nm.lam, nm.lr, nm.depth, nm.preset, nm.w_cov, nm.epochs, nm.batch_size) == (
-        0.01, 0.001, 1, "paper", 1.0, 30, 128)
-    assert all(h.epochs == 30 and h.batch_size == 128 and h.epoch_selection == "best_val"
-               for h in grid if h.method != "lp")
+        0.01,
+        0.001,
+        1,
+        "paper",
+        1.0,
+        30,
+        128,
+    )
+    assert all(
+        h.epochs == 30 and h.batch_size == 128 and h.epoch_selection == "best_val" for h in grid if h.method != "lp"
+    )
     assert len({h.batch_key() for h in grid if h.method != "lp"}) == 1  # MLP and NMTune: one batch per pair
     d = s.downstream
     assert (d.max_train, d.seeds, d.fractions) == (2000, [0], [1.0])
@@ -77,9 +93,11 @@ def test_quick_suite_expands_to_the_documented_grid(quick):
 
 
 def test_planning_imports_neither_ray_nor_mlflow():
-    code = ("import sys; from benchmark.config import load_suite; from benchmark.plan import make_plan; "
-            f"p = make_plan(load_suite({str(SUITES / 'quick.yaml')!r})); "
-            "print(len(p.fits), 'ray' in sys.modules, 'mlflow' in sys.modules)")
+    code = (
+        "import sys; from benchmark.config import load_suite; from benchmark.plan import make_plan; "
+        f"p = make_plan(load_suite({str(SUITES / 'quick.yaml')!r})); "
+        "print(len(p.fits), 'ray' in sys.modules, 'mlflow' in sys.modules)"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr[-2000:]
     assert out.stdout.split() == ["420", "False", "False"]
@@ -105,10 +123,12 @@ def test_rows_come_from_the_tested_samplers(quick):
 
 
 def test_few_shot_fractions_take_the_documented_rows_per_class(tmp_path):
-    data = {"name": "fs", "work_dir": str(tmp_path),
-            "backbones": [{"family": "timm", "arch": "test_resnet", "image_size": 28, "seed": 0}],
-            "downstream": {"id": ["sklearn-digits"], "methods": ["lp"], "seeds": [0, 1],
-                           "fractions": [0.1, 0.5, 1.0]}}
+    data = {
+        "name": "fs",
+        "work_dir": str(tmp_path),
+        "backbones": [{"family": "timm", "arch": "test_resnet", "image_size": 28, "seed": 0}],
+        "downstream": {"id": ["sklearn-digits"], "methods": ["lp"], "seeds": [0, 1], "fractions": [0.1, 0.5, 1.0]},
+    }
     plan = make_plan(validate_suite(data))
     [task] = plan.tasks
     labels = np.asarray(task.train_labels)
@@ -126,12 +146,16 @@ def test_few_shot_fractions_take_the_documented_rows_per_class(tmp_path):
 
 def test_fit_key_depends_on_everything_that_changes_the_result():
     base = resolve_hparams("nmtune", lam=0.01, depth=1)
-    keys = {fit_key("a", base, 0, 1.0), fit_key("b", base, 0, 1.0),
-            fit_key("a", resolve_hparams("nmtune", lam=0.1, depth=1), 0, 1.0),
-            fit_key("a", resolve_hparams("nmtune", lam=0.01, depth=2), 0, 1.0),
-            fit_key("a", resolve_hparams("nmtune", lam=0.01, depth=1, preset="paper"), 0, 1.0),
-            fit_key("a", resolve_hparams("nmtune", lam=0.01, depth=1, epochs=3), 0, 1.0),
-            fit_key("a", base, 1, 1.0), fit_key("a", base, 0, 0.5)}
+    keys = {
+        fit_key("a", base, 0, 1.0),
+        fit_key("b", base, 0, 1.0),
+        fit_key("a", resolve_hparams("nmtune", lam=0.1, depth=1), 0, 1.0),
+        fit_key("a", resolve_hparams("nmtune", lam=0.01, depth=2), 0, 1.0),
+        fit_key("a", resolve_hparams("nmtune", lam=0.01, depth=1, preset="paper"), 0, 1.0),
+        fit_key("a", resolve_hparams("nmtune", lam=0.01, depth=1, epochs=3), 0, 1.0),
+        fit_key("a", base, 1, 1.0),
+        fit_key("a", base, 0, 0.5),
+    }
     assert len(keys) == 8
     assert fit_key("a", base, 0, 1.0) == fit_key("a", resolve_hparams("nmtune", lam=0.01, depth=1), 0, 1.0)
 
@@ -176,7 +200,11 @@ def test_plan_status_counts_what_earlier_runs_left(tmp_path, quick):
     fresh = {s.stage: s for s in plan_status(plan, uri, "quick")}
     assert [(s.total, s.done) for s in fresh.values()] == [(7, 0), (42, 0), (420, 0)]
     sup = plan.pretrain[0]
-    assert fresh["pre-training"].work_left == sum(j.train_subset * j.epochs for j in plan.pretrain) == 5 * 10000 * 2 + 2 * 10000 * 3
+    assert (
+        fresh["pre-training"].work_left
+        == sum(j.train_subset * j.epochs for j in plan.pretrain)
+        == 5 * 10000 * 2 + 2 * 10000 * 3
+    )
     # mark one job done and one pair cached, as the stages do
     (tmp_path / "pretrain" / sup.key).mkdir(parents=True)
     (tmp_path / "pretrain" / sup.key / "done.json").write_text("{}")
@@ -184,9 +212,19 @@ def test_plan_status_counts_what_earlier_runs_left(tmp_path, quick):
     marker.parent.mkdir(parents=True)
     marker.write_text("{}")
     (tmp_path / "runs").mkdir()
-    (tmp_path / "runs" / "quick-1.json").write_text(json.dumps(
-        {"pretrain_total": 7, "pretrain_reused": 3, "pretrain_failed": [], "pairs_extracted": 10,
-         "fits_run": 100, "fits_failed": 0, "seconds": {"pretrain": 80.0, "features": 20.0, "heads": 50.0}}))
+    (tmp_path / "runs" / "quick-1.json").write_text(
+        json.dumps(
+            {
+                "pretrain_total": 7,
+                "pretrain_reused": 3,
+                "pretrain_failed": [],
+                "pairs_extracted": 10,
+                "fits_run": 100,
+                "fits_failed": 0,
+                "seconds": {"pretrain": 80.0, "features": 20.0, "heads": 50.0},
+            }
+        )
+    )
     now = {s.stage: s for s in plan_status(plan, uri, "quick")}
     assert (now["pre-training"].done, now["features"].done, now["head fits"].done) == (1, 1, 0)
     assert now["pre-training"].work_left == fresh["pre-training"].work_left - sup.train_subset * sup.epochs
@@ -198,9 +236,12 @@ def test_plan_status_counts_what_earlier_runs_left(tmp_path, quick):
 def test_plan_command_prints_stages_and_writes_nothing(tmp_path):
     from benchmark.cli import app
 
-    suite = {"name": "p", "work_dir": str(tmp_path / "w"),
-             "backbones": [{"family": "timm", "arch": "test_resnet", "image_size": 28, "seed": 0}],
-             "downstream": {"id": ["sklearn-digits"], "ood": ["digits-from-fonts"], "grid": {"lam": [0.01, 0.1]}}}
+    suite = {
+        "name": "p",
+        "work_dir": str(tmp_path / "w"),
+        "backbones": [{"family": "timm", "arch": "test_resnet", "image_size": 28, "seed": 0}],
+        "downstream": {"id": ["sklearn-digits"], "ood": ["digits-from-fonts"], "grid": {"lam": [0.01, 0.1]}},
+    }
     path = tmp_path / "p.yaml"
     path.write_text(yaml.safe_dump(suite))
     res = CliRunner().invoke(app, ["plan", str(path)])
@@ -210,7 +251,10 @@ def test_plan_command_prints_stages_and_writes_nothing(tmp_path):
     res = CliRunner().invoke(app, ["plan", str(path), "--json"])
     stages = json.loads(res.output)
     assert [(s["stage"], s["total"], s["todo"]) for s in stages] == [
-        ("pre-training", 0, 0), ("features", 2, 2), ("head fits", 8, 8)]
+        ("pre-training", 0, 0),
+        ("features", 2, 2),
+        ("head fits", 8, 8),
+    ]
     assert not (tmp_path / "w").exists()
 
 
@@ -219,10 +263,17 @@ def test_checkpoint_epochs_make_one_backbone_per_epoch_from_one_run(tmp_path):
     (ratio, seed), one backbone row ``<name>@e<epoch>`` per epoch; the last epoch reads
     ``model.pt`` under the run's own key (its features are those of a plain suite), earlier ones
     their snapshot; a failed run takes every epoch's backbone with it."""
-    block = {"name": "cnn", "objective": "supervised", "corpus": "fashion-mnist", "arch": "test_resnet",
-             "noise": {"ratios": [0.0, 0.1]}, "seeds": [0, 1], "epochs": 4, "train_subset": 100}
-    base = {"name": "ce", "work_dir": str(tmp_path),
-            "downstream": {"id": ["sklearn-digits"], "methods": ["lp"]}}
+    block = {
+        "name": "cnn",
+        "objective": "supervised",
+        "corpus": "fashion-mnist",
+        "arch": "test_resnet",
+        "noise": {"ratios": [0.0, 0.1]},
+        "seeds": [0, 1],
+        "epochs": 4,
+        "train_subset": 100,
+    }
+    base = {"name": "ce", "work_dir": str(tmp_path), "downstream": {"id": ["sklearn-digits"], "methods": ["lp"]}}
     plain = make_plan(validate_suite({**base, "pretrain": [block]}))
     plan = make_plan(validate_suite({**base, "pretrain": [{**block, "checkpoint_epochs": [4, 2]}]}))
     assert len(plan.pretrain) == 4 and len(plan.backbones) == 8

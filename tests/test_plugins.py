@@ -51,7 +51,8 @@ def _broken_distribution(site: Path) -> None:
     (info / "METADATA").write_text("Metadata-Version: 2.1\nName: broken-toy\nVersion: 0.1\n")
     (info / "entry_points.txt").write_text(
         "[nmlbench.backbones]\nbroken = nmlbench_module_that_does_not_exist:factory\n"
-        "timm = nmlbench_toy_plugin:create_toy_backbone\n")
+        "timm = nmlbench_toy_plugin:create_toy_backbone\n"
+    )
 
 
 @pytest.fixture(scope="module")
@@ -61,9 +62,24 @@ def plugin_site(tmp_path_factory: pytest.TempPathFactory) -> Path:
     # build from a copy so setuptools' build/ and egg-info never land in the repository
     shutil.copytree(PLUGIN_SRC, src, ignore=shutil.ignore_patterns("build", "*.egg-info"))
     res = subprocess.run(
-        [sys.executable, "-m", "pip", "install", "--no-deps", "--no-build-isolation", "--no-index",
-         "--disable-pip-version-check", "--quiet", "--target", str(site), str(src)],
-        capture_output=True, text=True, timeout=120)
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "install",
+            "--no-deps",
+            "--no-build-isolation",
+            "--no-index",
+            "--disable-pip-version-check",
+            "--quiet",
+            "--target",
+            str(site),
+            str(src),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert res.returncode == 0, res.stdout + res.stderr
     assert (site / "nmlbench_toy_plugin" / "__init__.py").is_file()
     _broken_distribution(site)
@@ -72,8 +88,9 @@ def plugin_site(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def test_installed_plugin_is_listed_and_builds(plugin_site: Path) -> None:
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(plugin_site), str(REPO)])}
-    res = subprocess.run([sys.executable, "-c", _SCRIPT], capture_output=True, text=True,
-                         cwd=REPO, env=env, timeout=120)
+    res = subprocess.run(
+        [sys.executable, "-c", _SCRIPT], capture_output=True, text=True, cwd=REPO, env=env, timeout=120
+    )
     assert res.returncode == 0, res.stderr
     out = json.loads(res.stdout.strip().splitlines()[-1])
 
@@ -104,9 +121,12 @@ def test_installed_plugin_is_used_by_a_suite_through_the_cli(plugin_site: Path, 
     listed = subprocess.run([nmlbench, "backbones"], capture_output=True, text=True, env=env, timeout=120)
     assert listed.returncode == 0 and "toy" in listed.stdout, listed.stdout + listed.stderr
 
-    suite = {"name": "plugin-suite", "work_dir": str(tmp_path / "work"),
-             "backbones": [{"family": "toy", "name": "toy-proj", "dim": 32, "image_size": 8, "seed": 1}],
-             "downstream": {"id": ["sklearn-digits"], "methods": ["lp"], "max_train": 400}}
+    suite = {
+        "name": "plugin-suite",
+        "work_dir": str(tmp_path / "work"),
+        "backbones": [{"family": "toy", "name": "toy-proj", "dim": 32, "image_size": 8, "seed": 1}],
+        "downstream": {"id": ["sklearn-digits"], "methods": ["lp"], "max_train": 400},
+    }
     path = tmp_path / "plugin-suite.yaml"
     path.write_text(yaml.safe_dump(suite))
     run = subprocess.run([nmlbench, "run", str(path)], capture_output=True, text=True, env=env, timeout=600)

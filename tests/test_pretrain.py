@@ -26,6 +26,7 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from support import imagenet_root_from_arrays
 
 from benchmark.captions import CAPTION_TEMPLATES, class_captions
 from benchmark.errors import ConfigError
@@ -44,17 +45,36 @@ from benchmark.pretrain import (
     run_pretrain_jobs,
     subset_indices,
 )
-from support import imagenet_root_from_arrays
 
 N = 1000  # training images per supervised job
-SUP = PretrainJob(objective="supervised", corpus="fashion-mnist", arch="test_resnet",
-                  noise_kind="symmetric", noise_ratio=0.2, seed=0, epochs=3, batch_size=64,
-                  lr=2e-3, image_size=32, train_subset=N)
+SUP = PretrainJob(
+    objective="supervised",
+    corpus="fashion-mnist",
+    arch="test_resnet",
+    noise_kind="symmetric",
+    noise_ratio=0.2,
+    seed=0,
+    epochs=3,
+    batch_size=64,
+    lr=2e-3,
+    image_size=32,
+    train_subset=N,
+)
 # Long enough to leave the InfoNCE plateau at log(batch): ~190 steps of 32 pairs.
 N_CLIP = 2000
-CLIP = PretrainJob(objective="clip", corpus="fashion-mnist", arch="nml-tiny-clip",
-                   noise_kind="swap", noise_ratio=0.3, seed=0, epochs=3, batch_size=32,
-                   lr=1e-3, image_size=32, train_subset=N_CLIP)
+CLIP = PretrainJob(
+    objective="clip",
+    corpus="fashion-mnist",
+    arch="nml-tiny-clip",
+    noise_kind="swap",
+    noise_ratio=0.3,
+    seed=0,
+    epochs=3,
+    batch_size=32,
+    lr=1e-3,
+    image_size=32,
+    train_subset=N_CLIP,
+)
 # One shared trainer, killed twice. FAULT_A is SUP itself (in another work dir): resumed after
 # the kill, it must end bit for bit where SUP's uninterrupted run ends.
 # FAULT_B also keeps its weights after epochs 1 and 2 (suite checkpoint_epochs: [1, 2, 3]); both
@@ -63,12 +83,21 @@ FAULT_A, FAULT_B = SUP, replace(SUP, seed=2, snapshot_epochs=(1, 2))
 BROKEN = replace(SUP, arch="no_such_arch_xyz")
 # The streaming path: the same 1000 images as JPEG files, two workers, the real-corpus recipe.
 # Another key (global batch 2 x 64 x 2): trained in a work dir of its own.
-TWO = replace(SUP, corpus="imagenet", train_subset=None, workers=2, augment="crop_flip",
-              crop_scale=(0.35, 1.0), warmup_epochs=0.5, grad_accum=2)
+TWO = replace(
+    SUP,
+    corpus="imagenet",
+    train_subset=None,
+    workers=2,
+    augment="crop_flip",
+    crop_scale=(0.35, 1.0),
+    warmup_epochs=0.5,
+    grad_accum=2,
+)
 RUN_KW = {"cpus_per_worker": 0.5, "progress": False, "max_failures": 2}
 
 
 # -- fast tests: no Ray ----------------------------------------------------------------------
+
 
 def test_class_captions_are_seeded_and_name_the_class() -> None:
     labels = np.arange(200) % 4
@@ -77,8 +106,7 @@ def test_class_captions_are_seeded_and_name_the_class() -> None:
     assert a == class_captions(labels, classes, seed=3)
     assert a != class_captions(labels, classes, seed=4)
     names = [c.replace("_", " ") for c in classes]
-    templates = [next(t for t in CAPTION_TEMPLATES if t.format(c=names[y]) == c)
-                 for c, y in zip(a, labels)]
+    templates = [next(t for t in CAPTION_TEMPLATES if t.format(c=names[y]) == c) for c, y in zip(a, labels)]
     assert len(set(templates)) == len(CAPTION_TEMPLATES)  # every template drawn, none fixed
     with pytest.raises(ConfigError, match="do(es)? not fit"):
         class_captions([0, 5], ["a", "b"])
@@ -152,8 +180,9 @@ def test_decoded_files_match_the_feature_transform(image_root) -> None:
     split = get_dataset("imagenet", image_root).split("train")
     tf = make_transform(32, PRETRAIN_MEAN, PRETRAIN_STD)
     for i in (0, 517, 999):
-        ours = preprocess(torch.from_numpy(decode_item(split, i, 32)).permute(2, 0, 1)[None],
-                          32, PRETRAIN_MEAN, PRETRAIN_STD)[0]
+        ours = preprocess(
+            torch.from_numpy(decode_item(split, i, 32)).permute(2, 0, 1)[None], 32, PRETRAIN_MEAN, PRETRAIN_STD
+        )[0]
         assert torch.allclose(ours, tf(split[i][0]), atol=1e-6)  # same uint8 pixels; float32 normalising: ~1e-7
 
 
@@ -170,8 +199,7 @@ def test_instance_noise_on_files_streams_thumbnails(image_root) -> None:
     assert feats.shape == (N, 8 * 8 * 3) and feats.dtype == np.float32
     assert np.array_equal(feats, instance_features(split, 8, loader_workers=0))
     assert np.allclose(feats[517], decode_item(split, 517, 8).reshape(-1) / 255.0)  # float32 vs float64 of v/255
-    job = replace(SUP, corpus="imagenet", data_root=str(image_root), train_subset=None,
-                  noise_kind="instance")
+    job = replace(SUP, corpus="imagenet", data_root=str(image_root), train_subset=None, noise_kind="instance")
     ts = build_training_set(job)
     expect = flip_labels(split.labels, 10, 0.2, kind="instance", seed=0, features=feats)
     assert np.array_equal(ts.labels.targets, expect.noisy_labels)
@@ -220,13 +248,17 @@ def test_memorisation_metrics_count_what_they_say() -> None:
     logits = torch.nn.functional.one_hot(pred, 3).float() * 5
     _, sums = supervised_step(lambda x: logits, torch.zeros(7, 1), noisy, clean, flipped)
     m = epoch_metrics("supervised", sums.tolist())  # counts over n in float64: approx's 1e-6 is ample
-    assert m["train_accuracy"] == pytest.approx(4 / 7)      # 0, 1, 3 and 4 agree with their label
-    assert m["clean_accuracy"] == pytest.approx(3 / 7)      # 0, 1 and 5 are right
+    assert m["train_accuracy"] == pytest.approx(4 / 7)  # 0, 1, 3 and 4 agree with their label
+    assert m["clean_accuracy"] == pytest.approx(3 / 7)  # 0, 1 and 5 are right
     assert m["unflipped_accuracy"] == pytest.approx(2 / 3)  # sample 2 is wrong
-    assert m["noisy_fit"] == pytest.approx(2 / 4)           # 3 and 4 memorised their wrong label
-    assert m["true_fit"] == pytest.approx(1 / 4)            # 5 kept its true class (6: neither)
-    assert "noisy_fit" not in epoch_metrics("supervised", supervised_step(
-        lambda x: logits, torch.zeros(7, 1), clean, clean, torch.zeros(7, dtype=torch.bool))[1].tolist())
+    assert m["noisy_fit"] == pytest.approx(2 / 4)  # 3 and 4 memorised their wrong label
+    assert m["true_fit"] == pytest.approx(1 / 4)  # 5 kept its true class (6: neither)
+    assert "noisy_fit" not in epoch_metrics(
+        "supervised",
+        supervised_step(lambda x: logits, torch.zeros(7, 1), clean, clean, torch.zeros(7, dtype=torch.bool))[
+            1
+        ].tolist(),
+    )
 
     img = torch.eye(4)
     txt = torch.tensor([[1.0, 0, 0, 0], [0, 0, 1, 0], [0, 1, 0, 0], [0, 0, 0, 1]])
@@ -258,15 +290,14 @@ def test_small_jobs_share_trainers_balanced_by_work() -> None:
     from benchmark.pretrain import shares_trainer, trainer_lists
 
     sup = [replace(SUP, noise_ratio=r) for r in (0.0, 0.1, 0.2, 0.3, 0.4)]  # 3000 images each
-    clip = [replace(CLIP, noise_ratio=r) for r in (0.0, 0.3)]              # 6000 images each
+    clip = [replace(CLIP, noise_ratio=r) for r in (0.0, 0.3)]  # 6000 images each
     big = replace(SUP, workers=2)
     gpu = replace(SUP, gpus_per_worker=1.0)
     assert not shares_trainer(big) and not shares_trainer(gpu) and shares_trainer(SUP)
     lists = trainer_lists([*sup, big, *clip, gpu], max_concurrent=2)
     assert lists[:2] == [[big], [gpu]]  # big jobs keep a trainer each
     small = lists[2:]
-    assert len(small) == 2 and sorted(j.key for g in small for j in g) == sorted(
-        j.key for j in [*sup, *clip])
+    assert len(small) == 2 and sorted(j.key for g in small for j in g) == sorted(j.key for j in [*sup, *clip])
     work = [sum(j.train_subset * j.epochs for j in g) for g in small]
     assert work == [15000, 12000]  # the two CLIP jobs apart, the five others around them
     assert all(g[0].objective == "clip" for g in small)
@@ -304,6 +335,7 @@ def test_param_digest_sees_parameters_not_buffers() -> None:
 
 # -- slow tests: real Ray Train fits, shared ------------------------------------------------
 
+
 @pytest.fixture(scope="module")
 def ray_cluster():
     import ray
@@ -336,17 +368,33 @@ def trained(ray_cluster, image_root, tmp_path_factory):
     two_job = replace(TWO, data_root=str(image_root))
     t0 = time.perf_counter()
     with ThreadPoolExecutor(2) as pool:
-        fault = pool.submit(run_pretrain_jobs, [FAULT_A, FAULT_B], work_fault, max_concurrent=1,
-                            fault_kill_after_epoch=1, **RUN_KW)
+        fault = pool.submit(
+            run_pretrain_jobs, [FAULT_A, FAULT_B], work_fault, max_concurrent=1, fault_kill_after_epoch=1, **RUN_KW
+        )
         two = pool.submit(run_pretrain, two_job, work_two, **{**RUN_KW, "cpus_per_worker": 0.25})
         events: list[tuple[str, ...]] = []
-        results = run_pretrain_jobs([SUP, CLIP, BROKEN], work, max_concurrent=2,
-                                    on_result=lambda r: events.append(("result", r.key)),
-                                    on_slot_free=lambda: events.append(("slot free",)), **RUN_KW)
+        results = run_pretrain_jobs(
+            [SUP, CLIP, BROKEN],
+            work,
+            max_concurrent=2,
+            on_result=lambda r: events.append(("result", r.key)),
+            on_slot_free=lambda: events.append(("slot free",)),
+            **RUN_KW,
+        )
         fault_results, two_result = fault.result(), two.result()
-    return {"work": work, "sup": results[0], "clip": results[1], "broken": results[2], "events": events,
-            "fault": fault_results, "work_fault": work_fault, "two": two_result,
-            "two_job": two_job, "work_two": work_two, "seconds": time.perf_counter() - t0}
+    return {
+        "work": work,
+        "sup": results[0],
+        "clip": results[1],
+        "broken": results[2],
+        "events": events,
+        "fault": fault_results,
+        "work_fault": work_fault,
+        "two": two_result,
+        "two_job": two_job,
+        "work_two": work_two,
+        "seconds": time.perf_counter() - t0,
+    }
 
 
 def _npz(path: Path) -> dict[str, np.ndarray]:
@@ -379,10 +427,8 @@ def test_supervised_job_learns_and_writes_its_outputs(trained) -> None:
     # Memorisation, per epoch, from the flipped mask that travels with the label table: the
     # 800 unflipped and 200 flipped samples split both accuracies exactly (counts; float64 ratios) ...
     for e in m:
-        assert e["clean_accuracy"] * N == pytest.approx(
-            e["unflipped_accuracy"] * 800 + e["true_fit"] * 200)
-        assert e["train_accuracy"] * N == pytest.approx(
-            e["unflipped_accuracy"] * 800 + e["noisy_fit"] * 200)
+        assert e["clean_accuracy"] * N == pytest.approx(e["unflipped_accuracy"] * 800 + e["true_fit"] * 200)
+        assert e["train_accuracy"] * N == pytest.approx(e["unflipped_accuracy"] * 800 + e["noisy_fit"] * 200)
         assert e["noisy_fit"] + e["true_fit"] <= 1.0
     # ... and three short epochs fit the true class of a flipped sample far more often than its
     # noisy one: the early-learning phase before memorisation.
@@ -533,8 +579,13 @@ def test_a_private_instance_starts_no_workers_ahead_of_demand() -> None:
     import subprocess
     import sys
 
-    out = subprocess.run([sys.executable, "-c", _WORKERS_SCRIPT], capture_output=True, text=True, timeout=120,
-                         cwd=Path(__file__).resolve().parents[1])
+    out = subprocess.run(
+        [sys.executable, "-c", _WORKERS_SCRIPT],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=Path(__file__).resolve().parents[1],
+    )
     assert out.returncode == 0, out.stderr[-2000:]
     assert "before 0 task 7" in out.stdout, out.stdout
 
@@ -545,9 +596,15 @@ def test_no_slot_is_offered_while_a_trainer_waits_to_start(ray_cluster, tmp_path
     Train (unknown architecture), so the order is the launcher's alone."""
     broken = [replace(BROKEN, seed=s) for s in range(3)]
     events: list[str] = []
-    results = run_pretrain_jobs(broken, tmp_path, max_concurrent=2, group_small=False,
-                                on_result=lambda r: events.append("result"),
-                                on_slot_free=lambda: events.append("slot free"), **RUN_KW)
+    results = run_pretrain_jobs(
+        broken,
+        tmp_path,
+        max_concurrent=2,
+        group_small=False,
+        on_result=lambda r: events.append("result"),
+        on_slot_free=lambda: events.append("slot free"),
+        **RUN_KW,
+    )
     assert all(not r.ok and "no_such_arch_xyz" in r.error for r in results)
     assert events == ["result", "result", "slot free", "result"]
 
@@ -566,14 +623,14 @@ def test_jobs_sharing_a_trainer_resume_one_by_one_after_kills(trained) -> None:
     assert (run_dir / "fault_injected_job00_after_epoch_1").is_file()
     assert (run_dir / "fault_injected_job01_after_epoch_1").is_file()
     for r in (a, b):
-        assert [e["epoch"] for e in r.metrics] == [0, 1, 2]              # no epoch trained twice
+        assert [e["epoch"] for e in r.metrics] == [0, 1, 2]  # no epoch trained twice
         assert [e["resumed_from_epoch"] for e in r.metrics] == [-1, -1, 1]
         assert r.metrics[-1]["loss"] < r.metrics[0]["loss"]
         done = json.loads((job_dir(r.job, trained["work_fault"]) / "done.json").read_text())
-        assert done["trainer"]["name"] == name and done["trainer"]["jobs"] == [FAULT_A.key,
-                                                                             FAULT_B.key]
+        assert done["trainer"]["name"] == name and done["trainer"]["jobs"] == [FAULT_A.key, FAULT_B.key]
         assert done["ray_run_dir"] == str(run_dir)
     assert a.metrics[-1]["ranks"][0]["param_digest"] != b.metrics[-1]["ranks"][0]["param_digest"]
+
     # Resuming is exact, not close: A (= SUP) killed after epoch 1 and resumed from its checkpoint
     # has the uninterrupted run's losses, accuracies and parameters bit for bit (same machine,
     # one thread each, deterministic algorithms, RNG reseeded per epoch: benchmark.determinism).
@@ -610,8 +667,9 @@ def test_snapshots_are_the_weights_after_their_epochs_and_survive_a_resume(train
         path = out / ("model.pt" if epoch == 3 else snapshot_file(epoch))
         ckpt = load_pretrain_checkpoint(path)
         assert ckpt["job"].get("epoch", 3) == epoch and ckpt["job"]["key"] == FAULT_B.key
-        net, _ = build_model({"objective": "supervised", "arch": "test_resnet", "num_classes": 10,
-                              "image_size": 32, "seed": 0})
+        net, _ = build_model(
+            {"objective": "supervised", "arch": "test_resnet", "num_classes": 10, "image_size": 32, "seed": 0}
+        )
         net.load_state_dict(ckpt["state_dict"])
         assert param_digest(net) == digests[epoch - 1], epoch
     assert load_done(FAULT_B, trained["work_fault"]) is not None
@@ -657,9 +715,11 @@ def test_two_workers_stream_disjoint_shards_and_average_their_gradients(trained)
     assert len({e["ranks"][0]["index_digest"] for e in r.metrics}) == 3  # reshuffled each epoch
     assert len({e["ranks"][0]["param_digest"] for e in r.metrics}) == 3  # and it does train
     assert r.metrics[-1]["loss"] < r.metrics[0]["loss"]
-    assert all((e["world_size"], e["batch_per_worker"], e["global_batch"], e["steps_per_epoch"])
-               == (1, SUP.batch_size, SUP.batch_size, math.ceil(N / SUP.batch_size))
-               for e in one.metrics)
+    assert all(
+        (e["world_size"], e["batch_per_worker"], e["global_batch"], e["steps_per_epoch"])
+        == (1, SUP.batch_size, SUP.batch_size, math.ceil(N / SUP.batch_size))
+        for e in one.metrics
+    )
 
     # The noisy labels do not depend on the worker count: the driver draws them on the label
     # table alone, exactly as for a one-worker job on the same files.
@@ -677,8 +737,7 @@ def test_two_workers_stream_disjoint_shards_and_average_their_gradients(trained)
 
     # One report per epoch, each carrying one checkpoint (rank 0's); Ray keeps the last two.
     out = job_dir(job, trained["work_two"])
-    assert sorted(p.name for p in out.iterdir()) == ["done.json", "model.pt", "noise.json",
-                                                     "noise.npz"]
+    assert sorted(p.name for p in out.iterdir()) == ["done.json", "model.pt", "noise.json", "noise.npz"]
     run_dir = trained["work_two"] / "ray_results" / job.key
     snap = json.loads((run_dir / "checkpoint_manager_snapshot.json").read_text())
     assert snap["current_report_index"] == 3 and snap["checkpoint_report_indices"] == [1, 2]
@@ -693,8 +752,7 @@ def test_progress_counts_every_epoch_of_every_job(ray_cluster, tmp_path, capfd) 
     small jobs of 2 epochs sharing one trainer: 4 epochs), as the features and heads stages do;
     without it, no bar."""
     jobs = [replace(SUP, train_subset=128, epochs=2, seed=s) for s in (5, 6)]
-    results = run_pretrain_jobs(jobs, tmp_path, max_concurrent=1,
-                                **{**RUN_KW, "progress": True})
+    results = run_pretrain_jobs(jobs, tmp_path, max_concurrent=1, **{**RUN_KW, "progress": True})
     assert all(r.ok for r in results)
     err = capfd.readouterr().err
     assert "pre-training: 100%" in err and "4/4" in err, err[-2000:]

@@ -21,10 +21,24 @@ from benchmark.pretrain import (
     noise_problem,
 )
 
-SUP = PretrainJob(objective="supervised", corpus="fashion-mnist", arch="test_resnet",
-                  noise_kind="symmetric", noise_ratio=0.2, batch_size=64, train_subset=1000)
-CLIP = PretrainJob(objective="clip", corpus="fashion-mnist", arch="nml-tiny-clip",
-                   noise_kind="swap", noise_ratio=0.3, batch_size=100, train_subset=1000)
+SUP = PretrainJob(
+    objective="supervised",
+    corpus="fashion-mnist",
+    arch="test_resnet",
+    noise_kind="symmetric",
+    noise_ratio=0.2,
+    batch_size=64,
+    train_subset=1000,
+)
+CLIP = PretrainJob(
+    objective="clip",
+    corpus="fashion-mnist",
+    arch="nml-tiny-clip",
+    noise_kind="swap",
+    noise_ratio=0.3,
+    batch_size=100,
+    train_subset=1000,
+)
 
 
 def test_bad_jobs_are_rejected_before_anything_runs() -> None:
@@ -47,21 +61,27 @@ def test_bad_jobs_are_rejected_before_anything_runs() -> None:
     check_job(replace(SUP, noise_kind="asymmetric", class_map={3: 5}))  # a valid one passes
 
 
-@pytest.mark.parametrize("objective,kind,class_map", [
-    ("clip", "symmetric", None),
-    ("supervised", "swap", None),
-    ("supervised", "asymmetric", None),
-    ("supervised", "pairflip", {3: 5}),
-])
+@pytest.mark.parametrize(
+    "objective,kind,class_map",
+    [
+        ("clip", "symmetric", None),
+        ("supervised", "swap", None),
+        ("supervised", "asymmetric", None),
+        ("supervised", "pairflip", {3: 5}),
+    ],
+)
 def test_suite_loader_and_launcher_say_the_same(objective, kind, class_map) -> None:
     """The suite file and a hand-built job fail with the one message of ``noise_problem``."""
     problem = noise_problem(objective, kind, class_map)
     assert problem
-    block = {"objective": objective, "corpus": "fashion-mnist", "arch": "a",
-             "noise": {"kind": kind, **({"class_map": class_map} if class_map else {})}}
+    block = {
+        "objective": objective,
+        "corpus": "fashion-mnist",
+        "arch": "a",
+        "noise": {"kind": kind, **({"class_map": class_map} if class_map else {})},
+    }
     with pytest.raises(ConfigError) as suite_err:
-        validate_suite({"name": "t", "pretrain": [block], "downstream": {"id": ["mnist-5k"]}},
-                       check_names=False)
+        validate_suite({"name": "t", "pretrain": [block], "downstream": {"id": ["mnist-5k"]}}, check_names=False)
     assert f"pretrain[0]: {problem}" in str(suite_err.value)
     job = replace(SUP, objective=objective, noise_kind=kind, class_map=class_map)
     with pytest.raises(ConfigError) as job_err:
@@ -100,12 +120,20 @@ def test_recipe_keys_enter_the_key_only_when_they_change_the_recipe() -> None:
     from benchmark.pretrain import RECIPE_DEFAULTS
 
     fast = ("channels_last", "cpus_per_worker", "loader_workers")
-    before = {k: v for k, v in asdict(SUP).items()
-              if k not in ("gpus_per_worker", "display", "data_root", *RECIPE_DEFAULTS, *fast)}
+    before = {
+        k: v
+        for k, v in asdict(SUP).items()
+        if k not in ("gpus_per_worker", "display", "data_root", *RECIPE_DEFAULTS, *fast)
+    }
     assert SUP.key == config_hash({"kind": "pretrain", **before})
     assert SUP.key == "586dda2d70a7cae7"  # pinned: the key main gave this job before
-    for name, value in (("augment", "crop_flip"), ("crop_scale", (0.35, 1.0)),
-                        ("warmup_epochs", 1.0), ("grad_accum", 2), ("precision", "bf16")):
+    for name, value in (
+        ("augment", "crop_flip"),
+        ("crop_scale", (0.35, 1.0)),
+        ("warmup_epochs", 1.0),
+        ("grad_accum", 2),
+        ("precision", "bf16"),
+    ):
         assert replace(SUP, **{name: value}).key != SUP.key, name
     assert replace(SUP, crop_scale=[0.08, 1.0]).key == SUP.key  # a YAML list, same values
     assert replace(SUP, channels_last=False, cpus_per_worker=4.0, loader_workers=3).key == SUP.key
@@ -114,36 +142,52 @@ def test_recipe_keys_enter_the_key_only_when_they_change_the_recipe() -> None:
     assert SUP.loader_processes == 1 and replace(SUP, loader_workers=0).loader_processes == 0
 
 
-@pytest.mark.parametrize("field,value,message", [
-    ("augment", "mixup", "augment 'mixup' is unknown"),
-    ("precision", "fp16", "precision 'fp16' is unknown"),
-    ("crop_scale", (0.5, 0.2), "crop_scale [0.5, 0.2] must be two area shares"),
-    ("warmup_epochs", 3.0, "warmup_epochs 3.0 must be >= 0 and below epochs (3)"),
-])
+@pytest.mark.parametrize(
+    "field,value,message",
+    [
+        ("augment", "mixup", "augment 'mixup' is unknown"),
+        ("precision", "fp16", "precision 'fp16' is unknown"),
+        ("crop_scale", (0.5, 0.2), "crop_scale [0.5, 0.2] must be two area shares"),
+        ("warmup_epochs", 3.0, "warmup_epochs 3.0 must be >= 0 and below epochs (3)"),
+    ],
+)
 def test_recipe_rules_say_the_same_in_suite_and_job(field, value, message) -> None:
     job = replace(SUP, epochs=3, **{field: value})
-    with pytest.raises(ConfigError, match=message.replace("(", r"\(").replace(")", r"\)")
-                       .replace("[", r"\[").replace("]", r"\]")):
+    with pytest.raises(
+        ConfigError, match=message.replace("(", r"\(").replace(")", r"\)").replace("[", r"\[").replace("]", r"\]")
+    ):
         check_job(job)
     if field in ("augment", "precision"):
         return  # the schema's Literal rejects these itself, naming the allowed values
-    block = {"objective": "supervised", "corpus": "fashion-mnist", "arch": "a", "epochs": 3,
-             field: list(value) if isinstance(value, tuple) else value}
+    block = {
+        "objective": "supervised",
+        "corpus": "fashion-mnist",
+        "arch": "a",
+        "epochs": 3,
+        field: list(value) if isinstance(value, tuple) else value,
+    }
     with pytest.raises(ConfigError) as err:
-        validate_suite({"name": "t", "pretrain": [block], "downstream": {"id": ["mnist-5k"]}},
-                       check_names=False)
+        validate_suite({"name": "t", "pretrain": [block], "downstream": {"id": ["mnist-5k"]}}, check_names=False)
     assert f"pretrain[0]: {message}" in str(err.value)
 
 
 def test_job_rules_import_without_torch_or_ray() -> None:
     """``nmlbench validate`` and the suite loader stay light: no torch, no Ray."""
-    code = ("import sys; import benchmark.pretrain.job; import benchmark.config; "
-            "from benchmark.pretrain import PretrainJob, check_job, noise_problem; "
-            "heavy = sorted(m for m in ('torch', 'ray') if m in sys.modules); "
-            "print(','.join(heavy) or 'light')")
+    code = (
+        "import sys; import benchmark.pretrain.job; import benchmark.config; "
+        "from benchmark.pretrain import PretrainJob, check_job, noise_problem; "
+        "heavy = sorted(m for m in ('torch', 'ray') if m in sys.modules); "
+        "print(','.join(heavy) or 'light')"
+    )
     root = Path(__file__).resolve().parents[1]
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                         cwd=root, env={"PYTHONPATH": str(root), "PATH": ""}, check=True)
+    out = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        cwd=root,
+        env={"PYTHONPATH": str(root), "PATH": ""},
+        check=True,
+    )
     assert out.stdout.strip() == "light", out.stdout + out.stderr
 
 
@@ -172,8 +216,7 @@ def test_suite_job_keys_are_those_of_before(suite: str) -> None:
     digest = hashlib.sha256(" ".join(keys).encode()).hexdigest()[:16]
     assert (digest, len(keys)) == PINNED_SUITE_KEYS[suite]
     if suite == "quick":
-        assert [j.key for j in pretrain_jobs(s)][:3] == ["05675135b9fe36fa", "09047ba622b0006f",
-                                                        "aef531d2600b7d9d"]
+        assert [j.key for j in pretrain_jobs(s)][:3] == ["05675135b9fe36fa", "09047ba622b0006f", "aef531d2600b7d9d"]
 
 
 def test_the_recipe_is_declared_once() -> None:
@@ -191,10 +234,15 @@ def test_the_recipe_is_declared_once() -> None:
         assert name in block_fields, name
         if name not in ("objective", "corpus", "arch"):
             assert block_fields[name].get_default(call_default_factory=True) == job_default(name), name
-    block = {"objective": "supervised", "corpus": "fashion-mnist", "arch": "test_resnet",
-             "batch_size": 64, "train_subset": 1000, "noise": {"ratios": [0.2]}}
-    suite = validate_suite({"name": "t", "pretrain": [block], "downstream": {"id": ["mnist-5k"]}},
-                           check_names=False)
+    block = {
+        "objective": "supervised",
+        "corpus": "fashion-mnist",
+        "arch": "test_resnet",
+        "batch_size": 64,
+        "train_subset": 1000,
+        "noise": {"ratios": [0.2]},
+    }
+    suite = validate_suite({"name": "t", "pretrain": [block], "downstream": {"id": ["mnist-5k"]}}, check_names=False)
     (job,) = pretrain_jobs(suite)
     assert job == replace(SUP, display="test_resnet-supervised") and job.key == SUP.key
     cfg = SUP.worker_config()

@@ -25,7 +25,7 @@ from benchmark.probe import (
     resolve_hparams,
     train_head,
 )
-from benchmark.spectrum import lsvr, spectrum_summary
+from benchmark.spectrum import lsvr
 
 EVAL_KEYS = {"accuracy", "macro_f1", "sve", "lsvr", "sve_raw", "lsvr_raw", "n"}
 
@@ -60,8 +60,15 @@ def test_lp_record_shape_curves_and_selection():
     rec = fit_and_evaluate("lp", tx, ty, sx, sy)
     assert set(rec) == {"method", "hparams", "train_loss", "epochs_run", "train_rows", "eval", "curves", "summary"}
     assert rec["method"] == "lp" and rec["train_rows"] == len(ty)
-    assert rec["hparams"] == {"l2_min": 1e-6, "l2_max": 10.0, "l2_steps": 15, "l2_refine": 4, "standardize": False,
-                              "max_iter": 1000, "tol": 1e-6}
+    assert rec["hparams"] == {
+        "l2_min": 1e-6,
+        "l2_max": 10.0,
+        "l2_steps": 15,
+        "l2_refine": 4,
+        "standardize": False,
+        "max_iter": 1000,
+        "tol": 1e-6,
+    }
     ev = rec["eval"]["test"]
     # 0.83 measured; the L2 values within 2 validation rows of the best (what round-off could make
     # selection pick instead) score 0.8125-0.8325 on test. 0.75 is 3 binomial std of 400 rows below those.
@@ -95,17 +102,19 @@ def test_lp_reaches_the_same_optimum_as_sklearn(standardize):
     y = d.target
     l2 = 1e-3
     rec_data = prepare_data(x, y, x, y, device="cpu")
-    hp = resolve_hparams("lp", l2_min=l2, l2_max=l2, l2_steps=1, l2_refine=0, standardize=standardize, tol=1e-9,
-                         max_iter=5000)
+    hp = resolve_hparams(
+        "lp", l2_min=l2, l2_max=l2, l2_steps=1, l2_refine=0, standardize=standardize, tol=1e-9, max_iter=5000
+    )
     [res] = fit_many(rec_data, [FitRequest(hp)])
     assert res["summary"]["converged"] == 1.0 and res["curves"]["l2"] == [l2]
     x64 = x.astype(np.float64)
     centred = x64 - x64.mean(0)
     std = x64.std(0)
-    scaled = centred / np.where(std > 0, std, 1.0) if standardize else centred / np.sqrt((std ** 2).mean())
+    scaled = centred / np.where(std > 0, std, 1.0) if standardize else centred / np.sqrt((std**2).mean())
     with threadpool_limits(1):
         clf = LogisticRegression(C=1.0 / (l2 * len(y)), tol=1e-9, max_iter=10_000).fit(scaled, y)
     from benchmark.probe.linear import fit_linear_probes
+
     data = prepare_data(x, y, x, y, device="cpu")
     [trained] = fit_linear_probes(data, [FitRequest(hp)])
     with torch.no_grad():
@@ -189,8 +198,9 @@ def correlated():
 
 
 def _z_stats(data, **hp) -> dict[str, float]:
-    trained = train_head(data, resolve_hparams("nmtune", epochs=10, batch_size=128, epoch_selection="last", **hp),
-                         seed=0)
+    trained = train_head(
+        data, resolve_hparams("nmtune", epochs=10, batch_size=128, epoch_selection="last", **hp), seed=0
+    )
     f = data.eval_sets["test"][0]
     with torch.no_grad():
         _, z = trained.head(f)
@@ -332,10 +342,21 @@ def test_several_sets_and_class_subsets():
 
 
 def test_hparam_resolution_and_errors():
-    assert dict(get_head("lp_adamw").defaults) == {"epochs": 30, "batch_size": 64, "lr": 0.1, "weight_decay": 0.0,
-                                                   "epoch_selection": "last"}
+    assert dict(get_head("lp_adamw").defaults) == {
+        "epochs": 30,
+        "batch_size": 64,
+        "lr": 0.1,
+        "weight_decay": 0.0,
+        "epoch_selection": "last",
+    }
     mlp = resolve_hparams("mlp")
-    assert (mlp.lr, mlp.weight_decay, mlp.epochs, mlp.batch_size, mlp.epoch_selection) == (1e-3, 1e-4, 30, 64, "best_val")
+    assert (mlp.lr, mlp.weight_decay, mlp.epochs, mlp.batch_size, mlp.epoch_selection) == (
+        1e-3,
+        1e-4,
+        30,
+        64,
+        "best_val",
+    )
     nm = resolve_hparams("nmtune", lam=0.3)
     assert (nm.preset, nm.lam, nm.w_cov, nm.svd_topk) == ("reference", 0.3, 0.04, 5)
     paper = resolve_hparams("nmtune", preset="paper", w_svd=0.0)

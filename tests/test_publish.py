@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from support import fit_records, synthetic_fits
 from typer.testing import CliRunner
 
 from benchmark.leaderboard import COLUMNS, columns, leaderboard, leaderboard_rows, render, selected_fits
@@ -19,7 +20,6 @@ from benchmark.reporting import finish_and_publish, publish_suite
 from benchmark.tracking import Tracker, TrackingReader
 from benchmark.tracking.layout import leaderboard_name, suite_spec
 from benchmark.tracking.store import search_all
-from support import fit_records, synthetic_fits
 
 
 def _board_runs(reader) -> list:
@@ -56,8 +56,9 @@ def test_each_row_is_a_run_with_the_rows_numbers_and_its_selection(study):
 
 def test_sorting_runs_by_a_metric_is_the_leaderboard(study):
     reader = TrackingReader(study.uri, study.experiment)
-    ordered = reader.client.search_runs([reader.experiment_id], "tags.`nmlbench.kind` = 'leaderboard'",
-                                        order_by=["metrics.id_acc DESC"])
+    ordered = reader.client.search_runs(
+        [reader.experiment_id], "tags.`nmlbench.kind` = 'leaderboard'", order_by=["metrics.id_acc DESC"]
+    )
     expected = leaderboard(study.fits).sort_values("id_acc", ascending=False)
     assert [r.info.run_name for r in ordered] == [leaderboard_name(r) for r in expected.to_dict("records")]
 
@@ -73,7 +74,9 @@ def test_published_frame_and_cli_equal_the_computed_leaderboard(study):
     plain = reader.leaderboard_frame(study.experiment)
     assert list(plain.columns[3:10]) == list(COLUMNS[:7]) and set(plain.columns) == set(expected.columns)
     pd.testing.assert_frame_equal(plain[list(expected.columns)], expected, check_dtype=False, atol=1e-6)
-    res = CliRunner().invoke(app, ["leaderboard", str(_suite_file(study)), "--tracking-uri", study.uri, "--format", "csv"])
+    res = CliRunner().invoke(
+        app, ["leaderboard", str(_suite_file(study)), "--tracking-uri", study.uri, "--format", "csv"]
+    )
     assert res.exit_code == 0, res.output
     back = pd.read_csv(__import__("io").StringIO(res.stdout))
     pd.testing.assert_frame_equal(back, expected, check_dtype=False, atol=1e-6)
@@ -83,7 +86,9 @@ def test_published_frame_and_cli_equal_the_computed_leaderboard(study):
 
 def test_suite_run_holds_table_figures_claims_and_report(study, tmp_path):
     reader = TrackingReader(study.uri, study.experiment)
-    suite = search_all(reader.client, reader.experiment_id, f"tags.`nmlbench.key` = '{suite_spec(study.experiment)['key']}'")
+    suite = search_all(
+        reader.client, reader.experiment_id, f"tags.`nmlbench.key` = '{suite_spec(study.experiment)['key']}'"
+    )
     assert len(suite) == 1 and suite[0].info.run_name == study.experiment
     run_id = suite[0].info.run_id
     top = {a.path for a in reader.client.list_artifacts(run_id)}
@@ -123,10 +128,21 @@ def test_republishing_replaces_changed_rows_and_drops_stale_ones(tmp_path):
     assert publish_suite(tracker, force=True) == 4
     assert {r.info.run_name: r.info.run_id for r in _board_runs(tracker)} == first
     # A better LP fit at 10 % noise changes one row only.
-    extra = dict(records[[i for i, r in enumerate(records) if r["params"]["method"] == "lp"
-                          and r["params"]["noise_ratio"] == 0.1 and r["params"]["task"] == "a"][0]])
-    extra = {**extra, "key": "extra", "params": {**extra["params"], "head_seed": 1},
-             "metrics": {**extra["metrics"], "test_accuracy": 0.999}}
+    extra = dict(
+        records[
+            [
+                i
+                for i, r in enumerate(records)
+                if r["params"]["method"] == "lp" and r["params"]["noise_ratio"] == 0.1 and r["params"]["task"] == "a"
+            ][0]
+        ]
+    )
+    extra = {
+        **extra,
+        "key": "extra",
+        "params": {**extra["params"], "head_seed": 1},
+        "metrics": {**extra["metrics"], "test_accuracy": 0.999},
+    }
     tracker.log_fit(extra)
     finish_and_publish(tracker)
     now = {r.info.run_name: r.info.run_id for r in _board_runs(tracker)}

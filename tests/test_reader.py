@@ -32,8 +32,11 @@ def _suite(tmp: Path, name: str) -> Path:
 
 def _snapshot(folder: Path) -> dict[str, str]:
     """Every file under ``folder`` with the sha256 of its bytes."""
-    return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(folder.rglob("*")) if p.is_file()}
+    return {
+        str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(folder.rglob("*"))
+        if p.is_file()
+    }
 
 
 def test_missing_store_says_nothing_ran_and_creates_no_file(tmp_path):
@@ -63,10 +66,16 @@ def test_reading_the_study_changes_no_byte_of_the_store(study, tmp_path, monkeyp
     cwd = tmp_path / "cwd"  # nothing may appear where the command runs (MLflow once made `file:/<path>` folders)
     cwd.mkdir()
     monkeypatch.chdir(cwd)
-    runs_before = len(TrackingReader(study.uri, study.experiment).client.search_runs(
-        [TrackingReader(study.uri, study.experiment).experiment_id], max_results=5000))
-    for args in (["leaderboard", str(suite)], ["leaderboard", str(suite), "--format", "markdown"],
-                 ["report", str(suite), "--out", str(tmp_path / "report"), "--html"]):
+    runs_before = len(
+        TrackingReader(study.uri, study.experiment).client.search_runs(
+            [TrackingReader(study.uri, study.experiment).experiment_id], max_results=5000
+        )
+    )
+    for args in (
+        ["leaderboard", str(suite)],
+        ["leaderboard", str(suite), "--format", "markdown"],
+        ["report", str(suite), "--out", str(tmp_path / "report"), "--html"],
+    ):
         res = runner.invoke(app, [*args, "--tracking-uri", study.uri])
         assert res.exit_code == 0, res.output
     assert _snapshot(study.root) == before
@@ -90,7 +99,8 @@ def test_missing_or_deleted_experiment_is_reported_not_created_or_restored(tmp_p
     client.delete_experiment(tracker.experiment_id)
     with pytest.raises(NothingTracked, match="was deleted"):
         TrackingReader(uri, "exists")
-    res = runner.invoke(app, ["report", str(_suite(tmp_path, "exists")), "--tracking-uri", uri,
-                              "--out", str(tmp_path / "out")])
+    res = runner.invoke(
+        app, ["report", str(_suite(tmp_path, "exists")), "--tracking-uri", uri, "--out", str(tmp_path / "out")]
+    )
     assert res.exit_code == 2 and "was deleted" in res.output
     assert client.get_experiment(tracker.experiment_id).lifecycle_stage == "deleted"

@@ -31,11 +31,14 @@ def reduced_rehearsal(work: Path) -> dict:
     sup["noise"]["ratios"], clip["noise"]["ratios"] = [0.3], [0.3]
     for block in (sup, clip):
         block["epochs"] = 2
-    suite["downstream"].update(id=["cifar10", "dtd"], ood=["imagenet-variants"],
-                               methods=["lp", "mlp", "nmtune"], grid={"lam": [0.1], "depth": [1]},
-                               hparams={"preset": "paper", "epochs": 5, "batch_size": 32})
-    suite.update(name="paper-rehearsal-reduced", work_dir=str(work),
-                 tracking={"experiment": "paper-rehearsal-reduced"})
+    suite["downstream"].update(
+        id=["cifar10", "dtd"],
+        ood=["imagenet-variants"],
+        methods=["lp", "mlp", "nmtune"],
+        grid={"lam": [0.1], "depth": [1]},
+        hparams={"preset": "paper", "epochs": 5, "batch_size": 32},
+    )
+    suite.update(name="paper-rehearsal-reduced", work_dir=str(work), tracking={"experiment": "paper-rehearsal-reduced"})
     return suite
 
 
@@ -53,9 +56,22 @@ def test_reduced_paper_rehearsal_trains_records_and_fits(tmp_path: Path) -> None
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
     env.pop("RAY_ADDRESS", None)
-    out = subprocess.run([str(Path(sys.executable).parent / "nmlbench"), "run", str(path), "--data-root",
-                          str(root), "--tracking-uri", uri], env=env, capture_output=True, text=True,
-                         timeout=1400, cwd=tmp_path)
+    out = subprocess.run(
+        [
+            str(Path(sys.executable).parent / "nmlbench"),
+            "run",
+            str(path),
+            "--data-root",
+            str(root),
+            "--tracking-uri",
+            uri,
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=1400,
+        cwd=tmp_path,
+    )
     assert out.returncode == 0, out.stdout[-5000:] + out.stderr[-5000:]
 
     summary = json.loads(max((work / "runs").glob("*.json"), key=lambda p: p.stat().st_mtime).read_text())

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import numpy as np
 import pandas as pd
+from support import check_figure, synthetic_runs
 
 from benchmark.leaderboard import leaderboard, render
 from benchmark.report import make_report
-from support import check_figure, synthetic_runs
 
 FIGURES = ("id_ood_vs_noise.png", "sve_vs_id.png", "lsvr_vs_ood.png", "spectra.png")
 
@@ -16,15 +16,18 @@ def test_report_writes_tables_matching_leaderboard_and_valid_figures(tmp_path):
     df = synthetic_runs()
     frozen = df[df.noise_ratio == 0.0].assign(backbone="mobilenet", noise_ratio=np.nan)
     df = pd.concat([df, frozen], ignore_index=True)
-    spectra = {f"noise {r:g}": np.sort(np.random.default_rng(i).random(32))[::-1] ** (1 + r)
-               for i, r in enumerate((0.0, 0.1, 0.3))}
+    spectra = {
+        f"noise {r:g}": np.sort(np.random.default_rng(i).random(32))[::-1] ** (1 + r)
+        for i, r in enumerate((0.0, 0.1, 0.3))
+    }
     paths = make_report(df, tmp_path / "out", "synthetic", spectra=spectra)
     assert set(paths) == {"leaderboard.md", "leaderboard.csv", "claims.md", *FIGURES}
     assert "# Claims of the paper" in paths["claims.md"].read_text()
     lb = leaderboard(df)
     csv = pd.read_csv(paths["leaderboard.csv"])
-    pd.testing.assert_frame_equal(csv.drop(columns=["noise_ratio"]), lb.drop(columns=["noise_ratio"]),
-                                  check_dtype=False, rtol=1e-12)
+    pd.testing.assert_frame_equal(
+        csv.drop(columns=["noise_ratio"]), lb.drop(columns=["noise_ratio"]), check_dtype=False, rtol=1e-12
+    )
     np.testing.assert_array_equal(csv.noise_ratio.isna(), lb.noise_ratio.isna())
     md = paths["leaderboard.md"].read_text()
     assert md.startswith("# Leaderboard: synthetic") and "never used for selection" in md
@@ -53,21 +56,41 @@ def test_report_from_mlflow_equals_report_from_the_frame(tmp_path):
     df = df[df.pretrain_seed < 2].reset_index(drop=True)  # 60 runs: enough for selection + intervals
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     tracker = Tracker(uri, "synthetic")
-    params = ["backbone", "noise_ratio", "method", "task", "task_kind", "pretrain_seed", "head_seed",
-              "fraction", "lam", "depth"]
+    params = [
+        "backbone",
+        "noise_ratio",
+        "method",
+        "task",
+        "task_kind",
+        "pretrain_seed",
+        "head_seed",
+        "fraction",
+        "lam",
+        "depth",
+    ]
     for i, row in df.iterrows():
         rec = row.to_dict()
-        tracker.log_fit({"key": f"fit{i:03d}", "params": {k: rec[k] for k in params},
-                         "metrics": {k: v for k, v in rec.items() if k not in params}})
+        tracker.log_fit(
+            {
+                "key": f"fit{i:03d}",
+                "params": {k: rec[k] for k in params},
+                "metrics": {k: v for k, v in rec.items() if k not in params},
+            }
+        )
     for ratio in (0.0, 0.1):
-        tracker.log_spectrum({"backbone": "net", "noise_ratio": ratio, "pretrain_seed": 0}, "a",
-                             np.linspace(2.0, 0.1, 16) ** (1 + 3 * ratio))
+        tracker.log_spectrum(
+            {"backbone": "net", "noise_ratio": ratio, "pretrain_seed": 0},
+            "a",
+            np.linspace(2.0, 0.1, 16) ** (1 + 3 * ratio),
+        )
     suite_file = tmp_path / "synthetic.yaml"
     suite_file.write_text("name: synthetic\n")
-    written = make_report_from_tracking(uri, "synthetic", tmp_path / "report", "synthetic", html=True,
-                                        suite_file=suite_file)
-    assert sorted(p.name for p in written) == sorted(["leaderboard.md", "leaderboard.csv", "claims.md", "report.html",
-                                                      "provenance.json", *FIGURES])
+    written = make_report_from_tracking(
+        uri, "synthetic", tmp_path / "report", "synthetic", html=True, suite_file=suite_file
+    )
+    assert sorted(p.name for p in written) == sorted(
+        ["leaderboard.md", "leaderboard.csv", "claims.md", "report.html", "provenance.json", *FIGURES]
+    )
     _check_provenance(tmp_path / "report", suite_file, uri, len(df))
     page = (tmp_path / "report" / "report.html").read_text()
     table = page.split('id="leaderboard">')[1].split("</table>")[0]
@@ -88,15 +111,30 @@ def test_pretrain_curves_draw_each_group_as_its_seeds_mean_with_a_band(tmp_path,
     from benchmark.report import plot_pretrain_curves
 
     def rec(group: str, seed: int, fit: list[float]) -> SimpleNamespace:
-        return SimpleNamespace(name=f"{group}-{seed}", group=group, params={"seed": seed},
-                               curves={"noisy_fit": list(enumerate(fit)), "global_batch": [(0, 128.0), (1, 128.0)]})
+        return SimpleNamespace(
+            name=f"{group}-{seed}",
+            group=group,
+            params={"seed": seed},
+            curves={"noisy_fit": list(enumerate(fit)), "global_batch": [(0, 128.0), (1, 128.0)]},
+        )
 
-    records = [rec("net @ 30%", 0, [0.1, 0.5, 0.9]), rec("net @ 30%", 1, [0.1, 0.3, 0.7]),
-               rec("net @ 10%", 0, [0.0, 0.2, 0.4])]
+    records = [
+        rec("net @ 30%", 0, [0.1, 0.5, 0.9]),
+        rec("net @ 30%", 1, [0.1, 0.3, 0.7]),
+        rec("net @ 10%", 0, [0.0, 0.2, 0.4]),
+    ]
     lines, bands = [], []
     plot, fill = matplotlib.axes.Axes.plot, matplotlib.axes.Axes.fill_between
-    monkeypatch.setattr(matplotlib.axes.Axes, "plot", lambda ax, x, y, **kw: lines.append((kw["label"], list(y))) or plot(ax, x, y, **kw))
-    monkeypatch.setattr(matplotlib.axes.Axes, "fill_between", lambda ax, x, lo, hi, **kw: bands.append((list(lo), list(hi))) or fill(ax, x, lo, hi, **kw))
+    monkeypatch.setattr(
+        matplotlib.axes.Axes,
+        "plot",
+        lambda ax, x, y, **kw: lines.append((kw["label"], list(y))) or plot(ax, x, y, **kw),
+    )
+    monkeypatch.setattr(
+        matplotlib.axes.Axes,
+        "fill_between",
+        lambda ax, x, lo, hi, **kw: bands.append((list(lo), list(hi))) or fill(ax, x, lo, hi, **kw),
+    )
     check_figure(plot_pretrain_curves(records, tmp_path / "curves.png"))
     # one panel (bookkeeping such as global_batch is not drawn), one line per group, in percent
     assert lines == [("net @ 30% (2 seeds)", [10.0, 40.0, 80.0]), ("net @ 10%", [0.0, 20.0, 40.0])]
@@ -147,8 +185,11 @@ def _check_provenance(folder, suite_file, uri: str, fits: int) -> None:
 def test_provenance_drops_credentials_from_the_store_uri(tmp_path) -> None:
     from benchmark.provenance import read_provenance, write_provenance
 
-    write_provenance(tmp_path, suite="s", suite_file=None, tracking_uri="http://alice:secret@127.0.0.1:5000",
-                     experiment="s", fits=3)
+    write_provenance(
+        tmp_path, suite="s", suite_file=None, tracking_uri="http://alice:secret@127.0.0.1:5000", experiment="s", fits=3
+    )
     prov = read_provenance(tmp_path)
-    assert prov["tracking_uri"] == "http://127.0.0.1:5000" and "secret" not in (tmp_path / "provenance.json").read_text()
+    assert (
+        prov["tracking_uri"] == "http://127.0.0.1:5000" and "secret" not in (tmp_path / "provenance.json").read_text()
+    )
     assert prov["suite_sha256"] is None

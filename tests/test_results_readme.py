@@ -34,7 +34,7 @@ def _numbers_in(folders: list[str]) -> set[str]:
     for folder in folders:
         d = RESULTS / folder
         assert d.exists(), f"results/README.md quotes results/{folder}, which does not exist"
-        for path in (d.iterdir() if d.is_dir() else [d]):
+        for path in d.iterdir() if d.is_dir() else [d]:
             if path.suffix in (".md", ".csv", ".json"):
                 found.update(NUMBER.findall(path.read_text()))
     return found
@@ -69,8 +69,7 @@ def test_the_check_catches_a_number_rounded_by_hand(tmp_path) -> None:
     assert quoted_but_not_written(bad) == [("embedded-study", wrong)]
 
 
-@pytest.mark.parametrize("folder", sorted(p.name for p in RESULTS.iterdir()
-                                          if (p / "provenance.json").is_file()))
+@pytest.mark.parametrize("folder", sorted(p.name for p in RESULTS.iterdir() if (p / "provenance.json").is_file()))
 def test_a_results_folder_was_made_from_the_suite_file_as_it_is(folder: str) -> None:
     prov = json.loads((RESULTS / folder / "provenance.json").read_text())
     assert prov["suite_file"], f"results/{folder}/provenance.json names no suite file"
@@ -81,5 +80,6 @@ def test_a_results_folder_was_made_from_the_suite_file_as_it_is(folder: str) -> 
     assert path.is_file(), f"results/{folder} names suite {prov['suite_file']}, which is gone"
     assert hashlib.sha256(path.read_bytes()).hexdigest() == prov["suite_sha256"], (
         f"results/{folder} was made from another version of {path.name}: regenerate it "
-        "(nmlbench run + report) or restore the suite file")
+        "(nmlbench run + report) or restore the suite file"
+    )
     assert prov["commit"] and prov["machine"]["cpu_model"] and prov["date"]

@@ -35,8 +35,7 @@ pytestmark = pytest.mark.slow
 def _shell_env(**extra: str) -> dict[str, str]:
     """A new user's shell: the venv is not on PATH, no Ray or MLflow settings exported."""
     venvs = {str(VENV_BIN), str(Path(sys.executable).parent)}
-    env = {k: v for k, v in os.environ.items()
-           if not k.startswith(("RAY_", "MLFLOW_TRACKING_")) and k != "VIRTUAL_ENV"}
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("RAY_", "MLFLOW_TRACKING_")) and k != "VIRTUAL_ENV"}
     env["PATH"] = os.pathsep.join(p for p in os.environ.get("PATH", "").split(os.pathsep) if p not in venvs)
     env.update(extra)
     return env
@@ -47,10 +46,18 @@ def _tiny_suite(tmp: Path, name: str) -> Path:
     suite = {
         "name": name,
         "work_dir": str(tmp / "work"),
-        "backbones": [{"family": "timm", "arch": "test_resnet", "image_size": 28, "seed": 0,
-                       "name": "test_resnet (random init)"}],
-        "downstream": {"id": ["sklearn-digits"], "ood": [], "methods": ["lp", "mlp"], "seeds": [0],
-                       "fractions": [1.0], "max_train": 200, "hparams": {"epochs": 2, "batch_size": 64}},
+        "backbones": [
+            {"family": "timm", "arch": "test_resnet", "image_size": 28, "seed": 0, "name": "test_resnet (random init)"}
+        ],
+        "downstream": {
+            "id": ["sklearn-digits"],
+            "ood": [],
+            "methods": ["lp", "mlp"],
+            "seeds": [0],
+            "fractions": [1.0],
+            "max_train": 200,
+            "hparams": {"epochs": 2, "batch_size": 64},
+        },
         "selection": {"split": "val", "val_fraction": 0.2},
         "tracking": {"experiment": name},
     }
@@ -78,8 +85,13 @@ class Head:
     def job(self, *args: str) -> str:
         """``ray job ARGS --address ...`` with the token, in a process of its own: Ray reads its
         authentication mode once per process, and the test process must not change its own."""
-        out = subprocess.run([str(VENV_BIN / "ray"), "job", *args, "--address", self.address],
-                             env=self.env(RAY_AUTH_MODE="token"), capture_output=True, text=True, timeout=300)
+        out = subprocess.run(
+            [str(VENV_BIN / "ray"), "job", *args, "--address", self.address],
+            env=self.env(RAY_AUTH_MODE="token"),
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
         assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-2000:]
         return out.stdout + out.stderr
 
@@ -99,9 +111,18 @@ def _start_head(tmp: Path, *, script: bool) -> Head:
         cmd = ["bash", "-c", 'cluster/start-local-head.sh 2 "$@"', "start-local-head", *flags]
         env = head.env(RAY_PORT=str(gcs), DASHBOARD_PORT=str(dash))
     else:  # a head started by hand in that shell: jobs get the shell's `python`
-        cmd = [str(VENV_BIN / "ray"), "start", "--head", "--node-ip-address=127.0.0.1", f"--port={gcs}",
-               "--dashboard-host=127.0.0.1", f"--dashboard-port={dash}", "--num-cpus=1", "--disable-usage-stats",
-               *flags]
+        cmd = [
+            str(VENV_BIN / "ray"),
+            "start",
+            "--head",
+            "--node-ip-address=127.0.0.1",
+            f"--port={gcs}",
+            "--dashboard-host=127.0.0.1",
+            f"--dashboard-port={dash}",
+            "--num-cpus=1",
+            "--disable-usage-stats",
+            *flags,
+        ]
         env = head.env(RAY_AUTH_MODE="token")
     out = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
     if out.returncode != 0:
@@ -196,13 +217,22 @@ def _auth_server(tmp: Path, password: str):
 
     tmp.mkdir(parents=True, exist_ok=True)
     ini = tmp / "basic_auth.ini"
-    ini.write_text("[mlflow]\ndefault_permission = READ\n"
-                   f"database_uri = sqlite:///{tmp / 'auth.db'}\nadmin_username = admin\n"
-                   "authorization_function = mlflow.server.auth:authenticate_request_basic_auth\n")
-    return MlflowServer(f"sqlite:///{tmp / 'store.db'}", artifacts=tmp / "artifacts", log=tmp / "server.log",
-                        app_name="basic-auth",
-                        env={"MLFLOW_AUTH_CONFIG_PATH": str(ini), "MLFLOW_AUTH_ADMIN_PASSWORD": password,
-                             "MLFLOW_FLASK_SERVER_SECRET_KEY": secrets.token_hex(16)})
+    ini.write_text(
+        "[mlflow]\ndefault_permission = READ\n"
+        f"database_uri = sqlite:///{tmp / 'auth.db'}\nadmin_username = admin\n"
+        "authorization_function = mlflow.server.auth:authenticate_request_basic_auth\n"
+    )
+    return MlflowServer(
+        f"sqlite:///{tmp / 'store.db'}",
+        artifacts=tmp / "artifacts",
+        log=tmp / "server.log",
+        app_name="basic-auth",
+        env={
+            "MLFLOW_AUTH_CONFIG_PATH": str(ini),
+            "MLFLOW_AUTH_ADMIN_PASSWORD": password,
+            "MLFLOW_FLASK_SERVER_SECRET_KEY": secrets.token_hex(16),
+        },
+    )
 
 
 def _files_holding(root: Path, secret: str) -> list[str]:
@@ -218,14 +248,21 @@ def test_credentials_reach_the_job_and_no_secret_is_recorded(local_head, tmp_pat
     suite = _tiny_suite(tmp_path, "secret")
     server = _auth_server(tmp_path / "mlflow", password).start()
     try:
-        out = _submit(local_head, suite, local_head.env(MLFLOW_TRACKING_USERNAME="admin", MLFLOW_TRACKING_PASSWORD=wrong),
-                      "--tracking-uri", server.url)
+        out = _submit(
+            local_head,
+            suite,
+            local_head.env(MLFLOW_TRACKING_USERNAME="admin", MLFLOW_TRACKING_PASSWORD=wrong),
+            "--tracking-uri",
+            server.url,
+        )
         text = out.stdout + out.stderr
         assert out.returncode == 0 and "SUCCEEDED" in out.stdout, text[-4000:]
         assert "MLflow credentials passed as MLFLOW_TRACKING_PASSWORD, MLFLOW_TRACKING_USERNAME" in out.stdout
         flat = " ".join(text.split())
-        assert f"MLflow at {server.url} refuses the credentials (HTTP 401: set MLFLOW_TRACKING_USERNAME and " \
-               "MLFLOW_TRACKING_PASSWORD" in flat, text[-4000:]
+        assert (
+            f"MLflow at {server.url} refuses the credentials (HTTP 401: set MLFLOW_TRACKING_USERNAME and "
+            "MLFLOW_TRACKING_PASSWORD" in flat
+        ), text[-4000:]
         from benchmark.tracking import Journal, journal_path
 
         journal = journal_path(tmp_path / "work", "secret")
@@ -234,18 +271,28 @@ def test_credentials_reach_the_job_and_no_secret_is_recorded(local_head, tmp_pat
 
         # Reading with the wrong credentials: a clear refusal, exit 2.
         for command in ("leaderboard", "plan"):
-            res = subprocess.run([str(VENV_BIN / "nmlbench"), command, str(suite), "--tracking-uri", server.url],
-                                 env=_shell_env(MLFLOW_TRACKING_USERNAME="admin", MLFLOW_TRACKING_PASSWORD=wrong),
-                                 capture_output=True, text=True, timeout=300)
+            res = subprocess.run(
+                [str(VENV_BIN / "nmlbench"), command, str(suite), "--tracking-uri", server.url],
+                env=_shell_env(MLFLOW_TRACKING_USERNAME="admin", MLFLOW_TRACKING_PASSWORD=wrong),
+                capture_output=True,
+                text=True,
+                timeout=300,
+            )
             flat = " ".join((res.stdout + res.stderr).split())
             assert res.returncode == 2 and "Traceback" not in flat, (command, flat[-2000:])
-            assert f"error: MLflow at {server.url} refused the credentials (HTTP 401: set MLFLOW_TRACKING_USERNAME" \
-                in flat, (command, flat[-2000:])
+            assert (
+                f"error: MLflow at {server.url} refused the credentials (HTTP 401: set MLFLOW_TRACKING_USERNAME" in flat
+            ), (command, flat[-2000:])
 
         # The right credentials, inside the URI: delivered, and the URI printed without them.
         with_creds = server.url.replace("http://", f"http://admin:{password}@")
-        sync = subprocess.run([str(VENV_BIN / "nmlbench"), "sync", str(suite), "--tracking-uri", with_creds],
-                              env=_shell_env(), capture_output=True, text=True, timeout=600)
+        sync = subprocess.run(
+            [str(VENV_BIN / "nmlbench"), "sync", str(suite), "--tracking-uri", with_creds],
+            env=_shell_env(),
+            capture_output=True,
+            text=True,
+            timeout=600,
+        )
         assert sync.returncode == 0 and "0 still pending" in sync.stdout, sync.stdout[-3000:] + sync.stderr[-3000:]
         assert password not in sync.stdout + sync.stderr and f"to {server.url} (experiment" in sync.stdout
         monkeypatch.setenv("MLFLOW_TRACKING_USERNAME", "admin")

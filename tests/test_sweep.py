@@ -22,14 +22,23 @@ def _blobs(n: int, d: int, k: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
 
 @pytest.fixture(scope="module")
 def payload() -> FeaturePayload:
-    return FeaturePayload(train=_blobs(300, 16, 4, 0), val=_blobs(80, 16, 4, 1),
-                          tests={"test": _blobs(120, 16, 4, 2)}, num_classes=4)
+    return FeaturePayload(
+        train=_blobs(300, 16, 4, 0), val=_blobs(80, 16, 4, 1), tests={"test": _blobs(120, 16, 4, 2)}, num_classes=4
+    )
 
 
 def _spec(method: str, seed: int = 0, pair: str = "p0", rows=None, **hp) -> FitSpec:
     h = resolve_hparams(method, **hp)
-    return FitSpec(fit_key(pair, h, seed, 1.0 if rows is None else 0.5), pair, h, seed, 1.0, rows,
-                   {"method": method, "task": "blobs", "backbone": "synthetic"}, {"nmlbench.kind": "fit"})
+    return FitSpec(
+        fit_key(pair, h, seed, 1.0 if rows is None else 0.5),
+        pair,
+        h,
+        seed,
+        1.0,
+        rows,
+        {"method": method, "task": "blobs", "backbone": "synthetic"},
+        {"nmlbench.kind": "fit"},
+    )
 
 
 def test_run_fit_makes_a_full_record(payload: FeaturePayload) -> None:
@@ -56,15 +65,20 @@ def test_run_fit_makes_a_full_record(payload: FeaturePayload) -> None:
 
 
 def _domain(acc: float, f1: float, sve: float, lsvr: float, n: int) -> dict:
-    return {"accuracy": acc, "macro_f1": f1, "sve": sve, "lsvr": lsvr, "sve_raw": sve + 1, "lsvr_raw": lsvr / 2,
-            "n": n}
+    return {"accuracy": acc, "macro_f1": f1, "sve": sve, "lsvr": lsvr, "sve_raw": sve + 1, "lsvr_raw": lsvr / 2, "n": n}
 
 
 def test_ood_record_is_the_unweighted_mean_of_its_domains_by_hand() -> None:
     """Two test domains of 2 and 6 items: each counts once, whatever its size."""
-    result = {"train_loss": 0.3, "train_rows": 40,
-              "eval": {"val": _domain(0.9, 0.8, 2.0, 0.4, 10), "small": _domain(1.0, 1.0, 3.0, 0.2, 2),
-                       "large": _domain(0.5, 0.25, 1.0, 0.6, 6)}}
+    result = {
+        "train_loss": 0.3,
+        "train_rows": 40,
+        "eval": {
+            "val": _domain(0.9, 0.8, 2.0, 0.4, 10),
+            "small": _domain(1.0, 1.0, 3.0, 0.2, 2),
+            "large": _domain(0.5, 0.25, 1.0, 0.6, 6),
+        },
+    }
     m = make_record(_spec("lp"), result, ["small", "large"], 1.5)["metrics"]
     # Weighted by size the accuracy would be (2 x 1.0 + 6 x 0.5) / 8 = 0.625.
     assert m["test_accuracy"] == 0.75 and m["test_macro_f1"] == 0.625
@@ -84,9 +98,12 @@ def test_ood_fit_through_iter_fits_counts_each_domain_once() -> None:
     rng = np.random.default_rng(0)
     y = np.arange(60) % 2
     x = (centre[y] + 0.3 * rng.standard_normal((60, 4))).astype(np.float32)
-    payload = FeaturePayload(train=(x[:40], y[:40]), val=(x[40:], y[40:]),
-                             tests={"clean": (centre, np.array([0, 1])),
-                                    "ambiguous": (centre[[0, 0, 1, 1]], np.array([0, 1, 0, 1]))}, num_classes=2)
+    payload = FeaturePayload(
+        train=(x[:40], y[:40]),
+        val=(x[40:], y[40:]),
+        tests={"clean": (centre, np.array([0, 1])), "ambiguous": (centre[[0, 0, 1, 1]], np.array([0, 1, 0, 1]))},
+        num_classes=2,
+    )
     [rec] = run_fits(payload, [_spec("lp")])
     m = rec["metrics"]
     assert (m["clean.accuracy"], m["ambiguous.accuracy"]) == (1.0, 0.5)
@@ -98,8 +115,9 @@ def test_bad_fit_is_recorded_not_raised(payload: FeaturePayload) -> None:
     recs = run_fits(payload, [bad, good])
     assert recs[0]["error"].startswith("TrainingDiverged") and recs[0]["key"] == bad.key
     assert "error" not in recs[1] and recs[1]["key"] == good.key  # the batch went on
-    broken = FeaturePayload(train=(payload.train[0][:, :3], payload.train[1]), val=payload.val, tests=payload.tests,
-                            num_classes=4)
+    broken = FeaturePayload(
+        train=(payload.train[0][:, :3], payload.train[1]), val=payload.val, tests=payload.tests, num_classes=4
+    )
     recs = run_fits(broken, [good, bad])  # a payload the probe rejects fails every fit alike
     assert [r["key"] for r in recs] == [good.key, bad.key]
     assert all("has 16 feature dims but train_x has 3" in r["error"] for r in recs)
@@ -108,8 +126,12 @@ def test_bad_fit_is_recorded_not_raised(payload: FeaturePayload) -> None:
 def test_few_shot_rows_train_on_those_rows_only(payload: FeaturePayload) -> None:
     rows = tuple(range(0, 300, 3))  # 100 of the 300 training rows
     small, full = run_fits(payload, [_spec("lp", rows=rows, l2_steps=4), _spec("lp", l2_steps=4)])
-    sub = FeaturePayload(train=(payload.train[0][list(rows)], payload.train[1][list(rows)]), val=payload.val,
-                         tests=payload.tests, num_classes=4)
+    sub = FeaturePayload(
+        train=(payload.train[0][list(rows)], payload.train[1][list(rows)]),
+        val=payload.val,
+        tests=payload.tests,
+        num_classes=4,
+    )
     [same] = run_fits(sub, [_spec("lp", l2_steps=4)])
     assert small["metrics"] == {**same["metrics"], "fit_seconds": small["metrics"]["fit_seconds"]}
     assert small["curves"] == same["curves"]
@@ -118,8 +140,8 @@ def test_few_shot_rows_train_on_those_rows_only(payload: FeaturePayload) -> None
 
 def test_plan_trials_keep_batch_groups_whole() -> None:
     grad = [_spec("nmtune", s, lam=lam, epochs=2) for s in range(3) for lam in (0.01, 0.1)]  # one group of 6
-    deep = [_spec("mlp", s, depth=2, epochs=2) for s in range(3)]                          # another group of 3
-    lps = [_spec("lp", s) for s in range(2)]                                               # a third, of 2
+    deep = [_spec("mlp", s, depth=2, epochs=2) for s in range(3)]  # another group of 3
+    lps = [_spec("lp", s) for s in range(2)]  # a third, of 2
     trials = plan_trials(grad + deep + lps, fits_per_trial=8)
     assert sorted(len(t.fits) for t in trials) == [5, 6]  # 6 | 3 + 2: no group split across trials
     for t in trials:
@@ -130,12 +152,19 @@ def test_plan_trials_keep_batch_groups_whole() -> None:
 
 
 def test_records_arrive_one_batch_group_at_a_time(payload: FeaturePayload) -> None:
-    specs = [_spec("mlp", 0, epochs=2), _spec("lp", 0, l2_steps=2), _spec("nmtune", 1, epochs=2, lam=0.1),
-             _spec("mlp", 2, epochs=2, lr=3e-3), _spec("lp", 3, l2_steps=2)]
+    specs = [
+        _spec("mlp", 0, epochs=2),
+        _spec("lp", 0, l2_steps=2),
+        _spec("nmtune", 1, epochs=2, lam=0.1),
+        _spec("mlp", 2, epochs=2, lr=3e-3),
+        _spec("lp", 3, l2_steps=2),
+    ]
     batches = list(iter_fit_batches(payload, specs))
     # MLP and NMTune members train together; the two LP fits are one convex problem
-    assert [[r["key"] for r in b] for b in batches] == [[specs[0].key, specs[2].key, specs[3].key],
-                                                        [specs[1].key, specs[4].key]]
+    assert [[r["key"] for r in b] for b in batches] == [
+        [specs[0].key, specs[2].key, specs[3].key],
+        [specs[1].key, specs[4].key],
+    ]
     assert [b[0]["metrics"]["batch_members"] for b in batches] == [3.0, 2.0]
     assert batches[1][0]["metrics"]["test_accuracy"] == batches[1][1]["metrics"]["test_accuracy"]
 
@@ -153,8 +182,9 @@ def test_tune_trials_record_failures_and_go_on(payload: FeaturePayload, tmp_path
         bad = _spec("nmtune", 7, lam=0.01, depth=1, lr=1e30, epochs=3)
         plans = plan_trials(good + [bad], fits_per_trial=3)
         records: list[dict] = []
-        run_trials_on_ray(plans, {"p0": ray.put(payload)}, records.append,
-                          storage_path=tmp_path / "tune", name="t", max_concurrent=2)
+        run_trials_on_ray(
+            plans, {"p0": ray.put(payload)}, records.append, storage_path=tmp_path / "tune", name="t", max_concurrent=2
+        )
         by_key = {r["key"]: r for r in records}
         assert len(records) == 7 and set(by_key) == {f.key for f in good + [bad]}
         assert "error" in by_key[bad.key]

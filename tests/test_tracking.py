@@ -20,12 +20,32 @@ from benchmark.tracking import Tracker, default_uri
 def fit_record(key: str, ratio: float = 0.1, method: str = "nmtune", val: float = 0.8) -> dict:
     return {
         "key": key,
-        "params": {"backbone": "net", "backbone_id": "abc", "objective": "supervised", "noise_kind": "symmetric",
-                   "noise_ratio": ratio, "pretrain_seed": 1, "task": "mnist-5k", "task_kind": "id",
-                   "method": method, "lam": 0.01 if method == "nmtune" else None,
-                   "depth": 2 if method != "lp" else None, "preset": "paper", "head_seed": 0, "fraction": 1.0},
-        "metrics": {"val_accuracy": val, "test_accuracy": 0.75, "test_macro_f1": 0.74, "test_sve": 3.5,
-                    "test_lsvr": 0.12, "test_sve_raw": 3.9, "test_lsvr_raw": 0.1, "test.accuracy": 0.75},
+        "params": {
+            "backbone": "net",
+            "backbone_id": "abc",
+            "objective": "supervised",
+            "noise_kind": "symmetric",
+            "noise_ratio": ratio,
+            "pretrain_seed": 1,
+            "task": "mnist-5k",
+            "task_kind": "id",
+            "method": method,
+            "lam": 0.01 if method == "nmtune" else None,
+            "depth": 2 if method != "lp" else None,
+            "preset": "paper",
+            "head_seed": 0,
+            "fraction": 1.0,
+        },
+        "metrics": {
+            "val_accuracy": val,
+            "test_accuracy": 0.75,
+            "test_macro_f1": 0.74,
+            "test_sve": 3.5,
+            "test_lsvr": 0.12,
+            "test_sve_raw": 3.9,
+            "test_lsvr_raw": 0.1,
+            "test.accuracy": 0.75,
+        },
         "tags": {"suite": "unit"},
     }
 
@@ -83,12 +103,18 @@ def test_relogging_a_key_never_duplicates_and_failures_are_replaced(tracker, db_
 
 
 def test_pretrain_history_noise_file_and_kinds(tracker, tmp_path):
-    job = PretrainJob(objective="supervised", corpus="fashion-mnist", arch="test_resnet", noise_ratio=0.2,
-                      epochs=2, display="tr")
+    job = PretrainJob(
+        objective="supervised", corpus="fashion-mnist", arch="test_resnet", noise_ratio=0.2, epochs=2, display="tr"
+    )
     noise = tmp_path / "noise.npz"
     np.savez(noise, noisy_labels=np.arange(4))
-    result = {"metrics": [{"epoch": 0, "loss": 2.0, "train_accuracy": 0.3}, {"epoch": 1, "loss": 1.5, "train_accuracy": 0.5}],
-              "noise_path": noise, "checkpoint_path": tmp_path / "model.pt", "realised_ratio": 0.2, "reused": False}
+    result = {
+        "metrics": [{"epoch": 0, "loss": 2.0, "train_accuracy": 0.3}, {"epoch": 1, "loss": 1.5, "train_accuracy": 0.5}],
+        "noise_path": noise,
+        "checkpoint_path": tmp_path / "model.pt",
+        "realised_ratio": 0.2,
+        "reused": False,
+    }
     run_id = tracker.log_pretrain(job, result)
     assert tracker.log_pretrain(job, result) == run_id
     hist = tracker.client.get_metric_history(run_id, "loss")
@@ -104,21 +130,33 @@ def test_pretrain_history_noise_file_and_kinds(tracker, tmp_path):
     assert list(tracker.runs_frame("pretrain").key) == [job.key]
 
 
-
 def test_pretrain_result_dataclass_and_failed_job(tracker, tmp_path):
     """The real ``PretrainResult`` (a dataclass holding its job) logs as is; errors log as FAILED."""
     from benchmark.pretrain import PretrainResult
 
-    job = PretrainJob(objective="clip", corpus="fashion-mnist", arch="nml-tiny-clip", noise_kind="swap",
-                      noise_ratio=0.3, seed=1)
-    ok = PretrainResult(job=job, key=job.key, checkpoint_path=tmp_path / "model.pt", noise_path=tmp_path / "absent.npz",
-                        metrics=[{"epoch": 0, "loss": 3.0}], realised_ratio=0.3, seconds=12.5)
+    job = PretrainJob(
+        objective="clip", corpus="fashion-mnist", arch="nml-tiny-clip", noise_kind="swap", noise_ratio=0.3, seed=1
+    )
+    ok = PretrainResult(
+        job=job,
+        key=job.key,
+        checkpoint_path=tmp_path / "model.pt",
+        noise_path=tmp_path / "absent.npz",
+        metrics=[{"epoch": 0, "loss": 3.0}],
+        realised_ratio=0.3,
+        seconds=12.5,
+    )
     run = tracker.client.get_run(tracker.log_pretrain(job, ok))
     assert run.data.metrics == {"loss": 3.0, "realised_ratio": 0.3, "seconds": 12.5}
     assert run.data.params["noise_kind"] == "swap" and run.data.params["name"] == job.name
     other = PretrainJob(objective="clip", corpus="fashion-mnist", arch="nml-tiny-clip", noise_kind="swap", seed=2)
-    bad = PretrainResult(job=other, key=other.key, checkpoint_path=tmp_path / "x", noise_path=tmp_path / "y",
-                         error="TrainingDiverged: loss nan at epoch 0")
+    bad = PretrainResult(
+        job=other,
+        key=other.key,
+        checkpoint_path=tmp_path / "x",
+        noise_path=tmp_path / "y",
+        error="TrainingDiverged: loss nan at epoch 0",
+    )
     failed = tracker.client.get_run(tracker.log_pretrain(other, bad))
     assert failed.info.status == "FAILED" and failed.data.tags["error"].startswith("TrainingDiverged")
     assert tracker.completed_keys("pretrain") == {job.key}
@@ -134,25 +172,47 @@ def test_spectra_roundtrip_with_labels(tracker):
     assert list(on_task) == ["net · noise 10%", "net · noise 30%"]
     np.testing.assert_array_equal(on_task["net · noise 10%"], [3.0, 2.0, 1.0])
     everything = tracker.load_spectra()
-    assert set(everything) == {"net · noise 10% · s0 / mnist-5k", "net · noise 30% · s0 / mnist-5k",
-                               "frozen / animal-mnist"}
+    assert set(everything) == {
+        "net · noise 10% · s0 / mnist-5k",
+        "net · noise 30% · s0 / mnist-5k",
+        "frozen / animal-mnist",
+    }
     np.testing.assert_array_equal(everything["frozen / animal-mnist"], [5.0, 1.0])
 
 
 def test_runs_form_the_study_tree_with_short_readable_names(tracker, tmp_path):
     """suite run > backbone x noise ratio group > fit / pre-training / spectrum runs."""
     fit = tracker.log_fit(fit_record("tree-fit"))
-    job = PretrainJob(objective="supervised", corpus="fashion-mnist", arch="test_resnet", noise_ratio=0.1,
-                      epochs=1, display="net", seed=3)
+    job = PretrainJob(
+        objective="supervised",
+        corpus="fashion-mnist",
+        arch="test_resnet",
+        noise_ratio=0.1,
+        epochs=1,
+        display="net",
+        seed=3,
+    )
     pre = tracker.log_pretrain(job, {"metrics": [{"epoch": 0, "loss": 1.0}]})
     spec = tracker.log_spectrum({"backbone": "net", "noise_ratio": 0.1, "pretrain_seed": 1}, "mnist-5k", np.ones(3))
-    frozen = tracker.log_fit({**fit_record("tree-frozen", method="lp"),
-                              "params": {**fit_record("x", method="lp")["params"], "backbone": "mobilenet",
-                                         "noise_ratio": float("nan"), "objective": "frozen"}})
+    frozen = tracker.log_fit(
+        {
+            **fit_record("tree-frozen", method="lp"),
+            "params": {
+                **fit_record("x", method="lp")["params"],
+                "backbone": "mobilenet",
+                "noise_ratio": float("nan"),
+                "objective": "frozen",
+            },
+        }
+    )
     get = tracker.client.get_run
     names = {k: get(r).info.run_name for k, r in (("fit", fit), ("pre", pre), ("spec", spec), ("frozen", frozen))}
-    assert names == {"fit": "nmtune λ0.01 d2 · mnist-5k · p1 s0", "pre": "pretrain p3 · fashion-mnist",
-                     "spec": "spectrum p1 · mnist-5k", "frozen": "lp · mnist-5k · s0"}
+    assert names == {
+        "fit": "nmtune λ0.01 d2 · mnist-5k · p1 s0",
+        "pre": "pretrain p3 · fashion-mnist",
+        "spec": "spectrum p1 · mnist-5k",
+        "frozen": "lp · mnist-5k · s0",
+    }
     group = get(get(fit).data.tags["mlflow.parentRunId"])
     assert group.info.run_name == "net @ 10%" and group.data.tags["nmlbench.kind"] == "group"
     assert get(pre).data.tags["mlflow.parentRunId"] == group.info.run_id  # same model, same group
@@ -166,7 +226,13 @@ def test_runs_form_the_study_tree_with_short_readable_names(tracker, tmp_path):
     tracker.log_fit(fit_record("tree-fit-2", ratio=0.1, method="mlp"))
     groups = tracker.client.search_runs([tracker.experiment_id], "tags.`nmlbench.kind` = 'group'")
     assert sorted(g.info.run_name for g in groups) == ["mobilenet (frozen)", "net @ 10%"]
-    assert tracker.completed_keys() == {"tree-fit", "tree-fit-2", "tree-frozen", job.key, get(spec).data.tags["nmlbench.key"]}
+    assert tracker.completed_keys() == {
+        "tree-fit",
+        "tree-fit-2",
+        "tree-frozen",
+        job.key,
+        get(spec).data.tags["nmlbench.key"],
+    }
 
 
 def test_experiment_opens_on_training_runs_and_offers_the_leaderboard_view(tracker):
@@ -177,8 +243,10 @@ def test_experiment_opens_on_training_runs_and_offers_the_leaderboard_view(track
     assert view["orderByKey"] == "metrics.`id_acc`" and view["orderByAsc"] is False
     assert "metrics.`id_acc_ci`" in view["selectedColumns"]
     link = tracker.leaderboard_url("http://127.0.0.1:5000")
-    assert link == (f"http://127.0.0.1:5000/#/experiments/{tracker.experiment_id}/runs"
-                    "?viewStateShareKey=leaderboard&workflowType=machine_learning")
+    assert link == (
+        f"http://127.0.0.1:5000/#/experiments/{tracker.experiment_id}/runs"
+        "?viewStateShareKey=leaderboard&workflowType=machine_learning"
+    )
     assert link.split("5000/")[1] in exp.tags["mlflow.note.content"]
 
 
@@ -200,8 +268,9 @@ def test_default_uri_is_absolute(tmp_path, monkeypatch):
 def test_through_an_mlflow_server(tmp_path):
     from benchmark.ui_check import MlflowServer
 
-    with MlflowServer(f"sqlite:///{tmp_path / 'server.db'}", artifacts=tmp_path / "artifacts",
-                      log=tmp_path / "server.log") as server:
+    with MlflowServer(
+        f"sqlite:///{tmp_path / 'server.db'}", artifacts=tmp_path / "artifacts", log=tmp_path / "server.log"
+    ) as server:
         uri = server.url
         tracker = Tracker(uri, "served")
         tracker.log_failure("a", fit_record("a")["params"], "boom")

@@ -2,7 +2,8 @@
 
 The shared published study is served by ``mlflow server`` on a free 127.0.0.1 port; the
 experiment's leaderboard view must list every leaderboard run, best ID accuracy first, the study
-view must show the run tree once expanded, and the pages must log no error of their own (the stock MLflow 3.17 UI's ``users/current`` 404 aside). The
+view must show the run tree once expanded, and the pages must log no error of their own (the stock MLflow
+3.17 UI's ``users/current`` 404 aside). The
 HTML report must show the table, sort it on a header click, decode every inlined figure, load
 nothing from outside and log no error. Screenshots land in pytest's tmp folder.
 """
@@ -47,6 +48,13 @@ def test_html_report_renders_sorts_and_is_self_contained(study, browser, tmp_pat
     state = check.visit.value
     assert state["images"] == state["decoded"] == 5  # the 4 study figures and the pre-training curves
     text = check.visit.text
-    for needle in ("Leaderboard", "Claims", "noise records", "How the numbers were chosen", "no grid ×6",
-                   "fashion-mnist", "flipped samples fitted"):
+    for needle in (
+        "Leaderboard",
+        "Claims",
+        "noise records",
+        "How the numbers were chosen",
+        "no grid ×6",
+        "fashion-mnist",
+        "flipped samples fitted",
+    ):
         assert needle in text, needle

@@ -50,8 +50,20 @@ __getattr__ = lazy_getattr(__name__, _LAZY)
 
 
 __all__ = [
-    "IMAGENET_MEAN", "IMAGENET_STD", "SUITE_MEAN", "SUITE_STD", "Backbone", "TorchBackbone",
-    "describe_transform", "make_transform", "transform_images", "transform_spec",
-    "ENTRY_POINT_GROUP", "create_backbone", "format_backbones_table", "list_backbones",
-    "refresh_plugins", *_LAZY,
+    "IMAGENET_MEAN",
+    "IMAGENET_STD",
+    "SUITE_MEAN",
+    "SUITE_STD",
+    "Backbone",
+    "TorchBackbone",
+    "describe_transform",
+    "make_transform",
+    "transform_images",
+    "transform_spec",
+    "ENTRY_POINT_GROUP",
+    "create_backbone",
+    "format_backbones_table",
+    "list_backbones",
+    "refresh_plugins",
+    *_LAZY,
 ]

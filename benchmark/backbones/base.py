@@ -47,15 +47,14 @@ class Backbone(Protocol):
         """A batch of transformed images [B, C, H, W] -> float32 features [B, D], no grad."""
         ...
 
-    def to(self, device: str | torch.device) -> "Backbone":
-        ...
+    def to(self, device: str | torch.device) -> Backbone: ...
 
     @property
-    def device(self) -> torch.device:
-        ...
+    def device(self) -> torch.device: ...
 
 
 # -- preprocessing shared with pre-training ----------------------------------------------------
+
 
 def make_transform(image_size: int, mean: Sequence[float], std: Sequence[float]) -> v2.Compose:
     """Eval preprocessing: resize to a square ``image_size``, scale to [0, 1], normalise.
@@ -63,22 +62,29 @@ def make_transform(image_size: int, mean: Sequence[float], std: Sequence[float])
     Used both by feature extraction and by the suite's pre-training, so the two agree pixel for
     pixel. The input must already be RGB (``ImageSplit`` converts grey images by channel repeat).
     """
-    return v2.Compose([
-        v2.Resize((int(image_size), int(image_size)), antialias=True),
-        v2.ToImage(),
-        v2.ToDtype(torch.float32, scale=True),
-        v2.Normalize(mean=[float(m) for m in mean], std=[float(s) for s in std]),
-    ])
+    return v2.Compose(
+        [
+            v2.Resize((int(image_size), int(image_size)), antialias=True),
+            v2.ToImage(),
+            v2.ToDtype(torch.float32, scale=True),
+            v2.Normalize(mean=[float(m) for m in mean], std=[float(s) for s in std]),
+        ]
+    )
 
 
 def transform_spec(image_size: int, mean: Sequence[float], std: Sequence[float]) -> dict[str, Any]:
     """The parameters of :func:`make_transform` as plain data, for cache keys and checkpoints."""
-    return {"resize": int(image_size), "interpolation": "bilinear-antialias",
-            "mean": [float(m) for m in mean], "std": [float(s) for s in std]}
+    return {
+        "resize": int(image_size),
+        "interpolation": "bilinear-antialias",
+        "mean": [float(m) for m in mean],
+        "std": [float(s) for s in std],
+    }
 
 
-def transform_images(images: np.ndarray | Sequence[Image.Image],
-                     transform: Callable[[Image.Image], torch.Tensor]) -> torch.Tensor:
+def transform_images(
+    images: np.ndarray | Sequence[Image.Image], transform: Callable[[Image.Image], torch.Tensor]
+) -> torch.Tensor:
     """Apply a per-image transform to a whole array (N, H, W[, 3]) uint8 or list of PIL images.
 
     Pre-training uses this to tensorise its corpus once with the very transform its features
@@ -112,6 +118,7 @@ def seeded(seed: int) -> Iterator[None]:
 
 
 # -- base class for torch backbones ------------------------------------------------------------
+
 
 class TorchBackbone:
     """A frozen ``nn.Module`` plus a feature function, with the standard eval transform.
@@ -166,7 +173,7 @@ class TorchBackbone:
             feats = self._feature_fn(self.module, batch.to(self.device, non_blocking=True))
         return feats.reshape(feats.shape[0], -1).float()
 
-    def to(self, device: str | torch.device) -> "TorchBackbone":
+    def to(self, device: str | torch.device) -> TorchBackbone:
         self.module.to(device)
         return self
 
@@ -192,7 +199,7 @@ def describe_transform(backbone: Any) -> Any:
     spec = getattr(backbone, "transform_spec", None)
     if spec is not None:
         return spec
-    t = getattr(backbone, "transform")
+    t = backbone.transform
     func = getattr(t, "__func__", None)
     if func is not None or callable(t) and hasattr(t, "__qualname__"):
         f = func or t

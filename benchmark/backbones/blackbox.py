@@ -37,8 +37,9 @@ def resolve_target(target: str) -> Callable[..., Any]:
     try:
         obj: Any = importlib.import_module(mod_name)
     except ImportError as e:
-        raise ConfigError(f"blackbox target {target!r}: cannot import {mod_name!r} ({e}); is the "
-                          "package installed or on PYTHONPATH?") from None
+        raise ConfigError(
+            f"blackbox target {target!r}: cannot import {mod_name!r} ({e}); is the package installed or on PYTHONPATH?"
+        ) from None
     for attr in attr_path.split("."):
         if not hasattr(obj, attr):
             raise ConfigError(f"blackbox target {target!r}: {mod_name!r} has no attribute {attr_path!r}")
@@ -55,17 +56,26 @@ class BlackBoxBackbone:
     its own preprocessing); ``encode`` turns the batch back into what the function expects.
     """
 
-    def __init__(self, fn: Callable[..., Any], *, target: str, version: str, name: str,
-                 image_size: int | None = None, input_kind: str = "pil",
-                 kwargs: dict[str, Any] | None = None) -> None:
+    def __init__(
+        self,
+        fn: Callable[..., Any],
+        *,
+        target: str,
+        version: str,
+        name: str,
+        image_size: int | None = None,
+        input_kind: str = "pil",
+        kwargs: dict[str, Any] | None = None,
+    ) -> None:
         if input_kind not in ("pil", "array"):
             raise ConfigError(f"blackbox 'input' must be 'pil' or 'array', got {input_kind!r}")
         self._fn, self._kwargs = fn, dict(kwargs or {})
         self.name, self.target, self.version = name, target, str(version)
         self.image_size, self.input_kind = image_size, input_kind
         self.family, self.arch = "blackbox", target
-        self.identity = (f"blackbox:{target}:v{self.version}:{input_kind}"
-                         f":img{image_size or 'native'}{kwargs_tag(self._kwargs)}")
+        self.identity = (
+            f"blackbox:{target}:v{self.version}:{input_kind}:img{image_size or 'native'}{kwargs_tag(self._kwargs)}"
+        )
         self.transform_spec = {"blackbox_input": input_kind, "resize": image_size}
         probe = self.transform(Image.new("RGB", (image_size or 32, image_size or 32)))
         self.feature_dim = int(self.encode(probe[None]).shape[1])
@@ -81,14 +91,17 @@ class BlackBoxBackbone:
         arr = batch.detach().to("cpu", torch.uint8).permute(0, 2, 3, 1).numpy()
         inputs: Any = [Image.fromarray(a) for a in arr] if self.input_kind == "pil" else arr
         out = self._fn(inputs, **self._kwargs)
-        feats = torch.as_tensor(np.asarray(out.detach().cpu() if isinstance(out, torch.Tensor)
-                                           else out), dtype=torch.float32)
+        feats = torch.as_tensor(
+            np.asarray(out.detach().cpu() if isinstance(out, torch.Tensor) else out), dtype=torch.float32
+        )
         if feats.ndim != 2 or feats.shape[0] != len(arr):
-            raise ConfigError(f"blackbox {self.target!r} returned shape {tuple(feats.shape)} for "
-                              f"{len(arr)} images; it must return (batch, dim) embeddings")
+            raise ConfigError(
+                f"blackbox {self.target!r} returned shape {tuple(feats.shape)} for "
+                f"{len(arr)} images; it must return (batch, dim) embeddings"
+            )
         return feats
 
-    def to(self, device: str | torch.device) -> "BlackBoxBackbone":
+    def to(self, device: str | torch.device) -> BlackBoxBackbone:
         return self  # the function decides where it runs
 
     @property
@@ -101,14 +114,24 @@ class BlackBoxBackbone:
 
 def create_blackbox_backbone(spec: dict[str, Any]) -> BlackBoxBackbone:
     """Build a ``blackbox`` backbone; needs ``target`` and ``version`` (see module docstring)."""
-    spec = check_spec(spec, "blackbox", allowed={"family", "target", "version", "image_size",
-                                                 "input", "kwargs", "name"}, required=("target",))
+    spec = check_spec(
+        spec,
+        "blackbox",
+        allowed={"family", "target", "version", "image_size", "input", "kwargs", "name"},
+        required=("target",),
+    )
     if spec.get("version") in (None, ""):
         raise ConfigError(
             f"blackbox spec for {spec['target']!r} needs 'version': a string you change whenever "
-            "the model behind it changes (the feature cache trusts it instead of a weights hash)")
+            "the model behind it changes (the feature cache trusts it instead of a weights hash)"
+        )
     target = str(spec["target"])
-    return BlackBoxBackbone(resolve_target(target), target=target, version=str(spec["version"]),
-                            name=spec.get("name") or f"blackbox/{target}",
-                            image_size=spec.get("image_size"),
-                            input_kind=str(spec.get("input") or "pil"), kwargs=spec.get("kwargs"))
+    return BlackBoxBackbone(
+        resolve_target(target),
+        target=target,
+        version=str(spec["version"]),
+        name=spec.get("name") or f"blackbox/{target}",
+        image_size=spec.get("image_size"),
+        input_kind=str(spec.get("input") or "pil"),
+        kwargs=spec.get("kwargs"),
+    )

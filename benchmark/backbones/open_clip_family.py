@@ -48,12 +48,15 @@ def _quiet_random_init() -> Iterator[None]:
 
 def _check_arch(arch: str) -> None:
     if arch not in open_clip.list_models():
-        raise UnknownNameError("open_clip model config", arch, open_clip.list_models(),
-                               hint=f"add a config JSON to {MODEL_CONFIG_DIR} or pass a known name")
+        raise UnknownNameError(
+            "open_clip model config",
+            arch,
+            open_clip.list_models(),
+            hint=f"add a config JSON to {MODEL_CONFIG_DIR} or pass a known name",
+        )
 
 
-def create_open_clip_model(arch: str, seed: int = 0, **kwargs: Any
-                           ) -> tuple[torch.nn.Module, Any]:
+def create_open_clip_model(arch: str, seed: int = 0, **kwargs: Any) -> tuple[torch.nn.Module, Any]:
     """A randomly initialised open_clip model and its tokenizer, for contrastive pre-training.
 
     The tokenizer is open_clip's bundled BPE (no download) unless the config names a Hugging
@@ -93,8 +96,12 @@ def encode_image_features(module: torch.nn.Module, x: torch.Tensor) -> torch.Ten
 
 def create_open_clip_backbone(spec: dict[str, Any]) -> TorchBackbone:
     """Build an ``open_clip`` family backbone from a spec (see module docstring)."""
-    spec = check_spec(spec, "open_clip", allowed={"family", "arch", "checkpoint", "image_size",
-                                                  "seed", "kwargs", "name"}, required=("arch",))
+    spec = check_spec(
+        spec,
+        "open_clip",
+        allowed={"family", "arch", "checkpoint", "image_size", "seed", "kwargs", "name"},
+        required=("arch",),
+    )
     arch, kwargs = str(spec["arch"]), dict(spec.get("kwargs") or {})
     if spec.get("image_size"):
         kwargs.setdefault("force_image_size", int(spec["image_size"]))
@@ -115,5 +122,11 @@ def create_open_clip_backbone(spec: dict[str, Any]) -> TorchBackbone:
     return TorchBackbone(
         name=spec.get("name") or f"open_clip/{arch}",
         identity=f"open_clip:{arch}:{weights}:img{size}{kwargs_tag(kwargs)}",
-        module=model, feature_fn=encode_image_features, image_size=size, mean=mean, std=std,
-        family="open_clip", arch=arch)
+        module=model,
+        feature_fn=encode_image_features,
+        image_size=size,
+        mean=mean,
+        std=std,
+        family="open_clip",
+        arch=arch,
+    )

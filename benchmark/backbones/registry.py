@@ -26,16 +26,26 @@ Factory = Callable[[dict[str, Any]], Any]
 
 #: family -> ("module:function", one-line description)
 BUILTIN_FAMILIES: dict[str, tuple[str, str]] = {
-    "timm": ("benchmark.backbones.timm_family:create_timm_backbone",
-             "any timm architecture; seeded random init or a state-dict checkpoint; pooled pre-logits"),
-    "open_clip": ("benchmark.backbones.open_clip_family:create_open_clip_backbone",
-                  "image tower of an open_clip config (incl. nml-tiny-clip); encode_image features"),
-    "torchvision": ("benchmark.backbones.torchvision_family:create_torchvision_backbone",
-                    "torchvision classifiers; mobilenet_v2 with offline ImageNet weights; pre-logits"),
-    "nmlbench": ("benchmark.backbones.checkpoint:create_nmlbench_backbone",
-                 "checkpoints written by the suite's pre-training (model.pt)"),
-    "blackbox": ("benchmark.backbones.blackbox:create_blackbox_backbone",
-                 "any embedding function 'module:function' (API setting), identity from 'version'"),
+    "timm": (
+        "benchmark.backbones.timm_family:create_timm_backbone",
+        "any timm architecture; seeded random init or a state-dict checkpoint; pooled pre-logits",
+    ),
+    "open_clip": (
+        "benchmark.backbones.open_clip_family:create_open_clip_backbone",
+        "image tower of an open_clip config (incl. nml-tiny-clip); encode_image features",
+    ),
+    "torchvision": (
+        "benchmark.backbones.torchvision_family:create_torchvision_backbone",
+        "torchvision classifiers; mobilenet_v2 with offline ImageNet weights; pre-logits",
+    ),
+    "nmlbench": (
+        "benchmark.backbones.checkpoint:create_nmlbench_backbone",
+        "checkpoints written by the suite's pre-training (model.pt)",
+    ),
+    "blackbox": (
+        "benchmark.backbones.blackbox:create_blackbox_backbone",
+        "any embedding function 'module:function' (API setting), identity from 'version'",
+    ),
 }
 
 
@@ -56,19 +66,23 @@ def _plugins() -> dict[str, tuple[Factory, str, str]]:
     for ep in entry_points(group=ENTRY_POINT_GROUP):
         dist = ep.dist.name if ep.dist is not None else "(unknown distribution)"
         if ep.name in BUILTIN_FAMILIES:
-            warnings.warn(f"backbone plugin {ep.name!r} from {dist} is ignored: it would shadow the "
-                          "built-in family of that name; rename its entry point", stacklevel=2)
+            warnings.warn(
+                f"backbone plugin {ep.name!r} from {dist} is ignored: it would shadow the "
+                "built-in family of that name; rename its entry point",
+                stacklevel=2,
+            )
             continue
         try:
             factory = ep.load()
         except Exception as e:  # a broken plugin must not break the others
-            warnings.warn(f"backbone plugin {ep.name!r} from distribution {dist} failed to load "
-                          f"({type(e).__name__}: {e}); skipped. Reinstall or fix {dist}.",
-                          stacklevel=2)
+            warnings.warn(
+                f"backbone plugin {ep.name!r} from distribution {dist} failed to load "
+                f"({type(e).__name__}: {e}); skipped. Reinstall or fix {dist}.",
+                stacklevel=2,
+            )
             continue
         if not callable(factory):
-            warnings.warn(f"backbone plugin {ep.name!r} from {dist} is not callable; skipped",
-                          stacklevel=2)
+            warnings.warn(f"backbone plugin {ep.name!r} from {dist} is not callable; skipped", stacklevel=2)
             continue
         found[ep.name] = (factory, _describe(factory), dist)
     return found
@@ -95,8 +109,12 @@ def get_factory(family: str) -> Factory:
     plugins = _plugins()
     if family in plugins:
         return plugins[family][0]
-    raise UnknownNameError("backbone family", family, list(BUILTIN_FAMILIES) + list(plugins),
-                           hint=f"plugins register under the entry-point group {ENTRY_POINT_GROUP!r}")
+    raise UnknownNameError(
+        "backbone family",
+        family,
+        list(BUILTIN_FAMILIES) + list(plugins),
+        hint=f"plugins register under the entry-point group {ENTRY_POINT_GROUP!r}",
+    )
 
 
 def create_backbone(spec: dict[str, Any]) -> Any:
@@ -105,8 +123,7 @@ def create_backbone(spec: dict[str, Any]) -> Any:
         raise ConfigError(f"backbone spec must be a mapping with a 'family' key, got {spec!r}")
     family = spec.get("family")
     if not family:
-        raise ConfigError(f"backbone spec {spec!r} has no 'family'; one of: "
-                          f"{', '.join(list_backbones())}")
+        raise ConfigError(f"backbone spec {spec!r} has no 'family'; one of: {', '.join(list_backbones())}")
     return get_factory(str(family))(dict(spec))
 
 
@@ -114,6 +131,8 @@ def format_backbones_table() -> str:
     """Text table of families for ``nmlbench backbones``."""
     from tabulate import tabulate
 
-    rows = [(name, "plugin" if name not in BUILTIN_FAMILIES else "built-in", desc)
-            for name, desc in list_backbones().items()]
+    rows = [
+        (name, "plugin" if name not in BUILTIN_FAMILIES else "built-in", desc)
+        for name, desc in list_backbones().items()
+    ]
     return tabulate(rows, headers=["family", "source", "description"], tablefmt="simple")

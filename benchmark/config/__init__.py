@@ -22,5 +22,17 @@ from benchmark.config.schema import (
     default_tracking_uri,
 )
 
-__all__ = ["Downstream", "FrozenBackbone", "NoiseSpec", "PretrainBlock", "RaySpec", "Selection", "Suite", "Tracking",
-           "check_data_available", "default_tracking_uri", "load_suite", "validate_suite"]
+__all__ = [
+    "Downstream",
+    "FrozenBackbone",
+    "NoiseSpec",
+    "PretrainBlock",
+    "RaySpec",
+    "Selection",
+    "Suite",
+    "Tracking",
+    "check_data_available",
+    "default_tracking_uri",
+    "load_suite",
+    "validate_suite",
+]

@@ -46,10 +46,10 @@ def _check_names(suite: Suite) -> list[str]:
         except UnknownNameError as e:
             problems.append(f"downstream.ood[{i}] = {name!r}: {e}")
     families = list_backbones()
-    for i, b in enumerate(suite.backbones):
-        if b.family not in families:
+    for i, frozen in enumerate(suite.backbones):
+        if frozen.family not in families:
             problems.append(
-                f"backbones[{i}].family = {b.family!r}: unknown backbone family "
+                f"backbones[{i}].family = {frozen.family!r}: unknown backbone family "
                 f"(known: {', '.join(sorted(families))}; plugins register under entry-point group "
                 "'nmlbench.backbones')"
             )
@@ -64,8 +64,14 @@ def validate_suite(data: Any, source: str | Path = "<suite>", *, check_names: bo
     source = str(source)
     if not isinstance(data, Mapping):
         kind = "empty" if data is None else f"a {type(data).__name__}"
-        raise_problems(source, [f"<top level>: the file is {kind}; a suite is a mapping with keys "
-                        f"{', '.join(n for n, f in Suite.model_fields.items() if not f.exclude)}"], "schema")
+        raise_problems(
+            source,
+            [
+                f"<top level>: the file is {kind}; a suite is a mapping with keys "
+                f"{', '.join(n for n, f in Suite.model_fields.items() if not f.exclude)}"
+            ],
+            "schema",
+        )
     try:
         suite = Suite.model_validate(dict(data))
     except ValidationError as e:
@@ -114,6 +120,7 @@ def check_data_available(suite: Suite) -> None:
         lines = [f"  - {s.name}: {s.how_to_get}" for s in missing]
         raise DatasetUnavailable(
             f"suite {suite.name!r} needs {len(missing)} data set(s) whose files are absent under "
-            f"data_root {root}:\n" + "\n".join(lines)
+            f"data_root {root}:\n"
+            + "\n".join(lines)
             + "\nInstall them there (or set data_root in the suite), then run again."
         )

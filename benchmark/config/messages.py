@@ -16,6 +16,7 @@ from pydantic import BaseModel
 
 from benchmark.errors import ConfigError
 
+
 class SectionProblems(ValueError):
     """Several problems found by one section's validator, each ``"<sub-path>: <message>"``.
 
@@ -84,8 +85,14 @@ def _model_at(root: type[BaseModel], loc: tuple) -> type[BaseModel] | None:
 
 
 _TYPE_WORDS = {
-    "float": "a number", "int": "an integer", "bool": "true or false", "string": "a string",
-    "list": "a list", "dict": "a mapping", "model": "a mapping", "int_from_float": "a whole number",
+    "float": "a number",
+    "int": "an integer",
+    "bool": "true or false",
+    "string": "a string",
+    "list": "a list",
+    "dict": "a mapping",
+    "model": "a mapping",
+    "int_from_float": "a whole number",
 }
 
 

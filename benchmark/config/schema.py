@@ -21,16 +21,24 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field, PrivateAttr, 
 
 from benchmark.config.messages import SectionProblems
 from benchmark.errors import ConfigError
-from benchmark.heads.registry import HPARAM_NAMES, default_methods, get_head, head_names, methods_taking, resolve_hparams
+from benchmark.heads.registry import (
+    HPARAM_NAMES,
+    default_methods,
+    get_head,
+    head_names,
+    methods_taking,
+    resolve_hparams,
+)
 from benchmark.pretrain.job import AUGMENTS, PRECISIONS, default_noise_kind, job_default, noise_problem, recipe_problem
-
 
 
 # -- constrained scalars: custom messages say the allowed range in interval notation -------------
 def _interval(lo: float | None, hi: float | None, lo_open: bool, hi_open: bool):
-    text = f"must be in {'(' if lo_open else '['}{lo:g}, {hi:g}{')' if hi_open else ']'}" if (
-        lo is not None and hi is not None
-    ) else (f"must be {'>' if lo_open else '>='} {lo:g}" if lo is not None else f"must be <= {hi:g}")
+    text = (
+        f"must be in {'(' if lo_open else '['}{lo:g}, {hi:g}{')' if hi_open else ']'}"
+        if (lo is not None and hi is not None)
+        else (f"must be {'>' if lo_open else '>='} {lo:g}" if lo is not None else f"must be <= {hi:g}")
+    )
 
     def check(v: float) -> float:
         if lo is not None and (v <= lo if lo_open else v < lo):
@@ -79,8 +87,10 @@ def _known_noise_kind(kind: str) -> str:
     from benchmark.noise import noise_kinds
 
     if kind not in noise_kinds():
-        raise ValueError(f"must be one of {', '.join(noise_kinds())} (the registered noise kinds; "
-                         "plugins register under the entry-point group 'nmlbench.noise')")
+        raise ValueError(
+            f"must be one of {', '.join(noise_kinds())} (the registered noise kinds; "
+            "plugins register under the entry-point group 'nmlbench.noise')"
+        )
     return kind
 
 
@@ -88,9 +98,11 @@ def _known_objective(objective: str) -> str:
     from benchmark.pretrain.objectives import objective_names
 
     if objective not in objective_names():
-        raise ValueError(f"must be one of {', '.join(objective_names())} (the registered "
-                         "objectives; plugins register under the entry-point group "
-                         "'nmlbench.objectives')")
+        raise ValueError(
+            f"must be one of {', '.join(objective_names())} (the registered "
+            "objectives; plugins register under the entry-point group "
+            "'nmlbench.objectives')"
+        )
     return objective
 
 
@@ -159,14 +171,14 @@ class PretrainBlock(_Model):
             self.noise.kind = default_noise_kind(self.objective)
         problem = noise_problem(self.objective, self.noise.kind, self.noise.class_map)
         if problem is None:
-            problem = recipe_problem(self.augment, self.crop_scale, self.precision,
-                                     self.warmup_epochs, self.epochs)
+            problem = recipe_problem(self.augment, self.crop_scale, self.precision, self.warmup_epochs, self.epochs)
         if problem is not None:
             raise ValueError(problem)
         late = [e for e in self.checkpoint_epochs or [] if e > self.epochs]
         if late:
-            raise ValueError(f"checkpoint_epochs {late} lie after the last epoch ({self.epochs}); "
-                             f"list epochs in 1..{self.epochs}")
+            raise ValueError(
+                f"checkpoint_epochs {late} lie after the last epoch ({self.epochs}); list epochs in 1..{self.epochs}"
+            )
         if self.checkpoint_epochs:
             self.checkpoint_epochs = sorted(self.checkpoint_epochs)
         if self.name is None:
@@ -197,15 +209,17 @@ class FrozenBackbone(_Model):
     kwargs: dict[str, Any] = Field(default_factory=dict)
 
     @model_validator(mode="after")
-    def _builtin_keys_only(self) -> "FrozenBackbone":
+    def _builtin_keys_only(self) -> FrozenBackbone:
         extra = sorted((self.model_extra or {}).keys())
         if extra:
             from benchmark.backbones.registry import BUILTIN_FAMILIES
 
             if self.family in BUILTIN_FAMILIES:
                 allowed = ", ".join(sorted(type(self).model_fields))
-                raise ValueError(f"unknown key(s) {', '.join(map(repr, extra))} for built-in family "
-                                 f"{self.family!r} (allowed: {allowed}; plugin families may take their own keys)")
+                raise ValueError(
+                    f"unknown key(s) {', '.join(map(repr, extra))} for built-in family "
+                    f"{self.family!r} (allowed: {allowed}; plugin families may take their own keys)"
+                )
         return self
 
     def spec(self) -> dict[str, Any]:
@@ -221,8 +235,9 @@ class FrozenBackbone(_Model):
 def _known_methods(values: list[str]) -> list[str]:
     unknown = [m for m in values if m not in head_names()]
     if unknown:
-        raise ValueError(f"unknown head method(s) {', '.join(map(repr, unknown))} (registered heads: "
-                         f"{', '.join(head_names())})")
+        raise ValueError(
+            f"unknown head method(s) {', '.join(map(repr, unknown))} (registered heads: {', '.join(head_names())})"
+        )
     return values
 
 
@@ -239,7 +254,8 @@ class Downstream(_Model):
     id: Annotated[list[str], UniqueList] = Field(default_factory=list)
     ood: Annotated[list[str], UniqueList] = Field(default_factory=list)
     methods: Annotated[list[str], NonEmpty, UniqueList, AfterValidator(_known_methods)] = Field(
-        default_factory=lambda: list(default_methods()))
+        default_factory=lambda: list(default_methods())
+    )
     grid: dict[str, Annotated[list[Any], NonEmpty, UniqueList]] = Field(default_factory=dict)
     hparams: dict[str, Any] = Field(default_factory=dict)
     seeds: Annotated[list[NonNegInt], NonEmpty, UniqueList] = Field(default_factory=lambda: [0])
@@ -270,14 +286,15 @@ class Downstream(_Model):
 
     def _axis_problems(self) -> list[str]:
         out = []
-        for where, keys in (("grid", list(self.grid)),
-                            ("hparams", [k for k in self.hparams if k not in head_names()])):
+        for where, keys in (("grid", list(self.grid)), ("hparams", [k for k in self.hparams if k not in head_names()])):
             for k in keys:
                 if k not in HPARAM_NAMES:
                     out.append(f"{where}.{k}: unknown hyper-parameter (known: {', '.join(HPARAM_NAMES)})")
                 elif not any(get_head(m).takes(k) for m in self.methods):
-                    out.append(f"{where}.{k}: no listed method takes it (it applies to "
-                               f"{', '.join(methods_taking(k)) or 'none'}; methods: {', '.join(self.methods)})")
+                    out.append(
+                        f"{where}.{k}: no listed method takes it (it applies to "
+                        f"{', '.join(methods_taking(k)) or 'none'}; methods: {', '.join(self.methods)})"
+                    )
         for k in sorted(set(self.grid) & set(self.hparams)):
             out.append(f"{k}: given both in grid and in hparams; keep one")
         for m in (k for k in self.hparams if k in head_names()):

@@ -24,8 +24,24 @@ from benchmark.data.sampling import few_shot, train_val_split
 from benchmark.data.tar_index import CorruptShardError
 
 __all__ = [
-    "ArraySplit", "CorruptShardError", "DatasetInfo", "DatasetSource", "DatasetStatus", "ImageSplit",
-    "ImageTextSplit", "OODGroup", "OOD_GROUPS", "UNLABELLED", "check_label_space", "clear_cache",
-    "dataset_names", "download_dataset", "few_shot", "format_datasets_table", "get_dataset", "get_ood_group",
-    "list_datasets", "train_val_split",
+    "ArraySplit",
+    "CorruptShardError",
+    "DatasetInfo",
+    "DatasetSource",
+    "DatasetStatus",
+    "ImageSplit",
+    "ImageTextSplit",
+    "OODGroup",
+    "OOD_GROUPS",
+    "UNLABELLED",
+    "check_label_space",
+    "clear_cache",
+    "dataset_names",
+    "download_dataset",
+    "few_shot",
+    "format_datasets_table",
+    "get_dataset",
+    "get_ood_group",
+    "list_datasets",
+    "train_val_split",
 ]

@@ -95,7 +95,7 @@ class ImageSplit(torch.utils.data.Dataset):
             img = img.convert("RGB")
         return img, int(self._all_labels[raw])
 
-    def subset(self, indices: np.ndarray | Sequence[int], split: str | None = None) -> "ImageSplit":
+    def subset(self, indices: np.ndarray | Sequence[int], split: str | None = None) -> ImageSplit:
         """A view on some of this split's items (indices relative to this split)."""
         idx = np.asarray(indices, dtype=np.int64)
         if idx.size and (idx.min() < 0 or idx.max() >= len(self)):
@@ -121,9 +121,17 @@ class ArraySplit(ImageSplit):
     process reads the files once on first use.
     """
 
-    def __init__(self, dataset: str, split: str, classes: Sequence[str], images: np.ndarray,
-                 labels: np.ndarray, version: str = "1", reload: Callable[[], np.ndarray] | None = None,
-                 **kw) -> None:
+    def __init__(
+        self,
+        dataset: str,
+        split: str,
+        classes: Sequence[str],
+        images: np.ndarray,
+        labels: np.ndarray,
+        version: str = "1",
+        reload: Callable[[], np.ndarray] | None = None,
+        **kw,
+    ) -> None:
         super().__init__(dataset, split, classes, labels, version=version, **kw)
         self.reload = reload
         self._images = self._checked(images)
@@ -133,8 +141,7 @@ class ArraySplit(ImageSplit):
         if images.dtype != np.uint8:
             raise TypeError(f"{self.dataset}/{self.split}: images must be uint8, got {images.dtype}")
         if len(images) != len(self._all_labels):
-            raise ValueError(f"{self.dataset}/{self.split}: {len(images)} images but "
-                             f"{len(self._all_labels)} labels")
+            raise ValueError(f"{self.dataset}/{self.split}: {len(images)} images but {len(self._all_labels)} labels")
         return images
 
     @property

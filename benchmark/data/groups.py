@@ -32,18 +32,41 @@ class OODGroup:
         return (self.train, *self.tests)
 
 
-OOD_GROUPS: dict[str, OODGroup] = {g.name: g for g in (
-    OODGroup("digits-from-mnist", "mnist-5k", ("sklearn-digits", "digits-printed", "digits-handwriting"),
-             "MNIST handwriting -> other writers (sklearn, 8x8 upscaled) and font-rendered digits"),
-    OODGroup("digits-from-fonts", "digits-printed", ("mnist-5k", "sklearn-digits"),
-             "printed font digits -> real handwriting (MNIST, sklearn)"),
-    OODGroup("domainnet-real", "domainnet-real", ("domainnet-sketch", "domainnet-painting", "domainnet-clipart"),
-             "DomainNet photos -> sketch, painting, clipart (paper's OOD protocol)"),
-    OODGroup("domainnet-sketch", "domainnet-sketch", ("domainnet-real", "domainnet-painting", "domainnet-clipart"),
-             "DomainNet sketches -> real, painting, clipart (paper's OOD protocol)"),
-    OODGroup("imagenet-variants", "imagenet", ("imagenet-v2", "imagenet-sketch", "imagenet-a", "imagenet-r"),
-             "ImageNet LP -> V2, Sketch, A, R (A and R score their 200 classes only)"),
-)}
+OOD_GROUPS: dict[str, OODGroup] = {
+    g.name: g
+    for g in (
+        OODGroup(
+            "digits-from-mnist",
+            "mnist-5k",
+            ("sklearn-digits", "digits-printed", "digits-handwriting"),
+            "MNIST handwriting -> other writers (sklearn, 8x8 upscaled) and font-rendered digits",
+        ),
+        OODGroup(
+            "digits-from-fonts",
+            "digits-printed",
+            ("mnist-5k", "sklearn-digits"),
+            "printed font digits -> real handwriting (MNIST, sklearn)",
+        ),
+        OODGroup(
+            "domainnet-real",
+            "domainnet-real",
+            ("domainnet-sketch", "domainnet-painting", "domainnet-clipart"),
+            "DomainNet photos -> sketch, painting, clipart (paper's OOD protocol)",
+        ),
+        OODGroup(
+            "domainnet-sketch",
+            "domainnet-sketch",
+            ("domainnet-real", "domainnet-painting", "domainnet-clipart"),
+            "DomainNet sketches -> real, painting, clipart (paper's OOD protocol)",
+        ),
+        OODGroup(
+            "imagenet-variants",
+            "imagenet",
+            ("imagenet-v2", "imagenet-sketch", "imagenet-a", "imagenet-r"),
+            "ImageNet LP -> V2, Sketch, A, R (A and R score their 200 classes only)",
+        ),
+    )
+}
 
 
 def get_ood_group(name: str) -> OODGroup:
@@ -69,11 +92,14 @@ def check_label_space(group: OODGroup | str, data_root: str | os.PathLike | None
                 f"({', '.join(test.classes[:3])}, ...) but {group.train} has {train.num_classes} "
                 f"({', '.join(train.classes[:3])}, ...): members must share one label space"
             )
-        allowed = (np.arange(train.num_classes) if test.class_subset is None else test.class_subset)
+        allowed = np.arange(train.num_classes) if test.class_subset is None else test.class_subset
         if allowed.size and (allowed.min() < 0 or allowed.max() >= train.num_classes):
-            raise ConfigError(f"OOD group {group.name!r}: {name}'s class_subset leaves the "
-                              f"{train.num_classes}-class label space of {group.train}")
+            raise ConfigError(
+                f"OOD group {group.name!r}: {name}'s class_subset leaves the "
+                f"{train.num_classes}-class label space of {group.train}"
+            )
         stray = np.setdiff1d(np.unique(test.labels), allowed)
         if stray.size:
-            raise ConfigError(f"OOD group {group.name!r}: {name} has labels {stray[:5].tolist()} outside "
-                              f"its class_subset")
+            raise ConfigError(
+                f"OOD group {group.name!r}: {name} has labels {stray[:5].tolist()} outside its class_subset"
+            )

@@ -60,8 +60,15 @@ class TableFormat:
 class ImageTextSplit(ImageSplit):
     """A split of (image, caption[, label]) pairs. Subclasses implement ``_read_bytes(raw_index)``."""
 
-    def __init__(self, dataset: str, split: str, classes: Sequence[str], labels: np.ndarray,
-                 captions: Sequence[str], version: str) -> None:
+    def __init__(
+        self,
+        dataset: str,
+        split: str,
+        classes: Sequence[str],
+        labels: np.ndarray,
+        captions: Sequence[str],
+        version: str,
+    ) -> None:
         super().__init__(dataset, split, classes, labels, version=version)
         if len(captions) != len(self._all_labels):
             raise ValueError(f"{dataset}/{split}: {len(captions)} captions but {len(self._all_labels)} labels")
@@ -93,8 +100,16 @@ class ImageTextSplit(ImageSplit):
 class CaptionTableSplit(ImageTextSplit):
     """Pairs listed by a CSV/TSV caption table: one image file per row."""
 
-    def __init__(self, dataset: str, split: str, classes: Sequence[str], files: Sequence[str | Path],
-                 labels: np.ndarray, captions: Sequence[str], version: str) -> None:
+    def __init__(
+        self,
+        dataset: str,
+        split: str,
+        classes: Sequence[str],
+        files: Sequence[str | Path],
+        labels: np.ndarray,
+        captions: Sequence[str],
+        version: str,
+    ) -> None:
         super().__init__(dataset, split, classes, labels, captions, version)
         self.files = [str(f) for f in files]
 
@@ -105,9 +120,19 @@ class CaptionTableSplit(ImageTextSplit):
 class ShardSplit(ImageTextSplit):
     """Pairs stored in webdataset tar shards: item i is one seek and read in its shard."""
 
-    def __init__(self, dataset: str, split: str, classes: Sequence[str], shards: Sequence[str | Path],
-                 sample_shard: np.ndarray, image_offset: np.ndarray, image_size: np.ndarray,
-                 labels: np.ndarray, captions: Sequence[str], version: str) -> None:
+    def __init__(
+        self,
+        dataset: str,
+        split: str,
+        classes: Sequence[str],
+        shards: Sequence[str | Path],
+        sample_shard: np.ndarray,
+        image_offset: np.ndarray,
+        image_size: np.ndarray,
+        labels: np.ndarray,
+        captions: Sequence[str],
+        version: str,
+    ) -> None:
         super().__init__(dataset, split, classes, labels, captions, version)
         self.shards = [str(s) for s in shards]
         self.sample_shard = np.asarray(sample_shard, dtype=np.int32)
@@ -115,8 +140,11 @@ class ShardSplit(ImageTextSplit):
         self.image_size = np.asarray(image_size, dtype=np.int64)
 
     def _read_bytes(self, raw_index: int) -> bytes:
-        return read_range(self.shards[int(self.sample_shard[raw_index])], int(self.image_offset[raw_index]),
-                          int(self.image_size[raw_index]))
+        return read_range(
+            self.shards[int(self.sample_shard[raw_index])],
+            int(self.image_offset[raw_index]),
+            int(self.image_size[raw_index]),
+        )
 
 
 def _classes(folder: Path, labels: np.ndarray | None) -> list[str]:
@@ -128,14 +156,20 @@ def _classes(folder: Path, labels: np.ndarray | None) -> list[str]:
     else:
         names = [f"class-{i}" for i in range(int(labels.max(initial=-1)) + 1)]
     if labels.size and (labels.min() < 0 or labels.max() >= len(names)):
-        raise DatasetUnavailable(f"{folder}: labels {labels.min()}..{labels.max()} do not fit the "
-                                 f"{len(names)} names of {names_file}; fix classes.txt or the labels")
+        raise DatasetUnavailable(
+            f"{folder}: labels {labels.min()}..{labels.max()} do not fit the "
+            f"{len(names)} names of {names_file}; fix classes.txt or the labels"
+        )
     return names
 
 
-def read_caption_table(path: Path, separator: str | None = None, image_column: str = IMAGE_COLUMN,
-                       caption_column: str = CAPTION_COLUMN, label_column: str = LABEL_COLUMN,
-                       ) -> tuple[list[Path], list[str], np.ndarray | None]:
+def read_caption_table(
+    path: Path,
+    separator: str | None = None,
+    image_column: str = IMAGE_COLUMN,
+    caption_column: str = CAPTION_COLUMN,
+    label_column: str = LABEL_COLUMN,
+) -> tuple[list[Path], list[str], np.ndarray | None]:
     """(image paths, captions, labels or None) of a CSV/TSV table, paths resolved against its folder.
 
     ``separator`` defaults to a tab for ``.tsv`` and a comma otherwise. Every cell is read as
@@ -147,13 +181,16 @@ def read_caption_table(path: Path, separator: str | None = None, image_column: s
     try:
         table = pd.read_csv(path, sep=sep, dtype=str, keep_default_na=False)
     except (ValueError, OSError) as exc:  # pandas' ParserError is a ValueError
-        raise DatasetUnavailable(f"{path}: cannot be read as a {sep!r}-separated table ({exc}); fix the file "
-                                 f"or its separator") from exc
+        raise DatasetUnavailable(
+            f"{path}: cannot be read as a {sep!r}-separated table ({exc}); fix the file or its separator"
+        ) from exc
     missing = [c for c in (image_column, caption_column) if c not in table.columns]
     if missing:
-        raise DatasetUnavailable(f"{path}: no column {', '.join(map(repr, missing))} in its header (it has "
-                                 f"{', '.join(map(repr, table.columns))}); rename the image-path column to "
-                                 f"{image_column!r} and the caption column to {caption_column!r}")
+        raise DatasetUnavailable(
+            f"{path}: no column {', '.join(map(repr, missing))} in its header (it has "
+            f"{', '.join(map(repr, table.columns))}); rename the image-path column to "
+            f"{image_column!r} and the caption column to {caption_column!r}"
+        )
     base = path.parent
     files = [p if p.is_absolute() else base / p for p in map(Path, table[image_column].tolist())]
     labels = None
@@ -166,35 +203,56 @@ def read_caption_table(path: Path, separator: str | None = None, image_column: s
 
 
 def _load_table(spec: RealSpec, table: Path, fmt: TableFormat) -> ImageTextSplit:
-    files, captions, labels = read_caption_table(table, fmt.separator, fmt.image_column, fmt.caption_column,
-                                                 fmt.label_column)
+    files, captions, labels = read_caption_table(
+        table, fmt.separator, fmt.image_column, fmt.caption_column, fmt.label_column
+    )
     # The first and last rows only: a wrong base folder shows there, and a corpus of millions of
     # files is not stat-ed one by one on every load.
     absent = next((f for f in files[:1] + files[-1:] if not f.is_file()), None)
     if absent is not None:
-        raise DatasetUnavailable(f"{spec.name}: {table} lists {absent}, which does not exist; image paths are "
-                                 f"relative to the table's folder. Expected layout: {spec.layout}")
+        raise DatasetUnavailable(
+            f"{spec.name}: {table} lists {absent}, which does not exist; image paths are "
+            f"relative to the table's folder. Expected layout: {spec.layout}"
+        )
     classes = _classes(table.parent, labels)
     version = f"csv1-{config_hash([table.name, table.stat().st_size, len(files)], 8)}"
-    return CaptionTableSplit(spec.name, "train", classes, files,
-                             np.full(len(files), UNLABELLED) if labels is None else labels, captions, version)
+    return CaptionTableSplit(
+        spec.name,
+        "train",
+        classes,
+        files,
+        np.full(len(files), UNLABELLED) if labels is None else labels,
+        captions,
+        version,
+    )
 
 
 def _load_shards(spec: RealSpec, shards: list[Path]) -> ImageTextSplit:
     indexes = [load_shard_index(s) for s in shards]
     has_labels = {ix.labels is not None for ix in indexes if ix.keys}
     if len(has_labels) > 1:
-        raise DatasetUnavailable(f"{spec.name}: some shards in {shards[0].parent} carry .cls labels and some "
-                                 "do not; all or none must")
+        raise DatasetUnavailable(
+            f"{spec.name}: some shards in {shards[0].parent} carry .cls labels and some do not; all or none must"
+        )
     labelled = has_labels == {True}
-    labels = (np.concatenate([ix.labels for ix in indexes if ix.keys]) if labelled
-              else np.full(sum(len(ix.keys) for ix in indexes), UNLABELLED))
+    labels = (
+        np.concatenate([ix.labels for ix in indexes if ix.keys])
+        if labelled
+        else np.full(sum(len(ix.keys) for ix in indexes), UNLABELLED)
+    )
     version = f"wds1-{config_hash([[ix.shard, ix.size, len(ix.keys)] for ix in indexes], 8)}"
-    return ShardSplit(spec.name, "train", _classes(shards[0].parent.parent, labels if labelled else None), shards,
-                      _joined([np.full(len(ix.keys), k) for k, ix in enumerate(indexes)]),
-                      _joined([ix.image_offset for ix in indexes]),
-                      _joined([ix.image_size for ix in indexes]),
-                      labels, [c for ix in indexes for c in ix.captions], version)
+    return ShardSplit(
+        spec.name,
+        "train",
+        _classes(shards[0].parent.parent, labels if labelled else None),
+        shards,
+        _joined([np.full(len(ix.keys), k) for k, ix in enumerate(indexes)]),
+        _joined([ix.image_offset for ix in indexes]),
+        _joined([ix.image_size for ix in indexes]),
+        labels,
+        [c for ix in indexes for c in ix.captions],
+        version,
+    )
 
 
 def _joined(parts: list[np.ndarray]) -> np.ndarray:
@@ -219,9 +277,11 @@ def _build_image_text(root: Path, spec: RealSpec, table: TableFormat = TableForm
     require(spec, root)
     found = corpus_format(root / spec.marker, spec.name)
     if found is None:
-        raise DatasetUnavailable(f"{spec.name}: {root / spec.marker} holds neither shards/*.tar nor "
-                                 f"{spec.name}.tsv / .csv. Expected layout: {spec.layout_text(root)}. "
-                                 f"To get it: {spec.how_to_get_text(root)}")
+        raise DatasetUnavailable(
+            f"{spec.name}: {root / spec.marker} holds neither shards/*.tar nor "
+            f"{spec.name}.tsv / .csv. Expected layout: {spec.layout_text(root)}. "
+            f"To get it: {spec.how_to_get_text(root)}"
+        )
     kind, where = found
     if kind == "webdataset":
         split = _load_shards(spec, where if isinstance(where, list) else [where])
@@ -230,26 +290,50 @@ def _build_image_text(root: Path, spec: RealSpec, table: TableFormat = TableForm
     return {"train": split}
 
 
-def image_text_spec(name: str, size: int, description: str, how_to_get: str,
-                    table: TableFormat = TableFormat()) -> RealSpec:
+def image_text_spec(
+    name: str, size: int, description: str, how_to_get: str, table: TableFormat = TableFormat()
+) -> RealSpec:
     """A registry entry for an image-text corpus read from ``<root>/<name>/`` in either format;
     ``table`` names the separator and columns of its caption table."""
-    layout = (f"<root>/{name}/shards/{{00000..N}}.tar (webdataset: per sample <key>.jpg|png + <key>.txt, "
-              f"optionally <key>.cls) or <root>/{name}/{name}.tsv|.csv (header with columns "
-              f"{table.image_column}, {table.caption_column}[, {table.label_column}]; image paths relative to "
-              f"the table) plus the image files; optional <root>/{name}/classes.txt")
-    return RealSpec(name=name, num_classes=0, domain="web image-text", source="image-text", marker=name,
-                    layout=layout, sizes={"train": size}, splits=("train",), how_to_get=how_to_get,
-                    description=description, builder=functools.partial(_build_image_text, table=table))
+    layout = (
+        f"<root>/{name}/shards/{{00000..N}}.tar (webdataset: per sample <key>.jpg|png + <key>.txt, "
+        f"optionally <key>.cls) or <root>/{name}/{name}.tsv|.csv (header with columns "
+        f"{table.image_column}, {table.caption_column}[, {table.label_column}]; image paths relative to "
+        f"the table) plus the image files; optional <root>/{name}/classes.txt"
+    )
+    return RealSpec(
+        name=name,
+        num_classes=0,
+        domain="web image-text",
+        source="image-text",
+        marker=name,
+        layout=layout,
+        sizes={"train": size},
+        splits=("train",),
+        how_to_get=how_to_get,
+        description=description,
+        builder=functools.partial(_build_image_text, table=table),
+    )
 
 
-IMAGE_TEXT_SPECS: dict[str, RealSpec] = {s.name: s for s in (
-    image_text_spec("yfcc15m", 14829396, "YFCC100M subset with English titles/descriptions (CLIP's filter)",
-                    "download the YFCC15M subset list (photo ids with titles and descriptions) and fetch the "
-                    "images with img2dataset --output_format webdataset into <DIR>/yfcc15m/shards, or as files "
-                    "listed in <DIR>/yfcc15m/yfcc15m.tsv (columns filepath, title)"),
-    image_text_spec("cc12m", 12423374, "Conceptual 12M image-alt-text pairs",
-                    "download cc12m.tsv (url, caption) from the Conceptual 12M release and fetch the images with "
-                    "img2dataset --output_format webdataset into <DIR>/cc12m/shards, or as files listed in "
-                    "<DIR>/cc12m/cc12m.tsv (columns filepath, title)"),
-)}
+IMAGE_TEXT_SPECS: dict[str, RealSpec] = {
+    s.name: s
+    for s in (
+        image_text_spec(
+            "yfcc15m",
+            14829396,
+            "YFCC100M subset with English titles/descriptions (CLIP's filter)",
+            "download the YFCC15M subset list (photo ids with titles and descriptions) and fetch the "
+            "images with img2dataset --output_format webdataset into <DIR>/yfcc15m/shards, or as files "
+            "listed in <DIR>/yfcc15m/yfcc15m.tsv (columns filepath, title)",
+        ),
+        image_text_spec(
+            "cc12m",
+            12423374,
+            "Conceptual 12M image-alt-text pairs",
+            "download cc12m.tsv (url, caption) from the Conceptual 12M release and fetch the images with "
+            "img2dataset --output_format webdataset into <DIR>/cc12m/shards, or as files listed in "
+            "<DIR>/cc12m/cc12m.tsv (columns filepath, title)",
+        ),
+    )
+}

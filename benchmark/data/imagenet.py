@@ -51,10 +51,13 @@ def imagenet_wnids(root: Path) -> tuple[list[str], str]:
             + f". Expected layout: {root}/imagenet/{{train,val}}/<wnid>/*.JPEG"
         )
     wnids = sorted(union)
-    warnings.warn(f"{train} is absent: ImageNet class order taken from the sorted union of the "
-                  f"{len(wnids)} wnid folders in " + ", ".join(str(p) for p in looked if p.is_dir())
-                  + ("" if len(wnids) == 1000 else " (not 1000 classes: indices will not match ImageNet's)"),
-                  stacklevel=2)
+    warnings.warn(
+        f"{train} is absent: ImageNet class order taken from the sorted union of the "
+        f"{len(wnids)} wnid folders in "
+        + ", ".join(str(p) for p in looked if p.is_dir())
+        + ("" if len(wnids) == 1000 else " (not 1000 classes: indices will not match ImageNet's)"),
+        stacklevel=2,
+    )
     return wnids, "sorted union of wnid folders present"
 
 
@@ -77,8 +80,10 @@ def _build_imagenet_v2(root: Path, spec: FolderSpec) -> dict[str, ImageSplit]:
     try:
         classes, _ = imagenet_wnids(root)
     except DatasetUnavailable:
-        warnings.warn("imagenet-v2: no ImageNet wnid folders under the data root, so class names are "
-                      "the indices 0..999", stacklevel=2)
+        warnings.warn(
+            "imagenet-v2: no ImageNet wnid folders under the data root, so class names are the indices 0..999",
+            stacklevel=2,
+        )
         classes = [str(i) for i in range(1000)]
 
     def class_of(folder: str) -> int | None:
@@ -95,36 +100,75 @@ def _build_imagenet_variant(root: Path, spec: FolderSpec) -> dict[str, ImageSpli
     files, labels = scan_class_folders(root / spec.marker, index.get)
     present = np.asarray(sorted(index[w] for w in subdirs(root / spec.marker)), dtype=np.int64)
     subset = present if len(present) < len(wnids) else None
-    return {"test": FileListSplit(spec.name, "test", wnids, files, labels, version="folder1",
-                                  class_subset=subset)}
+    return {"test": FileListSplit(spec.name, "test", wnids, files, labels, version="folder1", class_subset=subset)}
 
 
-_IMAGENET_HOW = ("download ILSVRC2012 from image-net.org (registration) and arrange it as the layout "
-                 "says; the val images need sorting into wnid folders")
+_IMAGENET_HOW = (
+    "download ILSVRC2012 from image-net.org (registration) and arrange it as the layout "
+    "says; the val images need sorting into wnid folders"
+)
 
 
 def _variant_spec(name: str, num_classes: int, size: int, how: str) -> FolderSpec:
-    return FolderSpec(name=name, num_classes=1000, domain=name, source="folder", marker=name,
-                      layout=f"<root>/{name}/<wnid>/*.(jpg|jpeg|png) ({num_classes} wnids; needs "
-                      f"<root>/imagenet/train for the ImageNet class order)",
-                      sizes={"test": size}, splits=("test",), how_to_get=how,
-                      builder=_build_imagenet_variant)
+    return FolderSpec(
+        name=name,
+        num_classes=1000,
+        domain=name,
+        source="folder",
+        marker=name,
+        layout=f"<root>/{name}/<wnid>/*.(jpg|jpeg|png) ({num_classes} wnids; needs "
+        f"<root>/imagenet/train for the ImageNet class order)",
+        sizes={"test": size},
+        splits=("test",),
+        how_to_get=how,
+        builder=_build_imagenet_variant,
+    )
 
 
-IMAGENET_SPECS: dict[str, FolderSpec] = {s.name: s for s in (
-    FolderSpec(name="imagenet", num_classes=1000, domain="imagenet", source="folder", marker="imagenet",
-               layout="<root>/imagenet/{train,val}/<wnid>/*.JPEG (class index = sorted wnid order)",
-               sizes={"train": 1281167, "test": 50000}, how_to_get=_IMAGENET_HOW, builder=_build_imagenet),
-    FolderSpec(name="imagenet-v2", num_classes=1000, domain="imagenet-v2", source="folder",
-               marker="imagenet-v2", layout="<root>/imagenet-v2/<class index 0..999>/*.jpeg "
-               "(the matched-frequency release, folder renamed)", sizes={"test": 10000}, splits=("test",),
-               how_to_get="download imagenetv2-matched-frequency.tar.gz (ImageNetV2 release on Hugging Face) "
-               "and extract it as <root>/imagenet-v2", builder=_build_imagenet_v2),
-    _variant_spec("imagenet-sketch", 1000, 50889,
-                  "download ImageNet-Sketch (its 'sketch' folder) and place it as <root>/imagenet-sketch"),
-    _variant_spec("imagenet-a", 200, 7500,
-                  "download imagenet-a.tar from the natural-adv-examples release and extract it "
-                  "as <root>/imagenet-a"),
-    _variant_spec("imagenet-r", 200, 30000,
-                  "download imagenet-r.tar from the imagenet-r release and extract it as <root>/imagenet-r"),
-)}
+IMAGENET_SPECS: dict[str, FolderSpec] = {
+    s.name: s
+    for s in (
+        FolderSpec(
+            name="imagenet",
+            num_classes=1000,
+            domain="imagenet",
+            source="folder",
+            marker="imagenet",
+            layout="<root>/imagenet/{train,val}/<wnid>/*.JPEG (class index = sorted wnid order)",
+            sizes={"train": 1281167, "test": 50000},
+            how_to_get=_IMAGENET_HOW,
+            builder=_build_imagenet,
+        ),
+        FolderSpec(
+            name="imagenet-v2",
+            num_classes=1000,
+            domain="imagenet-v2",
+            source="folder",
+            marker="imagenet-v2",
+            layout="<root>/imagenet-v2/<class index 0..999>/*.jpeg (the matched-frequency release, folder renamed)",
+            sizes={"test": 10000},
+            splits=("test",),
+            how_to_get="download imagenetv2-matched-frequency.tar.gz (ImageNetV2 release on Hugging Face) "
+            "and extract it as <root>/imagenet-v2",
+            builder=_build_imagenet_v2,
+        ),
+        _variant_spec(
+            "imagenet-sketch",
+            1000,
+            50889,
+            "download ImageNet-Sketch (its 'sketch' folder) and place it as <root>/imagenet-sketch",
+        ),
+        _variant_spec(
+            "imagenet-a",
+            200,
+            7500,
+            "download imagenet-a.tar from the natural-adv-examples release and extract it as <root>/imagenet-a",
+        ),
+        _variant_spec(
+            "imagenet-r",
+            200,
+            30000,
+            "download imagenet-r.tar from the imagenet-r release and extract it as <root>/imagenet-r",
+        ),
+    )
+}

@@ -59,8 +59,9 @@ def install_as_root(runner: Runner) -> None:
         update = _run(runner, ["apt-get", "update"])
         if update.returncode != 0:
             raise _failure("apt-get update", update)
-        proc = _run(runner, ["apt-get", "install", "-y", PACKAGE],
-                    env={**os.environ, "DEBIAN_FRONTEND": "noninteractive"})
+        proc = _run(
+            runner, ["apt-get", "install", "-y", PACKAGE], env={**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+        )
         if proc.returncode != 0:
             raise _failure(f"apt-get install {PACKAGE}", proc)
 
@@ -87,8 +88,9 @@ def extract_without_root(runner: Runner, target: Path) -> None:
                 shutil.move(str(source / name), str(target / name))
 
 
-def ensure_fashion_mnist(runner: Runner = subprocess.run, is_root: bool | None = None,
-                         system_dir: Path | None = None) -> Path:
+def ensure_fashion_mnist(
+    runner: Runner = subprocess.run, is_root: bool | None = None, system_dir: Path | None = None
+) -> Path:
     """Return the folder holding the Fashion-MNIST idx files, installing them if needed."""
     system_dir = embedded.FASHION_SYSTEM_DIR if system_dir is None else system_dir
     user_dir = embedded.data_home() / "fashion-mnist"
@@ -120,8 +122,13 @@ def prerender_fonts() -> dict[str, float]:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmark.data.install", description=__doc__.split("\n")[0])
-    parser.add_argument("--download", metavar="NAME", action="append", default=[],
-                        help="download this torchvision-backed real set into --data-root (repeatable)")
+    parser.add_argument(
+        "--download",
+        metavar="NAME",
+        action="append",
+        default=[],
+        help="download this torchvision-backed real set into --data-root (repeatable)",
+    )
     parser.add_argument("--data-root", metavar="DIR", help="data root for --download")
     args = parser.parse_args(argv)
     try:

@@ -39,6 +39,7 @@ TV_VERSION = "tv1"
 
 # -- CIFAR python batches -----------------------------------------------------------------------
 
+
 @dataclass(frozen=True)
 class CifarFormat:
     folder: str
@@ -49,17 +50,24 @@ class CifarFormat:
 
 
 CIFAR_FORMATS = {
-    "cifar10": CifarFormat("cifar-10-batches-py", {"train": tuple(f"data_batch_{i}" for i in range(1, 6)),
-                                                   "test": ("test_batch",)}, "batches.meta", "labels",
-                           "label_names"),
-    "cifar100": CifarFormat("cifar-100-python", {"train": ("train",), "test": ("test",)}, "meta",
-                            "fine_labels", "fine_label_names"),
+    "cifar10": CifarFormat(
+        "cifar-10-batches-py",
+        {"train": tuple(f"data_batch_{i}" for i in range(1, 6)), "test": ("test_batch",)},
+        "batches.meta",
+        "labels",
+        "label_names",
+    ),
+    "cifar100": CifarFormat(
+        "cifar-100-python", {"train": ("train",), "test": ("test",)}, "meta", "fine_labels", "fine_label_names"
+    ),
 }
 
 
 def _cifar_error(path: Path, problem: str, spec_name: str) -> DatasetUnavailable:
-    return DatasetUnavailable(f"{spec_name}: {path} {problem}; re-download it with: "
-                              f"python -m benchmark.data.install --download {spec_name} --data-root <DIR>")
+    return DatasetUnavailable(
+        f"{spec_name}: {path} {problem}; re-download it with: "
+        f"python -m benchmark.data.install --download {spec_name} --data-root <DIR>"
+    )
 
 
 def _read_cifar_pickle(path: Path, spec_name: str) -> dict:
@@ -83,8 +91,11 @@ def read_cifar_batch(path: Path, label_key: str, spec_name: str = "cifar") -> tu
     data = np.asarray(entry["data"])
     labels = np.asarray(entry.get(key, []), dtype=np.int64)
     if data.dtype != np.uint8 or data.ndim != 2 or data.shape[1] != 3072 or len(labels) != len(data):
-        raise _cifar_error(path, f"holds data {data.dtype} {data.shape} and {len(labels)} labels "
-                           "(expected uint8 [N, 3072] and N labels)", spec_name)
+        raise _cifar_error(
+            path,
+            f"holds data {data.dtype} {data.shape} and {len(labels)} labels (expected uint8 [N, 3072] and N labels)",
+            spec_name,
+        )
     return data.reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1), labels
 
 
@@ -108,8 +119,15 @@ def _build_cifar(root: Path, spec: RealSpec) -> dict[str, ImageSplit]:
         parts = [read_cifar_batch(Path(f), fmt.label_key, spec.name) for f in files]
         images = np.concatenate([p[0] for p in parts])
         labels = np.concatenate([p[1] for p in parts])
-        out[split] = ArraySplit(spec.name, split, classes, images, labels, version=TV_VERSION,
-                                reload=functools.partial(read_cifar_images, files, fmt.label_key))
+        out[split] = ArraySplit(
+            spec.name,
+            split,
+            classes,
+            images,
+            labels,
+            version=TV_VERSION,
+            reload=functools.partial(read_cifar_images, files, fmt.label_key),
+        )
     return out
 
 
@@ -122,8 +140,15 @@ STL10_BYTES = 3 * STL10_SIDE * STL10_SIDE
 class Stl10Split(ImageSplit):
     """STL-10 images read one at a time by seek from the ``*_X.bin`` file (pickles as a path)."""
 
-    def __init__(self, dataset: str, split: str, classes: Sequence[str], images_file: Path,
-                 labels: np.ndarray, version: str = TV_VERSION) -> None:
+    def __init__(
+        self,
+        dataset: str,
+        split: str,
+        classes: Sequence[str],
+        images_file: Path,
+        labels: np.ndarray,
+        version: str = TV_VERSION,
+    ) -> None:
         super().__init__(dataset, split, classes, labels, version=version)
         self.images_file = str(images_file)
 
@@ -132,9 +157,11 @@ class Stl10Split(ImageSplit):
             f.seek(raw_index * STL10_BYTES)
             raw = f.read(STL10_BYTES)
         if len(raw) != STL10_BYTES:
-            raise DatasetUnavailable(f"{self.images_file} is truncated at image {raw_index}; re-download "
-                                     f"it with: python -m benchmark.data.install --download stl10 "
-                                     f"--data-root <DIR>")
+            raise DatasetUnavailable(
+                f"{self.images_file} is truncated at image {raw_index}; re-download "
+                f"it with: python -m benchmark.data.install --download stl10 "
+                f"--data-root <DIR>"
+            )
         # Each plane is stored column-major: element [c, x, y].
         return Image.fromarray(np.frombuffer(raw, np.uint8).reshape(3, STL10_SIDE, STL10_SIDE).transpose(2, 1, 0))
 
@@ -149,18 +176,23 @@ def _build_stl10(root: Path, spec: RealSpec) -> dict[str, ImageSplit]:
         x, y = base / f"{split}_X.bin", base / f"{split}_y.bin"
         for path in (x, y):
             if not path.is_file():
-                raise DatasetUnavailable(f"stl10: {path} not found. Expected layout: {spec.layout_text(root)}. "
-                                         f"To get it: {spec.how_to_get_text(root)}")
+                raise DatasetUnavailable(
+                    f"stl10: {path} not found. Expected layout: {spec.layout_text(root)}. "
+                    f"To get it: {spec.how_to_get_text(root)}"
+                )
         labels = np.fromfile(y, dtype=np.uint8).astype(np.int64) - 1
         if x.stat().st_size != len(labels) * STL10_BYTES:
-            raise DatasetUnavailable(f"stl10: {x} holds {x.stat().st_size} bytes, expected {len(labels)} images "
-                                     f"x {STL10_BYTES}; re-download it ({spec.how_to_get_text(root)})")
+            raise DatasetUnavailable(
+                f"stl10: {x} holds {x.stat().st_size} bytes, expected {len(labels)} images "
+                f"x {STL10_BYTES}; re-download it ({spec.how_to_get_text(root)})"
+            )
         names = classes or [f"class-{i}" for i in range(spec.num_classes)]
         out[split] = Stl10Split(spec.name, split, names, x, labels)
     return out
 
 
 # -- Flowers-102 ----------------------------------------------------------------------------------
+
 
 def _build_flowers102(root: Path, spec: RealSpec) -> dict[str, ImageSplit]:
     from scipy.io import loadmat
@@ -171,8 +203,10 @@ def _build_flowers102(root: Path, spec: RealSpec) -> dict[str, ImageSplit]:
     mats = {}
     for name in ("setid.mat", "imagelabels.mat"):
         if not (base / name).is_file():
-            raise DatasetUnavailable(f"flowers102: {base / name} not found. Expected layout: "
-                                     f"{spec.layout_text(root)}. To get it: {spec.how_to_get_text(root)}")
+            raise DatasetUnavailable(
+                f"flowers102: {base / name} not found. Expected layout: "
+                f"{spec.layout_text(root)}. To get it: {spec.how_to_get_text(root)}"
+            )
         mats[name] = loadmat(base / name, squeeze_me=True)
     label_of = dict(enumerate((np.atleast_1d(mats["imagelabels.mat"]["labels"]) - 1).tolist(), 1))
     out: dict[str, ImageSplit] = {}
@@ -184,5 +218,4 @@ def _build_flowers102(root: Path, spec: RealSpec) -> dict[str, ImageSplit]:
     return out
 
 
-BUILDERS = {"cifar10": _build_cifar, "cifar100": _build_cifar, "stl10": _build_stl10,
-            "flowers102": _build_flowers102}
+BUILDERS = {"cifar10": _build_cifar, "cifar100": _build_cifar, "stl10": _build_stl10, "flowers102": _build_flowers102}

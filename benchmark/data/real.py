@@ -42,8 +42,24 @@ def load_real_splits(spec: RealSpec, root: Path) -> dict[str, ImageSplit]:
 
 
 __all__ = [
-    "DOMAINNET_DOMAINS", "FOLDER_SPECS", "IMAGE_TEXT_SPECS", "IMAGENET_VARIANTS", "IMAGE_EXTENSIONS",
-    "REAL_SPECS", "SPLIT_SEED", "TEST_FRACTION", "TV_SPECS", "FileListSplit", "FolderSpec", "RealSpec",
-    "TorchvisionSplit", "domainnet_classes", "download_command", "download_dataset", "imagenet_wnids", "is_present",
-    "load_real_splits", "load_torchvision_splits",
+    "DOMAINNET_DOMAINS",
+    "FOLDER_SPECS",
+    "IMAGE_TEXT_SPECS",
+    "IMAGENET_VARIANTS",
+    "IMAGE_EXTENSIONS",
+    "REAL_SPECS",
+    "SPLIT_SEED",
+    "TEST_FRACTION",
+    "TV_SPECS",
+    "FileListSplit",
+    "FolderSpec",
+    "RealSpec",
+    "TorchvisionSplit",
+    "domainnet_classes",
+    "download_command",
+    "download_dataset",
+    "imagenet_wnids",
+    "is_present",
+    "load_real_splits",
+    "load_torchvision_splits",
 ]

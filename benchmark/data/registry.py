@@ -51,8 +51,10 @@ class DatasetSource(ABC):
             if self._splits is None:
                 self._splits = self._load_all()
         if split not in self._splits:
-            raise DatasetUnavailable(f"{self.info.name}: split {split!r} is missing from the files found "
-                                     f"(found: {', '.join(self._splits) or 'none'})")
+            raise DatasetUnavailable(
+                f"{self.info.name}: split {split!r} is missing from the files found "
+                f"(found: {', '.join(self._splits) or 'none'})"
+            )
         return self._splits[split]
 
     def __repr__(self) -> str:
@@ -77,9 +79,15 @@ class EmbeddedSource(DatasetSource):
 
     def status(self) -> DatasetStatus:
         missing = self.spec.missing()
-        return DatasetStatus(self.info.name, self.info.num_classes, self.info.domain, dict(self.spec.sizes),
-                             available=missing is None, embedded=True,
-                             how_to_get="embedded" if missing is None else missing)
+        return DatasetStatus(
+            self.info.name,
+            self.info.num_classes,
+            self.info.domain,
+            dict(self.spec.sizes),
+            available=missing is None,
+            embedded=True,
+            how_to_get="embedded" if missing is None else missing,
+        )
 
 
 class RealSource(DatasetSource):
@@ -109,8 +117,14 @@ class RealSource(DatasetSource):
                 classes = self._placeholder_classes()
         else:
             classes = self._placeholder_classes()
-        return DatasetInfo(self.spec.name, classes, self.spec.domain, self.spec.source, False,
-                           self.spec.description or self.spec.layout)
+        return DatasetInfo(
+            self.spec.name,
+            classes,
+            self.spec.domain,
+            self.spec.source,
+            False,
+            self.spec.description or self.spec.layout,
+        )
 
     def _placeholder_classes(self) -> tuple[str, ...]:
         # Class names live in the files; until they are present, indices stand in for them.
@@ -132,8 +146,15 @@ class RealSource(DatasetSource):
             how = self.spec.how_to_get.replace("<DIR>", str(root))
         else:  # fetched by hand: the layout is what the user needs
             how = self.spec.layout_text(root)
-        return DatasetStatus(self.spec.name, self.spec.num_classes, self.spec.domain, dict(self.spec.sizes),
-                             available=available, embedded=False, how_to_get=how)
+        return DatasetStatus(
+            self.spec.name,
+            self.spec.num_classes,
+            self.spec.domain,
+            dict(self.spec.sizes),
+            available=available,
+            embedded=False,
+            how_to_get=how,
+        )
 
 
 def dataset_names() -> list[str]:
@@ -147,7 +168,7 @@ def _resolve_root(data_root: str | os.PathLike | None) -> Path | None:
     return None if data_root is None else Path(data_root).expanduser().resolve()
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _source(name: str, root: Path | None) -> DatasetSource:
     if name in embedded.EMBEDDED:
         return EmbeddedSource(embedded.EMBEDDED[name])
@@ -160,8 +181,9 @@ def get_dataset(name: str, data_root: str | os.PathLike | None = None) -> Datase
     The same (name, data root) returns the same object, so splits load once per process.
     """
     if name not in embedded.EMBEDDED and name not in real.REAL_SPECS:
-        raise UnknownNameError("dataset", name, dataset_names(),
-                               hint="`nmlbench datasets` lists them with their status")
+        raise UnknownNameError(
+            "dataset", name, dataset_names(), hint="`nmlbench datasets` lists them with their status"
+        )
     root = None if name in embedded.EMBEDDED else _resolve_root(data_root)
     return _source(name, root)
 
@@ -182,16 +204,28 @@ def format_datasets_table(statuses: list[DatasetStatus]) -> str:
     from rich.table import Table
 
     table = Table(title="nml-bench data sets", show_lines=False)
-    for col, kw in (("name", {"no_wrap": True}), ("classes", {"justify": "right"}), ("domain", {}),
-                    ("train", {"justify": "right"}), ("test", {"justify": "right"}),
-                    ("kind", {}), ("available", {}), ("how to get", {"overflow": "fold"})):
+    for col, kw in (
+        ("name", {"no_wrap": True}),
+        ("classes", {"justify": "right"}),
+        ("domain", {}),
+        ("train", {"justify": "right"}),
+        ("test", {"justify": "right"}),
+        ("kind", {}),
+        ("available", {}),
+        ("how to get", {"overflow": "fold"}),
+    ):
         table.add_column(col, **kw)
     for s in statuses:
-        table.add_row(s.name, str(s.num_classes), s.domain,
-                      f"{s.sizes['train']:,}" if "train" in s.sizes else "-",
-                      f"{s.sizes['test']:,}" if "test" in s.sizes else "-",
-                      "embedded" if s.embedded else "data root",
-                      "yes" if s.available else "no", s.how_to_get)
+        table.add_row(
+            s.name,
+            str(s.num_classes),
+            s.domain,
+            f"{s.sizes['train']:,}" if "train" in s.sizes else "-",
+            f"{s.sizes['test']:,}" if "test" in s.sizes else "-",
+            "embedded" if s.embedded else "data root",
+            "yes" if s.available else "no",
+            s.how_to_get,
+        )
     buffer = io.StringIO()
     Console(file=buffer, width=200, color_system=None, force_terminal=False).print(table)
     return buffer.getvalue()

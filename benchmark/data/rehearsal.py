@@ -43,14 +43,38 @@ from benchmark.errors import ConfigError, NMLBenchError
 
 MANIFEST = "rehearsal.json"
 MAX_PER_CLASS = 32  # sklearn-digits' smallest test class (35 images) feeds two DomainNet domains
-IMAGENET_WNIDS = ("n01440764", "n01443537", "n01484850", "n01491361", "n01494475", "n01496331", "n01498041",
-                  "n01514668", "n01514859", "n01518878")
+IMAGENET_WNIDS = (
+    "n01440764",
+    "n01443537",
+    "n01484850",
+    "n01491361",
+    "n01494475",
+    "n01496331",
+    "n01498041",
+    "n01514668",
+    "n01514859",
+    "n01518878",
+)
 SUBSET_WNIDS = IMAGENET_WNIDS[1::2]  # ImageNet-A and -R hold a subset of the classes
-DOMAINNET_CLASSES = ("aircraft_carrier", "airplane", "alarm_clock", "ambulance", "angel", "animal_migration",
-                     "ant", "anvil", "apple", "arm")
+DOMAINNET_CLASSES = (
+    "aircraft_carrier",
+    "airplane",
+    "alarm_clock",
+    "ambulance",
+    "angel",
+    "animal_migration",
+    "ant",
+    "anvil",
+    "apple",
+    "arm",
+)
 #: Domain -> (embedded source, style, palette shift): a real shift between the domains.
-DOMAINNET_STYLES = {"real": ("mnist-5k", "photo", 0), "sketch": ("mnist-5k", "sketch", 0),
-                    "painting": ("sklearn-digits", "photo", 4), "clipart": ("sklearn-digits", "rendition", 2)}
+DOMAINNET_STYLES = {
+    "real": ("mnist-5k", "photo", 0),
+    "sketch": ("mnist-5k", "sketch", 0),
+    "painting": ("sklearn-digits", "photo", 4),
+    "clipart": ("sklearn-digits", "rendition", 2),
+}
 PAIRS_PER_CLASS = 4  # image-text pairs per class, in units of per_class
 PAIR_SHARDS = 3
 
@@ -70,8 +94,10 @@ def write_imagenet(ctx: Ctx) -> dict[str, Path]:
     """ImageNet (train, val) and V2 / Sketch / A / R in their layouts, from Fashion-MNIST."""
     pics = ctx.pictures("fashion-mnist")
     out = {}
-    for split, folder, n, name_of in (("train", "train", ctx.per_class, lambda w, i: f"{w}_{i}.JPEG"),
-                                      ("test", "val", ctx.n_test, lambda w, i: f"ILSVRC2012_val_{i:08d}.JPEG")):
+    for split, folder, n, name_of in (
+        ("train", "train", ctx.per_class, lambda w, i: f"{w}_{i}.JPEG"),
+        ("test", "val", ctx.n_test, lambda w, i: f"ILSVRC2012_val_{i:08d}.JPEG"),
+    ):
         for c, wnid in enumerate(IMAGENET_WNIDS):
             for i, image in enumerate(pics.draw(c, n, split)):
                 write_bytes(ctx.root / "imagenet" / folder / wnid / name_of(wnid, c * 1000 + i + 1), encode(image))
@@ -81,9 +107,11 @@ def write_imagenet(ctx: Ctx) -> dict[str, Path]:
             data = encode(image)
             write_bytes(ctx.root / "imagenet-v2" / str(c) / f"{hashlib.sha1(data).hexdigest()}.jpeg", data)
     out["imagenet-v2"] = ctx.root / "imagenet-v2"
-    for name, wnids, style, ext in (("imagenet-sketch", IMAGENET_WNIDS, "sketch", "JPEG"),
-                                    ("imagenet-a", SUBSET_WNIDS, "hard", "jpg"),
-                                    ("imagenet-r", SUBSET_WNIDS, "rendition", "jpg")):
+    for name, wnids, style, ext in (
+        ("imagenet-sketch", IMAGENET_WNIDS, "sketch", "JPEG"),
+        ("imagenet-a", SUBSET_WNIDS, "hard", "jpg"),
+        ("imagenet-r", SUBSET_WNIDS, "rendition", "jpg"),
+    ):
         for wnid in wnids:
             c = IMAGENET_WNIDS.index(wnid)
             for i, image in enumerate(pics.draw(c, ctx.n_test, "test", style=style)):
@@ -139,7 +167,8 @@ def write_image_text(ctx: Ctx) -> dict[str, Path]:
         write_bytes(table / "images" / f"{key}.jpg", data)
     write_bytes(table / "classes.txt", ("\n".join(ANIMAL_CLASSES) + "\n").encode())
     pd.DataFrame({"filepath": [f"images/{k}.jpg" for k in keys], "title": captions, "label": labels}).to_csv(
-        table / "cc12m.tsv", sep="\t", index=False)
+        table / "cc12m.tsv", sep="\t", index=False
+    )
     return {"yfcc15m": ctx.root / "yfcc15m", "cc12m": table}
 
 
@@ -149,8 +178,10 @@ def _clear(root: Path) -> None:
         return
     entries = list(root.iterdir())
     if entries and not (root / MANIFEST).is_file():
-        raise ConfigError(f"{root} is not empty and holds no {MANIFEST}, so it is not a rehearsal root; "
-                          f"pick an empty or new folder (nothing was written)")
+        raise ConfigError(
+            f"{root} is not empty and holds no {MANIFEST}, so it is not a rehearsal root; "
+            f"pick an empty or new folder (nothing was written)"
+        )
     for entry in entries:
         shutil.rmtree(entry) if entry.is_dir() else entry.unlink()
 
@@ -173,9 +204,16 @@ def write_rehearsal_root(root: str | Path, *, per_class: int = 6, seed: int = 0)
     written = {name: writer(ctx) for name, writer in ID_WRITERS.items() if name not in skipped}
     for group in (write_imagenet, write_domainnet, write_image_text):
         written.update(group(ctx))
-    atomic_write_json(root / MANIFEST, {"per_class": per_class, "test_per_class": ctx.n_test, "seed": seed,
-                                        "sets": {k: str(v.relative_to(root)) for k, v in written.items()},
-                                        "not_reproducible": skipped})
+    atomic_write_json(
+        root / MANIFEST,
+        {
+            "per_class": per_class,
+            "test_per_class": ctx.n_test,
+            "seed": seed,
+            "sets": {k: str(v.relative_to(root)) for k, v in written.items()},
+            "not_reproducible": skipped,
+        },
+    )
     return written
 
 
@@ -192,8 +230,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 1
     size = sum(f.stat().st_size for f in Path(args.root).rglob("*") if f.is_file())
-    print(f"wrote {len(written)} data sets ({size / 1e6:.1f} MB) into {args.root} in "
-          f"{time.perf_counter() - start:.1f} s; use it as --data-root {args.root}")
+    print(
+        f"wrote {len(written)} data sets ({size / 1e6:.1f} MB) into {args.root} in "
+        f"{time.perf_counter() - start:.1f} s; use it as --data-root {args.root}"
+    )
     for name, path in written.items():
         print(f"  {name}: {path}")
     return 0

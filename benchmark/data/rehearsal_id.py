@@ -30,31 +30,100 @@ CIFAR100_NAMES = tuple(
     "pear pickup_truck pine_tree plain plate poppy porcupine possum rabbit raccoon ray road rocket rose sea "
     "seal shark shrew skunk skyscraper snail snake spider squirrel streetcar sunflower sweet_pepper table "
     "tank telephone television tiger tractor train trout tulip turtle wardrobe whale willow_tree wolf woman "
-    "worm".split())
+    "worm".split()
+)
 CIFAR100_COARSE = tuple(
     "aquatic_mammals fish flowers food_containers fruit_and_vegetables household_electrical_devices "
     "household_furniture insects large_carnivores large_man-made_outdoor_things large_natural_outdoor_scenes "
     "large_omnivores_and_herbivores medium_mammals non-insect_invertebrates people reptiles small_mammals "
-    "trees vehicles_1 vehicles_2".split())
+    "trees vehicles_1 vehicles_2".split()
+)
 STL10_NAMES = ("airplane", "bird", "car", "cat", "deer", "dog", "horse", "monkey", "ship", "truck")
-CALTECH_NAMES = ("Faces", "Faces_easy", "Leopards", "Motorbikes", "accordion", "airplanes", "anchor", "ant",
-                 "barrel", "bass")
-DTD_NAMES = ("banded", "blotchy", "braided", "bubbly", "bumpy", "chequered", "cobwebbed", "cracked",
-             "crosshatched", "crystalline")
-EUROSAT_NAMES = ("AnnualCrop", "Forest", "HerbaceousVegetation", "Highway", "Industrial", "Pasture",
-                 "PermanentCrop", "Residential", "River", "SeaLake")
-AIRCRAFT_NAMES = ("707-320", "727-200", "737-200", "737-300", "737-400", "737-500", "737-600", "737-700",
-                  "737-800", "737-900")
-FOOD_NAMES = ("apple_pie", "baby_back_ribs", "baklava", "beef_carpaccio", "beef_tartare", "beet_salad",
-              "beignets", "bibimbap", "bread_pudding", "breakfast_burrito")
+CALTECH_NAMES = (
+    "Faces",
+    "Faces_easy",
+    "Leopards",
+    "Motorbikes",
+    "accordion",
+    "airplanes",
+    "anchor",
+    "ant",
+    "barrel",
+    "bass",
+)
+DTD_NAMES = (
+    "banded",
+    "blotchy",
+    "braided",
+    "bubbly",
+    "bumpy",
+    "chequered",
+    "cobwebbed",
+    "cracked",
+    "crosshatched",
+    "crystalline",
+)
+EUROSAT_NAMES = (
+    "AnnualCrop",
+    "Forest",
+    "HerbaceousVegetation",
+    "Highway",
+    "Industrial",
+    "Pasture",
+    "PermanentCrop",
+    "Residential",
+    "River",
+    "SeaLake",
+)
+AIRCRAFT_NAMES = (
+    "707-320",
+    "727-200",
+    "737-200",
+    "737-300",
+    "737-400",
+    "737-500",
+    "737-600",
+    "737-700",
+    "737-800",
+    "737-900",
+)
+FOOD_NAMES = (
+    "apple_pie",
+    "baby_back_ribs",
+    "baklava",
+    "beef_carpaccio",
+    "beef_tartare",
+    "beet_salad",
+    "beignets",
+    "bibimbap",
+    "bread_pudding",
+    "breakfast_burrito",
+)
 #: (breed as in the file names, species: 1 cat / 2 dog, breed id within its species)
-PET_BREEDS = (("Abyssinian", 1, 1), ("american_bulldog", 2, 1), ("american_pit_bull_terrier", 2, 2),
-              ("basset_hound", 2, 3), ("beagle", 2, 4), ("Bengal", 1, 2), ("Birman", 1, 3), ("Bombay", 1, 4),
-              ("boxer", 2, 5), ("British_Shorthair", 1, 5))
-CAR_NAMES = ("AM General Hummer SUV 2000", "Acura RL Sedan 2012", "Acura TL Sedan 2012", "Acura TL Type-S 2008",
-             "Acura TSX Sedan 2012", "Acura Integra Type R 2001", "Acura ZDX Hatchback 2012",
-             "Aston Martin V8 Vantage Convertible 2012", "Aston Martin V8 Vantage Coupe 2012",
-             "Aston Martin Virage Convertible 2012")
+PET_BREEDS = (
+    ("Abyssinian", 1, 1),
+    ("american_bulldog", 2, 1),
+    ("american_pit_bull_terrier", 2, 2),
+    ("basset_hound", 2, 3),
+    ("beagle", 2, 4),
+    ("Bengal", 1, 2),
+    ("Birman", 1, 3),
+    ("Bombay", 1, 4),
+    ("boxer", 2, 5),
+    ("British_Shorthair", 1, 5),
+)
+CAR_NAMES = (
+    "AM General Hummer SUV 2000",
+    "Acura RL Sedan 2012",
+    "Acura TL Sedan 2012",
+    "Acura TL Type-S 2008",
+    "Acura TSX Sedan 2012",
+    "Acura Integra Type R 2001",
+    "Acura ZDX Hatchback 2012",
+    "Aston Martin V8 Vantage Convertible 2012",
+    "Aston Martin V8 Vantage Coupe 2012",
+    "Aston Martin Virage Convertible 2012",
+)
 COUNTRY_CODES = ("AD", "AE", "AF", "AG", "AI", "AL", "AM", "AO", "AQ", "AR")
 
 
@@ -82,8 +151,9 @@ def write_bytes(path: Path, data: bytes) -> None:
     path.write_bytes(data)
 
 
-def per_split(ctx: Ctx, k: int, source: str, size: int = 32, shuffle: str = "", **kw
-              ) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+def per_split(
+    ctx: Ctx, k: int, source: str, size: int = 32, shuffle: str = "", **kw
+) -> dict[str, tuple[np.ndarray, np.ndarray]]:
     """{"train"|"test": (images [n, size, size, 3], labels)} for a k-class set, class-major order
     unless ``shuffle`` names a seeded shuffle."""
     out = {}
@@ -109,7 +179,7 @@ def _savemat(path: Path, arrays: dict[str, np.ndarray]) -> None:
     buf = io.BytesIO()
     savemat(buf, arrays)
     raw = buf.getvalue()
-    write_bytes(path, MAT_HEADER + raw[len(MAT_HEADER):])
+    write_bytes(path, MAT_HEADER + raw[len(MAT_HEADER) :])
 
 
 def _pickle(path: Path, obj: dict) -> None:
@@ -119,16 +189,26 @@ def _pickle(path: Path, obj: dict) -> None:
 def write_cifar10(ctx: Ctx) -> Path:
     base = ctx.root / "cifar-10-batches-py"
     data = per_split(ctx, 10, "fashion-mnist", shuffle="cifar10")
-    _pickle(base / "batches.meta", {"num_cases_per_batch": len(data["train"][1]) // 5,
-                                    "label_names": list(CIFAR10_NAMES), "num_vis": 3072})
-    batches = [(f"data_batch_{i + 1}", f"training batch {i + 1} of 5", part)
-               for i, part in enumerate(np.array_split(np.arange(len(data["train"][1])), 5))]
+    _pickle(
+        base / "batches.meta",
+        {"num_cases_per_batch": len(data["train"][1]) // 5, "label_names": list(CIFAR10_NAMES), "num_vis": 3072},
+    )
+    batches = [
+        (f"data_batch_{i + 1}", f"training batch {i + 1} of 5", part)
+        for i, part in enumerate(np.array_split(np.arange(len(data["train"][1])), 5))
+    ]
     batches.append(("test_batch", "testing batch 1 of 1", np.arange(len(data["test"][1]))))
     for name, label, rows in batches:
         images, labels = data["test" if name == "test_batch" else "train"]
-        _pickle(base / name, {"batch_label": label, "labels": labels[rows].tolist(),
-                              "data": images[rows].transpose(0, 3, 1, 2).reshape(len(rows), 3072),
-                              "filenames": [f"stand_in_{i}.png" for i in rows]})
+        _pickle(
+            base / name,
+            {
+                "batch_label": label,
+                "labels": labels[rows].tolist(),
+                "data": images[rows].transpose(0, 3, 1, 2).reshape(len(rows), 3072),
+                "filenames": [f"stand_in_{i}.png" for i in rows],
+            },
+        )
     return base
 
 
@@ -136,10 +216,16 @@ def write_cifar100(ctx: Ctx) -> Path:
     base = ctx.root / "cifar-100-python"
     _pickle(base / "meta", {"fine_label_names": list(CIFAR100_NAMES), "coarse_label_names": list(CIFAR100_COARSE)})
     for split, (images, labels) in per_split(ctx, 100, "fashion-mnist", shuffle="cifar100").items():
-        _pickle(base / split, {"filenames": [f"stand_in_{i}.png" for i in range(len(labels))],
-                               "batch_label": f"{split}ing batch 1 of 1", "fine_labels": labels.tolist(),
-                               "coarse_labels": (labels // 5).tolist(),
-                               "data": images.transpose(0, 3, 1, 2).reshape(len(labels), 3072)})
+        _pickle(
+            base / split,
+            {
+                "filenames": [f"stand_in_{i}.png" for i in range(len(labels))],
+                "batch_label": f"{split}ing batch 1 of 1",
+                "fine_labels": labels.tolist(),
+                "coarse_labels": (labels // 5).tolist(),
+                "data": images.transpose(0, 3, 1, 2).reshape(len(labels), 3072),
+            },
+        )
     return base
 
 
@@ -152,8 +238,15 @@ def write_stl10(ctx: Ctx) -> Path:
     return base
 
 
-def _class_folders(ctx: Ctx, top: Path, names: tuple[str, ...], source: str, file_name: Callable[[str, int], str],
-                   splits: tuple[str, ...] = ("train",), counts: int | None = None) -> None:
+def _class_folders(
+    ctx: Ctx,
+    top: Path,
+    names: tuple[str, ...],
+    source: str,
+    file_name: Callable[[str, int], str],
+    splits: tuple[str, ...] = ("train",),
+    counts: int | None = None,
+) -> None:
     """JPEG files ``top/<class>/<file_name(class, i)>``: ``counts`` (default per_class) of each
     class from the given embedded splits (several splits: one after the other)."""
     for c, name in enumerate(names):
@@ -182,8 +275,9 @@ def write_rendered_sst2(ctx: Ctx) -> Path:
     base = ctx.root / "rendered-sst2"
     for split in ("train", "test"):
         for c, name in enumerate(("negative", "positive")):
-            for i, image in enumerate(ctx.pictures("fashion-mnist").draw(c + 2, ctx.per_class if split == "train"
-                                                                         else ctx.n_test, split)):
+            for i, image in enumerate(
+                ctx.pictures("fashion-mnist").draw(c + 2, ctx.per_class if split == "train" else ctx.n_test, split)
+            ):
                 write_bytes(base / split / name / f"{i:05d}.png", encode(image, "PNG"))
     return base
 
@@ -201,7 +295,8 @@ def write_dtd(ctx: Ctx) -> Path:
     half = ctx.per_class // 2
     for c, name in enumerate(DTD_NAMES):
         pics = list(ctx.pictures("animal-mnist").draw(c, ctx.per_class, "train")) + list(
-            ctx.pictures("animal-mnist").draw(c, ctx.n_test, "test"))
+            ctx.pictures("animal-mnist").draw(c, ctx.n_test, "test")
+        )
         for i, image in enumerate(pics):
             file = f"{name}_{i + 1:04d}.jpg"
             write_bytes(base / "images" / name / file, encode(image))
@@ -218,8 +313,9 @@ def write_fgvc_aircraft(ctx: Ctx) -> Path:
     for split, part in (("train", "trainval"), ("test", "test")):
         rows = []
         for c, name in enumerate(AIRCRAFT_NAMES):
-            for image in ctx.pictures("fashion-mnist").draw(c, ctx.per_class if split == "train" else ctx.n_test,
-                                                            split):
+            for image in ctx.pictures("fashion-mnist").draw(
+                c, ctx.per_class if split == "train" else ctx.n_test, split
+            ):
                 image_id += 1
                 write_bytes(base / "images" / f"{image_id:07d}.jpg", encode(image))
                 rows.append(f"{image_id:07d} {name}")
@@ -234,8 +330,9 @@ def write_food101(ctx: Ctx) -> Path:
         meta: dict[str, list[str]] = {}
         for c, name in enumerate(FOOD_NAMES):
             ids: list[str] = []
-            for image in ctx.pictures("fashion-mnist").draw(c, ctx.per_class if split == "train" else ctx.n_test,
-                                                            split):
+            for image in ctx.pictures("fashion-mnist").draw(
+                c, ctx.per_class if split == "train" else ctx.n_test, split
+            ):
                 image_id = f"{name}/{1000 * c + len(ids) + (0 if split == 'train' else 500)}"
                 write_bytes(base / "images" / f"{image_id}.jpg", encode(image))
                 ids.append(image_id)
@@ -250,8 +347,9 @@ def write_oxford_pets(ctx: Ctx) -> Path:
     for split, part in (("train", "trainval"), ("test", "test")):
         rows = []
         for c, (breed, species, breed_id) in enumerate(PET_BREEDS):
-            for i, image in enumerate(ctx.pictures("animal-mnist").draw(
-                    c, ctx.per_class if split == "train" else ctx.n_test, split)):
+            for i, image in enumerate(
+                ctx.pictures("animal-mnist").draw(c, ctx.per_class if split == "train" else ctx.n_test, split)
+            ):
                 image_id = f"{breed}_{i + 1 + (0 if split == 'train' else 100)}"
                 write_bytes(base / "images" / f"{image_id}.jpg", encode(image))
                 rows.append(f"{image_id} {c + 1} {species} {breed_id}")
@@ -266,7 +364,8 @@ def write_flowers102(ctx: Ctx) -> Path:
     half = ctx.per_class // 2
     for c in range(102):
         pics = list(ctx.pictures("fashion-mnist").draw(c, ctx.per_class, "train")) + list(
-            ctx.pictures("fashion-mnist").draw(c, ctx.n_test, "test"))
+            ctx.pictures("fashion-mnist").draw(c, ctx.n_test, "test")
+        )
         for i, image in enumerate(pics):
             labels.append(c + 1)
             write_bytes(base / "jpg" / f"image_{len(labels):05d}.jpg", encode(image))
@@ -282,12 +381,15 @@ def write_stanford_cars(ctx: Ctx) -> Path:
     names = np.empty((1, len(CAR_NAMES)), dtype=object)
     names[0, :] = CAR_NAMES
     _savemat(base / "devkit" / "cars_meta.mat", {"class_names": names})
-    for split, folder, annos in (("train", "cars_train", base / "devkit" / "cars_train_annos.mat"),
-                                 ("test", "cars_test", base / "cars_test_annos_withlabels.mat")):
+    for split, folder, annos in (
+        ("train", "cars_train", base / "devkit" / "cars_train_annos.mat"),
+        ("test", "cars_test", base / "cars_test_annos_withlabels.mat"),
+    ):
         rows: list[tuple[int, int, int, int, int, str]] = []
         for c in range(len(CAR_NAMES)):
-            for image in ctx.pictures("fashion-mnist").draw(c, ctx.per_class if split == "train" else ctx.n_test,
-                                                            split):
+            for image in ctx.pictures("fashion-mnist").draw(
+                c, ctx.per_class if split == "train" else ctx.n_test, split
+            ):
                 fname = f"{len(rows) + 1:05d}.jpg"
                 write_bytes(base / folder / fname, encode(image))
                 rows.append((1, 1, 32, 32, c + 1, fname))
@@ -314,8 +416,18 @@ def write_pcam(ctx: Ctx) -> Path:
 
 #: Registry name -> writer, for every ID set of the paper suites.
 ID_WRITERS: dict[str, Callable[[Ctx], Path]] = {
-    "cifar10": write_cifar10, "cifar100": write_cifar100, "stl10": write_stl10, "caltech101": write_caltech101,
-    "dtd": write_dtd, "eurosat": write_eurosat, "fgvc-aircraft": write_fgvc_aircraft, "flowers102": write_flowers102,
-    "food101": write_food101, "oxford-pets": write_oxford_pets, "stanford-cars": write_stanford_cars,
-    "pcam": write_pcam, "rendered-sst2": write_rendered_sst2, "country211": write_country211,
+    "cifar10": write_cifar10,
+    "cifar100": write_cifar100,
+    "stl10": write_stl10,
+    "caltech101": write_caltech101,
+    "dtd": write_dtd,
+    "eurosat": write_eurosat,
+    "fgvc-aircraft": write_fgvc_aircraft,
+    "flowers102": write_flowers102,
+    "food101": write_food101,
+    "oxford-pets": write_oxford_pets,
+    "stanford-cars": write_stanford_cars,
+    "pcam": write_pcam,
+    "rendered-sst2": write_rendered_sst2,
+    "country211": write_country211,
 }

@@ -52,10 +52,12 @@ class StandInImages:
         idx = order[base_class]
         start = used[base_class]
         if start + n > len(idx):
-            raise ValueError(f"{self.source}/{split} has {len(idx)} images of class {base_class}; "
-                             f"{start + n} requested: lower per_class")
+            raise ValueError(
+                f"{self.source}/{split} has {len(idx)} images of class {base_class}; "
+                f"{start + n} requested: lower per_class"
+            )
         used[base_class] = start + n
-        return images[idx[start:start + n]]
+        return images[idx[start : start + n]]
 
     def draw(self, cls: int, n: int, split: str, size: int = 32, style: str = "photo") -> np.ndarray:
         """``n`` pictures (uint8 [n, size, size, 3]) for class ``cls`` of a miniature set."""
@@ -70,8 +72,7 @@ class StandInImages:
         img = Image.fromarray(g)
         if style == "sketch":  # dark contour lines on white paper
             edges = img.filter(ImageFilter.FIND_EDGES)
-            return np.asarray(ImageOps.invert(edges).resize((size, size), Image.Resampling.BILINEAR)
-                              .convert("RGB"))
+            return np.asarray(ImageOps.invert(edges).resize((size, size), Image.Resampling.BILINEAR).convert("RGB"))
         if style == "rendition":  # flat poster colours
             img = ImageOps.posterize(img.convert("RGB"), 2).convert("L")
         if style == "hard":  # off-centre crop and sensor noise

@@ -14,10 +14,18 @@ from typing import Any
 
 #: Non-numpy names a data pickle may use: value constructors that cannot reach the system.
 #: (``_codecs.encode`` is how protocol-2 pickles written by Python 3 store ``bytes``.)
-ALLOWED_NAMES = frozenset({
-    ("builtins", "set"), ("builtins", "frozenset"), ("builtins", "bytearray"), ("builtins", "bytes"),
-    ("builtins", "complex"), ("builtins", "slice"), ("builtins", "range"), ("_codecs", "encode"),
-})
+ALLOWED_NAMES = frozenset(
+    {
+        ("builtins", "set"),
+        ("builtins", "frozenset"),
+        ("builtins", "bytearray"),
+        ("builtins", "bytes"),
+        ("builtins", "complex"),
+        ("builtins", "slice"),
+        ("builtins", "range"),
+        ("_codecs", "encode"),
+    }
+)
 
 
 class NumpyOnlyUnpickler(pickle.Unpickler):
@@ -28,14 +36,15 @@ class NumpyOnlyUnpickler(pickle.Unpickler):
 
     def find_class(self, module: str, name: str) -> Any:
         if module == "numpy.core" or module.startswith("numpy.core."):
-            module = "numpy._core" + module[len("numpy.core"):]
+            module = "numpy._core" + module[len("numpy.core") :]
         if module == "__builtin__":  # Python 2's name, when fix_imports is off
             module = "builtins"
         if (module, name) in ALLOWED_NAMES:
             return super().find_class(module, name)
         if module != "numpy" and not module.startswith("numpy."):
-            raise pickle.UnpicklingError(f"refusing to load {module}.{name}: only numpy objects "
-                                         f"and plain values are allowed in a data file")
+            raise pickle.UnpicklingError(
+                f"refusing to load {module}.{name}: only numpy objects and plain values are allowed in a data file"
+            )
         return super().find_class(module, name)
 
 

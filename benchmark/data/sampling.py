@@ -69,8 +69,9 @@ def train_val_split(split: ImageSplit, val_fraction: float, seed: int = 0) -> tu
     return split.subset(keep), split.subset(hold, split="val")
 
 
-def few_shot_indices(labels: np.ndarray, fraction: float | None = None, per_class: int | None = None,
-                     seed: int = 0) -> np.ndarray:
+def few_shot_indices(
+    labels: np.ndarray, fraction: float | None = None, per_class: int | None = None, seed: int = 0
+) -> np.ndarray:
     """Sorted positions of a stratified subset: ``fraction`` of each class or ``per_class`` items.
 
     Per class, round-half-up(fraction * n_c) items but at least one, or min(per_class, n_c).
@@ -92,8 +93,9 @@ def few_shot_indices(labels: np.ndarray, fraction: float | None = None, per_clas
     return np.sort(np.concatenate([o[: counts[c]] for c, o in sorted(orders.items())])).astype(np.int64)
 
 
-def few_shot(split: ImageSplit, fraction: float | None = None, per_class: int | None = None,
-             seed: int = 0) -> ImageSplit:
+def few_shot(
+    split: ImageSplit, fraction: float | None = None, per_class: int | None = None, seed: int = 0
+) -> ImageSplit:
     """A stratified view of ``split`` chosen by :func:`few_shot_indices` (items keep their order).
 
     When nothing is dropped the split itself is returned, so its cached features are reused.

@@ -71,8 +71,9 @@ def require(spec: RealSpec, root: Path) -> None:
             f"To get it: {spec.how_to_get_text(root)}"
         )
     if spec.needs and importlib.util.find_spec(spec.needs) is None:
-        raise DatasetUnavailable(f"{spec.name}: reading it needs the Python package {spec.needs}; "
-                                 f"install it with: pip install {spec.needs}")
+        raise DatasetUnavailable(
+            f"{spec.name}: reading it needs the Python package {spec.needs}; install it with: pip install {spec.needs}"
+        )
 
 
 def is_present(spec: RealSpec, root: Path | None) -> bool:

@@ -68,17 +68,34 @@ class ShardIndex:
     skipped: int  # samples lacking an image or a caption (webdataset loaders drop them too)
 
     def to_json(self) -> dict:
-        return {"version": INDEX_VERSION, "shard": self.shard, "size": self.size, "mtime_ns": self.mtime_ns,
-                "keys": self.keys, "image_offset": self.image_offset.tolist(),
-                "image_size": self.image_size.tolist(), "image_ext": self.image_ext, "captions": self.captions,
-                "labels": None if self.labels is None else self.labels.tolist(), "skipped": self.skipped}
+        return {
+            "version": INDEX_VERSION,
+            "shard": self.shard,
+            "size": self.size,
+            "mtime_ns": self.mtime_ns,
+            "keys": self.keys,
+            "image_offset": self.image_offset.tolist(),
+            "image_size": self.image_size.tolist(),
+            "image_ext": self.image_ext,
+            "captions": self.captions,
+            "labels": None if self.labels is None else self.labels.tolist(),
+            "skipped": self.skipped,
+        }
 
     @classmethod
-    def from_json(cls, d: dict) -> "ShardIndex":
-        return cls(d["shard"], int(d["size"]), int(d["mtime_ns"]), list(d["keys"]),
-                   np.asarray(d["image_offset"], dtype=np.int64), np.asarray(d["image_size"], dtype=np.int64),
-                   list(d["image_ext"]), list(d["captions"]),
-                   None if d["labels"] is None else np.asarray(d["labels"], dtype=np.int64), int(d["skipped"]))
+    def from_json(cls, d: dict) -> ShardIndex:
+        return cls(
+            d["shard"],
+            int(d["size"]),
+            int(d["mtime_ns"]),
+            list(d["keys"]),
+            np.asarray(d["image_offset"], dtype=np.int64),
+            np.asarray(d["image_size"], dtype=np.int64),
+            list(d["image_ext"]),
+            list(d["captions"]),
+            None if d["labels"] is None else np.asarray(d["labels"], dtype=np.int64),
+            int(d["skipped"]),
+        )
 
 
 def read_range(path: str | Path, offset: int, size: int) -> bytes:
@@ -136,9 +153,18 @@ def build_shard_index(shard: Path) -> ShardIndex:
             exts_used.append(image)
     if labels and len(labels) != len(keys):
         raise _corrupt(shard, f"{len(labels)} of {len(keys)} samples carry a .{LABEL_EXT} label; all or none must")
-    return ShardIndex(shard.name, st.st_size, st.st_mtime_ns, keys, np.asarray(offsets, dtype=np.int64),
-                      np.asarray(sizes, dtype=np.int64), exts_used, captions,
-                      np.asarray(labels, dtype=np.int64) if labels else None, skipped)
+    return ShardIndex(
+        shard.name,
+        st.st_size,
+        st.st_mtime_ns,
+        keys,
+        np.asarray(offsets, dtype=np.int64),
+        np.asarray(sizes, dtype=np.int64),
+        exts_used,
+        captions,
+        np.asarray(labels, dtype=np.int64) if labels else None,
+        skipped,
+    )
 
 
 def index_paths(shard: Path) -> list[Path]:
@@ -146,8 +172,10 @@ def index_paths(shard: Path) -> list[Path]:
     from benchmark.data.embedded import data_home
 
     folder_digest = hashlib.sha256(str(shard.parent.resolve()).encode()).hexdigest()[:16]
-    return [shard.parent / ".nmlbench-index" / f"{shard.name}.json",
-            data_home() / "shard-index" / folder_digest / f"{shard.name}.json"]
+    return [
+        shard.parent / ".nmlbench-index" / f"{shard.name}.json",
+        data_home() / "shard-index" / folder_digest / f"{shard.name}.json",
+    ]
 
 
 def _cached(path: Path, shard: Path) -> ShardIndex | None:

@@ -40,9 +40,17 @@ class TorchvisionSplit(ImageSplit):
     PCAM's, cannot be pickled at all) and re-opens its parts on first use in the new process.
     """
 
-    def __init__(self, dataset: str, split: str, classes: Sequence[str], parts: Sequence[Any],
-                 labels: np.ndarray, version: str = "1", indices: np.ndarray | None = None,
-                 part_args: Sequence[PartArgs] | None = None) -> None:
+    def __init__(
+        self,
+        dataset: str,
+        split: str,
+        classes: Sequence[str],
+        parts: Sequence[Any],
+        labels: np.ndarray,
+        version: str = "1",
+        indices: np.ndarray | None = None,
+        part_args: Sequence[PartArgs] | None = None,
+    ) -> None:
         super().__init__(dataset, split, classes, labels, version=version, indices=indices)
         self.parts: list[Any] | None = list(parts)
         self.part_args = None if part_args is None else list(part_args)
@@ -88,73 +96,198 @@ def _tv_classes(ds: Any, fixed: Sequence[str] | None, num_classes: int) -> list[
     return [f"class-{i}" for i in range(num_classes)]
 
 
-def _tv(name: str, num_classes: int, domain: str, tv_class: str, marker: str, layout: str,
-        sizes: dict[str, int], tv_args: dict[str, list[dict[str, Any]]] | None = None,
-        holdout: bool = False, fixed_classes: tuple[str, ...] | None = None, needs: str = "",
-        note: str = "") -> RealSpec:
-    return RealSpec(name=name, num_classes=num_classes, domain=domain,
-                    source=f"torchvision.datasets.{tv_class}", marker=marker, layout=layout, sizes=sizes,
-                    how_to_get=download_command(name) + (f" ({note})" if note else ""),
-                    tv_class=tv_class, tv_args=tv_args or {}, holdout=holdout,
-                    fixed_classes=fixed_classes, needs=needs, builder=BUILDERS.get(name))
+def _tv(
+    name: str,
+    num_classes: int,
+    domain: str,
+    tv_class: str,
+    marker: str,
+    layout: str,
+    sizes: dict[str, int],
+    tv_args: dict[str, list[dict[str, Any]]] | None = None,
+    holdout: bool = False,
+    fixed_classes: tuple[str, ...] | None = None,
+    needs: str = "",
+    note: str = "",
+) -> RealSpec:
+    return RealSpec(
+        name=name,
+        num_classes=num_classes,
+        domain=domain,
+        source=f"torchvision.datasets.{tv_class}",
+        marker=marker,
+        layout=layout,
+        sizes=sizes,
+        how_to_get=download_command(name) + (f" ({note})" if note else ""),
+        tv_class=tv_class,
+        tv_args=tv_args or {},
+        holdout=holdout,
+        fixed_classes=fixed_classes,
+        needs=needs,
+        builder=BUILDERS.get(name),
+    )
 
 
 def _splits(train: list[dict[str, Any]], test: list[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
     return {"train": train, "test": test}
 
 
-TV_SPECS: dict[str, RealSpec] = {s.name: s for s in (
-    _tv("cifar10", 10, "natural", "CIFAR10", "cifar-10-batches-py",
-        "<root>/cifar-10-batches-py/{data_batch_1..5,test_batch,batches.meta}", {"train": 50000, "test": 10000},
-        _splits([{"train": True}], [{"train": False}])),
-    _tv("cifar100", 100, "natural", "CIFAR100", "cifar-100-python",
-        "<root>/cifar-100-python/{train,test,meta}", {"train": 50000, "test": 10000},
-        _splits([{"train": True}], [{"train": False}])),
-    _tv("stl10", 10, "natural", "STL10", "stl10_binary",
-        "<root>/stl10_binary/{train_X.bin,train_y.bin,test_X.bin,test_y.bin,class_names.txt}",
-        {"train": 5000, "test": 8000}, _splits([{"split": "train"}], [{"split": "test"}])),
-    _tv("caltech101", 101, "natural", "Caltech101", "caltech101/101_ObjectCategories",
-        "<root>/caltech101/101_ObjectCategories/<class>/image_*.jpg (BACKGROUND_Google is dropped)",
-        {"train": 6941, "test": 1736}, {"all": [{"target_type": "category"}]}, holdout=True,
-        note="download needs gdown"),
-    _tv("dtd", 47, "texture", "DTD", "dtd/dtd",
-        "<root>/dtd/dtd/{images/<class>/*.jpg,labels/{train1,val1,test1}.txt}", {"train": 3760, "test": 1880},
-        _splits([{"split": "train"}, {"split": "val"}], [{"split": "test"}])),
-    _tv("eurosat", 10, "satellite", "EuroSAT", "eurosat/2750", "<root>/eurosat/2750/<class>/*.jpg",
-        {"train": 21600, "test": 5400}, {"all": [{}]}, holdout=True),
-    _tv("fgvc-aircraft", 100, "aircraft", "FGVCAircraft", "fgvc-aircraft-2013b",
-        "<root>/fgvc-aircraft-2013b/data/{images/*.jpg,variants.txt,images_variant_{trainval,test}.txt}",
-        {"train": 6667, "test": 3333}, _splits([{"split": "trainval"}], [{"split": "test"}])),
-    _tv("flowers102", 102, "flowers", "Flowers102", "flowers-102",
-        "<root>/flowers-102/{jpg/image_*.jpg,imagelabels.mat,setid.mat}", {"train": 2040, "test": 6149},
-        _splits([{"split": "train"}, {"split": "val"}], [{"split": "test"}])),
-    _tv("food101", 101, "food", "Food101", "food-101",
-        "<root>/food-101/{images/<class>/*.jpg,meta/{train,test}.json,meta/classes.txt}",
-        {"train": 75750, "test": 25250}, _splits([{"split": "train"}], [{"split": "test"}])),
-    _tv("oxford-pets", 37, "pets", "OxfordIIITPet", "oxford-iiit-pet",
-        "<root>/oxford-iiit-pet/{images/*.jpg,annotations/{trainval,test}.txt}", {"train": 3680, "test": 3669},
-        _splits([{"split": "trainval"}], [{"split": "test"}])),
-    _tv("stanford-cars", 196, "cars", "StanfordCars", "stanford_cars",
-        "<root>/stanford_cars/{devkit/{cars_meta,cars_train_annos}.mat,cars_train/*.jpg,cars_test/*.jpg,"
-        "cars_test_annos_withlabels.mat}", {"train": 8144, "test": 8041},
-        _splits([{"split": "train"}], [{"split": "test"}]),
-        note="torchvision's download URL is dead: fetch the files by hand into that layout"),
-    _tv("pcam", 2, "histopathology", "PCAM", "pcam",
-        "<root>/pcam/camelyonpatch_level_2_split_{train,test}_{x,y}.h5", {"train": 262144, "test": 32768},
-        _splits([{"split": "train"}], [{"split": "test"}]),
-        fixed_classes=("no metastasis", "metastasis"), needs="h5py",
-        note="needs: pip install h5py gdown"),
-    _tv("rendered-sst2", 2, "rendered-text", "RenderedSST2", "rendered-sst2",
-        "<root>/rendered-sst2/{train,test}/{negative,positive}/*.png", {"train": 6920, "test": 1821},
-        _splits([{"split": "train"}], [{"split": "test"}])),
-    _tv("country211", 211, "geolocation", "Country211", "country211",
-        "<root>/country211/{train,test}/<country code>/*.jpg", {"train": 31650, "test": 21100},
-        _splits([{"split": "train"}], [{"split": "test"}])),
-)}
+TV_SPECS: dict[str, RealSpec] = {
+    s.name: s
+    for s in (
+        _tv(
+            "cifar10",
+            10,
+            "natural",
+            "CIFAR10",
+            "cifar-10-batches-py",
+            "<root>/cifar-10-batches-py/{data_batch_1..5,test_batch,batches.meta}",
+            {"train": 50000, "test": 10000},
+            _splits([{"train": True}], [{"train": False}]),
+        ),
+        _tv(
+            "cifar100",
+            100,
+            "natural",
+            "CIFAR100",
+            "cifar-100-python",
+            "<root>/cifar-100-python/{train,test,meta}",
+            {"train": 50000, "test": 10000},
+            _splits([{"train": True}], [{"train": False}]),
+        ),
+        _tv(
+            "stl10",
+            10,
+            "natural",
+            "STL10",
+            "stl10_binary",
+            "<root>/stl10_binary/{train_X.bin,train_y.bin,test_X.bin,test_y.bin,class_names.txt}",
+            {"train": 5000, "test": 8000},
+            _splits([{"split": "train"}], [{"split": "test"}]),
+        ),
+        _tv(
+            "caltech101",
+            101,
+            "natural",
+            "Caltech101",
+            "caltech101/101_ObjectCategories",
+            "<root>/caltech101/101_ObjectCategories/<class>/image_*.jpg (BACKGROUND_Google is dropped)",
+            {"train": 6941, "test": 1736},
+            {"all": [{"target_type": "category"}]},
+            holdout=True,
+            note="download needs gdown",
+        ),
+        _tv(
+            "dtd",
+            47,
+            "texture",
+            "DTD",
+            "dtd/dtd",
+            "<root>/dtd/dtd/{images/<class>/*.jpg,labels/{train1,val1,test1}.txt}",
+            {"train": 3760, "test": 1880},
+            _splits([{"split": "train"}, {"split": "val"}], [{"split": "test"}]),
+        ),
+        _tv(
+            "eurosat",
+            10,
+            "satellite",
+            "EuroSAT",
+            "eurosat/2750",
+            "<root>/eurosat/2750/<class>/*.jpg",
+            {"train": 21600, "test": 5400},
+            {"all": [{}]},
+            holdout=True,
+        ),
+        _tv(
+            "fgvc-aircraft",
+            100,
+            "aircraft",
+            "FGVCAircraft",
+            "fgvc-aircraft-2013b",
+            "<root>/fgvc-aircraft-2013b/data/{images/*.jpg,variants.txt,images_variant_{trainval,test}.txt}",
+            {"train": 6667, "test": 3333},
+            _splits([{"split": "trainval"}], [{"split": "test"}]),
+        ),
+        _tv(
+            "flowers102",
+            102,
+            "flowers",
+            "Flowers102",
+            "flowers-102",
+            "<root>/flowers-102/{jpg/image_*.jpg,imagelabels.mat,setid.mat}",
+            {"train": 2040, "test": 6149},
+            _splits([{"split": "train"}, {"split": "val"}], [{"split": "test"}]),
+        ),
+        _tv(
+            "food101",
+            101,
+            "food",
+            "Food101",
+            "food-101",
+            "<root>/food-101/{images/<class>/*.jpg,meta/{train,test}.json,meta/classes.txt}",
+            {"train": 75750, "test": 25250},
+            _splits([{"split": "train"}], [{"split": "test"}]),
+        ),
+        _tv(
+            "oxford-pets",
+            37,
+            "pets",
+            "OxfordIIITPet",
+            "oxford-iiit-pet",
+            "<root>/oxford-iiit-pet/{images/*.jpg,annotations/{trainval,test}.txt}",
+            {"train": 3680, "test": 3669},
+            _splits([{"split": "trainval"}], [{"split": "test"}]),
+        ),
+        _tv(
+            "stanford-cars",
+            196,
+            "cars",
+            "StanfordCars",
+            "stanford_cars",
+            "<root>/stanford_cars/{devkit/{cars_meta,cars_train_annos}.mat,cars_train/*.jpg,cars_test/*.jpg,"
+            "cars_test_annos_withlabels.mat}",
+            {"train": 8144, "test": 8041},
+            _splits([{"split": "train"}], [{"split": "test"}]),
+            note="torchvision's download URL is dead: fetch the files by hand into that layout",
+        ),
+        _tv(
+            "pcam",
+            2,
+            "histopathology",
+            "PCAM",
+            "pcam",
+            "<root>/pcam/camelyonpatch_level_2_split_{train,test}_{x,y}.h5",
+            {"train": 262144, "test": 32768},
+            _splits([{"split": "train"}], [{"split": "test"}]),
+            fixed_classes=("no metastasis", "metastasis"),
+            needs="h5py",
+            note="needs: pip install h5py gdown",
+        ),
+        _tv(
+            "rendered-sst2",
+            2,
+            "rendered-text",
+            "RenderedSST2",
+            "rendered-sst2",
+            "<root>/rendered-sst2/{train,test}/{negative,positive}/*.png",
+            {"train": 6920, "test": 1821},
+            _splits([{"split": "train"}], [{"split": "test"}]),
+        ),
+        _tv(
+            "country211",
+            211,
+            "geolocation",
+            "Country211",
+            "country211",
+            "<root>/country211/{train,test}/<country code>/*.jpg",
+            {"train": 31650, "test": 21100},
+            _splits([{"split": "train"}], [{"split": "test"}]),
+        ),
+    )
+}
 
 
-def open_torchvision(tv_class: str, root: Path, kwargs: dict[str, Any], name: str = "",
-                     download: bool = False) -> Any:
+def open_torchvision(tv_class: str, root: Path, kwargs: dict[str, Any], name: str = "", download: bool = False) -> Any:
     """``torchvision.datasets.<tv_class>(root, download=..., **kwargs)``; its "not found" as ours."""
     import torchvision.datasets as tvd
 
@@ -163,8 +296,9 @@ def open_torchvision(tv_class: str, root: Path, kwargs: dict[str, Any], name: st
         return getattr(tvd, tv_class)(str(root), download=download, **kwargs)
     except RuntimeError as exc:  # torchvision's "Dataset not found or corrupted"
         layout = f" Expected layout: {spec.layout_text(root)}. To get it: {spec.how_to_get_text(root)}" if spec else ""
-        raise DatasetUnavailable(f"{name or tv_class}: torchvision could not open it under {root} ({exc}).{layout}"
-                                 ) from exc
+        raise DatasetUnavailable(
+            f"{name or tv_class}: torchvision could not open it under {root} ({exc}).{layout}"
+        ) from exc
 
 
 def _open_tv(spec: RealSpec, root: Path, kwargs: dict[str, Any], download: bool = False) -> Any:
@@ -180,8 +314,9 @@ def load_torchvision_splits(spec: RealSpec, root: Path) -> dict[str, ImageSplit]
         ds = _open_tv(spec, root, kw)
         labels = _tv_labels(ds)
         classes = _tv_classes(ds, spec.fixed_classes, spec.num_classes)
-        whole = TorchvisionSplit(spec.name, "all", classes, [ds], labels, version=version,
-                                 part_args=[(spec.tv_class, str(root), kw)])
+        whole = TorchvisionSplit(
+            spec.name, "all", classes, [ds], labels, version=version, part_args=[(spec.tv_class, str(root), kw)]
+        )
         train, test = stratified_holdout(labels, TEST_FRACTION, SPLIT_SEED)
         return {"train": whole.subset(train, split="train"), "test": whole.subset(test, split="test")}
     out: dict[str, ImageSplit] = {}
@@ -189,8 +324,15 @@ def load_torchvision_splits(spec: RealSpec, root: Path) -> dict[str, ImageSplit]
         parts = [_open_tv(spec, root, kw) for kw in part_args]
         labels = np.concatenate([_tv_labels(p) for p in parts])
         classes = _tv_classes(parts[0], spec.fixed_classes, spec.num_classes)
-        out[split] = TorchvisionSplit(spec.name, split, classes, parts, labels, version=version,
-                                      part_args=[(spec.tv_class, str(root), kw) for kw in part_args])
+        out[split] = TorchvisionSplit(
+            spec.name,
+            split,
+            classes,
+            parts,
+            labels,
+            version=version,
+            part_args=[(spec.tv_class, str(root), kw) for kw in part_args],
+        )
     return out
 
 

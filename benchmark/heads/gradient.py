@@ -20,9 +20,12 @@ BATCH_SIZE = HParam("batch_size", "int", 64, "mini-batch rows (BatchNorm needs 2
 LR = HParam("lr", "float", 1e-3, "AdamW learning rate", positive=True, per_member=True, tiebreak=4)
 WEIGHT_DECAY = HParam("weight_decay", "float", 1e-4, "AdamW weight decay", per_member=True, tiebreak=5)
 EPOCH_SELECTION = HParam(
-    "epoch_selection", "choice", "best_val",
+    "epoch_selection",
+    "choice",
+    "best_val",
     "best_val: keep the epoch with the best validation accuracy of one cosine run; last: the paper's fixed length",
-    choices=EPOCH_SELECTIONS)
+    choices=EPOCH_SELECTIONS,
+)
 
 
 def gradient_hparams(**defaults: Any) -> tuple[HParam, ...]:

@@ -23,21 +23,26 @@ def check_l2_range(values: dict[str, Any]) -> dict[str, Any]:
     return values
 
 
-LP = register_head(HeadMethod(
-    name="lp", label="LP", order=0,
-    description="linear probe solved to convergence: multinomial logistic regression (L-BFGS, float64) on "
-                "centred, scaled features, its L2 strength chosen on the validation split from a log-spaced grid",
-    hparams=(
-        HParam("l2_min", "float", 1e-6, "smallest L2 strength of the search", positive=True),
-        HParam("l2_max", "float", 10.0, "largest L2 strength of the search", positive=True),
-        HParam("l2_steps", "int", 15, "log-spaced L2 values", minimum=1),
-        HParam("l2_refine", "int", 4, "values between the best one's neighbours", minimum=0),
-        HParam("standardize", "bool", False, "scale each dimension (else one global scale)"),
-        HParam("max_iter", "int", 1000, "L-BFGS iterations at most", minimum=1),
-        HParam("tol", "float", 1e-6, "largest gradient entry at convergence", positive=True),
-    ),
-    builder="benchmark.heads.modules:LinearHead",
-    fitter="benchmark.probe.linear:fit_linear_probes",
-    finish=check_l2_range,
-    style=("tab:blue", "o"),
-    role="probe"))
+LP = register_head(
+    HeadMethod(
+        name="lp",
+        label="LP",
+        order=0,
+        description="linear probe solved to convergence: multinomial logistic regression (L-BFGS, float64) on "
+        "centred, scaled features, its L2 strength chosen on the validation split from a log-spaced grid",
+        hparams=(
+            HParam("l2_min", "float", 1e-6, "smallest L2 strength of the search", positive=True),
+            HParam("l2_max", "float", 10.0, "largest L2 strength of the search", positive=True),
+            HParam("l2_steps", "int", 15, "log-spaced L2 values", minimum=1),
+            HParam("l2_refine", "int", 4, "values between the best one's neighbours", minimum=0),
+            HParam("standardize", "bool", False, "scale each dimension (else one global scale)"),
+            HParam("max_iter", "int", 1000, "L-BFGS iterations at most", minimum=1),
+            HParam("tol", "float", 1e-6, "largest gradient entry at convergence", positive=True),
+        ),
+        builder="benchmark.heads.modules:LinearHead",
+        fitter="benchmark.probe.linear:fit_linear_probes",
+        finish=check_l2_range,
+        style=("tab:blue", "o"),
+        role="probe",
+    )
+)

@@ -10,16 +10,28 @@ from benchmark.heads.gradient import gradient_hparams
 from benchmark.heads.hparams import HParam
 from benchmark.heads.registry import HeadMethod, register_head
 
-RATIO = HParam("ratio", "float", 4, "hidden width as a multiple of the feature width", positive=True, arch=True,
-               tiebreak=2, label=None)
-DEPTH = HParam("depth", "int", 1, "hidden Linear-BatchNorm-ReLU blocks", minimum=1, arch=True, tiebreak=1,
-               label="d{}")
+RATIO = HParam(
+    "ratio",
+    "float",
+    4,
+    "hidden width as a multiple of the feature width",
+    positive=True,
+    arch=True,
+    tiebreak=2,
+    label=None,
+)
+DEPTH = HParam("depth", "int", 1, "hidden Linear-BatchNorm-ReLU blocks", minimum=1, arch=True, tiebreak=1, label="d{}")
 RESIDUAL_MLP = (RATIO, DEPTH)
 
-MLP = register_head(HeadMethod(
-    name="mlp", label="MLP", order=2,
-    description="NMTune's residual MLP trained with cross-entropy only (the MLP baseline)",
-    hparams=(*gradient_hparams(), *RESIDUAL_MLP),
-    builder="benchmark.heads.modules:ResidualMLPHead",
-    labelled=("depth",),
-    style=("tab:orange", "s")))
+MLP = register_head(
+    HeadMethod(
+        name="mlp",
+        label="MLP",
+        order=2,
+        description="NMTune's residual MLP trained with cross-entropy only (the MLP baseline)",
+        hparams=(*gradient_hparams(), *RESIDUAL_MLP),
+        builder="benchmark.heads.modules:ResidualMLPHead",
+        labelled=("depth",),
+        style=("tab:orange", "s"),
+    )
+)

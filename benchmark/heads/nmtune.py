@@ -60,30 +60,43 @@ def _weight(name: str, doc: str, tiebreak: int | None = None, label: str | None 
     return HParam(name, "float", None, doc, check=unchecked, per_member=True, tiebreak=tiebreak, label=label)
 
 
-NMTUNE = register_head(HeadMethod(
-    name="nmtune", label="NMTune", order=3,
-    description="residual MLP with NMTune's consistency, covariance and dominant-SVD regularisers",
-    hparams=(
-        *gradient_hparams(), *RESIDUAL_MLP,
-        HParam("preset", "str", "reference", "paper | reference: the weights not given", check=unchecked,
-               per_member=True),
-        _weight("lam", "weight of the regularisers (lambda)", tiebreak=0, label="λ{:g}"),
-        _weight("w_mse", "weight of the consistency term"),
-        _weight("w_cov", "weight of the covariance term"),
-        _weight("w_svd", "weight of the dominant-SVD term"),
-        HParam("svd_topk", "int", None, "singular values in the SVD term", check=unchecked, per_member=True),
-    ),
-    builder="benchmark.heads.modules:ResidualMLPHead",
-    loss="benchmark.heads.nmtune:NMTuneLoss.from_hparams",
-    stacked_loss="benchmark.heads.nmtune:NMTuneStackedLoss",
-    finish=apply_preset,
-    labelled=("lam", "depth"),
-    style=("tab:green", "^"),
-    contends_with=("mlp", "lp")))
+NMTUNE = register_head(
+    HeadMethod(
+        name="nmtune",
+        label="NMTune",
+        order=3,
+        description="residual MLP with NMTune's consistency, covariance and dominant-SVD regularisers",
+        hparams=(
+            *gradient_hparams(),
+            *RESIDUAL_MLP,
+            HParam(
+                "preset",
+                "str",
+                "reference",
+                "paper | reference: the weights not given",
+                check=unchecked,
+                per_member=True,
+            ),
+            _weight("lam", "weight of the regularisers (lambda)", tiebreak=0, label="λ{:g}"),
+            _weight("w_mse", "weight of the consistency term"),
+            _weight("w_cov", "weight of the covariance term"),
+            _weight("w_svd", "weight of the dominant-SVD term"),
+            HParam("svd_topk", "int", None, "singular values in the SVD term", check=unchecked, per_member=True),
+        ),
+        builder="benchmark.heads.modules:ResidualMLPHead",
+        loss="benchmark.heads.nmtune:NMTuneLoss.from_hparams",
+        stacked_loss="benchmark.heads.nmtune:NMTuneStackedLoss",
+        finish=apply_preset,
+        labelled=("lam", "depth"),
+        style=("tab:green", "^"),
+        contends_with=("mlp", "lp"),
+    )
+)
 
 
-def nmtune_regularisers(z: torch.Tensor, f: torch.Tensor, *,
-                        svd_topk: int | torch.Tensor = 1) -> dict[str, torch.Tensor]:
+def nmtune_regularisers(
+    z: torch.Tensor, f: torch.Tensor, *, svd_topk: int | torch.Tensor = 1
+) -> dict[str, torch.Tensor]:
     """NMTune's three batch regularisers (with gradients), as the paper defines them.
 
     - ``mse``: ``mean_b || z_b/||z_b|| - f_b/||f_b|| ||^2``, keeps z close to the pre-trained f.
@@ -145,8 +158,14 @@ class NMTuneLoss:
     @classmethod
     def from_hparams(cls, hp: HParams) -> NMTuneLoss:
         """The loss of a resolved NMTune fit (no preset lookup: ``hp`` already holds the weights)."""
-        return cls(name=str(hp.preset), lam=float(hp.lam), w_mse=float(hp.w_mse), w_cov=float(hp.w_cov),
-                   w_svd=float(hp.w_svd), svd_topk=int(hp.svd_topk))
+        return cls(
+            name=str(hp.preset),
+            lam=float(hp.lam),
+            w_mse=float(hp.w_mse),
+            w_cov=float(hp.w_cov),
+            w_svd=float(hp.w_svd),
+            svd_topk=int(hp.svd_topk),
+        )
 
     @classmethod
     def resolve(cls, name: str = "reference", **overrides: Any) -> NMTuneLoss:
@@ -183,12 +202,14 @@ class NMTuneStackedLoss:
 
         f32 = torch.float32
         self.lam = torch.tensor([float(h.lam) for h in hps], dtype=f32, device=device)
-        self.w = torch.tensor([[float(h.w_mse), float(h.w_cov), float(h.w_svd)] for h in hps], dtype=f32,
-                              device=device).view(-1, 3)
+        self.w = torch.tensor(
+            [[float(h.w_mse), float(h.w_cov), float(h.w_svd)] for h in hps], dtype=f32, device=device
+        ).view(-1, 3)
         self.topk = torch.tensor([int(h.svd_topk) for h in hps], dtype=torch.long, device=device)
 
-    def __call__(self, logits: torch.Tensor, y: torch.Tensor, z: torch.Tensor, f: torch.Tensor,
-                 ce: torch.Tensor) -> torch.Tensor:
+    def __call__(
+        self, logits: torch.Tensor, y: torch.Tensor, z: torch.Tensor, f: torch.Tensor, ce: torch.Tensor
+    ) -> torch.Tensor:
         r = nmtune_regularisers(z, f, svd_topk=self.topk)
         extra = self.lam * (self.w[:, 0] * r["mse"] + self.w[:, 1] * r["cov"] + self.w[:, 2] * r["svd"])
         return ce + extra

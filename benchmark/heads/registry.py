@@ -34,8 +34,12 @@ from benchmark.heads.hparams import HParam, HParams, as_float, as_int
 
 ENTRY_POINT_GROUP = "nmlbench.heads"
 #: The modules that declare the built-in heads (imported by ``benchmark.heads``).
-BUILTIN_MODULES: tuple[str, ...] = ("benchmark.heads.lp", "benchmark.heads.lp_adamw", "benchmark.heads.mlp",
-                                    "benchmark.heads.nmtune")
+BUILTIN_MODULES: tuple[str, ...] = (
+    "benchmark.heads.lp",
+    "benchmark.heads.lp_adamw",
+    "benchmark.heads.mlp",
+    "benchmark.heads.nmtune",
+)
 Target = str | Callable[..., Any]
 
 
@@ -73,7 +77,7 @@ class HeadMethod:
     stacked_loss: Target | None = None
     fitter: Target | None = None
     finish: Callable[[dict[str, Any]], dict[str, Any]] | None = None
-    default: bool = True         # run by a suite that lists no methods (built-ins only)
+    default: bool = True  # run by a suite that lists no methods (built-ins only)
     labelled: tuple[str, ...] = ()
     style: tuple[str, str] | None = None  # (matplotlib colour, marker)
     role: str | None = None
@@ -184,7 +188,8 @@ def _check(method: HeadMethod) -> None:
                 raise ConfigError(
                     f"head {method.name!r} declares {p.name!r} as {p.kind} (tie-break rank {p.tiebreak}), but "
                     f"{other.name!r} declares it as {theirs.kind} (rank {theirs.tiebreak}): one name, one meaning; "
-                    "rename the hyper-parameter or reuse the existing declaration")
+                    "rename the hyper-parameter or reuse the existing declaration"
+                )
 
 
 def register_head(method: HeadMethod | None = None, **fields: Any) -> Any:
@@ -195,9 +200,11 @@ def register_head(method: HeadMethod | None = None, **fields: Any) -> Any:
     registers a head built by it and returns the class unchanged.
     """
     if method is None:
+
         def decorate(builder: Any) -> Any:
             register_head(HeadMethod(builder=builder, **fields))
             return builder
+
         return decorate
     if fields:
         raise ConfigError("register_head takes a HeadMethod or keyword fields, not both")
@@ -221,20 +228,29 @@ def _plugin_entry_points() -> bool:
         dist = ep.dist.name if ep.dist is not None else "(unknown distribution)"
         existing = dict.get(HEADS, ep.name)
         if existing is not None and ep.name not in _PLUGIN_NAMES:
-            warnings.warn(f"head plugin {ep.name!r} from {dist} is ignored: it would shadow the built-in head of "
-                          "that name; rename its entry point", stacklevel=3)
+            warnings.warn(
+                f"head plugin {ep.name!r} from {dist} is ignored: it would shadow the built-in head of "
+                "that name; rename its entry point",
+                stacklevel=3,
+            )
             continue
         try:
             obj = ep.load()
             if isinstance(obj, HeadMethod) and dict.get(HEADS, obj.name) is not obj:
                 register_head(obj)
         except Exception as e:  # a broken plugin must not break the others
-            warnings.warn(f"head plugin {ep.name!r} from distribution {dist} failed to load "
-                          f"({type(e).__name__}: {e}); skipped. Reinstall or fix {dist}.", stacklevel=3)
+            warnings.warn(
+                f"head plugin {ep.name!r} from distribution {dist} failed to load "
+                f"({type(e).__name__}: {e}); skipped. Reinstall or fix {dist}.",
+                stacklevel=3,
+            )
             continue
         if not dict.__contains__(HEADS, ep.name):
-            warnings.warn(f"head plugin {ep.name!r} from {dist} registered no head named {ep.name!r}; the entry "
-                          "point must name a HeadMethod (or a module registering one) of that name", stacklevel=3)
+            warnings.warn(
+                f"head plugin {ep.name!r} from {dist} registered no head named {ep.name!r}; the entry "
+                "point must name a HeadMethod (or a module registering one) of that name",
+                stacklevel=3,
+            )
             continue
         _PLUGIN_NAMES.add(ep.name)
     return True
@@ -273,8 +289,12 @@ def plugin_heads() -> tuple[str, ...]:
 def get_head(name: str) -> HeadMethod:
     """The registered head ``name``; unknown names raise ``UnknownNameError`` listing them all."""
     if name not in HEADS:
-        raise UnknownNameError("head method", str(name), head_names(),
-                               hint=f"plugins register under the entry-point group {ENTRY_POINT_GROUP!r}")
+        raise UnknownNameError(
+            "head method",
+            str(name),
+            head_names(),
+            hint=f"plugins register under the entry-point group {ENTRY_POINT_GROUP!r}",
+        )
     return HEADS[name]
 
 
@@ -309,8 +329,27 @@ def hparam_names(methods: Iterable[str] | None = None) -> tuple[str, ...]:
 
 #: The order hyper-parameter names are listed in (the historical field order of ``HParams``).
 _CANONICAL_ORDER: tuple[str, ...] = (
-    "epochs", "batch_size", "lr", "weight_decay", "epoch_selection", "ratio", "depth", "preset", "lam", "w_mse",
-    "w_cov", "w_svd", "svd_topk", "l2_min", "l2_max", "l2_steps", "l2_refine", "standardize", "max_iter", "tol")
+    "epochs",
+    "batch_size",
+    "lr",
+    "weight_decay",
+    "epoch_selection",
+    "ratio",
+    "depth",
+    "preset",
+    "lam",
+    "w_mse",
+    "w_cov",
+    "w_svd",
+    "svd_topk",
+    "l2_min",
+    "l2_max",
+    "l2_steps",
+    "l2_refine",
+    "standardize",
+    "max_iter",
+    "tol",
+)
 
 
 class _LiveNames(Sequence[str]):
@@ -379,6 +418,7 @@ def __getattr__(name: str) -> Any:
 
 # -- resolving one fit's values ------------------------------------------------------------------
 
+
 def resolve_hparams(method: str, **given: Any) -> HParams:
     """``method``'s defaults merged with ``given`` (None means "not given"), validated.
 
@@ -391,13 +431,17 @@ def resolve_hparams(method: str, **given: Any) -> HParams:
     known = hparam_names()
     unknown = sorted(set(given) - set(known))
     if unknown:
-        raise ConfigError(f"unknown hyper-parameter(s) {', '.join(unknown)} for method {method!r}; "
-                          f"allowed: {', '.join(head.defaults)}")
+        raise ConfigError(
+            f"unknown hyper-parameter(s) {', '.join(unknown)} for method {method!r}; "
+            f"allowed: {', '.join(head.defaults)}"
+        )
     wrong = sorted(k for k, v in given.items() if not head.takes(k) and v is not None)
     if wrong:
         detail = "; ".join(f"{k} applies to {', '.join(methods_taking(k)) or 'no method'}" for k in wrong)
-        raise ConfigError(f"hyper-parameter(s) {', '.join(wrong)} do not apply to method {method!r} "
-                          f"({detail}); allowed for {method!r}: {', '.join(head.defaults)}")
+        raise ConfigError(
+            f"hyper-parameter(s) {', '.join(wrong)} do not apply to method {method!r} "
+            f"({detail}); allowed for {method!r}: {', '.join(head.defaults)}"
+        )
     hp = dict(head.defaults)
     hp.update({k: v for k, v in given.items() if v is not None})
     for p in sorted(head.hparams, key=lambda p: p.phase):  # stable: declared order within a phase
@@ -408,7 +452,28 @@ def resolve_hparams(method: str, **given: Any) -> HParams:
     return HParams(method, hp)
 
 
-__all__ = ["BUILTIN_MODULES", "ENTRY_POINT_GROUP", "EPOCH_SELECTIONS", "HEADS", "HPARAM_NAMES", "HParam", "HParams",
-           "HeadMethod", "as_float", "as_int", "builtin_heads", "default_methods", "get_head", "head_names",
-           "hparam_names", "methods_taking", "per_member_hparams", "plugin_heads", "refresh_plugins", "register_head",
-           "resolve_hparams", "tiebreak_axes", "unregister_head"]
+__all__ = [
+    "BUILTIN_MODULES",
+    "ENTRY_POINT_GROUP",
+    "EPOCH_SELECTIONS",
+    "HEADS",
+    "HPARAM_NAMES",
+    "HParam",
+    "HParams",
+    "HeadMethod",
+    "as_float",
+    "as_int",
+    "builtin_heads",
+    "default_methods",
+    "get_head",
+    "head_names",
+    "hparam_names",
+    "methods_taking",
+    "per_member_hparams",
+    "plugin_heads",
+    "refresh_plugins",
+    "register_head",
+    "resolve_hparams",
+    "tiebreak_axes",
+    "unregister_head",
+]

@@ -39,8 +39,20 @@ from benchmark.noise.registry import (
 from benchmark.noise.swap import swap_captions
 
 __all__ = [
-    "CIFAR10_ASYMMETRIC_MAP", "CaptionSwapResult", "ENTRY_POINT_GROUP", "INSTANCE_RATE_STD",
-    "NoiseKind", "NoiseResult", "exact_flips", "flip_labels", "get_noise_kind", "noise_kinds",
-    "option_problem", "refresh_plugins", "register_noise_kind", "swap_captions",
-    "transition_matrix", "unregister_noise_kind",
+    "CIFAR10_ASYMMETRIC_MAP",
+    "CaptionSwapResult",
+    "ENTRY_POINT_GROUP",
+    "INSTANCE_RATE_STD",
+    "NoiseKind",
+    "NoiseResult",
+    "exact_flips",
+    "flip_labels",
+    "get_noise_kind",
+    "noise_kinds",
+    "option_problem",
+    "refresh_plugins",
+    "register_noise_kind",
+    "swap_captions",
+    "transition_matrix",
+    "unregister_noise_kind",
 ]

@@ -106,8 +106,7 @@ def transition_matrix(true_labels: Any, noisy_labels: Any, num_classes: int) -> 
     """
     k = int(num_classes)
     counts = np.zeros((k, k), dtype=np.float64)
-    np.add.at(counts, (np.asarray(true_labels, dtype=np.int64),
-                       np.asarray(noisy_labels, dtype=np.int64)), 1.0)
+    np.add.at(counts, (np.asarray(true_labels, dtype=np.int64), np.asarray(noisy_labels, dtype=np.int64)), 1.0)
     rows = counts.sum(axis=1, keepdims=True)
     return np.where(rows > 0, counts / np.maximum(rows, 1.0), np.eye(k))
 

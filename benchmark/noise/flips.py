@@ -35,10 +35,19 @@ def _uniform_choice(rng: np.random.Generator, idx: np.ndarray, m: int) -> np.nda
     return np.sort(rng.choice(idx, size=m, replace=False))
 
 
-def exact_flips(y: np.ndarray, k: int, r: float, rng: np.random.Generator, *, kind: str,
-                seed: int, target: Target, eligible: list[int] | None = None,
-                choose: Choose = _uniform_choice,
-                class_map: dict[int, int] | None = None) -> NoiseResult:
+def exact_flips(
+    y: np.ndarray,
+    k: int,
+    r: float,
+    rng: np.random.Generator,
+    *,
+    kind: str,
+    seed: int,
+    target: Target,
+    eligible: list[int] | None = None,
+    choose: Choose = _uniform_choice,
+    class_map: dict[int, int] | None = None,
+) -> NoiseResult:
     """Flip exactly ``round(r * n_c)`` labels of each class ``c`` in ``eligible`` (all classes
     by default), class by class in order: ``choose(rng, idx, m)`` picks the samples (sorted
     positions; default a uniform draw without replacement) and ``target(rng, c, chosen)`` their
@@ -56,45 +65,80 @@ def exact_flips(y: np.ndarray, k: int, r: float, rng: np.random.Generator, *, ki
         noisy[chosen] = target(rng, c, chosen)
         flipped[chosen] = True
     realised = float(flipped.sum() / n_eligible) if n_eligible else 0.0
-    return NoiseResult(noisy_labels=noisy, flipped=flipped, realised_ratio=realised,
-                       transition=transition_matrix(y, noisy, k), kind=kind, ratio=r,
-                       seed=int(seed), class_map=class_map)
+    return NoiseResult(
+        noisy_labels=noisy,
+        flipped=flipped,
+        realised_ratio=realised,
+        transition=transition_matrix(y, noisy, k),
+        kind=kind,
+        ratio=r,
+        seed=int(seed),
+        class_map=class_map,
+    )
 
 
-@register_noise_kind("symmetric", data="labels", objectives=("supervised",),
-                     description="each chosen label moves to a uniformly drawn other class")
+@register_noise_kind(
+    "symmetric",
+    data="labels",
+    objectives=("supervised",),
+    description="each chosen label moves to a uniformly drawn other class",
+)
 def symmetric(y: np.ndarray, k: int, r: float, seed: int) -> NoiseResult:
     """Each chosen label moves to a uniformly drawn *other* class."""
     rng = np.random.default_rng(seed)
-    return exact_flips(y, k, r, rng, kind="symmetric", seed=seed,
-                       target=lambda g, c, chosen: (c + g.integers(1, k, size=chosen.size)) % k)
+    return exact_flips(
+        y,
+        k,
+        r,
+        rng,
+        kind="symmetric",
+        seed=seed,
+        target=lambda g, c, chosen: (c + g.integers(1, k, size=chosen.size)) % k,
+    )
 
 
-@register_noise_kind("pairflip", data="labels", objectives=("supervised",),
-                     description="class i moves to (i + 1) mod K")
+@register_noise_kind(
+    "pairflip", data="labels", objectives=("supervised",), description="class i moves to (i + 1) mod K"
+)
 def pairflip(y: np.ndarray, k: int, r: float, seed: int) -> NoiseResult:
     """Class ``i`` moves to ``(i + 1) mod K``."""
     rng = np.random.default_rng(seed)
-    return exact_flips(y, k, r, rng, kind="pairflip", seed=seed,
-                       target=lambda g, c, chosen: (c + 1) % k)
+    return exact_flips(y, k, r, rng, kind="pairflip", seed=seed, target=lambda g, c, chosen: (c + 1) % k)
 
 
-@register_noise_kind("asymmetric", data="labels", objectives=("supervised",),
-                     options={"class_map": "{source class: target class}"},
-                     required=("class_map",),
-                     description="class_map {src: dst}; ratio applies within each mapped class")
-def asymmetric(y: np.ndarray, k: int, r: float, seed: int,
-               class_map: Mapping[int, int] | None = None) -> NoiseResult:
+@register_noise_kind(
+    "asymmetric",
+    data="labels",
+    objectives=("supervised",),
+    options={"class_map": "{source class: target class}"},
+    required=("class_map",),
+    description="class_map {src: dst}; ratio applies within each mapped class",
+)
+def asymmetric(y: np.ndarray, k: int, r: float, seed: int, class_map: Mapping[int, int] | None = None) -> NoiseResult:
     """``class_map = {src: dst}``: only the mapped classes are eligible, ``ratio`` applies within
     each of them; other classes keep their labels."""
     rng = np.random.default_rng(seed)
     cmap = _check_class_map(class_map, k)
-    return exact_flips(y, k, r, rng, kind="asymmetric", seed=seed, eligible=sorted(cmap),
-                       target=lambda g, c, chosen: cmap[c], class_map=cmap)
+    return exact_flips(
+        y,
+        k,
+        r,
+        rng,
+        kind="asymmetric",
+        seed=seed,
+        eligible=sorted(cmap),
+        target=lambda g, c, chosen: cmap[c],
+        class_map=cmap,
+    )
 
 
-@register_noise_kind("instance", data="labels", objectives=("supervised",), inputs=("features",),
-                     description="instance-dependent (Xia et al. 2020), from per-sample features")
+@register_noise_kind(
+    "instance",
+    data="labels",
+    objectives=("supervised",),
+    inputs=("features",),
+    description="instance-dependent (Xia et al. 2020), from per-sample features",
+)
 def instance(y: np.ndarray, k: int, r: float, seed: int, features: Any = None) -> NoiseResult:
     """After Xia et al. 2020: each sample draws a flip rate from a normal around ``ratio`` (sd
     0.1) truncated to [0, 1]; the samples that flip are a seeded weighted draw without
@@ -130,9 +174,15 @@ def instance(y: np.ndarray, k: int, r: float, seed: int, features: Any = None) -
         lo, hi = (0.0 - r) / INSTANCE_RATE_STD, (1.0 - r) / INSTANCE_RATE_STD
         rates = truncnorm.rvs(lo, hi, loc=r, scale=INSTANCE_RATE_STD, size=n, random_state=rng)
     return exact_flips(
-        y, k, r, rng, kind="instance", seed=seed,
+        y,
+        k,
+        r,
+        rng,
+        kind="instance",
+        seed=seed,
         choose=lambda g, idx, m: idx[np.sort(_weighted_sample_without_replacement(g, rates[idx], m))],
-        target=lambda g, c, chosen: _instance_targets(g, feats[chosen], y[chosen], k))
+        target=lambda g, c, chosen: _instance_targets(g, feats[chosen], y[chosen], k),
+    )
 
 
 def flip_labels(
@@ -170,18 +220,14 @@ def flip_labels(
     return nk.fn(y, int(num_classes), r, int(seed), **kw)
 
 
-def _weighted_sample_without_replacement(
-    rng: np.random.Generator, weights: np.ndarray, k: int
-) -> np.ndarray:
+def _weighted_sample_without_replacement(rng: np.random.Generator, weights: np.ndarray, k: int) -> np.ndarray:
     """Efraimidis-Spirakis: keep the ``k`` largest ``log(u) / w``; exact and O(n log n)."""
     u = rng.random(weights.shape[0])
     keys = np.log(np.maximum(u, np.finfo(np.float64).tiny)) / np.maximum(weights, 1e-12)
     return np.argsort(-keys, kind="stable")[:k]
 
 
-def _instance_targets(
-    rng: np.random.Generator, feats: np.ndarray, labels: np.ndarray, num_classes: int
-) -> np.ndarray:
+def _instance_targets(rng: np.random.Generator, feats: np.ndarray, labels: np.ndarray, num_classes: int) -> np.ndarray:
     """Draw a new (different) class for each row, from a softmax of a random projection."""
     proj = rng.standard_normal((feats.shape[1], num_classes))
     logits = feats @ proj

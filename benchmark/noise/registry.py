@@ -59,24 +59,27 @@ class NoiseKind:
 _KINDS: dict[str, NoiseKind] = {}
 
 
-def register_noise_kind(name: str, *, data: str, objectives: tuple[str, ...] | list[str],
-                        options: dict[str, str] | None = None,
-                        required: tuple[str, ...] | list[str] = (),
-                        inputs: tuple[str, ...] | list[str] = (),
-                        description: str = "") -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+def register_noise_kind(
+    name: str,
+    *,
+    data: str,
+    objectives: tuple[str, ...] | list[str],
+    options: dict[str, str] | None = None,
+    required: tuple[str, ...] | list[str] = (),
+    inputs: tuple[str, ...] | list[str] = (),
+    description: str = "",
+) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
     """Decorator: register ``fn`` as the noise kind ``name`` (see the module docstring)."""
     if data not in DATA_KINDS:
         raise ConfigError(f"noise kind {name!r}: data {data!r} must be one of {list(DATA_KINDS)}")
     opts = dict(options or {})
     missing = [o for o in required if o not in opts]
     if missing:
-        raise ConfigError(f"noise kind {name!r}: required option(s) {missing} are not declared "
-                          "in options")
+        raise ConfigError(f"noise kind {name!r}: required option(s) {missing} are not declared in options")
 
     def wrap(fn: Callable[..., Any]) -> Callable[..., Any]:
         doc = description or (fn.__doc__ or "").strip().split("\n")[0]
-        _KINDS[name] = NoiseKind(name, fn, data, tuple(objectives), opts, tuple(required),
-                                 tuple(inputs), doc)
+        _KINDS[name] = NoiseKind(name, fn, data, tuple(objectives), opts, tuple(required), tuple(inputs), doc)
         return fn
 
     return wrap
@@ -100,17 +103,22 @@ def _load_plugins() -> None:
     for ep in entry_points(group=ENTRY_POINT_GROUP):
         dist = ep.dist.name if ep.dist is not None else "(unknown distribution)"
         if ep.name in builtin:
-            warnings.warn(f"noise plugin {ep.name!r} from {dist} is ignored: it would shadow the "
-                          "built-in kind of that name; rename its entry point", stacklevel=2)
+            warnings.warn(
+                f"noise plugin {ep.name!r} from {dist} is ignored: it would shadow the "
+                "built-in kind of that name; rename its entry point",
+                stacklevel=2,
+            )
             continue
         try:
             target = ep.load()
             if ep.name not in _KINDS and callable(target):
                 target()  # a registration function; a module registers on import
         except Exception as e:  # a broken plugin must not break the others
-            warnings.warn(f"noise plugin {ep.name!r} from distribution {dist} failed to load "
-                          f"({type(e).__name__}: {e}); skipped. Reinstall or fix {dist}.",
-                          stacklevel=2)
+            warnings.warn(
+                f"noise plugin {ep.name!r} from distribution {dist} failed to load "
+                f"({type(e).__name__}: {e}); skipped. Reinstall or fix {dist}.",
+                stacklevel=2,
+            )
 
 
 def refresh_plugins() -> None:
@@ -129,8 +137,9 @@ def get_noise_kind(name: str) -> NoiseKind:
     kinds = noise_kinds()
     if name in kinds:
         return kinds[name]
-    raise UnknownNameError("noise kind", name, list(kinds),
-                           hint=f"plugins register under the entry-point group {ENTRY_POINT_GROUP!r}")
+    raise UnknownNameError(
+        "noise kind", name, list(kinds), hint=f"plugins register under the entry-point group {ENTRY_POINT_GROUP!r}"
+    )
 
 
 def option_problem(kind: NoiseKind, options: dict[str, Any]) -> str | None:

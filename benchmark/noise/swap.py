@@ -11,8 +11,12 @@ from benchmark.noise.core import CaptionSwapResult, _check_ratio, _round_half_up
 from benchmark.noise.registry import register_noise_kind
 
 
-@register_noise_kind("swap", data="captions", objectives=("clip",),
-                     description="a fraction of image-text pairs get another pair's caption")
+@register_noise_kind(
+    "swap",
+    data="captions",
+    objectives=("clip",),
+    description="a fraction of image-text pairs get another pair's caption",
+)
 def swap(captions: Sequence[str], ratio: float, seed: int) -> CaptionSwapResult:
     """The registered ``swap`` kind: :func:`swap_captions`."""
     return swap_captions(captions, ratio, seed)

@@ -128,15 +128,16 @@ def clean_captions(split: Any, clean: np.ndarray, classes: list[str], seed: int)
     if captions is not None:
         return list(captions)
     if not classes or (clean < 0).any():
-        raise ConfigError(f"{split!r} has neither captions nor class labels to make captions "
-                          "from; CLIP pre-training needs one of them")
+        raise ConfigError(
+            f"{split!r} has neither captions nor class labels to make captions "
+            "from; CLIP pre-training needs one of them"
+        )
     from benchmark.captions import class_captions
 
     return class_captions(clean, classes, seed=seed)
 
 
-def caption_sources(clean_texts: list[str], noisy_texts: list[str], mismatched: np.ndarray
-                    ) -> np.ndarray:
+def caption_sources(clean_texts: list[str], noisy_texts: list[str], mismatched: np.ndarray) -> np.ndarray:
     """Per image, the index of a sample whose clean caption is the text it now trains with.
 
     ``swap_captions`` permutes texts among the mismatched pairs, so each of them takes the index
@@ -190,13 +191,20 @@ def build_training_set(job: PretrainJob) -> TrainingSet:
         split = split.subset(idx)
     clean = np.asarray(split.labels, dtype=np.int64)
     classes = list(split.classes)
-    base = {"objective": job.objective, "kind": job.noise_kind, "ratio": float(job.noise_ratio),
-            "seed": int(job.seed), "n": int(len(clean)), "corpus": job.corpus,
-            "classes": classes, "key": job.key}
+    base = {
+        "objective": job.objective,
+        "kind": job.noise_kind,
+        "ratio": float(job.noise_ratio),
+        "seed": int(job.seed),
+        "n": int(len(clean)),
+        "corpus": job.corpus,
+        "classes": classes,
+        "key": job.key,
+    }
     table, realised, record, summary, own_table = get_objective(job.objective).training_set(
-        job, split, idx, clean, classes, base)
-    return TrainingSet(ref, table, classes, realised, record, summary,
-                       has_caption_table=own_table)
+        job, split, idx, clean, classes, base
+    )
+    return TrainingSet(ref, table, classes, realised, record, summary, has_caption_table=own_table)
 
 
 def write_noise_record(ts: TrainingSet, out_dir: Path) -> Path:

@@ -47,8 +47,9 @@ def _encoded(split: Any, i: int) -> Any:
     return None
 
 
-def crop_box(width: int, height: int, scale: Sequence[float], rng: np.random.Generator
-             ) -> tuple[float, float, float, float]:
+def crop_box(
+    width: int, height: int, scale: Sequence[float], rng: np.random.Generator
+) -> tuple[float, float, float, float]:
     """A random-resized-crop box (left, top, right, bottom) in pixels: area share in ``scale``,
     aspect ratio log-uniform in [3/4, 4/3]; after ten misses the largest centred box whose
     aspect fits that range (the usual ImageNet recipe)."""
@@ -73,9 +74,14 @@ def crop_box(width: int, height: int, scale: Sequence[float], rng: np.random.Gen
     return left, top, left + w, top + h
 
 
-def decode_item(split: Any, i: int, size: int, augment: str = "none",
-                crop_scale: Sequence[float] = (0.08, 1.0),
-                rng: np.random.Generator | None = None) -> np.ndarray:
+def decode_item(
+    split: Any,
+    i: int,
+    size: int,
+    augment: str = "none",
+    crop_scale: Sequence[float] = (0.08, 1.0),
+    rng: np.random.Generator | None = None,
+) -> np.ndarray:
     """Item ``i`` as ``uint8 [size, size, 3]``: resized whole (``augment="none"``, exactly the
     feature transform's resize) or a random-resized crop, flipped half the time (``crop_flip``).
 
@@ -111,8 +117,7 @@ class ShardImages(torch.utils.data.Dataset):
     """Map-style dataset over a split whose items are ``(position, epoch)``: the loader's batch
     sampler feeds a worker's epoch shard, and each item seeds its own augmentation."""
 
-    def __init__(self, split: Any, size: int, augment: str, crop_scale: Sequence[float],
-                 seed: int) -> None:
+    def __init__(self, split: Any, size: int, augment: str, crop_scale: Sequence[float], seed: int) -> None:
         self.split, self.size, self.augment = split, int(size), augment
         self.crop_scale, self.seed = tuple(float(v) for v in crop_scale), int(seed)
 
@@ -121,8 +126,7 @@ class ShardImages(torch.utils.data.Dataset):
 
     def __getitem__(self, item: tuple[int, int]) -> tuple[np.ndarray, int]:
         pos, epoch = item
-        rng = (np.random.default_rng([self.seed, int(epoch), int(pos)])
-               if self.augment != "none" else None)
+        rng = np.random.default_rng([self.seed, int(epoch), int(pos)]) if self.augment != "none" else None
         return decode_item(self.split, pos, self.size, self.augment, self.crop_scale, rng), pos
 
 
@@ -138,8 +142,9 @@ class StreamInput:
     kind = "stream"
 
     def __init__(self, split: Any, cfg: dict[str, Any], device: torch.device) -> None:
-        self.dataset = ShardImages(split, cfg["image_size"], cfg.get("augment", "none"),
-                                   cfg.get("crop_scale", (0.08, 1.0)), cfg["seed"])
+        self.dataset = ShardImages(
+            split, cfg["image_size"], cfg.get("augment", "none"), cfg.get("crop_scale", (0.08, 1.0)), cfg["seed"]
+        )
         self.loader_workers = int(cfg.get("loader_workers", 1))
         self.pin = device.type == "cuda"
         self.loader_peak_mb = 0  # largest peak RSS of a loader process so far (MiB)
@@ -147,14 +152,17 @@ class StreamInput:
     def __len__(self) -> int:
         return len(self.dataset)
 
-    def batches(self, shard: torch.Tensor, batch: int, epoch: int
-                ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    def batches(self, shard: torch.Tensor, batch: int, epoch: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         order = shard.tolist()
-        plan = [[(p, epoch) for p in order[s:s + batch]] for s in range(0, len(order), batch)]
+        plan = [[(p, epoch) for p in order[s : s + batch]] for s in range(0, len(order), batch)]
         loader = torch.utils.data.DataLoader(
-            self.dataset, batch_sampler=plan, num_workers=self.loader_workers,
-            collate_fn=collate_nhwc, pin_memory=self.pin,
-            prefetch_factor=4 if self.loader_workers else None)
+            self.dataset,
+            batch_sampler=plan,
+            num_workers=self.loader_workers,
+            collate_fn=collate_nhwc,
+            pin_memory=self.pin,
+            prefetch_factor=4 if self.loader_workers else None,
+        )
         it = iter(loader)
         pids = [w.pid for w in getattr(it, "_workers", [])]
         for k, item in enumerate(it):
@@ -188,11 +196,10 @@ class ArrayInput:
     def __len__(self) -> int:
         return int(self.images.shape[0])
 
-    def batches(self, shard: torch.Tensor, batch: int, epoch: int
-                ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    def batches(self, shard: torch.Tensor, batch: int, epoch: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         shard = shard.to(self.images.device)
         for s in range(0, shard.numel(), batch):
-            idx = shard[s:s + batch]
+            idx = shard[s : s + batch]
             yield self.images[idx], idx
 
 
@@ -218,10 +225,9 @@ def instance_features(split: Any, size: int, loader_workers: int, batch: int = 5
     """``float32 [N, size * size * 3]`` thumbnails in [0, 1], decoded in a streaming pass by
     ``loader_workers`` processes (the driver holds the thumbnails, never the images)."""
     out = np.empty((len(split), size * size * 3), dtype=np.float32)
-    loader = torch.utils.data.DataLoader(_Thumbnails(split, size), batch_size=batch,
-                                         num_workers=int(loader_workers))
+    loader = torch.utils.data.DataLoader(_Thumbnails(split, size), batch_size=batch, num_workers=int(loader_workers))
     pos = 0
     for chunk in loader:
-        out[pos:pos + len(chunk)] = chunk.numpy().astype(np.float32) / 255.0
+        out[pos : pos + len(chunk)] = chunk.numpy().astype(np.float32) / 255.0
         pos += len(chunk)
     return out

@@ -35,8 +35,9 @@ def _ints(v: Any) -> list[int]:
     return [int(x) for x in v]
 
 
-def _recipe(default: Any, *, keyed: bool = True, late: bool = False, worker: Any = None,
-            block: bool = True, norm: Any = None) -> Any:
+def _recipe(
+    default: Any, *, keyed: bool = True, late: bool = False, worker: Any = None, block: bool = True, norm: Any = None
+) -> Any:
     """A recipe field, declared once with what every reader of the recipe needs to know.
 
     ``keyed``: part of :attr:`PretrainJob.key` (False: where and how fast a job runs, what it is
@@ -85,8 +86,9 @@ class PretrainJob:
     display: str = _recipe("", keyed=False, block=False)
     # -- the recipe for real corpora (defaults: the embedded suites' recipe) --
     augment: str = _recipe("none", late=True, worker=str)  # AUGMENTS
-    crop_scale: tuple[float, float] = _recipe((0.08, 1.0), late=True, worker=_floats,
-                                              norm=_floats)  # crop_flip: area share range
+    crop_scale: tuple[float, float] = _recipe(
+        (0.08, 1.0), late=True, worker=_floats, norm=_floats
+    )  # crop_flip: area share range
     warmup_epochs: float = _recipe(0.0, late=True, worker=float, norm=float)  # linear, then cosine
     grad_accum: int = _recipe(1, late=True, worker=int)  # micro-batches per optimiser step
     precision: str = _recipe("auto", late=True, worker=str)  # PRECISIONS
@@ -145,11 +147,9 @@ class PretrainJob:
 #: Recipe fields added after keys were first published, with the value that reproduces the
 #: earlier recipe. A job leaves a field out of its key while it holds that value, so every job
 #: written before the field existed keeps its key (and its finished checkpoint).
-RECIPE_DEFAULTS: dict[str, Any] = {f.name: f.default for f in fields(PretrainJob)
-                                   if f.metadata.get("late")}
+RECIPE_DEFAULTS: dict[str, Any] = {f.name: f.default for f in fields(PretrainJob) if f.metadata.get("late")}
 #: Fields that say where and how fast a job runs or what it is called: not in the key.
-UNKEYED: tuple[str, ...] = tuple(f.name for f in fields(PretrainJob)
-                                 if not f.metadata.get("keyed", True))
+UNKEYED: tuple[str, ...] = tuple(f.name for f in fields(PretrainJob) if not f.metadata.get("keyed", True))
 #: Block keys of the suite's ``pretrain`` blocks that copy a job field of the same name.
 BLOCK_FIELDS: tuple[str, ...] = tuple(f.name for f in fields(PretrainJob) if f.metadata.get("block"))
 
@@ -236,15 +236,16 @@ def noise_problem(objective: str, kind: str, class_map: Mapping[int, int] | None
     if kind not in allowed:
         if kind in every:
             owners = " | ".join(repr(o) for o in every[kind].objectives)
-            return (f"noise.kind {kind!r} does not apply to objective {objective!r}: "
-                    f"{known[objective].noise_hint}; {kind!r} applies only to objective {owners} "
-                    f"(use noise.kind: {' | '.join(allowed)})")
+            return (
+                f"noise.kind {kind!r} does not apply to objective {objective!r}: "
+                f"{known[objective].noise_hint}; {kind!r} applies only to objective {owners} "
+                f"(use noise.kind: {' | '.join(allowed)})"
+            )
         return f"noise.kind {kind!r} is unknown; {objective} noise is one of " + ", ".join(allowed)
     return option_problem(every[kind], {"class_map": class_map})
 
 
-def recipe_problem(augment: str, crop_scale: Any, precision: str, warmup_epochs: float,
-                   epochs: int) -> str | None:
+def recipe_problem(augment: str, crop_scale: Any, precision: str, warmup_epochs: float, epochs: int) -> str | None:
     """What is wrong with a training recipe, or None; worded with the suite keys."""
     if augment not in AUGMENTS:
         return f"augment {augment!r} is unknown; use one of {list(AUGMENTS)}"
@@ -252,11 +253,12 @@ def recipe_problem(augment: str, crop_scale: Any, precision: str, warmup_epochs:
         return f"precision {precision!r} is unknown; use one of {list(PRECISIONS)}"
     lo, hi = (float(v) for v in crop_scale)
     if not 0.0 < lo <= hi <= 1.0:
-        return (f"crop_scale {[lo, hi]} must be two area shares 0 < low <= high <= 1 "
-                "(e.g. [0.08, 1.0])")
+        return f"crop_scale {[lo, hi]} must be two area shares 0 < low <= high <= 1 (e.g. [0.08, 1.0])"
     if not 0.0 <= float(warmup_epochs) < float(epochs):
-        return (f"warmup_epochs {warmup_epochs} must be >= 0 and below epochs ({epochs}); the "
-                "cosine decay needs steps after the warm-up")
+        return (
+            f"warmup_epochs {warmup_epochs} must be >= 0 and below epochs ({epochs}); the "
+            "cosine decay needs steps after the warm-up"
+        )
     return None
 
 
@@ -270,26 +272,25 @@ def check_job(job: PretrainJob) -> None:
     if problem is not None:
         raise ConfigError(f"pretrain job {job.name}: {problem}")
     if not 0.0 <= float(job.noise_ratio) < 1.0:
-        raise ConfigError(f"pretrain job {job.name}: noise_ratio {job.noise_ratio} must be in "
-                          "[0, 1)")
+        raise ConfigError(f"pretrain job {job.name}: noise_ratio {job.noise_ratio} must be in [0, 1)")
     for name in ("epochs", "batch_size", "image_size", "workers", "grad_accum"):
         if int(getattr(job, name)) < 1:
-            raise ConfigError(f"pretrain job {job.name}: {name} must be >= 1, got "
-                              f"{getattr(job, name)}")
-    problem = recipe_problem(job.augment, job.crop_scale, job.precision, job.warmup_epochs,
-                             job.epochs)
+            raise ConfigError(f"pretrain job {job.name}: {name} must be >= 1, got {getattr(job, name)}")
+    problem = recipe_problem(job.augment, job.crop_scale, job.precision, job.warmup_epochs, job.epochs)
     if problem is not None:
         raise ConfigError(f"pretrain job {job.name}: {problem}")
     if job.loader_workers is not None and int(job.loader_workers) < 0:
-        raise ConfigError(f"pretrain job {job.name}: loader_workers must be >= 0 or null (auto), "
-                          f"got {job.loader_workers}")
+        raise ConfigError(
+            f"pretrain job {job.name}: loader_workers must be >= 0 or null (auto), got {job.loader_workers}"
+        )
     bad = [e for e in job.snapshot_epochs if not 1 <= int(e) < int(job.epochs)]
     if bad:
-        raise ConfigError(f"pretrain job {job.name}: snapshot epochs {bad} must lie in 1..{job.epochs - 1} "
-                          "(the final epoch's weights are always kept)")
+        raise ConfigError(
+            f"pretrain job {job.name}: snapshot epochs {bad} must lie in 1..{job.epochs - 1} "
+            "(the final epoch's weights are always kept)"
+        )
     if job.train_subset is not None and int(job.train_subset) < 2:
-        raise ConfigError(f"pretrain job {job.name}: train_subset must be >= 2 or null (all), "
-                          f"got {job.train_subset}")
+        raise ConfigError(f"pretrain job {job.name}: train_subset must be >= 2 or null (all), got {job.train_subset}")
 
 
 def job_dir(job: PretrainJob, work_dir: str | Path) -> Path:

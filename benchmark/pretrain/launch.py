@@ -94,10 +94,16 @@ def load_done(job: PretrainJob, work_dir: str | Path) -> PretrainResult | None:
     if info.get("key") != job.key:
         log.warning("%s: %s belongs to key %s; training again", job.name, done, info.get("key"))
         return None
-    return PretrainResult(job=job, key=job.key, checkpoint_path=model_path,
-                          noise_path=out / "noise.npz", metrics=info.get("metrics", []),
-                          reused=True, realised_ratio=info.get("realised_ratio"),
-                          seconds=float(info.get("seconds", 0.0)))
+    return PretrainResult(
+        job=job,
+        key=job.key,
+        checkpoint_path=model_path,
+        noise_path=out / "noise.npz",
+        metrics=info.get("metrics", []),
+        reused=True,
+        realised_ratio=info.get("realised_ratio"),
+        seconds=float(info.get("seconds", 0.0)),
+    )
 
 
 def fault_kill_epoch(explicit: int | None = None) -> int | None:
@@ -110,27 +116,33 @@ def fault_kill_epoch(explicit: int | None = None) -> int | None:
     try:
         return int(raw)
     except ValueError:
-        raise ConfigError(f"{FAULT_ENV}={raw!r} is not an epoch number; unset it or give an "
-                          "integer") from None
+        raise ConfigError(f"{FAULT_ENV}={raw!r} is not an epoch number; unset it or give an integer") from None
 
 
 def _failed(job: PretrainJob, work_dir: str | Path, e: BaseException) -> PretrainResult:
     log.error("pretrain job %s failed: %s", job.name, e)
     out = job_dir(job, work_dir)
     tb = "".join(traceback.format_exception_only(type(e), e)).strip()
-    return PretrainResult(job=job, key=job.key, checkpoint_path=out / "model.pt",
-                          noise_path=out / "noise.npz", error=tb)
+    return PretrainResult(
+        job=job, key=job.key, checkpoint_path=out / "model.pt", noise_path=out / "noise.npz", error=tb
+    )
 
 
 def _fresh(p: Prepared, info: dict[str, Any]) -> PretrainResult:
-    return PretrainResult(job=p.job, key=p.job.key, checkpoint_path=p.out / "model.pt",
-                          noise_path=p.out / "noise.npz", metrics=info["metrics"], reused=False,
-                          realised_ratio=p.training_set.realised_ratio, seconds=info["seconds"])
+    return PretrainResult(
+        job=p.job,
+        key=p.job.key,
+        checkpoint_path=p.out / "model.pt",
+        noise_path=p.out / "noise.npz",
+        metrics=info["metrics"],
+        reused=False,
+        realised_ratio=p.training_set.realised_ratio,
+        seconds=info["seconds"],
+    )
 
 
 def _storage(work_dir: str | Path, storage_path: str | Path | None) -> Path:
-    storage = Path(storage_path if storage_path is not None
-                   else Path(work_dir) / "ray_results").resolve()
+    storage = Path(storage_path if storage_path is not None else Path(work_dir) / "ray_results").resolve()
     storage.mkdir(parents=True, exist_ok=True)
     return storage
 
@@ -161,11 +173,17 @@ def run_pretrain(
     if reused is not None:
         return reused
     storage = _storage(work_dir, storage_path)
-    p = prepare(job, work_dir, progress=progress,
-                fault_kill_after_epoch=fault_kill_epoch(fault_kill_after_epoch))
+    p = prepare(job, work_dir, progress=progress, fault_kill_after_epoch=fault_kill_epoch(fault_kill_after_epoch))
     cpus = float(job.cpus_per_worker if cpus_per_worker is None else cpus_per_worker)
-    state, _ = fit([p], job.key, storage, cpus_per_worker=cpus, max_failures=max_failures,
-                   placement_strategy=placement_strategy, epoch_counter=epoch_counter)
+    state, _ = fit(
+        [p],
+        job.key,
+        storage,
+        cpus_per_worker=cpus,
+        max_failures=max_failures,
+        placement_strategy=placement_strategy,
+        epoch_counter=epoch_counter,
+    )
     info = finish(p, state["done"][job.key], run_dir=storage / job.key)
     if progress:
         last = info["metrics"][-1]["loss"] if info["metrics"] else float("nan")
@@ -188,13 +206,13 @@ def job_work(job: PretrainJob) -> int:
     return int(n) * int(job.epochs)
 
 
-def trainer_lists(jobs: Sequence[PretrainJob], max_concurrent: int,
-                  group_small: bool = True) -> list[list[PretrainJob]]:
+def trainer_lists(
+    jobs: Sequence[PretrainJob], max_concurrent: int, group_small: bool = True
+) -> list[list[PretrainJob]]:
     """The trainers to run: each big job alone; the small ones (:func:`shares_trainer`) in at
     most ``max_concurrent`` lists balanced by :func:`job_work`, largest jobs placed first."""
     big = [[j] for j in jobs if not (group_small and shares_trainer(j))]
-    small = sorted((j for j in jobs if group_small and shares_trainer(j)),
-                   key=lambda j: -job_work(j))
+    small = sorted((j for j in jobs if group_small and shares_trainer(j)), key=lambda j: -job_work(j))
     lists: list[list[PretrainJob]] = [[] for _ in range(min(max_concurrent, len(small)))]
     load = [0] * len(lists)
     for j in small:
@@ -211,19 +229,34 @@ def trainer_name(jobs: Sequence[PretrainJob]) -> str:
     return "jobs-" + config_hash([j.key for j in jobs])
 
 
-def _run_list(jobs: list[PretrainJob], work_dir: str | Path, *, storage_path: Any = None,
-              max_failures: int = 2, progress: bool = True, cpus_per_worker: float | None = None,
-              fault_kill_after_epoch: int | None = None, placement_strategy: str = "PACK",
-              epoch_counter: Any = None) -> list[PretrainResult]:
+def _run_list(
+    jobs: list[PretrainJob],
+    work_dir: str | Path,
+    *,
+    storage_path: Any = None,
+    max_failures: int = 2,
+    progress: bool = True,
+    cpus_per_worker: float | None = None,
+    fault_kill_after_epoch: int | None = None,
+    placement_strategy: str = "PACK",
+    epoch_counter: Any = None,
+) -> list[PretrainResult]:
     """One trainer for ``jobs``; a job that cannot be prepared fails alone, before the fit."""
     if len(jobs) == 1:
         try:
-            return [run_pretrain(jobs[0], work_dir, storage_path=storage_path,
-                                 max_failures=max_failures, progress=progress,
-                                 cpus_per_worker=cpus_per_worker,
-                                 fault_kill_after_epoch=fault_kill_after_epoch,
-                                 placement_strategy=placement_strategy,
-                                 epoch_counter=epoch_counter)]
+            return [
+                run_pretrain(
+                    jobs[0],
+                    work_dir,
+                    storage_path=storage_path,
+                    max_failures=max_failures,
+                    progress=progress,
+                    cpus_per_worker=cpus_per_worker,
+                    fault_kill_after_epoch=fault_kill_after_epoch,
+                    placement_strategy=placement_strategy,
+                    epoch_counter=epoch_counter,
+                )
+            ]
         except Exception as e:  # noqa: BLE001 - reported per job, the batch goes on
             return [_failed(jobs[0], work_dir, e)]
     t0 = time.perf_counter()
@@ -233,16 +266,24 @@ def _run_list(jobs: list[PretrainJob], work_dir: str | Path, *, storage_path: An
     for j in jobs:
         try:
             check_job(j)  # the one check of a listed job (run_pretrain checks a lone one)
-            ready.append(prepare(j, work_dir, progress=progress,
-                                 fault_kill_after_epoch=fault_kill_epoch(fault_kill_after_epoch)))
+            ready.append(
+                prepare(j, work_dir, progress=progress, fault_kill_after_epoch=fault_kill_epoch(fault_kill_after_epoch))
+            )
         except Exception as e:  # noqa: BLE001
             results[j.key] = _failed(j, work_dir, e)
     if ready:
         name = trainer_name([p.job for p in ready])
         cpus = float(ready[0].job.cpus_per_worker if cpus_per_worker is None else cpus_per_worker)
         try:
-            state, _ = fit(ready, name, storage, cpus_per_worker=cpus, max_failures=max_failures,
-                           placement_strategy=placement_strategy, epoch_counter=epoch_counter)
+            state, _ = fit(
+                ready,
+                name,
+                storage,
+                cpus_per_worker=cpus,
+                max_failures=max_failures,
+                placement_strategy=placement_strategy,
+                epoch_counter=epoch_counter,
+            )
         except Exception as e:  # noqa: BLE001 - the whole list failed in Ray Train
             return [results.get(j.key) or _failed(j, work_dir, e) for j in jobs]
         wall = time.perf_counter() - t0
@@ -252,9 +293,13 @@ def _run_list(jobs: list[PretrainJob], work_dir: str | Path, *, storage_path: An
         trainer = {"name": name, "jobs": [p.job.key for p in ready], "seconds": wall}
         for p in ready:
             try:
-                info = finish(p, done.get(p.job.key, {"error": "missing from the checkpoint"}),
-                              run_dir=storage / name, seconds=own[p.job.key] + share,
-                              trainer=trainer)
+                info = finish(
+                    p,
+                    done.get(p.job.key, {"error": "missing from the checkpoint"}),
+                    run_dir=storage / name,
+                    seconds=own[p.job.key] + share,
+                    trainer=trainer,
+                )
                 results[p.job.key] = _fresh(p, info)
             except Exception as e:  # noqa: BLE001
                 results[p.job.key] = _failed(p.job, work_dir, e)

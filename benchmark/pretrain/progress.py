@@ -55,8 +55,7 @@ class EpochBar:
         self.epochs = {j.key: int(j.epochs) for j in jobs}
         self.finished: set[str] = set()
         self.counter = _counter_class().remote()
-        self.bar = tqdm(total=sum(self.epochs.values()), desc="pre-training", unit="epoch",
-                        mininterval=1.0)
+        self.bar = tqdm(total=sum(self.epochs.values()), desc="pre-training", unit="epoch", mininterval=1.0)
 
     def job_finished(self, key: str) -> None:
         self.finished.add(key)
@@ -69,8 +68,7 @@ class EpochBar:
             counts = ray.get(self.counter.counts.remote(), timeout=10)
         except Exception:  # noqa: BLE001 - keep the last count shown
             counts = {}
-        n = sum(e if k in self.finished else min(e, counts.get(k, 0))
-                for k, e in self.epochs.items())
+        n = sum(e if k in self.finished else min(e, counts.get(k, 0)) for k, e in self.epochs.items())
         if n > self.bar.n:
             self.bar.update(n - self.bar.n)
 

@@ -28,6 +28,7 @@ import torch
 import torch.nn.functional as F
 
 from benchmark.backbones.base import SUITE_MEAN, SUITE_STD
+
 # Order of the supervised and CLIP per-epoch sums (one float64 vector, all-reduced once), as
 # each objective declares them (``objectives/``).
 from benchmark.pretrain.objectives.clip import CLIP_SUMS  # noqa: F401 (re-exported)
@@ -40,9 +41,7 @@ PRETRAIN_MEAN: tuple[float, float, float] = SUITE_MEAN
 PRETRAIN_STD: tuple[float, float, float] = SUITE_STD
 
 
-
-def preprocess(images: torch.Tensor, image_size: int, mean: Sequence[float],
-               std: Sequence[float]) -> torch.Tensor:
+def preprocess(images: torch.Tensor, image_size: int, mean: Sequence[float], std: Sequence[float]) -> torch.Tensor:
     """``uint8 [B, C, H, W]`` -> normalised ``float32 [B, 3, S, S]`` on the images' device.
 
     Matches ``benchmark.backbones.base.make_transform`` (antialiased bilinear resize of the
@@ -80,11 +79,11 @@ def lr_factor(step: int, total: int, warmup: int) -> float:
     return 0.5 * (1.0 + math.cos(math.pi * min(step - warmup, span) / span))
 
 
-def make_optimizer(model: torch.nn.Module, cfg: dict[str, Any], steps_per_epoch: int
-                   ) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LambdaLR]:
+def make_optimizer(
+    model: torch.nn.Module, cfg: dict[str, Any], steps_per_epoch: int
+) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LambdaLR]:
     """AdamW and the warm-up + cosine schedule over ``epochs * steps_per_epoch`` optimiser steps."""
-    opt = torch.optim.AdamW(model.parameters(), lr=float(cfg["lr"]),
-                            weight_decay=float(cfg["weight_decay"]))
+    opt = torch.optim.AdamW(model.parameters(), lr=float(cfg["lr"]), weight_decay=float(cfg["weight_decay"]))
     total = max(1, int(cfg["epochs"]) * steps_per_epoch)
     warmup = int(round(float(cfg.get("warmup_epochs", 0.0)) * steps_per_epoch))
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_factor(s, total, warmup))
@@ -100,8 +99,9 @@ def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
     return None
 
 
-def supervised_step(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, clean: torch.Tensor,
-                    flipped: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def supervised_step(
+    model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, clean: torch.Tensor, flipped: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
     """(loss, sums in ``SUPERVISED_SUMS`` order) of one batch; sums carry no gradient."""
     logits = model(x)
     loss = F.cross_entropy(logits.float(), y)
@@ -109,8 +109,19 @@ def supervised_step(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, cl
         pred = logits.argmax(1)
         fit, true = pred == y, pred == clean
         f = flipped.to(torch.bool)
-        sums = _stack([loss.detach() * y.numel(), _count(y.numel(), y), fit.sum(), true.sum(),
-                       f.sum(), (fit & f).sum(), (true & f).sum(), (~f).sum(), (fit & ~f).sum()])
+        sums = _stack(
+            [
+                loss.detach() * y.numel(),
+                _count(y.numel(), y),
+                fit.sum(),
+                true.sum(),
+                f.sum(),
+                (fit & f).sum(),
+                (true & f).sum(),
+                (~f).sum(),
+                (fit & ~f).sum(),
+            ]
+        )
     return loss, sums
 
 
@@ -124,8 +135,7 @@ def _stack(values: Sequence[torch.Tensor]) -> torch.Tensor:
     return torch.stack([v.double() for v in values])
 
 
-def clip_step(out: Any, mismatched: torch.Tensor, rank: int, world: int
-              ) -> tuple[torch.Tensor, torch.Tensor]:
+def clip_step(out: Any, mismatched: torch.Tensor, rank: int, world: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Symmetric InfoNCE over the global batch (features gathered with gradients) and the sums
     in ``CLIP_SUMS`` order (retrieval and paired-caption ranks of this rank's images)."""
     if isinstance(out, dict):
@@ -143,8 +153,7 @@ def clip_step(out: Any, mismatched: torch.Tensor, rank: int, world: int
     target = torch.arange(b, device=img.device) + rank * b
     logits_i = scale * img @ all_txt.T
     logits_t = scale * txt @ all_img.T
-    loss = 0.5 * (F.cross_entropy(logits_i.float(), target)
-                  + F.cross_entropy(logits_t.float(), target))
+    loss = 0.5 * (F.cross_entropy(logits_i.float(), target) + F.cross_entropy(logits_t.float(), target))
     with torch.no_grad():
         li = logits_i.float()
         own = li.gather(1, target[:, None])
@@ -152,8 +161,17 @@ def clip_step(out: Any, mismatched: torch.Tensor, rank: int, world: int
         rel = (li > own).sum(1).double() / max(1, li.shape[1] - 1)
         m = mismatched.to(torch.bool)
         # Masks multiply instead of indexing: a boolean index would wait for the device.
-        sums = _stack([loss.detach() * b, _count(b, img), (li.argmax(1) == target).sum(),
-                       (~m).sum(), (rel * ~m).sum(), m.sum(), (rel * m).sum()])
+        sums = _stack(
+            [
+                loss.detach() * b,
+                _count(b, img),
+                (li.argmax(1) == target).sum(),
+                (~m).sum(),
+                (rel * ~m).sum(),
+                m.sum(),
+                (rel * m).sum(),
+            ]
+        )
     return loss, sums
 
 

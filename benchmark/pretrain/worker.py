@@ -113,15 +113,25 @@ def _node_words() -> list[int]:
     return [int(v) for v in np.frombuffer(raw, dtype=np.int64)]
 
 
-def _rank_records(shard: torch.Tensor, model: torch.nn.Module, device: torch.device,
-                  world: int, loader_mb: int) -> list[dict[str, Any]]:
+def _rank_records(
+    shard: torch.Tensor, model: torch.nn.Module, device: torch.device, world: int, loader_mb: int
+) -> list[dict[str, Any]]:
     """Per rank: images in its shard, the shard's index digest, its parameter digest, its Ray
     node and its peak memory (its own and its largest loader process', MiB)."""
     from benchmark.pretrain.inputs import peak_rss_mb
 
-    local = torch.tensor([shard.numel(), _as_int64(index_digest(shard)),
-                          _as_int64(int(param_digest(model), 16)), peak_rss_mb(), loader_mb,
-                          *_node_words()], dtype=torch.int64, device=device)
+    local = torch.tensor(
+        [
+            shard.numel(),
+            _as_int64(index_digest(shard)),
+            _as_int64(int(param_digest(model), 16)),
+            peak_rss_mb(),
+            loader_mb,
+            *_node_words(),
+        ],
+        dtype=torch.int64,
+        device=device,
+    )
     parts = [local]
     if world > 1:
         import torch.distributed as dist
@@ -132,9 +142,17 @@ def _rank_records(shard: torch.Tensor, model: torch.nn.Module, device: torch.dev
     for r, p in enumerate(parts):
         v = p.tolist()
         node = np.asarray(v[5:9], dtype=np.int64).tobytes().rstrip(b"\0").hex()
-        out.append({"rank": r, "images": int(v[0]), "index_digest": f"{v[1] & _MASK64:016x}",
-                    "param_digest": f"{v[2] & _MASK64:016x}", "peak_rss_mb": int(v[3]),
-                    "loader_peak_rss_mb": int(v[4]), "node": node})
+        out.append(
+            {
+                "rank": r,
+                "images": int(v[0]),
+                "index_digest": f"{v[1] & _MASK64:016x}",
+                "param_digest": f"{v[2] & _MASK64:016x}",
+                "peak_rss_mb": int(v[3]),
+                "loader_peak_rss_mb": int(v[4]),
+                "node": node,
+            }
+        )
     return out
 
 
@@ -152,8 +170,7 @@ def _wait_registered(run_dir: Path, checkpoint_name: str, timeout: float = 60.0)
         time.sleep(0.1)
 
 
-def _maybe_inject_fault(cfg: dict[str, Any], run_dir: Path, name: str, tag: str, epoch: int,
-                        rank: int) -> None:
+def _maybe_inject_fault(cfg: dict[str, Any], run_dir: Path, name: str, tag: str, epoch: int, rank: int) -> None:
     k = cfg.get("fault_kill_after_epoch")
     if k is None or epoch != int(k) or rank != 0:
         return
@@ -162,8 +179,7 @@ def _maybe_inject_fault(cfg: dict[str, Any], run_dir: Path, name: str, tag: str,
         return
     _wait_registered(run_dir, name)
     marker.touch()
-    print(f"[nmlbench] fault injection: SIGKILL of worker pid {os.getpid()} after epoch {epoch}",
-          flush=True)
+    print(f"[nmlbench] fault injection: SIGKILL of worker pid {os.getpid()} after epoch {epoch}", flush=True)
     os.kill(os.getpid(), signal.SIGKILL)
 
 
@@ -204,8 +220,7 @@ def train_loop_per_worker(cfg: dict[str, Any]) -> None:
                 raise
             state["done"][job["key"]] = {"error": f"{type(e).__name__}: {e}"}
             state["current"] = None
-            _report(state, {"job": job["key"], "error": str(e)}, _ckpt_name(j, len(jobs), -1),
-                    rank)
+            _report(state, {"job": job["key"], "error": str(e)}, _ckpt_name(j, len(jobs), -1), rank)
 
 
 def _ckpt_name(j: int, n_jobs: int, epoch: int) -> str:
@@ -220,14 +235,24 @@ def _compute_line(device: torch.device, amp: Any, channels_last: bool, inp: Any)
 
     backend = dist.get_backend() if dist.is_available() and dist.is_initialized() else "none"
     pinned = "pinned " if getattr(inp, "pin", False) else ""
-    return (f"device {device}, autocast {str(amp).replace('torch.', '') if amp is not None else 'off'}, "
-            f"{'channels-last' if channels_last else 'contiguous'}, {pinned}{inp.kind} input, "
-            f"process group {backend}")
+    return (
+        f"device {device}, autocast {str(amp).replace('torch.', '') if amp is not None else 'off'}, "
+        f"{'channels-last' if channels_last else 'contiguous'}, {pinned}{inp.kind} input, "
+        f"process group {backend}"
+    )
 
 
-def _train_job(cfg: dict[str, Any], j: int, n_jobs: int, run: dict[str, Any],
-               state: dict[str, Any], current: dict[str, Any] | None, rank: int, world: int,
-               device: torch.device) -> None:
+def _train_job(
+    cfg: dict[str, Any],
+    j: int,
+    n_jobs: int,
+    run: dict[str, Any],
+    state: dict[str, Any],
+    current: dict[str, Any] | None,
+    rank: int,
+    world: int,
+    device: torch.device,
+) -> None:
     """Train one job from scratch or from ``current``; its final epoch moves it to ``done``."""
     import ray
     import ray.train.torch
@@ -293,8 +318,7 @@ def _train_job(cfg: dict[str, Any], j: int, n_jobs: int, run: dict[str, Any],
             ddp: Any = model  # DistributedDataParallel when world > 1
             sync = ddp.no_sync() if (world > 1 and not last) else contextlib.nullcontext()
             pos_on = pos.to(on, non_blocking=True)
-            cast = (torch.autocast(device.type, dtype=amp) if amp is not None
-                    else contextlib.nullcontext())
+            cast = torch.autocast(device.type, dtype=amp) if amp is not None else contextlib.nullcontext()
             with sync:
                 with cast:
                     loss, s = step(model, x, pos_on, pos)
@@ -316,41 +340,56 @@ def _train_job(cfg: dict[str, Any], j: int, n_jobs: int, run: dict[str, Any],
         if not math.isfinite(values[0]):
             raise TrainingDiverged(
                 f"{cfg['name']}: loss became {values[0] / values[1]} in epoch {epoch} (lr "
-                f"{cfg['lr']}, batch {batch} per worker x {world}); lower lr or check the data")
-        metrics = {"job": cfg["key"], "epoch": epoch, **objective.epoch_metrics(values),
-                   "seconds": seconds, "images_per_s": values[1] / seconds,
-                   "lr": float(sched.get_last_lr()[0]), "resumed_from_epoch": resumed_from,
-                   "world_size": world, "batch_per_worker": batch, "grad_accum": accum,
-                   "global_batch": batch * world * accum, "steps_per_epoch": steps_per_epoch,
-                   "input": inp.kind,
-                   "ranks": _rank_records(shard, model, device, world, inp.loader_peak_mb)}
+                f"{cfg['lr']}, batch {batch} per worker x {world}); lower lr or check the data"
+            )
+        metrics = {
+            "job": cfg["key"],
+            "epoch": epoch,
+            **objective.epoch_metrics(values),
+            "seconds": seconds,
+            "images_per_s": values[1] / seconds,
+            "lr": float(sched.get_last_lr()[0]),
+            "resumed_from_epoch": resumed_from,
+            "world_size": world,
+            "batch_per_worker": batch,
+            "grad_accum": accum,
+            "global_batch": batch * world * accum,
+            "steps_per_epoch": steps_per_epoch,
+            "input": inp.kind,
+            "ranks": _rank_records(shard, model, device, world, inp.loader_peak_mb),
+        }
         history.append(metrics)
         if cfg.get("progress"):
-            print(f"[nmlbench] {cfg['name']}: epoch {epoch} loss {metrics['loss']:.4f} "
-                  f"({seconds:.1f} s)", flush=True)
+            print(f"[nmlbench] {cfg['name']}: epoch {epoch} loss {metrics['loss']:.4f} ({seconds:.1f} s)", flush=True)
         final = epoch == epochs - 1
         if rank == 0 and epoch + 1 in keep and not final:
-            snapshots[epoch + 1] = {k: v.detach().to("cpu", copy=True)
-                                    for k, v in unwrap(model).state_dict().items()}
+            snapshots[epoch + 1] = {k: v.detach().to("cpu", copy=True) for k, v in unwrap(model).state_dict().items()}
         if rank == 0:
             if final:
-                state["done"][cfg["key"]] = {"model": unwrap(model).state_dict(),
-                                             "history": history, "snapshots": snapshots,
-                                             "seconds": time.perf_counter() - t_job}
+                state["done"][cfg["key"]] = {
+                    "model": unwrap(model).state_dict(),
+                    "history": history,
+                    "snapshots": snapshots,
+                    "seconds": time.perf_counter() - t_job,
+                }
                 state["current"] = None
             else:
-                state["current"] = {"key": cfg["key"], "model": unwrap(model).state_dict(),
-                                    "optimizer": opt.state_dict(),
-                                    "scheduler": sched.state_dict(), "epoch": epoch,
-                                    "history": history, "snapshots": snapshots}
+                state["current"] = {
+                    "key": cfg["key"],
+                    "model": unwrap(model).state_dict(),
+                    "optimizer": opt.state_dict(),
+                    "scheduler": sched.state_dict(),
+                    "epoch": epoch,
+                    "history": history,
+                    "snapshots": snapshots,
+                }
         elif final:
             state["done"][cfg["key"]] = {}
         name = _ckpt_name(j, n_jobs, epoch)
         _report(state, metrics, name, rank)
         if rank == 0:
             report_epoch(run.get("epoch_counter"), cfg["key"], epoch + 1)
-        _maybe_inject_fault(cfg, run_dir, name, "" if n_jobs == 1 else f"job{j:02d}_", epoch,
-                            rank)
+        _maybe_inject_fault(cfg, run_dir, name, "" if n_jobs == 1 else f"job{j:02d}_", epoch, rank)
 
 
 def _report(state: dict[str, Any], metrics: dict[str, Any], name: str, rank: int) -> None:
@@ -362,5 +401,4 @@ def _report(state: dict[str, Any], metrics: dict[str, Any], name: str, rank: int
         return
     with tempfile.TemporaryDirectory() as d:
         torch.save(state, Path(d) / STATE_FILE)
-        ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(d),
-                         checkpoint_dir_name=name)
+        ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(d), checkpoint_dir_name=name)

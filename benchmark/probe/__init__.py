@@ -9,7 +9,8 @@ trained as one batch: the converged linear probe's whole L2 grid in one L-BFGS s
 stacked AdamW run (``probe.batched``). Each fit still gets its own result, or its own error.
 
 Result of one fit: ``{"method", "hparams" (resolved, a dict), "train_loss" (the kept epoch's mean
-loss; the objective for ``lp``), "epochs_run" (L-BFGS iterations for ``lp``), "train_rows" (rows the head trained on), "curves" (per epoch
+loss; the objective for ``lp``), "epochs_run" (L-BFGS iterations for ``lp``), "train_rows" (rows the head
+trained on), "curves" (per epoch
 ``train_loss`` and ``val_accuracy``; for ``lp`` the L2 search: ``l2``, ``val_accuracy_by_l2`` ...),
 "summary" (``best_epoch``; for ``lp`` ``chosen_l2``, ``converged`` ...; for every fit ``train_accuracy``,
 ``chance`` and ``near_chance``: ``probe.health``), "eval": {set: {"accuracy",
@@ -42,7 +43,7 @@ class FitRequest:
 
     hparams: HParams
     seed: int = 0
-    rows: np.ndarray | None = None  # positions in the pair's training rows (few-shot); None: all
+    rows: np.ndarray | Sequence[int] | None = None  # positions in the pair's training rows (few-shot); None: all
 
 
 def _rows(data: PreparedData, request: FitRequest) -> torch.Tensor | None:
@@ -101,8 +102,11 @@ def _result(trained: TrainedHead, data: PreparedData, request: FitRequest | None
 
 
 def _error(err: Exception, method: str) -> dict[str, Any]:
-    return {"error": f"{type(err).__name__}: {err}", "method": method,
-            "traceback": "".join(traceback.format_exception(type(err), err, err.__traceback__))}
+    return {
+        "error": f"{type(err).__name__}: {err}",
+        "method": method,
+        "traceback": "".join(traceback.format_exception(type(err), err, err.__traceback__)),
+    }
 
 
 def fit_prepared(data: PreparedData, request: FitRequest) -> dict[str, Any]:
@@ -136,8 +140,14 @@ def iter_fit_many(data: PreparedData, requests: Sequence[FitRequest]) -> Iterato
         for pos, trained in zip(group, fitted):
             method = requests[pos].hparams.method
             try:
-                out.append((pos, _error(trained, method) if isinstance(trained, Exception)
-                            else _result(trained, data, requests[pos])))
+                out.append(
+                    (
+                        pos,
+                        _error(trained, method)
+                        if isinstance(trained, Exception)
+                        else _result(trained, data, requests[pos]),
+                    )
+                )
             except Exception as err:  # noqa: BLE001
                 out.append((pos, _error(err, method)))
         share = (time.perf_counter() - started) / len(group)  # the group's wall time, shared out
@@ -175,11 +185,27 @@ def fit_and_evaluate(
     ``hparams``: the method's hyper-parameters (``benchmark.heads.get_head(method).defaults``).
     """
     hp = resolve_hparams(method, **hparams)  # bad names fail before any data moves
-    data = prepare_data(train_x, train_y, test_x, test_y, device=device, class_subsets=class_subsets,
-                        num_classes=num_classes)
+    data = prepare_data(
+        train_x, train_y, test_x, test_y, device=device, class_subsets=class_subsets, num_classes=num_classes
+    )
     return fit_prepared(data, FitRequest(hp, seed))
 
 
-__all__ = ["FitRequest", "PreparedData", "TrainedHead", "batch_groups", "evaluate_head", "feature_spectrum",
-           "fit_and_evaluate", "fit_many", "fit_prepared", "iter_fit_many", "head_loss", "macro_f1", "prepare_data", "resolve_hparams", "train_head",
-           "training_setup"]
+__all__ = [
+    "FitRequest",
+    "PreparedData",
+    "TrainedHead",
+    "batch_groups",
+    "evaluate_head",
+    "feature_spectrum",
+    "fit_and_evaluate",
+    "fit_many",
+    "fit_prepared",
+    "iter_fit_many",
+    "head_loss",
+    "macro_f1",
+    "prepare_data",
+    "resolve_hparams",
+    "train_head",
+    "training_setup",
+]

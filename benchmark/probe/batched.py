@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch import nn
@@ -53,7 +53,8 @@ def supports(module: nn.Module) -> bool:
     if isinstance(module, LinearHead):
         return True
     return isinstance(module, ResidualMLPHead) and all(
-        isinstance(m, (nn.Linear, nn.BatchNorm1d, nn.ReLU)) for m in module.mlp)
+        isinstance(m, (nn.Linear, nn.BatchNorm1d, nn.ReLU)) for m in module.mlp
+    )
 
 
 def members_per_batch(template: nn.Module, batch_rows: int) -> int:
@@ -71,10 +72,14 @@ class StackedHeads:
         template = members[0]
         self.template = template
         states = [m.state_dict() for m in members]
-        self.params = {n: torch.stack([s[n] for s in states]).detach().requires_grad_()
-                       for n, _ in template.named_parameters()}
-        self.buffers = {n: torch.stack([s[n] for s in states]).clone() for n, _ in template.named_buffers()
-                        if not n.endswith("num_batches_tracked")}
+        self.params = {
+            n: torch.stack([s[n] for s in states]).detach().requires_grad_() for n, _ in template.named_parameters()
+        }
+        self.buffers = {
+            n: torch.stack([s[n] for s in states]).clone()
+            for n, _ in template.named_buffers()
+            if not n.endswith("num_batches_tracked")
+        }
         self.layers = list(template.mlp) if isinstance(template, ResidualMLPHead) else []
 
     @property
@@ -107,7 +112,7 @@ class StackedHeads:
 
             def inputs(i: int = i):
                 for start in range(0, n, chunk):
-                    part = x[start:start + chunk]
+                    part = x[start : start + chunk]
                     yield self.hidden(part.unsqueeze(0).expand(self.size, -1, -1), i, training=False)
 
             mean, var = moments(inputs, n)
@@ -125,17 +130,26 @@ class StackedHeads:
             elif isinstance(layer, nn.BatchNorm1d):
                 g, b, c = h.shape
                 flat = h.transpose(0, 1).reshape(b, g * c)  # members' channels side by side
-                out = F.batch_norm(flat, self.buffers[f"mlp.{i}.running_mean"].view(-1),
-                                   self.buffers[f"mlp.{i}.running_var"].view(-1), p[f"mlp.{i}.weight"].reshape(-1),
-                                   p[f"mlp.{i}.bias"].reshape(-1), training, BN_MOMENTUM, BN_EPS)
+                out = F.batch_norm(
+                    flat,
+                    self.buffers[f"mlp.{i}.running_mean"].view(-1),
+                    self.buffers[f"mlp.{i}.running_var"].view(-1),
+                    p[f"mlp.{i}.weight"].reshape(-1),
+                    p[f"mlp.{i}.bias"].reshape(-1),
+                    training,
+                    BN_MOMENTUM,
+                    BN_EPS,
+                )
                 h = out.view(b, g, c).transpose(0, 1)
             else:
                 h = torch.relu(h)
         return h
 
     def snapshot(self) -> dict[str, torch.Tensor]:
-        return {**{n: p.detach().clone() for n, p in self.params.items()},
-                **{n: b.clone() for n, b in self.buffers.items()}}
+        return {
+            **{n: p.detach().clone() for n, p in self.params.items()},
+            **{n: b.clone() for n, b in self.buffers.items()},
+        }
 
     def restore_buffers(self, saved: dict[str, torch.Tensor], idx: torch.Tensor | None = None) -> None:
         for n in self.buffers:
@@ -176,12 +190,14 @@ class StackedAdamW:
         bc2_sqrt = (1 - BETAS[1] ** float(self.step_count)) ** 0.5
         # The scalars AdamW computes in Python per head, cast to float32 as its kernels do.
         first = next(iter(self.heads.params.values()))
-        both = torch.tensor([[1 - lr * wd for lr, wd in zip(self.lrs, self.wds, strict=True)],
-                             [-(lr / bc1) for lr in self.lrs]],
-                            dtype=first.dtype, device=first.device)
+        both = torch.tensor(
+            [[1 - lr * wd for lr, wd in zip(self.lrs, self.wds, strict=True)], [-(lr / bc1) for lr in self.lrs]],
+            dtype=first.dtype,
+            device=first.device,
+        )
         for n, p in self.heads.params.items():
             shape = (-1, *([1] * (p.ndim - 1)))
-            grad = p.grad
+            grad = cast(torch.Tensor, p.grad)  # set by the backward pass before every step
             p.mul_(both[0].view(shape))
             self.m[n].lerp_(grad, 1 - BETAS[0])
             self.v[n].mul_(BETAS[1]).addcmul_(grad, grad, value=1 - BETAS[1])
@@ -191,8 +207,9 @@ class StackedAdamW:
         self.t += 1
         t, total = self.t, self.total
         if (t - 1 - total) % (2 * total) == 0:
-            self.lrs = [lr + base * (1 - math.cos(math.pi / total)) / 2
-                        for lr, base in zip(self.lrs, self.base, strict=True)]
+            self.lrs = [
+                lr + base * (1 - math.cos(math.pi / total)) / 2 for lr, base in zip(self.lrs, self.base, strict=True)
+            ]
         else:
             factor = (1 + math.cos(math.pi * t / total)) / (1 + math.cos(math.pi * (t - 1) / total))
             self.lrs = [factor * (lr - 0.0) + 0.0 for lr in self.lrs]
@@ -234,8 +251,9 @@ class _Losses:
             if stacked is not None:
                 own = stacked(logits[idx], y[idx], z[idx], f[idx], ce[idx])
             else:
-                own = torch.stack([fn(logits[i], y[i], z[i], f[i])[0]
-                                   for fn, i in zip(alone, idx.tolist(), strict=True)])
+                own = torch.stack(
+                    [fn(logits[i], y[i], z[i], f[i])[0] for fn, i in zip(alone, idx.tolist(), strict=True)]
+                )
             total = total.index_copy(0, idx, own)
         return total
 
@@ -282,8 +300,9 @@ def fit_gradient_heads(data: PreparedData, requests: Sequence[Any]) -> list[Trai
     return out
 
 
-def _train_batch(data: PreparedData, x: torch.Tensor, y: torch.Tensor, hps: list[HParams], seeds: list[int],
-                 modules: list[nn.Module]) -> list[TrainedHead | Exception]:
+def _train_batch(
+    data: PreparedData, x: torch.Tensor, y: torch.Tensor, hps: list[HParams], seeds: list[int], modules: list[nn.Module]
+) -> list[TrainedHead | Exception]:
     n = x.shape[0]
     hp0 = hps[0]
     bs, steps = batch_plan(hp0.batch_size, n)
@@ -296,7 +315,7 @@ def _train_batch(data: PreparedData, x: torch.Tensor, y: torch.Tensor, hps: list
     epoch_losses: list[list[float]] = [[] for _ in hps]
     val_curves: list[list[float]] = [[] for _ in hps]
     selection = data.selection_set()
-    subset = data.class_subsets.get(data.selection) if selection is not None else None
+    subset = data.class_subsets.get(cast(str, data.selection)) if selection is not None else None
     best_val = hp0.epoch_selection == "best_val"
     best_state: dict[str, torch.Tensor] | None = None
     best_acc = torch.full((len(hps),), -1.0, dtype=torch.float64)
@@ -325,7 +344,8 @@ def _train_batch(data: PreparedData, x: torch.Tensor, y: torch.Tensor, hps: list
         for step in range(steps):
             if not alive:
                 break
-            idx = perms[:, step * bs:(step + 1) * bs]
+            assert perms is not None  # alive now, so alive at the epoch's start, when perms was drawn
+            idx = perms[:, step * bs : (step + 1) * bs]
             saved = {k: b.clone() for k, b in heads.buffers.items()}
             while True:  # redo the step without any member whose loss is not finite
                 xb, yb = x[idx], y[idx]
@@ -386,9 +406,19 @@ def _train_batch(data: PreparedData, x: torch.Tensor, y: torch.Tensor, hps: list
         state = best_state if best_val and best_state is not None else final
         module = init_head(hp, x.shape[1], data.num_classes, 0, data.device)
         module.load_state_dict(heads.member_state(state, pos, (chosen + 1) * steps))
-        curves = {"train_loss": epoch_losses[member],
-                  **({"val_accuracy": val_curves[member]} if val_curves[member] else {})}
-        results.append(TrainedHead(module.eval(), hp, epoch_losses[member][chosen], hp.epochs, int(x.shape[0]),
-                                   curves=curves,
-                                   summary={"best_epoch": float(chosen + 1)}))
+        curves = {
+            "train_loss": epoch_losses[member],
+            **({"val_accuracy": val_curves[member]} if val_curves[member] else {}),
+        }
+        results.append(
+            TrainedHead(
+                module.eval(),
+                hp,
+                epoch_losses[member][chosen],
+                hp.epochs,
+                int(x.shape[0]),
+                curves=curves,
+                summary={"best_epoch": float(chosen + 1)},
+            )
+        )
     return results

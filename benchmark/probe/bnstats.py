@@ -21,7 +21,8 @@ Training itself is unchanged: training mode never reads the running statistics.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
+from typing import Any, cast
 
 import torch
 
@@ -34,6 +35,8 @@ CHUNK_BYTES = 1 << 28
 @torch.no_grad()
 def moments(chunks: Callable[[], Iterable[torch.Tensor]], n: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Mean and unbiased variance over the row axis (-2) of the tensors ``chunks()`` yields, in float64."""
+    total: Any
+    sq: Any
     total = sq = None
     for h in chunks():
         h = h.double()
@@ -54,16 +57,18 @@ def refresh_module(head: torch.nn.Module, x: torch.Tensor, chunk: int = CHUNK) -
     head.eval()
     n = x.shape[0]
 
-    def inputs(i: int):
+    def inputs(i: int) -> Iterator[torch.Tensor]:
         for start in range(0, n, chunk):
-            h = x[start:start + chunk]
+            h = x[start : start + chunk]
             for prev in layers[:i]:
                 h = prev(h)
             yield h
 
     for i, layer in enumerate(layers):
         if isinstance(layer, torch.nn.BatchNorm1d):
-            mean, var = moments(lambda: inputs(i), n)
-            layer.running_mean.copy_(mean.to(layer.running_mean.dtype))
-            layer.running_var.copy_(var.to(layer.running_var.dtype))
+            mean, var = moments(cast(Callable[[], Iterable[torch.Tensor]], lambda i=i: inputs(i)), n)
+            # Tensor | None in the stubs (None only with track_running_stats=False); cast for the checker.
+            running_mean, running_var = cast(torch.Tensor, layer.running_mean), cast(torch.Tensor, layer.running_var)
+            running_mean.copy_(mean.to(running_mean.dtype))
+            running_var.copy_(var.to(running_var.dtype))
     head.train(was)

@@ -143,8 +143,9 @@ def prepare_data(
         if torch.unique(ids).numel() != ids.numel():
             raise ConfigError(f"class_subsets[{name!r}] repeats a class index")
         if not bool(torch.isin(sets[name][1], ids).all()):
-            raise ConfigError(f"test set {name!r} has labels outside its class subset; "
-                              f"add them to class_subsets[{name!r}]")
+            raise ConfigError(
+                f"test set {name!r} has labels outside its class subset; add them to class_subsets[{name!r}]"
+            )
         subsets[name] = ids
     return PreparedData(tx, ty, sets, k, subsets, dev, {}, selection_set if selection_set in sets else None)
 
@@ -160,4 +161,7 @@ def prepare_payload(payload: Any, selection_set: str = "val") -> PreparedData:
         torch.from_numpy(np.array(payload.train[1], dtype=np.int64)),
         {k: torch.from_numpy(np.array(v[0], dtype=np.float32)) for k, v in sets.items()},
         {k: torch.from_numpy(np.array(v[1], dtype=np.int64)) for k, v in sets.items()},
-        class_subsets=payload.class_subsets or None, num_classes=payload.num_classes, selection_set=selection_set)
+        class_subsets=payload.class_subsets or None,
+        num_classes=payload.num_classes,
+        selection_set=selection_set,
+    )

@@ -48,7 +48,7 @@ def accuracy_on(head: torch.nn.Module, x: torch.Tensor, y: torch.Tensor) -> floa
     head.eval()
     correct = 0
     for i in range(0, x.shape[0], _CHUNK):
-        correct += int((head(x[i:i + _CHUNK])[0].argmax(dim=1) == y[i:i + _CHUNK]).sum())
+        correct += int((head(x[i : i + _CHUNK])[0].argmax(dim=1) == y[i : i + _CHUNK]).sum())
     head.train(was)
     return correct / max(x.shape[0], 1)
 
@@ -60,13 +60,21 @@ def is_near_chance(val_accuracy: float | None, train_accuracy: float, chance: fl
     return val_accuracy <= chance + VAL_MARGIN and train_accuracy >= chance + TRAIN_MARGIN
 
 
-def health_summary(head: torch.nn.Module, train_x: torch.Tensor, train_y: torch.Tensor,
-                   val: tuple[torch.Tensor, torch.Tensor] | None, val_accuracy: float | None,
-                   num_classes: int) -> dict[str, Any]:
+def health_summary(
+    head: torch.nn.Module,
+    train_x: torch.Tensor,
+    train_y: torch.Tensor,
+    val: tuple[torch.Tensor, torch.Tensor] | None,
+    val_accuracy: float | None,
+    num_classes: int,
+) -> dict[str, Any]:
     """``train_accuracy``, ``chance`` and ``near_chance`` of a fitted head (module doc)."""
     as_trained = copy.deepcopy(head)
     refresh_module(as_trained, train_x)
     train_acc = accuracy_on(as_trained, train_x, train_y)
     chance = chance_level(val[1] if val is not None else train_y, num_classes)
-    return {"train_accuracy": train_acc, "chance": chance,
-            "near_chance": float(is_near_chance(val_accuracy, train_acc, chance))}
+    return {
+        "train_accuracy": train_acc,
+        "chance": chance,
+        "near_chance": float(is_near_chance(val_accuracy, train_acc, chance)),
+    }

@@ -26,7 +26,7 @@ class LogisticProblem:
     """Centred, scaled training rows rotated to their principal axes, with a bias column (float64)."""
 
     xa: torch.Tensor  # n x (D + 1)
-    y: torch.Tensor   # n
+    y: torch.Tensor  # n
     num_classes: int
     mean: torch.Tensor
     scale: torch.Tensor
@@ -92,8 +92,9 @@ class LogisticProblem:
         grad[:, :-1, :] += l2.view(g, 1, 1) * w
         return value, grad
 
-    def scores(self, xa: torch.Tensor, y: torch.Tensor, theta: torch.Tensor,
-               subset: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    def scores(
+        self, xa: torch.Tensor, y: torch.Tensor, theta: torch.Tensor, subset: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """Accuracy and mean cross-entropy (G,) of every member on standardised rows ``xa``."""
         logits = self.logits(xa, theta)
         if subset is not None:
@@ -101,25 +102,33 @@ class LogisticProblem:
         else:
             pred = logits.argmax(2)
         acc = (pred == y.view(-1, 1)).double().mean(0)
-        ce = (torch.logsumexp(logits, 2) - logits.gather(2, y.view(-1, 1, 1).expand(-1, theta.shape[0], 1)).squeeze(2))
+        ce = torch.logsumexp(logits, 2) - logits.gather(2, y.view(-1, 1, 1).expand(-1, theta.shape[0], 1)).squeeze(2)
         return acc, ce.mean(0)
 
 
 @dataclass
 class LbfgsResult:
-    theta: torch.Tensor          # (G, p, K)
-    value: torch.Tensor          # (G,) objective at theta
+    theta: torch.Tensor  # (G, p, K)
+    value: torch.Tensor  # (G,) objective at theta
     iterations: list[int]
     converged: list[bool]
     trace: list[list[float]] = field(default_factory=list)  # objective per iteration, per member
 
 
-def lbfgs(problem: LogisticProblem, l2: torch.Tensor, theta0: torch.Tensor, *, max_iter: int, tol: float,
-          h0: torch.Tensor | None = None) -> LbfgsResult:
+def lbfgs(
+    problem: LogisticProblem,
+    l2: torch.Tensor,
+    theta0: torch.Tensor,
+    *,
+    max_iter: int,
+    tol: float,
+    h0: torch.Tensor | None = None,
+) -> LbfgsResult:
     """Minimise every member's objective at once: per-member L-BFGS memory, step and stop.
 
     ``h0`` (G x parameters): each member's diagonal starting inverse Hessian (None: identity),
-    rescaled every step by ``s.y / y.H0.y``. Members that converge leave the batch (its state is compacted to the members still
+    rescaled every step by ``s.y / y.H0.y``. Members that converge leave the batch (its state is compacted to
+    the members still
     running), so a slow member costs only its own iterations.
     """
     g_count, shape = theta0.shape[0], theta0.shape

@@ -65,6 +65,11 @@ EDGE_VALUES, EDGE_EXTENSIONS = 2, 2
 class StandardizedLinear(nn.Module):
     """``logits = ((f - mean) / scale) @ weight + bias`` in float64; ``z`` is the input itself."""
 
+    mean: torch.Tensor
+    scale: torch.Tensor
+    weight: torch.Tensor
+    bias: torch.Tensor
+
     def __init__(self, mean: torch.Tensor, scale: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> None:
         super().__init__()
         for name, t in (("mean", mean), ("scale", scale), ("weight", weight), ("bias", bias)):
@@ -122,8 +127,14 @@ class _Search:
         return _best(np.array(self.acc), np.array(self.loss), np.array(self.l2))
 
 
-def _search(problem: LogisticProblem, val_xa: torch.Tensor, val_y: torch.Tensor, subset: torch.Tensor | None,
-            hp: HParams, batch_grid: bool = True) -> _Search:
+def _search(
+    problem: LogisticProblem,
+    val_xa: torch.Tensor,
+    val_y: torch.Tensor,
+    subset: torch.Tensor | None,
+    hp: HParams,
+    batch_grid: bool = True,
+) -> _Search:
     """The coarse grid; while validation picks its lowest or highest value, :data:`EDGE_VALUES`
     more values past that edge at the same spacing (at most :data:`EDGE_EXTENSIONS` times); then
     ``l2_refine`` values around the winner. Each stage is one batched solve (``batch_grid=False``:
@@ -138,8 +149,14 @@ def _search(problem: LogisticProblem, val_xa: torch.Tensor, val_y: torch.Tensor,
             if not members:
                 continue
             l2 = torch.as_tensor([values[i] for i in members], dtype=dtype, device=dev)
-            res = lbfgs(problem, l2, theta0[members.start:members.stop], max_iter=int(hp.max_iter), tol=float(hp.tol),
-                        h0=problem.preconditioner(l2))
+            res = lbfgs(
+                problem,
+                l2,
+                theta0[members.start : members.stop],
+                max_iter=int(hp.max_iter),
+                tol=float(hp.tol),
+                h0=problem.preconditioner(l2),
+            )
             acc, loss = problem.scores(val_xa, val_y, res.theta, subset)
             for j, i in enumerate(members):
                 out.add(values[i], float(acc[j]), float(loss[j]), res, j)
@@ -152,6 +169,7 @@ def _search(problem: LogisticProblem, val_xa: torch.Tensor, val_y: torch.Tensor,
     lattice = list(coarse)
     factor = coarse[1] / coarse[0] if len(coarse) > 1 else None
     for _ in range(EDGE_EXTENSIONS if factor else 0):
+        assert factor is not None  # the loop runs only when factor is set
         chosen = out.l2[out.best()]
         if chosen == lattice[0]:
             new = [chosen / factor ** (i + 1) for i in range(EDGE_VALUES)]
@@ -167,13 +185,15 @@ def _search(problem: LogisticProblem, val_xa: torch.Tensor, val_y: torch.Tensor,
     return out
 
 
-def _solve_problem(data: PreparedData, x: torch.Tensor, y: torch.Tensor, hp: HParams,
-                   batch_grid: bool = True) -> TrainedHead:
+def _solve_problem(
+    data: PreparedData, x: torch.Tensor, y: torch.Tensor, hp: HParams, batch_grid: bool = True
+) -> TrainedHead:
     """Select L2 on validation (or a holdout of the rows) and return the chosen probe."""
     k = data.num_classes
     if not bool(torch.isfinite(x).all()):
-        raise TrainingDiverged(f"lp probe cannot be solved with hparams {hp.as_dict()}: train_x contains NaN or "
-                               "inf: clean the features")
+        raise TrainingDiverged(
+            f"lp probe cannot be solved with hparams {hp.as_dict()}: train_x contains NaN or inf: clean the features"
+        )
     selection = data.selection_set()
     refit = selection is None
     if refit:  # no validation set: hold out a stratified share of the training rows
@@ -183,21 +203,39 @@ def _solve_problem(data: PreparedData, x: torch.Tensor, y: torch.Tensor, hp: HPa
         fit_x, fit_y, val_x, val_y = x[keep_t], y[keep_t], x[hold_t], y[hold_t]
         subset = None
     else:
+        assert selection is not None and data.selection is not None  # refit is False
         fit_x, fit_y = x, y
         val_x, val_y = selection
         subset = data.class_subsets.get(data.selection)
     problem = LogisticProblem.build(fit_x, fit_y, k, bool(hp.standardize))
     search = _search(problem, problem.augment(val_x), val_y, subset, hp, batch_grid)
     best = search.best()
-    theta, trace, iters, conv, objective = (search.theta[best], search.trace[best], search.iterations[best],
-                                            search.converged[best], search.objective[best])
+    theta, trace, iters, conv, objective = (
+        search.theta[best],
+        search.trace[best],
+        search.iterations[best],
+        search.converged[best],
+        search.objective[best],
+    )
     if refit:  # the chosen value on every training row, warm-started from the holdout's solution
         start = problem.to_features(theta)
         problem = LogisticProblem.build(x, y, k, bool(hp.standardize))
         l2 = torch.tensor([search.l2[best]], dtype=torch.float64, device=x.device)
-        res = lbfgs(problem, l2, problem.from_features(*start).unsqueeze(0), max_iter=int(hp.max_iter),
-                    tol=float(hp.tol), h0=problem.preconditioner(l2))
-        theta, trace, iters, conv, objective = res.theta[0], res.trace[0], res.iterations[0], res.converged[0], float(res.value[0])
+        res = lbfgs(
+            problem,
+            l2,
+            problem.from_features(*start).unsqueeze(0),
+            max_iter=int(hp.max_iter),
+            tol=float(hp.tol),
+            h0=problem.preconditioner(l2),
+        )
+        theta, trace, iters, conv, objective = (
+            res.theta[0],
+            res.trace[0],
+            res.iterations[0],
+            res.converged[0],
+            float(res.value[0]),
+        )
     order = np.argsort(search.l2)
     chosen = search.l2[best]
     grid = search.lattice
@@ -211,9 +249,13 @@ def _solve_problem(data: PreparedData, x: torch.Tensor, y: torch.Tensor, hp: HPa
         "converged_by_l2": [float(search.converged[i]) for i in order],
         "train_loss": trace,  # the chosen solve's objective per L-BFGS iteration
     }
-    summary = {"chosen_l2": chosen, "chosen_l2_at_edge": float(len(grid) > 1 and (chosen <= grid[0] or chosen >= grid[-1])),
-               "lbfgs_iterations": float(iters), "converged": float(conv),
-               "val_accuracy_selected": search.acc[best]}
+    summary = {
+        "chosen_l2": chosen,
+        "chosen_l2_at_edge": float(len(grid) > 1 and (chosen <= grid[0] or chosen >= grid[-1])),
+        "lbfgs_iterations": float(iters),
+        "converged": float(conv),
+        "val_accuracy_selected": search.acc[best],
+    }
     return TrainedHead(head.eval(), hp, objective, iters, int(x.shape[0]), curves=curves, summary=summary)
 
 

@@ -50,8 +50,9 @@ def _scores(clf: Any, x: np.ndarray, y: np.ndarray, subset: np.ndarray | None) -
     return _logit_scores(clf.decision_function(x), np.asarray(clf.classes_), y, subset)
 
 
-def _logit_scores(scores: np.ndarray, classes: np.ndarray, y: np.ndarray,
-                  subset: np.ndarray | None) -> tuple[float, float]:
+def _logit_scores(
+    scores: np.ndarray, classes: np.ndarray, y: np.ndarray, subset: np.ndarray | None
+) -> tuple[float, float]:
     """Accuracy and mean log-loss of logits whose columns are ``classes`` (``subset``'s compete if given)."""
     from scipy.special import logsumexp
 
@@ -66,9 +67,15 @@ def _logit_scores(scores: np.ndarray, classes: np.ndarray, y: np.ndarray,
     return float((pred == y).mean()), float(ll.mean())
 
 
-def tuned_logistic_regression(train: Split, val: Split, tests: Mapping[str, Split], *,
-                              standardize: bool = False, c_grid: tuple[float, ...] = C_GRID,
-                              class_subsets: Mapping[str, np.ndarray] | None = None) -> dict[str, Any]:
+def tuned_logistic_regression(
+    train: Split,
+    val: Split,
+    tests: Mapping[str, Split],
+    *,
+    standardize: bool = False,
+    c_grid: tuple[float, ...] = C_GRID,
+    class_subsets: Mapping[str, np.ndarray] | None = None,
+) -> dict[str, Any]:
     """Fit every ``C``, keep the best on ``val``; ``{"C", "val_accuracy", "test": {set: accuracy},
     "test_accuracy" (mean over sets), "curve": {"C", "val_accuracy"}}``."""
     from sklearn.exceptions import ConvergenceWarning
@@ -104,10 +111,15 @@ def tuned_logistic_regression(train: Split, val: Split, tests: Mapping[str, Spli
     assert best is not None
     tie = NEAR_TIE_ROWS / max(len(vy), 1)
     near = [t for a, t in zip(curve_acc, curve_test, strict=True) if a >= best[0] - tie - 1e-12]
-    return {"C": best[2], "val_accuracy": best[0], "test": best_tests,
-            "test_accuracy": float(np.mean(list(best_tests.values()))),
-            "near_tie_test_accuracy": (min(near), max(near)), "near_tie_count": len(near),
-            "curve": {"C": sorted(c_grid), "val_accuracy": curve_acc, "test_accuracy": curve_test}}
+    return {
+        "C": best[2],
+        "val_accuracy": best[0],
+        "test": best_tests,
+        "test_accuracy": float(np.mean(list(best_tests.values()))),
+        "near_tie_test_accuracy": (min(near), max(near)),
+        "near_tie_count": len(near),
+        "curve": {"C": sorted(c_grid), "val_accuracy": curve_acc, "test_accuracy": curve_test},
+    }
 
 
 def compare_lp_with_sklearn(payload: Any, lp_hparams: Any, standardized: bool = False) -> dict[str, Any]:
@@ -136,12 +148,17 @@ def compare_lp_with_sklearn(payload: Any, lp_hparams: Any, standardized: bool = 
             raise RuntimeError(f"{name}: {rec['error']}")
         row[name] = sum(rec["eval"][t]["accuracy"] for t in tests) / len(tests)
         row[f"{name}_val"] = rec["eval"]["val"]["accuracy"]
-    row.update(chosen_l2=lp["summary"]["chosen_l2"], converged=lp["summary"]["converged"],
-               at_edge=lp["summary"]["chosen_l2_at_edge"], iterations=lp["summary"]["lbfgs_iterations"])
+    row.update(
+        chosen_l2=lp["summary"]["chosen_l2"],
+        converged=lp["summary"]["converged"],
+        at_edge=lp["summary"]["chosen_l2_at_edge"],
+        iterations=lp["summary"]["lbfgs_iterations"],
+    )
     t0 = time.perf_counter()
     for label, std in (("sklearn", False), ("sklearn_std", True)) if standardized else (("sklearn", False),):
-        sk = tuned_logistic_regression(payload.train, payload.val, payload.tests, standardize=std,
-                                       class_subsets=payload.class_subsets)
+        sk = tuned_logistic_regression(
+            payload.train, payload.val, payload.tests, standardize=std, class_subsets=payload.class_subsets
+        )
         row[label], row[f"{label}_C"], row[f"{label}_val"] = sk["test_accuracy"], sk["C"], sk["val_accuracy"]
         row[f"{label}_near_tie"], row[f"{label}_near_tie_count"] = sk["near_tie_test_accuracy"], sk["near_tie_count"]
     row["sklearn_seconds"] = time.perf_counter() - t0
@@ -174,8 +191,9 @@ def c_for_l2(l2: float, n: int, scale: float) -> float:
     return 1.0 / (float(l2) * int(n) * float(scale) ** 2)
 
 
-def _accuracy(coef: np.ndarray, intercept: np.ndarray, x: np.ndarray, y: np.ndarray,
-              subset: np.ndarray | None) -> float:
+def _accuracy(
+    coef: np.ndarray, intercept: np.ndarray, x: np.ndarray, y: np.ndarray, subset: np.ndarray | None
+) -> float:
     logits = np.asarray(x, dtype=np.float64) @ coef.T + intercept
     return _logit_scores(logits, np.arange(logits.shape[1]), np.asarray(y), subset)[0]
 
@@ -224,7 +242,7 @@ def lp_at_sklearn_objective(payload: Any, lp_hparams: Any) -> dict[str, Any]:
     if isinstance(fit, Exception):
         raise RuntimeError(f"lp: {fit}") from fit
     lp_seconds = time.perf_counter() - t0
-    head = fit.head
+    head: Any = fit.head  # a StandardizedLinear; its buffers are dynamic nn.Module attributes
     mean, scale = head.mean.cpu().numpy(), head.scale.cpu().numpy()
     weight, bias = head.weight.cpu().numpy(), head.bias.cpu().numpy()  # D x K on z = (x - mean) / scale
     x = np.asarray(payload.train[0], dtype=np.float64)
@@ -263,19 +281,35 @@ def lp_at_sklearn_objective(payload: Any, lp_hparams: Any) -> dict[str, Any]:
     grad = probe_gradient(z, y, weight, bias, l2)
     sets = {"val": payload.val, **payload.tests}
     subsets = dict(payload.class_subsets or {})
-    acc = {name: (_accuracy(coef_lp, intercept_lp, frame(sx), sy, subsets.get(name)),
-                  _accuracy(coef_sk, intercept_sk, frame(sx), sy, subsets.get(name)))
-           for name, (sx, sy) in sets.items()}
-    return {"l2": l2, "C": c, "n": n, "objective_lp": f_lp, "objective_sklearn": f_sk,
-            "objective_gap": (f_lp - f_sk) / abs(f_sk), "objective_excess": f_lp - f_sk,
-            "objective_excess_allowed": allowed, "solution_distance": float(np.linalg.norm(delta)),
-            "gradient_norm": float(np.linalg.norm(grad)), "gradient_norm_allowed": math.sqrt(params) * tol,
-            "sklearn_iterations": int(np.max(clf.n_iter_)),
-            "accuracy": acc, "test_rows": {name: len(sy) for name, (_, sy) in sets.items()},
-            "lp_iterations": fit.summary["lbfgs_iterations"], "converged": fit.summary["converged"],
-            "curves": {k: list(fit.curves[k]) for k in ("l2", "val_accuracy_by_l2", "val_loss_by_l2")},
-            "val_accuracy_selected": fit.summary["val_accuracy_selected"],
-            "lp_seconds": lp_seconds, "sklearn_seconds": sk_seconds}
+    acc = {
+        name: (
+            _accuracy(coef_lp, intercept_lp, frame(sx), sy, subsets.get(name)),
+            _accuracy(coef_sk, intercept_sk, frame(sx), sy, subsets.get(name)),
+        )
+        for name, (sx, sy) in sets.items()
+    }
+    return {
+        "l2": l2,
+        "C": c,
+        "n": n,
+        "objective_lp": f_lp,
+        "objective_sklearn": f_sk,
+        "objective_gap": (f_lp - f_sk) / abs(f_sk),
+        "objective_excess": f_lp - f_sk,
+        "objective_excess_allowed": allowed,
+        "solution_distance": float(np.linalg.norm(delta)),
+        "gradient_norm": float(np.linalg.norm(grad)),
+        "gradient_norm_allowed": math.sqrt(params) * tol,
+        "sklearn_iterations": int(np.max(clf.n_iter_)),
+        "accuracy": acc,
+        "test_rows": {name: len(sy) for name, (_, sy) in sets.items()},
+        "lp_iterations": fit.summary["lbfgs_iterations"],
+        "converged": fit.summary["converged"],
+        "curves": {k: list(fit.curves[k]) for k in ("l2", "val_accuracy_by_l2", "val_loss_by_l2")},
+        "val_accuracy_selected": fit.summary["val_accuracy_selected"],
+        "lp_seconds": lp_seconds,
+        "sklearn_seconds": sk_seconds,
+    }
 
 
 def optimum_check_failures(row: Mapping[str, Any]) -> list[str]:

@@ -70,8 +70,7 @@ def diverged(hp: HParams, epoch: int, step: int, x: torch.Tensor) -> TrainingDiv
         else "lower lr or the weights of the head's loss"
     )
     return TrainingDiverged(
-        f"{hp.method} head diverged: non-finite loss at epoch {epoch}, step {step} "
-        f"with hparams {hp.as_dict()}; {hint}"
+        f"{hp.method} head diverged: non-finite loss at epoch {epoch}, step {step} with hparams {hp.as_dict()}; {hint}"
     )
 
 
@@ -88,11 +87,13 @@ def head_loss(hp: HParams, device: Any = None) -> LossFn | None:
 
 
 def _one_of_stacked(stacked: Callable[..., torch.Tensor]) -> LossFn:
-    def loss(logits: torch.Tensor, y: torch.Tensor, z: torch.Tensor, f: torch.Tensor
-             ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    def loss(
+        logits: torch.Tensor, y: torch.Tensor, z: torch.Tensor, f: torch.Tensor
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         ce = F.cross_entropy(logits, y).unsqueeze(0)
         total = stacked(logits.unsqueeze(0), y.unsqueeze(0), z.unsqueeze(0), f.unsqueeze(0), ce)[0]
         return total, {"ce": ce[0]}
+
     return loss
 
 
@@ -111,8 +112,9 @@ def init_head(hp: HParams, dim: int, num_classes: int, seed: int, device: Any = 
     return head if device is None else head.to(device)
 
 
-def training_setup(hp: HParams, dim: int, num_classes: int, n: int, seed: int, device: Any = None
-                   ) -> tuple[nn.Module, LossFn | None, torch.optim.Optimizer, Any, torch.Generator, int, int]:
+def training_setup(
+    hp: HParams, dim: int, num_classes: int, n: int, seed: int, device: Any = None
+) -> tuple[nn.Module, LossFn | None, torch.optim.Optimizer, Any, torch.Generator, int, int]:
     """The seeded head, its loss, AdamW + cosine schedule, batch generator, batch size and steps
     per epoch of one fit. Shared with the re-encoding baseline in ``benchmarks/`` so the speed
     comparison trains exactly the same head."""
@@ -125,9 +127,19 @@ def training_setup(hp: HParams, dim: int, num_classes: int, n: int, seed: int, d
     return head, head_loss(hp, device), opt, sched, gen, bs, steps
 
 
-def train_epoch(head: nn.Module, loss_fn: LossFn | None, opt: torch.optim.Optimizer, sched: Any,
-                x: torch.Tensor, y: torch.Tensor, gen: torch.Generator, bs: int, steps: int, hp: HParams,
-                epoch: int) -> float:
+def train_epoch(
+    head: nn.Module,
+    loss_fn: LossFn | None,
+    opt: torch.optim.Optimizer,
+    sched: Any,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    gen: torch.Generator,
+    bs: int,
+    steps: int,
+    hp: HParams,
+    epoch: int,
+) -> float:
     """One epoch of seeded mini-batch steps over ``x``; the mean loss. Shared with the re-encoding
     baseline in ``benchmarks/``, which calls it with freshly encoded ``x`` every epoch."""
     n = x.shape[0]
@@ -157,6 +169,7 @@ def validation_accuracy(head: nn.Module, data: PreparedData) -> float | None:
     if sel is None:
         return None
     x, y = sel
+    assert data.selection is not None  # selection_set() is None exactly when selection is
     subset = data.class_subsets.get(data.selection)
     was_training = head.training
     head.eval()
@@ -173,11 +186,11 @@ def needs_validation(hp: HParams, data: PreparedData) -> None:
         raise ConfigError(
             f"{hp.method} with epoch_selection 'best_val' chooses its epoch on a validation set, and the data "
             "has none: pass the test sets as a dict that includes 'val' (validation rows carved from the "
-            "training data), or set epoch_selection='last'")
+            "training data), or set epoch_selection='last'"
+        )
 
 
-def train_head(data: PreparedData, hp: HParams, *, seed: int = 0,
-               rows: torch.Tensor | None = None) -> TrainedHead:
+def train_head(data: PreparedData, hp: HParams, *, seed: int = 0, rows: torch.Tensor | None = None) -> TrainedHead:
     """Train ``hp.method``'s head on ``data.train_x`` (or on its ``rows``: a few-shot subset)."""
     seed = as_int("seed", seed, 0)
     needs_validation(hp, data)

@@ -10,9 +10,16 @@ from benchmark.report_html import write_html_report
 from benchmark.tracking import TrackingReader
 
 
-def make_report_from_tracking(uri: str, experiment: str, out_dir: str | Path, suite_name: str, *,
-                              spectra_task: str | None = None, html: bool = False,
-                              suite_file: str | Path | None = None) -> list[Path]:
+def make_report_from_tracking(
+    uri: str,
+    experiment: str,
+    out_dir: str | Path,
+    suite_name: str,
+    *,
+    spectra_task: str | None = None,
+    html: bool = False,
+    suite_file: str | Path | None = None,
+) -> list[Path]:
     """Read a suite's runs from MLflow (read-only) and write the report; return the paths.
 
     ``html`` also writes ``report.html``: one self-contained file (see ``report_html``). Every
@@ -26,9 +33,16 @@ def make_report_from_tracking(uri: str, experiment: str, out_dir: str | Path, su
     if pretrains:  # memorisation and learning curves of the suite's own pre-training
         paths["pretrain_curves.png"] = plot_pretrain_curves(pretrains, Path(out_dir) / "pretrain_curves.png")
     if html:
-        paths["report.html"] = write_html_report(reader, suite_name, Path(out_dir) / "report.html", fits=df,
-                                                 figures=paths, pretrains=pretrains,
-                                                 claims=paths["claims.md"].read_text())
-    paths[FILE_NAME] = write_provenance(out_dir, suite=suite_name, suite_file=suite_file, tracking_uri=uri,
-                                        experiment=experiment, fits=len(df))
+        paths["report.html"] = write_html_report(
+            reader,
+            suite_name,
+            Path(out_dir) / "report.html",
+            fits=df,
+            figures=paths,
+            pretrains=pretrains,
+            claims=paths["claims.md"].read_text(),
+        )
+    paths[FILE_NAME] = write_provenance(
+        out_dir, suite=suite_name, suite_file=suite_file, tracking_uri=uri, experiment=experiment, fits=len(df)
+    )
     return list(paths.values())

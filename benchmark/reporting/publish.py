@@ -36,8 +36,14 @@ if TYPE_CHECKING:
 PUBLISHED_TAG = "nmlbench.published"  # suite run: digest of the fit runs the published board summarises
 _LOGGED_ARTIFACTS = "mlflow.loggedArtifacts"  # MLflow's tag listing a run's tables (as log_table sets it)
 
-__all__ = ["METRIC_DECIMALS", "PUBLISHED_TAG", "finish_and_publish", "leaderboard_rows", "publish_suite",
-           "selection_rule"]
+__all__ = [
+    "METRIC_DECIMALS",
+    "PUBLISHED_TAG",
+    "finish_and_publish",
+    "leaderboard_rows",
+    "publish_suite",
+    "selection_rule",
+]
 
 
 def selection_rule() -> str:
@@ -46,22 +52,37 @@ def selection_rule() -> str:
 
 
 def _row_entry(suite: str, i: int, row: dict[str, Any], several_fractions: bool) -> dict[str, Any]:
-    params = {k: row[k] for k in ("backbone", "noise_ratio", "method") if k in row}
+    params: dict[str, Any] = {k: row[k] for k in ("backbone", "noise_ratio", "method") if k in row}
     if several_fractions:
         params["fraction"] = row["fraction"]
-    params.update({"selected": row.get("selected") or "", "selections": int(row.get("selections") or 0),
-                   "fits": int(row.get("fits") or 0), "tasks": row.get("tasks") or "", "rule": selection_rule()})
+    params.update(
+        {
+            "selected": row.get("selected") or "",
+            "selections": int(row.get("selections") or 0),
+            "fits": int(row.get("fits") or 0),
+            "tasks": row.get("tasks") or "",
+            "rule": selection_rule(),
+        }
+    )
     metrics = {}
     for m in columns():
         v = row.get(m)
         if v is not None and not pd.isna(v):
             metrics[m] = round(float(v), METRIC_DECIMALS)
-    return {"kind": "leaderboard", "key": layout.leaderboard_key(suite, row), "status": FINISHED,
-            "name": layout.leaderboard_name(row, several_fractions), "params": params, "metrics": metrics,
-            "tags": {SUITE_TAG: suite, ROW_TAG: i}, "parent": None, "overwrite": True}
+    return {
+        "kind": "leaderboard",
+        "key": layout.leaderboard_key(suite, row),
+        "status": FINISHED,
+        "name": layout.leaderboard_name(row, several_fractions),
+        "params": params,
+        "metrics": metrics,
+        "tags": {SUITE_TAG: suite, ROW_TAG: i},
+        "parent": None,
+        "overwrite": True,
+    }
 
 
-def publish_suite(tracker: "Tracker", *, force: bool = False) -> int:
+def publish_suite(tracker: Tracker, *, force: bool = False) -> int:
     """Write the leaderboard runs and the suite run's artifacts; return the number of rows.
 
     Skipped (rows counted from the store) when the fit runs are the ones last published,
@@ -92,20 +113,34 @@ def publish_suite(tracker: "Tracker", *, force: bool = False) -> int:
         # MLflow's table format (what MlflowClient.log_table writes); log_table itself appends
         # to an existing file, and a re-published board must replace the old one.
         rows.to_json(table, orient="split", index=False)
-        html = write_html_report(tracker, suite, Path(tmp) / "report.html", fits=fits, rows=rows, figures=paths,
-                                 claims=claims)
-        files = {**{name: str(p) for name, p in paths.items()}, "leaderboard.json": str(table), "report.html": str(html)}
+        html = write_html_report(
+            tracker, suite, Path(tmp) / "report.html", fits=fits, rows=rows, figures=paths, claims=claims
+        )
+        files = {
+            **{name: str(p) for name, p in paths.items()},
+            "leaderboard.json": str(table),
+            "report.html": str(html),
+        }
         figures = {n: p for n, p in files.items() if n.endswith(".png")}
-        tracker.attach(suite_run, files={**{f"figures/{n}": p for n, p in figures.items()},
-                                         **{n: p for n, p in files.items() if n not in figures}},
-                       tags={_LOGGED_ARTIFACTS: '[{"path": "leaderboard.json", "type": "table"}]'})
-    tracker.attach(suite_run, metrics={"fits": float(len(fits)), "leaderboard_rows": float(len(rows))},
-                   tags={PUBLISHED_TAG: digest})
+        tracker.attach(
+            suite_run,
+            files={
+                **{f"figures/{n}": p for n, p in figures.items()},
+                **{n: p for n, p in files.items() if n not in figures},
+            },
+            tags={_LOGGED_ARTIFACTS: '[{"path": "leaderboard.json", "type": "table"}]'},
+        )
+    tracker.attach(
+        suite_run,
+        metrics={"fits": float(len(fits)), "leaderboard_rows": float(len(rows))},
+        tags={PUBLISHED_TAG: digest},
+    )
     return len(rows)
 
 
-def finish_and_publish(tracker: "Tracker", *, wait_s: float = 15.0, strict: bool = False,
-                       force: bool = False) -> "FinishReport":
+def finish_and_publish(
+    tracker: Tracker, *, wait_s: float = 15.0, strict: bool = False, force: bool = False
+) -> FinishReport:
     """The end of a run (or ``nmlbench sync``): deliver what is queued, then publish the suite.
 
     ``Tracker.finish`` with this layer's publisher: outages and errors are handled as it says.

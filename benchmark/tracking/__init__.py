@@ -17,11 +17,32 @@ public API below (``.importlinter`` holds it to that).
 from benchmark.tracking.journal import Journal, journal_path
 from benchmark.tracking.reader import PretrainRecord, TrackingReader
 from benchmark.tracking.store import (
-    ERROR_TAG, FLOAT_PARAMS, INT_PARAMS, KEY_TAG, KIND_TAG, METRIC_DECIMALS, NothingTracked, TrackingUnavailable,
+    ERROR_TAG,
+    FLOAT_PARAMS,
+    INT_PARAMS,
+    KEY_TAG,
+    KIND_TAG,
+    METRIC_DECIMALS,
+    NothingTracked,
+    TrackingUnavailable,
     default_uri,
 )
 from benchmark.tracking.tracker import FinishReport, Tracker
 
-__all__ = ["ERROR_TAG", "FLOAT_PARAMS", "INT_PARAMS", "FinishReport", "Journal", "KEY_TAG", "KIND_TAG",
-           "METRIC_DECIMALS", "NothingTracked", "PretrainRecord", "Tracker", "TrackingReader", "TrackingUnavailable", "default_uri",
-           "journal_path"]
+__all__ = [
+    "ERROR_TAG",
+    "FLOAT_PARAMS",
+    "INT_PARAMS",
+    "FinishReport",
+    "Journal",
+    "KEY_TAG",
+    "KIND_TAG",
+    "METRIC_DECIMALS",
+    "NothingTracked",
+    "PretrainRecord",
+    "Tracker",
+    "TrackingReader",
+    "TrackingUnavailable",
+    "default_uri",
+    "journal_path",
+]

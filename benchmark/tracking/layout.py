@@ -33,14 +33,27 @@ from benchmark.names import as_number as _num
 from benchmark.names import fit_name, seeds_label
 from benchmark.tracking.store import EXPERIMENT_KIND_TAG, KIND_TAG, TRAINING_KIND
 
-LEADERBOARD_VIEW = "leaderboard"   # share keys of the experiment's saved runs views
+LEADERBOARD_VIEW = "leaderboard"  # share keys of the experiment's saved runs views
 STUDY_VIEW = "study"
 VIEW_TAG_PREFIX = "mlflow.sharedViewState."  # MLflow 3.x: experiment tag holding a shared view
-NOTE_TAG = "mlflow.note.content"   # the experiment's description in the UI
+NOTE_TAG = "mlflow.note.content"  # the experiment's description in the UI
 
-__all__ = ["fit_name", "group_label", "group_spec", "leaderboard_key", "leaderboard_name", "leaderboard_path",
-           "leaderboard_url", "leaderboard_view", "pretrain_name", "runs_url", "spectrum_name", "study_view",
-           "suite_spec", "experiment_tags"]
+__all__ = [
+    "fit_name",
+    "group_label",
+    "group_spec",
+    "leaderboard_key",
+    "leaderboard_name",
+    "leaderboard_path",
+    "leaderboard_url",
+    "leaderboard_view",
+    "pretrain_name",
+    "runs_url",
+    "spectrum_name",
+    "study_view",
+    "suite_spec",
+    "experiment_tags",
+]
 
 
 def _pct(v: Any) -> str:
@@ -55,8 +68,14 @@ def group_label(backbone: Any, noise_ratio: Any) -> str:
 
 def suite_spec(suite: str) -> dict[str, Any]:
     """The parent of a suite's group runs; it carries the suite's table, figures and claims."""
-    return {"kind": "suite", "key": config_hash({"kind": "suite", "suite": suite}), "name": suite,
-            "params": {"suite": suite}, "tags": {"suite": suite}, "parent": None}
+    return {
+        "kind": "suite",
+        "key": config_hash({"kind": "suite", "suite": suite}),
+        "name": suite,
+        "params": {"suite": suite},
+        "tags": {"suite": suite},
+        "parent": None,
+    }
 
 
 def group_spec(suite: str, params: Mapping[str, Any]) -> dict[str, Any] | None:
@@ -70,8 +89,14 @@ def group_spec(suite: str, params: Mapping[str, Any]) -> dict[str, Any] | None:
     for k in ("objective", "noise_kind"):
         if params.get(k) is not None:
             p[k] = params[k]
-    return {"kind": "group", "key": config_hash(ident), "name": group_label(backbone, ratio), "params": p,
-            "tags": {"suite": suite}, "parent": suite_spec(suite)}
+    return {
+        "kind": "group",
+        "key": config_hash(ident),
+        "name": group_label(backbone, ratio),
+        "params": p,
+        "tags": {"suite": suite},
+        "parent": suite_spec(suite),
+    }
 
 
 def pretrain_name(p: Mapping[str, Any]) -> str:
@@ -88,16 +113,22 @@ def spectrum_name(p: Mapping[str, Any]) -> str:
 def leaderboard_name(row: Mapping[str, Any], with_fraction: bool = False) -> str:
     """``NMTune · test_resnet-sup @ 10%`` (``· 10% data`` when the board holds several fractions)."""
     name = f"{head_label(row.get('method'))} · {group_label(row.get('backbone'), row.get('noise_ratio'))}"
-    if with_fraction and _num(row.get("fraction")) is not None:
-        name += f" · {_num(row['fraction']) * 100:g}% data"
+    fraction = _num(row.get("fraction")) if with_fraction else None
+    if fraction is not None:
+        name += f" · {fraction * 100:g}% data"
     return name
 
 
 def leaderboard_key(suite: str, row: Mapping[str, Any]) -> str:
     """A leaderboard row's identity: suite, backbone, noise ratio, head (and fraction)."""
-    ident = {"kind": "leaderboard", "suite": suite, "backbone": str(row.get("backbone")),
-             "noise_ratio": _num(row.get("noise_ratio")), "method": row.get("method"),
-             "fraction": _num(row.get("fraction"))}
+    ident = {
+        "kind": "leaderboard",
+        "suite": suite,
+        "backbone": str(row.get("backbone")),
+        "noise_ratio": _num(row.get("noise_ratio")),
+        "method": row.get("method"),
+        "fraction": _num(row.get("fraction")),
+    }
     return config_hash(ident)
 
 
@@ -114,20 +145,29 @@ def leaderboard_view() -> dict[str, Any]:
     metrics = [f"metrics.`{m}`" for m in (*shown, "n")]
     params = [f"params.`{p}`" for p in ("selected", "fits")]
     columns = metrics + params
-    return {"searchFilter": f"tags.`{KIND_TAG}` = 'leaderboard'", "orderByKey": "metrics.`id_acc`",
-            "orderByAsc": False, "selectedColumns": columns,
-            "columnOrder": ["attributes.`Run Name`", *columns],
-            "columnWidths": {"attributes.`Run Name`": 330, "params.`selected`": 260}}
+    return {
+        "searchFilter": f"tags.`{KIND_TAG}` = 'leaderboard'",
+        "orderByKey": "metrics.`id_acc`",
+        "orderByAsc": False,
+        "selectedColumns": columns,
+        "columnOrder": ["attributes.`Run Name`", *columns],
+        "columnWidths": {"attributes.`Run Name`": 330, "params.`selected`": 260},
+    }
 
 
 def study_view() -> dict[str, Any]:
     """The whole tree (suite > backbone x noise ratio > runs) with the columns a fit is judged by."""
     columns = [f"params.`{p}`" for p in ("method", "task")] + [
-        f"metrics.`{m}`" for m in ("val_accuracy", "test_accuracy", "test_macro_f1")]
+        f"metrics.`{m}`" for m in ("val_accuracy", "test_accuracy", "test_macro_f1")
+    ]
     # No sort key: MLflow 3.17 shows nesting only in its default order (by start time); sorting
     # by run name flattens the tree.
-    return {"searchFilter": f"tags.`{KIND_TAG}` != 'leaderboard'", "selectedColumns": columns,
-            "columnOrder": ["attributes.`Run Name`", *columns], "columnWidths": {"attributes.`Run Name`": 360}}
+    return {
+        "searchFilter": f"tags.`{KIND_TAG}` != 'leaderboard'",
+        "selectedColumns": columns,
+        "columnOrder": ["attributes.`Run Name`", *columns],
+        "columnWidths": {"attributes.`Run Name`": 360},
+    }
 
 
 def experiment_tags(experiment_id: str) -> dict[str, str]:
@@ -136,11 +176,13 @@ def experiment_tags(experiment_id: str) -> dict[str, str]:
         EXPERIMENT_KIND_TAG: TRAINING_KIND,
         VIEW_TAG_PREFIX + LEADERBOARD_VIEW: json.dumps(leaderboard_view(), sort_keys=True),
         VIEW_TAG_PREFIX + STUDY_VIEW: json.dumps(study_view(), sort_keys=True),
-        NOTE_TAG: ("nml-bench study. **Leaderboard**: open "
-                   f"[the leaderboard view]({leaderboard_path(experiment_id)}) "
-                   "(one run per backbone x noise ratio x head; sort by any metric). "
-                   f"[The study view]({leaderboard_path(experiment_id, STUDY_VIEW)}): pre-training and "
-                   "head-fit runs nested under the suite run, one group per backbone x noise ratio."),
+        NOTE_TAG: (
+            "nml-bench study. **Leaderboard**: open "
+            f"[the leaderboard view]({leaderboard_path(experiment_id)}) "
+            "(one run per backbone x noise ratio x head; sort by any metric). "
+            f"[The study view]({leaderboard_path(experiment_id, STUDY_VIEW)}): pre-training and "
+            "head-fit runs nested under the suite run, one group per backbone x noise ratio."
+        ),
     }
 
 

@@ -23,8 +23,26 @@ import pandas as pd
 from benchmark.metrics import board_metric_columns
 from benchmark.tracking.layout import leaderboard_url, suite_spec
 from benchmark.tracking.store import (
-    EPOCH_TAG, ERROR_TAG, FAILED, KEY_TAG, KIND_TAG, ROW_TAG, STRUCTURE_KINDS, SUITE_TAG, NothingTracked, TrackingUnavailable,
-    auth_refused, brief, credentials_from_uri, is_transient, make_client, run_filter, runs_to_frame, search_all, sqlite_path, typed,
+    EPOCH_TAG,
+    ERROR_TAG,
+    FAILED,
+    KEY_TAG,
+    KIND_TAG,
+    ROW_TAG,
+    STRUCTURE_KINDS,
+    SUITE_TAG,
+    NothingTracked,
+    TrackingUnavailable,
+    auth_refused,
+    brief,
+    credentials_from_uri,
+    is_transient,
+    make_client,
+    run_filter,
+    runs_to_frame,
+    search_all,
+    sqlite_path,
+    typed,
 )
 
 #: Columns a leaderboard row carries besides its metrics (group and selection).
@@ -55,32 +73,42 @@ class TrackingReader:
         if db is not None and not db.is_file():
             raise NothingTracked(
                 f"no MLflow store at {uri} (the file {db} does not exist): nothing has been run yet "
-                "for this suite. Run it first (`nmlbench run SUITE`), or pass the --tracking-uri it logged to.")
+                "for this suite. Run it first (`nmlbench run SUITE`), or pass the --tracking-uri it logged to."
+            )
         # SQLite is opened read-only: MLflow would otherwise create or migrate tables (and race a
         # sweep that is creating the same file); a store that is not complete yet fails instead.
         # The driver is named (sqlite+pysqlite): for a plain sqlite:/// URI MLflow makes the
         # "parent folders" of the path, here the relative `file:/<dirs>`, in the working directory.
         try:
-            self.client = make_client(f"sqlite+pysqlite:///file:{quote(str(db))}?mode=ro&uri=true"
-                                      if db is not None else uri)
+            self.client = make_client(
+                f"sqlite+pysqlite:///file:{quote(str(db))}?mode=ro&uri=true" if db is not None else uri
+            )
             exp = self.client.get_experiment_by_name(experiment)
         except Exception as exc:
             if auth_refused(exc):
                 raise TrackingUnavailable(f"MLflow at {uri} refused the credentials ({brief(exc)})") from exc
             if is_transient(exc):
-                raise TrackingUnavailable(f"MLflow at {uri} did not answer ({brief(exc)}); start the tracking "
-                                          "server or pass another --tracking-uri") from exc
+                raise TrackingUnavailable(
+                    f"MLflow at {uri} did not answer ({brief(exc)}); start the tracking "
+                    "server or pass another --tracking-uri"
+                ) from exc
             if "readonly database" in str(exc):
-                raise NothingTracked(f"the MLflow store at {uri} is not complete (empty, or a run that just "
-                                     "started is still creating it); nothing to read yet") from exc
+                raise NothingTracked(
+                    f"the MLflow store at {uri} is not complete (empty, or a run that just "
+                    "started is still creating it); nothing to read yet"
+                ) from exc
             raise
         if exp is None:
-            raise NothingTracked(f"no experiment {experiment!r} in the MLflow store at {uri}: nothing has been "
-                                 "run yet for this suite (`nmlbench run SUITE` creates it).")
+            raise NothingTracked(
+                f"no experiment {experiment!r} in the MLflow store at {uri}: nothing has been "
+                "run yet for this suite (`nmlbench run SUITE` creates it)."
+            )
         if exp.lifecycle_stage == "deleted":
-            raise NothingTracked(f"experiment {experiment!r} at {uri} was deleted; restore it with "
-                                 f"`mlflow experiments restore --experiment-id {exp.experiment_id}` "
-                                 "(with MLFLOW_TRACKING_URI set to the store) or re-run the suite.")
+            raise NothingTracked(
+                f"experiment {experiment!r} at {uri} was deleted; restore it with "
+                f"`mlflow experiments restore --experiment-id {exp.experiment_id}` "
+                "(with MLFLOW_TRACKING_URI set to the store) or re-run the suite."
+            )
         self.experiment_id: str | None = exp.experiment_id
 
     # -- plumbing ----------------------------------------------------------------------------
@@ -98,8 +126,11 @@ class TrackingReader:
         """Keys whose run finished (optionally of one kind; by default fits, pre-trainings and
         spectra, not the suite / group / leaderboard runs): what a re-run can skip."""
         runs = self._search(run_filter(kind))
-        return {r.data.tags[KEY_TAG] for r in runs if KEY_TAG in r.data.tags
-                and (kind is not None or r.data.tags.get(KIND_TAG) not in STRUCTURE_KINDS)}
+        return {
+            r.data.tags[KEY_TAG]
+            for r in runs
+            if KEY_TAG in r.data.tags and (kind is not None or r.data.tags.get(KIND_TAG) not in STRUCTURE_KINDS)
+        }
 
     def runs_frame(self, kind: str = "fit") -> pd.DataFrame:
         """Finished runs of ``kind`` as a DataFrame (see ``store.runs_to_frame``)."""
@@ -116,8 +147,13 @@ class TrackingReader:
     def failures_frame(self, kind: str | None = None) -> pd.DataFrame:
         """Failed runs with their key, params and error text (what to look at after a sweep)."""
         rows = [
-            {"run_id": r.info.run_id, "key": r.data.tags.get(KEY_TAG), "kind": r.data.tags.get(KIND_TAG),
-             "error": r.data.tags.get(ERROR_TAG, ""), **{k: typed(v) for k, v in r.data.params.items()}}
+            {
+                "run_id": r.info.run_id,
+                "key": r.data.tags.get(KEY_TAG),
+                "kind": r.data.tags.get(KIND_TAG),
+                "error": r.data.tags.get(ERROR_TAG, ""),
+                **{k: typed(v) for k, v in r.data.params.items()},
+            }
             for r in self._search(run_filter(kind, FAILED))
         ]
         return pd.DataFrame(rows, columns=None if rows else ["run_id", "key", "kind", "error"])
@@ -153,8 +189,9 @@ class TrackingReader:
         return dict(sorted(out.items()))
 
     # -- the leaderboard as runs -------------------------------------------------------------
-    def leaderboard_frame(self, suite: str | None = None, *, columns: Sequence[str] | None = None,
-                          selection: bool = False) -> pd.DataFrame:
+    def leaderboard_frame(
+        self, suite: str | None = None, *, columns: Sequence[str] | None = None, selection: bool = False
+    ) -> pd.DataFrame:
         """The published leaderboard (runs of kind ``leaderboard``) in leaderboard order.
 
         Columns: backbone, noise_ratio, method, ``fraction`` when the rows hold several, then the
@@ -205,14 +242,23 @@ class TrackingReader:
         for run in self._search(run_filter("pretrain")):
             d = run.data
             named = d.tags.get(EPOCH_TAG)
-            epoch_keys = [k for k in named.split(",") if k] if named is not None else \
-                [k for k in d.metrics if k not in _SCALAR_PRETRAIN]
+            epoch_keys = (
+                [k for k in named.split(",") if k]
+                if named is not None
+                else [k for k in d.metrics if k not in _SCALAR_PRETRAIN]
+            )
             curves = {}
             for k in epoch_keys:
                 hist = self.client.get_metric_history(run.info.run_id, k)
                 curves[k] = sorted((int(m.step), float(m.value)) for m in hist)
             params = {k: typed(v) for k, v in d.params.items()}
-            out.append(PretrainRecord(name=str(params.get("name") or run.info.run_name),
-                                      group=groups.get(d.tags.get("mlflow.parentRunId", ""), ""),
-                                      params=params, metrics=dict(d.metrics), curves=curves))
+            out.append(
+                PretrainRecord(
+                    name=str(params.get("name") or run.info.run_name),
+                    group=groups.get(d.tags.get("mlflow.parentRunId", ""), ""),
+                    params=params,
+                    metrics=dict(d.metrics),
+                    curves=curves,
+                )
+            )
         return sorted(out, key=lambda r: r.name)

@@ -19,10 +19,10 @@ import pandas as pd
 
 from benchmark.errors import NMLBenchError
 
-KIND_TAG = "nmlbench.kind"        # fit | pretrain | spectrum | leaderboard | group | suite
-KEY_TAG = "nmlbench.key"          # the record's config hash: one run per key
-DIGEST_TAG = "nmlbench.digest"    # hash of the record's content: a re-send of the same record is a no-op
-ROW_TAG = "nmlbench.row"          # leaderboard rows: position in leaderboard order
+KIND_TAG = "nmlbench.kind"  # fit | pretrain | spectrum | leaderboard | group | suite
+KEY_TAG = "nmlbench.key"  # the record's config hash: one run per key
+DIGEST_TAG = "nmlbench.digest"  # hash of the record's content: a re-send of the same record is a no-op
+ROW_TAG = "nmlbench.row"  # leaderboard rows: position in leaderboard order
 #: Leaderboard metrics are stored rounded: the UI prints floats raw, and 6 decimals keep its table
 #: readable while staying far below any difference the intervals can resolve.
 METRIC_DECIMALS = 6
@@ -49,16 +49,22 @@ _NONE = {"None", "none", "null", "nan", "NaN", ""}
 #: HTTP client defaults while a writer runs: MLflow's own (7 retries, backoff 2, 120 s timeout)
 #: can hold one request for minutes when the server is down; the Tracker retries on its own
 #: schedule instead (see ``tracker.py``). An explicit user setting wins.
-HTTP_DEFAULTS = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2", "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
-                 "MLFLOW_HTTP_REQUEST_BACKOFF_JITTER": "0.5", "MLFLOW_HTTP_REQUEST_TIMEOUT": "15"}
+HTTP_DEFAULTS = {
+    "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2",
+    "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
+    "MLFLOW_HTTP_REQUEST_BACKOFF_JITTER": "0.5",
+    "MLFLOW_HTTP_REQUEST_TIMEOUT": "15",
+}
 
 
 #: MLflow's own environment variables for a tracking server's credentials (HTTP basic auth of
 #: ``mlflow server --app-name basic-auth``, or a bearer token). nml-bench reads no other source,
 #: never logs them, and ``nmlbench submit`` hands them to the job as environment variables.
 CREDENTIAL_ENV = ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD", "MLFLOW_TRACKING_TOKEN")
-CREDENTIALS_HINT = ("set MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD to an account of that server, "
-                    "or MLFLOW_TRACKING_TOKEN for a token")
+CREDENTIALS_HINT = (
+    "set MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD to an account of that server, "
+    "or MLFLOW_TRACKING_TOKEN for a token"
+)
 
 
 def credentials_from_uri(uri: str) -> str:
@@ -127,7 +133,7 @@ def default_uri(work_dir: str | Path = ".nmlbench") -> str:
 def sqlite_path(uri: str) -> Path | None:
     """The database file of a ``sqlite:///`` URI, else None."""
     if uri.startswith("sqlite:///"):
-        return Path(uri[len("sqlite:///"):])
+        return Path(uri[len("sqlite:///") :])
     return None
 
 
@@ -169,8 +175,9 @@ def is_transient(exc: BaseException) -> bool:
     e: BaseException | None = exc
     while e is not None and id(e) not in seen:
         seen.add(id(e))
-        if isinstance(e, (requests.exceptions.RequestException, urllib3.exceptions.HTTPError,
-                          ConnectionError, TimeoutError)):
+        if isinstance(
+            e, (requests.exceptions.RequestException, urllib3.exceptions.HTTPError, ConnectionError, TimeoutError)
+        ):
             return True
         text = str(e)
         if "database is locked" in text or "failed with exception" in text or "Max retries exceeded" in text:
@@ -234,8 +241,7 @@ def search_all(client: Any, experiment_id: str, filter_string: str = "") -> list
     runs: list[Any] = []
     token = None
     while True:
-        page = client.search_runs([experiment_id], filter_string=filter_string, max_results=5000,
-                                  page_token=token)
+        page = client.search_runs([experiment_id], filter_string=filter_string, max_results=5000, page_token=token)
         runs.extend(page)
         token = page.token
         if not token:

@@ -29,7 +29,16 @@ import numpy as np
 
 from benchmark.errors import ConfigError
 from benchmark.tracking.store import (
-    DIGEST_TAG, FAILED, FINISHED, KEY_TAG, KIND_TAG, MAX_METRICS, MAX_PARAMS_TAGS, PARENT_TAG, chunks, param_str,
+    DIGEST_TAG,
+    FAILED,
+    FINISHED,
+    KEY_TAG,
+    KIND_TAG,
+    MAX_METRICS,
+    MAX_PARAMS_TAGS,
+    PARENT_TAG,
+    chunks,
+    param_str,
     search_all,
 )
 
@@ -62,7 +71,8 @@ class RunWriter:
                 t = run.data.tags
                 if KEY_TAG in t:
                     index.setdefault(t[KEY_TAG], []).append(
-                        RunRef(run.info.run_id, run.info.status, t.get(KIND_TAG, ""), t.get(DIGEST_TAG, "")))
+                        RunRef(run.info.run_id, run.info.status, t.get(KIND_TAG, ""), t.get(DIGEST_TAG, ""))
+                    )
             self._index = index
         return self._index.setdefault(key, [])
 
@@ -72,8 +82,11 @@ class RunWriter:
     def keys(self, kind: str | None = None, status: str | None = FINISHED) -> set[str]:
         self.refs("")
         assert self._index is not None
-        return {k for k, refs in self._index.items()
-                if any((kind is None or r.kind == kind) and (status is None or r.status == status) for r in refs)}
+        return {
+            k
+            for k, refs in self._index.items()
+            if any((kind is None or r.kind == kind) and (status is None or r.status == status) for r in refs)
+        }
 
     # -- writing -----------------------------------------------------------------------------
     def holder(self, entry: Mapping[str, Any]) -> str | None:
@@ -104,7 +117,8 @@ class RunWriter:
         gone = {r.run_id for r in old}
         assert self._index is not None
         self._index[key] = [r for r in self.refs(key) if r.run_id not in gone] + [
-            RunRef(run_id, status, entry["kind"], digest)]
+            RunRef(run_id, status, entry["kind"], digest)
+        ]
         return run_id
 
     def container(self, spec: Mapping[str, Any]) -> str:
@@ -121,8 +135,13 @@ class RunWriter:
     def _create(self, entry: Mapping[str, Any], parent: str | None) -> str:
         from mlflow.entities import Metric, Param
 
-        tags = {**self.default_tags, **{k: str(v) for k, v in (entry.get("tags") or {}).items()},
-                KIND_TAG: entry["kind"], KEY_TAG: entry["key"], DIGEST_TAG: entry.get("digest", "")}
+        tags = {
+            **self.default_tags,
+            **{k: str(v) for k, v in (entry.get("tags") or {}).items()},
+            KIND_TAG: entry["kind"],
+            KEY_TAG: entry["key"],
+            DIGEST_TAG: entry.get("digest", ""),
+        }
         if parent is not None:
             tags[PARENT_TAG] = parent
         run = self.client.create_run(self.experiment_id, tags=tags, run_name=entry.get("name") or entry["key"])
@@ -136,8 +155,12 @@ class RunWriter:
             p_chunks = list(chunks(ps, MAX_PARAMS_TAGS)) or [[]]
             m_chunks = list(chunks(ms, MAX_METRICS)) or [[]]
             for i in range(max(len(p_chunks), len(m_chunks))):
-                self.client.log_batch(run_id, metrics=m_chunks[i] if i < len(m_chunks) else [],
-                                      params=p_chunks[i] if i < len(p_chunks) else [], tags=[])
+                self.client.log_batch(
+                    run_id,
+                    metrics=m_chunks[i] if i < len(m_chunks) else [],
+                    params=p_chunks[i] if i < len(p_chunks) else [],
+                    tags=[],
+                )
             log_artifacts(self.client, run_id, entry.get("artifacts") or {})
         except Exception:
             try:
@@ -173,8 +196,10 @@ def log_artifacts(client: Any, run_id: str, artifacts: Mapping[str, Any]) -> Non
                 if path != src:
                     shutil.copyfile(src, path)
             else:
-                raise ConfigError(f"artifact {name!r} has type {type(value).__name__}; "
-                                  "give a dict (JSON), a numpy array (.npy) or a file path")
+                raise ConfigError(
+                    f"artifact {name!r} has type {type(value).__name__}; "
+                    "give a dict (JSON), a numpy array (.npy) or a file path"
+                )
             client.log_artifact(run_id, str(path), artifact_path=folder or None)
 
 
@@ -190,4 +215,3 @@ def delete_stale(client: Any, writer: RunWriter, kind: str, keep: Iterable[str],
             writer.reset()
             n += 1
     return n
-

@@ -47,8 +47,9 @@ class Objective:
     #: Whether its model needs the corpus' class count (built after the training set).
     needs_classes: bool = True
 
-    def training_set(self, job: Any, split: Any, idx: Any, clean: Any, classes: list[str],
-                     base: dict[str, Any]) -> tuple[Any, float, dict[str, Any], dict[str, Any], bool]:
+    def training_set(
+        self, job: Any, split: Any, idx: Any, clean: Any, classes: list[str], base: dict[str, Any]
+    ) -> tuple[Any, float, dict[str, Any], dict[str, Any], bool]:
         """(LabelTable, realised ratio, noise record arrays, summary, has_caption_table) of the
         job's noise on its corpus subset ``split`` (positions ``idx`` in the corpus, true labels
         ``clean``; the record holds ``indices`` and ``clean_labels``); driver, no torch."""
@@ -61,8 +62,9 @@ class Objective:
     def check_model(self, job: Any, model: Any) -> None:
         """Reject, in the driver, a model the job cannot train (ConfigError)."""
 
-    def batch_step(self, split: Any, table: Any, cfg: dict[str, Any], tokenizer: Any,
-                   device: Any, on: Any, rank: int, world: int) -> Any:
+    def batch_step(
+        self, split: Any, table: Any, cfg: dict[str, Any], tokenizer: Any, device: Any, on: Any, rank: int, world: int
+    ) -> Any:
         """A worker's step for one job: ``step(model, x, pos_on, pos) -> (loss, sums)`` and
         ``step.after_update(model)`` (called after each optimiser step)."""
         raise NotImplementedError
@@ -88,16 +90,21 @@ def _load() -> None:
     for ep in entry_points(group=ENTRY_POINT_GROUP):
         dist = ep.dist.name if ep.dist is not None else "(unknown distribution)"
         if ep.name in BUILTIN:
-            warnings.warn(f"objective plugin {ep.name!r} from {dist} is ignored: it would shadow "
-                          "the built-in objective of that name", stacklevel=2)
+            warnings.warn(
+                f"objective plugin {ep.name!r} from {dist} is ignored: it would shadow "
+                "the built-in objective of that name",
+                stacklevel=2,
+            )
             continue
         try:
             target = ep.load()
             if ep.name not in _OBJECTIVES and isinstance(target, type):
                 register_objective(target)
         except Exception as e:  # a broken plugin must not break the others
-            warnings.warn(f"objective plugin {ep.name!r} from {dist} failed to load "
-                          f"({type(e).__name__}: {e}); skipped", stacklevel=2)
+            warnings.warn(
+                f"objective plugin {ep.name!r} from {dist} failed to load ({type(e).__name__}: {e}); skipped",
+                stacklevel=2,
+            )
 
 
 def objectives() -> dict[str, Objective]:
@@ -115,8 +122,9 @@ def get_objective(name: str) -> Objective:
     known = objectives()
     if name in known:
         return known[name]
-    raise UnknownNameError("objective", name, list(known),
-                           hint=f"plugins register under the entry-point group {ENTRY_POINT_GROUP!r}")
+    raise UnknownNameError(
+        "objective", name, list(known), hint=f"plugins register under the entry-point group {ENTRY_POINT_GROUP!r}"
+    )
 
 
 def lazy(target: str) -> Callable[..., Any]:

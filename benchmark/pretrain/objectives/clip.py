@@ -25,8 +25,7 @@ class _Captions:
     """Token ids of the caption each image trains with: template captions (a few distinct
     texts) are tokenised once; a corpus' own caption table is tokenised batch by batch."""
 
-    def __init__(self, split: Any, table: Any, cfg: dict[str, Any], tokenizer: Any,
-                 device: Any) -> None:
+    def __init__(self, split: Any, table: Any, cfg: dict[str, Any], tokenizer: Any, device: Any) -> None:
         import torch
 
         from benchmark.pretrain.corpus import clean_captions
@@ -38,8 +37,7 @@ class _Captions:
             self.texts = texts
         else:
             unique, inverse = np.unique(np.asarray(texts, dtype=object), return_inverse=True)
-            self.tokens = torch.as_tensor(np.asarray(tokenizer(list(unique))), dtype=torch.int64,
-                                          device=device)
+            self.tokens = torch.as_tensor(np.asarray(tokenizer(list(unique))), dtype=torch.int64, device=device)
             self.row = torch.as_tensor(inverse[self.source], device=device)
 
     def __call__(self, pos: Any) -> Any:
@@ -48,15 +46,17 @@ class _Captions:
         if self.per_batch:
             texts = [self.texts[int(self.source[p])] for p in pos.tolist()]
             return torch.as_tensor(np.asarray(self.tokenizer(texts)), dtype=torch.int64).to(
-                self.device, non_blocking=True)
+                self.device, non_blocking=True
+            )
         return self.tokens[self.row[pos.to(self.row.device)]]
 
 
 class _Step:
     """The swap mask on the worker's device, the captions' tokens; one batch's step."""
 
-    def __init__(self, split: Any, table: Any, cfg: dict[str, Any], tokenizer: Any, device: Any,
-                 on: Any, rank: int, world: int) -> None:
+    def __init__(
+        self, split: Any, table: Any, cfg: dict[str, Any], tokenizer: Any, device: Any, on: Any, rank: int, world: int
+    ) -> None:
         import torch
 
         self.device, self.rank, self.world = device, rank, world
@@ -66,8 +66,7 @@ class _Step:
     def __call__(self, model: Any, x: Any, pos_on: Any, pos: Any) -> tuple[Any, Any]:
         from benchmark.pretrain.recipe import clip_step
 
-        return clip_step(model(x, self.captions(pos)), self.noisy[pos_on].to(self.device),
-                         self.rank, self.world)
+        return clip_step(model(x, self.captions(pos)), self.noisy[pos_on].to(self.device), self.rank, self.world)
 
     def after_update(self, model: Any) -> None:
         from benchmark.pretrain.recipe import clamp_logit_scale
@@ -84,9 +83,9 @@ class Clip(Objective):
     sums = CLIP_SUMS
     needs_classes = False
 
-    def training_set(self, job: Any, split: Any, idx: np.ndarray, clean: np.ndarray,
-                     classes: list[str], base: dict[str, Any]
-                     ) -> tuple[Any, float, dict[str, Any], dict[str, Any], bool]:
+    def training_set(
+        self, job: Any, split: Any, idx: np.ndarray, clean: np.ndarray, classes: list[str], base: dict[str, Any]
+    ) -> tuple[Any, float, dict[str, Any], dict[str, Any], bool]:
         """The clean captions (``corpus.clean_captions``), then the job's caption kind (``swap``:
         ``swap_captions``) with the job's seed; the record keeps, per image, the index of the
         caption it trains with (``caption_source``)."""
@@ -103,14 +102,21 @@ class Clip(Objective):
         mismatched = sw.mismatched.astype(bool)
         source = caption_sources(texts, sw.captions, mismatched)
         record: dict[str, Any] = {
-            "mismatched": mismatched, "caption_source": source,
+            "mismatched": mismatched,
+            "caption_source": source,
             "realised_ratio": np.float64(sw.realised_ratio),
-            "kind": np.str_(job.noise_kind), "ratio": np.float64(job.noise_ratio),
-            "seed": np.int64(job.seed), "indices": idx, "clean_labels": clean,
+            "kind": np.str_(job.noise_kind),
+            "ratio": np.float64(job.noise_ratio),
+            "seed": np.int64(job.seed),
+            "indices": idx,
+            "clean_labels": clean,
         }
-        summary = {**base, "realised_ratio": float(sw.realised_ratio),
-                   "num_mismatched": int(mismatched.sum()), "captions": "corpus" if own_table
-                   else "class templates"}
+        summary = {
+            **base,
+            "realised_ratio": float(sw.realised_ratio),
+            "num_mismatched": int(mismatched.sum()),
+            "captions": "corpus" if own_table else "class templates",
+        }
         if classes and (clean >= 0).all():
             cap_labels = clean[source]
             record["caption_labels"] = cap_labels
@@ -126,8 +132,7 @@ class Clip(Objective):
     def build_model(self, cfg: dict[str, Any]) -> tuple[Any, Any]:
         from benchmark import backbones
 
-        return backbones.create_open_clip_model(cfg["arch"], cfg["seed"],
-                                                **(cfg.get("model_kwargs") or {}))
+        return backbones.create_open_clip_model(cfg["arch"], cfg["seed"], **(cfg.get("model_kwargs") or {}))
 
     def check_model(self, job: Any, model: Any) -> None:
         """open_clip vision towers fix their input size; the job must train at that size."""
@@ -136,12 +141,15 @@ class Clip(Objective):
             return
         size = int(size[0] if isinstance(size, (tuple, list)) else size)
         if size != job.image_size:
-            raise ConfigError(f"clip job {job.name}: {job.arch} takes {size}px images, the job "
-                              f"says image_size {job.image_size}; set image_size: {size} (or pass "
-                              f"model_kwargs force_image_size: {job.image_size})")
+            raise ConfigError(
+                f"clip job {job.name}: {job.arch} takes {size}px images, the job "
+                f"says image_size {job.image_size}; set image_size: {size} (or pass "
+                f"model_kwargs force_image_size: {job.image_size})"
+            )
 
-    def batch_step(self, split: Any, table: Any, cfg: dict[str, Any], tokenizer: Any,
-                   device: Any, on: Any, rank: int, world: int) -> _Step:
+    def batch_step(
+        self, split: Any, table: Any, cfg: dict[str, Any], tokenizer: Any, device: Any, on: Any, rank: int, world: int
+    ) -> _Step:
         return _Step(split, table, cfg, tokenizer, device, on, rank, world)
 
     def epoch_metrics(self, sums: Sequence[float]) -> dict[str, float]:
