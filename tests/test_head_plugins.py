@@ -97,7 +97,16 @@ def plugin_site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     for name in [m for m in sys.modules if m.startswith("nmlbench_extra_plugin")]:
         del sys.modules[name]
     refresh_plugins()
+    # The package also declares a noise kind and a metric; whatever loaded them while it was on
+    # sys.path must not leave them registered for the tests after this module.
+    from benchmark import metrics, noise
+
+    noise.unregister_noise_kind("opposite") if "opposite" in noise.noise_kinds() else None
+    metrics.unregister_metric("balanced_accuracy")
+    noise.refresh_plugins()
+    metrics.refresh_plugins()
     assert "cosine" not in head_names()
+    assert "opposite" not in noise.noise_kinds() and "balanced_accuracy" not in metrics.METRICS
 
 
 def blobs(n: int, k: int, d: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
