@@ -108,9 +108,11 @@ def _load() -> None:
 
 
 def objectives() -> dict[str, Objective]:
-    """Every registered objective, built-ins first."""
+    """Every registered objective, built-ins first in ``BUILTIN`` order (not import order: a test
+    that imports ``clip`` first must not reorder them), then plugins."""
     _load()
-    return dict(_OBJECTIVES)
+    first = {n: _OBJECTIVES[n] for n in BUILTIN if n in _OBJECTIVES}
+    return {**first, **{n: o for n, o in _OBJECTIVES.items() if n not in first}}
 
 
 def objective_names() -> tuple[str, ...]:
