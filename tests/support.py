@@ -474,3 +474,39 @@ def stop_ray_processes(marks: Sequence[str], temp_dir: str | None = None) -> Non
         time.sleep(3)
     if temp_dir is not None:
         shutil.rmtree(temp_dir, ignore_errors=True)
+
+
+# -- outside plugin packages (test_plugins, test_head_plugins, test_extension_points) -------------
+
+
+def pip_install_plugin(src: Path, root: Path, timeout: float = 180) -> Path:
+    """Install the plugin package at ``src`` into ``root/site`` the way a user would, offline (no
+    index, no build isolation, no dependencies), building from a copy under ``root/src`` so
+    setuptools' build/ and egg-info never land in the repository; the site directory."""
+    import shutil
+    import subprocess
+    import sys
+
+    copy, site = root / "src", root / "site"
+    shutil.copytree(src, copy, ignore=shutil.ignore_patterns("build", "*.egg-info"))
+    res = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "install",
+            "--no-deps",
+            "--no-build-isolation",
+            "--no-index",
+            "--disable-pip-version-check",
+            "--quiet",
+            "--target",
+            str(site),
+            str(copy),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+    assert res.returncode == 0, res.stdout + res.stderr
+    return site

@@ -11,13 +11,13 @@ the HTML report.
 from __future__ import annotations
 
 import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 import yaml
+from support import pip_install_plugin
 
 REPO = Path(__file__).resolve().parents[1]
 PLUGIN_SRC = REPO / "tests" / "plugins" / "nmlbench_extra_plugin"
@@ -25,29 +25,7 @@ PLUGIN_SRC = REPO / "tests" / "plugins" / "nmlbench_extra_plugin"
 
 @pytest.fixture(scope="module")
 def plugin_env(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
-    root = tmp_path_factory.mktemp("extra-plugin")
-    src, site = root / "src", root / "site"
-    shutil.copytree(PLUGIN_SRC, src, ignore=shutil.ignore_patterns("build", "*.egg-info"))
-    res = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "pip",
-            "install",
-            "--no-deps",
-            "--no-build-isolation",
-            "--no-index",
-            "--disable-pip-version-check",
-            "--quiet",
-            "--target",
-            str(site),
-            str(src),
-        ],
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert res.returncode == 0, res.stdout + res.stderr
+    site = pip_install_plugin(PLUGIN_SRC, tmp_path_factory.mktemp("extra-plugin"))
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(site), str(REPO)])}
     env.pop("RAY_ADDRESS", None)
     return env

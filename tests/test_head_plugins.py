@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import ast
 import importlib
-import shutil
-import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -19,6 +17,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from support import pip_install_plugin
 from torch.nn import functional as F
 
 from benchmark.errors import ConfigError, UnknownNameError
@@ -64,29 +63,7 @@ def _broken_distribution(site: Path) -> None:
 
 @pytest.fixture(scope="module")
 def plugin_site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
-    root = tmp_path_factory.mktemp("head-plugin")
-    src, site = root / "src", root / "site"
-    shutil.copytree(PLUGIN_SRC, src, ignore=shutil.ignore_patterns("build", "*.egg-info"))
-    res = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "pip",
-            "install",
-            "--no-deps",
-            "--no-build-isolation",
-            "--no-index",
-            "--disable-pip-version-check",
-            "--quiet",
-            "--target",
-            str(site),
-            str(src),
-        ],
-        capture_output=True,
-        text=True,
-        timeout=180,
-    )
-    assert res.returncode == 0, res.stdout + res.stderr
+    site = pip_install_plugin(PLUGIN_SRC, tmp_path_factory.mktemp("head-plugin"))
     assert (site / "nmlbench_extra_plugin" / "cosine.py").is_file()
     _broken_distribution(site)
     sys.path.insert(0, str(site))

@@ -10,12 +10,12 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+from support import pip_install_plugin
 
 REPO = Path(__file__).resolve().parents[1]
 PLUGIN_SRC = REPO / "tests" / "plugins" / "nmlbench_toy_plugin"
@@ -57,30 +57,7 @@ def _broken_distribution(site: Path) -> None:
 
 @pytest.fixture(scope="module")
 def plugin_site(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    root = tmp_path_factory.mktemp("plugin")
-    src, site = root / "src", root / "site"
-    # build from a copy so setuptools' build/ and egg-info never land in the repository
-    shutil.copytree(PLUGIN_SRC, src, ignore=shutil.ignore_patterns("build", "*.egg-info"))
-    res = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "pip",
-            "install",
-            "--no-deps",
-            "--no-build-isolation",
-            "--no-index",
-            "--disable-pip-version-check",
-            "--quiet",
-            "--target",
-            str(site),
-            str(src),
-        ],
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert res.returncode == 0, res.stdout + res.stderr
+    site = pip_install_plugin(PLUGIN_SRC, tmp_path_factory.mktemp("plugin"), timeout=120)
     assert (site / "nmlbench_toy_plugin" / "__init__.py").is_file()
     _broken_distribution(site)
     return site
