@@ -27,7 +27,7 @@ run: install
 	$(BIN)/nmlbench run $(SUITE)
 
 test: install lint
-	$(BIN)/python -m pytest -q -p no:cacheprovider tests
+	$(BIN)/python -m pytest -q -p no:cacheprovider --durations=30 tests
 
 # The habits that keep the code base one shape (seconds; also the first step of `make test`):
 # lint and format (ruff), types (mypy on benchmark/), and the layer contracts (.importlinter).
