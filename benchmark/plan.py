@@ -300,13 +300,18 @@ def head_grid(suite: Suite) -> list[HParams]:
 
 
 def fit_key(pair: str, hp: HParams, head_seed: int, fraction: float) -> str:
-    """Key of one fit: the pair's features and how the head is fit (every resolved value)."""
+    """Key of one fit: the pair's features and how the head is fit (every resolved value).
+
+    The names hashed are those keys were first published with, so stored fits keep their keys:
+    ``"method"`` for the head and ``hp.key_dict()`` (``heads.hparams.KEY_ALIASES``) for renamed
+    hyper-parameters.
+    """
     return config_hash(
         {
             "kind": "fit",
             "pair": pair,
             "method": hp.method,
-            "hparams": hp.as_dict(),
+            "hparams": hp.key_dict(),
             "head_seed": int(head_seed),
             "fraction": float(fraction),
         }

@@ -27,11 +27,11 @@ def test_linear_head_returns_input_as_z():
     assert z is f
 
 
-@pytest.mark.parametrize(("ratio", "depth", "n_bn"), [(4, 1, 1), (2, 3, 3), (0.5, 2, 2)])
-def test_residual_mlp_structure(ratio, depth, n_bn):
+@pytest.mark.parametrize(("width", "depth", "n_bn"), [(4, 1, 1), (2, 3, 3), (0.5, 2, 2)])
+def test_residual_mlp_structure(width, depth, n_bn):
     d, k = 6, 4
-    head = ResidualMLPHead(d, k, ratio=ratio, depth=depth)
-    hidden = int(round(ratio * d))
+    head = ResidualMLPHead(d, k, width=width, depth=depth)
+    hidden = int(round(width * d))
     linears = [m for m in head.mlp if isinstance(m, nn.Linear)]
     assert [(m.in_features, m.out_features) for m in linears] == [(d, hidden)] + [(hidden, hidden)] * (depth - 1) + [
         (hidden, d)
@@ -149,7 +149,7 @@ def test_preset_loss_is_ce_plus_weighted_terms():
 def test_create_head():
     assert isinstance(create_head("lp", 4, 2), LinearHead)
     assert isinstance(create_head("lp", 4, 2, depth=None), LinearHead)
-    mlp = create_head("nmtune", 4, 2, ratio=2, depth=2)
+    mlp = create_head("nmtune", 4, 2, width=2, depth=2)
     assert isinstance(mlp, ResidualMLPHead) and mlp.mlp[0].out_features == 8
     assert isinstance(create_head("mlp", 4, 2), ResidualMLPHead)
     assert isinstance(create_head("lp_adamw", 4, 2), LinearHead)
@@ -192,7 +192,7 @@ def test_batch_key_groups_what_can_share_a_computation():
     # MLP and NMTune are one module with or without regularisers: lr, weight decay and the loss
     # weights may differ inside a batch, the architecture and schedule may not.
     assert mlp.batch_key() == resolve_hparams("nmtune", lr=3e-3, lam=0.1, weight_decay=0.0).batch_key()
-    for other in ({"depth": 2}, {"epochs": 5}, {"batch_size": 32}, {"epoch_selection": "last"}, {"ratio": 2}):
+    for other in ({"depth": 2}, {"epochs": 5}, {"batch_size": 32}, {"epoch_selection": "last"}, {"width": 2}):
         assert mlp.batch_key() != resolve_hparams("mlp", **other).batch_key(), other
     assert resolve_hparams("lp").batch_key() != resolve_hparams("lp_adamw").batch_key()
     assert resolve_hparams("lp").batch_key() != resolve_hparams("lp", l2_steps=3).batch_key()
@@ -232,7 +232,7 @@ PINNED_FIT_KEYS = [
     ("lp_adamw", {}, "7a0016cc7b4df884", "b5e9c1421c9c6ddc"),
     ("lp_adamw", {"epochs": 10, "lr": 0.05}, "4e3aad77c64bcf19", "65b6856f34dd5f7c"),
     ("mlp", {}, "dbb84bf7ef87a6f0", "a57089781034722b"),
-    ("mlp", {"depth": 2, "ratio": 2, "lr": 3e-3, "epoch_selection": "last"}, "e2c346671f64078a", "7425e5aea85055bf"),
+    ("mlp", {"depth": 2, "width": 2, "lr": 3e-3, "epoch_selection": "last"}, "e2c346671f64078a", "7425e5aea85055bf"),
     ("nmtune", {}, "aa0dee8cf8a1a2e5", "84ecc50056004308"),
     ("nmtune", {"lam": 0.01, "depth": 1}, "3ff0426db225d540", "701c8fc9e7a0b0a8"),
     (
@@ -254,13 +254,32 @@ def test_fit_keys_are_those_of_the_closed_hparams_union(method, given, key, othe
     assert fit_key("pair-x", hp, 3, 0.1) == other_key
 
 
+def test_renamed_hyper_parameters_keep_their_fit_keys_and_old_names_are_refused_by_name():
+    """The MLP width multiplier was ``ratio`` (also the noise ratio's name): it is ``width`` now,
+    but fit keys and batch keys hash it as ``ratio`` so every stored fit keeps its key."""
+    from benchmark.hashing import config_hash
+    from benchmark.heads import resolve_hparams
+    from benchmark.heads.hparams import KEY_ALIASES, RENAMED
+    from benchmark.plan import fit_key
+
+    assert dict(KEY_ALIASES) == {"width": "ratio"} and dict(RENAMED) == {"ratio": "width"}
+    hp = resolve_hparams("mlp", width=2, depth=2)
+    assert hp.as_dict()["width"] == 2.0 and "ratio" not in hp.as_dict()
+    assert list(hp.key_dict()) == [KEY_ALIASES.get(k, k) for k in hp.as_dict()]
+    old = {k if k != "width" else "ratio": v for k, v in hp.as_dict().items()}
+    spelled = {"kind": "fit", "pair": "a", "method": "mlp", "hparams": old, "head_seed": 0, "fraction": 1.0}
+    assert fit_key("a", hp, 0, 1.0) == config_hash(spelled)
+    with pytest.raises(ConfigError, match="ratio was renamed width"):
+        resolve_hparams("mlp", ratio=2)
+
+
 def test_as_dict_and_batch_key_keep_their_exact_values_and_order():
     from benchmark.heads import resolve_hparams
 
     nm = resolve_hparams("nmtune", preset="paper", w_cov=0.5, svd_topk=3, batch_size=32)
     assert repr(list(nm.as_dict().items())) == (
         "[('epochs', 30), ('batch_size', 32), ('lr', 0.001), ('weight_decay', 0.0001), "
-        "('epoch_selection', 'best_val'), ('ratio', 4.0), ('depth', 1), ('preset', 'paper'), ('lam', 0.01), "
+        "('epoch_selection', 'best_val'), ('width', 4.0), ('depth', 1), ('preset', 'paper'), ('lam', 0.01), "
         "('w_mse', 1.0), ('w_cov', 0.5), ('w_svd', 1.0), ('svd_topk', 3)]"
     )
     assert repr(nm.batch_key()) == (
@@ -285,8 +304,8 @@ def test_hparams_read_like_the_old_union():
     from benchmark.heads import HParams, resolve_hparams
 
     mlp = resolve_hparams("mlp", depth=2)
-    assert (mlp.method, mlp.depth, mlp.ratio, mlp.lam, mlp.l2_steps, mlp.preset) == ("mlp", 2, 4.0, None, None, None)
-    assert mlp.arch() == {"ratio": 4.0, "depth": 2} and resolve_hparams("lp").arch() == {}
+    assert (mlp.method, mlp.depth, mlp.width, mlp.lam, mlp.l2_steps, mlp.preset) == ("mlp", 2, 4.0, None, None, None)
+    assert mlp.arch() == {"width": 4.0, "depth": 2} and resolve_hparams("lp").arch() == {}
     with pytest.raises(AttributeError, match="'lamda'"):
         _ = mlp.lamda
     with pytest.raises(AttributeError, match="frozen"):
@@ -304,8 +323,8 @@ def test_reporting_lookups_reproduce_the_old_spellings():
     from benchmark.heads import contenders, head_label, head_order, hparam_label, plot_style, probe_head, tiebreak_axes
     from benchmark.heads.registry import PER_MEMBER, TIEBREAK_AXES
 
-    assert TIEBREAK_AXES == ("lam", "depth", "ratio", "epochs", "lr", "weight_decay", "batch_size") == tiebreak_axes()
-    assert tiebreak_axes(["mlp", "lp"]) == ("depth", "ratio", "epochs", "lr", "weight_decay", "batch_size")
+    assert TIEBREAK_AXES == ("lam", "depth", "width", "epochs", "lr", "weight_decay", "batch_size") == tiebreak_axes()
+    assert tiebreak_axes(["mlp", "lp"]) == ("depth", "width", "epochs", "lr", "weight_decay", "batch_size")
     assert PER_MEMBER == {"lr", "weight_decay", "preset", "lam", "w_mse", "w_cov", "w_svd", "svd_topk"}
     # tracking/publish.py's `selected` labels and tracking/layout.py's fit names
     assert hparam_label("nmtune", {"lam": 0.01, "depth": 1}) == "λ0.01 d1"
@@ -338,5 +357,5 @@ def test_declarations_say_what_a_suite_may_sweep_and_what_a_batch_may_mix():
     assert nm.grid_axes == tuple(nm.defaults) and nm.sweepable("lam") and not nm.sweepable("l2_min")
     assert nm.per_member == {"lr", "weight_decay", "preset", "lam", "w_mse", "w_cov", "w_svd", "svd_topk"}
     assert get_head("mlp").per_member == {"lr", "weight_decay"} and get_head("lp").per_member == frozenset()
-    assert [p.name for p in nm.hparams if p.arch] == ["ratio", "depth"]
+    assert [p.name for p in nm.hparams if p.arch] == ["width", "depth"]
     assert nm.stacked_loss and nm.loss and not get_head("mlp").loss and get_head("lp").fitter

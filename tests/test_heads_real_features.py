@@ -247,7 +247,7 @@ def _quick_group(**over) -> list:
     ("backbone", "task", "over", "seeds"),
     [
         ("cnn-fmnist", "mnist-5k", {}, (0, 1)),  # the quick suite's own settings, two head seeds
-        ("mobilenet_v2", "animal-mnist", {"ratio": 0.25, "epochs": 4}, (0,)),  # 1280-d features, a cheaper head
+        ("mobilenet_v2", "animal-mnist", {"width": 0.25, "epochs": 4}, (0,)),  # 1280-d features, a cheaper head
     ],
 )
 def test_batched_fits_equal_fits_alone_on_real_features(payloads, one_thread, backbone, task, over, seeds):

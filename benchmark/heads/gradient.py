@@ -2,7 +2,7 @@
 
 Declared once here and listed by each head that ``probe.train`` / ``probe.batched`` train, with
 the head's own defaults (``gradient_hparams(lr=0.1, ...)``). Tie-break ranks: after the heads'
-own axes (NMTune's ``lam`` 0, the MLP's ``depth`` 1 and ``ratio`` 2) come ``epochs``, ``lr``,
+own axes (NMTune's ``lam`` 0, the MLP's ``depth`` 1 and ``width`` 2) come ``epochs``, ``lr``,
 ``weight_decay``, ``batch_size``; the smaller value is the simpler head.
 """
 

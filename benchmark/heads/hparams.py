@@ -10,7 +10,8 @@ along an axis the smaller value is the simpler head).
 ``HParams`` is what ``resolve_hparams`` returns: the method and its values, frozen. It is read
 by attribute (``hp.lr``); a hyper-parameter some registered head takes but this one does not
 reads as None, so code that reads ``hp.lam`` of an MLP keeps working. ``as_dict()`` (the non-None
-values in the head's declared order) is what fit keys hash and MLflow records.
+values in the head's declared order) is what MLflow records; ``key_dict()`` (the same values under
+the names keys were first computed with, ``KEY_ALIASES``) is what fit keys and batch keys hash.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
+from types import MappingProxyType
 from typing import Any
 
 from benchmark.errors import ConfigError
@@ -27,6 +29,16 @@ KINDS = ("int", "float", "bool", "choice", "str")
 #: Values are checked in phases (all integers, then all numbers, then the rest), so the first
 #: error a doubly wrong fit reports does not depend on the order a head lists its values in.
 _PHASE = {"int": 0, "float": 1}
+
+#: Hyper-parameters renamed after fit keys were first published: new name -> the name keys hash.
+#: Why: a fit key is the sha256 of the resolved values *with their names*; renaming a value
+#: (the MLP width multiplier was ``ratio``, which also meant the noise ratio) must not re-key,
+#: and so re-run, every stored fit. Only ``key_dict`` (fit keys, batch keys) reads this table;
+#: suites, MLflow params and reports use the new name (old suites' ``ratio`` is mapped on load,
+#: old MLflow params on read: ``tracking.store.OLD_PARAM_NAMES``).
+KEY_ALIASES: Mapping[str, str] = MappingProxyType({"width": "ratio"})
+#: The reverse: an old hyper-parameter name -> its name now (for messages and old suite files).
+RENAMED: Mapping[str, str] = MappingProxyType({old: new for new, old in KEY_ALIASES.items()})
 
 
 def as_int(name: str, val: Any, minimum: int) -> int:
@@ -187,6 +199,10 @@ class HParams(Mapping[str, Any]):
         """Non-None hyper-parameters (without ``method``), in the head's declared order."""
         return {k: v for k, v in self._values.items() if v is not None}
 
+    def key_dict(self) -> dict[str, Any]:
+        """``as_dict()`` under the names keys hash (``KEY_ALIASES``: ``width`` as ``ratio``), same order."""
+        return {KEY_ALIASES.get(k, k): v for k, v in self.as_dict().items()}
+
     def arch(self) -> dict[str, Any]:
         """The keywords that shape the module (the head's ``arch`` hyper-parameters), for the builder."""
         from benchmark.heads.registry import get_head
@@ -207,5 +223,5 @@ class HParams(Mapping[str, Any]):
 
         head = get_head(self.method)
         spec = head.hparam_specs
-        shared = tuple((k, v) for k, v in self.as_dict().items() if not spec[k].per_member)
+        shared = tuple((KEY_ALIASES.get(k, k), v) for k, v in self.as_dict().items() if not spec[k].per_member)
         return (head.fitter_id, head.builder_id, shared)

@@ -1,6 +1,7 @@
 """NMTune's residual MLP trained with cross-entropy only (``mlp``): the MLP baseline.
 
-``ratio`` (hidden width = ratio x feature width) and ``depth`` (hidden blocks) shape the module
+``width`` (hidden width = width x feature width; ``ratio`` before it was renamed, the name fit
+keys still hash: ``hparams.KEY_ALIASES``) and ``depth`` (hidden blocks) shape the module
 (``heads.modules.ResidualMLPHead``); NMTune declares the same two and adds its regularisers.
 """
 
@@ -10,8 +11,8 @@ from benchmark.heads.gradient import gradient_hparams
 from benchmark.heads.hparams import HParam
 from benchmark.heads.registry import HeadMethod, register_head
 
-RATIO = HParam(
-    "ratio",
+WIDTH = HParam(
+    "width",
     "float",
     4,
     "hidden width as a multiple of the feature width",
@@ -21,7 +22,7 @@ RATIO = HParam(
     label=None,
 )
 DEPTH = HParam("depth", "int", 1, "hidden Linear-BatchNorm-ReLU blocks", minimum=1, arch=True, tiebreak=1, label="d{}")
-RESIDUAL_MLP = (RATIO, DEPTH)
+RESIDUAL_MLP = (WIDTH, DEPTH)
 
 MLP = register_head(
     HeadMethod(

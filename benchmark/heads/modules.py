@@ -31,17 +31,17 @@ class LinearHead(nn.Module):
 class ResidualMLPHead(nn.Module):
     """NMTune's head: ``z = a * h(f) + f``, then a linear classifier on ``z``.
 
-    ``h`` = Linear(D, rD)-BatchNorm-ReLU, ``depth - 1`` more Linear(rD, rD)-BatchNorm-ReLU
-    blocks, then Linear(rD, D). ``a`` is a learnable per-dimension scale initialised to 1.0 (the
-    reference code). The residual keeps the pre-trained features reachable; the same head trained
-    with cross-entropy only is the "MLP" baseline.
+    ``h`` = Linear(D, wD)-BatchNorm-ReLU, ``depth - 1`` more Linear(wD, wD)-BatchNorm-ReLU
+    blocks, then Linear(wD, D) (``w`` = ``width``). ``a`` is a learnable per-dimension scale
+    initialised to 1.0 (the reference code). The residual keeps the pre-trained features
+    reachable; the same head trained with cross-entropy only is the "MLP" baseline.
     """
 
-    def __init__(self, dim: int, num_classes: int, ratio: float = 4, depth: int = 1) -> None:
+    def __init__(self, dim: int, num_classes: int, width: float = 4, depth: int = 1) -> None:
         super().__init__()
-        hidden = int(round(ratio * dim))
+        hidden = int(round(width * dim))
         if hidden < 1:
-            raise ConfigError(f"ratio={ratio} gives a hidden width of {hidden}; use ratio > 0 (default 4)")
+            raise ConfigError(f"width={width} gives a hidden width of {hidden}; use width > 0 (default 4)")
         if isinstance(depth, bool) or not isinstance(depth, int) or depth < 1:
             raise ConfigError(f"depth must be an int >= 1 (number of hidden blocks), got {depth!r}")
         layers: list[nn.Module] = [nn.Linear(dim, hidden), nn.BatchNorm1d(hidden), nn.ReLU()]
@@ -59,7 +59,7 @@ class ResidualMLPHead(nn.Module):
 
 def create_head(method: str, dim: int, num_classes: int, **arch: Any) -> nn.Module:
     """Build the registered head ``method``'s module; ``arch``: its architecture hyper-parameters
-    (those it declares with ``arch=True``, e.g. ``ratio`` and ``depth``).
+    (those it declares with ``arch=True``, e.g. ``width`` and ``depth``).
 
     Architecture keys the method does not take (e.g. ``depth`` for ``lp``) may be passed as
     None; anything else raises ``ConfigError``.

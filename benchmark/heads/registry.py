@@ -30,7 +30,7 @@ from typing import Any
 
 from benchmark.errors import ConfigError, UnknownNameError
 from benchmark.heads.gradient import EPOCH_SELECTIONS
-from benchmark.heads.hparams import HParam, HParams, as_float, as_int
+from benchmark.heads.hparams import KEY_ALIASES, RENAMED, HParam, HParams, as_float, as_int
 
 ENTRY_POINT_GROUP = "nmlbench.heads"
 #: The modules that declare the built-in heads (imported by ``benchmark.heads``).
@@ -88,6 +88,9 @@ class HeadMethod:
         names = [p.name for p in self.hparams]
         if len(set(names)) != len(names):
             raise ConfigError(f"head {self.name!r} declares a hyper-parameter twice: {', '.join(names)}")
+        clash = [f"{new} and {old}" for new, old in KEY_ALIASES.items() if new in names and old in names]
+        if clash:
+            raise ConfigError(f"head {self.name!r} declares {', '.join(clash)}: fit keys hash both under the old name")
         missing = [n for n in self.labelled if n not in names]
         if missing:
             raise ConfigError(f"head {self.name!r} labels {', '.join(missing)}, which it does not take")
@@ -334,7 +337,7 @@ _CANONICAL_ORDER: tuple[str, ...] = (
     "lr",
     "weight_decay",
     "epoch_selection",
-    "ratio",
+    "width",
     "depth",
     "preset",
     "lam",
@@ -430,6 +433,9 @@ def resolve_hparams(method: str, **given: Any) -> HParams:
     head = get_head(method)
     known = hparam_names()
     unknown = sorted(set(given) - set(known))
+    moved = [f"{k} was renamed {RENAMED[k]}" for k in unknown if k in RENAMED]
+    if moved:
+        raise ConfigError(f"{'; '.join(moved)} (method {method!r}); allowed: {', '.join(head.defaults)}")
     if unknown:
         raise ConfigError(
             f"unknown hyper-parameter(s) {', '.join(unknown)} for method {method!r}; "

@@ -138,9 +138,9 @@ def lbfgs(
     final_theta, final_value, final_grad = theta.clone(), value.clone(), grad.clone()
     trace = [[float(v)] for v in value]
     iterations = [0] * g_count
-    # State of the running members only; ``ids`` maps their rows to member numbers.
+    # State of the running members only (``l2_run``: their L2 strengths); ``ids`` maps their rows to member numbers.
     ids = torch.nonzero(grad.abs().amax(1) > tol).squeeze(1)
-    theta, value, grad, lam = theta[ids], value[ids], grad[ids], l2[ids]
+    theta, value, grad, l2_run = theta[ids], value[ids], grad[ids], l2[ids]
     s_mem = torch.zeros(len(ids), MEMORY, theta.shape[1], dtype=theta.dtype, device=theta.device)
     y_mem = torch.zeros_like(s_mem)
     rho = torch.zeros(len(ids), MEMORY, dtype=theta.dtype, device=theta.device)
@@ -180,7 +180,7 @@ def lbfgs(
             w = torch.nonzero(need).squeeze(1)
             everyone = w.numel() == need.numel()
             trial = theta + step.unsqueeze(1) * d if everyone else theta[w] + step[w].unsqueeze(1) * d[w]
-            f_t, g_t = problem.value_and_grad(trial.view(-1, *shape[1:]), lam if everyone else lam[w])
+            f_t, g_t = problem.value_and_grad(trial.view(-1, *shape[1:]), l2_run if everyone else l2_run[w])
             ok = torch.isfinite(f_t) & (f_t <= (value[w] + ARMIJO_C1 * step[w] * slope[w]))
             acc = w[ok]
             new_th[acc], new_f[acc], new_g[acc] = trial[ok], f_t[ok], g_t.reshape(len(w), -1)[ok]
@@ -208,7 +208,7 @@ def lbfgs(
             fin = ids[done]
             final_theta[fin], final_value[fin], final_grad[fin] = theta[done], value[done], grad[done]
             keep = ~done
-            ids, theta, value, grad, lam = ids[keep], theta[keep], value[keep], grad[keep], lam[keep]
+            ids, theta, value, grad, l2_run = ids[keep], theta[keep], value[keep], grad[keep], l2_run[keep]
             s_mem, y_mem, rho, gamma, diag = s_mem[keep], y_mem[keep], rho[keep], gamma[keep], diag[keep]
     if ids.numel():  # members still running at max_iter
         final_theta[ids], final_value[ids], final_grad[ids] = theta, value, grad
