@@ -289,13 +289,13 @@ def build_tasks(suite: Suite) -> list[TaskPlan]:
 
 # -- heads -----------------------------------------------------------------------------------------
 def head_grid(suite: Suite) -> list[HParams]:
-    """Resolved hyper-parameters of every head configuration: methods x the grid axes each takes."""
+    """Resolved hyper-parameters of every head configuration: heads x the grid axes each takes."""
     ds = suite.downstream
     out: list[HParams] = []
-    for method in ds.methods:
-        fixed, axes = ds.fixed_hparams(method), ds.axes(method)
+    for head in ds.heads:
+        fixed, axes = ds.fixed_hparams(head), ds.axes(head)
         for values in itertools.product(*axes.values()):
-            out.append(resolve_hparams(method, **{**fixed, **dict(zip(axes, values))}))
+            out.append(resolve_hparams(head, **{**fixed, **dict(zip(axes, values))}))
     return out
 
 
@@ -335,7 +335,7 @@ def _pair(suite: Suite, b: BackbonePlan, t: TaskPlan, grid: Sequence[HParams]) -
             "backbone_id": b.key,
             "task": t.name,
             "task_kind": t.kind,
-            "method": hp.method,
+            "head": hp.method,
             **hp.as_dict(),
             "head_seed": int(seed),
             "fraction": float(frac),

@@ -46,7 +46,7 @@ def synthetic_runs() -> pd.DataFrame:
             {
                 "backbone": "net",
                 "noise_ratio": noise,
-                "method": method,
+                "head": method,
                 "task": task,
                 "task_kind": "ood" if task in OOD_TASKS else "id",
                 "pretrain_seed": ps,
@@ -64,7 +64,7 @@ def synthetic_runs() -> pd.DataFrame:
             }
         )
     df = pd.DataFrame(rows)
-    trap = (df.noise_ratio == 0.0) & (df.method == "nmtune") & (df.task == "a") & (df.pretrain_seed == 0)
+    trap = (df.noise_ratio == 0.0) & (df["head"] == "nmtune") & (df.task == "a") & (df.pretrain_seed == 0)
     # Best test accuracy, worst validation: must never be chosen.
     df.loc[trap & (df["lam"] == 0.1) & (df.depth == 2), ["val_accuracy", "test_accuracy"]] = [0.10, 0.99]
     # A validation tie between (0.01, 2) and (0.1, 1): the smaller lambda wins.
@@ -210,7 +210,7 @@ def pipeline_suite(root: Path) -> dict:
         "downstream": {
             "id": ["imagenet"],
             "ood": ["imagenet-variants"],
-            "methods": ["lp", "mlp", "nmtune"],
+            "heads": ["lp", "mlp", "nmtune"],
             "grid": {"lam": [0.01, 0.1]},
             "seeds": [0, 1],
             "fractions": [PIPELINE_FEW_SHOT, 1.0],
@@ -316,7 +316,7 @@ def python2_pickle(d: dict[str, object]) -> bytes:
 FIT_PARAMS = [
     "backbone",
     "noise_ratio",
-    "method",
+    "head",
     "task",
     "task_kind",
     "pretrain_seed",

@@ -107,7 +107,7 @@ def test_validate_and_plan_list_the_code_a_suite_imports(tmp_path: Path) -> None
             "name": "bbx",
             "work_dir": str(tmp_path / "work"),
             "backbones": [{"family": "blackbox", "target": "my_lab.embed:encode", "version": "1", "name": "lab model"}],
-            "downstream": {"id": ["sklearn-digits"], "ood": [], "methods": ["lp"], "seeds": [0]},
+            "downstream": {"id": ["sklearn-digits"], "ood": [], "heads": ["lp"], "seeds": [0]},
         },
     )
     listing = "  my_lab.embed  (backbone 'lab model': blackbox target my_lab.embed:encode)"

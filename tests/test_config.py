@@ -94,7 +94,7 @@ def test_schema_errors_name_path_value_and_allowed(tmp_path):
                 "lrr": 1,
             }
         ],
-        "downstream": {"id": ["mnist-5k"], "methods": ["lp", "svm"], "fractions": [0.0], "lambdas": [0.1]},
+        "downstream": {"id": ["mnist-5k"], "heads": ["lp", "svm"], "fractions": [0.0], "lambdas": [0.1]},
         "selection": {"split": "oracle", "val_fraction": 0.7},
     }
     msg = problems(write(tmp_path, bad))
@@ -103,9 +103,9 @@ def test_schema_errors_name_path_value_and_allowed(tmp_path):
         "pretrain[0].epochs = 0: must be >= 1",
         "pretrain[0]: unknown key 'lrr' (allowed: name, objective, corpus, arch, model_kwargs, noise, seeds,",
         "<top level>: unknown key 'colour' (allowed: name, work_dir, data_root, pretrain, backbones, downstream,",
-        "downstream.methods = ['lp', 'svm']: unknown head method(s) 'svm' (registered heads: lp, lp_adamw, mlp, nmtune)",  # noqa: E501
+        "downstream.heads = ['lp', 'svm']: unknown head(s) 'svm' (registered heads: lp, lp_adamw, mlp, nmtune)",
         "downstream.fractions[0] = 0.0: must be in (0, 1]",
-        "downstream: unknown key 'lambdas' (allowed: id, ood, methods, grid, hparams,",
+        "downstream: unknown key 'lambdas' (allowed: id, ood, heads, grid, hparams,",
         "it moved to downstream.grid: {lam: [...]}",
         "selection.split = 'oracle': only 'val' is allowed",
         "the test set is never used for selection",
@@ -115,23 +115,60 @@ def test_schema_errors_name_path_value_and_allowed(tmp_path):
     assert "(9 problems, schema)" in msg
 
 
+def test_old_suite_keys_still_load_under_their_new_names_with_a_notice(tmp_path, capsys):
+    """``downstream.methods`` is ``heads`` now and the MLP's ``ratio`` is ``width``: a suite file
+    written before the rename loads to the same suite and prints where each old key went."""
+    old = {
+        **MINIMAL,
+        "downstream": {
+            "id": ["mnist-5k"],
+            "methods": ["lp", "mlp"],
+            "grid": {"ratio": [2, 4]},
+            "hparams": {"mlp": {"depth": 2}},
+        },
+    }
+    new = {
+        **MINIMAL,
+        "downstream": {
+            "id": ["mnist-5k"],
+            "heads": ["lp", "mlp"],
+            "grid": {"width": [2, 4]},
+            "hparams": {"mlp": {"depth": 2}},
+        },
+    }
+    suite = load_suite(write(tmp_path, old))
+    err = capsys.readouterr().err
+    assert (
+        "downstream.methods is now downstream.heads" in err
+        and "downstream.grid.ratio is now downstream.grid.width" in err
+    )
+    assert suite.downstream == load_suite(write(tmp_path, new)).downstream
+    assert capsys.readouterr().err == ""  # the new names: no notice
+    assert suite.downstream.heads == ["lp", "mlp"] and suite.downstream.axes("mlp") == {"width": [2, 4]}
+    nested = {**MINIMAL, "downstream": {"id": ["mnist-5k"], "heads": ["mlp"], "hparams": {"mlp": {"ratio": 2}}}}
+    assert load_suite(write(tmp_path, nested)).downstream.fixed_hparams("mlp") == {"width": 2}
+    assert "downstream.hparams.mlp.ratio is now downstream.hparams.mlp.width" in capsys.readouterr().err
+    both = {**MINIMAL, "downstream": {"id": ["mnist-5k"], "heads": ["lp"], "methods": ["lp"]}}
+    assert "both 'methods' and 'heads' are given" in problems(write(tmp_path, both))
+
+
 def test_head_grid_errors_name_axis_value_and_method(tmp_path):
     grid = {"lam": [0.1, -1], "depth": [0], "colour": [1]}
     bad = {
         **MINIMAL,
         "downstream": {
             "id": ["mnist-5k"],
-            "methods": ["lp", "mlp"],
+            "heads": ["lp", "mlp"],
             "grid": grid,
             "hparams": {"preset": "paper", "batch_size": 1, "nmtune": {"lam": 2}},
         },
     }
     msg = problems(write(tmp_path, bad))
     for expected in [
-        "downstream.grid.lam: no listed method takes it (it applies to nmtune; methods: lp, mlp)",
+        "downstream.grid.lam: no listed head takes it (it applies to nmtune; heads: lp, mlp)",
         "downstream.grid.colour: unknown hyper-parameter (known: epochs, batch_size, lr,",
-        "downstream.hparams.preset: no listed method takes it (it applies to nmtune;",
-        "downstream.hparams.nmtune: method 'nmtune' is not in methods (lp, mlp)",
+        "downstream.hparams.preset: no listed head takes it (it applies to nmtune;",
+        "downstream.hparams.nmtune: head 'nmtune' is not in heads (lp, mlp)",
         "downstream.hparams (mlp): batch_size must be >= 2, got 1",
     ]:
         assert expected in msg, (expected, msg)

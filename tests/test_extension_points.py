@@ -53,7 +53,7 @@ def test_outside_head_noise_kind_and_metric_run_through_a_suite(plugin_env, tmp_
         ],
         "downstream": {
             "id": ["sklearn-digits"],
-            "methods": ["lp", "cosine"],
+            "heads": ["lp", "cosine"],
             "max_train": 400,
             "hparams": {"epochs": 5, "batch_size": 64},
         },
@@ -93,7 +93,7 @@ def test_outside_head_noise_kind_and_metric_run_through_a_suite(plugin_env, tmp_
     uri = f"sqlite:///{tmp_path / 'work' / 'mlflow.db'}"
     reader = TrackingReader(uri, "extension-points")
     fits = reader.suite_fits("extension-points")
-    assert len(fits) > 0 and set(fits["method"]) == {"lp", "cosine"}
+    assert len(fits) > 0 and set(fits["head"]) == {"lp", "cosine"}
     bal = fits["test_balanced_accuracy"].astype(float)
     acc = fits["test_accuracy"].astype(float)
     assert bal.notna().all() and ((bal > 0.1) & (bal <= 1.0)).all()

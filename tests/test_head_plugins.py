@@ -136,7 +136,7 @@ def test_a_suite_names_the_plugin_head_and_sweeps_its_values(plugin_site: Path) 
             "backbones": [{"family": "timm", "arch": "resnet18"}],
             "downstream": {
                 "id": ["sklearn-digits"],
-                "methods": ["lp", "cosine"],
+                "heads": ["lp", "cosine"],
                 "grid": {"label_smoothing": [0.0, 0.1]},
                 "hparams": {"epochs": 2},
             },
@@ -196,7 +196,7 @@ def test_plugin_head_fits_through_fit_many_like_a_plain_torch_loop(plugin_site: 
     for req, rec in zip(requests, recs, strict=True):
         assert "error" not in rec, rec.get("traceback")
         head, losses, accs = _plain_cosine_loop(data, req.hparams, req.seed)
-        assert rec["method"] == "cosine" and rec["hparams"] == req.hparams.as_dict()
+        assert rec["head"] == "cosine" and rec["hparams"] == req.hparams.as_dict()
         assert rec["curves"] == {"train_loss": losses, "val_accuracy": accs}  # bit for bit
         with torch.no_grad():
             tx, ty = data.eval_sets["test"]

@@ -129,7 +129,7 @@ def outage_suite(tmp: Path, name: str) -> Path:
         "downstream": {
             "id": ["sklearn-digits"],
             "ood": [],
-            "methods": ["lp", "mlp", "nmtune"],
+            "heads": ["lp", "mlp", "nmtune"],
             "grid": {"lam": [0.01, 0.1], "depth": [1]},
             "seeds": [0, 1],
             "fractions": [1.0],
@@ -206,6 +206,6 @@ def test_a_cli_sweep_goes_on_while_the_server_restarts_and_every_fit_lands_once(
         assert set(keys) == {e["key"] for e in Journal(journal).read() if e["kind"] == "fit"}
         board = TrackingReader(server.url, "restart").leaderboard_frame("restart")
         # units: 2 head seeds (frozen backbone); the deterministic LP's two equal fits count once
-        assert list(board.method) == ["lp", "mlp", "nmtune"] and board.n.tolist() == [1, 2, 2]
+        assert list(board["head"]) == ["lp", "mlp", "nmtune"] and board.n.tolist() == [1, 2, 2]
     finally:
         server.stop()

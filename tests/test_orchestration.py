@@ -37,7 +37,7 @@ def _tiny_suite(tmp: Path, name: str, *, pretrain: bool, fits_per_trial: int = 4
         "downstream": {
             "id": ["sklearn-digits"],
             "ood": ["digits-from-fonts"],
-            "methods": ["lp", "mlp", "nmtune"],
+            "heads": ["lp", "mlp", "nmtune"],
             "grid": {"lam": [0.01, 0.1], "depth": [1]},
             "seeds": [0, 1],
             "fractions": [1.0],

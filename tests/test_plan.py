@@ -127,7 +127,7 @@ def test_few_shot_fractions_take_the_documented_rows_per_class(tmp_path):
         "name": "fs",
         "work_dir": str(tmp_path),
         "backbones": [{"family": "timm", "arch": "test_resnet", "image_size": 28, "seed": 0}],
-        "downstream": {"id": ["sklearn-digits"], "methods": ["lp"], "seeds": [0, 1], "fractions": [0.1, 0.5, 1.0]},
+        "downstream": {"id": ["sklearn-digits"], "heads": ["lp"], "seeds": [0, 1], "fractions": [0.1, 0.5, 1.0]},
     }
     plan = make_plan(validate_suite(data))
     [task] = plan.tasks
@@ -162,7 +162,7 @@ def test_fit_key_depends_on_everything_that_changes_the_result():
 
 def _spec(pair: str, seed: int) -> FitSpec:
     hp = resolve_hparams("lp")
-    return FitSpec(fit_key(pair, hp, seed, 1.0), pair, hp, seed, 1.0, None, {"method": "lp"})
+    return FitSpec(fit_key(pair, hp, seed, 1.0), pair, hp, seed, 1.0, None, {"head": "lp"})
 
 
 def test_plan_trials_batches_per_pair():
@@ -273,7 +273,7 @@ def test_checkpoint_epochs_make_one_backbone_per_epoch_from_one_run(tmp_path):
         "epochs": 4,
         "train_subset": 100,
     }
-    base = {"name": "ce", "work_dir": str(tmp_path), "downstream": {"id": ["sklearn-digits"], "methods": ["lp"]}}
+    base = {"name": "ce", "work_dir": str(tmp_path), "downstream": {"id": ["sklearn-digits"], "heads": ["lp"]}}
     plain = make_plan(validate_suite({**base, "pretrain": [block]}))
     plan = make_plan(validate_suite({**base, "pretrain": [{**block, "checkpoint_epochs": [4, 2]}]}))
     assert len(plan.pretrain) == 4 and len(plan.backbones) == 8

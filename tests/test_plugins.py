@@ -102,7 +102,7 @@ def test_installed_plugin_is_used_by_a_suite_through_the_cli(plugin_site: Path, 
         "name": "plugin-suite",
         "work_dir": str(tmp_path / "work"),
         "backbones": [{"family": "toy", "name": "toy-proj", "dim": 32, "image_size": 8, "seed": 1}],
-        "downstream": {"id": ["sklearn-digits"], "methods": ["lp"], "max_train": 400},
+        "downstream": {"id": ["sklearn-digits"], "heads": ["lp"], "max_train": 400},
     }
     path = tmp_path / "plugin-suite.yaml"
     path.write_text(yaml.safe_dump(suite))

@@ -34,7 +34,7 @@ def reduced_rehearsal(work: Path) -> dict:
     suite["downstream"].update(
         id=["cifar10", "dtd"],
         ood=["imagenet-variants"],
-        methods=["lp", "mlp", "nmtune"],
+        heads=["lp", "mlp", "nmtune"],
         grid={"lam": [0.1], "depth": [1]},
         hparams={"preset": "paper", "epochs": 5, "batch_size": 32},
     )
@@ -85,7 +85,7 @@ def test_reduced_paper_rehearsal_trains_records_and_fits(tmp_path: Path) -> None
     for d in dones:
         m = d["metrics"]
         assert [e["epoch"] for e in m] == [0, 1]
-        assert all(e["world_size"] == 2 and e["input"] == "stream" for e in m)
+        assert all(e["workers"] == 2 and e["input"] == "stream" for e in m)
         assert all(np.isfinite(e["loss"]) for e in m)
     sup, clip = by_objective["supervised"], by_objective["clip"]
     # The miniature ImageNet has 10 classes x 6 images: 30 % of each class's labels flipped.

@@ -52,7 +52,7 @@ def _tiny_suite(tmp: Path, name: str) -> Path:
         "downstream": {
             "id": ["sklearn-digits"],
             "ood": [],
-            "methods": ["lp", "mlp"],
+            "heads": ["lp", "mlp"],
             "seeds": [0],
             "fractions": [1.0],
             "max_train": 200,
@@ -177,7 +177,7 @@ def test_the_readme_commands_run_a_suite_from_a_shell_without_the_venv(local_hea
     from benchmark.tracking import TrackingReader
 
     board = TrackingReader(uri, "readme").leaderboard_frame("readme")
-    assert list(board.method) == ["lp", "mlp"] and (board.n == 1).all()
+    assert list(board["head"]) == ["lp", "mlp"] and (board.n == 1).all()
 
 
 def test_a_head_without_the_project_python_is_reported_before_submitting(bare_head, tmp_path):

@@ -17,6 +17,7 @@ import yaml
 from pydantic import ValidationError
 
 from benchmark.config.messages import describe, raise_problems
+from benchmark.config.renames import apply_renames
 from benchmark.config.schema import Suite
 from benchmark.errors import ConfigError, DatasetUnavailable, UnknownNameError
 
@@ -59,6 +60,8 @@ def _check_names(suite: Suite) -> list[str]:
 def validate_suite(data: Any, source: str | Path = "<suite>", *, check_names: bool = True) -> Suite:
     """Schema and name checks of a parsed suite; raise one ``ConfigError`` listing every problem.
 
+    Keys renamed since older suite files were written are mapped first (``config.renames``).
+
     ``check_names=False`` skips the registry lookups (for tools that only need the structure).
     """
     source = str(source)
@@ -72,6 +75,10 @@ def validate_suite(data: Any, source: str | Path = "<suite>", *, check_names: bo
             ],
             "schema",
         )
+    try:
+        data = apply_renames(data, source)
+    except ConfigError as e:
+        raise_problems(source, [str(e)], "schema")
     try:
         suite = Suite.model_validate(dict(data))
     except ValidationError as e:

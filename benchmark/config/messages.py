@@ -36,7 +36,7 @@ MOVED_KEYS = {
     "preset": "hparams: {preset: ...}",
     "epochs": "hparams: {epochs: ...} (or grid: {epochs: [...]})",
     "batch_size": "hparams: {batch_size: ...}",
-    "lr": "hparams: {lr: ...} or, for one method, hparams: {lp: {lr: ...}}",
+    "lr": "hparams: {lr: ...} or, for one head, hparams: {lp: {lr: ...}}",
 }
 
 

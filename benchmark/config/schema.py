@@ -6,8 +6,8 @@ rule, where results are tracked and where Ray runs. Every section rejects unknow
 (``extra="forbid"``), so a typo is an error, not a default. Each default lives here, once.
 
 Head grids are checked against the head registry (``benchmark.heads``): a ``grid`` axis or a
-fixed ``hparams`` entry must be a hyper-parameter some listed method takes, and every value must
-resolve for every method that takes it. ``benchmark.config.messages`` turns pydantic's errors
+fixed ``hparams`` entry must be a hyper-parameter some listed head takes, and every value must
+resolve for every head that takes it. ``benchmark.config.messages`` turns pydantic's errors
 into lines that name the key path, the bad value and what is allowed; ``benchmark.config.load``
 reads files and checks names against the data and backbone registries.
 """
@@ -232,11 +232,11 @@ class FrozenBackbone(_Model):
 
 
 # -- downstream --------------------------------------------------------------------------------
-def _known_methods(values: list[str]) -> list[str]:
+def _known_heads(values: list[str]) -> list[str]:
     unknown = [m for m in values if m not in head_names()]
     if unknown:
         raise ValueError(
-            f"unknown head method(s) {', '.join(map(repr, unknown))} (registered heads: {', '.join(head_names())})"
+            f"unknown head(s) {', '.join(map(repr, unknown))} (registered heads: {', '.join(head_names())})"
         )
     return values
 
@@ -245,15 +245,16 @@ class Downstream(_Model):
     """Tasks, heads and their hyper-parameters.
 
     ``grid`` maps a hyper-parameter name to the values swept (chosen per task and seed on the
-    validation split); each axis applies to the methods that take it (``lam``: NMTune; ``depth``:
-    MLP and NMTune; ``epochs``: all). ``hparams`` fixes values for every method that takes them,
-    or, under a method's name, for that method alone (``hparams: {epochs: 15, lp: {lr: 0.1}}``).
-    Anything not given is the head registry's default.
+    validation split); each axis applies to the heads that take it (``lam``: NMTune; ``depth``:
+    MLP and NMTune; ``epochs``: all). ``hparams`` fixes values for every head that takes them,
+    or, under a head's name, for that head alone (``hparams: {epochs: 15, lp: {lr: 0.1}}``).
+    Anything not given is the head registry's default. ``heads`` was ``methods`` and ``width``
+    was ``ratio`` in older suite files; those still load (``config.renames``).
     """
 
     id: Annotated[list[str], UniqueList] = Field(default_factory=list)
     ood: Annotated[list[str], UniqueList] = Field(default_factory=list)
-    methods: Annotated[list[str], NonEmpty, UniqueList, AfterValidator(_known_methods)] = Field(
+    heads: Annotated[list[str], NonEmpty, UniqueList, AfterValidator(_known_heads)] = Field(
         default_factory=lambda: list(default_methods())
     )
     grid: dict[str, Annotated[list[Any], NonEmpty, UniqueList]] = Field(default_factory=dict)
@@ -272,16 +273,16 @@ class Downstream(_Model):
             raise SectionProblems(problems)
         return self
 
-    def fixed_hparams(self, method: str) -> dict[str, Any]:
-        """The fixed values ``method`` takes: shared entries, then its own section over them."""
-        head = get_head(method)
+    def fixed_hparams(self, name: str) -> dict[str, Any]:
+        """The fixed values head ``name`` takes: shared entries, then its own section over them."""
+        head = get_head(name)
         shared = {k: v for k, v in self.hparams.items() if k not in head_names() and head.takes(k)}
-        own = self.hparams.get(method) or {}
+        own = self.hparams.get(name) or {}
         return {**shared, **own}
 
-    def axes(self, method: str) -> dict[str, list[Any]]:
-        """The grid axes ``method`` sweeps (in the order the suite lists them)."""
-        head = get_head(method)
+    def axes(self, name: str) -> dict[str, list[Any]]:
+        """The grid axes head ``name`` sweeps (in the order the suite lists them)."""
+        head = get_head(name)
         return {k: list(v) for k, v in self.grid.items() if head.takes(k)}
 
     def _axis_problems(self) -> list[str]:
@@ -290,10 +291,10 @@ class Downstream(_Model):
             for k in keys:
                 if k not in HPARAM_NAMES:
                     out.append(f"{where}.{k}: unknown hyper-parameter (known: {', '.join(HPARAM_NAMES)})")
-                elif not any(get_head(m).takes(k) for m in self.methods):
+                elif not any(get_head(m).takes(k) for m in self.heads):
                     out.append(
-                        f"{where}.{k}: no listed method takes it (it applies to "
-                        f"{', '.join(methods_taking(k)) or 'none'}; methods: {', '.join(self.methods)})"
+                        f"{where}.{k}: no listed head takes it (it applies to "
+                        f"{', '.join(methods_taking(k)) or 'none'}; heads: {', '.join(self.heads)})"
                     )
         for k in sorted(set(self.grid) & set(self.hparams)):
             out.append(f"{k}: given both in grid and in hparams; keep one")
@@ -301,14 +302,14 @@ class Downstream(_Model):
             section = self.hparams[m]
             if not isinstance(section, dict):
                 out.append(f"hparams.{m} = {section!r}: must be a mapping of {m}'s hyper-parameters")
-            elif m not in self.methods:
-                out.append(f"hparams.{m}: method {m!r} is not in methods ({', '.join(self.methods)})")
+            elif m not in self.heads:
+                out.append(f"hparams.{m}: head {m!r} is not in heads ({', '.join(self.heads)})")
         return out
 
     def _value_problems(self) -> list[str]:
-        """Resolve every method with its fixed values and each grid value alone: bad values fail here."""
+        """Resolve every head with its fixed values and each grid value alone: bad values fail here."""
         out: list[str] = []
-        for m in self.methods:
+        for m in self.heads:
             fixed = self.fixed_hparams(m) if isinstance(self.hparams.get(m, {}), dict) else {}
             try:
                 resolve_hparams(m, **fixed)
