@@ -173,7 +173,7 @@ def _full_data(rep: pd.DataFrame) -> pd.DataFrame:
 
 def _per_pretrain_seed(rep: pd.DataFrame) -> pd.DataFrame:
     """Average head seeds (and fractions = 1 only) so that rows are pre-training replicates."""
-    keys = ["backbone", "noise_ratio", "method", "pretrain_seed"]
+    keys = ["backbone", "noise_ratio", "head", "pretrain_seed"]
     return _full_data(rep).groupby(keys, dropna=False).mean(numeric_only=True).reset_index()
 
 
@@ -198,26 +198,23 @@ def _finding(backbone: str, what: str, e: Estimate, direction: str, **extra) -> 
 
 
 def head_units(rep: pd.DataFrame) -> pd.DataFrame:
-    """Claim 4's units, one row per (backbone family, unit, method): a pre-trained family's unit is
+    """Claim 4's units, one row per (backbone family, unit, head): a pre-trained family's unit is
     a pre-training (noise ratio, pre-training seed), head seeds averaged; a frozen family's unit
-    is the head seed. Columns ``backbone``, ``unit``, ``method``, ``id_acc``, ``ood_acc``."""
+    is the head seed. Columns ``backbone``, ``unit``, ``head``, ``id_acc``, ``ood_acc``."""
     rep = _full_data(rep)
     frozen = rep["noise_ratio"].isna()
     pre = (
         rep[~frozen]
-        .groupby(["backbone", "noise_ratio", "pretrain_seed", "method"], dropna=False)[["id_acc", "ood_acc"]]
+        .groupby(["backbone", "noise_ratio", "pretrain_seed", "head"], dropna=False)[["id_acc", "ood_acc"]]
         .mean()
         .reset_index()
     )
     pre["unit"] = [f"r{r:g} p{p}" for r, p in zip(pre["noise_ratio"], pre["pretrain_seed"])]
     fro = (
-        rep[frozen]
-        .groupby(["backbone", "head_seed", "method"], dropna=False)[["id_acc", "ood_acc"]]
-        .mean()
-        .reset_index()
+        rep[frozen].groupby(["backbone", "head_seed", "head"], dropna=False)[["id_acc", "ood_acc"]].mean().reset_index()
     )
     fro["unit"] = [f"s{s}" for s in fro["head_seed"]]
-    cols = ["backbone", "unit", "method", "id_acc", "ood_acc"]
+    cols = ["backbone", "unit", "head", "id_acc", "ood_acc"]
     return pd.concat([pre[cols], fro[cols]], ignore_index=True)
 
 
@@ -232,7 +229,7 @@ def analyse(runs: pd.DataFrame) -> dict[str, list[dict]]:
         ratios = sorted(part["noise_ratio"].unique())
         if len(ratios) < 2 or 0.0 not in ratios:
             continue
-        lp = part[part["method"] == probe_head()]  # the linear probe: the head claims 1-3 read
+        lp = part[part["head"] == probe_head()]  # the linear probe: the head claims 1-3 read
         for r in [r for r in ratios if 0 < r <= 0.1]:
             out["1"].append(
                 _finding(backbone, f"ID LP acc, {r:.0%} - 0 %", mean_ci(_paired(lp, "id_acc", r)), "positive")
@@ -268,7 +265,7 @@ def analyse(runs: pd.DataFrame) -> dict[str, list[dict]]:
 
 def _claim4(units: pd.DataFrame) -> list[dict]:
     """NMTune minus MLP / LP per family (paired by unit), then pooled over families."""
-    wide = units.pivot_table(index=["backbone", "unit"], columns="method", values=["id_acc", "ood_acc"], dropna=False)
+    wide = units.pivot_table(index=["backbone", "unit"], columns="head", values=["id_acc", "ood_acc"], dropna=False)
     found, pooled = [], []
     for metric in ("id_acc", "ood_acc"):
         for head, other in contenders():  # NMTune against the MLP, then against the LP

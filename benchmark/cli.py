@@ -114,7 +114,7 @@ def _print_leaderboard(
             f"(the published leaderboard summarises {reader.published_fits(suite)} fits, the store now holds "
             f"{len(fits)}; {again} refreshes it)"
         )
-    keys = [c for c in ("backbone", "noise_ratio", "method", "fraction") if c in board.columns]
+    keys = [c for c in ("backbone", "noise_ratio", "head", "fraction") if c in board.columns]
     typer.echo(render(board[keys + list(columns())], fmt.value))
     if note:
         typer.echo(note, err=True)
@@ -235,7 +235,7 @@ def leaderboard(
     tracking_uri: Annotated[str | None, typer.Option(help="MLflow tracking URI")] = None,
     work_dir: Annotated[str | None, typer.Option()] = None,
 ) -> None:
-    """Rows backbone x noise ratio x method (hyper-parameters picked on validation), mean ± 95 % CI over seeds.
+    """Rows backbone x noise ratio x head (hyper-parameters picked on validation), mean ± 95 % CI over seeds.
 
     Reads the suite's leaderboard runs from MLflow; writes nothing.
     """

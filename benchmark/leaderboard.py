@@ -1,8 +1,8 @@
-"""Fit runs -> one row per (backbone, noise ratio, method): selection on validation, then means.
+"""Fit runs -> one row per (backbone, noise ratio, head): selection on validation, then means.
 
 The rule, in order:
 
-1. **Selection.** For every (backbone, noise_ratio, method, task, pretrain_seed, head_seed,
+1. **Selection.** For every (backbone, noise_ratio, head, task, pretrain_seed, head_seed,
    fraction) the head hyper-parameters (the suite's grid axes: ``lam``, ``depth`` ...) with the
    best ``val_accuracy`` win; ties go to the simpler head: the smaller value of each axis in the
    head registry's order (``TIEBREAK_AXES``: ``lam``, then ``depth``, ...). The test
@@ -46,7 +46,7 @@ from benchmark.errors import ConfigError
 from benchmark.heads import head_label, head_order, hparam_label, tiebreak_axes
 from benchmark.metrics import BoardColumn, board_columns, board_metric_columns
 
-DEFAULT_GROUP = ("backbone", "noise_ratio", "method")
+DEFAULT_GROUP = ("backbone", "noise_ratio", "head")
 REPLICATE = ("pretrain_seed", "head_seed")
 
 #: Each head's mean rank over the (backbone, noise ratio) cells and its bootstrap interval.
@@ -216,11 +216,11 @@ def leaderboard(df: pd.DataFrame, *, group: Sequence[str] = DEFAULT_GROUP, confi
     result = result.reindex(columns=[*out_keys, *all_columns])
     for col in ("n", "n_pretrain", "n_head", "flagged"):
         result[col] = result[col].astype(int)
-    if "method" in group:
+    if "head" in group:
         full = units[units["fraction"] == units["fraction"].max()] if several_fractions else units
-        ranks = mean_ranks(full, [k for k in group if k != "method"])
+        ranks = mean_ranks(full, [k for k in group if k != "head"])
         for col in RANK_COLUMNS:
-            result[col] = result["method"].map(ranks[col]) if len(ranks) else math.nan
+            result[col] = result["head"].map(ranks[col]) if len(ranks) else math.nan
     return _sorted(result, out_keys)
 
 
@@ -241,8 +241,8 @@ def _nan_free(keys: tuple) -> tuple:
 
 def _sorted(df: pd.DataFrame, keys: Sequence[str]) -> pd.DataFrame:
     order = [k for k in keys]
-    tmp = df.assign(**({"_m": df["method"].map(head_order)} if "method" in df else {}))
-    by = [("_m" if k == "method" else k) for k in order]
+    tmp = df.assign(**({"_m": df["head"].map(head_order)} if "head" in df else {}))
+    by = [("_m" if k == "head" else k) for k in order]
     tmp = tmp.sort_values(by, kind="stable", na_position="last")
     return tmp.drop(columns=[c for c in ("_m",) if c in tmp]).reset_index(drop=True)
 
@@ -262,12 +262,12 @@ def leaderboard_rows(fits: pd.DataFrame, *, board: pd.DataFrame | None = None) -
             fits=pd.Series(dtype=int),
             tasks=pd.Series(dtype=object),
         )
-    keys = [c for c in ("backbone", "noise_ratio", "method", "fraction") if c in lb.columns]
+    keys = [c for c in ("backbone", "noise_ratio", "head", "fraction") if c in lb.columns]
     chosen = selected_fits(fits)
     summary = []
     for ident, part in chosen.groupby(keys, dropna=False, sort=False):
         ident = ident if isinstance(ident, tuple) else (ident,)
-        counts = Counter(hparam_label(r["method"], r, "no grid") for r in part.to_dict("records"))
+        counts = Counter(hparam_label(r["head"], r, "no grid") for r in part.to_dict("records"))
         summary.append(
             {
                 **dict(zip(keys, ident)),
@@ -328,7 +328,7 @@ def _display(df: pd.DataFrame) -> tuple[list[str], list[list[str]]]:
     headers = []
     for k in keys:
         headers.append(
-            {"backbone": "Backbone", "noise_ratio": "Noise", "method": "Method", "fraction": "Fraction"}.get(k, k)
+            {"backbone": "Backbone", "noise_ratio": "Noise", "head": "Head", "fraction": "Fraction"}.get(k, k)
         )
     headers += [*metric_headers(df), "n (units)"]
     rows = []
@@ -336,7 +336,7 @@ def _display(df: pd.DataFrame) -> tuple[list[str], list[list[str]]]:
         row = []
         for k in keys:
             v = r[k]
-            if k == "method":
+            if k == "head":
                 flagged = int(r["flagged"]) if "flagged" in r and pd.notna(r["flagged"]) else 0
                 row.append(head_label(v) + (f" {FLAG}{flagged}" if flagged else ""))
             elif k in ("noise_ratio", "fraction"):
@@ -370,9 +370,9 @@ def render_notes(df: pd.DataFrame) -> list[str]:
 
 def rank_rows(df: pd.DataFrame) -> tuple[list[str], list[list[str]]]:
     """One row per head: mean rank over cells with its bootstrap interval."""
-    ranks = df.dropna(subset=["id_rank"]).drop_duplicates("method") if "id_rank" in df.columns else df.iloc[:0]
-    ranks = ranks.assign(_m=ranks["method"].map(head_order)).sort_values("_m", kind="stable") if len(ranks) else ranks
-    headers = ["Method", "ID rank [95 % bootstrap]", "OOD rank [95 % bootstrap]", "cells"]
+    ranks = df.dropna(subset=["id_rank"]).drop_duplicates("head") if "id_rank" in df.columns else df.iloc[:0]
+    ranks = ranks.assign(_m=ranks["head"].map(head_order)).sort_values("_m", kind="stable") if len(ranks) else ranks
+    headers = ["Head", "ID rank [95 % bootstrap]", "OOD rank [95 % bootstrap]", "cells"]
     rows = []
     for _, r in ranks.iterrows():
 
@@ -381,7 +381,7 @@ def rank_rows(df: pd.DataFrame) -> tuple[list[str], list[list[str]]]:
                 return "–"
             return f"{r[f'{m}_rank']:.2f} [{r[f'{m}_rank_low']:.2f}, {r[f'{m}_rank_high']:.2f}]"
 
-        rows.append([head_label(r["method"]), cell("id"), cell("ood"), str(int(r["rank_cells"]))])
+        rows.append([head_label(r["head"]), cell("id"), cell("ood"), str(int(r["rank_cells"]))])
     return headers, rows
 
 

@@ -36,8 +36,8 @@ def seeds_label(p: Mapping[str, Any], head: bool = True) -> str:
 
 def fit_name(p: Mapping[str, Any]) -> str:
     """``nmtune λ0.01 d1 · mnist-5k · p0 s1``: head, task, pre-training seed p, head seed s."""
-    method = p.get("method", "fit")
-    head = " ".join(x for x in (str(method), hparam_label(method, p)) if x)
+    name = p.get("head", "fit")
+    head = " ".join(x for x in (str(name), hparam_label(name, p)) if x)
     parts = [head, str(p.get("task", "?"))]
     seeds = seeds_label(p)
     if seeds:

@@ -54,26 +54,26 @@ def mean_ranks(
     draws: int = BOOTSTRAP,
     seed: int = SEED,
 ) -> pd.DataFrame:
-    """Per method: ``<m>_rank``, ``<m>_rank_low``, ``<m>_rank_high`` (m = id, ood) and ``rank_cells``.
+    """Per head: ``<m>_rank``, ``<m>_rank_low``, ``<m>_rank_high`` (m = id, ood) and ``rank_cells``.
 
-    ``units`` is ``leaderboard.unit_table`` (columns ``cell``, ``method``, ``unit``, metrics);
-    ``cell`` names the columns of a cell (backbone, noise ratio). Empty frame without methods.
+    ``units`` is ``leaderboard.unit_table`` (columns ``cell``, ``head``, ``unit``, metrics);
+    ``cell`` names the columns of a cell (backbone, noise ratio). Empty frame without heads.
     """
-    methods = sorted(units["method"].dropna().unique())
-    if not methods:
+    heads = sorted(units["head"].dropna().unique())
+    if not heads:
         return pd.DataFrame()
-    out = pd.DataFrame(index=pd.Index(methods, name="method"))
+    out = pd.DataFrame(index=pd.Index(heads, name="head"))
     alpha = (1 - confidence) / 2
     cell = list(cell)
     for metric in metrics:
         rng = np.random.default_rng(seed)
-        obs_sum = np.zeros(len(methods))
-        boot_sum = np.zeros((draws, len(methods)))
-        count = np.zeros(len(methods))
+        obs_sum = np.zeros(len(heads))
+        boot_sum = np.zeros((draws, len(heads)))
+        count = np.zeros(len(heads))
         # one pivot for every cell (a pivot per cell costs more than the bootstrap)
         wide = units.pivot_table(
-            index=[*cell, "unit"], columns="method", values=metric, aggfunc="mean", dropna=False
-        ).reindex(columns=methods)
+            index=[*cell, "unit"], columns="head", values=metric, aggfunc="mean", dropna=False
+        ).reindex(columns=heads)
         values = wide.to_numpy(dtype=float)
         codes = wide.index.droplevel("unit").to_frame(index=False).groupby(cell, dropna=False, sort=True).ngroup()
         order = np.argsort(codes.to_numpy(), kind="stable")

@@ -62,8 +62,8 @@ def _full_data(lb: pd.DataFrame) -> pd.DataFrame:
     return lb
 
 
-def _methods(df: pd.DataFrame) -> list[str]:
-    return sorted(df["method"].dropna().unique(), key=head_order)
+def _heads(df: pd.DataFrame) -> list[str]:
+    return sorted(df["head"].dropna().unique(), key=head_order)
 
 
 def plot_accuracy_vs_noise(lb: pd.DataFrame, path: Path) -> Path:
@@ -78,13 +78,13 @@ def plot_accuracy_vs_noise(lb: pd.DataFrame, path: Path) -> Path:
         unknown = part["noise_ratio"].isna().all()
         for i, (col, label) in enumerate((("id_acc", "ID accuracy (%)"), ("ood_acc", "OOD accuracy (%)"))):
             ax = axes[i, j]
-            for method in _methods(part):
-                rows = part[part["method"] == method].sort_values("noise_ratio")
+            for head in _heads(part):
+                rows = part[part["head"] == head].sort_values("noise_ratio")
                 x = np.zeros(len(rows)) if unknown else rows["noise_ratio"].to_numpy(float) * 100
                 y = rows[col].to_numpy(float) * 100
                 err = np.nan_to_num(rows[f"{col}_ci"].to_numpy(float) * 100)
-                color, marker = plot_style(method)
-                ax.errorbar(x, y, yerr=err, color=color, marker=marker, capsize=3, label=head_label(method))
+                color, marker = plot_style(head)
+                ax.errorbar(x, y, yerr=err, color=color, marker=marker, capsize=3, label=head_label(head))
             ax.set_ylabel(label)
             if unknown:  # a frozen third-party backbone: one point per head, no noise axis
                 ax.set_xticks([0.0], ["as released"])
@@ -110,14 +110,14 @@ def plot_spectral_vs_accuracy(lb: pd.DataFrame, path: Path, metric: str, acc: st
     fig, axes = _figure(size=(5.2, 4.0))
     ax = axes[0, 0]
     colors = {b: f"C{k % 10}" for k, b in enumerate(dict.fromkeys(data["backbone"]))}
-    for (backbone, method), part in data.groupby(["backbone", "method"], sort=False):
-        _, marker = plot_style(method)
+    for (backbone, head), part in data.groupby(["backbone", "head"], sort=False):
+        _, marker = plot_style(head)
         ax.scatter(
             part[metric],
             part[acc] * 100,
             color=colors[backbone],
             marker=marker,
-            label=f"{backbone} · {head_label(method)}",
+            label=f"{backbone} · {head_label(head)}",
         )
         for _, r in part.iterrows():
             if pd.notna(r["noise_ratio"]):
@@ -221,7 +221,7 @@ CURVE_LABELS = {
 }
 #: Per-epoch bookkeeping that is not a curve worth a panel.
 CURVE_SKIP = {
-    "world_size",
+    "workers",
     "resumed_from_epoch",
     "epoch",
     "batch_per_worker",

@@ -137,9 +137,9 @@ def leaderboard_table(rows: pd.DataFrame) -> str:
             _cell(str(r.get("backbone")), r.get("backbone"), text=True),
             _cell("unknown" if _missing(noise) else f"{float(noise) * 100:g}%", noise),
             _cell(
-                head_label(r.get("method"))
+                head_label(r.get("head"))
                 + (f" {FLAG}{int(r['flagged'])}" if not _missing(r.get("flagged")) and r["flagged"] > 0 else ""),
-                r.get("method"),
+                r.get("head"),
                 text=True,
             ),
         ]

@@ -393,7 +393,7 @@ class _TrackerSink:
             self.tracker.log_fit(record)
             p = record["params"]
             self.bar.write(
-                f"      fit failed ({p.get('backbone')} / {p.get('task')} / {p.get('method')}): {record['error']}"
+                f"      fit failed ({p.get('backbone')} / {p.get('task')} / {p.get('head')}): {record['error']}"
             )
         else:
             self.ok += 1

@@ -34,7 +34,7 @@ def _runs(effect_id: dict[float, float], ood_slope: float, seeds=(0, 1, 2, 3, 4)
                         {
                             "backbone": "cnn",
                             "noise_ratio": r,
-                            "method": method,
+                            "head": method,
                             "task": task,
                             "task_kind": kind,
                             "pretrain_seed": seed,
@@ -151,7 +151,7 @@ def test_claim4_is_per_family_with_the_pooled_number_after() -> None:
     Each family's finding says so; the pooled number (undecided) comes after them."""
     cnn = _runs({0.0: 0.0, 0.3: 0.0}, ood_slope=0.0)
     clip = _runs({0.0: 0.0, 0.3: 0.0}, ood_slope=0.0).assign(backbone="clip")
-    clip.loc[clip.method == "nmtune", ["val_accuracy", "test_accuracy"]] -= 0.08  # +0.03 -> -0.05 vs LP
+    clip.loc[clip["head"] == "nmtune", ["val_accuracy", "test_accuracy"]] -= 0.08  # +0.03 -> -0.05 vs LP
     found = analyse(pd.concat([cnn, clip], ignore_index=True))["4"]
     id_lp = [f for f in found if f["what"] == "ID acc, NMTune - LP"]
     assert [f["backbone"] for f in id_lp] == ["clip", "cnn", "all families, pooled"]
@@ -192,11 +192,11 @@ def test_pooled_claim4_counts_a_run_once_across_its_checkpoint_epochs() -> None:
     for fam, gain in (("cnn@e5", 5.0), ("cnn@e20", 1.0), ("clip", 3.0)):
         for unit in range(4):
             rows += [
-                {"backbone": fam, "unit": f"r0 p{unit}", "method": "mlp", "id_acc": 0.5, "ood_acc": 0.4},
+                {"backbone": fam, "unit": f"r0 p{unit}", "head": "mlp", "id_acc": 0.5, "ood_acc": 0.4},
                 {
                     "backbone": fam,
                     "unit": f"r0 p{unit}",
-                    "method": "nmtune",
+                    "head": "nmtune",
                     "id_acc": 0.5 + (gain + 0.1 * unit) / 100,
                     "ood_acc": 0.4,
                 },

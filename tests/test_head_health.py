@@ -119,7 +119,7 @@ def test_flag_rule_chance_level_and_the_sweep_warning(caplog) -> None:
     record = {
         "key": "k1",
         "params": {
-            "method": "nmtune",
+            "head": "nmtune",
             "lam": 0.01,
             "depth": 1,
             "task": "mnist-5k",
@@ -148,7 +148,7 @@ def test_leaderboard_marks_a_row_built_on_a_flagged_fit() -> None:
                 {
                     "backbone": "randconv",
                     "noise_ratio": float("nan"),
-                    "method": method,
+                    "head": method,
                     "task": "digits",
                     "task_kind": "id",
                     "pretrain_seed": 0,
@@ -167,7 +167,7 @@ def test_leaderboard_marks_a_row_built_on_a_flagged_fit() -> None:
     import pandas as pd
 
     lb = leaderboard(pd.DataFrame(rows))
-    assert lb.set_index("method").loc["nmtune", "flagged"] == 2
+    assert lb.set_index("head").loc["nmtune", "flagged"] == 2
     assert "NMTune ⚠2" in render(lb, "table")
 
 

@@ -181,7 +181,7 @@ def test_every_registered_head_builds_resolves_and_fits():
         assert logits.shape == (64, 2) and z.shape == (64, 6)
         quick = short.get(name, {"epochs": 1, "batch_size": 16})
         res = fit_and_evaluate(name, x, y, {"val": x, "test": x}, {"val": y, "test": y}, **quick)
-        assert res["method"] == name and res["eval"]["test"]["n"] == 64
+        assert res["head"] == name and res["eval"]["test"]["n"] == 64
         assert head.label and head.description
 
 

@@ -54,7 +54,7 @@ def simulated_runs(seed: int = 2023) -> pd.DataFrame:
                 {
                     "backbone": [f"s{i}" for i in s],
                     "noise_ratio": 0.1,
-                    "method": method,
+                    "head": method,
                     "task": "a",
                     "task_kind": "id",
                     "pretrain_seed": p,
@@ -86,7 +86,7 @@ def test_leaderboard_intervals_cover_the_true_mean_at_the_stated_rate(runs) -> N
     lb = leaderboard(runs)
     assert len(lb) == 2 * STUDIES
     for method, truth in (("lp", MU_LP), ("nmtune", MU_LP + EFFECT)):
-        rows = lb[lb.method == method]
+        rows = lb[lb["head"] == method]
         cover = _coverage(rows.id_acc.to_numpy(), rows.id_acc_ci.to_numpy(), truth)
         assert BAND[0] <= cover <= BAND[1], (method, cover, BAND)
     assert (lb.n == PRETRAIN_SEEDS).all()  # the units: pre-training seeds, not pre-training x head seeds

@@ -34,7 +34,7 @@ def expected(df: pd.DataFrame) -> dict[tuple, dict[str, list[float]]]:
             chosen = {}
             for task in ID_TASKS + OOD_TASKS:
                 cand = df[
-                    (df.noise_ratio == noise) & (df.method == method) & (df.task == task) & (df.pretrain_seed == seed)
+                    (df.noise_ratio == noise) & (df["head"] == method) & (df.task == task) & (df.pretrain_seed == seed)
                 ]
                 best = None
                 for _, r in cand.iterrows():
@@ -55,10 +55,10 @@ def expected(df: pd.DataFrame) -> dict[tuple, dict[str, list[float]]]:
 
 def test_selection_uses_validation_never_test():
     df = synthetic_runs()
-    keys = ["backbone", "noise_ratio", "method", "task", "pretrain_seed", "head_seed", "fraction"]
+    keys = ["backbone", "noise_ratio", "head", "task", "pretrain_seed", "head_seed", "fraction"]
     best = select_on_validation(df, keys)
     assert len(best) == 2 * 2 * 3 * 3  # noise x method x task x seed
-    row = best[(best.noise_ratio == 0.0) & (best.method == "nmtune") & (best.task == "a") & (best.pretrain_seed == 0)]
+    row = best[(best.noise_ratio == 0.0) & (best["head"] == "nmtune") & (best.task == "a") & (best.pretrain_seed == 0)]
     assert len(row) == 1
     # The 0.99-test config is rejected; of the two 0.95-val configs the smaller lambda wins.
     assert row.iloc[0]["lam"] == 0.01 and row.iloc[0]["depth"] == 2
@@ -71,7 +71,7 @@ def test_means_intervals_and_n_match_independent_computation():
     assert list(lb.columns) == [
         "backbone",
         "noise_ratio",
-        "method",
+        "head",
         "id_acc",
         "id_acc_ci",
         "id_f1",
@@ -96,10 +96,10 @@ def test_means_intervals_and_n_match_independent_computation():
         "ood_rank_high",
         "rank_cells",
     ]
-    assert list(zip(lb.noise_ratio, lb.method)) == [(0.0, "lp"), (0.0, "nmtune"), (0.1, "lp"), (0.1, "nmtune")]
+    assert list(zip(lb.noise_ratio, lb["head"])) == [(0.0, "lp"), (0.0, "nmtune"), (0.1, "lp"), (0.1, "nmtune")]
     exp = expected(df)
     for _, r in lb.iterrows():
-        e = exp[(r.noise_ratio, r.method)]
+        e = exp[(r.noise_ratio, r["head"])]
         assert r.n == 3
         for col, vals in e.items():
             assert r[col] == pytest.approx(np.mean(vals), abs=1e-12)
@@ -168,7 +168,7 @@ def _replicated(frozen: bool = False) -> pd.DataFrame:
                         {
                             "backbone": "net",
                             "noise_ratio": math.nan if frozen else 0.1,
-                            "method": method,
+                            "head": method,
                             "task": task,
                             "task_kind": kind,
                             "pretrain_seed": p,
@@ -187,7 +187,7 @@ def _replicated(frozen: bool = False) -> pd.DataFrame:
 
 
 def test_interval_is_over_pretraining_seeds_with_head_seeds_averaged_inside():
-    lb = leaderboard(_replicated()).set_index("method")
+    lb = leaderboard(_replicated()).set_index("head")
     # per pre-training: LP 0.5, 0.625, 0.75 (each once, though fitted twice); NMTune adds the mean
     # of its head seeds (0.0625 and 0.125: +0.09375)
     for method, units in (("lp", [0.5, 0.625, 0.75]), ("nmtune", [0.59375, 0.71875, 0.84375])):
@@ -199,7 +199,7 @@ def test_interval_is_over_pretraining_seeds_with_head_seeds_averaged_inside():
 
 
 def test_frozen_backbone_units_are_head_seeds_and_a_deterministic_head_has_no_interval():
-    lb = leaderboard(_replicated(frozen=True)).set_index("method")
+    lb = leaderboard(_replicated(frozen=True)).set_index("head")
     units = [0.5625, 0.625, 0.6875, 0.75]
     lo, hi = stats.t.interval(0.95, 3, loc=np.mean(units), scale=stats.sem(units))
     assert lb.loc["nmtune", "n"] == 4 and lb.loc["nmtune", "n_pretrain"] == 0
@@ -215,8 +215,8 @@ def test_frozen_backbone_units_are_head_seeds_and_a_deterministic_head_has_no_in
 def test_rows_built_on_flagged_fits_are_marked():
     df = _replicated()
     df["near_chance"] = 0.0
-    df.loc[(df.method == "nmtune") & (df.pretrain_seed == 1) & (df.head_seed == 0), "near_chance"] = 1.0
-    lb = leaderboard(df).set_index("method")
+    df.loc[(df["head"] == "nmtune") & (df.pretrain_seed == 1) & (df.head_seed == 0), "near_chance"] = 1.0
+    lb = leaderboard(df).set_index("head")
     assert (lb.loc["lp", "flagged"], lb.loc["nmtune", "flagged"]) == (0, 2)  # its ID and OOD fit
     text = render(leaderboard(df), "markdown")
     assert "NMTune ⚠2" in text and "near chance on validation" in text
@@ -229,9 +229,9 @@ def test_mean_rank_and_its_bootstrap_interval_over_cells():
     the order there depends on which seeds a resample draws."""
     base = _replicated()
     other = base.assign(noise_ratio=0.0)
-    flip = (other.method == "nmtune") & (other.pretrain_seed == 0)
+    flip = (other["head"] == "nmtune") & (other.pretrain_seed == 0)
     other.loc[flip, ["val_accuracy", "test_accuracy"]] = 0.3  # NMTune worse than LP in seed 0 only
-    lb = leaderboard(pd.concat([base, other], ignore_index=True)).drop_duplicates("method").set_index("method")
+    lb = leaderboard(pd.concat([base, other], ignore_index=True)).drop_duplicates("head").set_index("head")
     assert lb.loc["nmtune", "rank_cells"] == 2
     # observed: NMTune 1st in cell 0.1 and 2nd in cell 0, LP the reverse: both average 1.5
     assert lb.loc["nmtune", "id_rank"] == lb.loc["lp", "id_rank"] == 1.5

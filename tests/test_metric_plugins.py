@@ -120,7 +120,7 @@ def test_evaluation_scores_a_registered_metric_as_sklearn_does(balanced):
 def _spec(method: str, pair: str, task: str, kind: str, seed: int, **hp) -> FitSpec:
     h = resolve_hparams(method, **hp)
     params = {
-        "method": method,
+        "head": method,
         "task": task,
         "task_kind": kind,
         "backbone": "synthetic",
@@ -177,15 +177,15 @@ def test_a_registered_metric_reaches_the_fit_record_and_the_leaderboard(balanced
     } <= set(board.columns)
     assert set(BUILTIN_COLUMNS) <= set(board.columns)
     for method in ("lp", "mlp"):
-        row = board[board.method == method].iloc[0]
+        row = board[board["head"] == method].iloc[0]
         for kind in ("id", "ood"):
             # one task per kind, no grid: the mean over the two pre-training seeds' records
-            want = fits[(fits.method == method) & (fits.task_kind == kind)]["test_balanced_accuracy"].mean()
+            want = fits[(fits["head"] == method) & (fits.task_kind == kind)]["test_balanced_accuracy"].mean()
             assert row[f"{kind}_balanced_accuracy"] == pytest.approx(want, abs=1e-15)
             assert row[f"{kind}_balanced_accuracy_ci"] > 0
     text = render(board, "table")
     assert "ID bal acc (%)" in text and "OOD bal acc (%)" in text
-    lp = board[board.method == "lp"].iloc[0]
+    lp = board[board["head"] == "lp"].iloc[0]
     assert f"{lp['id_balanced_accuracy'] * 100:.2f} ± {lp['id_balanced_accuracy_ci'] * 100:.2f}" in text
 
     # the published row, the MLflow leaderboard view and the HTML table read the same registry

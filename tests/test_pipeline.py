@@ -84,10 +84,10 @@ def test_ood_accuracy_is_the_unweighted_mean_over_domains(fits) -> None:
             # The same float64 mean of the same domain values, taken again: ulps apart.
             assert row[f"test_{m}"] == pytest.approx(np.mean([row[f"{d}.{m}"] for d in DOMAINS]), abs=1e-12), m
         # Decoy pairs scored on the subset: exactly one of each identical pair is right, whatever the head.
-        assert [row[f"{d}.accuracy"] for d in DECOYS] == [0.5, 0.5], row["method"]
+        assert [row[f"{d}.accuracy"] for d in DECOYS] == [0.5, 0.5], row["head"]
     # The linear probe gets V2 and Sketch (ordinary images of their class) all right, so by hand:
     # unweighted (1 + 1 + 0.5 + 0.5) / 4 = 0.75; weighted by size (3 + 5 + 2 + 4) / 20 = 0.70.
-    lp = ood[ood["method"] == "lp"]
+    lp = ood[ood["head"] == "lp"]
     assert len(lp) == 4
     assert (lp[["imagenet-v2.accuracy", "imagenet-sketch.accuracy"]] == 1.0).all().all()
     assert list(lp["test_accuracy"]) == [0.75] * 4
@@ -212,9 +212,9 @@ def test_leaderboard_command_prints_the_leaderboard_of_the_store(pipeline_run, f
         pd.testing.assert_frame_equal(printed, expected, check_dtype=False, rtol=1e-12)
         # By hand from the records: LP takes no grid, so its rows are plain means over head seeds;
         # on all rows the deterministic LP gives one result for both head seeds: one unit (issue 23).
-        lp = printed[(printed["method"] == "lp") & (printed["fraction"] == 1.0)].iloc[0]
+        lp = printed[(printed["head"] == "lp") & (printed["fraction"] == 1.0)].iloc[0]
         assert (lp["id_acc"], lp["ood_acc"], lp["n"]) == (1.0, 0.75, 1)
-        assert sorted(zip(printed["method"], printed["fraction"])) == sorted(
+        assert sorted(zip(printed["head"], printed["fraction"])) == sorted(
             (m, f) for m in ("lp", "mlp", "nmtune") for f in (PIPELINE_FEW_SHOT, 1.0)
         )
 
@@ -264,7 +264,7 @@ def test_fit_runs_carry_their_training_curves_as_step_metrics(pipeline_run, fits
 
     client = MlflowClient(pipeline_run.uri)
     for method in ("mlp", "lp"):
-        row = fits[(fits["method"] == method) & (fits["task"] == ID)].iloc[0]
+        row = fits[(fits["head"] == method) & (fits["task"] == ID)].iloc[0]
         run_id = row["run_id"]
         if method == "mlp":
             acc = [

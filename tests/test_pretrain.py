@@ -698,7 +698,7 @@ def test_two_workers_stream_disjoint_shards_and_average_their_gradients(trained)
     assert [e["epoch"] for e in r.metrics] == [0, 1, 2]
     for e in r.metrics:
         assert e["input"] == "stream"  # decoded from the files by each worker's loader
-        assert e["world_size"] == 2 and e["grad_accum"] == 2
+        assert e["workers"] == 2 and e["grad_accum"] == 2
         assert e["batch_per_worker"] == SUP.batch_size
         assert e["global_batch"] == 2 * 2 * SUP.batch_size == job.global_batch
         assert e["steps_per_epoch"] == math.ceil(micro / 2) == 4
@@ -716,7 +716,7 @@ def test_two_workers_stream_disjoint_shards_and_average_their_gradients(trained)
     assert len({e["ranks"][0]["param_digest"] for e in r.metrics}) == 3  # and it does train
     assert r.metrics[-1]["loss"] < r.metrics[0]["loss"]
     assert all(
-        (e["world_size"], e["batch_per_worker"], e["global_batch"], e["steps_per_epoch"])
+        (e["workers"], e["batch_per_worker"], e["global_batch"], e["steps_per_epoch"])
         == (1, SUP.batch_size, SUP.batch_size, math.ceil(N / SUP.batch_size))
         for e in one.metrics
     )

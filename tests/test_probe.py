@@ -58,8 +58,8 @@ def test_lp_record_shape_curves_and_selection():
     x, y = blobs(1600, 6, 16, spread=1.5, seed=1)
     tx, ty, sx, sy = split3(x, y)
     rec = fit_and_evaluate("lp", tx, ty, sx, sy)
-    assert set(rec) == {"method", "hparams", "train_loss", "epochs_run", "train_rows", "eval", "curves", "summary"}
-    assert rec["method"] == "lp" and rec["train_rows"] == len(ty)
+    assert set(rec) == {"head", "hparams", "train_loss", "epochs_run", "train_rows", "eval", "curves", "summary"}
+    assert rec["head"] == "lp" and rec["train_rows"] == len(ty)
     assert rec["hparams"] == {
         "l2_min": 1e-6,
         "l2_max": 10.0,

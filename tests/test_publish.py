@@ -41,11 +41,11 @@ def test_each_row_is_a_run_with_the_rows_numbers_and_its_selection(study):
             else:
                 assert run.data.metrics[m] == pytest.approx(row[m], abs=1e-6)
         p = run.data.params
-        assert p["method"] == row["method"] and p["backbone"] == row["backbone"]
+        assert p["head"] == row["head"] and p["backbone"] == row["backbone"]
     # What validation chose: counts over the (task x seed) selections; LP has no grid.
     chosen = selected_fits(study.fits)
     nm = by_name["NMTune · net @ 0%"].data.params
-    part = chosen[(chosen.backbone == "net") & (chosen.noise_ratio == 0.0) & (chosen.method == "nmtune")]
+    part = chosen[(chosen.backbone == "net") & (chosen.noise_ratio == 0.0) & (chosen["head"] == "nmtune")]
     assert int(nm["selections"]) == len(part) == 6 and int(nm["fits"]) == 24
     counts = {label: int(n) for label, n in (s.rsplit(" ×", 1) for s in nm["selected"].split(", "))}
     assert sum(counts.values()) == 6
@@ -96,7 +96,7 @@ def test_suite_run_holds_table_figures_claims_and_report(study, tmp_path):
     figures = {a.path for a in reader.client.list_artifacts(run_id, "figures")}
     assert {"figures/id_ood_vs_noise.png", "figures/spectra.png"} <= figures
     table = json.loads(Path(reader.client.download_artifacts(run_id, "leaderboard.json", str(tmp_path))).read_text())
-    assert table["columns"][:3] == ["backbone", "noise_ratio", "method"] and len(table["data"]) == 6
+    assert table["columns"][:3] == ["backbone", "noise_ratio", "head"] and len(table["data"]) == 6
     assert json.loads(suite[0].data.tags["mlflow.loggedArtifacts"]) == [{"path": "leaderboard.json", "type": "table"}]
     assert suite[0].data.metrics["fits"] == len(study.fits)
 
@@ -133,7 +133,7 @@ def test_republishing_replaces_changed_rows_and_drops_stale_ones(tmp_path):
             [
                 i
                 for i, r in enumerate(records)
-                if r["params"]["method"] == "lp" and r["params"]["noise_ratio"] == 0.1 and r["params"]["task"] == "a"
+                if r["params"]["head"] == "lp" and r["params"]["noise_ratio"] == 0.1 and r["params"]["task"] == "a"
             ][0]
         ]
     )
@@ -152,10 +152,10 @@ def test_republishing_replaces_changed_rows_and_drops_stale_ones(tmp_path):
     # the new head seed is averaged inside its pre-training seed: still 2 units, one of them of 2 head seeds
     assert board.n.tolist() == [2, 2, 2, 2] and board.n_head.tolist() == [1, 1, 2, 1]
     # The fits of one head disappear: its rows go too.
-    for run in search_all(tracker.client, tracker.experiment_id, "params.method = 'nmtune'"):
+    for run in search_all(tracker.client, tracker.experiment_id, "params.head = 'nmtune'"):
         tracker.client.delete_run(run.info.run_id)
     finish_and_publish(tracker)
     assert sorted(r.info.run_name for r in _board_runs(tracker)) == ["LP · net @ 0%", "LP · net @ 10%"]
     rows = leaderboard_rows(TrackingReader(uri, "mutable").runs_frame("fit"))
-    assert list(rows.method) == ["lp", "lp"] and (rows.fits == [6, 7]).all()
+    assert list(rows["head"]) == ["lp", "lp"] and (rows.fits == [6, 7]).all()
     assert np.isfinite(rows.id_acc).all()

@@ -104,3 +104,52 @@ def test_missing_or_deleted_experiment_is_reported_not_created_or_restored(tmp_p
     )
     assert res.exit_code == 2 and "was deleted" in res.output
     assert client.get_experiment(tracker.experiment_id).lifecycle_stage == "deleted"
+
+
+def test_a_store_written_with_the_old_param_names_reads_with_todays(tmp_path):
+    """Stores written before issue 24's renames hold ``method`` (the head), ``ratio`` (in a fit:
+    the MLP width) and the pre-training epoch metric ``world_size``; the reader gives them as
+    ``head``, ``width`` and ``workers`` (``tracking.store.OLD_PARAM_NAMES``), values unchanged."""
+    from benchmark.tracking.store import EPOCH_TAG, KEY_TAG, KIND_TAG, OLD_PARAM_NAMES, ROW_TAG
+
+    assert OLD_PARAM_NAMES == {None: {"method": "head", "world_size": "workers"}, "fit": {"ratio": "width"}}
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    tracker = Tracker(uri, "old-names")
+    client, exp = tracker.client, tracker.experiment_id
+
+    def run(kind: str, key: str, params: dict, metrics: dict, tags: dict | None = None) -> str:
+        rid = client.create_run(exp, tags={KIND_TAG: kind, KEY_TAG: key, **(tags or {})}).info.run_id
+        for k, v in params.items():
+            client.log_param(rid, k, v)
+        for k, v in metrics.items():
+            for step, value in enumerate(v if isinstance(v, list) else [v]):
+                client.log_metric(rid, k, value, step=step)
+        client.set_terminated(rid, "FINISHED")
+        return rid
+
+    fit = {"backbone": "net", "noise_ratio": "0.1", "method": "mlp", "ratio": "2.0", "depth": "1", "task": "a"}
+    run("fit", "f1", fit, {"test_accuracy": 0.75})
+    run(
+        "leaderboard", "l1", {"backbone": "net", "noise_ratio": "0.1", "method": "mlp"}, {"id_acc": 0.5}, {ROW_TAG: "0"}
+    )
+    run(
+        "pretrain",
+        "p1",
+        {"name": "net-p0", "noise_ratio": "0.1", "workers": "2"},
+        {"loss": [2.0, 1.0], "world_size": [2, 2]},
+        {EPOCH_TAG: "loss,world_size"},
+    )
+    run("spectrum", "s1", {"backbone": "net", "task": "a", "ratio": "0.5"}, {})
+
+    reader = TrackingReader(uri, "old-names")
+    fits = reader.runs_frame("fit")
+    assert "method" not in fits.columns and "ratio" not in fits.columns
+    row = fits.iloc[0]
+    assert (row["head"], row["width"], row["noise_ratio"], row["depth"]) == ("mlp", 2.0, 0.1, 1)
+    board = reader.leaderboard_frame()
+    assert list(board.columns[:3]) == ["backbone", "noise_ratio", "head"] and board["head"].tolist() == ["mlp"]
+    (pre,) = reader.pretrain_records()
+    assert pre.curves == {"loss": [(0, 2.0), (1, 1.0)], "workers": [(0, 2.0), (1, 2.0)]}
+    assert pre.metrics["workers"] == 2.0 and "world_size" not in pre.metrics and pre.params["workers"] == 2
+    # ``ratio`` outside a fit run is not the MLP width: it keeps its name.
+    assert reader.runs_frame("spectrum").iloc[0]["ratio"] == 0.5

@@ -59,7 +59,7 @@ def test_report_from_mlflow_equals_report_from_the_frame(tmp_path):
     params = [
         "backbone",
         "noise_ratio",
-        "method",
+        "head",
         "task",
         "task_kind",
         "pretrain_seed",
@@ -147,15 +147,15 @@ def test_html_report_names_the_interval_units_shows_ranks_and_flags() -> None:
     from benchmark.report_html import render_html
 
     df = synthetic_runs()
-    df["near_chance"] = np.where((df.method == "nmtune") & (df.noise_ratio == 0.1) & (df.pretrain_seed == 2), 1.0, 0.0)
+    df["near_chance"] = np.where((df["head"] == "nmtune") & (df.noise_ratio == 0.1) & (df.pretrain_seed == 2), 1.0, 0.0)
     lb = leaderboard(df)
     page = render_html("synthetic", lb, {}, "# Claims\n", [])
     header = page.split('id="leaderboard">')[1].split("</thead>")[0]
     assert "ID acc (%) ± 95 % CI over pre-training seeds" in header
-    chosen = lb[(lb.method == "nmtune") & (lb.noise_ratio == 0.1)].iloc[0]
+    chosen = lb[(lb["head"] == "nmtune") & (lb.noise_ratio == 0.1)].iloc[0]
     assert chosen.flagged > 0 and f"NMTune ⚠{int(chosen.flagged)}" in page
     ranks = page.split('id="ranks">')[1].split("</table>")[0]
-    lp = lb[lb.method == "lp"].iloc[0]
+    lp = lb[lb["head"] == "lp"].iloc[0]
     assert f"{lp.id_rank:.2f} [{lp.id_rank_low:.2f}, {lp.id_rank_high:.2f}]" in ranks
     assert ranks.count("<tr>") == 3  # header + LP + NMTune
 

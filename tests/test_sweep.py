@@ -36,7 +36,7 @@ def _spec(method: str, seed: int = 0, pair: str = "p0", rows=None, **hp) -> FitS
         seed,
         1.0,
         rows,
-        {"method": method, "task": "blobs", "backbone": "synthetic"},
+        {"head": method, "task": "blobs", "backbone": "synthetic"},
         {"nmlbench.kind": "fit"},
     )
 

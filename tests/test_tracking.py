@@ -29,7 +29,7 @@ def fit_record(key: str, ratio: float = 0.1, method: str = "nmtune", val: float 
             "pretrain_seed": 1,
             "task": "mnist-5k",
             "task_kind": "id",
-            "method": method,
+            "head": method,
             "lam": 0.01 if method == "nmtune" else None,
             "depth": 2 if method != "lp" else None,
             "preset": "paper",
@@ -72,7 +72,7 @@ def test_fit_roundtrip_types_and_artifacts(tracker):
     assert df.noise_ratio.dtype == "float64" and str(df.depth.dtype) == "Int64"
     assert df.loc[1, "noise_ratio"] == 0.0 and np.isnan(df.loc[1, "lam"]) and df.depth.isna()[1]
     assert r.test_accuracy == 0.75 and r["test.accuracy"] == 0.75 and r.suite == "unit"
-    assert r.task == "mnist-5k" and r.method == "nmtune"
+    assert r.task == "mnist-5k" and r["head"] == "nmtune"
     run = tracker.client.get_run(run_id)
     assert run.info.status == "FINISHED" and run.data.tags["nmlbench.kind"] == "fit"
     names = sorted(a.path for a in tracker.client.list_artifacts(run_id))

@@ -350,7 +350,7 @@ def _train_job(
             "images_per_s": values[1] / seconds,
             "lr": float(sched.get_last_lr()[0]),
             "resumed_from_epoch": resumed_from,
-            "world_size": world,
+            "workers": world,
             "batch_per_worker": batch,
             "grad_accum": accum,
             "global_batch": batch * world * accum,

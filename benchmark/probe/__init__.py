@@ -8,7 +8,7 @@ trained as one batch: the converged linear probe's whole L2 grid in one L-BFGS s
 (``probe.linear``), the seeds and learning rates / NMTune weights of one MLP architecture in one
 stacked AdamW run (``probe.batched``). Each fit still gets its own result, or its own error.
 
-Result of one fit: ``{"method", "hparams" (resolved, a dict), "train_loss" (the kept epoch's mean
+Result of one fit: ``{"head", "hparams" (resolved, a dict), "train_loss" (the kept epoch's mean
 loss; the objective for ``lp``), "epochs_run" (L-BFGS iterations for ``lp``), "train_rows" (rows the head
 trained on), "curves" (per epoch
 ``train_loss`` and ``val_accuracy``; for ``lp`` the L2 search: ``l2``, ``val_accuracy_by_l2`` ...),
@@ -90,7 +90,7 @@ def _result(trained: TrainedHead, data: PreparedData, request: FitRequest | None
     val = evaluated.get(data.selection, {}).get("accuracy") if data.selection is not None else None
     health = health_summary(trained.head, x, y, data.selection_set(), val, data.num_classes)
     return {
-        "method": trained.hparams.method,
+        "head": trained.hparams.method,
         "hparams": trained.hparams.as_dict(),
         "train_loss": trained.train_loss,
         "epochs_run": trained.epochs_run,
@@ -104,7 +104,7 @@ def _result(trained: TrainedHead, data: PreparedData, request: FitRequest | None
 def _error(err: Exception, method: str) -> dict[str, Any]:
     return {
         "error": f"{type(err).__name__}: {err}",
-        "method": method,
+        "head": method,
         "traceback": "".join(traceback.format_exception(type(err), err, err.__traceback__)),
     }
 
@@ -129,7 +129,7 @@ def batch_groups(requests: Sequence[FitRequest]) -> list[list[int]]:
 def iter_fit_many(data: PreparedData, requests: Sequence[FitRequest]) -> Iterator[tuple[int, dict[str, Any]]]:
     """``(position, result)`` for every request, a batch group at a time, as groups finish.
 
-    A failing fit gives an error record ``{"error": "Type: message", "traceback", "method"}``:
+    A failing fit gives an error record ``{"error": "Type: message", "traceback", "head"}``:
     one diverging fit must not sink the other fits of a sweep trial. Every result also carries
     ``seconds`` (its group's wall time divided by the group's size) and ``batch_members``.
     """

@@ -112,7 +112,7 @@ def spectrum_name(p: Mapping[str, Any]) -> str:
 
 def leaderboard_name(row: Mapping[str, Any], with_fraction: bool = False) -> str:
     """``NMTune · test_resnet-sup @ 10%`` (``· 10% data`` when the board holds several fractions)."""
-    name = f"{head_label(row.get('method'))} · {group_label(row.get('backbone'), row.get('noise_ratio'))}"
+    name = f"{head_label(row.get('head'))} · {group_label(row.get('backbone'), row.get('noise_ratio'))}"
     fraction = _num(row.get("fraction")) if with_fraction else None
     if fraction is not None:
         name += f" · {fraction * 100:g}% data"
@@ -120,13 +120,16 @@ def leaderboard_name(row: Mapping[str, Any], with_fraction: bool = False) -> str
 
 
 def leaderboard_key(suite: str, row: Mapping[str, Any]) -> str:
-    """A leaderboard row's identity: suite, backbone, noise ratio, head (and fraction)."""
+    """A leaderboard row's identity: suite, backbone, noise ratio, head (and fraction).
+
+    The head is hashed under ``"method"``, its name when these keys were first published, so a
+    published board keeps its run keys."""
     ident = {
         "kind": "leaderboard",
         "suite": suite,
         "backbone": str(row.get("backbone")),
         "noise_ratio": _num(row.get("noise_ratio")),
-        "method": row.get("method"),
+        "method": row.get("head"),
         "fraction": _num(row.get("fraction")),
     }
     return config_hash(ident)
@@ -157,7 +160,7 @@ def leaderboard_view() -> dict[str, Any]:
 
 def study_view() -> dict[str, Any]:
     """The whole tree (suite > backbone x noise ratio > runs) with the columns a fit is judged by."""
-    columns = [f"params.`{p}`" for p in ("method", "task")] + [
+    columns = [f"params.`{p}`" for p in ("head", "task")] + [
         f"metrics.`{m}`" for m in ("val_accuracy", "test_accuracy", "test_macro_f1")
     ]
     # No sort key: MLflow 3.17 shows nesting only in its default order (by start time); sorting

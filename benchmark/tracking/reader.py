@@ -38,15 +38,16 @@ from benchmark.tracking.store import (
     credentials_from_uri,
     is_transient,
     make_client,
+    new_names,
     run_filter,
     runs_to_frame,
     search_all,
     sqlite_path,
-    typed,
+    typed_params,
 )
 
 #: Columns a leaderboard row carries besides its metrics (group and selection).
-LEADERBOARD_KEYS = ("backbone", "noise_ratio", "method", "fraction")
+LEADERBOARD_KEYS = ("backbone", "noise_ratio", "head", "fraction")
 SELECTION_PARAMS = ("selected", "fits", "selections", "tasks")
 #: Pre-training metrics that are one number per job, not a per-epoch curve.
 _SCALAR_PRETRAIN = {"realised_ratio", "seconds", "noise_n", "noise_changed"}
@@ -152,7 +153,7 @@ class TrackingReader:
                 "key": r.data.tags.get(KEY_TAG),
                 "kind": r.data.tags.get(KIND_TAG),
                 "error": r.data.tags.get(ERROR_TAG, ""),
-                **{k: typed(v) for k, v in r.data.params.items()},
+                **typed_params(r.data.params, r.data.tags.get(KIND_TAG)),
             }
             for r in self._search(run_filter(kind, FAILED))
         ]
@@ -169,7 +170,7 @@ class TrackingReader:
             where["task"] = task
         out: dict[str, np.ndarray] = {}
         for run in self._search(run_filter("spectrum")):
-            p = {k: typed(v) for k, v in run.data.params.items()}
+            p = typed_params(run.data.params, "spectrum")
             if any(p.get(k) != v for k, v in where.items()):
                 continue
             label = str(p.get("backbone"))
@@ -194,7 +195,7 @@ class TrackingReader:
     ) -> pd.DataFrame:
         """The published leaderboard (runs of kind ``leaderboard``) in leaderboard order.
 
-        Columns: backbone, noise_ratio, method, ``fraction`` when the rows hold several, then the
+        Columns: backbone, noise_ratio, head, ``fraction`` when the rows hold several, then the
         metric ``columns`` (the reporting layer passes ``benchmark.leaderboard.columns()``; by
         default the metric registry's columns, then every other metric the runs hold, by name).
         ``selection`` adds the params that say what validation chose (selected, fits, selections,
@@ -209,7 +210,7 @@ class TrackingReader:
             columns = [*known, *sorted({m for r in runs for m in r.data.metrics} - set(known))]
         rows = []
         for run in runs:
-            p = {k: typed(v) for k, v in run.data.params.items()}
+            p = typed_params(run.data.params, "leaderboard")
             row: dict[str, Any] = {k: p.get(k) for k in LEADERBOARD_KEYS}
             row.update({m: run.data.metrics.get(m, math.nan) for m in columns})
             if selection:
@@ -218,7 +219,7 @@ class TrackingReader:
             rows.append(row)
         extra = list(SELECTION_PARAMS) if selection else []
         if not rows:
-            return pd.DataFrame(columns=["backbone", "noise_ratio", "method", *columns, *extra])
+            return pd.DataFrame(columns=["backbone", "noise_ratio", "head", *columns, *extra])
         df = pd.DataFrame(rows).sort_values("_row", kind="stable").drop(columns="_row").reset_index(drop=True)
         df["noise_ratio"] = pd.to_numeric(df["noise_ratio"], errors="coerce").astype("float64")
         df["fraction"] = pd.to_numeric(df["fraction"], errors="coerce").astype("float64")
@@ -251,13 +252,14 @@ class TrackingReader:
             for k in epoch_keys:
                 hist = self.client.get_metric_history(run.info.run_id, k)
                 curves[k] = sorted((int(m.step), float(m.value)) for m in hist)
-            params = {k: typed(v) for k, v in d.params.items()}
+            curves = new_names(curves, "pretrain")
+            params = typed_params(d.params, "pretrain")
             out.append(
                 PretrainRecord(
                     name=str(params.get("name") or run.info.run_name),
                     group=groups.get(d.tags.get("mlflow.parentRunId", ""), ""),
                     params=params,
-                    metrics=dict(d.metrics),
+                    metrics=new_names(d.metrics, "pretrain"),
                     curves=curves,
                 )
             )

@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import os
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 from urllib.parse import unquote, urlsplit, urlunsplit
@@ -40,6 +40,16 @@ EXPERIMENT_KIND_TAG, TRAINING_KIND = "mlflow.experimentKind", "custom_model_deve
 #: Fit-record params typed back from MLflow's strings (see docs/architecture.md, "Fit record").
 FLOAT_PARAMS = ("noise_ratio", "lam", "fraction")
 INT_PARAMS = ("pretrain_seed", "head_seed", "depth", "seed")
+
+#: Param and metric names that stores written before the one-name-per-concept renames (issue 24)
+#: hold, mapped to today's names on read (``new_names``), so an old store reads like a new one.
+#: By run kind (``None``: every kind); a name is only mapped where today's name is absent.
+#: ``ratio`` is the MLP width multiplier only in a fit run (elsewhere it named the noise ratio,
+#: which runs log as ``noise_ratio``); ``world_size`` was a pre-training epoch metric.
+OLD_PARAM_NAMES: dict[str | None, dict[str, str]] = {
+    None: {"method": "head", "world_size": "workers"},
+    "fit": {"ratio": "width"},
+}
 
 MAX_PARAMS_TAGS = 100  # MLflow's per-batch limits
 MAX_METRICS = 1000
@@ -231,6 +241,21 @@ def typed(text: str | None) -> Any:
         return text
 
 
+def new_names(values: Mapping[str, Any], kind: str | None = None) -> dict[str, Any]:
+    """``values`` (a run's params or metrics) under today's names (``OLD_PARAM_NAMES``), same order."""
+    table = {**OLD_PARAM_NAMES[None], **OLD_PARAM_NAMES.get(kind, {})} if kind is not None else OLD_PARAM_NAMES[None]
+    out: dict[str, Any] = {}
+    for k, v in values.items():
+        new = table.get(k)
+        out[new if new is not None and new not in values else k] = v
+    return out
+
+
+def typed_params(params: Mapping[str, str], kind: str | None = None) -> dict[str, Any]:
+    """A run's MLflow params typed (``typed``) and under today's names (``new_names``)."""
+    return new_names({k: typed(v) for k, v in params.items()}, kind)
+
+
 def chunks(items: list, size: int) -> Iterable[list]:
     for i in range(0, len(items), size):
         yield items[i : i + size]
@@ -260,7 +285,8 @@ def run_filter(kind: str | None, status: str | None = FINISHED) -> str:
 def runs_to_frame(runs: Iterable[Any]) -> pd.DataFrame:
     """Runs as a DataFrame: run_id, key, params (typed), metrics, tags.
 
-    Params come back as int / float / str (``None`` -> missing); the fit-record params
+    Params come back as int / float / str (``None`` -> missing), old names as today's
+    (``OLD_PARAM_NAMES``); the fit-record params
     ``noise_ratio``, ``lam``, ``fraction`` are always float and the seeds and
     ``depth`` nullable integers. Tags whose name clashes with a param or metric get a ``tag.``
     prefix; MLflow's own and nmlbench's bookkeeping tags are left out.
@@ -269,8 +295,9 @@ def runs_to_frame(runs: Iterable[Any]) -> pd.DataFrame:
     for run in runs:
         d = run.data
         row: dict[str, Any] = {"run_id": run.info.run_id, "key": d.tags.get(KEY_TAG)}
-        row.update({k: typed(v) for k, v in d.params.items()})
-        row.update(d.metrics)
+        kind = d.tags.get(KIND_TAG)
+        row.update(typed_params(d.params, kind))
+        row.update(new_names(d.metrics, kind))
         for k, v in d.tags.items():
             if k.startswith(("mlflow.", "nmlbench.")):
                 continue
