@@ -20,6 +20,7 @@ from typing import Any
 
 from benchmark.errors import ConfigError
 from benchmark.heads.hparams import RENAMED
+from benchmark.heads.registry import hparam_names
 
 #: Renamed keys of the ``downstream`` section: old -> new.
 DOWNSTREAM_KEYS: Mapping[str, str] = {"methods": "heads"}
@@ -47,12 +48,14 @@ def renamed_keys(data: Mapping[str, Any]) -> tuple[dict[str, Any], list[str]]:
     if not isinstance(ds, Mapping):
         return out, notes
     ds = _renamed(ds, DOWNSTREAM_KEYS, "downstream", notes)
+    # An old name that a registered head (a plugin) declares today is that head's, not renamed.
+    hparams = {old: new for old, new in RENAMED.items() if old not in hparam_names()}
     for section in ("grid", "hparams"):
         if isinstance(ds.get(section), Mapping):
-            sec = _renamed(ds[section], RENAMED, f"downstream.{section}", notes)
+            sec = _renamed(ds[section], hparams, f"downstream.{section}", notes)
             for name, own in list(sec.items()):  # a head's own section: hparams: {mlp: {ratio: 2}}
                 if isinstance(own, Mapping):
-                    sec[name] = _renamed(own, RENAMED, f"downstream.{section}.{name}", notes)
+                    sec[name] = _renamed(own, hparams, f"downstream.{section}.{name}", notes)
             ds[section] = sec
     out["downstream"] = ds
     return out, notes
