@@ -7,7 +7,7 @@ differ between the members of one batched fit, the tie-break rank of each axis),
 its module, its loss (per member, and optionally stacked for G members trained at once), a fitter
 where gradient training does not apply, and what reporting needs (how a fit's chosen values are
 labelled, a plot style, the roles the paper's claims give it). The built-ins live in
-``heads/lp.py``, ``lp_adamw.py``, ``mlp.py`` and ``nmtune.py``; outside packages add heads
+``heads/lp.py``, ``lp_adamw.py``, ``mlp.py``, ``nmtune.py`` and ``lgm.py``; outside packages add heads
 through the entry-point group ``nmlbench.heads`` (loaded on first need, like backbone families)::
 
     [project.entry-points."nmlbench.heads"]
@@ -39,6 +39,7 @@ BUILTIN_MODULES: tuple[str, ...] = (
     "benchmark.heads.lp_adamw",
     "benchmark.heads.mlp",
     "benchmark.heads.nmtune",
+    "benchmark.heads.lgm",
 )
 Target = str | Callable[..., Any]
 

@@ -8,7 +8,8 @@ seeded ``torch.Generator``; the head's initialisation is seeded too (inside ``fo
 caller's global RNG is untouched). Same seed on the CPU gives bit-identical numbers. The last
 incomplete batch is dropped only if it holds a single sample (BatchNorm needs two). A NaN or
 infinite loss stops the fit with ``TrainingDiverged``. The loss is the head's declaration's
-(``HeadMethod.loss``, built from the resolved ``HParams``, e.g. NMTune's weights), else cross-entropy.
+(``HeadMethod.loss``, built from the resolved ``HParams``, e.g. NMTune's weights), else cross-entropy;
+a loss that declares ``needs_forward`` (LGM) is also handed the head as ``forward``.
 
 After every epoch the head's BatchNorm statistics are recomputed over its training rows
 (``probe.bnstats``: the running averages of a short run are far from them on features with a
@@ -150,7 +151,12 @@ def train_epoch(
         xb, yb = x[idx], y[idx]
         try:
             logits, z = head(xb)
-            loss = F.cross_entropy(logits, yb) if loss_fn is None else loss_fn(logits, yb, z, xb)[0]
+            if loss_fn is None:
+                loss = F.cross_entropy(logits, yb)
+            elif getattr(loss_fn, "needs_forward", False):  # e.g. LGM: evaluates the head on other inputs
+                loss = loss_fn(logits, yb, z, xb, forward=head)[0]
+            else:
+                loss = loss_fn(logits, yb, z, xb)[0]
         except torch.linalg.LinAlgError as err:  # SVD of a non-finite batch
             raise diverged(hp, epoch, step, x) from err
         if not bool(torch.isfinite(loss)):
