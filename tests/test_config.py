@@ -103,7 +103,7 @@ def test_schema_errors_name_path_value_and_allowed(tmp_path):
         "pretrain[0].epochs = 0: must be >= 1",
         "pretrain[0]: unknown key 'lrr' (allowed: name, objective, corpus, arch, model_kwargs, noise, seeds,",
         "<top level>: unknown key 'colour' (allowed: name, work_dir, data_root, pretrain, backbones, downstream,",
-        "downstream.methods = ['lp', 'svm']: unknown head method(s) 'svm' (registered heads: lp, lp_adamw, mlp, nmtune)",  # noqa: E501
+        "downstream.methods = ['lp', 'svm']: unknown head method(s) 'svm' (registered heads: lp, lp_adamw, mlp, nmtune, lgm)",  # noqa: E501
         "downstream.fractions[0] = 0.0: must be in (0, 1]",
         "downstream: unknown key 'lambdas' (allowed: id, ood, methods, grid, hparams,",
         "it moved to downstream.grid: {lam: [...]}",

@@ -307,7 +307,8 @@ def test_reporting_lookups_reproduce_the_old_spellings():
     assert TIEBREAK_AXES == ("lam", "depth", "ratio", "epochs", "lr", "weight_decay", "batch_size") == tiebreak_axes()
     assert tiebreak_axes(["mlp", "lp"]) == ("depth", "ratio", "epochs", "lr", "weight_decay", "batch_size")
     old = {"lr", "weight_decay", "preset", "lam", "w_mse", "w_cov", "w_svd", "svd_topk"}
-    assert PER_MEMBER == old | {"lgm_lambda", "lgm_sigma"}  # LGM (heads/lgm.py) adds its two loss weights
+    # LGM (heads/lgm.py) adds its two loss weights, heads/robust.py the task loss and its values
+    assert PER_MEMBER == old | {"lgm_lambda", "lgm_sigma", "loss", "gce_q", "sce_alpha", "sce_beta"}
     # tracking/publish.py's `selected` labels and tracking/layout.py's fit names
     assert hparam_label("nmtune", {"lam": 0.01, "depth": 1}) == "λ0.01 d1"
     assert hparam_label("nmtune", {"lam": "0.1", "depth": "2"}) == "λ0.1 d2"  # MLflow params are text
@@ -337,7 +338,8 @@ def test_declarations_say_what_a_suite_may_sweep_and_what_a_batch_may_mix():
 
     nm = get_head("nmtune")
     assert nm.grid_axes == tuple(nm.defaults) and nm.sweepable("lam") and not nm.sweepable("l2_min")
-    assert nm.per_member == {"lr", "weight_decay", "preset", "lam", "w_mse", "w_cov", "w_svd", "svd_topk"}
-    assert get_head("mlp").per_member == {"lr", "weight_decay"} and get_head("lp").per_member == frozenset()
+    task_loss = {"loss", "gce_q", "sce_alpha", "sce_beta"}  # heads/robust.py: any member its own task loss
+    assert nm.per_member == {"lr", "weight_decay", "preset", "lam", "w_mse", "w_cov", "w_svd", "svd_topk"} | task_loss
+    assert get_head("mlp").per_member == {"lr", "weight_decay"} | task_loss and get_head("lp").per_member == frozenset()
     assert [p.name for p in nm.hparams if p.arch] == ["ratio", "depth"]
     assert nm.stacked_loss and nm.loss and not get_head("mlp").loss and get_head("lp").fitter

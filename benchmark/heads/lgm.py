@@ -140,16 +140,19 @@ def gradient_matching(
 
 class LGMStackedLoss:
     """LGM's loss of G members at once (each with its own lambda and sigma): the members' base loss
-    ``base`` (their mean cross-entropy, from the engine) plus ``lambda * matching``."""
+    ``base`` (their mean task loss, from the engine: cross-entropy, or GCE / SCE where a member chose
+    it) plus ``lambda * matching`` of that task loss's input gradients."""
 
     needs_forward = True
 
-    def __init__(self, hps: Sequence[HParams], device: Any, row_loss: RowLoss = row_cross_entropy) -> None:
+    def __init__(self, hps: Sequence[HParams], device: Any, row_loss: RowLoss | None = None) -> None:
         import torch
+
+        from benchmark.heads.robust import StackedRowLoss
 
         self.lam = torch.tensor([float(h.lgm_lambda) for h in hps], dtype=torch.float32, device=device)
         self.sigma = torch.tensor([float(h.lgm_sigma) for h in hps], dtype=torch.float32, device=device)
-        self.row_loss = row_loss
+        self.row_loss = row_loss if row_loss is not None else StackedRowLoss(hps)  # the members' task losses
 
     def __call__(
         self,
@@ -176,7 +179,10 @@ class LGMLoss:
 
     @classmethod
     def from_hparams(cls, hp: HParams) -> LGMLoss:
-        return cls(hp.lgm_lambda, hp.lgm_sigma)
+        from benchmark.heads.robust import StackedRowLoss
+
+        rows = StackedRowLoss([hp])
+        return cls(hp.lgm_lambda, hp.lgm_sigma, row_cross_entropy if rows.plain else rows)
 
     def __call__(
         self, logits: torch.Tensor, y: torch.Tensor, z: torch.Tensor, f: torch.Tensor, *, forward: Forward
@@ -187,7 +193,7 @@ class LGMLoss:
             out_logits, out_z = forward(x[0])
             return out_logits.unsqueeze(0), out_z.unsqueeze(0)
 
-        base = self.row_loss(logits, y).mean()
+        base = self.row_loss(logits.unsqueeze(0), y.unsqueeze(0))[0].mean()
         sigma = torch.tensor([self.sigma], dtype=f.dtype, device=f.device)
         match = gradient_matching(one, f.unsqueeze(0), y.unsqueeze(0), sigma, self.row_loss)[0]
         return base + self.lam * match, {"ce": base, "match": match}

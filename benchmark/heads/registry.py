@@ -31,6 +31,7 @@ from typing import Any
 from benchmark.errors import ConfigError, UnknownNameError
 from benchmark.heads.gradient import EPOCH_SELECTIONS
 from benchmark.heads.hparams import HParam, HParams, as_float, as_int
+from benchmark.heads.robust import finish_loss
 
 ENTRY_POINT_GROUP = "nmlbench.heads"
 #: The modules that declare the built-in heads (imported by ``benchmark.heads``).
@@ -448,6 +449,8 @@ def resolve_hparams(method: str, **given: Any) -> HParams:
     for p in sorted(head.hparams, key=lambda p: p.phase):  # stable: declared order within a phase
         if hp[p.name] is not None:
             hp[p.name] = p.validate(hp[p.name])
+    if head.takes("loss"):  # every gradient head: ce stored as unset, a robust loss's values filled
+        hp = finish_loss(hp)
     if head.finish is not None:
         hp = head.finish(hp)
     return HParams(method, hp)

@@ -38,6 +38,7 @@ from torch.nn import functional as F
 from benchmark.errors import ConfigError
 from benchmark.heads.modules import LinearHead, ResidualMLPHead
 from benchmark.heads.registry import HParams, as_int, get_head
+from benchmark.heads.robust import StackedRowLoss
 from benchmark.probe.bnstats import CHUNK, CHUNK_BYTES, moments
 from benchmark.probe.data import PreparedData
 from benchmark.probe.train import TrainedHead, batch_plan, diverged, head_loss, init_head, needs_validation
@@ -239,6 +240,7 @@ class _Losses:
 
     def set(self, hps: Sequence[HParams], device: torch.device) -> None:
         self.hps = list(hps)
+        self.rows = StackedRowLoss(hps)  # each member's task loss: cross-entropy unless it chose GCE / SCE
         by_head: dict[str, list[int]] = {}
         for i, hp in enumerate(hps):
             head = get_head(hp.method)
@@ -257,7 +259,10 @@ class _Losses:
         self, logits: torch.Tensor, y: torch.Tensor, z: torch.Tensor, f: torch.Tensor, heads: StackedHeads | None = None
     ) -> torch.Tensor:
         g, b, k = logits.shape
-        ce = F.cross_entropy(logits.reshape(g * b, k), y.reshape(-1), reduction="none").view(g, b).mean(1)
+        if self.rows.plain:
+            ce = F.cross_entropy(logits.reshape(g * b, k), y.reshape(-1), reduction="none").view(g, b).mean(1)
+        else:
+            ce = self.rows(logits, y).mean(1)  # the members' task losses (GCE / SCE where chosen)
         total = ce
         for idx, stacked, alone in self.groups:
             if stacked is not None:
