@@ -5,6 +5,7 @@ engines training NMTune / LGM / MLP on top of them alike."""
 from __future__ import annotations
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 from torch.nn import functional as F
@@ -140,3 +141,27 @@ def test_batched_fits_with_robust_losses_equal_lone_fits():
         np.testing.assert_allclose(got.curves["train_loss"], alone.curves["train_loss"], rtol=1e-4)
         assert got.curves["val_accuracy"] == alone.curves["val_accuracy"]
         assert all(np.isfinite(got.curves["train_loss"]))
+
+
+def test_a_head_with_a_robust_loss_is_a_leaderboard_row_of_its_own():
+    from support import synthetic_runs
+
+    from benchmark.heads import head_label, head_order, hparam_label, plot_style
+    from benchmark.leaderboard import leaderboard
+
+    plain = synthetic_runs()
+    gce = plain[plain["method"] == "nmtune"].assign(
+        loss="gce", val_accuracy=lambda d: d["val_accuracy"] * 0.9, test_accuracy=lambda d: d["test_accuracy"] * 0.8
+    )
+    both = pd.concat([plain.assign(loss=np.nan), gce], ignore_index=True)
+    board = leaderboard(both)
+    assert set(board["method"]) == {"lp", "nmtune", "nmtune+gce"}
+    alone = leaderboard(plain).set_index(["noise_ratio", "method"])
+    mixed = board.set_index(["noise_ratio", "method"])
+    for key in alone.index:  # the cross-entropy rows are exactly what they were without the GCE fits
+        assert mixed.loc[key, "id_acc"] == alone.loc[key, "id_acc"], key
+    ratio = mixed.xs("nmtune+gce", level="method")["id_acc"] / mixed.xs("nmtune", level="method")["id_acc"]
+    np.testing.assert_allclose(ratio, 0.8)  # validation still chose the same configs, test scaled by 0.8
+    assert head_label("nmtune+gce") == "NMTune+GCE" and head_label("lgm+sce") == "LGM+SCE"
+    assert head_order("nmtune+gce") == head_order("nmtune") and plot_style("mlp+gce") == plot_style("mlp")
+    assert hparam_label("nmtune+gce", {"lam": 0.1, "depth": 1}) == "λ0.1 d1"

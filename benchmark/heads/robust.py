@@ -69,6 +69,23 @@ def loss_suffix(params: Any) -> str:
     return f"+{LOSS_LABELS[loss]}" if isinstance(loss, str) and loss in LOSS_LABELS else ""
 
 
+def method_with_loss(method: Any, loss: Any) -> Any:
+    """The leaderboard's method of a fit: ``nmtune+gce`` for NMTune trained with GCE, so each head x
+    loss is a row of its own; the head's name alone for cross-entropy (or no loss recorded)."""
+    if not (isinstance(method, str) and isinstance(loss, str) and loss in LOSS_LABELS):
+        return method
+    return method if method.endswith(f"+{loss}") else f"{method}+{loss}"  # applied twice: once
+
+
+def split_method(method: Any) -> tuple[Any, str | None]:
+    """``nmtune+gce`` -> (``nmtune``, ``gce``); a plain head name -> (name, None)."""
+    if isinstance(method, str) and "+" in method:
+        base, _, loss = method.rpartition("+")
+        if loss in LOSS_LABELS:
+            return base, loss
+    return method, None
+
+
 def robust_rows(
     logits: torch.Tensor, y: torch.Tensor, kind: str, q: float = 0.7, alpha: float = 0.1, beta: float = 1.0
 ) -> torch.Tensor:
