@@ -44,6 +44,7 @@ from scipy import stats
 
 from benchmark.errors import ConfigError
 from benchmark.heads import head_label, head_order, hparam_label, tiebreak_axes
+from benchmark.heads.robust import head_with_loss
 from benchmark.metrics import BoardColumn, board_columns, board_metric_columns
 
 DEFAULT_GROUP = ("backbone", "noise_ratio", "head")
@@ -100,6 +101,8 @@ def _prepare(df: pd.DataFrame, group: Sequence[str]) -> pd.DataFrame:
             "as written by Tracker.log_fit (see docs/architecture.md, 'Fit record')"
         )
     df = df.copy()
+    if "loss" in df.columns and "head" in df.columns:  # a head trained with GCE / SCE is a row of its own
+        df["head"] = [head_with_loss(m, loss) for m, loss in zip(df["head"], df["loss"], strict=True)]
     for col, default in (("pretrain_seed", 0), ("head_seed", 0), ("fraction", 1.0)):
         if col not in df.columns:
             df[col] = default

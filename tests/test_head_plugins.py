@@ -39,7 +39,7 @@ from benchmark.probe import FitRequest, batch_groups, evaluate_head, fit_many, p
 
 REPO = Path(__file__).resolve().parents[1]
 PLUGIN_SRC = REPO / "tests" / "plugins" / "nmlbench_extra_plugin"
-BUILTIN = ("lp", "lp_adamw", "mlp", "nmtune")
+BUILTIN = ("lp", "lp_adamw", "mlp", "nmtune", "lgm")
 
 
 @pytest.fixture(autouse=True)
@@ -101,7 +101,7 @@ def data():
 
 
 def test_installed_head_is_found_resolved_and_listed(plugin_site: Path) -> None:
-    assert head_names()[:4] == BUILTIN and "cosine" in head_names()
+    assert head_names()[: len(BUILTIN)] == BUILTIN and "cosine" in head_names()
     head = get_head("cosine")
     assert head.label == "Cosine" and head.sweepable("label_smoothing") and "lr" in head.per_member
     hp = resolve_hparams("cosine", label_smoothing=0.2, epochs=3)
@@ -218,7 +218,7 @@ def test_a_broken_or_shadowing_plugin_only_warns(plugin_site: Path) -> None:
 
 def test_unknown_head_lists_the_registered_ones_with_the_plugin(plugin_site: Path) -> None:
     with pytest.raises(
-        UnknownNameError, match="unknown head method 'svm'; known head methods: cosine, lp, lp_adamw, mlp, nmtune"
+        UnknownNameError, match="unknown head method 'svm'; known head methods: cosine, lgm, lp, lp_adamw, mlp, nmtune"
     ):
         get_head("svm")
 

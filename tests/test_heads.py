@@ -168,7 +168,7 @@ def test_every_registered_head_builds_resolves_and_fits():
     from benchmark.probe import fit_and_evaluate
 
     # an installed plugin head (tests/plugins) may follow the built-ins; it is not walked here
-    assert builtin_heads() == ("lp", "lp_adamw", "mlp", "nmtune") and set(HEADS) == set(head_names())
+    assert builtin_heads() == ("lp", "lp_adamw", "mlp", "nmtune", "lgm") and set(HEADS) == set(head_names())
     x = torch.randn(64, 6, generator=torch.Generator().manual_seed(0))
     y = (x[:, 0] > 0).long()
     short = {"lp": {"l2_steps": 2}}
@@ -201,7 +201,7 @@ def test_batch_key_groups_what_can_share_a_computation():
 def test_registry_rejects_unknown_names_and_duplicates():
     from benchmark.heads import HeadMethod, HParam, get_head, register_head
 
-    known = "unknown head method 'svm'; known head methods: (cosine, )?lp, lp_adamw, mlp, nmtune"
+    known = "unknown head method 'svm'; known head methods: (cosine, )?lgm, lp, lp_adamw, mlp, nmtune"
     with pytest.raises(UnknownNameError, match=known):
         get_head("svm")
     with pytest.raises(ConfigError, match="registered twice"):
@@ -325,7 +325,9 @@ def test_reporting_lookups_reproduce_the_old_spellings():
 
     assert TIEBREAK_AXES == ("lam", "depth", "width", "epochs", "lr", "weight_decay", "batch_size") == tiebreak_axes()
     assert tiebreak_axes(["mlp", "lp"]) == ("depth", "width", "epochs", "lr", "weight_decay", "batch_size")
-    assert PER_MEMBER == {"lr", "weight_decay", "preset", "lam", "w_mse", "w_cov", "w_svd", "svd_topk"}
+    old = {"lr", "weight_decay", "preset", "lam", "w_mse", "w_cov", "w_svd", "svd_topk"}
+    # LGM (heads/lgm.py) adds its two loss weights, heads/robust.py the task loss and its values
+    assert PER_MEMBER == old | {"lgm_lambda", "lgm_sigma", "loss", "gce_q", "sce_alpha", "sce_beta"}
     # tracking/publish.py's `selected` labels and tracking/layout.py's fit names
     assert hparam_label("nmtune", {"lam": 0.01, "depth": 1}) == "λ0.01 d1"
     assert hparam_label("nmtune", {"lam": "0.1", "depth": "2"}) == "λ0.1 d2"  # MLflow params are text
@@ -355,7 +357,8 @@ def test_declarations_say_what_a_suite_may_sweep_and_what_a_batch_may_mix():
 
     nm = get_head("nmtune")
     assert nm.grid_axes == tuple(nm.defaults) and nm.sweepable("lam") and not nm.sweepable("l2_min")
-    assert nm.per_member == {"lr", "weight_decay", "preset", "lam", "w_mse", "w_cov", "w_svd", "svd_topk"}
-    assert get_head("mlp").per_member == {"lr", "weight_decay"} and get_head("lp").per_member == frozenset()
+    task_loss = {"loss", "gce_q", "sce_alpha", "sce_beta"}  # heads/robust.py: any member its own task loss
+    assert nm.per_member == {"lr", "weight_decay", "preset", "lam", "w_mse", "w_cov", "w_svd", "svd_topk"} | task_loss
+    assert get_head("mlp").per_member == {"lr", "weight_decay"} | task_loss and get_head("lp").per_member == frozenset()
     assert [p.name for p in nm.hparams if p.arch] == ["width", "depth"]
     assert nm.stacked_loss and nm.loss and not get_head("mlp").loss and get_head("lp").fitter

@@ -348,6 +348,11 @@ def test_hparam_resolution_and_errors():
         "lr": 0.1,
         "weight_decay": 0.0,
         "epoch_selection": "last",
+        # the task loss (heads/robust.py): unset is cross-entropy, so none of these enters a fit key
+        "loss": None,
+        "gce_q": None,
+        "sce_alpha": None,
+        "sce_beta": None,
     }
     mlp = resolve_hparams("mlp")
     assert (mlp.lr, mlp.weight_decay, mlp.epochs, mlp.batch_size, mlp.epoch_selection) == (

@@ -14,25 +14,32 @@ from typing import Any
 
 from benchmark.errors import ConfigError
 from benchmark.heads.registry import HEADS, head_names
+from benchmark.heads.robust import LOSS_LABELS, split_head
 
 #: Plot style of a head that declares none (the style every head outside the paper's three had).
 DEFAULT_STYLE: tuple[str, str] = ("tab:gray", "x")
 
 
 def head_label(method: Any) -> str:
-    """The head's display label (``NMTune``); an unregistered name shows as itself."""
-    return HEADS[method].label if isinstance(method, str) and method in HEADS else str(method)
+    """The head's display label (``NMTune``; ``NMTune+GCE`` for a leaderboard row of NMTune trained
+    with a robust loss, ``heads/robust.py``); an unregistered name shows as itself."""
+    base, loss = split_head(method)
+    if not (isinstance(base, str) and base in HEADS):
+        return str(method)
+    return HEADS[base].label + (f"+{LOSS_LABELS[loss]}" if loss else "")
 
 
 def head_order(method: Any) -> int:
-    """The head's display order; unregistered names sort last (99)."""
-    return HEADS[method].order if isinstance(method, str) and method in HEADS else 99
+    """The head's display order (a robust-loss row sorts with its head); unregistered names last (99)."""
+    base, _ = split_head(method)
+    return HEADS[base].order if isinstance(base, str) and base in HEADS else 99
 
 
 def hparam_label(method: Any, params: Mapping[str, Any], empty: str = "") -> str:
     """The chosen values of a fit as the leaderboard's ``selected`` column and fit names show them:
     ``λ0.01 d1`` for NMTune, ``d1`` for the MLP, ``empty`` where the head labels nothing (or the
     values are missing / NaN). ``params``: a fit's params or a fits-frame row (numbers or text)."""
+    method, _ = split_head(method)
     if not isinstance(method, str) or method not in HEADS:
         return empty
     head = HEADS[method]
@@ -43,6 +50,7 @@ def hparam_label(method: Any, params: Mapping[str, Any], empty: str = "") -> str
 
 def plot_style(method: Any) -> tuple[str, str]:
     """``(colour, marker)`` for figures; ``DEFAULT_STYLE`` for a head that declares none."""
+    method, _ = split_head(method)
     head = HEADS.get(method) if isinstance(method, str) else None
     return head.style if head is not None and head.style else DEFAULT_STYLE
 

@@ -7,7 +7,7 @@ differ between the members of one batched fit, the tie-break rank of each axis),
 its module, its loss (per member, and optionally stacked for G members trained at once), a fitter
 where gradient training does not apply, and what reporting needs (how a fit's chosen values are
 labelled, a plot style, the roles the paper's claims give it). The built-ins live in
-``heads/lp.py``, ``lp_adamw.py``, ``mlp.py`` and ``nmtune.py``; outside packages add heads
+``heads/lp.py``, ``lp_adamw.py``, ``mlp.py``, ``nmtune.py`` and ``lgm.py``; outside packages add heads
 through the entry-point group ``nmlbench.heads`` (loaded on first need, like backbone families)::
 
     [project.entry-points."nmlbench.heads"]
@@ -31,6 +31,7 @@ from typing import Any
 from benchmark.errors import ConfigError, UnknownNameError
 from benchmark.heads.gradient import EPOCH_SELECTIONS
 from benchmark.heads.hparams import KEY_ALIASES, RENAMED, HParam, HParams, as_float, as_int
+from benchmark.heads.robust import finish_loss
 
 ENTRY_POINT_GROUP = "nmlbench.heads"
 #: The modules that declare the built-in heads (imported by ``benchmark.heads``).
@@ -39,6 +40,7 @@ BUILTIN_MODULES: tuple[str, ...] = (
     "benchmark.heads.lp_adamw",
     "benchmark.heads.mlp",
     "benchmark.heads.nmtune",
+    "benchmark.heads.lgm",
 )
 Target = str | Callable[..., Any]
 
@@ -453,6 +455,8 @@ def resolve_hparams(method: str, **given: Any) -> HParams:
     for p in sorted(head.hparams, key=lambda p: p.phase):  # stable: declared order within a phase
         if hp[p.name] is not None:
             hp[p.name] = p.validate(hp[p.name])
+    if head.takes("loss"):  # every gradient head: ce stored as unset, a robust loss's values filled
+        hp = finish_loss(hp)
     if head.finish is not None:
         hp = head.finish(hp)
     return HParams(method, hp)

@@ -18,7 +18,8 @@ What stays per member, so that each member's result equals fitting it alone
   ``torch.optim.AdamW``'s single-tensor path and of ``CosineAnnealingLR``, per member);
 - the loss: each member's head's own (``HeadMethod.stacked_loss`` for all of a head's members at
   once, else its per-member ``loss`` member by member, else cross-entropy), with that member's
-  weights; and the validation curve and best epoch.
+  weights (a loss declaring ``needs_forward``, LGM's, gets its members' forward pass); and the
+  validation curve and best epoch.
 A member whose loss turns non-finite is dropped at that step with the error the lone fit would
 raise; the others redo the step without it (BatchNorm statistics restored), so one diverging
 member cannot change, let alone poison, the rest.
@@ -37,6 +38,7 @@ from torch.nn import functional as F
 from benchmark.errors import ConfigError
 from benchmark.heads.modules import LinearHead, ResidualMLPHead
 from benchmark.heads.registry import HParams, as_int, get_head
+from benchmark.heads.robust import StackedRowLoss
 from benchmark.probe.bnstats import CHUNK, CHUNK_BYTES, moments
 from benchmark.probe.data import PreparedData
 from benchmark.probe.train import TrainedHead, batch_plan, diverged, head_loss, init_head, needs_validation
@@ -90,6 +92,15 @@ class StackedHeads:
         """Drop every member not in ``idx`` (positions)."""
         self.params = {n: p.detach()[idx].requires_grad_() for n, p in self.params.items()}
         self.buffers = {n: b[idx] for n, b in self.buffers.items()}
+
+    def members(self, idx: torch.Tensor) -> StackedHeads:
+        """The members at ``idx`` as a stacked head of their own, its weights indexed from these (so
+        gradients flow back here) and its BatchNorm buffers copies (refreshed each epoch anyway)."""
+        out = object.__new__(StackedHeads)
+        out.template, out.layers = self.template, self.layers
+        out.params = {n: p[idx] for n, p in self.params.items()}
+        out.buffers = {n: b[idx].clone() for n, b in self.buffers.items()}
+        return out
 
     def forward(self, x: torch.Tensor, training: bool) -> tuple[torch.Tensor, torch.Tensor]:
         """``x``: (G, B, D) -> logits (G, B, K) and z (G, B, D)."""
@@ -229,6 +240,7 @@ class _Losses:
 
     def set(self, hps: Sequence[HParams], device: torch.device) -> None:
         self.hps = list(hps)
+        self.rows = StackedRowLoss(hps)  # each member's task loss: cross-entropy unless it chose GCE / SCE
         by_head: dict[str, list[int]] = {}
         for i, hp in enumerate(hps):
             head = get_head(hp.method)
@@ -243,19 +255,54 @@ class _Losses:
             else:
                 self.groups.append((idx, None, [head_loss(hps[i]) for i in members]))
 
-    def __call__(self, logits: torch.Tensor, y: torch.Tensor, z: torch.Tensor, f: torch.Tensor) -> torch.Tensor:
+    def __call__(
+        self, logits: torch.Tensor, y: torch.Tensor, z: torch.Tensor, f: torch.Tensor, heads: StackedHeads | None = None
+    ) -> torch.Tensor:
         g, b, k = logits.shape
-        ce = F.cross_entropy(logits.reshape(g * b, k), y.reshape(-1), reduction="none").view(g, b).mean(1)
+        if self.rows.plain:
+            ce = F.cross_entropy(logits.reshape(g * b, k), y.reshape(-1), reduction="none").view(g, b).mean(1)
+        else:
+            ce = self.rows(logits, y).mean(1)  # the members' task losses (GCE / SCE where chosen)
         total = ce
         for idx, stacked, alone in self.groups:
             if stacked is not None:
-                own = stacked(logits[idx], y[idx], z[idx], f[idx], ce[idx])
+                extra = _forward_of(heads, idx) if getattr(stacked, "needs_forward", False) else {}
+                own = stacked(logits[idx], y[idx], z[idx], f[idx], ce[idx], **extra)
             else:
                 own = torch.stack(
-                    [fn(logits[i], y[i], z[i], f[i])[0] for fn, i in zip(alone, idx.tolist(), strict=True)]
+                    [
+                        fn(logits[i], y[i], z[i], f[i], **(_one_forward(heads, i) if _needs(fn) else {}))[0]
+                        for fn, i in zip(alone, idx.tolist(), strict=True)
+                    ]
                 )
             total = total.index_copy(0, idx, own)
         return total
+
+
+def _needs(fn: Any) -> bool:
+    return bool(getattr(fn, "needs_forward", False))
+
+
+def _forward_of(heads: StackedHeads | None, idx: torch.Tensor) -> dict[str, Any]:
+    """``forward=``: the members at ``idx`` evaluated in training mode on other inputs (G' x B x D),
+    for a loss that declares ``needs_forward`` (LGM's perturbed features)."""
+    if heads is None:
+        raise ConfigError("this head's loss evaluates the head itself: pass the stacked heads to the loss")
+    sub = heads.members(idx)
+    return {"forward": lambda x: sub.forward(x, training=True)}
+
+
+def _one_forward(heads: StackedHeads | None, i: int) -> dict[str, Any]:
+    """``forward=`` for one member's own loss: B x D in, its (logits, z) out."""
+    if heads is None:
+        raise ConfigError("this head's loss evaluates the head itself: pass the stacked heads to the loss")
+    sub = heads.members(torch.tensor([i], dtype=torch.long, device=next(iter(heads.params.values())).device))
+
+    def forward(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        logits, z = sub.forward(x.unsqueeze(0), training=True)
+        return logits[0], z[0]
+
+    return {"forward": forward}
 
 
 def _raised(err: Exception) -> Exception:
@@ -352,7 +399,7 @@ def _train_batch(
                 logits, z = heads.forward(xb, training=True)
                 bad = ~(torch.isfinite(logits).flatten(1).all(1) & torch.isfinite(z).flatten(1).all(1))
                 if not bool(bad.any()):
-                    loss = losses(logits, yb, z, xb)
+                    loss = losses(logits, yb, z, xb, heads)
                     bad = ~torch.isfinite(loss)
                 if not bool(bad.any()):
                     break

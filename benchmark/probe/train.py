@@ -8,7 +8,8 @@ seeded ``torch.Generator``; the head's initialisation is seeded too (inside ``fo
 caller's global RNG is untouched). Same seed on the CPU gives bit-identical numbers. The last
 incomplete batch is dropped only if it holds a single sample (BatchNorm needs two). A NaN or
 infinite loss stops the fit with ``TrainingDiverged``. The loss is the head's declaration's
-(``HeadMethod.loss``, built from the resolved ``HParams``, e.g. NMTune's weights), else cross-entropy.
+(``HeadMethod.loss``, built from the resolved ``HParams``, e.g. NMTune's weights), else cross-entropy;
+a loss that declares ``needs_forward`` (LGM) is also handed the head as ``forward``.
 
 After every epoch the head's BatchNorm statistics are recomputed over its training rows
 (``probe.bnstats``: the running averages of a short run are far from them on features with a
@@ -35,6 +36,7 @@ from torch.nn import functional as F
 from benchmark.errors import ConfigError, TrainingDiverged
 from benchmark.heads.modules import create_head
 from benchmark.heads.registry import HParams, as_int, get_head
+from benchmark.heads.robust import StackedRowLoss
 from benchmark.probe.bnstats import refresh_module
 from benchmark.probe.data import PreparedData
 
@@ -76,25 +78,58 @@ def diverged(hp: HParams, epoch: int, step: int, x: torch.Tensor) -> TrainingDiv
 
 def head_loss(hp: HParams, device: Any = None) -> LossFn | None:
     """The head's own loss for one member (``None``: plain cross-entropy), built once from the
-    resolved values: its declared ``loss``, else its ``stacked_loss`` applied to a batch of one."""
+    resolved values: its declared ``loss``, else its ``stacked_loss`` applied to a batch of one.
+
+    With a robust task loss (``hp.loss``: GCE, SCE; ``heads/robust.py``) the head's stacked loss is
+    used on a batch of one, handed that loss instead of cross-entropy (its terms add to it); a head
+    with neither trains with the robust loss alone; a head with only its own ``loss`` cannot
+    compose with it and says so.
+    """
     head = get_head(hp.method)
+    where = torch.device(device) if device is not None else torch.device("cpu")
+    robust = bool(getattr(hp, "loss", None))
+    if robust and head.stacked_loss:
+        return _OneOfStacked(head.resolve("stacked_loss")([hp], where), StackedRowLoss([hp]))
     if head.loss:
+        if robust:
+            raise ConfigError(
+                f"head {hp.method!r} declares its own loss and no stacked_loss, so loss {hp.loss!r} cannot "
+                "replace its cross-entropy; leave loss unset (ce) for it"
+            )
         return head.resolve("loss")(hp)
     if head.stacked_loss:
-        where = torch.device(device) if device is not None else torch.device("cpu")
-        return _one_of_stacked(head.resolve("stacked_loss")([hp], where))
+        return _OneOfStacked(head.resolve("stacked_loss")([hp], where), StackedRowLoss([hp]))
+    if robust:
+        return _OneOfStacked(None, StackedRowLoss([hp]))
     return None
 
 
-def _one_of_stacked(stacked: Callable[..., torch.Tensor]) -> LossFn:
-    def loss(
-        logits: torch.Tensor, y: torch.Tensor, z: torch.Tensor, f: torch.Tensor
-    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        ce = F.cross_entropy(logits, y).unsqueeze(0)
-        total = stacked(logits.unsqueeze(0), y.unsqueeze(0), z.unsqueeze(0), f.unsqueeze(0), ce)[0]
-        return total, {"ce": ce[0]}
+class _OneOfStacked:
+    """A stacked loss (or none: the task loss alone) on a batch of one member."""
 
-    return loss
+    def __init__(self, stacked: Callable[..., torch.Tensor] | None, rows: StackedRowLoss) -> None:
+        self.stacked, self.rows = stacked, rows
+        self.needs_forward = bool(getattr(stacked, "needs_forward", False))
+
+    def __call__(
+        self, logits: torch.Tensor, y: torch.Tensor, z: torch.Tensor, f: torch.Tensor, forward: Any = None
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        if self.rows.plain:
+            base = F.cross_entropy(logits, y).unsqueeze(0)
+        else:
+            base = self.rows(logits.unsqueeze(0), y.unsqueeze(0)).mean(1)
+        if self.stacked is None:
+            return base[0], {"ce": base[0]}
+        extra: dict[str, Any] = {}
+        if self.needs_forward:
+
+            def one(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+                out_logits, out_z = forward(x[0])
+                return out_logits.unsqueeze(0), out_z.unsqueeze(0)
+
+            extra["forward"] = one
+        total = self.stacked(logits.unsqueeze(0), y.unsqueeze(0), z.unsqueeze(0), f.unsqueeze(0), base, **extra)[0]
+        return total, {"ce": base[0]}
 
 
 def batch_plan(batch_size: int, n: int) -> tuple[int, int]:
@@ -150,7 +185,12 @@ def train_epoch(
         xb, yb = x[idx], y[idx]
         try:
             logits, z = head(xb)
-            loss = F.cross_entropy(logits, yb) if loss_fn is None else loss_fn(logits, yb, z, xb)[0]
+            if loss_fn is None:
+                loss = F.cross_entropy(logits, yb)
+            elif getattr(loss_fn, "needs_forward", False):  # e.g. LGM: evaluates the head on other inputs
+                loss = loss_fn(logits, yb, z, xb, forward=head)[0]
+            else:
+                loss = loss_fn(logits, yb, z, xb)[0]
         except torch.linalg.LinAlgError as err:  # SVD of a non-finite batch
             raise diverged(hp, epoch, step, x) from err
         if not bool(torch.isfinite(loss)):
