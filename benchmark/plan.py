@@ -105,8 +105,8 @@ class FitSpec:
     tags: dict[str, str] = field(default_factory=dict)
 
     @property
-    def method(self) -> str:
-        return self.hparams.method
+    def head(self) -> str:
+        return self.hparams.head
 
 
 @dataclass(frozen=True)
@@ -310,7 +310,7 @@ def fit_key(pair: str, hp: HParams, head_seed: int, fraction: float) -> str:
         {
             "kind": "fit",
             "pair": pair,
-            "method": hp.method,
+            "method": hp.head,
             "hparams": hp.key_dict(),
             "head_seed": int(head_seed),
             "fraction": float(fraction),
@@ -335,7 +335,7 @@ def _pair(suite: Suite, b: BackbonePlan, t: TaskPlan, grid: Sequence[HParams]) -
             "backbone_id": b.key,
             "task": t.name,
             "task_kind": t.kind,
-            "head": hp.method,
+            "head": hp.head,
             **hp.as_dict(),
             "head_seed": int(seed),
             "fraction": float(frac),

@@ -49,7 +49,7 @@ def _run_pair(args: tuple[Any, str, str | None, bool, bool]) -> dict[str, Any]:
     from benchmark.probe.reference import compare_lp_with_sklearn
 
     os.environ.setdefault("NMLBENCH_THREADS", "1")
-    lp_hp = next(f.hparams for f in pair.fits if f.method == "lp")
+    lp_hp = next(f.hparams for f in pair.fits if f.head == "lp")
     payload = extract_payload(pair, cache, data_root, normalize)
     row = compare_lp_with_sklearn(payload, lp_hp, standardized)
     row.pop("records")
@@ -153,7 +153,7 @@ def main(argv: list[str] | None = None) -> int:
     cache = str(plan.work_dir / "features")
     todo, skipped = [], []
     for pair in plan.pairs:
-        if not any(f.method == "lp" for f in pair.fits):
+        if not any(f.head == "lp" for f in pair.fits):
             continue
         ckpt = pair.backbone.spec.get("checkpoint")
         if pair.backbone.job is not None and not (ckpt and Path(ckpt).is_file()):

@@ -113,14 +113,14 @@ def test_batched_head_fits_vs_one_at_a_time(benchmark, one_thread, pair_inputs):
     pair, payload = pair_inputs
     data = prepare_payload(payload)
     requests = [FitRequest(f.hparams, f.head_seed, f.train_rows) for f in pair.fits]
-    lp_pos = [i for i, r in enumerate(requests) if r.hparams.method == "lp"]
-    grad_pos = [i for i, r in enumerate(requests) if r.hparams.method != "lp"]
+    lp_pos = [i for i, r in enumerate(requests) if r.hparams.head == "lp"]
+    grad_pos = [i for i, r in enumerate(requests) if r.hparams.head != "lp"]
     lp_reqs, grad_reqs = [requests[i] for i in lp_pos], [requests[i] for i in grad_pos]
     sw = benchutil.Stopwatch()
     out: dict[str, list] = {}
 
     def alone(r: FitRequest) -> dict:
-        if r.hparams.method != "lp":
+        if r.hparams.head != "lp":
             return fit_many(data, [r])[0]
         [trained] = fit_linear_probes(data, [r], batch_grid=False)
         return {"eval": evaluate_head(trained, data), "curves": trained.curves}
@@ -153,7 +153,7 @@ def test_batched_head_fits_vs_one_at_a_time(benchmark, one_thread, pair_inputs):
         for a, b in zip(single, batch)
         for name in a["eval"]
     ]
-    grad_batch = [b for r, b in zip(requests, batch) if r.hparams.method != "lp"]
+    grad_batch = [b for r, b in zip(requests, batch) if r.hparams.head != "lp"]
     ref_gaps = [
         abs(ev[name]["accuracy"] - b["eval"][name]["accuracy"])
         for ev, b in zip(out["reference"], grad_batch)
@@ -168,7 +168,7 @@ def test_batched_head_fits_vs_one_at_a_time(benchmark, one_thread, pair_inputs):
     t_single, t_batch = t_lp_single + t_grad_single, sw.median("batched")
     n_grad = len(grad_batch)
     t_grad_batch = sum(b["seconds"] for b in grad_batch)
-    t_lp = sum(b["seconds"] for r, b in zip(requests, batch) if r.hparams.method == "lp")
+    t_lp = sum(b["seconds"] for r, b in zip(requests, batch) if r.hparams.head == "lp")
     groups = sorted({b["batch_members"] for b in batch})
     dim, classes = int(payload.train[0].shape[1]), int(data.num_classes)
     n_rows = len(payload.train[1])
@@ -177,7 +177,7 @@ def test_batched_head_fits_vs_one_at_a_time(benchmark, one_thread, pair_inputs):
     )
     h0 = grad_reqs[0].hparams
     rate = _bmm_rate(len(grad_reqs), h0.batch_size, dim, int(round(h0.ratio * dim)), data.device)
-    n_svd = sum(1 for r in grad_reqs if r.hparams.method == "nmtune")
+    n_svd = sum(1 for r in grad_reqs if r.hparams.head == "nmtune")
     steps = h0.epochs * -(-n_rows // h0.batch_size)
     t_svd = _svd_seconds(n_svd, h0.batch_size, dim, steps, data.device) if n_svd else 0.0
     floor = t_lp + t_svd + flops / rate

@@ -51,7 +51,7 @@ def _fits(pair: str, seeds: int) -> list[FitSpec]:
                         seed,
                         1.0,
                         None,
-                        {"method": hp.method, **hp.as_dict(), "head_seed": seed},
+                        {"method": hp.head, **hp.as_dict(), "head_seed": seed},
                         {"nmlbench.kind": "fit"},
                     )
                 )

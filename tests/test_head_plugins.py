@@ -22,7 +22,7 @@ from torch.nn import functional as F
 
 from benchmark.errors import ConfigError, UnknownNameError
 from benchmark.heads import (
-    HeadMethod,
+    HeadSpec,
     HParam,
     get_head,
     head_names,
@@ -121,9 +121,9 @@ def test_installed_head_is_found_resolved_and_listed(plugin_site: Path) -> None:
         resolve_hparams("mlp", label_smoothing=0.1)
     assert hparam_label("cosine", hp.as_dict()) == "τ10 ls0.2" and plot_style("cosine") == ("tab:purple", "D")
     # an installed plugin never joins the heads a suite runs when it lists none
-    from benchmark.heads import default_methods
+    from benchmark.heads import default_heads
 
-    assert default_methods() == ("lp", "mlp", "nmtune")
+    assert default_heads() == ("lp", "mlp", "nmtune")
 
 
 def test_a_suite_names_the_plugin_head_and_sweeps_its_values(plugin_site: Path) -> None:
@@ -144,7 +144,7 @@ def test_a_suite_names_the_plugin_head_and_sweeps_its_values(plugin_site: Path) 
         check_names=False,
     )
     grid = head_grid(suite)
-    assert [(h.method, h.label_smoothing, h.epochs) for h in grid] == [
+    assert [(h.head, h.label_smoothing, h.epochs) for h in grid] == [
         ("lp", None, None),
         ("cosine", 0.0, 2),
         ("cosine", 0.1, 2),
@@ -257,7 +257,7 @@ def smoothed_head(request) -> Iterator[str]:
     name = f"smooth_mlp_{request.param}"
     loss = {"loss": _Smoothed} if request.param == "per_member" else {"stacked_loss": _StackedSmoothed}
     register_head(
-        HeadMethod(
+        HeadSpec(
             name,
             "Smoothed MLP",
             20,

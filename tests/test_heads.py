@@ -175,7 +175,7 @@ def test_every_registered_head_builds_resolves_and_fits():
     for name in builtin_heads():
         head = HEADS[name]
         hp = resolve_hparams(name)
-        assert hp.method == name and set(hp.as_dict()) <= set(head.defaults)
+        assert hp.head == name and set(hp.as_dict()) <= set(head.defaults)
         module = create_head(name, 6, 2, **hp.arch())
         logits, z = module(x)
         assert logits.shape == (64, 2) and z.shape == (64, 6)
@@ -199,7 +199,7 @@ def test_batch_key_groups_what_can_share_a_computation():
 
 
 def test_registry_rejects_unknown_names_and_duplicates():
-    from benchmark.heads import HeadMethod, HParam, get_head, register_head
+    from benchmark.heads import HeadSpec, HParam, get_head, register_head
 
     known = "unknown head method 'svm'; known head methods: (cosine, )?lgm, lp, lp_adamw, mlp, nmtune"
     with pytest.raises(UnknownNameError, match=known):
@@ -209,12 +209,12 @@ def test_registry_rejects_unknown_names_and_duplicates():
     # one hyper-parameter name means one thing: epochs is an int with tie-break rank 3 everywhere
     with pytest.raises(ConfigError, match="'epochs' as float.*'lp_adamw' declares it as int"):
         register_head(
-            HeadMethod("x", "X", 9, "", (HParam("epochs", "float", 1.0),), "benchmark.heads.modules:LinearHead")
+            HeadSpec("x", "X", 9, "", (HParam("epochs", "float", 1.0),), "benchmark.heads.modules:LinearHead")
         )
     with pytest.raises(ConfigError, match="kind 'number' is not one of"):
         HParam("momentum", "number", 0.9)
     with pytest.raises(ConfigError, match="labels depth, which it does not take"):
-        HeadMethod("x", "X", 9, "", (), "benchmark.heads.modules:LinearHead", labelled=("depth",))
+        HeadSpec("x", "X", 9, "", (), "benchmark.heads.modules:LinearHead", labelled=("depth",))
     assert "x" not in head_names_now()
 
 
@@ -304,7 +304,7 @@ def test_hparams_read_like_the_old_union():
     from benchmark.heads import HParams, resolve_hparams
 
     mlp = resolve_hparams("mlp", depth=2)
-    assert (mlp.method, mlp.depth, mlp.width, mlp.lam, mlp.l2_steps, mlp.preset) == ("mlp", 2, 4.0, None, None, None)
+    assert (mlp.head, mlp.depth, mlp.width, mlp.lam, mlp.l2_steps, mlp.preset) == ("mlp", 2, 4.0, None, None, None)
     assert mlp.arch() == {"width": 4.0, "depth": 2} and resolve_hparams("lp").arch() == {}
     with pytest.raises(AttributeError, match="'lamda'"):
         _ = mlp.lamda

@@ -235,12 +235,12 @@ def one_thread():
 #: The quick suite's non-linear heads as one batch group (depth 1: MLP and NMTune x lam x lr).
 def _quick_group(**over) -> list:
     quick = load_suite(SUITES / "quick.yaml", check_names=False)
-    plan_hps = [h for h in head_grid(quick) if h.method in ("mlp", "nmtune")]
+    plan_hps = [h for h in head_grid(quick) if h.head in ("mlp", "nmtune")]
     keys = {}
     for h in plan_hps:
         keys.setdefault(h.batch_key(), []).append(h)
     group = next(iter(keys.values()))
-    return [resolve_hparams(h.method, **{**h.as_dict(), **over}) for h in group]
+    return [resolve_hparams(h.head, **{**h.as_dict(), **over}) for h in group]
 
 
 @pytest.mark.parametrize(
@@ -254,7 +254,7 @@ def test_batched_fits_equal_fits_alone_on_real_features(payloads, one_thread, ba
     payload = payloads[(backbone, task)]
     data = prepare_payload(payload)
     hps = _quick_group(**over)
-    assert {h.method for h in hps} == {"mlp", "nmtune"} and len({h.batch_key() for h in hps}) == 1
+    assert {h.head for h in hps} == {"mlp", "nmtune"} and len({h.batch_key() for h in hps}) == 1
     requests = [FitRequest(hp, seed) for seed in seeds for hp in hps]
     batched = fit_many(data, requests)
     assert all(r["batch_members"] == len(requests) for r in batched)

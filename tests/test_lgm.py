@@ -9,7 +9,7 @@ import pytest
 import torch
 from torch.nn import functional as F
 
-from benchmark.heads import LinearHead, ResidualMLPHead, default_methods, get_head, head_names, resolve_hparams
+from benchmark.heads import LinearHead, ResidualMLPHead, default_heads, get_head, head_names, resolve_hparams
 from benchmark.heads.lgm import LGMLoss, LGMStackedLoss, batch_noise
 from benchmark.plan import fit_key
 from benchmark.probe import FitRequest, fit_and_evaluate, fit_many, prepare_data, train_head
@@ -168,7 +168,7 @@ def test_batched_engine_equals_lone_fits(data):
 
 
 def test_registry_lists_lgm_and_a_short_fit_beats_chance(data):
-    assert "lgm" in head_names() and "lgm" not in default_methods()  # existing suites run what they ran
+    assert "lgm" in head_names() and "lgm" not in default_heads()  # existing suites run what they ran
     head = get_head("lgm")
     assert {"lgm_lambda", "lgm_sigma"} <= set(head.grid_axes) and {"lgm_lambda", "lgm_sigma"} <= head.per_member
     assert head.label == "LGM" and head.builder_id == get_head("nmtune").builder_id

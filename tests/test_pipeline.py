@@ -117,7 +117,7 @@ def test_class_subset_reaches_the_scorer_and_changes_predictions(pipeline_run, f
         return real(y_true, y_pred)
 
     monkeypatch.setattr(scorer, "macro_f1", spy)
-    spec = next(f for f in pipeline_run.pair(OOD).fits if f.method == "lp" and f.fraction == 1.0 and f.head_seed == 0)
+    spec = next(f for f in pipeline_run.pair(OOD).fits if f.head == "lp" and f.fraction == 1.0 and f.head_seed == 0)
     [masked] = run_fits(payload, [spec])
     subset_preds = dict(predictions)
     predictions.clear()

@@ -69,8 +69,8 @@ def test_quick_suite_expands_to_the_documented_grid(quick):
         ("digits-from-fonts", "ood"),
     ]
     grid = head_grid(s)
-    assert [sum(h.method == m for h in grid) for m in ("lp", "mlp", "nmtune")] == [1, 3, 6]
-    nm = [h for h in grid if h.method == "nmtune"][0]
+    assert [sum(h.head == m for h in grid) for m in ("lp", "mlp", "nmtune")] == [1, 3, 6]
+    nm = [h for h in grid if h.head == "nmtune"][0]
     assert (nm.lam, nm.lr, nm.depth, nm.preset, nm.w_cov, nm.epochs, nm.batch_size) == (
         0.01,
         0.001,
@@ -81,9 +81,9 @@ def test_quick_suite_expands_to_the_documented_grid(quick):
         128,
     )
     assert all(
-        h.epochs == 30 and h.batch_size == 128 and h.epoch_selection == "best_val" for h in grid if h.method != "lp"
+        h.epochs == 30 and h.batch_size == 128 and h.epoch_selection == "best_val" for h in grid if h.head != "lp"
     )
-    assert len({h.batch_key() for h in grid if h.method != "lp"}) == 1  # MLP and NMTune: one batch per pair
+    assert len({h.batch_key() for h in grid if h.head != "lp"}) == 1  # MLP and NMTune: one batch per pair
     d = s.downstream
     assert (d.max_train, d.seeds, d.fractions) == (2000, [0], [1.0])
     assert (s.selection.split, s.selection.val_fraction) == ("val", 0.2)

@@ -196,7 +196,7 @@ def test_tune_trials_record_failures_and_go_on(payload: FeaturePayload, tmp_path
         # ... and does not complain, once per trial, that those files are missing
         assert "Failed to fetch metrics" not in "".join(capfd.readouterr())
         # curves travel through Tune with the records
-        assert all(len(by_key[f.key]["curves"]["val_accuracy"]) == 5 for f in good if f.method != "lp")
+        assert all(len(by_key[f.key]["curves"]["val_accuracy"]) == 5 for f in good if f.head != "lp")
         # The same fits in a plain loop, on one thread as in a trial, give the same numbers bit for
         # bit: Tune changes where a fit runs, not what the fit of a key computes. Timings aside.
         import torch

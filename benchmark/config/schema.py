@@ -23,10 +23,10 @@ from benchmark.config.messages import SectionProblems
 from benchmark.errors import ConfigError
 from benchmark.heads.registry import (
     HPARAM_NAMES,
-    default_methods,
+    default_heads,
     get_head,
     head_names,
-    methods_taking,
+    heads_taking,
     resolve_hparams,
 )
 from benchmark.pretrain.job import AUGMENTS, PRECISIONS, default_noise_kind, job_default, noise_problem, recipe_problem
@@ -255,7 +255,7 @@ class Downstream(_Model):
     id: Annotated[list[str], UniqueList] = Field(default_factory=list)
     ood: Annotated[list[str], UniqueList] = Field(default_factory=list)
     heads: Annotated[list[str], NonEmpty, UniqueList, AfterValidator(_known_heads)] = Field(
-        default_factory=lambda: list(default_methods())
+        default_factory=lambda: list(default_heads())
     )
     grid: dict[str, Annotated[list[Any], NonEmpty, UniqueList]] = Field(default_factory=dict)
     hparams: dict[str, Any] = Field(default_factory=dict)
@@ -294,7 +294,7 @@ class Downstream(_Model):
                 elif not any(get_head(m).takes(k) for m in self.heads):
                     out.append(
                         f"{where}.{k}: no listed head takes it (it applies to "
-                        f"{', '.join(methods_taking(k)) or 'none'}; heads: {', '.join(self.heads)})"
+                        f"{', '.join(heads_taking(k)) or 'none'}; heads: {', '.join(self.heads)})"
                     )
         for k in sorted(set(self.grid) & set(self.hparams)):
             out.append(f"{k}: given both in grid and in hparams; keep one")

@@ -3,7 +3,7 @@ lazily, the torch modules and NMTune's loss.
 
 Public API::
 
-    HEADS, HeadMethod, HParam, register_head, get_head, head_names     the registry
+    HEADS, HeadSpec, HParam, register_head, get_head, head_names     the registry
     HParams, resolve_hparams, HPARAM_NAMES, NMTUNE_PRESETS             resolved hyper-parameters
     hparam_label, tiebreak_axes, plot_style, probe_head, contenders    what reporting reads
     LinearHead, ResidualMLPHead, create_head                           modules (torch)
@@ -36,12 +36,13 @@ from benchmark.heads.registry import (
     HEADS,
     HPARAM_NAMES,
     HeadMethod,
+    HeadSpec,
     HParams,
-    default_methods,
+    default_heads,
     get_head,
     head_names,
+    heads_taking,
     hparam_names,
-    methods_taking,
     refresh_plugins,
     register_head,
     resolve_hparams,
@@ -79,11 +80,12 @@ __all__ = [
     "NMTUNE_PRESETS",
     "HParam",
     "HeadMethod",
+    "HeadSpec",
     "HParams",
     "NMTuneLoss",
     "NMTunePreset",
     "contenders",
-    "default_methods",
+    "default_heads",
     "get_head",
     "head_label",
     "head_names",
@@ -91,7 +93,7 @@ __all__ = [
     "heads_with_role",
     "hparam_label",
     "hparam_names",
-    "methods_taking",
+    "heads_taking",
     "nmtune_regularisers",
     "plot_style",
     "probe_head",

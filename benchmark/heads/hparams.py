@@ -144,16 +144,23 @@ def unchecked(name: str, val: Any) -> Any:
 class HParams(Mapping[str, Any]):
     """Every hyper-parameter one fit reads, resolved (defaults applied) and validated; frozen.
 
-    Build it with ``resolve_hparams``; ``HParams(method, values)`` takes the values as they are.
+    Build it with ``resolve_hparams``; ``HParams(head, values)`` takes the values as they are.
+    ``head`` is the registered head's name (``method`` before issue 24 gave a head one name; the
+    old attribute still reads, for plugins written against it).
     """
 
-    __slots__ = ("method", "_values")
-    method: str
+    __slots__ = ("head", "_values")
+    head: str
     _values: Mapping[str, Any]
 
-    def __init__(self, method: str, values: Mapping[str, Any] | None = None) -> None:
-        object.__setattr__(self, "method", str(method))
+    def __init__(self, head: str, values: Mapping[str, Any] | None = None) -> None:
+        object.__setattr__(self, "head", str(head))
         object.__setattr__(self, "_values", dict(values or {}))
+
+    @property
+    def method(self) -> str:
+        """The old name of ``head`` (kept so outside plugins written against it keep working)."""
+        return self.head
 
     def __getattr__(self, name: str) -> Any:
         if name.startswith("_"):
@@ -165,13 +172,13 @@ class HParams(Mapping[str, Any]):
 
         if name in hparam_names():
             return None  # another head's hyper-parameter: this one does not take it
-        raise AttributeError(f"no registered head takes a hyper-parameter {name!r} (method {self.method!r})")
+        raise AttributeError(f"no registered head takes a hyper-parameter {name!r} (head {self.head!r})")
 
     def __setattr__(self, name: str, value: Any) -> None:
-        raise AttributeError(f"HParams is frozen: resolve_hparams({self.method!r}, {name}=...) makes a new one")
+        raise AttributeError(f"HParams is frozen: resolve_hparams({self.head!r}, {name}=...) makes a new one")
 
     def __reduce__(self) -> tuple[Any, ...]:
-        return (HParams, (self.method, dict(self._values)))
+        return (HParams, (self.head, dict(self._values)))
 
     # Mapping: the values this head takes (None for those it leaves unset)
     def __getitem__(self, name: str) -> Any:
@@ -186,17 +193,17 @@ class HParams(Mapping[str, Any]):
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, HParams):
             return NotImplemented
-        return self.method == other.method and list(self._values.items()) == list(other._values.items())
+        return self.head == other.head and list(self._values.items()) == list(other._values.items())
 
     def __hash__(self) -> int:
-        return hash((self.method, tuple(self._values.items())))
+        return hash((self.head, tuple(self._values.items())))
 
     def __repr__(self) -> str:
         inner = ", ".join(f"{k}={v!r}" for k, v in self.as_dict().items())
-        return f"HParams(method={self.method!r}{', ' if inner else ''}{inner})"
+        return f"HParams(head={self.head!r}{', ' if inner else ''}{inner})"
 
     def as_dict(self) -> dict[str, Any]:
-        """Non-None hyper-parameters (without ``method``), in the head's declared order."""
+        """Non-None hyper-parameters (without ``head``), in the head's declared order."""
         return {k: v for k, v in self._values.items() if v is not None}
 
     def key_dict(self) -> dict[str, Any]:
@@ -207,7 +214,7 @@ class HParams(Mapping[str, Any]):
         """The keywords that shape the module (the head's ``arch`` hyper-parameters), for the builder."""
         from benchmark.heads.registry import get_head
 
-        spec = get_head(self.method).hparam_specs
+        spec = get_head(self.head).hparam_specs
         return {k: v for k, v in self._values.items() if v is not None and spec[k].arch}
 
     def batch_key(self) -> tuple[Any, ...]:
@@ -221,7 +228,7 @@ class HParams(Mapping[str, Any]):
         """
         from benchmark.heads.registry import get_head
 
-        head = get_head(self.method)
+        head = get_head(self.head)
         spec = head.hparam_specs
         shared = tuple((KEY_ALIASES.get(k, k), v) for k, v in self.as_dict().items() if not spec[k].per_member)
         return (head.fitter_id, head.builder_id, shared)

@@ -45,7 +45,7 @@ from typing import TYPE_CHECKING, Any
 from benchmark.heads.gradient import gradient_hparams
 from benchmark.heads.hparams import HParam, HParams
 from benchmark.heads.mlp import RESIDUAL_MLP
-from benchmark.heads.registry import HeadMethod, register_head
+from benchmark.heads.registry import HeadSpec, register_head
 
 if TYPE_CHECKING:
     import torch
@@ -55,7 +55,7 @@ LGM_SIGMA = 0.01
 LGM_LAMBDA = 1.0
 
 LGM = register_head(
-    HeadMethod(
+    HeadSpec(
         name="lgm",
         label="LGM",
         order=4,

@@ -13,7 +13,7 @@ from typing import Any
 
 from benchmark.errors import ConfigError
 from benchmark.heads.hparams import HParam
-from benchmark.heads.registry import HeadMethod, register_head
+from benchmark.heads.registry import HeadSpec, register_head
 
 
 def check_l2_range(values: dict[str, Any]) -> dict[str, Any]:
@@ -24,7 +24,7 @@ def check_l2_range(values: dict[str, Any]) -> dict[str, Any]:
 
 
 LP = register_head(
-    HeadMethod(
+    HeadSpec(
         name="lp",
         label="LP",
         order=0,

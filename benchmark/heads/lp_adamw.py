@@ -6,10 +6,10 @@ A reproduction variant, run when a suite names it (not by default); ``lp`` is th
 from __future__ import annotations
 
 from benchmark.heads.gradient import gradient_hparams
-from benchmark.heads.registry import HeadMethod, register_head
+from benchmark.heads.registry import HeadSpec, register_head
 
 LP_ADAMW = register_head(
-    HeadMethod(
+    HeadSpec(
         name="lp_adamw",
         label="LP (AdamW)",
         order=1,

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from benchmark.heads.gradient import gradient_hparams
 from benchmark.heads.hparams import HParam
-from benchmark.heads.registry import HeadMethod, register_head
+from benchmark.heads.registry import HeadSpec, register_head
 
 WIDTH = HParam(
     "width",
@@ -25,7 +25,7 @@ DEPTH = HParam("depth", "int", 1, "hidden Linear-BatchNorm-ReLU blocks", minimum
 RESIDUAL_MLP = (WIDTH, DEPTH)
 
 MLP = register_head(
-    HeadMethod(
+    HeadSpec(
         name="mlp",
         label="MLP",
         order=2,

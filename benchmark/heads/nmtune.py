@@ -20,7 +20,7 @@ from benchmark.errors import ConfigError, UnknownNameError
 from benchmark.heads.gradient import gradient_hparams
 from benchmark.heads.hparams import HParam, HParams, as_int, unchecked
 from benchmark.heads.mlp import RESIDUAL_MLP
-from benchmark.heads.registry import HeadMethod, register_head
+from benchmark.heads.registry import HeadSpec, register_head
 
 if TYPE_CHECKING:
     import torch
@@ -61,7 +61,7 @@ def _weight(name: str, doc: str, tiebreak: int | None = None, label: str | None 
 
 
 NMTUNE = register_head(
-    HeadMethod(
+    HeadSpec(
         name="nmtune",
         label="NMTune",
         order=3,

@@ -1,7 +1,7 @@
 """The head registry: every downstream head is declared once, in its own module, and every other
 module asks this registry instead of spelling head names out.
 
-A head is one ``HeadMethod``: its name, label, display order and description, the typed
+A head is one ``HeadSpec``: its name, label, display order and description, the typed
 hyper-parameters it takes (``HParam``: defaults, value rules, which a suite may sweep, which may
 differ between the members of one batched fit, the tie-break rank of each axis), how to build
 its module, its loss (per member, and optionally stacked for G members trained at once), a fitter
@@ -11,7 +11,7 @@ labelled, a plot style, the roles the paper's claims give it). The built-ins liv
 through the entry-point group ``nmlbench.heads`` (loaded on first need, like backbone families)::
 
     [project.entry-points."nmlbench.heads"]
-    cosine = "my_package.heads:COSINE"      # a HeadMethod, or a module that registers one
+    cosine = "my_package.heads:COSINE"      # a HeadSpec, or a module that registers one
 
 This module imports no torch (the suite schema validates head grids with it). Builders, losses
 and fitters are callables or ``"module:function"`` strings resolved on first use.
@@ -54,7 +54,7 @@ def _target_id(target: Target | None) -> str:
 
 
 @dataclass(frozen=True)
-class HeadMethod:
+class HeadSpec:
     """One registered head (see the module docstring).
 
     ``loss(hp)`` -> ``fn(logits, y, z, f) -> (total, terms)`` for one member (None:
@@ -145,10 +145,10 @@ class HeadMethod:
         return self._cache[attr]
 
 
-class _HeadTable(dict[str, HeadMethod]):
-    """``name -> HeadMethod``; reading it loads the entry-point plugins first (once)."""
+class _HeadTable(dict[str, HeadSpec]):
+    """``name -> HeadSpec``; reading it loads the entry-point plugins first (once)."""
 
-    def __getitem__(self, name: str) -> HeadMethod:
+    def __getitem__(self, name: str) -> HeadSpec:
         _load_plugins()
         return dict.__getitem__(self, name)
 
@@ -170,20 +170,24 @@ class _HeadTable(dict[str, HeadMethod]):
         _load_plugins()
         return dict.keys(self)
 
-    def values(self) -> ValuesView[HeadMethod]:  # type: ignore[override]
+    def values(self) -> ValuesView[HeadSpec]:  # type: ignore[override]
         _load_plugins()
         return dict.values(self)
 
-    def items(self) -> ItemsView[str, HeadMethod]:  # type: ignore[override]
+    def items(self) -> ItemsView[str, HeadSpec]:  # type: ignore[override]
         _load_plugins()
         return dict.items(self)
 
 
-HEADS: dict[str, HeadMethod] = _HeadTable()
+HEADS: dict[str, HeadSpec] = _HeadTable()
 _PLUGIN_NAMES: set[str] = set()
 
 
-def _check(method: HeadMethod) -> None:
+#: The name ``HeadSpec`` had before issue 24 gave a head one name (plugins written against it keep working).
+HeadMethod = HeadSpec
+
+
+def _check(method: HeadSpec) -> None:
     if dict.__contains__(HEADS, method.name):
         raise ConfigError(f"head method {method.name!r} is registered twice")
     for p in method.hparams:
@@ -197,28 +201,28 @@ def _check(method: HeadMethod) -> None:
                 )
 
 
-def register_head(method: HeadMethod | None = None, **fields: Any) -> Any:
+def register_head(method: HeadSpec | None = None, **fields: Any) -> Any:
     """Add a head to the registry; names are unique and a hyper-parameter name means one thing.
 
-    ``register_head(HeadMethod(...))`` registers and returns the declaration. As a decorator,
+    ``register_head(HeadSpec(...))`` registers and returns the declaration. As a decorator,
     ``@register_head(name=..., label=..., ...)`` on a module class (or a builder function)
     registers a head built by it and returns the class unchanged.
     """
     if method is None:
 
         def decorate(builder: Any) -> Any:
-            register_head(HeadMethod(builder=builder, **fields))
+            register_head(HeadSpec(builder=builder, **fields))
             return builder
 
         return decorate
     if fields:
-        raise ConfigError("register_head takes a HeadMethod or keyword fields, not both")
+        raise ConfigError("register_head takes a HeadSpec or keyword fields, not both")
     _check(method)
     dict.__setitem__(HEADS, method.name, method)
     return method
 
 
-def unregister_head(name: str) -> HeadMethod:
+def unregister_head(name: str) -> HeadSpec:
     """Remove a head (tests that declare one for a while); unknown names raise ``UnknownNameError``."""
     head = get_head(name)
     dict.__delitem__(HEADS, name)
@@ -241,7 +245,7 @@ def _plugin_entry_points() -> bool:
             continue
         try:
             obj = ep.load()
-            if isinstance(obj, HeadMethod) and dict.get(HEADS, obj.name) is not obj:
+            if isinstance(obj, HeadSpec) and dict.get(HEADS, obj.name) is not obj:
                 register_head(obj)
         except Exception as e:  # a broken plugin must not break the others
             warnings.warn(
@@ -253,7 +257,7 @@ def _plugin_entry_points() -> bool:
         if not dict.__contains__(HEADS, ep.name):
             warnings.warn(
                 f"head plugin {ep.name!r} from {dist} registered no head named {ep.name!r}; the entry "
-                "point must name a HeadMethod (or a module registering one) of that name",
+                "point must name a HeadSpec (or a module registering one) of that name",
                 stacklevel=3,
             )
             continue
@@ -291,7 +295,7 @@ def plugin_heads() -> tuple[str, ...]:
     return tuple(n for n in head_names() if n in _PLUGIN_NAMES)
 
 
-def get_head(name: str) -> HeadMethod:
+def get_head(name: str) -> HeadSpec:
     """The registered head ``name``; unknown names raise ``UnknownNameError`` listing them all."""
     if name not in HEADS:
         raise UnknownNameError(
@@ -308,7 +312,7 @@ def head_names() -> tuple[str, ...]:
     return tuple(sorted(HEADS, key=lambda n: (HEADS[n].order, n)))
 
 
-def default_methods() -> tuple[str, ...]:
+def default_heads() -> tuple[str, ...]:
     """The heads a suite runs when it lists none (display order): built-ins but reproduction variants.
 
     An installed plugin is never a default: installing a package must not change what existing
@@ -317,7 +321,7 @@ def default_methods() -> tuple[str, ...]:
     return tuple(n for n in head_names() if HEADS[n].default and n not in _PLUGIN_NAMES)
 
 
-def methods_taking(hparam: str) -> list[str]:
+def heads_taking(hparam: str) -> list[str]:
     return [n for n in head_names() if HEADS[n].takes(hparam)]
 
 
@@ -445,7 +449,7 @@ def resolve_hparams(method: str, **given: Any) -> HParams:
         )
     wrong = sorted(k for k, v in given.items() if not head.takes(k) and v is not None)
     if wrong:
-        detail = "; ".join(f"{k} applies to {', '.join(methods_taking(k)) or 'no method'}" for k in wrong)
+        detail = "; ".join(f"{k} applies to {', '.join(heads_taking(k)) or 'no method'}" for k in wrong)
         raise ConfigError(
             f"hyper-parameter(s) {', '.join(wrong)} do not apply to method {method!r} "
             f"({detail}); allowed for {method!r}: {', '.join(head.defaults)}"
@@ -470,15 +474,15 @@ __all__ = [
     "HPARAM_NAMES",
     "HParam",
     "HParams",
-    "HeadMethod",
+    "HeadSpec",
     "as_float",
     "as_int",
     "builtin_heads",
-    "default_methods",
+    "default_heads",
     "get_head",
     "head_names",
     "hparam_names",
-    "methods_taking",
+    "heads_taking",
     "per_member_hparams",
     "plugin_heads",
     "refresh_plugins",

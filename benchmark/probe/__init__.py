@@ -65,7 +65,7 @@ def _fit_group(data: PreparedData, requests: Sequence[FitRequest]) -> list[Train
     A group whose batched fit raises (not a member's divergence, which the batch isolates) is
     fitted again member by member, so a bad member can only fail itself.
     """
-    head = get_head(requests[0].hparams.method)
+    head = get_head(requests[0].hparams.head)
     if head.fitter:
         fitter = head.resolve("fitter")
     else:
@@ -90,7 +90,7 @@ def _result(trained: TrainedHead, data: PreparedData, request: FitRequest | None
     val = evaluated.get(data.selection, {}).get("accuracy") if data.selection is not None else None
     health = health_summary(trained.head, x, y, data.selection_set(), val, data.num_classes)
     return {
-        "head": trained.hparams.method,
+        "head": trained.hparams.head,
         "hparams": trained.hparams.as_dict(),
         "train_loss": trained.train_loss,
         "epochs_run": trained.epochs_run,
@@ -138,7 +138,7 @@ def iter_fit_many(data: PreparedData, requests: Sequence[FitRequest]) -> Iterato
         fitted = _fit_group(data, [requests[i] for i in group])
         out = []
         for pos, trained in zip(group, fitted):
-            method = requests[pos].hparams.method
+            method = requests[pos].hparams.head
             try:
                 out.append(
                     (

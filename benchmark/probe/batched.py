@@ -16,7 +16,7 @@ What stays per member, so that each member's result equals fitting it alone
   head is scored (``probe.bnstats``);
 - AdamW's state, learning rate, weight decay and cosine schedule (the arithmetic of
   ``torch.optim.AdamW``'s single-tensor path and of ``CosineAnnealingLR``, per member);
-- the loss: each member's head's own (``HeadMethod.stacked_loss`` for all of a head's members at
+- the loss: each member's head's own (``HeadSpec.stacked_loss`` for all of a head's members at
   once, else its per-member ``loss`` member by member, else cross-entropy), with that member's
   weights (a loss declaring ``needs_forward``, LGM's, gets its members' forward pass); and the
   validation curve and best epoch.
@@ -227,7 +227,7 @@ class StackedAdamW:
 
 
 class _Losses:
-    """Each member's loss, from its head's declaration (``HeadMethod.loss`` / ``stacked_loss``).
+    """Each member's loss, from its head's declaration (``HeadSpec.loss`` / ``stacked_loss``).
 
     Cross-entropy is computed for the whole batch in one call; a member whose head declares no
     loss trains with it. The members of a head with a stacked loss get it for all of them at
@@ -243,9 +243,9 @@ class _Losses:
         self.rows = StackedRowLoss(hps)  # each member's task loss: cross-entropy unless it chose GCE / SCE
         by_head: dict[str, list[int]] = {}
         for i, hp in enumerate(hps):
-            head = get_head(hp.method)
+            head = get_head(hp.head)
             if head.loss or head.stacked_loss:
-                by_head.setdefault(hp.method, []).append(i)
+                by_head.setdefault(hp.head, []).append(i)
         self.groups: list[tuple[torch.Tensor, Any, list[Any]]] = []
         for method, members in by_head.items():
             head = get_head(method)

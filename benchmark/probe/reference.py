@@ -141,7 +141,7 @@ def compare_lp_with_sklearn(payload: Any, lp_hparams: Any, standardized: bool = 
     paper_hparams = resolve_hparams("lp_adamw")
     lp, paper = fit_many(data, [FitRequest(lp_hparams), FitRequest(paper_hparams)])
     tests = list(payload.tests)
-    named = {lp_hparams.method: lp, paper_hparams.method: paper}  # the row's keys: the heads' names
+    named = {lp_hparams.head: lp, paper_hparams.head: paper}  # the row's keys: the heads' names
     row: dict[str, Any] = {"lp_seconds": time.perf_counter() - t0, "records": named}
     for name, rec in named.items():
         if "error" in rec:

@@ -8,7 +8,7 @@ seeded ``torch.Generator``; the head's initialisation is seeded too (inside ``fo
 caller's global RNG is untouched). Same seed on the CPU gives bit-identical numbers. The last
 incomplete batch is dropped only if it holds a single sample (BatchNorm needs two). A NaN or
 infinite loss stops the fit with ``TrainingDiverged``. The loss is the head's declaration's
-(``HeadMethod.loss``, built from the resolved ``HParams``, e.g. NMTune's weights), else cross-entropy;
+(``HeadSpec.loss``, built from the resolved ``HParams``, e.g. NMTune's weights), else cross-entropy;
 a loss that declares ``needs_forward`` (LGM) is also handed the head as ``forward``.
 
 After every epoch the head's BatchNorm statistics are recomputed over its training rows
@@ -60,10 +60,6 @@ class TrainedHead:
     curves: dict[str, list[float]] = field(default_factory=dict)
     summary: dict[str, float] = field(default_factory=dict)
 
-    @property
-    def method(self) -> str:
-        return self.hparams.method
-
 
 def diverged(hp: HParams, epoch: int, step: int, x: torch.Tensor) -> TrainingDiverged:
     hint = (
@@ -72,7 +68,7 @@ def diverged(hp: HParams, epoch: int, step: int, x: torch.Tensor) -> TrainingDiv
         else "lower lr or the weights of the head's loss"
     )
     return TrainingDiverged(
-        f"{hp.method} head diverged: non-finite loss at epoch {epoch}, step {step} with hparams {hp.as_dict()}; {hint}"
+        f"{hp.head} head diverged: non-finite loss at epoch {epoch}, step {step} with hparams {hp.as_dict()}; {hint}"
     )
 
 
@@ -85,7 +81,7 @@ def head_loss(hp: HParams, device: Any = None) -> LossFn | None:
     with neither trains with the robust loss alone; a head with only its own ``loss`` cannot
     compose with it and says so.
     """
-    head = get_head(hp.method)
+    head = get_head(hp.head)
     where = torch.device(device) if device is not None else torch.device("cpu")
     robust = bool(getattr(hp, "loss", None))
     if robust and head.stacked_loss:
@@ -93,7 +89,7 @@ def head_loss(hp: HParams, device: Any = None) -> LossFn | None:
     if head.loss:
         if robust:
             raise ConfigError(
-                f"head {hp.method!r} declares its own loss and no stacked_loss, so loss {hp.loss!r} cannot "
+                f"head {hp.head!r} declares its own loss and no stacked_loss, so loss {hp.loss!r} cannot "
                 "replace its cross-entropy; leave loss unset (ce) for it"
             )
         return head.resolve("loss")(hp)
@@ -143,7 +139,7 @@ def init_head(hp: HParams, dim: int, num_classes: int, seed: int, device: Any = 
     """The head module initialised from ``seed`` alone (the caller's global RNG untouched)."""
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        head = create_head(hp.method, dim, num_classes, **hp.arch())
+        head = create_head(hp.head, dim, num_classes, **hp.arch())
     return head if device is None else head.to(device)
 
 
@@ -224,14 +220,14 @@ def needs_validation(hp: HParams, data: PreparedData) -> None:
     """``epoch_selection: best_val`` reads the validation set: say so before training starts."""
     if hp.epoch_selection == "best_val" and data.selection is None:
         raise ConfigError(
-            f"{hp.method} with epoch_selection 'best_val' chooses its epoch on a validation set, and the data "
+            f"{hp.head} with epoch_selection 'best_val' chooses its epoch on a validation set, and the data "
             "has none: pass the test sets as a dict that includes 'val' (validation rows carved from the "
             "training data), or set epoch_selection='last'"
         )
 
 
 def train_head(data: PreparedData, hp: HParams, *, seed: int = 0, rows: torch.Tensor | None = None) -> TrainedHead:
-    """Train ``hp.method``'s head on ``data.train_x`` (or on its ``rows``: a few-shot subset)."""
+    """Train ``hp.head``'s head on ``data.train_x`` (or on its ``rows``: a few-shot subset)."""
     seed = as_int("seed", seed, 0)
     needs_validation(hp, data)
     x, y = data.train_x, data.train_y

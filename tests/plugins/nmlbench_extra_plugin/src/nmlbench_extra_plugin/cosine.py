@@ -16,7 +16,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from benchmark.heads import HeadMethod, HParam, register_head
+from benchmark.heads import HeadSpec, HParam, register_head
 from benchmark.heads.gradient import gradient_hparams
 
 
@@ -45,7 +45,7 @@ class SmoothedCrossEntropy:
 
 
 COSINE = register_head(
-    HeadMethod(
+    HeadSpec(
         name="cosine",
         label="Cosine",
         order=10,
