@@ -109,3 +109,15 @@ def pipeline_run(tmp_path_factory: pytest.TempPathFactory) -> PipelineRun:
 def study(tmp_path_factory) -> Study:
     """A published study shared by tests that only read it (do not write to it)."""
     return build_study(tmp_path_factory.mktemp("study"))
+
+
+@pytest.fixture
+def one_torch_thread():
+    """torch on one thread for a test, restored after: the CI box has 2 shared cores, and one thread
+    fixes how reductions split, which the bit-identical (batched == lone) asserts need."""
+    import torch
+
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(old)

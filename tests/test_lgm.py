@@ -15,13 +15,7 @@ from benchmark.plan import fit_key
 from benchmark.probe import FitRequest, fit_and_evaluate, fit_many, prepare_data, train_head
 from benchmark.probe.batched import StackedHeads, fit_gradient_heads
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # conftest: bit-identical asserts need one thread
 
 
 def _example(seed: int = 0, b: int = 6, d: int = 4, k: int = 3, dtype=torch.float64):

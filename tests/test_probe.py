@@ -30,13 +30,7 @@ from benchmark.spectrum import lsvr
 EVAL_KEYS = {"accuracy", "macro_f1", "sve", "lsvr", "sve_raw", "lsvr_raw", "n"}
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # Shared 2-core CI box; also fixes how reductions split, which the bit-identical asserts need.
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # conftest: bit-identical asserts need one thread
 
 
 def blobs(n: int, k: int, d: int, spread: float, seed: int, centres_seed: int = 0):

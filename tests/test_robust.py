@@ -21,12 +21,7 @@ from benchmark.probe.train import head_loss
 GRADIENT_HEADS = ("lp_adamw", "mlp", "nmtune", "lgm")
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # conftest: bit-identical asserts need one thread
 
 
 def _logits(seed: int = 0, b: int = 7, k: int = 4):
