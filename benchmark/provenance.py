@@ -5,7 +5,8 @@ the committed results were made from an earlier tree than the final one, and not
 Every folder ``nmlbench report`` writes records the commit of the code that wrote it (and whether
 the tree had uncommitted changes), the suite file and its sha256, the machine (CPU model, family
 and model number, AVX-512, cores: speeds and some float results differ between CPUs), the date,
-and which store and experiment it read (credentials removed).
+and which store and experiment it read (credentials removed), and which commits made the fits it
+reads (each fit run is stamped with ``code_tag()``, ``tracking.store.CODE_TAG`` when it is recorded).
 """
 
 from __future__ import annotations
@@ -40,6 +41,19 @@ def code_version() -> dict[str, Any]:
     commit = _git("rev-parse", "HEAD")
     status = _git("status", "--porcelain", "--untracked-files=no") if commit else None
     return {"commit": commit, "dirty": None if status is None else bool(status)}
+
+
+def code_tag() -> str:
+    """The commit that runs now, as stamped on each fit: ``<sha>``, ``<sha>+dirty``, or ``unknown``.
+
+    Why per fit: a study's fits are made over days and sessions, by whatever tree was checked out
+    then; fit keys hash the configuration, not the code, so a report must say which commits made
+    the numbers it reads, not only the commit that drew its tables.
+    """
+    v = code_version()
+    if not v["commit"]:
+        return "unknown"
+    return str(v["commit"]) + ("+dirty" if v["dirty"] else "")
 
 
 def machine() -> dict[str, Any]:
@@ -84,9 +98,14 @@ def write_provenance(
     tracking_uri: str,
     experiment: str,
     fits: int,
+    fit_code: dict[str, int] | None = None,
     now: datetime | None = None,
 ) -> Path:
-    """Write ``out_dir/provenance.json`` (module doc) and return its path."""
+    """Write ``out_dir/provenance.json`` (module doc) and return its path.
+
+    ``fit_code``: commit (``code_tag``) -> how many of the fits read were made by it; fits logged
+    before fits were stamped count under ``"unrecorded"``.
+    """
     record = {
         "suite": suite,
         "suite_file": str(suite_file) if suite_file else None,
@@ -97,6 +116,7 @@ def write_provenance(
         "tracking_uri": _without_credentials(tracking_uri),
         "experiment": experiment,
         "fits": int(fits),
+        "fit_code": dict(sorted((fit_code or {}).items())),
     }
     path = Path(out_dir) / FILE_NAME
     atomic_write_json(path, record)

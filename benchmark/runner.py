@@ -353,7 +353,11 @@ class _TrackerSink:
     def __init__(self, tracker: Any, total: int, first: Callable[[], None] | None = None) -> None:
         from tqdm.auto import tqdm
 
+        from benchmark.provenance import code_tag
+        from benchmark.tracking.store import CODE_TAG
+
         self.tracker, self.ok, self.failed, self.fit_seconds = tracker, 0, 0, 0.0
+        self.code = {CODE_TAG: code_tag()}  # which commit made these fits (results' provenance)
         self.bar = tqdm(total=total, desc="head fits", unit="fit", mininterval=1.0)
         self.queue: queue.SimpleQueue[dict[str, Any] | None] = queue.SimpleQueue()
         self.error: BaseException | None = None
@@ -388,6 +392,7 @@ class _TrackerSink:
                     self.error = err
 
     def _write(self, record: dict[str, Any]) -> None:
+        record = {**record, "tags": {**(record.get("tags") or {}), **self.code}}
         if "error" in record:
             self.failed += 1
             self.tracker.log_fit(record)

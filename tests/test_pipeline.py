@@ -36,6 +36,7 @@ from support import (
 from typer.testing import CliRunner
 
 from benchmark.cli import app
+from benchmark.provenance import code_tag
 
 pytestmark = pytest.mark.slow
 OOD, ID = "imagenet-variants", "imagenet"
@@ -236,6 +237,9 @@ def test_report_command_writes_every_file_with_content(pipeline_run, fits, tmp_p
         "spectra.png",
     ]
     assert sorted(p.name for p in out.iterdir()) == sorted([*names, "provenance.json"])  # issue 23: where it came from
+    # every fit was stamped, when recorded, with the commit that made it; the report counts them
+    prov = json.loads((out / "provenance.json").read_text())
+    assert prov["fit_code"] == {code_tag(): len(fits)} and prov["fits"] == len(fits)
     assert all(f"wrote {out / n}" in res.stdout for n in names)
     lb = leaderboard(fits)
     pd.testing.assert_frame_equal(

@@ -180,6 +180,7 @@ def _check_provenance(folder, suite_file, uri: str, fits: int) -> None:
     assert isinstance(prov["machine"]["cpu_family"], int)
     assert abs((datetime.now(timezone.utc) - datetime.fromisoformat(prov["date"])).total_seconds()) < 3600
     assert prov["tracking_uri"] == uri and prov["fits"] == fits
+    assert prov["fit_code"] == {"unrecorded": fits}  # logged here by hand, not by a suite run: no commit stamp
 
 
 def test_provenance_drops_credentials_from_the_store_uri(tmp_path) -> None:

@@ -42,7 +42,16 @@ def make_report_from_tracking(
             pretrains=pretrains,
             claims=paths["claims.md"].read_text(),
         )
+    code = df["code"].fillna("unrecorded") if "code" in df else None
     paths[FILE_NAME] = write_provenance(
-        out_dir, suite=suite_name, suite_file=suite_file, tracking_uri=uri, experiment=experiment, fits=len(df)
+        out_dir,
+        suite=suite_name,
+        suite_file=suite_file,
+        tracking_uri=uri,
+        experiment=experiment,
+        fits=len(df),
+        fit_code=(
+            {str(k): int(v) for k, v in code.value_counts().items()} if code is not None else {"unrecorded": len(df)}
+        ),
     )
     return list(paths.values())

@@ -21,6 +21,7 @@ from benchmark.errors import NMLBenchError
 
 KIND_TAG = "nmlbench.kind"  # fit | pretrain | spectrum | leaderboard | group | suite
 KEY_TAG = "nmlbench.key"  # the record's config hash: one run per key
+CODE_TAG = "nmlbench.code"  # the commit that made a fit (provenance.code_tag); the frame's ``code``
 DIGEST_TAG = "nmlbench.digest"  # hash of the record's content: a re-send of the same record is a no-op
 ROW_TAG = "nmlbench.row"  # leaderboard rows: position in leaderboard order
 #: Leaderboard metrics are stored rounded: the UI prints floats raw, and 6 decimals keep its table
@@ -289,12 +290,15 @@ def runs_to_frame(runs: Iterable[Any]) -> pd.DataFrame:
     (``OLD_PARAM_NAMES``); the fit-record params
     ``noise_ratio``, ``lam``, ``fraction`` are always float and the seeds and
     ``depth`` nullable integers. Tags whose name clashes with a param or metric get a ``tag.``
-    prefix; MLflow's own and nmlbench's bookkeeping tags are left out.
+    prefix; MLflow's own and nmlbench's bookkeeping tags are left out, except the commit that made
+    a run (``CODE_TAG``), the column ``code``.
     """
     rows = []
     for run in runs:
         d = run.data
         row: dict[str, Any] = {"run_id": run.info.run_id, "key": d.tags.get(KEY_TAG)}
+        if CODE_TAG in d.tags:
+            row["code"] = d.tags[CODE_TAG]
         kind = d.tags.get(KIND_TAG)
         row.update(typed_params(d.params, kind))
         row.update(new_names(d.metrics, kind))
