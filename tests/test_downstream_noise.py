@@ -228,3 +228,36 @@ def test_leaderboard_groups_by_label_noise_only_when_present() -> None:
     assert "Label noise" in render(both)
     rows = leaderboard_rows(pd.concat([runs, noisy], ignore_index=True))
     assert rows["fits"].sum() == 2 * len(runs)
+
+
+def test_fit_names_say_the_label_noise_only_when_set() -> None:
+    from benchmark.names import fit_name
+
+    p = {"head": "lp", "task": "mnist-5k", "head_seed": 0, "objective": "frozen"}
+    assert fit_name({**p, "label_noise_ratio": 0.0}) == fit_name(p) == "lp · mnist-5k · s0"
+    assert fit_name({**p, "label_noise_ratio": 0.2}) == "lp · mnist-5k · s0 · labels 20% noisy"
+
+
+def test_the_runner_prints_the_realised_rate_once_per_task_and_ratio(capsys) -> None:
+    from benchmark.runner import _TrackerSink
+
+    class Tracker:
+        def __init__(self) -> None:
+            self.fits: list[dict] = []
+
+        def log_fit(self, record: dict) -> None:
+            self.fits.append(record)
+
+    def record(task: str, ratio: float, seed: int) -> dict:
+        params = {"task": task, "label_noise_ratio": ratio, "label_noise_kind": "symmetric", "head_seed": seed}
+        params.update({"label_noise_validation": "noisy", DIGEST: "ab" * 32})
+        return {"key": f"{task}{ratio}{seed}", "params": params, "metrics": {TRAIN_RATE: ratio, VAL_RATE: ratio}}
+
+    tracker = Tracker()
+    sink = _TrackerSink(tracker, 5)
+    for r in (record("a", 0.2, 0), record("a", 0.2, 1), record("b", 0.2, 0), record("a", 0.4, 0)):
+        sink(r)
+    sink.close()
+    lines = [line for line in capsys.readouterr().out.splitlines() if "label noise on" in line]
+    assert len(tracker.fits) == 4 and len(lines) == 3, lines
+    assert "label noise on a: symmetric 20% asked, realised 20.00% of train labels" in lines[0]
