@@ -446,9 +446,10 @@ def render(df: pd.DataFrame, fmt: str = "table") -> str:
     if len(df):
         text += "\n" + "\n".join(render_notes(df)) + "\n"
     rank_headers, ranked = rank_rows(df)
+    cells = ", label noise" if LABEL_NOISE in df.columns else ""
     if ranked:
         text += (
-            "\nMean rank of each head over the (backbone, noise ratio) cells (1 = best), with a 95 % "
+            f"\nMean rank of each head over the (backbone, noise ratio{cells}) cells (1 = best), with a 95 % "
             "bootstrap interval over units of replication:\n\n"
         )
         text += tabulate(ranked, headers=rank_headers, tablefmt=tablefmt, disable_numparse=True) + "\n"

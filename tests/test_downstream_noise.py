@@ -225,7 +225,7 @@ def test_leaderboard_groups_by_label_noise_only_when_present() -> None:
     noisy_rows = both[both["label_noise_ratio"] == 0.2].reset_index(drop=True)
     pd.testing.assert_series_equal(clean_rows["id_acc"], plain["id_acc"], check_names=False)
     np.testing.assert_allclose(noisy_rows["id_acc"], plain["id_acc"] - 0.1, atol=1e-12)
-    assert "Label noise" in render(both)
+    assert "Label noise" in render(both) and "(backbone, noise ratio, label noise) cells" in render(both)
     rows = leaderboard_rows(pd.concat([runs, noisy], ignore_index=True))
     assert rows["fits"].sum() == 2 * len(runs)
 
@@ -261,3 +261,11 @@ def test_the_runner_prints_the_realised_rate_once_per_task_and_ratio(capsys) -> 
     lines = [line for line in capsys.readouterr().out.splitlines() if "label noise on" in line]
     assert len(tracker.fits) == 4 and len(lines) == 3, lines
     assert "label noise on a: symmetric 20% asked, realised 20.00% of train labels" in lines[0]
+
+
+def test_claims_read_the_clean_downstream_fits_only() -> None:
+    from benchmark.claims import analyse
+
+    runs = synthetic_runs()
+    noisy = runs.assign(label_noise_ratio=0.4, test_accuracy=0.1)
+    assert analyse(pd.concat([runs, noisy], ignore_index=True)) == analyse(runs)
