@@ -185,6 +185,12 @@ def test_fit_keys_are_unchanged_without_label_noise_and_ratios_are_an_axis(tmp_p
     assert len(trials) == 2 and all(len({f.label_noise for f in t.fits}) == 1 for t in trials)
     clean_trials = [t.trial_id for t in trials if t.fits[0].label_noise is None]
     assert [t.trial_id for t in plan_trials(plain.fits, 16)] == clean_trials
+    # `nmlbench plan` says which label settings every fit is made under (and nothing for a clean suite)
+    from benchmark.plan_status import render_status
+
+    line = "downstream labels, each fit once per setting: clean, symmetric 20% (val noisy); test labels never touched"
+    assert line in render_status(both, [], "sqlite:///x.db")
+    assert "downstream labels" not in render_status(plain, [], "sqlite:///x.db")
 
 
 @pytest.mark.parametrize(
