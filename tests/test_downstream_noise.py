@@ -7,6 +7,7 @@ import hashlib
 import numpy as np
 import pandas as pd
 import pytest
+from support import fit_records, synthetic_fits, synthetic_runs
 
 from benchmark.config import validate_suite
 from benchmark.errors import ConfigError
@@ -24,7 +25,6 @@ from benchmark.noise.downstream import (
 )
 from benchmark.plan import FitSpec, fit_key, make_plan, plan_trials
 from benchmark.sweep import iter_fit_batches
-from tests.support import synthetic_runs
 
 TASK = {"name": "blobs", "kind": "id", "train": "blobs/train/a", "val": "blobs/train/b", "tests": {}}
 
@@ -275,3 +275,36 @@ def test_claims_read_the_clean_downstream_fits_only() -> None:
     runs = synthetic_runs()
     noisy = runs.assign(label_noise_ratio=0.4, test_accuracy=0.1)
     assert analyse(pd.concat([runs, noisy], ignore_index=True)) == analyse(runs)
+
+
+def test_label_noise_reaches_mlflow_and_the_published_board(tmp_path) -> None:
+    from benchmark.reporting import publish_suite
+    from benchmark.tracking import Tracker, TrackingReader
+    from benchmark.tracking.layout import leaderboard_key
+
+    df = synthetic_fits()
+    df = df[df.backbone == "net"].reset_index(drop=True)
+    old = fit_records(df, "ln")  # runs written before the axis: no label-noise param at all
+    noisy = fit_records(df.assign(test_accuracy=df.test_accuracy - 0.2), "ln")
+    for rec in noisy:
+        rec["key"] += "-noisy"
+        rec["params"].update(label_noise_ratio=0.2, label_noise_kind="symmetric", label_noise_validation="noisy")
+        rec["params"][DIGEST] = "cd" * 32
+        rec["metrics"].update({TRAIN_RATE: 0.2, VAL_RATE: 0.2})
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    tracker = Tracker(uri, "ln", suite="ln")
+    for rec in old + noisy:
+        tracker.log_fit(rec)
+    reader = TrackingReader(uri, "ln")
+    runs = reader.runs_frame("fit")
+    assert runs.loc[runs["key"].str.endswith("-noisy"), DIGEST].eq("cd" * 32).all()
+    assert runs.loc[runs["key"].str.endswith("-noisy"), TRAIN_RATE].eq(0.2).all()
+    assert publish_suite(tracker, force=True) == 8  # 2 noise ratios x 2 heads x 2 label-noise ratios
+    board = reader.leaderboard_frame("ln")
+    assert sorted(board["label_noise_ratio"].unique()) == [0.0, 0.2]
+    clean, dirty = board[board["label_noise_ratio"] == 0.0], board[board["label_noise_ratio"] == 0.2]
+    np.testing.assert_allclose(dirty["id_acc"].to_numpy(), clean["id_acc"].to_numpy() - 0.2, atol=1e-9)
+    # a clean row keeps the key it was published under before the axis existed
+    row = {"backbone": "net", "noise_ratio": 0.1, "head": "lp"}
+    assert leaderboard_key("ln", row) == leaderboard_key("ln", {**row, "label_noise_ratio": 0.0})
+    assert leaderboard_key("ln", row) != leaderboard_key("ln", {**row, "label_noise_ratio": 0.2})
