@@ -28,7 +28,10 @@ The rule, in order:
    bootstrap interval over units (``benchmark.ranks``), in ``id_rank*`` / ``ood_rank*``.
 
 ``backbone`` is the display name shared by a model's noise ratios and seeds (e.g. the pretrain
-block name), so that a row aggregates replicates rather than splitting them.
+block name), so that a row aggregates replicates rather than splitting them. Downstream label
+noise (``label_noise_ratio``; runs without it read as 0.0) joins the group after the noise ratio
+when some run has it, so clean and noisy-label fits are never averaged together, and boards of
+clean studies keep their columns.
 """
 
 from __future__ import annotations

@@ -19,6 +19,12 @@ The rules, each one tested:
   suite seed) and differ from each other, so two tasks get different flips and the validation
   draw is not the train draw.
 - **Ratio 0 is the identity**: no setting at all (``None``); such fits keep their old keys.
+- **Recorded rates** are ``flip_labels``' ``realised_ratio``: over all rows, except for
+  ``asymmetric``, where only the mapped classes are eligible. Few-shot subsets
+  (``downstream.fractions``) are drawn at plan time from the clean labels and then read their
+  rows' noisy labels, so every fraction of a setting sees the same corrupted rows.
+- With ``instance`` noise the per-sample inputs are the pair's frozen features (the only ones a
+  head fit has), so the flips differ between backbones; the recorded digest says which rows.
 
 No Ray, MLflow or torch here.
 """
