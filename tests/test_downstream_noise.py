@@ -308,3 +308,20 @@ def test_label_noise_reaches_mlflow_and_the_published_board(tmp_path) -> None:
     row = {"backbone": "net", "noise_ratio": 0.1, "head": "lp"}
     assert leaderboard_key("ln", row) == leaderboard_key("ln", {**row, "label_noise_ratio": 0.0})
     assert leaderboard_key("ln", row) != leaderboard_key("ln", {**row, "label_noise_ratio": 0.2})
+
+
+def test_instance_noise_reads_the_payload_features_and_keeps_exact_counts() -> None:
+    from benchmark.noise.downstream import noisy_payload
+
+    payload = FeaturePayload(
+        train=_blobs(200, 8, 4, 0), val=_blobs(60, 8, 4, 1), tests={"test": _blobs(80, 8, 4, 2)}, num_classes=4
+    )
+    s = setting_for(TASK, kind="instance", ratio=0.3)
+    out, noisy = noisy_payload(payload, s)
+    assert noisy is not None and noisy.train_rate == 0.3 and int((out.train[1] != payload.train[1]).sum()) == 60
+    assert out.tests is payload.tests and out.train[0] is payload.train[0]
+    other = FeaturePayload(
+        train=(payload.train[0] * -1.0, payload.train[1]), val=payload.val, tests=payload.tests, num_classes=4
+    )
+    again = noisy_payload(other, s)[1]  # which rows flip is drawn by rate, their new labels from the features
+    assert np.array_equal(again.train_flipped, noisy.train_flipped) and again.digest != noisy.digest

@@ -24,7 +24,8 @@ The rules, each one tested:
   (``downstream.fractions``) are drawn at plan time from the clean labels and then read their
   rows' noisy labels, so every fraction of a setting sees the same corrupted rows.
 - With ``instance`` noise the per-sample inputs are the pair's frozen features (the only ones a
-  head fit has), so the flips differ between backbones; the recorded digest says which rows.
+  head fit has): the rows that flip do not depend on them, their new labels do, so these differ
+  between backbones; the recorded digest (rows and new labels) tells them apart.
 
 No Ray, MLflow or torch here.
 """
@@ -150,12 +151,14 @@ def setting_for(
     )
 
 
-def flipped_digest(train_flipped: np.ndarray, val_flipped: np.ndarray) -> str:
-    """sha256 of the flipped row positions (train, then validation): two fits with the same
-    digest trained and selected on exactly the same corrupted rows."""
+def flipped_digest(
+    train_flipped: np.ndarray, val_flipped: np.ndarray, train_labels: np.ndarray, val_labels: np.ndarray
+) -> str:
+    """sha256 of the flipped rows, train then validation: each row's position and the label it
+    was given. Two fits with the same digest trained and selected on exactly the same labels."""
     rows = {
-        "train": [int(i) for i in np.flatnonzero(train_flipped)],
-        "val": [int(i) for i in np.flatnonzero(val_flipped)],
+        part: [[int(i), int(labels[i])] for i in np.flatnonzero(flipped)]
+        for part, flipped, labels in (("train", train_flipped, train_labels), ("val", val_flipped, val_labels))
     }
     return hashlib.sha256(json.dumps(rows, separators=(",", ":")).encode()).hexdigest()
 
@@ -178,7 +181,8 @@ def noisy_task_labels(
     y_va = np.asarray(val_labels, dtype=np.int64)
     if setting is None:
         none_tr, none_va = np.zeros(y_tr.shape[0], bool), np.zeros(y_va.shape[0], bool)
-        return NoisyLabels(y_tr.copy(), y_va.copy(), 0.0, 0.0, flipped_digest(none_tr, none_va), none_tr, none_va)
+        digest = flipped_digest(none_tr, none_va, y_tr, y_va)
+        return NoisyLabels(y_tr.copy(), y_va.copy(), 0.0, 0.0, digest, none_tr, none_va)
     wants_features = "features" in get_noise_kind(setting.kind).inputs
 
     def draw(y: np.ndarray, seed: int, feats: Any) -> tuple[np.ndarray, np.ndarray, float]:
@@ -191,7 +195,7 @@ def noisy_task_labels(
         va, va_flip, va_rate = draw(y_va, setting.val_seed, val_features)
     else:
         va, va_flip, va_rate = y_va.copy(), np.zeros(y_va.shape[0], bool), 0.0
-    return NoisyLabels(tr, va, tr_rate, va_rate, flipped_digest(tr_flip, va_flip), tr_flip, va_flip)
+    return NoisyLabels(tr, va, tr_rate, va_rate, flipped_digest(tr_flip, va_flip, tr, va), tr_flip, va_flip)
 
 
 def expected_rate(labels: Sequence[int] | np.ndarray, ratio: float) -> float:
