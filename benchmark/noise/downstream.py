@@ -24,8 +24,8 @@ The rules, each one tested:
   (``downstream.fractions``) are drawn at plan time from the clean labels and then read their
   rows' noisy labels, so every fraction of a setting sees the same corrupted rows.
 - With ``instance`` noise the per-sample inputs are the pair's frozen features (the only ones a
-  head fit has): the rows that flip do not depend on them, their new labels do, so these differ
-  between backbones; the recorded digest (rows and new labels) tells them apart.
+  head fit has), so the flips differ between backbones (the new labels; the rows too when the
+  feature widths differ); the recorded digest (rows and new labels) tells them apart.
 
 No Ray, MLflow or torch here.
 """
