@@ -36,7 +36,7 @@ from scipy import stats
 from statsmodels.stats.power import TTestPower
 
 from benchmark.heads import contenders, head_label, probe_head
-from benchmark.leaderboard import replicate_table
+from benchmark.leaderboard import label_noise_column, replicate_table
 
 HELD, CONTRADICTED, UNDECIDED, TOO_FEW = "held", "contradicted", "undecided", "too few replicates"
 VERDICT_RULE = (
@@ -219,7 +219,11 @@ def head_units(rep: pd.DataFrame) -> pd.DataFrame:
 
 
 def analyse(runs: pd.DataFrame) -> dict[str, list[dict]]:
-    """Per claim, a list of findings: {backbone, what, estimate, direction, verdict, held}."""
+    """Per claim, a list of findings: {backbone, what, estimate, direction, verdict, held}.
+
+    The paper's claims are about noisy pre-training with clean downstream labels: fits with noisy
+    downstream labels (``label_noise_ratio`` > 0, suite ``downstream.label_noise``) are left out."""
+    runs = runs[label_noise_column(runs) <= 0.0]
     rep = replicate_table(runs)
     rep["noise_ratio"] = pd.to_numeric(rep["noise_ratio"], errors="coerce")
     per_seed = _per_pretrain_seed(rep)

@@ -114,7 +114,7 @@ def _print_leaderboard(
             f"(the published leaderboard summarises {reader.published_fits(suite)} fits, the store now holds "
             f"{len(fits)}; {again} refreshes it)"
         )
-    keys = [c for c in ("backbone", "noise_ratio", "head", "fraction") if c in board.columns]
+    keys = [c for c in ("backbone", "noise_ratio", "label_noise_ratio", "head", "fraction") if c in board.columns]
     typer.echo(render(board[keys + list(columns())], fmt.value))
     if note:
         typer.echo(note, err=True)

@@ -28,7 +28,10 @@ The rule, in order:
    bootstrap interval over units (``benchmark.ranks``), in ``id_rank*`` / ``ood_rank*``.
 
 ``backbone`` is the display name shared by a model's noise ratios and seeds (e.g. the pretrain
-block name), so that a row aggregates replicates rather than splitting them.
+block name), so that a row aggregates replicates rather than splitting them. Downstream label
+noise (``label_noise_ratio``; runs without it read as 0.0) joins the group after the noise ratio
+when some run has it, so clean and noisy-label fits are never averaged together, and boards of
+clean studies keep their columns.
 """
 
 from __future__ import annotations
@@ -48,6 +51,9 @@ from benchmark.heads.robust import head_with_loss
 from benchmark.metrics import BoardColumn, board_columns, board_metric_columns
 
 DEFAULT_GROUP = ("backbone", "noise_ratio", "head")
+#: The downstream label-noise axis (``benchmark.noise.downstream``): a group key of its own only
+#: when some run has noisy downstream labels, so boards of clean studies are unchanged.
+LABEL_NOISE = "label_noise_ratio"
 REPLICATE = ("pretrain_seed", "head_seed")
 
 #: Each head's mean rank over the (backbone, noise ratio) cells and its bootstrap interval.
@@ -106,10 +112,30 @@ def _prepare(df: pd.DataFrame, group: Sequence[str]) -> pd.DataFrame:
     for col, default in (("pretrain_seed", 0), ("head_seed", 0), ("fraction", 1.0)):
         if col not in df.columns:
             df[col] = default
+    # Runs from before downstream label noise (no param) had clean labels.
+    df[LABEL_NOISE] = label_noise_column(df)
     bad = sorted(set(df["task_kind"].dropna()) - {"id", "ood"})
     if bad:
         raise ConfigError(f"task_kind must be 'id' or 'ood', found {bad}")
     return df
+
+
+def label_noise_column(df: pd.DataFrame) -> pd.Series:
+    """The runs' downstream label-noise ratio; 0.0 where absent (runs from before the axis)."""
+    if LABEL_NOISE not in df.columns:
+        return pd.Series(0.0, index=df.index, dtype="float64")
+    return pd.to_numeric(df[LABEL_NOISE], errors="coerce").astype("float64").fillna(0.0)
+
+
+def with_label_noise_axis(df: pd.DataFrame, group: Sequence[str]) -> list[str]:
+    """``group`` with ``label_noise_ratio`` after the noise ratio when some run of ``df`` has
+    noisy downstream labels: rows of different label noise are never averaged together."""
+    group = list(group)
+    noisy = LABEL_NOISE in df.columns and bool((pd.to_numeric(df[LABEL_NOISE], errors="coerce") > 0).any())
+    if not noisy or LABEL_NOISE in group:
+        return group
+    at = group.index("noise_ratio") + 1 if "noise_ratio" in group else len(group)
+    return [*group[:at], LABEL_NOISE, *group[at:]]
 
 
 def selected_fits(df: pd.DataFrame, *, group: Sequence[str] = DEFAULT_GROUP) -> pd.DataFrame:
@@ -120,6 +146,7 @@ def selected_fits(df: pd.DataFrame, *, group: Sequence[str] = DEFAULT_GROUP) -> 
     """
     group = list(group)
     df = _prepare(df, group)
+    group = with_label_noise_axis(df, group)
     base = [c for c in DEFAULT_GROUP if c not in group] + group  # selection never mixes backbones
     sel_keys = list(dict.fromkeys([*base, "task", *REPLICATE, "fraction"]))
     return select_on_validation(df, sel_keys)
@@ -132,6 +159,8 @@ def replicate_table(df: pd.DataFrame, *, group: Sequence[str] = DEFAULT_GROUP) -
     averaged over ID tasks and over OOD tasks. The claims analysis pairs these rows by seed.
     """
     group = list(group)
+    if df is not None and len(df):
+        group = with_label_noise_axis(_prepare(df, group), group)
     best = selected_fits(df, group=group)
     metric_cols = _metrics()
     rep_keys = list(dict.fromkeys([*group, *REPLICATE, "fraction"]))
@@ -196,6 +225,7 @@ def leaderboard(df: pd.DataFrame, *, group: Sequence[str] = DEFAULT_GROUP, confi
     if df is None or len(df) == 0:
         return pd.DataFrame(columns=[*group, *all_columns])
     df = _prepare(df, group)
+    group = with_label_noise_axis(df, group)
     several_fractions = df["fraction"].nunique(dropna=False) > 1
     per_rep = replicate_table(df, group=group)
     out_keys = list(dict.fromkeys([*group, "fraction"])) if several_fractions else group
@@ -265,7 +295,7 @@ def leaderboard_rows(fits: pd.DataFrame, *, board: pd.DataFrame | None = None) -
             fits=pd.Series(dtype=int),
             tasks=pd.Series(dtype=object),
         )
-    keys = [c for c in ("backbone", "noise_ratio", "head", "fraction") if c in lb.columns]
+    keys = [c for c in ("backbone", "noise_ratio", LABEL_NOISE, "head", "fraction") if c in lb.columns]
     chosen = selected_fits(fits)
     summary = []
     for ident, part in chosen.groupby(keys, dropna=False, sort=False):
@@ -279,7 +309,10 @@ def leaderboard_rows(fits: pd.DataFrame, *, board: pd.DataFrame | None = None) -
                 "tasks": ", ".join(sorted(map(str, part["task"].unique()))),
             }
         )
-    work = fits.assign(fraction=fits["fraction"] if "fraction" in fits.columns else 1.0)
+    work = fits.assign(
+        fraction=fits["fraction"] if "fraction" in fits.columns else 1.0,
+        **{LABEL_NOISE: label_noise_column(fits)},
+    )
     sizes = work.groupby(keys, dropna=False).size().rename("fits").reset_index()
     # merge matches NaN keys with NaN keys: frozen backbones (no noise ratio) keep their summary
     out = lb.merge(pd.DataFrame(summary), on=keys, how="left").merge(sizes, on=keys, how="left")
@@ -331,7 +364,13 @@ def _display(df: pd.DataFrame) -> tuple[list[str], list[list[str]]]:
     headers = []
     for k in keys:
         headers.append(
-            {"backbone": "Backbone", "noise_ratio": "Noise", "head": "Head", "fraction": "Fraction"}.get(k, k)
+            {
+                "backbone": "Backbone",
+                "noise_ratio": "Noise",
+                LABEL_NOISE: "Label noise",
+                "head": "Head",
+                "fraction": "Fraction",
+            }.get(k, k)
         )
     headers += [*metric_headers(df), "n (units)"]
     rows = []
@@ -342,7 +381,7 @@ def _display(df: pd.DataFrame) -> tuple[list[str], list[list[str]]]:
             if k == "head":
                 flagged = int(r["flagged"]) if "flagged" in r and pd.notna(r["flagged"]) else 0
                 row.append(head_label(v) + (f" {FLAG}{flagged}" if flagged else ""))
-            elif k in ("noise_ratio", "fraction"):
+            elif k in ("noise_ratio", LABEL_NOISE, "fraction"):
                 row.append("–" if pd.isna(v) else f"{float(v):g}")
             else:
                 row.append("–" if pd.isna(v) else str(v))
@@ -410,9 +449,10 @@ def render(df: pd.DataFrame, fmt: str = "table") -> str:
     if len(df):
         text += "\n" + "\n".join(render_notes(df)) + "\n"
     rank_headers, ranked = rank_rows(df)
+    cells = ", label noise" if LABEL_NOISE in df.columns else ""
     if ranked:
         text += (
-            "\nMean rank of each head over the (backbone, noise ratio) cells (1 = best), with a 95 % "
+            f"\nMean rank of each head over the (backbone, noise ratio{cells}) cells (1 = best), with a 95 % "
             "bootstrap interval over units of replication:\n\n"
         )
         text += tabulate(ranked, headers=rank_headers, tablefmt=tablefmt, disable_numparse=True) + "\n"

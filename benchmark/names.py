@@ -35,7 +35,8 @@ def seeds_label(p: Mapping[str, Any], head: bool = True) -> str:
 
 
 def fit_name(p: Mapping[str, Any]) -> str:
-    """``nmtune λ0.01 d1 · mnist-5k · p0 s1``: head, task, pre-training seed p, head seed s."""
+    """``nmtune λ0.01 d1 · mnist-5k · p0 s1``: head, task, pre-training seed p, head seed s (then
+    the data fraction and the downstream label noise, where set)."""
     name = p.get("head", "fit")
     head = " ".join(x for x in (str(name), hparam_label(name, p)) if x)
     parts = [head, str(p.get("task", "?"))]
@@ -45,4 +46,7 @@ def fit_name(p: Mapping[str, Any]) -> str:
     frac = as_number(p.get("fraction"))
     if frac is not None and frac < 1:
         parts.append(f"{frac * 100:g}% data")
+    label_noise = as_number(p.get("label_noise_ratio"))
+    if label_noise:  # noisy downstream labels; clean fits keep the names they always had
+        parts.append(f"labels {label_noise * 100:g}% noisy")
     return " · ".join(parts)

@@ -29,6 +29,7 @@ from benchmark.config.schema import FrozenBackbone, PretrainBlock, Suite
 from benchmark.data.sampling import few_shot_indices, stratified_holdout
 from benchmark.hashing import array_digest, config_hash
 from benchmark.heads.registry import HParams, resolve_hparams
+from benchmark.noise.downstream import RATIO_PARAM, LabelNoiseSetting, setting_for
 from benchmark.pretrain.job import BLOCK_FIELDS, PretrainJob, block_value, job_dir, snapshot_file
 
 #: Few-shot subsets are drawn with seed FEW_SHOT_SEED + head seed: never the stream (seed 0)
@@ -103,6 +104,7 @@ class FitSpec:
     train_rows: tuple[int, ...] | None  # positions in the task's training rows; None: all of them
     params: dict[str, Any]  # MLflow params (backbone, noise, task, method, hyper-parameters ...)
     tags: dict[str, str] = field(default_factory=dict)
+    label_noise: LabelNoiseSetting | None = None  # downstream label noise; None: clean labels
 
     @property
     def head(self) -> str:
@@ -299,23 +301,41 @@ def head_grid(suite: Suite) -> list[HParams]:
     return out
 
 
-def fit_key(pair: str, hp: HParams, head_seed: int, fraction: float) -> str:
+def fit_key(
+    pair: str, hp: HParams, head_seed: int, fraction: float, label_noise: LabelNoiseSetting | None = None
+) -> str:
     """Key of one fit: the pair's features and how the head is fit (every resolved value).
 
     The names hashed are those keys were first published with, so stored fits keep their keys:
     ``"method"`` for the head and ``hp.key_dict()`` (``heads.hparams.KEY_ALIASES``) for renamed
-    hyper-parameters.
+    hyper-parameters. Downstream label noise enters only when set (ratio > 0): clean fits keep
+    the keys they always had.
     """
-    return config_hash(
-        {
-            "kind": "fit",
-            "pair": pair,
-            "method": hp.head,
-            "hparams": hp.key_dict(),
-            "head_seed": int(head_seed),
-            "fraction": float(fraction),
-        }
-    )
+    ident: dict[str, Any] = {
+        "kind": "fit",
+        "pair": pair,
+        "method": hp.head,
+        "hparams": hp.key_dict(),
+        "head_seed": int(head_seed),
+        "fraction": float(fraction),
+    }
+    if label_noise is not None:
+        ident["label_noise"] = label_noise.key_dict()
+    return config_hash(ident)
+
+
+def label_noise_settings(suite: Suite, task: TaskPlan) -> list[LabelNoiseSetting | None]:
+    """The downstream label-noise settings of ``task``, one per ratio (None: clean labels)."""
+    ln = suite.downstream.label_noise
+    if ln is None:
+        return [None]
+    out = [
+        setting_for(
+            task.identity(), kind=ln.kind, ratio=r, validation=ln.validation, seed=ln.seed, options=ln.options()
+        )
+        for r in ln.ratios
+    ]
+    return list({repr(s.key_dict()) if s else "": s for s in out}.values())
 
 
 def _few_shot_rows(task: TaskPlan, fraction: float, head_seed: int) -> tuple[int, ...] | None:
@@ -329,7 +349,7 @@ def _pair(suite: Suite, b: BackbonePlan, t: TaskPlan, grid: Sequence[HParams]) -
     ds = suite.downstream
     key = config_hash({"backbone": b.key, "task": t.identity(), "normalize": ds.normalize_features})
     fits = []
-    for seed, frac, hp in itertools.product(ds.seeds, ds.fractions, grid):
+    for noise, seed, frac, hp in itertools.product(label_noise_settings(suite, t), ds.seeds, ds.fractions, grid):
         params = {
             **b.params,
             "backbone_id": b.key,
@@ -339,10 +359,11 @@ def _pair(suite: Suite, b: BackbonePlan, t: TaskPlan, grid: Sequence[HParams]) -
             **hp.as_dict(),
             "head_seed": int(seed),
             "fraction": float(frac),
+            **(noise.params() if noise is not None else {RATIO_PARAM: 0.0}),
         }
         fits.append(
             FitSpec(
-                fit_key(key, hp, seed, frac),
+                fit_key(key, hp, seed, frac, noise),
                 key,
                 hp,
                 int(seed),
@@ -350,6 +371,7 @@ def _pair(suite: Suite, b: BackbonePlan, t: TaskPlan, grid: Sequence[HParams]) -
                 _few_shot_rows(t, frac, seed),
                 params,
                 {"nmlbench.kind": "fit", "suite": suite.name},
+                noise,
             )
         )
     return PairPlan(key, b, t, tuple(fits))
@@ -381,12 +403,14 @@ def plan_trials(fits: Iterable[FitSpec], fits_per_trial: int) -> list[TrialPlan]
 
     Fits that the probe can train as one computation (same ``HParams.batch_key`` and training
     rows) are kept in the same trial: whole groups are packed into trials, and only a group
-    larger than ``fits_per_trial`` is split.
+    larger than ``fits_per_trial`` is split. Fits with different downstream label noise never
+    share a trial: a trial's fits train on one set of labels.
     """
     cap = max(1, fits_per_trial)
-    by_pair: dict[str, dict[tuple, list[FitSpec]]] = {}
+    by_pair: dict[tuple[str, str], dict[tuple, list[FitSpec]]] = {}
     for f in fits:
-        groups = by_pair.setdefault(f.pair, {})
+        noise = config_hash(f.label_noise.key_dict()) if f.label_noise is not None else ""
+        groups = by_pair.setdefault((f.pair, noise), {})
         groups.setdefault((repr(f.hparams.batch_key()), rows_digest(f.train_rows)), []).append(f)
     trials = []
     for pair in sorted(by_pair):
@@ -400,7 +424,7 @@ def plan_trials(fits: Iterable[FitSpec], fits_per_trial: int) -> list[TrialPlan]
                 chunks[-1].extend(part)
         for chunk in chunks:
             if chunk:
-                trials.append(TrialPlan(config_hash([f.key for f in chunk]), pair, tuple(chunk)))
+                trials.append(TrialPlan(config_hash([f.key for f in chunk]), pair[0], tuple(chunk)))
     return trials
 
 

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from benchmark.extraction import pair_marker
+from benchmark.noise.downstream import setting_label
 from benchmark.plan import Plan
 from benchmark.pretrain.job import job_dir
 
@@ -174,6 +175,11 @@ def render_status(plan: Plan, stages: list[StageStatus], tracking_uri: str) -> s
         f"test: {', '.join(name for name, _ in t.tests)}"
         for t in plan.tasks
     ]
+    settings = {f.label_noise.key_dict()["ratio"]: f.label_noise for f in plan.fits if f.label_noise is not None}
+    if settings:
+        clean = ["clean"] if any(f.label_noise is None for f in plan.fits) else []
+        shown = [*clean, *(setting_label(settings[r]) for r in sorted(settings))]
+        lines.append(f"  downstream labels, each fit once per setting: {', '.join(shown)}; test labels never touched")
     return "\n".join(lines) + "\n"
 
 

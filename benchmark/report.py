@@ -66,6 +66,18 @@ def _heads(df: pd.DataFrame) -> list[str]:
     return sorted(df["head"].dropna().unique(), key=head_order)
 
 
+def _lines(part: pd.DataFrame) -> list[tuple[str, float, pd.DataFrame]]:
+    """(head, downstream label-noise ratio, its rows by pre-training noise): one line each; the
+    label-noise ratio is 0.0 on boards without that axis."""
+    out = []
+    for head in _heads(part):
+        rows = part[part["head"] == head]
+        ratios = rows["label_noise_ratio"] if "label_noise_ratio" in rows.columns else pd.Series(0.0, rows.index)
+        for ratio in sorted(ratios.fillna(0.0).unique()):
+            out.append((head, float(ratio), rows[ratios.fillna(0.0) == ratio].sort_values("noise_ratio")))
+    return out
+
+
 def plot_accuracy_vs_noise(lb: pd.DataFrame, path: Path) -> Path:
     """Rows ID / OOD, one column per backbone, a line per head with 95 % error bars."""
     lb = _full_data(lb)
@@ -78,13 +90,14 @@ def plot_accuracy_vs_noise(lb: pd.DataFrame, path: Path) -> Path:
         unknown = part["noise_ratio"].isna().all()
         for i, (col, label) in enumerate((("id_acc", "ID accuracy (%)"), ("ood_acc", "OOD accuracy (%)"))):
             ax = axes[i, j]
-            for head in _heads(part):
-                rows = part[part["head"] == head].sort_values("noise_ratio")
+            for head, label_noise, rows in _lines(part):
                 x = np.zeros(len(rows)) if unknown else rows["noise_ratio"].to_numpy(float) * 100
                 y = rows[col].to_numpy(float) * 100
                 err = np.nan_to_num(rows[f"{col}_ci"].to_numpy(float) * 100)
                 color, marker = plot_style(head)
-                ax.errorbar(x, y, yerr=err, color=color, marker=marker, capsize=3, label=head_label(head))
+                style = "-" if not label_noise else "--"
+                label = head_label(head) + (f" · labels {label_noise * 100:g}% noisy" if label_noise else "")
+                ax.errorbar(x, y, yerr=err, color=color, marker=marker, ls=style, capsize=3, label=label)
             ax.set_ylabel(label)
             if unknown:  # a frozen third-party backbone: one point per head, no noise axis
                 ax.set_xticks([0.0], ["as released"])

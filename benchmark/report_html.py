@@ -122,8 +122,11 @@ def _num_cell(v: Any, ci: Any = None, scale: float = 1.0, digits: int = 3) -> st
 def leaderboard_table(rows: pd.DataFrame) -> str:
     """The leaderboard as a sortable HTML table (accuracies in %, ± the 95 % half-width)."""
     several = "fraction" in rows.columns
+    label_noise = "label_noise_ratio" in rows.columns  # only when some row has noisy downstream labels
     heads = (
-        ["Backbone", "Noise", "Method"]
+        ["Backbone", "Noise"]
+        + (["Label noise"] if label_noise else [])
+        + ["Method"]
         + (["Fraction"] if several else [])
         + [*metric_headers(rows), "n", "selected", "fits"]
     )
@@ -136,6 +139,7 @@ def leaderboard_table(rows: pd.DataFrame) -> str:
         cells = [
             _cell(str(r.get("backbone")), r.get("backbone"), text=True),
             _cell("unknown" if _missing(noise) else f"{float(noise) * 100:g}%", noise),
+            *([_cell(f"{float(r['label_noise_ratio']) * 100:g}%", r["label_noise_ratio"])] if label_noise else []),
             _cell(
                 head_label(r.get("head"))
                 + (f" {FLAG}{int(r['flagged'])}" if not _missing(r.get("flagged")) and r["flagged"] > 0 else ""),

@@ -29,6 +29,7 @@ from typing import Any
 
 from benchmark.config import Suite, check_data_available
 from benchmark.hashing import config_hash
+from benchmark.noise.downstream import realised_line
 from benchmark.plan import PairPlan, Plan, TrialPlan, largest_trials_first, make_plan, plan_trials
 from benchmark.reporting import finish_and_publish
 
@@ -362,6 +363,7 @@ class _TrackerSink:
         self.queue: queue.SimpleQueue[dict[str, Any] | None] = queue.SimpleQueue()
         self.error: BaseException | None = None
         self.first = first
+        self.noise_seen: set[tuple[str, float]] = set()  # (task, label-noise ratio) already reported
         self.thread = threading.Thread(target=self._drain, name="nmlbench-fit-records", daemon=True)
         self.thread.start()
 
@@ -404,4 +406,8 @@ class _TrackerSink:
             self.ok += 1
             self.fit_seconds += float(record["metrics"].get("fit_seconds", 0.0))
             self.tracker.log_fit(record)
+            noise = realised_line(record)
+            if noise is not None and noise[0] not in self.noise_seen:
+                self.noise_seen.add(noise[0])
+                self.bar.write(noise[1])
         self.bar.update(1)

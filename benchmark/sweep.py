@@ -33,6 +33,7 @@ import numpy as np
 from benchmark.extraction import FeaturePayload
 from benchmark.metrics import metric_names
 from benchmark.names import fit_name
+from benchmark.noise.downstream import LabelNoiseSetting, label_noise_groups, noisy_payload, with_label_noise
 from benchmark.plan import FitSpec, TrialPlan
 
 log = logging.getLogger(__name__)
@@ -66,11 +67,24 @@ def iter_fit_batches(payload: FeaturePayload, specs: Sequence[FitSpec]) -> Itera
     are trained as one batch (``probe.iter_fit_many``), each with its own record; a fit that fails
     (diverges) gets an error record and the others go on. A payload the probe rejects fails every
     spec alike. Never raises.
+
+    Fits with downstream label noise (``FitSpec.label_noise``) see the payload's train (and,
+    when noisy, validation) labels corrupted first, one setting at a time; the test sets are
+    passed on as they are (``benchmark.noise.downstream``).
     """
+    for noise, group in label_noise_groups(specs):
+        yield from _fit_batches(payload, group, noise)
+
+
+def _fit_batches(
+    payload: FeaturePayload, specs: Sequence[FitSpec], noise: LabelNoiseSetting | None
+) -> Iterator[list[dict[str, Any]]]:
+    """:func:`iter_fit_batches` for specs that share one label-noise setting."""
     from benchmark.probe import FitRequest, iter_fit_many
 
     started = time.perf_counter()
     try:
+        payload, noisy = noisy_payload(payload, noise)
         data = prepare_payload(payload)
     except Exception as exc:  # noqa: BLE001 - recorded for every fit of the pair
         yield [error_record(spec, f"{type(exc).__name__}: {exc}", traceback.format_exc()) for spec in specs]
@@ -84,7 +98,7 @@ def iter_fit_batches(payload: FeaturePayload, specs: Sequence[FitSpec]) -> Itera
         if "error" in result:
             batch.append(error_record(spec, result["error"], result["traceback"]))
         else:
-            batch.append(make_record(spec, result, list(payload.tests), result["seconds"]))
+            batch.append(with_label_noise(make_record(spec, result, list(payload.tests), result["seconds"]), noisy))
         pending = group if pending is None else pending
         if len(batch) >= pending:
             yield batch

@@ -241,6 +241,62 @@ def _known_heads(values: list[str]) -> list[str]:
     return values
 
 
+def _known_label_kind(kind: str) -> str:
+    from benchmark.noise import noise_kinds
+
+    labels = [n for n, k in noise_kinds().items() if k.data == "labels"]
+    if kind not in labels:
+        what = (
+            f"{kind!r} corrupts {noise_kinds()[kind].data}, not labels"
+            if kind in noise_kinds()
+            else f"{kind!r} is not a registered noise kind"
+        )
+        raise ValueError(f"{what}; downstream label noise is one of {', '.join(labels)}")
+    return kind
+
+
+class LabelNoise(_Model):
+    """Noise on the downstream training labels (the paper's Sec. 4.3); see ``benchmark.noise.downstream``.
+
+    ``ratios`` is an axis: every fit is made once per ratio (0.0: clean labels, the fits a suite
+    without ``label_noise`` makes). ``ratio: 0.2`` is read as ``ratios: [0.2]``. ``validation``:
+    ``noisy`` (default: a practitioner selects hyper-parameters on noisy labels) or ``clean``.
+    Test labels are never corrupted. A kind's own options (``class_map`` for ``asymmetric``) are
+    keys of this section.
+    """
+
+    model_config = ConfigDict(extra="allow", validate_default=True)
+
+    kind: Annotated[str, AfterValidator(_known_label_kind)] = "symmetric"
+    ratios: Annotated[list[NoiseRatio], NonEmpty, UniqueList]
+    validation: Literal["noisy", "clean"] = "noisy"
+    seed: NonNegInt = 0
+    class_map: dict[int, int] | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _singular_ratio(cls, data: Any) -> Any:
+        if isinstance(data, dict) and "ratio" in data:
+            if "ratios" in data:
+                raise ValueError("give either ratio or ratios, not both (ratios: [0.0, 0.2] makes every fit twice)")
+            data = {**{k: v for k, v in data.items() if k != "ratio"}, "ratios": [data["ratio"]]}
+        return data
+
+    @model_validator(mode="after")
+    def _kind_options(self) -> LabelNoise:
+        from benchmark.noise import get_noise_kind, option_problem
+
+        problem = option_problem(get_noise_kind(self.kind), self.options())
+        if problem is not None:
+            raise ValueError(problem.replace("noise.", "label_noise."))
+        return self
+
+    def options(self) -> dict[str, Any]:
+        """The kind's options given in this section: ``class_map`` and any plugin kind's own keys."""
+        given = {"class_map": self.class_map} if self.class_map else {}
+        return {**given, **(self.model_extra or {})}
+
+
 class Downstream(_Model):
     """Tasks, heads and their hyper-parameters.
 
@@ -250,6 +306,7 @@ class Downstream(_Model):
     or, under a head's name, for that head alone (``hparams: {epochs: 15, lp: {lr: 0.1}}``).
     Anything not given is the head registry's default. ``heads`` was ``methods`` and ``width``
     was ``ratio`` in older suite files; those still load (``config.renames``).
+    ``label_noise`` corrupts the training labels of every task (:class:`LabelNoise`).
     """
 
     id: Annotated[list[str], UniqueList] = Field(default_factory=list)
@@ -263,6 +320,7 @@ class Downstream(_Model):
     fractions: Annotated[list[Fraction], NonEmpty, UniqueList] = Field(default_factory=lambda: [1.0])
     max_train: PositiveInt | None = None
     normalize_features: bool = True
+    label_noise: LabelNoise | None = None
 
     @model_validator(mode="after")
     def _tasks_and_heads(self) -> Downstream:

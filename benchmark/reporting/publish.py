@@ -52,7 +52,7 @@ def selection_rule() -> str:
 
 
 def _row_entry(suite: str, i: int, row: dict[str, Any], several_fractions: bool) -> dict[str, Any]:
-    params: dict[str, Any] = {k: row[k] for k in ("backbone", "noise_ratio", "head") if k in row}
+    params: dict[str, Any] = {k: row[k] for k in ("backbone", "noise_ratio", "label_noise_ratio", "head") if k in row}
     if several_fractions:
         params["fraction"] = row["fraction"]
     params.update(

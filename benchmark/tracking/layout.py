@@ -113,6 +113,9 @@ def spectrum_name(p: Mapping[str, Any]) -> str:
 def leaderboard_name(row: Mapping[str, Any], with_fraction: bool = False) -> str:
     """``NMTune · test_resnet-sup @ 10%`` (``· 10% data`` when the board holds several fractions)."""
     name = f"{head_label(row.get('head'))} · {group_label(row.get('backbone'), row.get('noise_ratio'))}"
+    label_noise = _num(row.get("label_noise_ratio"))
+    if label_noise:
+        name += f" · labels {label_noise * 100:g}% noisy"
     fraction = _num(row.get("fraction")) if with_fraction else None
     if fraction is not None:
         name += f" · {fraction * 100:g}% data"
@@ -123,7 +126,7 @@ def leaderboard_key(suite: str, row: Mapping[str, Any]) -> str:
     """A leaderboard row's identity: suite, backbone, noise ratio, head (and fraction).
 
     The head is hashed under ``"method"``, its name when these keys were first published, so a
-    published board keeps its run keys."""
+    published board keeps its run keys; the downstream label-noise ratio enters only when non-zero."""
     ident = {
         "kind": "leaderboard",
         "suite": suite,
@@ -132,6 +135,8 @@ def leaderboard_key(suite: str, row: Mapping[str, Any]) -> str:
         "method": row.get("head"),
         "fraction": _num(row.get("fraction")),
     }
+    if _num(row.get("label_noise_ratio")):
+        ident["label_noise_ratio"] = _num(row.get("label_noise_ratio"))
     return config_hash(ident)
 
 

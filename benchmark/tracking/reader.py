@@ -47,7 +47,7 @@ from benchmark.tracking.store import (
 )
 
 #: Columns a leaderboard row carries besides its metrics (group and selection).
-LEADERBOARD_KEYS = ("backbone", "noise_ratio", "head", "fraction")
+LEADERBOARD_KEYS = ("backbone", "noise_ratio", "label_noise_ratio", "head", "fraction")
 SELECTION_PARAMS = ("selected", "fits", "selections", "tasks")
 #: Pre-training metrics that are one number per job, not a per-epoch curve.
 _SCALAR_PRETRAIN = {"realised_ratio", "seconds", "noise_n", "noise_changed"}
@@ -227,6 +227,12 @@ class TrackingReader:
             df["n"] = df["n"].fillna(0).astype(int)
         if df["fraction"].nunique(dropna=False) <= 1:
             df = df.drop(columns="fraction")
+        # Downstream label noise is a column only when some row has it (old boards: clean labels).
+        label_noise = pd.to_numeric(df["label_noise_ratio"], errors="coerce").astype("float64").fillna(0.0)
+        if (label_noise > 0).any():
+            df["label_noise_ratio"] = label_noise
+        else:
+            df = df.drop(columns="label_noise_ratio")
         return df
 
     def published_fits(self, suite: str) -> int | None:
