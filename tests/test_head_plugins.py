@@ -39,7 +39,7 @@ from benchmark.probe import FitRequest, batch_groups, evaluate_head, fit_many, p
 
 REPO = Path(__file__).resolve().parents[1]
 PLUGIN_SRC = REPO / "tests" / "plugins" / "nmlbench_extra_plugin"
-BUILTIN = ("lp", "lp_adamw", "mlp", "nmtune", "lgm")
+BUILTIN = ("lp", "lp_adamw", "mlp", "nmtune", "lgm", "finetune")
 
 
 @pytest.fixture(autouse=True)

@@ -21,6 +21,7 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field, PrivateAttr, 
 
 from benchmark.config.messages import SectionProblems
 from benchmark.errors import ConfigError
+from benchmark.heads.finetune import check_image_heads
 from benchmark.heads.registry import (
     HPARAM_NAMES,
     default_heads,
@@ -391,6 +392,7 @@ class Suite(_Model):
                 f"backbone display names must be unique, repeated: {', '.join(dup)} "
                 "(set a distinct 'name' on each pretrain block / backbones entry)"
             )
+        check_image_heads(self.downstream.heads, [(b.spec()["name"], b.spec()) for b in self.backbones])
         self.work_dir = str(Path(self.work_dir).expanduser().resolve())
         if self.tracking.uri is None:
             self.tracking.uri = default_tracking_uri(self.work_dir)
