@@ -81,7 +81,7 @@ FINETUNE = register_head(
     HeadSpec(
         name="finetune",
         label="Fine-tune",
-        order=10,
+        order=5,
         description="the whole backbone and a linear head trained end to end on the task's images (the "
         "reference arm: needs the weights; cross-entropy, or NMTune's regularisers with lam > 0)",
         hparams=(
