@@ -202,3 +202,46 @@ def test_plan_prices_finetuning_and_the_trial_body_records_it(tmp_path: Path, on
     assert m["train_rows"] == rows and m["best_epoch"] in (1.0, 2.0) and 0.0 <= m["test_accuracy"] <= 1.0
     assert m["test.accuracy"] == m["test_accuracy"] and len(record["curves"]["val_accuracy"]) == 2
     assert record["params"]["head"] == "finetune"
+
+
+@pytest.mark.slow
+def test_finetune_trials_run_through_ray_tune_beside_feature_trials(tmp_path: Path, one_torch_thread) -> None:
+    """The runner's trial mix: a fine-tuning trial (backbone and images loaded in the worker) next to
+    a feature trial reading its payload; each fit arrives once, and the fine-tuning fit's numbers
+    are those of the same trial body run here (Tune changes where it runs, not what it computes)."""
+    import ray
+
+    from benchmark.extraction import extract_payload
+    from benchmark.plan import plan_trials
+    from benchmark.ray_session import init_ray
+    from benchmark.sweep import run_trials_on_ray
+
+    plan = make_plan(_suite(tmp_path, [CNN], ["lp", "finetune"]))
+    [pair] = plan.pairs
+    tuned = [f for f in plan.fits if needs_images(f)]
+    on_features = [f for f in plan.fits if not needs_images(f)]
+    payload = extract_payload(pair, str(tmp_path / "features"), None, True)
+    trials = plan_trials(tuned, 1) + plan_trials(on_features, 16)
+    records: list[dict] = []
+    init_ray(num_cpus=2)
+    try:
+        run_trials_on_ray(
+            trials,
+            {pair.key: ray.put(payload)},
+            records.append,
+            storage_path=tmp_path / "tune",
+            name="ft",
+            max_concurrent=2,
+            image_pairs={pair.key: (pair, None)},
+        )
+    finally:
+        ray.shutdown()
+    by_key = {r["key"]: r for r in records}
+    assert len(records) == 2 and set(by_key) == {f.key for f in plan.fits}
+    assert all("error" not in r for r in records), records
+    [[here]] = list(iter_image_fit_batches(pair, tuned, None))
+
+    def numbers(r: dict) -> dict:
+        return {k: v for k, v in r["metrics"].items() if "seconds" not in k}
+
+    assert numbers(by_key[tuned[0].key]) == numbers(here) and by_key[tuned[0].key]["curves"] == here["curves"]
