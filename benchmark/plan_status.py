@@ -110,7 +110,8 @@ def plan_status(plan: Plan, tracking_uri: str, experiment: str) -> list[StageSta
         if j not in done_jobs
     )
     cache = plan.work_dir / "features"
-    cached = [p for p in plan.pairs if pair_marker(cache, p.key).is_file()]
+    encoded = [p for p in plan.pairs if any(not needs_images(f) for f in p.fits)]  # a pair only fine-tuned: no features
+    cached = [p for p in encoded if pair_marker(cache, p.key).is_file()]
     images = sum(
         len(p.task.train)
         + len(p.task.val)
@@ -118,7 +119,7 @@ def plan_status(plan: Plan, tracking_uri: str, experiment: str) -> list[StageSta
             _split_len(ref.dataset, ref.split, plan.data_root) if ref.indices is None else len(ref)
             for _, ref in p.task.tests
         )
-        for p in plan.pairs
+        for p in encoded
         if p not in cached
     )
     finished = finished_fit_keys(tracking_uri, experiment)
@@ -140,9 +141,7 @@ def plan_status(plan: Plan, tracking_uri: str, experiment: str) -> list[StageSta
             "image-epochs",
             rates.get("pretrain"),
         ),
-        StageStatus(
-            "features", "pair", len(plan.pairs), len(cached), images, "images to encode", rates.get("features")
-        ),
+        StageStatus("features", "pair", len(encoded), len(cached), images, "images to encode", rates.get("features")),
         StageStatus(
             "head fits",
             "fit",

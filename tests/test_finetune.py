@@ -192,6 +192,8 @@ def test_plan_prices_finetuning_and_the_trial_body_records_it(tmp_path: Path, on
     assert stages["fine-tuning"].work_left == (rows + val) * 2 == image_fit_cost(tuned, plan.pairs)
     text = render_status(plan, list(stages.values()), uri)
     assert "fine-tuning" in text and FINETUNE_NOTE in text and f"{(rows + val) * 2:,} image-epochs" in text
+    only_tuned = make_plan(_suite(tmp_path, [CNN], ["finetune"]))
+    assert {s.stage: s.total for s in plan_status(only_tuned, uri, "ft")}["features"] == 0
     # a pair whose only missing fit fine-tunes extracts no features
     lp_key = next(f.key for f in plan.fits if not needs_images(f))
     assert _pairs_with_missing_fits(plan, {lp_key}) == []
