@@ -88,6 +88,35 @@ def finetune_loss(
     return loss + lam * (weights["w_mse"] * reg["mse"] + weights["w_cov"] * reg["cov"] + weights["w_svd"] * reg["svd"])
 
 
+@torch.no_grad()
+def precise_batchnorm(model: _Tuned, x: torch.Tensor, dev: torch.device) -> None:
+    """Set the running statistics of every BatchNorm of the tuned network to those of ``x``.
+
+    Why: after a short budget the running averages (momentum 0.1 a step, over weights that kept
+    changing) are not the statistics of the network that is evaluated; evaluation mode then
+    normalises by stale values and the tuned model scores far below what it learnt (measured on
+    MobileNetV2, 2 epochs: training accuracy 0.51 in evaluation mode at a training loss of 0.70).
+    One forward pass over the training images with a cumulative average (``momentum=None``) gives
+    the statistics of the evaluated weights, as ``probe.bnstats`` does for the heads' BatchNorm.
+    Dropout stays off during the pass.
+    """
+    layers = [m for m in model.net.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    if not layers:
+        return
+    was = model.training
+    model.eval()
+    momenta = [m.momentum for m in layers]
+    for m in layers:
+        m.reset_running_stats()
+        m.momentum = None
+        m.train()
+    for i in range(0, x.shape[0], EVAL_CHUNK):
+        model(x[i : i + EVAL_CHUNK].to(dev))
+    for m, momentum in zip(layers, momenta):
+        m.momentum = momentum
+    model.train(was)
+
+
 class _Tuned(nn.Module):
     """The trainable copy of the backbone's network and the linear head on its features."""
 
@@ -170,6 +199,8 @@ def finetune(
                 sched.step()
                 total, seen = total + float(loss.detach()) * len(idx), seen + len(idx)
             curves["train_loss"].append(total / seen)
+            if tune_net:
+                precise_batchnorm(model, x, dev)
             val = _accuracy(model, sets[selection], subsets.get(selection), dev) if selection is not None else math.nan
             curves["val_accuracy"].append(val)
             last = epoch == epochs - 1

@@ -111,12 +111,13 @@ def iter_image_fit_batches(
 
 
 def image_fit_cost(fits: Sequence[FitSpec], pairs: Sequence[PairPlan]) -> int:
-    """Images the fits push through a backbone: per fit, training rows x epochs (forward and
-    backward) plus one validation pass per epoch."""
+    """Images the fits push through a backbone: per fit and epoch, the training rows (forward and
+    backward), once more (forward: the BatchNorm statistics, ``finetune.precise_batchnorm``) and
+    the validation rows."""
     tasks = {p.key: p.task for p in pairs}
     total = 0
     for f in fits:
         task = tasks[f.pair]
         rows = len(f.train_rows) if f.train_rows is not None else len(task.train)
-        total += (rows + len(task.val)) * int(f.hparams.epochs or 1)
+        total += (2 * rows + len(task.val)) * int(f.hparams.epochs or 1)
     return total

@@ -24,7 +24,8 @@ from benchmark.pretrain.job import job_dir
 #: What ``nmlbench plan`` says of fits that train the backbone (their cost is in image-epochs).
 FINETUNE_NOTE = (
     "fine-tuning fits cannot use the feature cache: each encodes its training images every epoch "
-    "(forward and backward through the backbone) plus a validation pass, counted in image-epochs"
+    "(forward and backward through the backbone), once more for its BatchNorm statistics, plus a validation "
+    "pass, counted in image-epochs"
 )
 
 

