@@ -94,8 +94,9 @@ def precise_batchnorm(model: _Tuned, x: torch.Tensor, dev: torch.device) -> None
 
     Why: after a short budget the running averages (momentum 0.1 a step, over weights that kept
     changing) are not the statistics of the network that is evaluated; evaluation mode then
-    normalises by stale values and the tuned model scores far below what it learnt (measured on
-    MobileNetV2, 2 epochs: training accuracy 0.51 in evaluation mode at a training loss of 0.70).
+    normalises by stale values and the tuned model scores far below what it learnt. Measured on
+    MobileNetV2 at 64 px, sklearn-digits (399 training rows), the default 2 epochs: training
+    accuracy 0.51 and test accuracy 0.47 with the running averages, 0.94 and 0.85 with this pass.
     One forward pass over the training images with a cumulative average (``momentum=None``) gives
     the statistics of the evaluated weights, as ``probe.bnstats`` does for the heads' BatchNorm.
     Dropout stays off during the pass.
