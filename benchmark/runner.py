@@ -124,6 +124,8 @@ def run_suite(
     trials = plan_trials(on_images, 1) + largest_trials_first(
         plan_trials([f for f in missing if not needs_images(f)], suite.ray.fits_per_trial), pairs, widths
     )
+    if on_images:
+        echo(f"      fine-tuning: {len(on_images)} fits train their backbone on images (no feature cache)")
     spectra = _SpectraLog(tracker, pairs, summaries)
     image_pairs = {p.key: (p, plan.data_root) for p in plan.pairs if p.key in {f.pair for f in on_images}}
     _heads_stage(

@@ -266,3 +266,28 @@ def test_finetune_trials_run_through_ray_tune_beside_feature_trials(tmp_path: Pa
         return {k: v for k, v in r["metrics"].items() if "seconds" not in k}
 
     assert numbers(by_key[tuned[0].key]) == numbers(here) and by_key[tuned[0].key]["curves"] == here["curves"]
+
+
+@pytest.mark.slow
+def test_run_suite_fine_tunes_without_extracting_for_it(tmp_path: Path) -> None:
+    """The runner end to end: a suite with only the fine-tuning head extracts no features and
+    records its fit in the store like any head's."""
+    import ray
+
+    from benchmark.ray_session import init_ray
+    from benchmark.runner import run_suite
+    from benchmark.tracking import TrackingReader
+
+    suite = _suite(tmp_path, [CNN], ["finetune"])
+    log: list[str] = []
+    started = init_ray(num_cpus=2)
+    try:
+        run = run_suite(suite, echo=log.append)
+    finally:
+        if started:
+            ray.shutdown()
+    assert (run.fits_total, run.fits_run, run.fits_failed, run.pairs_extracted) == (1, 1, 0, 0)
+    assert any("fine-tuning: 1 fits train their backbone on images" in line for line in log)
+    assert not (tmp_path / "work" / "features" / "pairs").exists()
+    frame = TrackingReader(str(suite.tracking.uri), "ft").runs_frame("fit")
+    assert list(frame["head"]) == ["finetune"] and 0.0 <= float(frame["test_accuracy"].iloc[0]) <= 1.0
