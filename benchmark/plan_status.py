@@ -5,7 +5,7 @@ Reads only what earlier runs left behind, never starting Ray or writing anything
 - features: the pair markers ``work_dir/features/pairs/<pair>.json`` of the features stage;
 - head fits: finished fit keys in the MLflow store, read without creating a store or experiment.
 The work left is counted in the stage's own units (images x epochs to train, images to encode,
-head fits and their sample-epochs); with an earlier run of the suite on record
+head fits and their sample-epochs, fine-tuning fits and their image-epochs); with an earlier run of the suite on record
 (``work_dir/runs/*.json``) it is also priced at that run's measured seconds per unit.
 """
 
@@ -17,9 +17,17 @@ from pathlib import Path
 from typing import Any
 
 from benchmark.extraction import pair_marker
+from benchmark.finetune_run import image_fit_cost, needs_images
 from benchmark.noise.downstream import setting_label
 from benchmark.plan import Plan
 from benchmark.pretrain.job import job_dir
+
+#: What ``nmlbench plan`` says of fits that train the backbone (their cost is in image-epochs).
+FINETUNE_NOTE = (
+    "fine-tuning fits cannot use the feature cache: each encodes its training images every epoch "
+    "(forward and backward through the backbone), once more for its BatchNorm statistics, plus a validation "
+    "pass, counted in image-epochs"
+)
 
 
 @dataclass
@@ -104,7 +112,8 @@ def plan_status(plan: Plan, tracking_uri: str, experiment: str) -> list[StageSta
         if j not in done_jobs
     )
     cache = plan.work_dir / "features"
-    cached = [p for p in plan.pairs if pair_marker(cache, p.key).is_file()]
+    encoded = [p for p in plan.pairs if any(not needs_images(f) for f in p.fits)]  # a pair only fine-tuned: no features
+    cached = [p for p in encoded if pair_marker(cache, p.key).is_file()]
     images = sum(
         len(p.task.train)
         + len(p.task.val)
@@ -112,17 +121,19 @@ def plan_status(plan: Plan, tracking_uri: str, experiment: str) -> list[StageSta
             _split_len(ref.dataset, ref.split, plan.data_root) if ref.indices is None else len(ref)
             for _, ref in p.task.tests
         )
-        for p in plan.pairs
+        for p in encoded
         if p not in cached
     )
     finished = finished_fit_keys(tracking_uri, experiment)
-    todo = [f for f in plan.fits if f.key not in finished]
+    on_images = [f for f in plan.fits if needs_images(f)]  # fine-tuning: their own row, no feature cache
+    fits = [f for f in plan.fits if not needs_images(f)]
+    todo = [f for f in fits if f.key not in finished]
     tasks = {p.key: p.task for p in plan.pairs}
     sample_epochs = sum(
         (len(f.train_rows) if f.train_rows is not None else len(tasks[f.pair].train)) * (f.hparams.epochs or 1)
         for f in todo
     )  # the converged LP: one pass-equivalent
-    return [
+    stages = [
         StageStatus(
             "pre-training",
             "job",
@@ -132,19 +143,30 @@ def plan_status(plan: Plan, tracking_uri: str, experiment: str) -> list[StageSta
             "image-epochs",
             rates.get("pretrain"),
         ),
-        StageStatus(
-            "features", "pair", len(plan.pairs), len(cached), images, "images to encode", rates.get("features")
-        ),
+        StageStatus("features", "pair", len(encoded), len(cached), images, "images to encode", rates.get("features")),
         StageStatus(
             "head fits",
             "fit",
-            len(plan.fits),
-            len(plan.fits) - len(todo),
+            len(fits),
+            len(fits) - len(todo),
             sample_epochs,
             "sample-epochs",
             rates.get("heads"),
         ),
     ]
+    if on_images:
+        tuning = [f for f in on_images if f.key not in finished]
+        stages.append(
+            StageStatus(
+                "fine-tuning",
+                "fit",
+                len(on_images),
+                len(on_images) - len(tuning),
+                image_fit_cost(tuning, plan.pairs),
+                "image-epochs",
+            )
+        )
+    return stages
 
 
 def render_status(plan: Plan, stages: list[StageStatus], tracking_uri: str) -> str:
@@ -170,6 +192,8 @@ def render_status(plan: Plan, stages: list[StageStatus], tracking_uri: str) -> s
     ]
     if all(s.seconds_per_job is None for s in stages):
         lines.append("(no earlier run of this suite in the work dir to time the work by)")
+    if any(s.stage == "fine-tuning" for s in stages):
+        lines.append(FINETUNE_NOTE)
     lines += [
         f"  task {t.name} ({t.kind}): {len(t.train)} train rows, {len(t.val)} validation rows, "
         f"test: {', '.join(name for name, _ in t.tests)}"

@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from benchmark.config import Suite, check_data_available
+from benchmark.finetune_run import needs_images
 from benchmark.hashing import config_hash
 from benchmark.noise.downstream import realised_line
 from benchmark.plan import PairPlan, Plan, TrialPlan, largest_trials_first, make_plan, plan_trials
@@ -120,10 +121,26 @@ def run_suite(
 
     t0 = time.perf_counter()
     widths = {key: s["width"] for key, s in summaries.items()}
-    trials = largest_trials_first(plan_trials(missing, suite.ray.fits_per_trial), pairs, widths)
+    on_images = [f for f in missing if needs_images(f)]  # fine-tuning: one fit a trial, dearest, so first
+    trials = plan_trials(on_images, 1) + largest_trials_first(
+        plan_trials([f for f in missing if not needs_images(f)], suite.ray.fits_per_trial), pairs, widths
+    )
+    if on_images:
+        echo(f"      fine-tuning: {len(on_images)} fits train their backbone on images (no feature cache)")
     spectra = _SpectraLog(tracker, pairs, summaries)
+    image_pairs = {p.key: (p, plan.data_root) for p in plan.pairs if p.key in {f.pair for f in on_images}}
     _heads_stage(
-        suite, trials, len(missing), refs, tracker, run, concurrency, resources["GPU"] > 0, echo, first=spectra
+        suite,
+        trials,
+        len(missing),
+        refs,
+        tracker,
+        run,
+        concurrency,
+        resources["GPU"] > 0,
+        echo,
+        first=spectra,
+        image_pairs=image_pairs,
     )
     run.seconds["heads"] = time.perf_counter() - t0
     # Deliver anything queued during an outage, then publish the leaderboard runs and the suite
@@ -141,8 +158,9 @@ def run_suite(
 
 
 def _pairs_with_missing_fits(plan: Plan, done: set[str]) -> list[PairPlan]:
-    """The pairs of ``plan`` with a fit whose key is not in ``done``: the ones whose features are needed."""
-    return [p for p in plan.pairs if any(f.key not in done for f in p.fits)]
+    """The pairs of ``plan`` with a fit on features whose key is not in ``done``: the ones whose
+    features are needed (a fit that trains on images reads no features: ``finetune_run``)."""
+    return [p for p in plan.pairs if any(f.key not in done and not needs_images(f) for f in p.fits)]
 
 
 # -- stage 1 -----------------------------------------------------------------------------------
@@ -312,9 +330,11 @@ def _heads_stage(
     use_gpu: bool,
     echo: Echo,
     first: Callable[[], None] | None = None,
+    image_pairs: dict[str, tuple[PairPlan, str | None]] | None = None,
 ) -> None:
     """Run the trials in their order (``largest_trials_first``), recording fits as they arrive;
-    ``first`` is run by the records' writer before the first record (or here, with no trials)."""
+    ``first`` is run by the records' writer before the first record (or here, with no trials).
+    ``image_pairs``: the pairs whose trials fine-tune on images instead of reading features."""
     from benchmark.sweep import run_trials_on_ray
 
     if not trials:
@@ -332,6 +352,7 @@ def _heads_stage(
             name=f"sweep-{suite.name}-{config_hash([t.trial_id for t in trials], 8)}",
             max_concurrent=concurrency,
             gpus_per_trial=(1.0 / concurrency) if use_gpu else 0.0,
+            image_pairs=image_pairs,
         )
     except BaseException:
         sink.close(raise_error=False)  # keep what finished, then let the sweep's own error through

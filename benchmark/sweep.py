@@ -34,7 +34,7 @@ from benchmark.extraction import FeaturePayload
 from benchmark.metrics import metric_names
 from benchmark.names import fit_name
 from benchmark.noise.downstream import LabelNoiseSetting, label_noise_groups, noisy_payload, with_label_noise
-from benchmark.plan import FitSpec, TrialPlan
+from benchmark.plan import FitSpec, PairPlan, TrialPlan
 
 log = logging.getLogger(__name__)
 #: The evaluation set inside a payload that is not a test set.
@@ -192,16 +192,31 @@ def run_trials_locally(plans: Sequence[TrialPlan], payloads: dict[str, FeaturePa
             _deliver(sink, record)
 
 
-def _tune_trial(config: dict[str, Any], plans: dict[str, TrialPlan], payload_refs: dict[str, Any]) -> None:
-    """Body of one Tune trial: fetch the pair's features once, run its batch, report each fit."""
+def _tune_trial(
+    config: dict[str, Any],
+    plans: dict[str, TrialPlan],
+    payload_refs: dict[str, Any],
+    image_pairs: dict[str, tuple[PairPlan, str | None]] | None = None,
+) -> None:
+    """Body of one Tune trial: fetch the pair's features once, run its batch, report each fit.
+
+    A trial of fits that train on images (``image_pairs``: pair key -> (pair, data root)) loads
+    the backbone and the images instead (``finetune_run``); the runner plans those apart.
+    """
     import ray
     import torch
     from ray import tune
 
+    from benchmark.finetune_run import iter_image_fit_batches, needs_images
+
     torch.set_num_threads(1)
     plan = plans[config["trial"]]
-    payload = ray.get(payload_refs[plan.pair])
-    for batch in iter_fit_batches(payload, plan.fits):  # one report per batch group: Tune's cost is per report
+    if image_pairs and plan.pair in image_pairs and needs_images(plan.fits[0]):
+        pair, data_root = image_pairs[plan.pair]
+        batches = iter_image_fit_batches(pair, plan.fits, data_root)
+    else:
+        batches = iter_fit_batches(ray.get(payload_refs[plan.pair]), plan.fits)
+    for batch in batches:  # one report per batch group: Tune's cost is per report
         tune.report({"records": json.dumps(batch, default=_json_default)})
 
 
@@ -224,12 +239,14 @@ def run_trials_on_ray(
     name: str,
     max_concurrent: int | None = None,
     gpus_per_trial: float = 0.0,
+    image_pairs: dict[str, tuple[PairPlan, str | None]] | None = None,
 ) -> None:
     """Run trial plans as Ray Tune trials; ``sink`` receives each fit record in the driver.
 
     ``payload_refs`` maps pair id -> ObjectRef of a ``FeaturePayload`` already in the object
     store; ``tune.with_parameters`` ships the (small) ref dict once, not per trial. Trials start
     in the order of ``plans`` (the runner puts the largest first: ``plan.largest_trials_first``).
+    ``image_pairs``: the pairs whose trials fine-tune on images (``_tune_trial``).
     """
     if not plans:
         return
@@ -246,7 +263,7 @@ def run_trials_on_ray(
 
     callback = _DriverSink(sink, plan_map, expected)
 
-    trainable = tune.with_parameters(_tune_trial, plans=plan_map, payload_refs=payload_refs)
+    trainable = tune.with_parameters(_tune_trial, plans=plan_map, payload_refs=payload_refs, image_pairs=image_pairs)
     trainable = tune.with_resources(trainable, {"cpu": 1, "gpu": gpus_per_trial})
     tuner = tune.Tuner(
         trainable,

@@ -103,7 +103,8 @@ def test_schema_errors_name_path_value_and_allowed(tmp_path):
         "pretrain[0].epochs = 0: must be >= 1",
         "pretrain[0]: unknown key 'lrr' (allowed: name, objective, corpus, arch, model_kwargs, noise, seeds,",
         "<top level>: unknown key 'colour' (allowed: name, work_dir, data_root, pretrain, backbones, downstream,",
-        "downstream.heads = ['lp', 'svm']: unknown head(s) 'svm' (registered heads: lp, lp_adamw, mlp, nmtune, lgm)",
+        "downstream.heads = ['lp', 'svm']: unknown head(s) 'svm' "
+        "(registered heads: lp, lp_adamw, mlp, nmtune, lgm, finetune)",
         "downstream.fractions[0] = 0.0: must be in (0, 1]",
         "downstream: unknown key 'lambdas' (allowed: id, ood, heads, grid, hparams,",
         "it moved to downstream.grid: {lam: [...]}",
@@ -165,9 +166,9 @@ def test_head_grid_errors_name_axis_value_and_method(tmp_path):
     }
     msg = problems(write(tmp_path, bad))
     for expected in [
-        "downstream.grid.lam: no listed head takes it (it applies to nmtune; heads: lp, mlp)",
+        "downstream.grid.lam: no listed head takes it (it applies to nmtune, finetune; heads: lp, mlp)",
         "downstream.grid.colour: unknown hyper-parameter (known: epochs, batch_size, lr,",
-        "downstream.hparams.preset: no listed head takes it (it applies to nmtune;",
+        "downstream.hparams.preset: no listed head takes it (it applies to nmtune, finetune;",
         "downstream.hparams.nmtune: head 'nmtune' is not in heads (lp, mlp)",
         "downstream.hparams (mlp): batch_size must be >= 2, got 1",
     ]:

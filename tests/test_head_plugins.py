@@ -39,7 +39,7 @@ from benchmark.probe import FitRequest, batch_groups, evaluate_head, fit_many, p
 
 REPO = Path(__file__).resolve().parents[1]
 PLUGIN_SRC = REPO / "tests" / "plugins" / "nmlbench_extra_plugin"
-BUILTIN = ("lp", "lp_adamw", "mlp", "nmtune", "lgm")
+BUILTIN = ("lp", "lp_adamw", "mlp", "nmtune", "lgm", "finetune")
 
 
 @pytest.fixture(autouse=True)
@@ -218,7 +218,8 @@ def test_a_broken_or_shadowing_plugin_only_warns(plugin_site: Path) -> None:
 
 def test_unknown_head_lists_the_registered_ones_with_the_plugin(plugin_site: Path) -> None:
     with pytest.raises(
-        UnknownNameError, match="unknown head method 'svm'; known head methods: cosine, lgm, lp, lp_adamw, mlp, nmtune"
+        UnknownNameError,
+        match="unknown head method 'svm'; known head methods: cosine, finetune, lgm, lp, lp_adamw, mlp, nmtune",
     ):
         get_head("svm")
 

@@ -168,12 +168,14 @@ def test_every_registered_head_builds_resolves_and_fits():
     from benchmark.probe import fit_and_evaluate
 
     # an installed plugin head (tests/plugins) may follow the built-ins; it is not walked here
-    assert builtin_heads() == ("lp", "lp_adamw", "mlp", "nmtune", "lgm") and set(HEADS) == set(head_names())
+    assert builtin_heads() == ("lp", "lp_adamw", "mlp", "nmtune", "lgm", "finetune") and set(HEADS) == set(head_names())
     x = torch.randn(64, 6, generator=torch.Generator().manual_seed(0))
     y = (x[:, 0] > 0).long()
     short = {"lp": {"l2_steps": 2}}
     for name in builtin_heads():
         head = HEADS[name]
+        if head.inputs == "images":  # trains the backbone on images: tests/test_finetune.py
+            continue
         hp = resolve_hparams(name)
         assert hp.head == name and set(hp.as_dict()) <= set(head.defaults)
         module = create_head(name, 6, 2, **hp.arch())
@@ -201,7 +203,7 @@ def test_batch_key_groups_what_can_share_a_computation():
 def test_registry_rejects_unknown_names_and_duplicates():
     from benchmark.heads import HeadSpec, HParam, get_head, register_head
 
-    known = "unknown head method 'svm'; known head methods: (cosine, )?lgm, lp, lp_adamw, mlp, nmtune"
+    known = "unknown head method 'svm'; known head methods: (cosine, )?finetune, lgm, lp, lp_adamw, mlp, nmtune"
     with pytest.raises(UnknownNameError, match=known):
         get_head("svm")
     with pytest.raises(ConfigError, match="registered twice"):

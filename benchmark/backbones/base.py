@@ -173,6 +173,12 @@ class TorchBackbone:
             feats = self._feature_fn(self.module, batch.to(self.device, non_blocking=True))
         return feats.reshape(feats.shape[0], -1).float()
 
+    def features_of(self, module: torch.nn.Module, batch: torch.Tensor) -> torch.Tensor:
+        """The features of ``batch`` through ``module``, with gradients: ``module`` is this
+        backbone's network or a trainable copy of it (full fine-tuning, ``benchmark.finetune``)."""
+        feats = self._feature_fn(module, batch)
+        return feats.reshape(feats.shape[0], -1).float()
+
     def to(self, device: str | torch.device) -> TorchBackbone:
         self.module.to(device)
         return self

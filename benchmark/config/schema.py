@@ -21,6 +21,7 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field, PrivateAttr, 
 
 from benchmark.config.messages import SectionProblems
 from benchmark.errors import ConfigError
+from benchmark.heads.finetune import check_image_heads, image_heads
 from benchmark.heads.registry import (
     HPARAM_NAMES,
     default_heads,
@@ -326,10 +327,24 @@ class Downstream(_Model):
     def _tasks_and_heads(self) -> Downstream:
         if not self.id and not self.ood:
             raise ValueError("downstream needs at least one task in 'id' or 'ood'")
-        problems = [*self._axis_problems(), *self._value_problems()]
+        problems = [*self._axis_problems(), *self._value_problems(), *self._image_noise_problems()]
         if problems:
             raise SectionProblems(problems)
         return self
+
+    def _image_noise_problems(self) -> list[str]:
+        """A label-noise kind that reads each sample's features cannot corrupt the labels of a
+        head that trains on images (``finetune``): it has no frozen features to read."""
+        from benchmark.noise import get_noise_kind
+
+        if self.label_noise is None or "features" not in get_noise_kind(self.label_noise.kind).inputs:
+            return []
+        return [
+            f"label_noise.kind {self.label_noise.kind!r} draws its flips from the frozen features, which "
+            f"head {h!r} (it trains on images) does not have: use a kind without per-sample inputs "
+            "(symmetric, pairflip, asymmetric) or remove the head"
+            for h in image_heads(self.heads)
+        ]
 
     def fixed_hparams(self, name: str) -> dict[str, Any]:
         """The fixed values head ``name`` takes: shared entries, then its own section over them."""
@@ -449,6 +464,7 @@ class Suite(_Model):
                 f"backbone display names must be unique, repeated: {', '.join(dup)} "
                 "(set a distinct 'name' on each pretrain block / backbones entry)"
             )
+        check_image_heads(self.downstream.heads, [(b.spec()["name"], b.spec()) for b in self.backbones])
         self.work_dir = str(Path(self.work_dir).expanduser().resolve())
         if self.tracking.uri is None:
             self.tracking.uri = default_tracking_uri(self.work_dir)

@@ -41,7 +41,11 @@ BUILTIN_MODULES: tuple[str, ...] = (
     "benchmark.heads.mlp",
     "benchmark.heads.nmtune",
     "benchmark.heads.lgm",
+    "benchmark.heads.finetune",
 )
+#: What a head trains on: the cached frozen features (every head on a frozen backbone), or the
+#: task's images through the backbone's own weights (``finetune``: no feature cache).
+HEAD_INPUTS: tuple[str, ...] = ("features", "images")
 Target = str | Callable[..., Any]
 
 
@@ -67,6 +71,8 @@ class HeadSpec:
     a check or fill-in over all resolved values (NMTune's preset, the LP's L2 range).
     ``labelled``: the hyper-parameters shown in a fit's label, in order. ``role``: what the paper's
     claims use it as (``probe``); ``contends_with``: the heads the claims compare it against.
+    ``inputs``: ``features`` (cached frozen features) or ``images`` (the head trains the backbone
+    too, so its fits load the backbone and the task's images: ``benchmark.finetune_run``).
     """
 
     name: str
@@ -84,6 +90,7 @@ class HeadSpec:
     style: tuple[str, str] | None = None  # (matplotlib colour, marker)
     role: str | None = None
     contends_with: tuple[str, ...] = ()
+    inputs: str = "features"  # HEAD_INPUTS: "images" fits skip the feature cache (benchmark.finetune_run)
     _cache: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
 
     def __post_init__(self) -> None:
@@ -96,6 +103,8 @@ class HeadSpec:
         missing = [n for n in self.labelled if n not in names]
         if missing:
             raise ConfigError(f"head {self.name!r} labels {', '.join(missing)}, which it does not take")
+        if self.inputs not in HEAD_INPUTS:
+            raise ConfigError(f"head {self.name!r}: inputs {self.inputs!r} is not one of {', '.join(HEAD_INPUTS)}")
         object.__setattr__(self, "hparams", tuple(self.hparams))
 
     @property
@@ -471,6 +480,7 @@ __all__ = [
     "ENTRY_POINT_GROUP",
     "EPOCH_SELECTIONS",
     "HEADS",
+    "HEAD_INPUTS",
     "HPARAM_NAMES",
     "HParam",
     "HParams",
