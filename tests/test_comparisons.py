@@ -103,6 +103,16 @@ def test_label_noise_ratios_are_kept_apart() -> None:
     assert _one(comp, "cnn", 0.0, "nmtune")["diff"] == pytest.approx(2.0, abs=1e-9)
 
 
+def test_id_and_ood_tasks_are_separate_cells() -> None:
+    fits = _fits()
+    ood = fits.assign(task_kind="ood", task="o" + fits["task"])
+    ood.loc[ood["head"] == "lgm", ["val_accuracy", "test_accuracy"]] += 0.05  # C: -3 on ID, +2 on OOD
+    comp = head_comparisons(pd.concat([fits, ood], ignore_index=True))
+    c = comp[(comp.backbone == "cnn") & (comp.label_noise_ratio == 0.0) & (comp["head"] == "lgm")]
+    by_kind = {k: (round(d, 9), v, n) for k, d, v, n in zip(c.task_kind, c["diff"], c.verdict, c.n)}
+    assert by_kind == {"id": (-3.0, "worse", 6), "ood": (2.0, "better", 6)}
+
+
 def test_a_frozen_backbone_pairs_by_head_seed_and_task() -> None:
     comp = head_comparisons(_fits())
     a = _one(comp, "mobilenet", 0.0, "nmtune")
