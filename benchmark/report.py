@@ -24,6 +24,7 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
 from benchmark.claims import claims_markdown
+from benchmark.comparisons import MIN_HEADS, comparisons_markdown, distinct_heads
 from benchmark.heads import head_label, head_order, plot_style
 from benchmark.leaderboard import leaderboard, render
 
@@ -181,6 +182,9 @@ def make_report(
 ) -> dict[str, Path]:
     """Write leaderboard.md, leaderboard.csv, claims.md and the four figures; return their paths by name.
 
+    With at least ``MIN_HEADS`` distinct heads (a contenders suite) also ``comparisons.md``:
+    each head against the LP and the best head per cell, paired (``benchmark.comparisons``).
+
     ``df`` is the fit-runs frame (``TrackingReader.suite_fits``); ``spectra`` is optional
     ``{label: singular values}`` (``TrackingReader.load_spectra``). ``board`` (``leaderboard(df)``)
     and ``claims`` (``claims_markdown(df, suite_name)``) are reused when the caller has them.
@@ -204,6 +208,9 @@ def make_report(
     paths["spectra.png"] = plot_spectra(spectra, out / "spectra.png")
     paths["claims.md"] = out / "claims.md"
     paths["claims.md"].write_text(claims_markdown(df, suite_name) if claims is None else claims)
+    if len(distinct_heads(df)) >= MIN_HEADS:
+        paths["comparisons.md"] = out / "comparisons.md"
+        paths["comparisons.md"].write_text(comparisons_markdown(df, suite_name))
     return paths
 
 

@@ -3,8 +3,8 @@
 Figures are inlined as base64 PNG, the style and the few lines of script (click a column header
 to sort the leaderboard) are inline, and nothing is fetched from the network. Sections: the
 leaderboard with intervals and what validation chose, the figures, the claims with intervals
-(``claims.md``), every pre-training's noise record and per-epoch curves, and how the numbers
-were chosen.
+(``claims.md``), which head wins where (``comparisons.md``, suites of 3 or more heads), every
+pre-training's noise record and per-epoch curves, and how the numbers were chosen.
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ import pandas as pd
 
 from benchmark.atomic import atomic_write
 from benchmark.claims import claims_markdown
+from benchmark.comparisons import MIN_HEADS, comparisons_markdown, distinct_heads
 from benchmark.heads import head_label
 from benchmark.leaderboard import FLAG, leaderboard_rows, metric_cells, metric_headers, rank_rows, render_notes
 from benchmark.report import CURVE_LABELS, curve_metrics, make_report, plot_pretrain_curves, spectra_for
@@ -233,6 +234,14 @@ def _figure_html(name: str, png: bytes, caption: str | None = None) -> str:
     )
 
 
+def _nested_markdown(text: str) -> str:
+    """A report markdown file (# title, ## sections) as HTML nested under this page's h2."""
+    from markdown_it import MarkdownIt
+
+    lines = [("#" + ln) if ln.startswith("## ") else ln for ln in text.splitlines() if not ln.startswith("# ")]
+    return MarkdownIt("commonmark", {"html": False}).enable("table").render("\n".join(lines))
+
+
 def render_html(
     suite: str,
     rows: pd.DataFrame,
@@ -243,15 +252,15 @@ def render_html(
     source: str = "",
     note: str = "",
     captions: Mapping[str, str] | None = None,
+    comparisons_md: str = "",
 ) -> str:
     """The report page (a string); ``figures`` maps file names to PNG bytes (``captions`` overrides
-    ``FIGURE_CAPTIONS`` per name)."""
+    ``FIGURE_CAPTIONS`` per name); ``comparisons_md`` (``comparisons.md``) adds the section "Which
+    head wins where" when not empty."""
     captions = captions or {}
-    from markdown_it import MarkdownIt
-
     # claims.md is a document of its own (# title, ## per claim): nest it under this page's heading.
-    lines = [("#" + ln) if ln.startswith("## ") else ln for ln in claims_md.splitlines() if not ln.startswith("# ")]
-    claims = MarkdownIt("commonmark", {"html": False}).enable("table").render("\n".join(lines))
+    claims = _nested_markdown(claims_md)
+    comparisons = _nested_markdown(comparisons_md) if comparisons_md else ""
     stamp = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     curves = {k: v for k, v in figures.items() if k == "pretrain_curves.png"}
     main = {k: v for k, v in figures.items() if k not in curves}
@@ -271,6 +280,11 @@ def render_html(
         *[_figure_html(k, v, captions.get(k)) for k, v in main.items()],
         '<h2 id="claims">Claims</h2>',
         f'<div class="claims">{claims}</div>',
+        *(
+            ['<h2 id="comparisons">Which head wins where</h2>', f'<div class="claims">{comparisons}</div>']
+            if comparisons
+            else []
+        ),
         '<h2 id="pretraining">Pre-training: noise records and curves</h2>',
         noise_table(pretrains),
         *[_figure_html(k, v, captions.get(k)) for k, v in curves.items()],
@@ -291,17 +305,21 @@ def write_html_report(
     figures: Mapping[str, Path] | None = None,
     pretrains: list | None = None,
     claims: str | None = None,
+    comparisons: str | None = None,
 ) -> Path:
     """Read what the report needs through ``reader`` (a ``TrackingReader``) and write ``out_path``.
 
     ``fits`` / ``rows`` / ``figures`` (the PNG paths ``report.make_report`` wrote) / ``pretrains``
     (``reader.pretrain_records()``) / ``claims`` (``claims_markdown(fits, suite)``) are reused
-    when given, else read or computed. Returns the path.
+    when given, else read or computed; so is ``comparisons`` (``comparisons.md``; "" for a suite of
+    fewer than ``MIN_HEADS`` heads, which gets no such section). Returns the path.
     """
     fits = reader.suite_fits(suite) if fits is None else fits
     rows = leaderboard_rows(fits) if rows is None or "selected" not in rows.columns else rows
     pretrains = reader.pretrain_records() if pretrains is None else pretrains
     claims = claims_markdown(fits, suite) if claims is None else claims
+    if comparisons is None:
+        comparisons = comparisons_markdown(fits, suite) if len(distinct_heads(fits)) >= MIN_HEADS else ""
     with tempfile.TemporaryDirectory(prefix="nmlbench-html-") as tmp:
         if figures is None:
             figures = make_report(fits, tmp, suite, spectra=spectra_for(reader, fits), claims=claims)
@@ -326,6 +344,7 @@ def write_html_report(
         claims,
         pretrains,
         captions=captions,
+        comparisons_md=comparisons,
         source=f"MLflow {reader.uri} (experiment {reader.experiment!r})",
     )
     data = page.encode("utf-8")

@@ -41,6 +41,7 @@ def make_report_from_tracking(
             figures=paths,
             pretrains=pretrains,
             claims=paths["claims.md"].read_text(),
+            comparisons=paths["comparisons.md"].read_text() if "comparisons.md" in paths else "",
         )
     code = df["code"].fillna("unrecorded") if "code" in df else None
     paths[FILE_NAME] = write_provenance(

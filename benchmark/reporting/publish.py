@@ -114,7 +114,14 @@ def publish_suite(tracker: Tracker, *, force: bool = False) -> int:
         # to an existing file, and a re-published board must replace the old one.
         rows.to_json(table, orient="split", index=False)
         html = write_html_report(
-            tracker, suite, Path(tmp) / "report.html", fits=fits, rows=rows, figures=paths, claims=claims
+            tracker,
+            suite,
+            Path(tmp) / "report.html",
+            fits=fits,
+            rows=rows,
+            figures=paths,
+            claims=claims,
+            comparisons=paths["comparisons.md"].read_text() if "comparisons.md" in paths else "",
         )
         files = {
             **{name: str(p) for name, p in paths.items()},
