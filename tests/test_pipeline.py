@@ -236,7 +236,8 @@ def test_report_command_writes_every_file_with_content(pipeline_run, fits, tmp_p
         "lsvr_vs_ood.png",
         "spectra.png",
     ]
-    assert sorted(p.name for p in out.iterdir()) == sorted([*names, "provenance.json"])  # issue 23: where it came from
+    # provenance.json: where it came from (issue 23); comparisons.md: three heads, so which wins where (issue 25)
+    assert sorted(p.name for p in out.iterdir()) == sorted([*names, "provenance.json", "comparisons.md"])
     # every fit was stamped, when recorded, with the commit that made it; the report counts them
     prov = json.loads((out / "provenance.json").read_text())
     assert prov["fit_code"] == {code_tag(): len(fits)} and prov["fits"] == len(fits)
