@@ -35,7 +35,7 @@ from benchmark.errors import ConfigError, TrainingDiverged
 from benchmark.heads.finetune import weightless_message
 from benchmark.heads.hparams import HParams
 from benchmark.heads.nmtune import nmtune_regularisers, nmtune_weights
-from benchmark.metrics import MetricInputs, feature_spectrum, metrics
+from benchmark.metrics import feature_spectrum, metrics, score_set
 from benchmark.probe.health import chance_level, is_near_chance
 
 #: Images per forward pass when the network only scores (no gradients).
@@ -254,16 +254,5 @@ def _score(
     pred = _predict(logits, subset)
     registered = metrics()
     f = _encode(frozen.encode, x, dev) if any(m.features == "f" for m in registered) else None
-    inputs = {
-        "none": MetricInputs(y, pred),
-        "f": MetricInputs(y, pred, f, spectrum_cache=feature_spectrum(f) if f is not None else None),
-        "z": MetricInputs(y, pred, z),
-    }
-    out: dict[str, float] = {}
-    for metric in registered:
-        inp = inputs[metric.features]
-        if metric.logits:
-            inp.logits = logits
-        out[metric.name] = metric.compute(inp)
-    out["n"] = int(y.shape[0])
-    return out
+    f_spectrum = feature_spectrum(f) if f is not None else None
+    return score_set(registered, y, pred, f=f, z=z, logits=logits, f_spectrum=f_spectrum)

@@ -27,7 +27,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import warnings
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from importlib.metadata import entry_points
 from typing import Any
 
@@ -266,6 +266,36 @@ def iter_needs(features: str) -> Iterator[Metric]:
 
 
 # -- the built-in metrics ------------------------------------------------------------------------
+def score_set(
+    registered: Iterable[Metric],
+    y: Any,
+    pred: Any,
+    *,
+    f: Any,
+    z: Any,
+    logits: Any = None,
+    f_spectrum: dict[str, float] | None = None,
+    z_spectrum: dict[str, float] | None = None,
+) -> dict[str, float]:
+    """One evaluation set scored by every metric in ``registered``, then ``n``: each metric gets
+    the labels, the predictions, the features it declared (``f`` frozen, ``z`` the head's output;
+    a spectrum already computed for them is passed on) and the logits if it asked. The one place
+    a head's scores are assembled (frozen heads: ``probe.evaluate``; fine-tuning: ``finetune``)."""
+    inputs = {
+        "none": MetricInputs(y, pred),
+        "f": MetricInputs(y, pred, f, spectrum_cache=f_spectrum),
+        "z": MetricInputs(y, pred, z, spectrum_cache=z_spectrum),
+    }
+    out: dict[str, float] = {}
+    for metric in registered:
+        inp = inputs[metric.features]
+        if metric.logits:
+            inp.logits = logits
+        out[metric.name] = metric.compute(inp)
+    out["n"] = int(y.shape[0])
+    return out
+
+
 def macro_f1(y_true: Any, y_pred: Any) -> float:
     """Unweighted mean of per-class F1 over the classes present in ``y_true`` or ``y_pred``."""
     from sklearn.metrics import f1_score

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import torch
 
-from benchmark.metrics import MetricInputs, feature_spectrum, macro_f1, metrics
+from benchmark.metrics import feature_spectrum, macro_f1, metrics, score_set
 from benchmark.probe.data import PreparedData
 from benchmark.probe.train import TrainedHead
 
@@ -48,17 +48,14 @@ def evaluate_head(trained: TrainedHead, data: PreparedData) -> dict[str, dict[st
             data.raw_spectra[name] = feature_spectrum(x)
         raw = data.raw_spectra[name]
         z_all = x if passthrough else torch.cat(zs)
-        inputs = {
-            "none": MetricInputs(y, pred),
-            "f": MetricInputs(y, pred, x, spectrum_cache=raw),
-            "z": MetricInputs(y, pred, z_all, spectrum_cache=raw if passthrough else None),
-        }
-        scores: dict[str, float] = {}
-        for metric in registered:
-            inp = inputs[metric.features]
-            if metric.logits:
-                inp.logits = logits_all
-            scores[metric.name] = metric.compute(inp)
-        scores["n"] = int(y.shape[0])
-        out[name] = scores
+        out[name] = score_set(
+            registered,
+            y,
+            pred,
+            f=x,
+            z=z_all,
+            logits=logits_all,
+            f_spectrum=raw,
+            z_spectrum=raw if passthrough else None,
+        )
     return out
