@@ -29,6 +29,7 @@ from support import (
     build_study,
     pipeline_pixels,
     pipeline_suite,
+    run_suite_locally,
     write_imagenet_root,
 )
 
@@ -71,12 +72,8 @@ class PipelineRun:
 
 @pytest.fixture(scope="session")
 def pipeline_run(tmp_path_factory: pytest.TempPathFactory) -> PipelineRun:
-    import ray
-
     from benchmark.config import load_suite
     from benchmark.plan import make_plan
-    from benchmark.ray_session import init_ray
-    from benchmark.runner import run_suite
 
     root = tmp_path_factory.mktemp("pipeline")
     write_imagenet_root(root / "data", PIPELINE_WNIDS, PIPELINE_COUNTS, pipeline_pixels)
@@ -84,13 +81,7 @@ def pipeline_run(tmp_path_factory: pytest.TempPathFactory) -> PipelineRun:
     path = root / "pipeline.yaml"
     path.write_text(yaml.safe_dump(data, sort_keys=False))
     suite = load_suite(path)
-    log: list[str] = []
-    started = init_ray(num_cpus=2)
-    try:
-        summary = run_suite(suite, echo=log.append)
-    finally:
-        if started:
-            ray.shutdown()
+    summary, log = run_suite_locally(suite)
     return PipelineRun(
         path,
         suite,

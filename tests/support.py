@@ -17,6 +17,7 @@ import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -510,3 +511,20 @@ def pip_install_plugin(src: Path, root: Path, timeout: float = 180) -> Path:
     )
     assert res.returncode == 0, res.stdout + res.stderr
     return site
+
+
+def run_suite_locally(suite: Any) -> tuple[Any, list[str]]:
+    """``run_suite`` on a private 2-CPU Ray instance (shut down after, unless one was already up):
+    the run's summary and the lines it printed."""
+    import ray
+
+    from benchmark.ray_session import init_ray
+    from benchmark.runner import run_suite
+
+    log: list[str] = []
+    started = init_ray(num_cpus=2)
+    try:
+        return run_suite(suite, echo=log.append), log
+    finally:
+        if started:
+            ray.shutdown()

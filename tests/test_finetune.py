@@ -11,6 +11,7 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
+from support import run_suite_locally
 from torch.nn import functional as F
 
 from benchmark.backbones import create_backbone, create_timm_classifier, save_pretrain_checkpoint
@@ -272,20 +273,10 @@ def test_finetune_trials_run_through_ray_tune_beside_feature_trials(tmp_path: Pa
 def test_run_suite_fine_tunes_without_extracting_for_it(tmp_path: Path) -> None:
     """The runner end to end: a suite with only the fine-tuning head extracts no features and
     records its fit in the store like any head's."""
-    import ray
-
-    from benchmark.ray_session import init_ray
-    from benchmark.runner import run_suite
     from benchmark.tracking import TrackingReader
 
     suite = _suite(tmp_path, [CNN], ["finetune"])
-    log: list[str] = []
-    started = init_ray(num_cpus=2)
-    try:
-        run = run_suite(suite, echo=log.append)
-    finally:
-        if started:
-            ray.shutdown()
+    run, log = run_suite_locally(suite)
     assert (run.fits_total, run.fits_run, run.fits_failed, run.pairs_extracted) == (1, 1, 0, 0)
     assert any("fine-tuning: 1 fits train their backbone on images" in line for line in log)
     assert not (tmp_path / "work" / "features" / "pairs").exists()
