@@ -31,8 +31,12 @@ from benchmark.ray_session import LOCAL_ENV
 
 BIN = Path(sys.executable).parent
 REPO = Path(__file__).resolve().parents[1]
-EPOCHS = 8
-pytestmark = [pytest.mark.slow, pytest.mark.timeout(1500)]
+EPOCHS = 4  # the node is lost after epoch 0's checkpoint: >= 2 epochs must remain to resume into
+#: The driver's bound after the node comes back scales with the measured first epoch (Ray Train
+#: start-up included), so a loaded machine gets proportionally longer: it ran 10x slower beside a
+#: suite run than alone (issue 23's portability: a bound that holds only on an idle machine is wrong).
+SLACK = 4.0
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(3600)]
 
 DRIVER = textwrap.dedent("""
     import json, sys
@@ -181,13 +185,16 @@ def test_two_node_job_survives_losing_a_node(tmp_path: Path, image_root: Path) -
             snaps = list(shared.glob("*/checkpoint_manager_snapshot.json"))
             return bool(snaps) and "epoch_0000" in snaps[0].read_text()
 
-        _wait(first_checkpoint, 600, "the first checkpoint", driver, log)
+        started = time.monotonic()
+        _wait(first_checkpoint, 1200, "the first checkpoint", driver, log)
+        first_epoch = time.monotonic() - started
         os.killpg(nodes[0].pid, signal.SIGKILL)
         nodes[0].wait(timeout=60)
         _wait(lambda: not _node_alive(nodes[0].pid), 60, "the second node to die")
         time.sleep(5)  # lost for a while: Ray Train sees the failure and cannot place 2 workers
         nodes.append(_start_node(gcs, node_tmps[1], env, log))  # capacity returns
-        out, _ = driver.communicate(timeout=900)
+        # Start-up again plus the remaining epochs, each no dearer than the first: SLACK x that.
+        out, _ = driver.communicate(timeout=max(300.0, SLACK * first_epoch * EPOCHS))
         assert driver.returncode == 0, out[-5000:]
     finally:
         if driver is not None and driver.poll() is None:
