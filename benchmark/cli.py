@@ -89,7 +89,8 @@ def _print_leaderboard(
     A store that does not answer or refuses the credentials is reported; ``strict`` raises it
     (``nmlbench leaderboard`` exits 2), else it is a note (the end of ``nmlbench run``).
     """
-    from benchmark.leaderboard import columns, leaderboard, render
+    from benchmark.leaderboard import columns, leaderboard
+    from benchmark.leaderboard_text import render
     from benchmark.tracking import NothingTracked, TrackingReader, TrackingUnavailable
 
     try:

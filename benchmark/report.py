@@ -26,7 +26,8 @@ from matplotlib.ticker import MaxNLocator
 from benchmark.claims import claims_markdown
 from benchmark.comparisons import MIN_HEADS, comparisons_markdown, distinct_heads
 from benchmark.heads import head_label, head_order, plot_style
-from benchmark.leaderboard import leaderboard, render
+from benchmark.leaderboard import leaderboard
+from benchmark.leaderboard_text import render
 
 SELECTION_NOTE = (
     "Head hyper-parameters (the suite's grid: NMTune's lam, the MLP depth ...) are chosen per task and seed "

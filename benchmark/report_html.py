@@ -24,7 +24,8 @@ from benchmark.atomic import atomic_write
 from benchmark.claims import claims_markdown
 from benchmark.comparisons import MIN_HEADS, comparisons_markdown, distinct_heads
 from benchmark.heads import head_label
-from benchmark.leaderboard import FLAG, leaderboard_rows, metric_cells, metric_headers, rank_rows, render_notes
+from benchmark.leaderboard import leaderboard_rows
+from benchmark.leaderboard_text import FLAG, metric_cells, metric_headers, rank_rows, render_notes
 from benchmark.report import CURVE_LABELS, curve_metrics, make_report, plot_pretrain_curves, spectra_for
 
 FIGURE_CAPTIONS = {

@@ -13,7 +13,8 @@ from benchmark.config import validate_suite
 from benchmark.errors import ConfigError
 from benchmark.extraction import FeaturePayload
 from benchmark.heads import resolve_hparams
-from benchmark.leaderboard import leaderboard, leaderboard_rows, render
+from benchmark.leaderboard import leaderboard, leaderboard_rows
+from benchmark.leaderboard_text import render
 from benchmark.noise.downstream import (
     DIGEST,
     TRAIN_RATE,

@@ -18,7 +18,8 @@ import pytest
 import torch
 
 from benchmark.heads.modules import ResidualMLPHead
-from benchmark.leaderboard import leaderboard, render
+from benchmark.leaderboard import leaderboard
+from benchmark.leaderboard_text import render
 from benchmark.probe import FitRequest, fit_many, prepare_data, resolve_hparams, train_head
 from benchmark.probe.bnstats import refresh_module
 from benchmark.probe.health import TRAIN_MARGIN, VAL_MARGIN, chance_level, health_summary, is_near_chance

@@ -20,7 +20,8 @@ from scipy import stats
 from support import GRID, ID_TASKS, OOD_TASKS, synthetic_runs  # shared with test_report
 
 from benchmark.errors import ConfigError
-from benchmark.leaderboard import leaderboard, render, select_on_validation
+from benchmark.leaderboard import leaderboard, select_on_validation
+from benchmark.leaderboard_text import render
 
 GOLDEN = Path(__file__).parent / "golden" / "leaderboard_synthetic.md"
 

@@ -22,7 +22,8 @@ from sklearn.metrics import balanced_accuracy_score, f1_score
 from benchmark import metrics as registry
 from benchmark.extraction import FeaturePayload
 from benchmark.heads import resolve_hparams
-from benchmark.leaderboard import columns, leaderboard, leaderboard_rows, render
+from benchmark.leaderboard import columns, leaderboard, leaderboard_rows
+from benchmark.leaderboard_text import render
 from benchmark.metrics import get_metric, register_metric, unregister_metric
 from benchmark.plan import FitSpec, fit_key
 from benchmark.sweep import run_fits

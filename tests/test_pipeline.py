@@ -196,7 +196,8 @@ def test_fits_train_on_the_documented_rows_per_class(pipeline_run, fits) -> None
 
 @pytest.mark.parametrize("fmt", ["table", "markdown", "csv"])
 def test_leaderboard_command_prints_the_leaderboard_of_the_store(pipeline_run, fits, fmt) -> None:
-    from benchmark.leaderboard import leaderboard, render
+    from benchmark.leaderboard import leaderboard
+    from benchmark.leaderboard_text import render
     from benchmark.tracking.store import METRIC_DECIMALS
 
     res = CliRunner().invoke(app, ["leaderboard", str(pipeline_run.suite_path), "--format", fmt])
@@ -222,7 +223,8 @@ def test_leaderboard_command_prints_the_leaderboard_of_the_store(pipeline_run, f
 
 def test_report_command_writes_every_file_with_content(pipeline_run, fits, tmp_path) -> None:
     from benchmark.claims import CLAIM_TEXT
-    from benchmark.leaderboard import leaderboard, render
+    from benchmark.leaderboard import leaderboard
+    from benchmark.leaderboard_text import render
 
     out = tmp_path / "report"
     res = CliRunner().invoke(app, ["report", str(pipeline_run.suite_path), "--out", str(out)])

@@ -15,7 +15,8 @@ import pytest
 from support import fit_records, synthetic_fits
 from typer.testing import CliRunner
 
-from benchmark.leaderboard import COLUMNS, columns, leaderboard, leaderboard_rows, render, selected_fits
+from benchmark.leaderboard import COLUMNS, columns, leaderboard, leaderboard_rows, selected_fits
+from benchmark.leaderboard_text import render
 from benchmark.reporting import finish_and_publish, publish_suite
 from benchmark.tracking import Tracker, TrackingReader
 from benchmark.tracking.layout import leaderboard_name, suite_spec

@@ -6,7 +6,8 @@ import numpy as np
 import pandas as pd
 from support import check_figure, synthetic_runs
 
-from benchmark.leaderboard import leaderboard, render
+from benchmark.leaderboard import leaderboard
+from benchmark.leaderboard_text import render
 from benchmark.report import make_report
 
 FIGURES = ("id_ood_vs_noise.png", "sve_vs_id.png", "lsvr_vs_ood.png", "spectra.png")
