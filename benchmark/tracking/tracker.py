@@ -5,9 +5,9 @@ them to ``Tracker``. That is deliberate: SQLite answers "database is locked" to 
 and an MLflow setup inside each worker silently falls back to a local store, so a single writer is
 the only arrangement that is both correct and fast.
 
-Every ``log_*`` call turns its record into an *entry* (kind, key, status, name, params, metrics,
-per-epoch steps, tags, artifacts, parent), appends it to the journal (``journal.py``) and then
-sends it (``writer.py``). When the store does not answer (connection refused, timeout, 5xx),
+Every ``log_*`` call turns its record into an *entry* (``entries.py``: kind, key, status, name,
+params, metrics, per-epoch steps, tags, artifacts, parent), appends it to the journal
+(``journal.py``) and then sends it (``writer.py``). When the store does not answer (connection refused, timeout, 5xx),
 the entry stays queued and the sweep goes on: MLflow's HTTP client is limited to 2 quick
 retries (``store.HTTP_DEFAULTS``), and the Tracker itself tries again only after a back-off
 (2, 4, 8 ... at most 60 s), at the next ``log_*`` call, at ``flush`` / ``finish``, or in a later
@@ -18,25 +18,17 @@ from __future__ import annotations
 
 import collections
 import dataclasses
-import json
-import math
 import sys
 import time
 from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
-from benchmark.errors import ConfigError
 from benchmark.hashing import config_hash
-from benchmark.tracking import layout
+from benchmark.tracking import entries, layout
 from benchmark.tracking.journal import Journal, decode, encode
 from benchmark.tracking.reader import TrackingReader
 from benchmark.tracking.store import (
-    EPOCH_TAG,
-    ERROR_TAG,
-    FAILED,
     FINISHED,
     TrackingUnavailable,
     auth_refused,
@@ -338,9 +330,6 @@ class Tracker(TrackingReader):
         return stored | queued
 
     # -- records -----------------------------------------------------------------------------
-    def _parent(self, params: Mapping[str, Any]) -> dict[str, Any] | None:
-        return layout.group_spec(self.suite, params) or layout.suite_spec(self.suite)
-
     def log_fit(self, record: Mapping[str, Any], *, overwrite: bool = False) -> str | None:
         """Log one head fit ``{"key", "params", "metrics", "tags", "artifacts", "curves"}``.
 
@@ -349,33 +338,7 @@ class Tracker(TrackingReader):
         already finished is not logged again (its run id is returned) unless ``overwrite`` and
         the content differs.
         """
-        params, tags = dict(record.get("params", {})), dict(record.get("tags", {}))
-        if record.get("error"):
-            text = str(record["error"])
-            if record.get("traceback"):
-                text += "\n" + str(record["traceback"])
-            return self.log_failure(record["key"], params, text, tags=tags)
-        # Training curves (per epoch, or per L2 value / L-BFGS iteration for lp) become step metrics.
-        steps = [
-            (f"curve.{name}", float(v), i)
-            for name, values in (record.get("curves") or {}).items()
-            for i, v in enumerate(values)
-        ]
-        return self.log_entry(
-            {
-                "kind": "fit",
-                "key": record["key"],
-                "status": FINISHED,
-                "name": layout.fit_name(params),
-                "params": params,
-                "metrics": dict(record.get("metrics", {})),
-                "steps": steps,
-                "tags": tags,
-                "artifacts": dict(record.get("artifacts", {})),
-                "parent": self._parent(params),
-                "overwrite": overwrite,
-            }
-        )
+        return self.log_entry(entries.fit_entry(self.suite, record, overwrite=overwrite))
 
     def log_failure(
         self,
@@ -390,101 +353,14 @@ class Tracker(TrackingReader):
 
         The key stays out of ``completed_keys`` so the next run retries it.
         """
-        text = error_text if len(error_text) <= 7900 else error_text[:3900] + "\n...\n" + error_text[-3900:]
-        params = dict(params)
-        name = layout.fit_name(params) if kind == "fit" else layout.pretrain_name(params) if kind == "pretrain" else key
-        return self.log_entry(
-            {
-                "kind": kind,
-                "key": key,
-                "status": FAILED,
-                "name": name,
-                "params": params,
-                "tags": {**(tags or {}), ERROR_TAG: text},
-                "parent": self._parent(params),
-            }
-        )
+        return self.log_entry(entries.failure_entry(self.suite, key, params, error_text, kind=kind, tags=tags))
 
     def log_pretrain(
         self, job: Any, result: Any, *, overwrite: bool = False, backbone: str | None = None
     ) -> str | None:
-        """Log a pre-training job (``PretrainJob``) and its result.
-
-        ``result`` is a mapping or dataclass. Recognised entries: ``history`` / ``metrics`` /
-        ``epochs`` (a list of per-epoch dicts, or a dict of per-epoch lists; logged with
-        ``step`` = epoch), ``noise_path`` / ``noise_file`` (artifact ``noise.npz``; its sibling
-        ``noise.json`` is logged too and gives the metrics ``noise_n`` / ``noise_changed``),
-        ``checkpoint`` / ``checkpoint_path`` (tag ``checkpoint``: checkpoints stay in the work
-        dir). Other numeric entries become metrics. ``backbone`` is the display name the fits
-        of this model carry (default ``job.backbone_name``): it places the run in
-        the same backbone x noise ratio group as those fits.
-        """
-        is_record = dataclasses.is_dataclass(result) and not isinstance(result, type)
-        res = dataclasses.asdict(result) if is_record else dict(result)
-        res.pop("job", None)
-        params = dataclasses.asdict(job)
-        params["name"] = job.name
-        group = {
-            "backbone": backbone or job.backbone_name,
-            "noise_ratio": job.noise_ratio,
-            "objective": job.objective,
-            "noise_kind": job.noise_kind,
-        }
-        if res.get("error"):
-            return self.log_entry(
-                {
-                    "kind": "pretrain",
-                    "key": job.key,
-                    "status": FAILED,
-                    "name": layout.pretrain_name(params),
-                    "params": params,
-                    "tags": {ERROR_TAG: str(res["error"])},
-                    "parent": self._parent(group),
-                }
-            )
-        steps, last = _epoch_steps(
-            next((res.pop(k) for k in ("history", "metrics", "epochs") if isinstance(res.get(k), (list, dict))), None)
-        )
-        tags: dict[str, str] = {"backbone": group["backbone"], EPOCH_TAG: ",".join(sorted(last))}
-        artifacts: dict[str, Any] = {}
-        metrics: dict[str, float] = {}
-        noise = next((res.pop(k) for k in ("noise_path", "noise_file") if res.get(k)), None)
-        if noise is not None and Path(noise).is_file():
-            artifacts["noise.npz"] = str(noise)
-            summary = Path(noise).with_suffix(".json")
-            if summary.is_file():
-                artifacts["noise.json"] = str(summary)
-                info = json.loads(summary.read_text())
-                metrics["noise_n"] = info.get("n")
-                metrics["noise_changed"] = info.get("num_flipped", info.get("num_mismatched"))
-        ckpt = next((res.pop(k) for k in ("checkpoint", "checkpoint_path") if res.get(k)), None)
-        if ckpt is not None:
-            tags["checkpoint"] = str(ckpt)
-        metrics.update(
-            {
-                k: float(v)
-                for k, v in res.items()
-                if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(float(v))
-            }
-        )
-        # Per-epoch values are logged with their steps; MLflow keeps the latest as the run's value.
-        for k in last:
-            metrics.pop(k, None)
-        return self.log_entry(
-            {
-                "kind": "pretrain",
-                "key": job.key,
-                "status": FINISHED,
-                "name": layout.pretrain_name(params),
-                "params": params,
-                "metrics": metrics,
-                "steps": steps,
-                "tags": tags,
-                "artifacts": artifacts,
-                "parent": self._parent(group),
-                "overwrite": overwrite,
-            }
-        )
+        """Log a pre-training job (``PretrainJob``) and its result (``entries.pretrain_entry``
+        says which entries of ``result`` become metrics, steps, tags and artifacts)."""
+        return self.log_entry(entries.pretrain_entry(self.suite, job, result, overwrite=overwrite, backbone=backbone))
 
     def log_spectrum(
         self, backbone: str | Mapping[str, Any], task: str, values: Any, *, overwrite: bool = False, **params: Any
@@ -495,37 +371,4 @@ class Tracker(TrackingReader):
         ``"backbone"`` (e.g. the fit params: noise_ratio, pretrain_seed, ...). All params are
         recorded and keyed, so each (backbone, noise ratio, seed, task) keeps its own spectrum.
         """
-        arr = np.asarray(values.detach().cpu().numpy() if hasattr(values, "detach") else values, dtype=np.float64)
-        base = dict(backbone) if isinstance(backbone, Mapping) else {"backbone": backbone}
-        if "backbone" not in base:
-            raise ConfigError("log_spectrum: the backbone mapping needs a 'backbone' display name")
-        all_params = {**base, **params, "task": task}
-        key = config_hash({"kind": "spectrum", **all_params})
-        return self.log_entry(
-            {
-                "kind": "spectrum",
-                "key": key,
-                "status": FINISHED,
-                "name": layout.spectrum_name(all_params),
-                "params": all_params,
-                "artifacts": {"spectrum.npy": arr},
-                "parent": self._parent(all_params),
-                "overwrite": overwrite,
-            }
-        )
-
-
-def _epoch_steps(history: Any) -> tuple[list[tuple[str, float, int]], dict[str, float]]:
-    """Per-epoch rows (a list of dicts, or a dict of lists) -> (name, value, epoch) steps and last values."""
-    if isinstance(history, dict):  # {"loss": [..], ...} -> per-epoch rows
-        n = max((len(v) for v in history.values() if isinstance(v, list)), default=0)
-        history = [{k: v[i] for k, v in history.items() if isinstance(v, list) and i < len(v)} for i in range(n)]
-    steps: list[tuple[str, float, int]] = []
-    last: dict[str, float] = {}
-    for i, row in enumerate(history or []):
-        epoch = int(row.get("epoch", i))
-        for k, v in row.items():
-            if k != "epoch" and isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(float(v)):
-                steps.append((str(k), float(v), epoch))
-                last[str(k)] = float(v)
-    return steps, last
+        return self.log_entry(entries.spectrum_entry(self.suite, backbone, task, values, overwrite=overwrite, **params))
