@@ -213,7 +213,7 @@ def test_bad_label_noise_is_a_clear_config_error(tmp_path, label_noise, message)
 
 
 def test_issue_spelling_loads() -> None:
-    from benchmark.config.schema import LabelNoise
+    from benchmark.config.downstream import LabelNoise
 
     ln = LabelNoise.model_validate({"kind": "symmetric", "ratio": 0.2})
     assert ln.ratios == [0.2] and ln.validation == "noisy" and ln.seed == 0
