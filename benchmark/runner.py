@@ -31,8 +31,9 @@ from benchmark.config import Suite, check_data_available
 from benchmark.finetune_run import needs_images
 from benchmark.hashing import config_hash
 from benchmark.noise.downstream import realised_line
-from benchmark.plan import PairPlan, Plan, TrialPlan, largest_trials_first, make_plan, plan_trials
+from benchmark.plan import PairPlan, Plan, TrialPlan, make_plan
 from benchmark.reporting import finish_and_publish
+from benchmark.trials import largest_trials_first, plan_trials
 
 Echo = Callable[[str], None]
 

@@ -245,7 +245,7 @@ def run_trials_on_ray(
 
     ``payload_refs`` maps pair id -> ObjectRef of a ``FeaturePayload`` already in the object
     store; ``tune.with_parameters`` ships the (small) ref dict once, not per trial. Trials start
-    in the order of ``plans`` (the runner puts the largest first: ``plan.largest_trials_first``).
+    in the order of ``plans`` (the runner puts the largest first: ``trials.largest_trials_first``).
     ``image_pairs``: the pairs whose trials fine-tune on images (``_tune_trial``).
     """
     if not plans:

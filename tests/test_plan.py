@@ -26,13 +26,12 @@ from benchmark.plan import (
     FitSpec,
     fit_key,
     head_grid,
-    largest_trials_first,
     make_plan,
-    plan_trials,
     pretrain_jobs,
 )
 from benchmark.plan_status import plan_status
 from benchmark.pretrain.job import job_dir
+from benchmark.trials import largest_trials_first, plan_trials
 
 SUITES = Path(__file__).resolve().parents[1] / "suites"
 

@@ -83,3 +83,12 @@ def test_a_results_folder_was_made_from_the_suite_file_as_it_is(folder: str) -> 
         "(nmlbench run + report) or restore the suite file"
     )
     assert prov["commit"] and prov["machine"]["cpu_model"] and prov["date"]
+
+
+def test_every_suite_results_folder_says_where_it_came_from() -> None:
+    """A folder a suite wrote (it has a leaderboard) records commit, suite hash, machine and date:
+    the studies' numbers are citable only with the tree and machine that made them."""
+    suite_folders = sorted(p.name for p in RESULTS.iterdir() if (p / "leaderboard.md").is_file())
+    assert {"embedded-study", "mobilenet", "contenders"} <= set(suite_folders)
+    missing = [f for f in suite_folders if not (RESULTS / f / "provenance.json").is_file()]
+    assert missing == [], f"results/{missing} lack provenance.json: regenerate with `nmlbench report`"
