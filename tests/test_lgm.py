@@ -13,7 +13,8 @@ from benchmark.heads import LinearHead, ResidualMLPHead, default_heads, get_head
 from benchmark.heads.lgm import LGMLoss, LGMStackedLoss, batch_noise
 from benchmark.plan import fit_key
 from benchmark.probe import FitRequest, fit_and_evaluate, fit_many, prepare_data, train_head
-from benchmark.probe.batched import StackedHeads, fit_gradient_heads
+from benchmark.probe.batched import fit_gradient_heads
+from benchmark.probe.stacked import StackedHeads
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")  # conftest: bit-identical asserts need one thread
 

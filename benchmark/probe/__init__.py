@@ -30,10 +30,11 @@ import numpy as np
 import torch
 
 from benchmark.heads.registry import HParams, get_head, resolve_hparams
-from benchmark.probe.batched import fit_gradient_heads, supports
+from benchmark.probe.batched import fit_gradient_heads
 from benchmark.probe.data import PreparedData, prepare_data
 from benchmark.probe.evaluate import evaluate_head, feature_spectrum, macro_f1
 from benchmark.probe.health import health_summary
+from benchmark.probe.stacked import supports
 from benchmark.probe.train import TrainedHead, head_loss, init_head, train_head, training_setup
 
 
