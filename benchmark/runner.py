@@ -18,8 +18,6 @@ re-run does only what is missing.
 from __future__ import annotations
 
 import json
-import queue
-import threading
 import time
 from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
@@ -30,9 +28,9 @@ from typing import Any
 from benchmark.config import Suite, check_data_available
 from benchmark.finetune_run import needs_images
 from benchmark.hashing import config_hash
-from benchmark.noise.downstream import realised_line
 from benchmark.plan import PairPlan, Plan, TrialPlan, make_plan
 from benchmark.reporting import finish_and_publish
+from benchmark.sink import TrackerSink
 from benchmark.trials import largest_trials_first, plan_trials
 
 Echo = Callable[[str], None]
@@ -343,7 +341,7 @@ def _heads_stage(
             first()
         return
     echo(f"[4/4] heads: {n_fits} fits in {len(trials)} Ray Tune trials, largest first")
-    sink = _TrackerSink(tracker, n_fits, first=first)
+    sink = TrackerSink(tracker, n_fits, first=first)
     try:
         run_trials_on_ray(
             trials,
@@ -360,76 +358,3 @@ def _heads_stage(
         raise
     sink.close()
     run.fits_run, run.fits_failed, run.fit_seconds = sink.ok, sink.failed, sink.fit_seconds
-
-
-class _TrackerSink:
-    """Driver-side receiver of fit records: records them and shows progress.
-
-    Why a writer thread: Ray Tune calls the sink from its event loop, the loop that also starts
-    the next trial when one ends, and recording a fit run takes tens of milliseconds (journal
-    line, MLflow run with its curves). Written inline, each trial's ten or so records held a core
-    idle between trials; handed to one thread here, they are written while the next trial runs.
-    Still one writer (this thread) and the same order; ``close`` waits for the last record.
-    ``first`` (other writes for the same tracker, the spectra) runs in this thread before them.
-    """
-
-    def __init__(self, tracker: Any, total: int, first: Callable[[], None] | None = None) -> None:
-        from tqdm.auto import tqdm
-
-        from benchmark.provenance import code_tag
-        from benchmark.tracking.store import CODE_TAG
-
-        self.tracker, self.ok, self.failed, self.fit_seconds = tracker, 0, 0, 0.0
-        self.code = {CODE_TAG: code_tag()}  # which commit made these fits (results' provenance)
-        self.bar = tqdm(total=total, desc="head fits", unit="fit", mininterval=1.0)
-        self.queue: queue.SimpleQueue[dict[str, Any] | None] = queue.SimpleQueue()
-        self.error: BaseException | None = None
-        self.first = first
-        self.noise_seen: set[tuple[str, float]] = set()  # (task, label-noise ratio) already reported
-        self.thread = threading.Thread(target=self._drain, name="nmlbench-fit-records", daemon=True)
-        self.thread.start()
-
-    def __call__(self, record: dict[str, Any]) -> None:
-        if self.error is not None:  # stop the sweep at the first record that could not be written
-            raise self.error
-        self.queue.put(record)
-
-    def close(self, raise_error: bool = True) -> None:
-        """Wait until every record handed over is written; re-raise a write that failed."""
-        self.queue.put(None)
-        self.thread.join()
-        self.bar.close()
-        if raise_error and self.error is not None:
-            raise self.error
-
-    def _drain(self) -> None:
-        if self.first is not None:
-            try:
-                self.first()
-            except BaseException as err:  # noqa: BLE001 - raised in the driver by __call__ / close
-                self.error = err
-        while (record := self.queue.get()) is not None:
-            if self.error is None:
-                try:
-                    self._write(record)
-                except BaseException as err:  # noqa: BLE001 - raised in the driver by __call__ / close
-                    self.error = err
-
-    def _write(self, record: dict[str, Any]) -> None:
-        record = {**record, "tags": {**(record.get("tags") or {}), **self.code}}
-        if "error" in record:
-            self.failed += 1
-            self.tracker.log_fit(record)
-            p = record["params"]
-            self.bar.write(
-                f"      fit failed ({p.get('backbone')} / {p.get('task')} / {p.get('head')}): {record['error']}"
-            )
-        else:
-            self.ok += 1
-            self.fit_seconds += float(record["metrics"].get("fit_seconds", 0.0))
-            self.tracker.log_fit(record)
-            noise = realised_line(record)
-            if noise is not None and noise[0] not in self.noise_seen:
-                self.noise_seen.add(noise[0])
-                self.bar.write(noise[1])
-        self.bar.update(1)

@@ -27,8 +27,9 @@ import torch
 
 from benchmark.config import validate_suite
 from benchmark.extraction import extract_payload
-from benchmark.plan import TrialPlan, make_plan, plan_trials
+from benchmark.plan import TrialPlan, make_plan
 from benchmark.sweep import run_trials_locally, run_trials_on_ray
+from benchmark.trials import plan_trials
 
 SUITE = {
     "name": "bench-sweep",

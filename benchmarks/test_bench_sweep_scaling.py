@@ -22,8 +22,9 @@ import pytest
 from benchmark.config import validate_suite
 from benchmark.extraction import extract_payload
 from benchmark.heads import resolve_hparams
-from benchmark.plan import FitSpec, fit_key, make_plan, plan_trials
+from benchmark.plan import FitSpec, fit_key, make_plan
 from benchmark.sweep import run_trials_on_ray
+from benchmark.trials import plan_trials
 
 BACKBONE = {"family": "timm", "arch": "test_resnet", "seed": 0, "image_size": 32}
 LAMS = (0.003, 0.01, 0.03, 0.1, 0.3)

@@ -24,8 +24,9 @@ from benchmark.noise.downstream import (
     realised_line,
     setting_for,
 )
-from benchmark.plan import FitSpec, fit_key, make_plan, plan_trials
+from benchmark.plan import FitSpec, fit_key, make_plan
 from benchmark.sweep import iter_fit_batches
+from benchmark.trials import plan_trials
 
 TASK = {"name": "blobs", "kind": "id", "train": "blobs/train/a", "val": "blobs/train/b", "tests": {}}
 
@@ -246,7 +247,7 @@ def test_fit_names_say_the_label_noise_only_when_set() -> None:
 
 
 def test_the_runner_prints_the_realised_rate_once_per_task_and_ratio(capsys) -> None:
-    from benchmark.runner import _TrackerSink
+    from benchmark.sink import TrackerSink
 
     class Tracker:
         def __init__(self) -> None:
@@ -261,7 +262,7 @@ def test_the_runner_prints_the_realised_rate_once_per_task_and_ratio(capsys) -> 
         return {"key": f"{task}{ratio}{seed}", "params": params, "metrics": {TRAIN_RATE: ratio, VAL_RATE: ratio}}
 
     tracker = Tracker()
-    sink = _TrackerSink(tracker, 5)
+    sink = TrackerSink(tracker, 5)
     for r in (record("a", 0.2, 0), record("a", 0.2, 1), record("b", 0.2, 0), record("a", 0.4, 0)):
         sink(r)
     sink.close()

@@ -234,9 +234,9 @@ def test_finetune_trials_run_through_ray_tune_beside_feature_trials(tmp_path: Pa
     import ray
 
     from benchmark.extraction import extract_payload
-    from benchmark.plan import plan_trials
     from benchmark.ray_session import init_ray
     from benchmark.sweep import run_trials_on_ray
+    from benchmark.trials import plan_trials
 
     plan = make_plan(_suite(tmp_path, [CNN], ["lp", "finetune"]))
     [pair] = plan.pairs

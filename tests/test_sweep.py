@@ -7,9 +7,10 @@ import pytest
 
 from benchmark.extraction import FeaturePayload
 from benchmark.heads import resolve_hparams
-from benchmark.plan import FitSpec, fit_key, plan_trials
+from benchmark.plan import FitSpec, fit_key
 from benchmark.spectrum import spectrum_summary
 from benchmark.sweep import iter_fit_batches, make_record, run_fits, run_trials_locally, run_trials_on_ray
+from benchmark.trials import plan_trials
 
 
 def _blobs(n: int, d: int, k: int, seed: int) -> tuple[np.ndarray, np.ndarray]:

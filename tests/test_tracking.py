@@ -288,10 +288,10 @@ def test_through_an_mlflow_server(tmp_path):
 def test_sweep_sink_writes_records_in_order_off_the_callers_thread(db_uri, tmp_path):
     """The heads stage hands fit records to one writer thread (Ray Tune's loop must not wait on
     MLflow): every record handed over is in MLflow, in order, once ``close`` returns."""
-    from benchmark.runner import _TrackerSink
+    from benchmark.sink import TrackerSink
 
     tracker = Tracker(db_uri, experiment="sink-order", journal=tmp_path / "journal.jsonl")
-    sink = _TrackerSink(tracker, total=6)
+    sink = TrackerSink(tracker, total=6)
     for i in range(6):
         sink(fit_record(f"s{i}", val=0.5 + i / 100))
     sink.close()
@@ -301,10 +301,10 @@ def test_sweep_sink_writes_records_in_order_off_the_callers_thread(db_uri, tmp_p
 
 
 def test_sweep_sink_stops_at_a_record_it_cannot_write_and_keeps_the_earlier_ones(db_uri, tmp_path):
-    from benchmark.runner import _TrackerSink
+    from benchmark.sink import TrackerSink
 
     tracker = Tracker(db_uri, experiment="sink-error", journal=tmp_path / "journal.jsonl")
-    sink = _TrackerSink(tracker, total=3)
+    sink = TrackerSink(tracker, total=3)
     bad = fit_record("bad")
     del bad["key"]  # a record the tracker cannot file
     for rec in (fit_record("first"), bad, fit_record("after")):
