@@ -160,3 +160,26 @@ def test_a_head_with_a_robust_loss_is_a_leaderboard_row_of_its_own():
     assert head_label("nmtune+gce") == "NMTune+GCE" and head_label("lgm+sce") == "LGM+SCE"
     assert head_order("nmtune+gce") == head_order("nmtune") and plot_style("mlp+gce") == plot_style("mlp")
     assert hparam_label("nmtune+gce", {"lam": 0.1, "depth": 1}) == "λ0.1 d1"
+
+
+def test_the_rows_a_robust_loss_adds_count_their_own_fits():
+    """``leaderboard_rows`` (what ``nmlbench run`` publishes to MLflow) counts the fits of each row
+    under the row's own head: ``nmtune+gce`` rows once had no count (NaN), and publishing the board
+    of a suite with a robust loss failed on it (``int(nan)``)."""
+    from support import synthetic_runs
+
+    from benchmark.leaderboard import leaderboard_rows
+    from benchmark.reporting.publish import _row_entry
+
+    plain = synthetic_runs()
+    gce = plain[plain["head"] == "nmtune"].assign(loss="gce")
+    both = pd.concat([plain.assign(loss=np.nan), gce], ignore_index=True)
+    rows = leaderboard_rows(both)
+    assert set(rows["head"]) == {"lp", "nmtune", "nmtune+gce"} and not rows["fits"].isna().any()
+    for (ratio, head), part in rows.groupby(["noise_ratio", "head"]):
+        plain_head = head.removesuffix("+gce")
+        fits = both[(both["noise_ratio"] == ratio) & (both["head"] == plain_head)]
+        fits = fits[fits["loss"].eq("gce") == head.endswith("+gce")]
+        assert int(part["fits"].iloc[0]) == len(fits) > 0, (ratio, head)
+    entries = [_row_entry("s", i, r, False) for i, r in enumerate(rows.to_dict("records"))]
+    assert [e["params"]["fits"] for e in entries] == [int(v) for v in rows["fits"]]

@@ -51,6 +51,11 @@ def selection_rule() -> str:
     return "best val_accuracy per task and seed; ties: the smaller value of " + ", then ".join(tiebreak_axes())
 
 
+def _count(value: Any) -> int:
+    """A count column of the rows table as an int (0 where a row has none: None or NaN)."""
+    return 0 if value is None or pd.isna(value) else int(value)
+
+
 def _row_entry(suite: str, i: int, row: dict[str, Any], several_fractions: bool) -> dict[str, Any]:
     params: dict[str, Any] = {k: row[k] for k in ("backbone", "noise_ratio", "label_noise_ratio", "head") if k in row}
     if several_fractions:
@@ -58,8 +63,8 @@ def _row_entry(suite: str, i: int, row: dict[str, Any], several_fractions: bool)
     params.update(
         {
             "selected": row.get("selected") or "",
-            "selections": int(row.get("selections") or 0),
-            "fits": int(row.get("fits") or 0),
+            "selections": _count(row.get("selections")),
+            "fits": _count(row.get("fits")),
             "tasks": row.get("tasks") or "",
             "rule": selection_rule(),
         }
