@@ -12,12 +12,12 @@ import shutil
 import sys
 import tempfile
 import time
-from enum import Enum
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
+from benchmark.cli_board import Fmt, print_leaderboard
 from benchmark.errors import ConfigError, NMLBenchError
 
 app = typer.Typer(
@@ -29,12 +29,6 @@ app = typer.Typer(
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_SUITE = "quick"
-
-
-class Fmt(str, Enum):
-    table = "table"
-    csv = "csv"
-    markdown = "markdown"
 
 
 def resolve_suite_path(suite: str | None) -> Path:
@@ -79,58 +73,6 @@ def _tracking(suite_obj, tracking_uri: str | None, work_dir: str | None) -> tupl
     return credentials_from_uri(tracking_uri or str(suite_obj.tracking.uri)), str(suite_obj.tracking.experiment)
 
 
-def _print_leaderboard(
-    uri: str, experiment: str, fmt: Fmt = Fmt.table, suite: str | None = None, strict: bool = False
-) -> None:
-    """Print the published leaderboard runs (read-only: nothing is created in the store).
-
-    Before the leaderboard is published (a run interrupted before its end, or a store written by
-    an older nml-bench) it is computed from the fit runs, and a note says how to publish it.
-    A store that does not answer or refuses the credentials is reported; ``strict`` raises it
-    (``nmlbench leaderboard`` exits 2), else it is a note (the end of ``nmlbench run``).
-    """
-    from benchmark.leaderboard import columns, leaderboard
-    from benchmark.leaderboard_text import render
-    from benchmark.tracking import NothingTracked, TrackingReader, TrackingUnavailable
-
-    try:
-        reader = TrackingReader(uri, experiment)
-        board = reader.leaderboard_frame(suite, columns=columns())
-        note = ""
-        fits = reader.suite_fits(suite) if suite else reader.runs_frame("fit")
-    except (NothingTracked, TrackingUnavailable) as exc:
-        if strict and isinstance(exc, TrackingUnavailable):
-            raise
-        typer.echo(str(exc))
-        return
-    if fits.empty and board.empty:
-        typer.echo(f"no finished head fits in experiment {experiment!r} at {uri}")
-        return
-    again = f"`nmlbench sync {suite or experiment}`"
-    if board.empty:
-        board = leaderboard(fits)
-        note = f"(computed from the fit runs: the leaderboard runs are not published yet; {again} publishes them)"
-    elif suite is not None and reader.published_fits(suite) not in (None, len(fits)):
-        note = (
-            f"(the published leaderboard summarises {reader.published_fits(suite)} fits, the store now holds "
-            f"{len(fits)}; {again} refreshes it)"
-        )
-    keys = [c for c in ("backbone", "noise_ratio", "label_noise_ratio", "head", "fraction") if c in board.columns]
-    typer.echo(render(board[keys + list(columns())], fmt.value))
-    if note:
-        typer.echo(note, err=True)
-    if fmt is Fmt.table:
-        from benchmark.tracking.layout import leaderboard_path
-
-        where = (
-            reader.leaderboard_url(uri)
-            if uri.startswith(("http://", "https://"))
-            else f"`mlflow ui --backend-store-uri {uri}`, then http://127.0.0.1:5000/"
-            f"{leaderboard_path(str(reader.experiment_id))}"
-        )
-        typer.echo(f"leaderboard in the MLflow UI: {where}")
-
-
 # ---------------------------------------------------------------------------------------------
 @app.command()
 def run(
@@ -160,7 +102,7 @@ def run(
         f"other {secs.get('other', 0):.0f} s); "
         f"fits: {summary.fits_run} run, {summary.fits_skipped} reused, {summary.fits_failed} failed"
     )
-    _print_leaderboard(summary.tracking_uri, summary.experiment, suite=summary.suite)
+    print_leaderboard(summary.tracking_uri, summary.experiment, suite=summary.suite)
     typer.echo(f"\nMLflow store: {summary.tracking_uri} (experiment {summary.experiment!r})")
     if summary.records_pending:
         typer.secho(
@@ -243,7 +185,7 @@ def leaderboard(
     try:
         s = _load(suite)
         uri, exp = _tracking(s, tracking_uri, work_dir)
-        _print_leaderboard(uri, exp, fmt, suite=s.name, strict=True)
+        print_leaderboard(uri, exp, fmt, suite=s.name, strict=True)
     except NMLBenchError as exc:
         _fail(exc)
 

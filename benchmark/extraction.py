@@ -25,7 +25,8 @@ from typing import Any
 import numpy as np
 
 from benchmark.atomic import atomic_write_json
-from benchmark.plan import PairPlan, SplitRef
+from benchmark.plan import PairPlan
+from benchmark.task_plan import SplitRef
 
 #: Threads one extraction task may use (Ray gives each task one CPU by default).
 THREADS_ENV = "NMLBENCH_THREADS"

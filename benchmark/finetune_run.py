@@ -24,7 +24,8 @@ from typing import Any
 import numpy as np
 
 from benchmark.heads.registry import get_head
-from benchmark.plan import FitSpec, PairPlan, SplitRef, TaskPlan
+from benchmark.plan import FitSpec, PairPlan
+from benchmark.task_plan import SplitRef, TaskPlan
 
 #: The evaluation set that selects the epoch (the name the feature sweep uses too).
 VAL_SET = "val"

@@ -6,13 +6,8 @@ the (backbone, task) pairs, and each pair's head fits with resolved hyper-parame
 It imports neither Ray nor MLflow and runs nothing: the runner executes the stages from it,
 ``nmlbench plan`` prints it, and tests check it, so what runs is exactly what was planned.
 
-Rows are chosen by the tested samplers of ``benchmark.data.sampling``:
-- ``max_train``: a stratified ``few_shot_indices`` share of each class (cap / n of every class,
-  round half up, at least one), seed 0;
-- validation: ``stratified_holdout`` of those rows (``selection.val_fraction`` of each class),
-  seed 0; the test split is never touched;
-- ``fractions`` (the paper's few-shot curves): ``few_shot_indices`` of a task's training rows,
-  seeded by the head seed, nested across fractions.
+Rows are chosen in ``task_plan.py`` (the tasks) and here (few-shot ``fractions``:
+``few_shot_indices`` of a task's training rows, seeded by the head seed, nested across fractions).
 """
 
 from __future__ import annotations
@@ -26,17 +21,16 @@ from typing import Any
 import numpy as np
 
 from benchmark.config.schema import FrozenBackbone, PretrainBlock, Suite
-from benchmark.data.sampling import few_shot_indices, stratified_holdout
+from benchmark.data.sampling import few_shot_indices
 from benchmark.hashing import array_digest, config_hash
 from benchmark.heads.registry import HParams, resolve_hparams
 from benchmark.noise.downstream import RATIO_PARAM, LabelNoiseSetting, setting_for
 from benchmark.pretrain.job import BLOCK_FIELDS, PretrainJob, block_value, job_dir, snapshot_file
+from benchmark.task_plan import TaskPlan, build_tasks
 
 #: Few-shot subsets are drawn with seed FEW_SHOT_SEED + head seed: never the stream (seed 0)
 #: that carved the validation rows.
 FEW_SHOT_SEED = 1000
-#: Seed of the ``max_train`` cap and of the validation carve.
-SPLIT_SEED = 0
 
 
 # -- plan objects (plain, picklable data) --------------------------------------------------------
@@ -52,44 +46,6 @@ class BackbonePlan:
     @property
     def display(self) -> str:
         return str(self.params["backbone"])
-
-
-@dataclass(frozen=True)
-class SplitRef:
-    """A split named by data set, split and row indices: rebuilt cheaply inside a worker."""
-
-    dataset: str
-    split: str
-    indices: tuple[int, ...] | None = None
-
-    def fingerprint(self) -> str:
-        idx = "all" if self.indices is None else config_hash(list(self.indices))
-        return f"{self.dataset}/{self.split}/{idx}"
-
-    def __len__(self) -> int:
-        return -1 if self.indices is None else len(self.indices)
-
-
-@dataclass(frozen=True)
-class TaskPlan:
-    """A downstream task: an ID data set, or an OOD group (train domain + test domains)."""
-
-    name: str
-    kind: str  # "id" | "ood"
-    train: SplitRef
-    val: SplitRef
-    tests: tuple[tuple[str, SplitRef], ...]  # (set name, split); ID tasks: (("test", ...),)
-    num_classes: int
-    train_labels: tuple[int, ...] = field(repr=False, default=())
-
-    def identity(self) -> dict[str, Any]:
-        return {
-            "name": self.name,
-            "kind": self.kind,
-            "train": self.train.fingerprint(),
-            "val": self.val.fingerprint(),
-            "tests": {k: v.fingerprint() for k, v in self.tests},
-        }
 
 
 @dataclass(frozen=True)
@@ -246,47 +202,6 @@ def frozen_backbone(entry: FrozenBackbone) -> BackbonePlan:
             "pretrain_key": "",
         },
     )
-
-
-# -- downstream tasks ------------------------------------------------------------------------------
-def training_rows(labels: np.ndarray, max_train: int | None) -> np.ndarray:
-    """The rows of a training split a task may use: all, or a stratified ``max_train`` share."""
-    n = len(labels)
-    if max_train is None or max_train >= n:
-        return np.arange(n, dtype=np.int64)
-    return few_shot_indices(labels, fraction=max_train / n, seed=SPLIT_SEED)
-
-
-def carve_validation(labels: np.ndarray, rows: np.ndarray, val_fraction: float) -> tuple[np.ndarray, np.ndarray]:
-    """(train rows, validation rows) of ``rows``: ``val_fraction`` of each class held out."""
-    keep, hold = stratified_holdout(labels[rows], val_fraction, SPLIT_SEED)
-    return rows[keep], rows[hold]
-
-
-def build_tasks(suite: Suite) -> list[TaskPlan]:
-    """The suite's ID data sets and OOD groups as tasks with fixed row indices."""
-    from benchmark.data import get_dataset, get_ood_group
-
-    ds = suite.downstream
-
-    def task(name: str, kind: str, train_set: str, tests: tuple[tuple[str, SplitRef], ...]) -> TaskPlan:
-        split = get_dataset(train_set, suite.data_root).split("train")
-        labels = np.asarray(split.labels, dtype=np.int64)
-        tr, va = carve_validation(labels, training_rows(labels, ds.max_train), suite.selection.val_fraction)
-        return TaskPlan(
-            name,
-            kind,
-            SplitRef(train_set, "train", tuple(int(i) for i in tr)),
-            SplitRef(train_set, "train", tuple(int(i) for i in va)),
-            tests,
-            split.num_classes,
-            tuple(int(v) for v in labels[tr]),
-        )
-
-    tasks = [task(n, "id", n, (("test", SplitRef(n, "test")),)) for n in ds.id]
-    for g in map(get_ood_group, ds.ood):
-        tasks.append(task(g.name, "ood", g.train, tuple((d, SplitRef(d, "test")) for d in g.tests)))
-    return tasks
 
 
 # -- heads -----------------------------------------------------------------------------------------

@@ -28,8 +28,8 @@ import torch
 from benchmark.backbones import create_backbone
 from benchmark.data import get_dataset
 from benchmark.features import FeatureCache
-from benchmark.plan import training_rows
 from benchmark.probe import fit_and_evaluate
+from benchmark.task_plan import training_rows
 
 EPOCHS = 10
 N_TRAIN = 2000

@@ -21,6 +21,7 @@ from benchmark.data import (
     dataset_names,
     embedded,
     few_shot,
+    font_digits,
     fonts,
     format_datasets_table,
     get_dataset,
@@ -192,14 +193,14 @@ def test_rendered_sets_are_cached_on_disk_and_reload_identically(data_home, monk
 
 def test_corrupt_render_cache_is_rebuilt_with_a_warning(tmp_path, monkeypatch):
     monkeypatch.setenv("NMLBENCH_DATA_HOME", str(tmp_path))
-    monkeypatch.setattr(embedded, "FONT_PER_CLASS", 2)
+    monkeypatch.setattr(font_digits, "FONT_PER_CLASS", 2)
     chosen = fonts.printed_fonts()[:1]
-    images, labels = embedded.cached_font_digits("tiny", chosen)
-    path = embedded._font_cache_path("tiny", chosen)
+    images, labels = font_digits.cached_font_digits("tiny", chosen)
+    path = font_digits._font_cache_path("tiny", chosen)
     assert path.is_file() and images.shape == (20, 28, 28)
     path.write_bytes(b"not an npz")
     with pytest.warns(UserWarning, match="re-rendering"):
-        again, _ = embedded.cached_font_digits("tiny", chosen)
+        again, _ = font_digits.cached_font_digits("tiny", chosen)
     assert np.array_equal(again, images)
 
 

@@ -22,7 +22,8 @@ from benchmark.finetune import finetune, finetune_loss
 from benchmark.finetune_run import image_fit_cost, iter_image_fit_batches, needs_images, split_images
 from benchmark.heads import resolve_hparams
 from benchmark.heads.nmtune import nmtune_weights
-from benchmark.plan import SplitRef, make_plan
+from benchmark.plan import make_plan
+from benchmark.task_plan import SplitRef
 
 DIGITS = "sklearn-digits"  # embedded: ships with the package
 

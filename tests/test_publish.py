@@ -160,3 +160,47 @@ def test_republishing_replaces_changed_rows_and_drops_stale_ones(tmp_path):
     rows = leaderboard_rows(TrackingReader(uri, "mutable").runs_frame("fit"))
     assert list(rows["head"]) == ["lp", "lp"] and (rows.fits == [6, 7]).all()
     assert np.isfinite(rows.id_acc).all()
+
+
+def test_a_publication_stopped_part_way_is_not_shown_as_the_leaderboard(tmp_path, monkeypatch):
+    """A publication that fails after some rows (the suite run, written last, never marked) leaves
+    those rows in the store: ``nmlbench leaderboard`` shows the board computed from every fit, not
+    the partial one, and says how to publish it (the contenders suite once showed 2 of 80 rows)."""
+    import yaml
+
+    from benchmark.cli import app
+    from benchmark.reporting import publish as publish_module
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    df = synthetic_fits()
+    notes: list[str] = []
+    tracker = Tracker(uri, "partial", suite="partial", echo=notes.append)
+    for rec in fit_records(df, "partial"):
+        tracker.log_fit(rec)
+    real_entry = publish_module._row_entry
+
+    def fail_on_third(suite, i, row, several):
+        if i == 2:
+            raise ValueError("injected: publication stops after two rows")
+        return real_entry(suite, i, row, several)
+
+    monkeypatch.setattr(publish_module, "_row_entry", fail_on_third)
+    finish_and_publish(tracker)  # not strict: the failure is a note, the fit records stay
+    assert len(_board_runs(tracker)) == 2 and any("injected" in n for n in notes), notes
+    monkeypatch.setattr(publish_module, "_row_entry", real_entry)
+
+    suite = yaml.safe_load((Path(__file__).resolve().parents[1] / "suites" / "quick.yaml").read_text())
+    suite.update(name="partial", work_dir=str(tmp_path))
+    suite["tracking"] = {"experiment": "partial", "uri": uri}
+    (tmp_path / "suite.yaml").write_text(yaml.safe_dump(suite))
+    res = CliRunner().invoke(app, ["leaderboard", str(tmp_path / "suite.yaml"), "--format", "csv"])
+    assert res.exit_code == 0, res.output
+    shown = pd.read_csv(__import__("io").StringIO(res.stdout))
+    expected = leaderboard(df)
+    assert len(shown) == len(expected) == 6
+    assert "not all published" in res.stderr and "nmlbench sync partial" in res.stderr
+    # once published in full, the published rows are what it shows, without a note
+    finish_and_publish(tracker)
+    again = CliRunner().invoke(app, ["leaderboard", str(tmp_path / "suite.yaml"), "--format", "csv"])
+    assert again.exit_code == 0 and len(pd.read_csv(__import__("io").StringIO(again.stdout))) == 6
+    assert "published" not in again.stderr

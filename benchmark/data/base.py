@@ -7,8 +7,10 @@ with equal fingerprints must yield identical images in identical order.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -178,3 +180,9 @@ class DatasetStatus:
     available: bool = False
     embedded: bool = False
     how_to_get: str = ""
+
+
+def data_home() -> Path:
+    """Where derived data lives ($NMLBENCH_DATA_HOME, default ~/.cache/nmlbench); read at call
+    time so tests and users can redirect it."""
+    return Path(os.environ.get("NMLBENCH_DATA_HOME") or Path.home() / ".cache" / "nmlbench").expanduser()

@@ -12,28 +12,24 @@
 All are 28x28 grey uint8 (white on black), labels int64. Fashion-MNIST keeps its official
 split; the others ship none and are split here with a seeded, stratified 80/20 holdout
 (``SPLIT_SEED``). The four digit sets share the class list "0".."9" so OOD groups share a label
-space. Rendered font digits are cached as .npz under ``data_home()`` so only the first process
+space. Rendered font digits are cached as .npz under ``data_home()`` (font_digits.py) so only the first process
 pays for rendering.
 """
 
 from __future__ import annotations
 
 import gzip
-import hashlib
 import importlib.resources
 import importlib.util
-import json
-import os
-import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from benchmark.atomic import atomic_write
 from benchmark.data import fonts as font_renderer
-from benchmark.data.base import ArraySplit, DatasetInfo
+from benchmark.data.base import ArraySplit, DatasetInfo, data_home
+from benchmark.data.font_digits import cached_font_digits, font_set_digest
 from benchmark.data.safe_pickle import NumpyOnlyUnpickler as _NumpyOnlyUnpickler  # noqa: F401 (old name)
 from benchmark.data.safe_pickle import load_data_pickle
 from benchmark.data.sampling import stratified_holdout
@@ -43,9 +39,6 @@ from benchmark.errors import DatasetUnavailable
 #: split's version string, so changing it changes every fingerprint.
 SPLIT_SEED = 0
 TEST_FRACTION = 0.2
-#: Images rendered per digit class for each font set (300 x 10 = 3,000 images, under 2 s).
-FONT_PER_CLASS = 300
-FONT_SEED = 0
 
 DIGIT_CLASSES = tuple(str(d) for d in range(10))
 FASHION_CLASSES = (
@@ -72,12 +65,6 @@ FASHION_FILES = {
 INSTALL_CMD = "python -m benchmark.data.install"
 
 Arrays = dict[str, tuple[np.ndarray, np.ndarray]]
-
-
-def data_home() -> Path:
-    """Where derived data lives ($NMLBENCH_DATA_HOME, default ~/.cache/nmlbench); read at call
-    time so tests and users can redirect it."""
-    return Path(os.environ.get("NMLBENCH_DATA_HOME") or Path.home() / ".cache" / "nmlbench").expanduser()
 
 
 # -- Fashion-MNIST -----------------------------------------------------------------------------
@@ -209,57 +196,6 @@ def load_sklearn_digits() -> Arrays:
 
 
 # -- font-rendered digits, cached on disk -------------------------------------------------------
-
-
-def font_set_digest(fonts: list[font_renderer.FontSpec]) -> str:
-    """Digest of everything that determines a rendered set's pixels (renderer, fonts, counts, seed)."""
-    key = json.dumps(
-        {
-            "renderer": font_renderer.RENDERER_VERSION,
-            "fonts": font_renderer.fonts_identity(fonts),
-            "per_class": FONT_PER_CLASS,
-            "seed": FONT_SEED,
-        },
-        sort_keys=True,
-    )
-    return hashlib.sha256(key.encode()).hexdigest()[:12]
-
-
-def _font_cache_path(name: str, fonts: list[font_renderer.FontSpec]) -> Path:
-    return data_home() / "rendered" / f"{name}-r{font_renderer.RENDERER_VERSION}-{font_set_digest(fonts)}.npz"
-
-
-def _atomic_save_npz(path: Path, **arrays: np.ndarray) -> None:
-    """Write to a temporary file in the same folder, then rename: readers never see half a file."""
-    atomic_write(path, lambda f: np.savez(f, **arrays))  # type: ignore[arg-type]  # numpy's stub types **kwds as allow_pickle
-
-
-def cached_font_digits(name: str, fonts: list[font_renderer.FontSpec]) -> tuple[np.ndarray, np.ndarray]:
-    """Rendered (images, labels) for a font set: from the .npz cache, else rendered and cached.
-
-    A cache file that cannot be read is re-rendered with a warning; a cache folder that cannot be
-    written only costs the next process a re-render.
-    """
-    path = _font_cache_path(name, fonts)
-    if path.is_file():
-        try:
-            with np.load(path) as z:
-                images, labels = z["images"], z["labels"]
-            if images.shape == (10 * FONT_PER_CLASS, 28, 28) and len(labels) == len(images):
-                return images, labels.astype(np.int64)
-            warnings.warn(f"{path} holds arrays of unexpected shape {images.shape}; re-rendering", stacklevel=2)
-        except Exception as exc:  # noqa: BLE001 - any unreadable cache is rebuilt
-            warnings.warn(f"unreadable render cache {path} ({exc}); re-rendering", stacklevel=2)
-    images, labels = font_renderer.render_digit_set(fonts, FONT_PER_CLASS, FONT_SEED)
-    try:
-        _atomic_save_npz(path, images=images, labels=labels)
-    except OSError as exc:
-        warnings.warn(
-            f"could not write render cache {path} ({exc}); set NMLBENCH_DATA_HOME to a "
-            f"writable folder to avoid re-rendering in every process",
-            stacklevel=2,
-        )
-    return images, labels
 
 
 def load_digits_printed() -> Arrays:

@@ -8,7 +8,7 @@ Why it is shaped this way:
   job's full state, so a restarted worker group skips what is done and resumes the rest.
 - Each worker opens the corpus itself (``corpus.CorpusRef``) and reads only its own shard
   (``inputs.py``): a seeded permutation of the equal-sharded corpus, every ``world``-th index
-  from its rank (:func:`epoch_shard`). The shards of one epoch are disjoint and together cover
+  from its rank (``audit.epoch_shard``). The shards of one epoch are disjoint and together cover
   the corpus; all ranks take the same number of steps. Only the label table (noisy targets,
   true labels, the flipped / mismatched mask) comes from the driver, through the object store.
 - ``batch_size`` is per worker and micro-batch; ``grad_accum`` micro-batches make one optimiser
@@ -24,8 +24,8 @@ Why it is shaped this way:
   rank; rank 0 alone attaches the checkpoint.
 - The metrics make the run auditable: ``batch_per_worker``, ``global_batch``,
   ``steps_per_epoch`` and, per rank, the images of its shard, an order-free digest of the shard's
-  indices (:func:`index_digest`: the ranks' digests add up to the digest of the whole corpus), a
-  digest of its parameters (:func:`param_digest`: equal on all ranks while DDP keeps the
+  indices (``audit.index_digest``: the ranks' digests add up to the digest of the whole corpus), a
+  digest of its parameters (``audit.param_digest``: equal on all ranks while DDP keeps the
   replicas in step), its Ray node and its peak memory (and its loader processes').
 
 Fault injection (for tests and drills): a job config holding ``fault_kill_after_epoch=k`` makes
@@ -36,7 +36,6 @@ once per run (a marker file in the Ray run directory prevents a repeat after the
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import math
 import os
 import signal
@@ -45,115 +44,17 @@ import time
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 
 from benchmark.determinism import deterministic_torch, epoch_seed
 from benchmark.errors import TrainingDiverged
+from benchmark.pretrain.audit import epoch_shard, rank_records
 from benchmark.pretrain.objectives import get_objective
 from benchmark.pretrain.progress import report_epoch
 from benchmark.pretrain.recipe import autocast_dtype, make_optimizer, preprocess, unwrap
 
 STATE_FILE = "state.pt"  # the one file of each Ray Train checkpoint
 _SNAPSHOT_FILE = "checkpoint_manager_snapshot.json"  # written by Ray Train V2 per registration
-_MASK64 = (1 << 64) - 1
-
-
-def epoch_shard(n: int, world: int, rank: int, seed: int, epoch: int) -> torch.Tensor:
-    """Sample indices that ``rank`` trains on in ``epoch`` (int64, in training order).
-
-    The first ``n - n % world`` items of a permutation seeded by (seed, epoch), every
-    ``world``-th from ``rank``: equal shards keep the DDP steps of all ranks aligned, and the
-    same seed gives every rank the same permutation without any communication.
-    """
-    n_total = n - n % world
-    g = torch.Generator().manual_seed(int(seed) * 100_003 + int(epoch))
-    return torch.randperm(n_total, generator=g)[rank::world]
-
-
-def index_digest(indices: Any) -> int:
-    """Order-free 64-bit digest of a set of sample indices, additive over disjoint sets.
-
-    The sum (mod 2**64) of a splitmix64 hash of each index. Shards that are disjoint and cover
-    ``range(n)`` have digests that add up to ``index_digest(range(n))``; an overlap or a gap
-    breaks the sum except with probability about 2**-64.
-    """
-    if isinstance(indices, torch.Tensor):
-        indices = indices.detach().cpu().numpy()
-    x = np.asarray(indices, dtype=np.int64).astype(np.uint64)
-    x = x + np.uint64(0x9E3779B97F4A7C15)
-    x = (x ^ (x >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
-    x = (x ^ (x >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
-    x = x ^ (x >> np.uint64(31))
-    return int(x.sum(dtype=np.uint64))
-
-
-def param_digest(model: torch.nn.Module) -> str:
-    """sha256 (first 16 hex digits) of a model's parameters, in ``named_parameters`` order.
-
-    Buffers are left out: BatchNorm running statistics are updated by each rank's own forward
-    pass, so they legitimately differ across ranks after a step; parameters must not.
-    """
-    h = hashlib.sha256()
-    for name, p in unwrap(model).named_parameters():
-        h.update(name.encode())
-        h.update(p.detach().reshape(-1).cpu().contiguous().view(torch.uint8).numpy().tobytes())
-    return h.hexdigest()[:16]
-
-
-def _as_int64(value: int) -> int:
-    """A 64-bit unsigned value as the signed int64 with the same bits (for a torch tensor)."""
-    return value - (1 << 64) if value >= (1 << 63) else value
-
-
-def _node_words() -> list[int]:
-    import ray
-
-    raw = bytes.fromhex(ray.get_runtime_context().get_node_id())[:32].ljust(32, b"\0")
-    return [int(v) for v in np.frombuffer(raw, dtype=np.int64)]
-
-
-def _rank_records(
-    shard: torch.Tensor, model: torch.nn.Module, device: torch.device, world: int, loader_mb: int
-) -> list[dict[str, Any]]:
-    """Per rank: images in its shard, the shard's index digest, its parameter digest, its Ray
-    node and its peak memory (its own and its largest loader process', MiB)."""
-    from benchmark.pretrain.inputs import peak_rss_mb
-
-    local = torch.tensor(
-        [
-            shard.numel(),
-            _as_int64(index_digest(shard)),
-            _as_int64(int(param_digest(model), 16)),
-            peak_rss_mb(),
-            loader_mb,
-            *_node_words(),
-        ],
-        dtype=torch.int64,
-        device=device,
-    )
-    parts = [local]
-    if world > 1:
-        import torch.distributed as dist
-
-        parts = [torch.empty_like(local) for _ in range(world)]
-        dist.all_gather(parts, local)
-    out = []
-    for r, p in enumerate(parts):
-        v = p.tolist()
-        node = np.asarray(v[5:9], dtype=np.int64).tobytes().rstrip(b"\0").hex()
-        out.append(
-            {
-                "rank": r,
-                "images": int(v[0]),
-                "index_digest": f"{v[1] & _MASK64:016x}",
-                "param_digest": f"{v[2] & _MASK64:016x}",
-                "peak_rss_mb": int(v[3]),
-                "loader_peak_rss_mb": int(v[4]),
-                "node": node,
-            }
-        )
-    return out
 
 
 def _wait_registered(run_dir: Path, checkpoint_name: str, timeout: float = 60.0) -> None:
@@ -356,7 +257,7 @@ def _train_job(
             "global_batch": batch * world * accum,
             "steps_per_epoch": steps_per_epoch,
             "input": inp.kind,
-            "ranks": _rank_records(shard, model, device, world, inp.loader_peak_mb),
+            "ranks": rank_records(shard, model, device, world, inp.loader_peak_mb),
         }
         history.append(metrics)
         if cfg.get("progress"):
