@@ -12,13 +12,14 @@ import shutil
 import sys
 import tempfile
 import time
+import traceback
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
 from benchmark.cli_board import Fmt, print_leaderboard
-from benchmark.errors import ConfigError, NMLBenchError
+from benchmark.errors import ConfigError, NMLBenchError, PublishFailed
 
 app = typer.Typer(
     add_completion=False,
@@ -231,7 +232,17 @@ def sync(
         path = journal_path(Path(work_dir or s.work_dir), exp)
         tracker = Tracker(uri, exp, suite=s.name, journal=path, echo=typer.echo)
         queued = len(tracker.pending)
-        done = finish_and_publish(tracker, wait_s=wait, strict=True)
+        try:
+            done = finish_and_publish(tracker, wait_s=wait, strict=True)
+        except NMLBenchError:
+            raise
+        except Exception as exc:  # a bug in publishing, not in the user's input: keep its traceback
+            traceback.print_exc()
+            raise PublishFailed(
+                f"publishing the leaderboard of {s.name!r} failed ({type(exc).__name__}: {exc}). The fit "
+                f"records are safe in MLflow at {uri}, and `nmlbench leaderboard {suite}` computes the board "
+                "from them meanwhile. This is a bug in nml-bench: please report it with the traceback above."
+            ) from exc
     except NMLBenchError as exc:
         _fail(exc)
     typer.echo(

@@ -42,3 +42,8 @@ class CorruptCacheError(NMLBenchError):
 
 class TrainingDiverged(NMLBenchError, FloatingPointError):
     """A loss became NaN or infinite; the message names the step and the hyper-parameters."""
+
+
+class PublishFailed(NMLBenchError):
+    """Publishing the leaderboard failed on something other than an outage (a bug, not the input);
+    the fit records are safe in the store, and the message says how to read the board meanwhile."""

@@ -187,12 +187,18 @@ def test_a_publication_stopped_part_way_is_not_shown_as_the_leaderboard(tmp_path
     monkeypatch.setattr(publish_module, "_row_entry", fail_on_third)
     finish_and_publish(tracker)  # not strict: the failure is a note, the fit records stay
     assert len(_board_runs(tracker)) == 2 and any("injected" in n for n in notes), notes
-    monkeypatch.setattr(publish_module, "_row_entry", real_entry)
 
     suite = yaml.safe_load((Path(__file__).resolve().parents[1] / "suites" / "quick.yaml").read_text())
     suite.update(name="partial", work_dir=str(tmp_path))
     suite["tracking"] = {"experiment": "partial", "uri": uri}
     (tmp_path / "suite.yaml").write_text(yaml.safe_dump(suite))
+    # `nmlbench sync` meets the same failure: one error line after the traceback, exit 2, nothing lost
+    failed = CliRunner().invoke(app, ["sync", str(tmp_path / "suite.yaml"), "--wait", "1"])
+    assert failed.exit_code == 2, failed.output
+    assert "publishing the leaderboard of 'partial' failed (ValueError: injected" in failed.stderr
+    assert "bug in nml-bench" in failed.stderr and "nmlbench leaderboard" in failed.stderr
+    assert len(TrackingReader(uri, "partial").runs_frame("fit")) == len(df)
+    monkeypatch.setattr(publish_module, "_row_entry", real_entry)
     res = CliRunner().invoke(app, ["leaderboard", str(tmp_path / "suite.yaml"), "--format", "csv"])
     assert res.exit_code == 0, res.output
     shown = pd.read_csv(__import__("io").StringIO(res.stdout))
