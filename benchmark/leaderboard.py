@@ -101,8 +101,8 @@ def _prepare(df: pd.DataFrame, group: Sequence[str]) -> pd.DataFrame:
             "as written by Tracker.log_fit (see docs/architecture.md, 'Fit record')"
         )
     df = df.copy()
-    if "head" in df.columns:
-        df["head"] = row_heads(df)
+    if "loss" in df.columns and "head" in df.columns:  # a head trained with GCE / SCE is a row of its own
+        df["head"] = [head_with_loss(m, loss) for m, loss in zip(df["head"], df["loss"], strict=True)]
     for col, default in (("pretrain_seed", 0), ("head_seed", 0), ("fraction", 1.0)):
         if col not in df.columns:
             df[col] = default
@@ -112,14 +112,6 @@ def _prepare(df: pd.DataFrame, group: Sequence[str]) -> pd.DataFrame:
     if bad:
         raise ConfigError(f"task_kind must be 'id' or 'ood', found {bad}")
     return df
-
-
-def row_heads(df: pd.DataFrame) -> list[str]:
-    """The head each fit run counts under on the board: a head trained with GCE / SCE is a row of
-    its own (``nmtune+gce``); every summary that groups fits by head must group by this."""
-    if "loss" not in df.columns:
-        return [str(h) for h in df["head"]]
-    return [head_with_loss(m, loss) for m, loss in zip(df["head"], df["loss"], strict=True)]
 
 
 def label_noise_column(df: pd.DataFrame) -> pd.Series:
@@ -311,11 +303,9 @@ def leaderboard_rows(fits: pd.DataFrame, *, board: pd.DataFrame | None = None) -
                 "tasks": ", ".join(sorted(map(str, part["task"].unique()))),
             }
         )
-    work = fits.assign(
-        head=row_heads(fits),
-        fraction=fits["fraction"] if "fraction" in fits.columns else 1.0,
-        **{LABEL_NOISE: label_noise_column(fits)},
-    )
+    # the fits as the board groups them (head with its loss, defaults for absent axes): counted apart
+    # from it, a row's fits once went uncounted (a GCE head's rows had fits = NaN)
+    work = _prepare(fits, DEFAULT_GROUP)
     sizes = work.groupby(keys, dropna=False).size().rename("fits").reset_index()
     # merge matches NaN keys with NaN keys: frozen backbones (no noise ratio) keep their summary
     out = lb.merge(pd.DataFrame(summary), on=keys, how="left").merge(sizes, on=keys, how="left")

@@ -104,13 +104,19 @@ def test_suite_run_holds_table_figures_claims_and_report(study, tmp_path):
 
 def _suite_file(study) -> Path:
     """A suite file naming the study's experiment (the CLI resolves store and experiment from it)."""
+    return _suite_yaml(study.root, study.experiment)
+
+
+def _suite_yaml(root: Path, experiment: str, uri: str | None = None) -> Path:
+    """``root/suite.yaml``: the quick suite named ``experiment``, working in ``root`` (and tracking
+    to ``uri`` when given), written once."""
     import yaml
 
-    path = study.root / "suite.yaml"
+    path = root / "suite.yaml"
     if not path.exists():
         base = yaml.safe_load((Path(__file__).resolve().parents[1] / "suites" / "quick.yaml").read_text())
-        base.update(name=study.experiment, work_dir=str(study.root))
-        base["tracking"] = {"experiment": study.experiment}
+        base.update(name=experiment, work_dir=str(root))
+        base["tracking"] = {"experiment": experiment, **({"uri": uri} if uri else {})}
         path.write_text(yaml.safe_dump(base))
     return path
 
@@ -166,8 +172,6 @@ def test_a_publication_stopped_part_way_is_not_shown_as_the_leaderboard(tmp_path
     """A publication that fails after some rows (the suite run, written last, never marked) leaves
     those rows in the store: ``nmlbench leaderboard`` shows the board computed from every fit, not
     the partial one, and says how to publish it (the contenders suite once showed 2 of 80 rows)."""
-    import yaml
-
     from benchmark.cli import app
     from benchmark.reporting import publish as publish_module
 
@@ -188,18 +192,15 @@ def test_a_publication_stopped_part_way_is_not_shown_as_the_leaderboard(tmp_path
     finish_and_publish(tracker)  # not strict: the failure is a note, the fit records stay
     assert len(_board_runs(tracker)) == 2 and any("injected" in n for n in notes), notes
 
-    suite = yaml.safe_load((Path(__file__).resolve().parents[1] / "suites" / "quick.yaml").read_text())
-    suite.update(name="partial", work_dir=str(tmp_path))
-    suite["tracking"] = {"experiment": "partial", "uri": uri}
-    (tmp_path / "suite.yaml").write_text(yaml.safe_dump(suite))
+    suite_file = str(_suite_yaml(tmp_path, "partial", uri))
     # `nmlbench sync` meets the same failure: one error line after the traceback, exit 2, nothing lost
-    failed = CliRunner().invoke(app, ["sync", str(tmp_path / "suite.yaml"), "--wait", "1"])
+    failed = CliRunner().invoke(app, ["sync", suite_file, "--wait", "1"])
     assert failed.exit_code == 2, failed.output
     assert "publishing the leaderboard of 'partial' failed (ValueError: injected" in failed.stderr
     assert "bug in nml-bench" in failed.stderr and "nmlbench leaderboard" in failed.stderr
     assert len(TrackingReader(uri, "partial").runs_frame("fit")) == len(df)
     monkeypatch.setattr(publish_module, "_row_entry", real_entry)
-    res = CliRunner().invoke(app, ["leaderboard", str(tmp_path / "suite.yaml"), "--format", "csv"])
+    res = CliRunner().invoke(app, ["leaderboard", suite_file, "--format", "csv"])
     assert res.exit_code == 0, res.output
     shown = pd.read_csv(__import__("io").StringIO(res.stdout))
     expected = leaderboard(df)
@@ -207,6 +208,6 @@ def test_a_publication_stopped_part_way_is_not_shown_as_the_leaderboard(tmp_path
     assert "not all published" in res.stderr and "nmlbench sync partial" in res.stderr
     # once published in full, the published rows are what it shows, without a note
     finish_and_publish(tracker)
-    again = CliRunner().invoke(app, ["leaderboard", str(tmp_path / "suite.yaml"), "--format", "csv"])
+    again = CliRunner().invoke(app, ["leaderboard", suite_file, "--format", "csv"])
     assert again.exit_code == 0 and len(pd.read_csv(__import__("io").StringIO(again.stdout))) == 6
     assert "published" not in again.stderr
